@@ -1,0 +1,41 @@
+"""llmkit: the whole life of a large language model in one hackable PyTorch codebase.
+
+The public API is re-exported here lazily, so that ``import llmkit`` stays cheap and
+each room can be imported on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ModelConfig": "llmkit.models.config",
+    "preset": "llmkit.models.config",
+    "list_presets": "llmkit.models.config",
+    "Transformer": "llmkit.models.transformer",
+    "KVCache": "llmkit.models.cache",
+    "Tokenizer": "llmkit.tokenizer",
+    "LLM": "llmkit.infer.llm",
+    "LocalLLM": "llmkit.infer.llm",
+    "GenerationConfig": "llmkit.infer.sampling",
+    "load": "llmkit.infer.llm",
+    "resolve_model": "llmkit.models.resolve",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
