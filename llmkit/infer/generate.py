@@ -1,0 +1,197 @@
+"""The token loop: left-pad a batch of prompts, prefill the KV cache once, then decode one
+token per step for every row until each row stops.
+
+`TokenGeneration` works on token ids only; `TextStream` turns a row's tokens into text deltas,
+holding back bytes of unfinished UTF-8 characters and text that may be the start of a stop
+string. The `LLM` classes combine the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ..models.transformer import ContextLengthError, Transformer
+from .sampling import GenerationConfig, SamplingState, build_processors, sample
+
+
+@dataclass
+class Step:
+    """One decoding step: the token of every row, and which rows it adds an output token to
+    (not rows that had already finished, nor an end token that finishes a row)."""
+
+    tokens: list[int]
+    emit: list[bool]
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+
+
+def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq_len: int) -> list[list[int]]:
+    """Check that every prompt plus `max_new_tokens` fits the context window; drop the oldest
+    prompt tokens when `gen.truncate_prompt`, else raise `ContextLengthError`."""
+    budget = max_seq_len - gen.max_new_tokens
+    if budget < 1:
+        raise ContextLengthError(
+            f"max_new_tokens={gen.max_new_tokens} leaves no room for a prompt in the context window of "
+            f"{max_seq_len} tokens: ask for at most {max_seq_len - 1} new tokens"
+        )
+    out = []
+    for i, p in enumerate(prompts):
+        p = list(p)
+        if not p:
+            raise ValueError(f"prompt {i} is empty after tokenisation: give at least one token")
+        if len(p) > budget:
+            if not gen.truncate_prompt:
+                raise ContextLengthError(
+                    f"prompt {i} has {len(p)} tokens; with max_new_tokens={gen.max_new_tokens} that exceeds "
+                    f"the context window of {max_seq_len} tokens. Shorten the prompt, lower max_new_tokens, "
+                    "or set truncate_prompt=True to drop the oldest tokens"
+                )
+            p = p[len(p) - budget:]
+        out.append(p)
+    return out
+
+
+class TokenGeneration:
+    """Iterate over the decoding steps of a batch. Call `stop(row)` to end a row early (e.g. on a
+    stop string); `finish_reasons[row]` is "stop" or "length" once the row has ended."""
+
+    def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
+                 eos_token_ids: set[int] | None = None, pad_token_id: int = 0):
+        self.model, self.gen = model, gen
+        self.prompts = fit_prompts(prompts, gen, model.config.max_seq_len)
+        self.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else set(eos_token_ids or ()))
+        self.pad_token_id = pad_token_id
+        n = len(self.prompts)
+        self.finished = [False] * n
+        self.finish_reasons: list[str | None] = [None] * n
+        self.generated: list[list[int]] = [[] for _ in range(n)]
+
+    def stop(self, row: int, reason: str = "stop") -> None:
+        if not self.finished[row]:
+            self.finished[row], self.finish_reasons[row] = True, reason
+
+    def __iter__(self) -> Iterator[Step]:
+        gen, model = self.gen, self.model
+        if gen.max_new_tokens == 0:
+            for row in range(len(self.prompts)):
+                self.stop(row, "length")
+            return
+        device = model.device
+        generator = None
+        if gen.seed is not None and gen.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(gen.seed)
+        procs = build_processors(gen)
+        longest = max(len(p) for p in self.prompts)
+        ids = torch.full((len(self.prompts), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(self.prompts):  # left padding: every row's last token is aligned
+            ids[row, longest - len(p):] = torch.tensor(p)
+            mask[row, longest - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        padded = not bool(mask.all())
+        cache = model.new_cache(len(self.prompts), longest + gen.max_new_tokens)
+        state = SamplingState(len(self.prompts), model.config.vocab_size, device,
+                              track_prompt=gen.repetition_penalty != 1.0)
+        state.add_prompt(ids, mask if padded else None)
+
+        with torch.inference_mode():
+            logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
+        for _ in range(gen.max_new_tokens):
+            step, tokens = self._choose(logits, procs, state, generator)
+            yield step
+            if all(self.finished):
+                return
+            with torch.inference_mode():
+                logits = model(tokens[:, None], cache=cache)[:, -1]
+
+    def _choose(self, logits: torch.Tensor, procs, state: SamplingState, generator) -> tuple[Step, torch.Tensor]:
+        gen = self.gen
+        with torch.inference_mode():
+            raw = logits.float()
+            shaped = raw
+            for proc in procs:
+                shaped = proc(shaped, state)
+            tokens = sample(shaped, gen, generator)
+            state.add_tokens(tokens)
+            step = Step(tokens=tokens.tolist(), emit=[not f for f in self.finished])
+            if gen.logprobs or gen.top_logprobs:
+                logp = raw.log_softmax(-1)  # log-probabilities under the model, before sampling shaping
+                step.logprobs = logp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
+                if gen.top_logprobs:
+                    values, idx = logp.topk(gen.top_logprobs, dim=-1)
+                    step.top_logprobs = [dict(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+        for row, tok in enumerate(step.tokens):
+            if not step.emit[row]:
+                continue
+            if tok in self.stop_ids:
+                self.stop(row, "stop")
+                step.emit[row] = False
+                continue
+            self.generated[row].append(tok)
+            if len(self.generated[row]) >= gen.max_new_tokens:
+                self.stop(row, "length")
+        return step, tokens
+
+
+class TextStream:
+    """Text deltas of one row. Never emits part of a multi-byte character (the tokenizer's
+    stream decoder holds those bytes back) or text that might turn out to begin a stop string."""
+
+    def __init__(self, decoder, stop: Sequence[str] = ()):
+        self.decoder = decoder
+        self.stops = [s for s in stop if s]
+        self.pending = ""
+        self.text = ""
+        self.stopped = False
+
+    def _emit(self, buf: str, final: bool) -> str:
+        if self.stops:
+            hits = [(buf.find(s), s) for s in self.stops if s in buf]
+            if hits:
+                cut = min(h[0] for h in hits)
+                self.stopped = True
+                self.pending = ""
+                self.text += buf[:cut]
+                return buf[:cut]
+            if not final:
+                hold = _longest_stop_prefix_suffix(buf, self.stops)
+                self.pending = buf[len(buf) - hold:] if hold else ""
+                buf = buf[:len(buf) - hold]
+        self.text += buf
+        return buf
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        return self._emit(self.pending + self.decoder.push(token_id), final=False)
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        return self._emit(self.pending + self.decoder.flush(), final=True)
+
+
+def _longest_stop_prefix_suffix(buf: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(buf)), best, -1):
+            if buf.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+@dataclass
+class Completion:
+    """The result of one prompt."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end token, stop token or stop string) or "length"
+    prompt_tokens: int
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None

@@ -1,0 +1,233 @@
+"""`LLM`: the one interface every later room talks to, and `LocalLLM`, its in-process
+implementation over a `Transformer` and a `Tokenizer`.
+
+Every method takes generation options either as a `GenerationConfig` or as keyword arguments
+(``llm.generate("Hi", max_new_tokens=20, temperature=0)``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ..models.config import ModelConfig
+from ..models.hf import load_pretrained, save_pretrained
+from ..models.resolve import is_url, resolve_model
+from ..models.transformer import Transformer
+from ..tokenizer import Tokenizer
+from .generate import Completion, TextStream, TokenGeneration
+from .sampling import GenerationConfig
+
+Messages = list[dict[str, Any]]
+
+
+class LogLikelihood(NamedTuple):
+    logprob: float  # sum of log p(continuation tokens | context)
+    is_greedy: bool  # whether every continuation token is the argmax
+    n_tokens: int
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """What applications, evaluation and serving need from a language model, local or remote."""
+
+    def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]: ...
+
+    def stream(self, prompt: str, gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]: ...
+
+    def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
+             **kwargs: Any) -> str | Iterator[str]: ...
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LogLikelihood]: ...
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+
+class LocalLLM:
+    """A model and its tokenizer in this process."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None):
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                f"{model.config.vocab_size}: they do not belong together"
+            )
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __repr__(self) -> str:
+        return f"LocalLLM({self.name or self.config.family}, {self.model.num_parameters():,} params, {self.device})"
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def eos_token_ids(self) -> set[int]:
+        ids = set(self.tokenizer.eos_token_ids)
+        eos = self.config.eos_token_id
+        ids |= set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+        return ids
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    # --------------------------------------------------------------- generation
+    def complete(self, prompts: Sequence[str] | Sequence[Sequence[int]], gen: GenerationConfig | None = None,
+                 **kwargs: Any) -> list[Completion]:
+        """Generate for a batch of prompts (text, or token ids) at once; full results."""
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        token_prompts = [self.tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
+        run = TokenGeneration(self.model, token_prompts, gen, self.eos_token_ids(), self._pad_id())
+        texts = [TextStream(self.tokenizer.stream_decoder(), gen.stop) for _ in token_prompts]
+        logprobs: list[list[float]] = [[] for _ in token_prompts]
+        tops: list[list[dict[int, float]]] = [[] for _ in token_prompts]
+        for step in run:
+            for row, tok in enumerate(step.tokens):
+                if not step.emit[row]:
+                    continue
+                texts[row].push(tok)
+                if step.logprobs is not None:
+                    logprobs[row].append(step.logprobs[row])
+                if step.top_logprobs is not None:
+                    tops[row].append(step.top_logprobs[row])
+                if texts[row].stopped:
+                    run.stop(row, "stop")
+        out = []
+        for row, stream in enumerate(texts):
+            stream.flush()
+            out.append(Completion(
+                text=stream.text, token_ids=run.generated[row], finish_reason=run.finish_reasons[row] or "length",
+                prompt_tokens=len(run.prompts[row]), logprobs=logprobs[row] if gen.logprobs else None,
+                top_logprobs=tops[row] if gen.top_logprobs else None,
+            ))
+        return out
+
+    def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
+        """The generated text of one prompt (str), or of each prompt of a list, batched."""
+        if isinstance(prompt, str):
+            return self.complete([prompt], gen, **kwargs)[0].text
+        return [c.text for c in self.complete(prompt, gen, **kwargs)]
+
+    def stream(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]:
+        """Text deltas as they are produced; their concatenation is `generate`'s text."""
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id())
+        text = TextStream(self.tokenizer.stream_decoder(), gen.stop)
+        for step in run:
+            if not step.emit[0]:
+                break
+            delta = text.push(step.tokens[0])
+            if delta:
+                yield delta
+            if text.stopped:
+                run.stop(0, "stop")
+                break
+        tail = text.flush()
+        if tail:
+            yield tail
+
+    def chat_prompt(self, messages: Messages) -> list[int]:
+        """Token ids of `messages` rendered with the chat template, ready for the assistant's turn."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+    def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
+             **kwargs: Any) -> str | Iterator[str]:
+        """The assistant's reply to `messages` (a list of {"role", "content"} dicts)."""
+        ids = self.chat_prompt(messages)
+        if stream:
+            return self.stream(ids, gen, **kwargs)
+        return self.complete([ids], gen, **kwargs)[0].text
+
+    # ------------------------------------------------------------------ scoring
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[LogLikelihood]:
+        """log p(continuation | context) for (context, continuation) pairs, batched.
+
+        Tokenised as lm-eval does: the continuation's tokens are those of context+continuation
+        after the context's own tokens; over-long inputs lose their oldest context tokens."""
+        pairs = []
+        for context, continuation in requests:
+            ctx = self.tokenize(context)
+            whole = self.tokenize(context + continuation)
+            if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+                cont = whole[len(ctx):]
+            else:
+                cont = self.tokenize(continuation, add_special_tokens=False)
+            if not cont:
+                raise ValueError(f"continuation {continuation!r} has no tokens to score")
+            pairs.append((ctx, cont))
+        return self.loglikelihood_tokens(pairs, batch_size)
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                             batch_size: int = 16) -> list[LogLikelihood]:
+        max_len = self.config.max_seq_len
+        results: list[LogLikelihood | None] = [None] * len(pairs)
+        # longest first, so padding is small and results do not depend on batch composition
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            seqs, conts = [], []
+            for i in batch:
+                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
+                seq = (ctx + cont)[-(max_len + 1):]
+                seqs.append(seq)
+                conts.append(len(cont))
+            width = max(len(s) for s in seqs) - 1
+            ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):  # right padding: causal attention never looks at it
+                ids[r, :len(s) - 1] = torch.tensor(s[:-1])
+                mask[r, :len(s) - 1] = 1
+            with torch.inference_mode():
+                logits = self.model(ids.to(self.device)).float()
+                logp = logits.log_softmax(-1)
+            for r, i in enumerate(batch):
+                s, n = seqs[r], conts[r]
+                targets = torch.tensor(s[-n:], device=self.device)
+                rows = logp[r, len(s) - 1 - n:len(s) - 1]
+                lp = rows.gather(-1, targets[:, None]).squeeze(-1)
+                greedy = bool((rows.argmax(-1) == targets).all())
+                results[i] = LogLikelihood(float(lp.sum()), greedy, n)
+        return results  # type: ignore[return-value]
+
+    # --------------------------------------------------------------------- save
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write model and tokenizer in Hugging Face layout."""
+        path = Path(path)
+        save_pretrained(self.model, path)
+        self.tokenizer.save(path)
+        return path
+
+
+def load(name: str | os.PathLike, device: str | torch.device | None = None,
+         dtype: str | torch.dtype | None = None) -> LocalLLM:
+    """A local `LLM` from a model name: an HF directory, a run directory, or a name in the model
+    cache (see `llmkit.models.resolve`). `dtype` defaults to fp32 on CPU, bf16/fp16 on GPUs."""
+    where = resolve_model(name)
+    if isinstance(where, str) and is_url(where):
+        raise NotImplementedError(
+            f"{where} is a remote server: remote LLMs (llmkit.connect) arrive with the serving issue; "
+            "until then give a local model directory"
+        )
+    if Path(where).suffix == ".gguf":
+        raise NotImplementedError(f"{where} is a GGUF file: GGUF import arrives with the GGUF issue; "
+                                  "until then give a Hugging Face model directory")
+    model = load_pretrained(where, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(where)
+    return LocalLLM(model, tokenizer, name=Path(where).name)

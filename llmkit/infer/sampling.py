@@ -1,0 +1,191 @@
+"""Sampling: `GenerationConfig` and composable logits processors.
+
+Each processor is a small callable ``(logits, state) -> logits`` over a batch (rows, vocab);
+`build_processors` chains them in the usual order: penalties, temperature, top-k, top-p, min-p.
+The sampler then takes the argmax (temperature 0) or draws from the softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+class GenerationConfigError(ValueError):
+    pass
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. Defaults: 256 new tokens, plain sampling at temperature 1."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus; 1 = off
+    min_p: float = 0.0  # drop tokens below min_p × p(most likely); 0 = off
+    repetition_penalty: float = 1.0  # CTRL-style, over prompt and output; 1 = off
+    presence_penalty: float = 0.0  # OpenAI-style, over the output so far
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the text)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    logprobs: bool = False  # return the log-probability of each chosen token
+    top_logprobs: int = 0  # and of this many most likely alternatives
+    truncate_prompt: bool = False  # drop the oldest prompt tokens instead of failing when too long
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name: str, rule: str) -> GenerationConfigError:
+            return GenerationConfigError(f"{name}={getattr(self, name)!r} is invalid: {rule}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise bad("max_new_tokens", "use a non-negative integer")
+        if self.temperature < 0:
+            raise bad("temperature", "use 0 for greedy decoding or a positive number")
+        if self.top_k < 0:
+            raise bad("top_k", "use 0 (off) or a positive integer")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "use a number in (0, 1]; 1 turns nucleus sampling off")
+        if not 0 <= self.min_p < 1:
+            raise bad("min_p", "use a number in [0, 1); 0 turns it off")
+        if self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "use a positive number; 1 turns it off")
+        if self.top_logprobs < 0:
+            raise bad("top_logprobs", "use a non-negative integer")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad("stop", "stop strings must be non-empty strings")
+
+    def replace(self, **changes: Any) -> "GenerationConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_kwargs(cls, gen: "GenerationConfig | None" = None, **kwargs: Any) -> "GenerationConfig":
+        """Merge keyword arguments into `gen` (or the defaults), naming any unknown option."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise GenerationConfigError(f"unknown generation option(s) {unknown}: known options are {sorted(known)}")
+        base = gen if gen is not None else cls()
+        return base.replace(**kwargs) if kwargs else base
+
+
+class SamplingState:
+    """What the processors may look at: per-row counts of generated tokens and the set of
+    tokens seen in prompt or output (for the repetition penalty)."""
+
+    def __init__(self, batch: int, vocab: int, device: torch.device, track_prompt: bool):
+        self.counts = torch.zeros(batch, vocab, device=device)
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device) if track_prompt else None
+
+    def add_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        if self.seen is None:
+            return
+        real = torch.ones_like(input_ids, dtype=torch.int32) if attention_mask is None else attention_mask.int()
+        hits = torch.zeros_like(self.seen, dtype=torch.int32).scatter_add_(1, input_ids, real)
+        self.seen |= hits > 0
+
+    def add_tokens(self, tokens: torch.Tensor) -> None:
+        self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=self.counts.dtype))
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+
+
+Processor = Callable[[torch.Tensor, SamplingState], torch.Tensor]
+
+
+def repetition_penalty(penalty: float) -> Processor:
+    """Divide positive logits (multiply negative ones) of already-seen tokens by `penalty`
+    (Keskar et al. 2019, as transformers applies it)."""
+
+    def apply(logits: torch.Tensor, state: SamplingState) -> torch.Tensor:
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        return torch.where(state.seen, penalised, logits)
+
+    return apply
+
+
+def presence_frequency_penalty(presence: float, frequency: float) -> Processor:
+    """OpenAI's penalties: subtract `presence` once from every token generated so far and
+    `frequency` for every time it was generated."""
+
+    def apply(logits: torch.Tensor, state: SamplingState) -> torch.Tensor:
+        return logits - presence * (state.counts > 0).to(logits.dtype) - frequency * state.counts.to(logits.dtype)
+
+    return apply
+
+
+def temperature(t: float) -> Processor:
+    return lambda logits, state: logits / t
+
+
+def top_k(k: int) -> Processor:
+    """Keep the k largest logits (ties at the k-th value kept too)."""
+
+    def apply(logits: torch.Tensor, state: SamplingState) -> torch.Tensor:
+        k_eff = min(k, logits.shape[-1])
+        kth = torch.topk(logits, k_eff, dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+    return apply
+
+
+def top_p(p: float) -> Processor:
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probability reaches p; the most likely token is always kept."""
+
+    def apply(logits: torch.Tensor, state: SamplingState) -> torch.Tensor:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # mass strictly before each token: a token is kept while that mass is still below p
+        before = probs.cumsum(-1) - probs
+        drop_sorted = before >= p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        return logits.masked_fill(drop, float("-inf"))
+
+    return apply
+
+
+def min_p(p: float) -> Processor:
+    """Keep tokens whose probability is at least p times that of the most likely token."""
+
+    def apply(logits: torch.Tensor, state: SamplingState) -> torch.Tensor:
+        probs = logits.softmax(-1)
+        threshold = p * probs.max(dim=-1, keepdim=True).values
+        return logits.masked_fill(probs < threshold, float("-inf"))
+
+    return apply
+
+
+def build_processors(gen: GenerationConfig) -> list[Processor]:
+    procs: list[Processor] = []
+    if gen.repetition_penalty != 1.0:
+        procs.append(repetition_penalty(gen.repetition_penalty))
+    if gen.presence_penalty or gen.frequency_penalty:
+        procs.append(presence_frequency_penalty(gen.presence_penalty, gen.frequency_penalty))
+    if gen.temperature > 0:  # greedy ignores the shaping below
+        if gen.temperature != 1.0:
+            procs.append(temperature(gen.temperature))
+        if gen.top_k:
+            procs.append(top_k(gen.top_k))
+        if gen.top_p < 1.0:
+            procs.append(top_p(gen.top_p))
+        if gen.min_p > 0:
+            procs.append(min_p(gen.min_p))
+    return procs
+
+
+def sample(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row: argmax at temperature 0, else a draw from softmax(logits)."""
+    if gen.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = logits.float().softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

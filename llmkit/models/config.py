@@ -1,0 +1,309 @@
+"""`ModelConfig`: every family is a set of values, not a subclass; plus named presets.
+
+The fields cover decoder-only transformers of the GPT-2, Llama, Mistral, Qwen2 and SmolLM2
+families: norm kind, position scheme, attention heads and KV heads, MLP kind, biases, tying,
+sliding windows and RoPE scaling. Analytical counts (parameters, FLOPs, memory) live here too,
+so that `llmkit info` can describe a 7B preset without allocating it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+NORMS = ("rmsnorm", "layernorm")
+POSITIONS = ("rope", "learned", "sinusoidal", "none")
+MLPS = ("swiglu", "gelu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+class ConfigError(ValueError):
+    """A model configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of one `Transformer`. Names follow the papers; HF names are in comments."""
+
+    family: str = "llama"  # HF `model_type` written on export: llama | mistral | qwen2 | gpt2
+    vocab_size: int = 32000
+    dim: int = 4096  # hidden_size / n_embd
+    n_layers: int = 32  # num_hidden_layers / n_layer
+    n_heads: int = 32  # num_attention_heads / n_head
+    n_kv_heads: int | None = None  # num_key_value_heads: None = n_heads (MHA), 1 = MQA, else GQA
+    head_dim: int | None = None  # None = dim // n_heads
+    hidden_dim: int = 11008  # intermediate_size / n_inner (MLP width)
+    max_seq_len: int = 2048  # max_position_embeddings / n_positions
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    positions: str = "rope"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": linear|dynamic|llama3, "factor": ..., ...}
+    mlp: str = "swiglu"
+    activation: str = "silu"
+    qkv_bias: bool = False  # bias on q/k/v projections (GPT-2, Qwen2)
+    o_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # bias on MLP projections (GPT-2)
+    tie_embeddings: bool = False
+    causal: bool = True  # False: bidirectional attention (encoders)
+    sliding_window: int | None = None  # keys further than this many positions back are not attended
+    layer_types: list[str] | None = None  # per layer "full_attention" | "sliding_attention" (None: all sliding if a window is set)
+    dropout: float = 0.0  # embedding, attention-probability and residual dropout while training
+    init_std: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ConfigError(
+                    f"dim={self.dim} is not divisible by n_heads={self.n_heads}: "
+                    "choose dim as a multiple of n_heads, or set head_dim explicitly"
+                )
+            self.head_dim = self.dim // self.n_heads
+        self.validate()
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the field, the value and the fix for any inconsistent value."""
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not supported: use one of {', '.join(allowed)}")
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "hidden_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}: "
+                "grouped-query attention shares each KV head among a whole number of query heads"
+            )
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for rotary positions")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window={self.sliding_window} must be a positive integer or None")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.n_layers:
+                raise ConfigError(
+                    f"layer_types has {len(self.layer_types)} entries but n_layers={self.n_layers}: give one per layer"
+                )
+            bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+            if bad:
+                raise ConfigError(f"layer_types contains {bad[0]!r}: use one of {', '.join(LAYER_TYPES)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+            if kind not in ROPE_TYPES:
+                raise ConfigError(f"rope_scaling.rope_type={kind!r} is not supported: use one of {', '.join(ROPE_TYPES)}")
+            if kind != "default" and "factor" not in self.rope_scaling:
+                raise ConfigError(f"rope_scaling of type {kind!r} needs a 'factor'")
+            if kind == "llama3":
+                for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+                    if key not in self.rope_scaling:
+                        raise ConfigError(f"rope_scaling of type 'llama3' needs {key!r}")
+
+    def sliding_window_for(self, layer: int) -> int | None:
+        """The attention window of layer `layer` (None: full causal attention)."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s) {unknown}: known fields are {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again). A head_dim that was derived from
+        dim // n_heads is derived again when dim or n_heads change."""
+        derived = self.head_dim == self.dim // self.n_heads
+        if derived and "head_dim" not in changes and ({"dim", "n_heads"} & set(changes)):
+            changes["head_dim"] = None
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------- analytical sizes
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    def layer_parameters(self) -> int:
+        """Parameters of one transformer block."""
+        d, h = self.dim, self.hidden_dim
+        attn = d * self.q_dim + 2 * d * self.kv_dim + self.q_dim * d
+        if self.qkv_bias:
+            attn += self.q_dim + 2 * self.kv_dim
+        if self.o_bias:
+            attn += d
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        mlp = n_mats * d * h
+        if self.mlp_bias:
+            mlp += (n_mats - 1) * h + d
+        norm = d if self.norm == "rmsnorm" else 2 * d
+        return attn + mlp + 2 * norm
+
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Trainable parameters. `embeddings=False` leaves out token/position embeddings and the
+        output head (Kaplan's N, the count that scaling laws and FLOP estimates use)."""
+        final_norm = self.dim if self.norm == "rmsnorm" else 2 * self.dim
+        n = self.n_layers * self.layer_parameters() + final_norm
+        if embeddings:
+            n += self.vocab_size * self.dim
+            if self.positions == "learned":
+                n += self.max_seq_len * self.dim
+            if not self.tie_embeddings:
+                n += self.vocab_size * self.dim
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
+        """Forward FLOPs per token (Kaplan et al.): 2·N plus attention over the context
+        (2·n_layers·seq_len·q_dim for QKᵀ and the weighted sum), plus the output head.
+        Training (forward + backward) is three times that."""
+        seq_len = self.max_seq_len if seq_len is None else seq_len
+        window = self.sliding_window or seq_len
+        n = self.num_parameters(embeddings=False) + self.vocab_size * self.dim  # the head is a matmul too
+        attn = 2 * self.n_layers * min(seq_len, window) * self.q_dim
+        forward = 2 * n + attn
+        return 3 * forward if training else forward
+
+    def weight_bytes(self, dtype: str = "fp32", group_size: int = 128) -> int:
+        """Bytes of all weights stored as `dtype`: fp32, fp16, bf16, int8 (per-channel fp16 scale
+        per output row), int4 (group-wise, fp16 scale per `group_size` weights). Norms, biases and
+        embeddings stay 16-bit in the quantised formats."""
+        n = self.num_parameters()
+        if dtype == "fp32":
+            return 4 * n
+        if dtype in ("fp16", "bf16"):
+            return 2 * n
+        if dtype not in ("int8", "int4"):
+            raise ConfigError(f"dtype={dtype!r} is not supported: use fp32, fp16, bf16, int8 or int4")
+        d, h = self.dim, self.hidden_dim
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        # (rows, cols) of every quantised matrix in one layer
+        mats = [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)]
+        mats += [(h, d)] * (n_mats - 1) + [(d, h)]
+        quant_params = self.n_layers * sum(r * c for r, c in mats)
+        if dtype == "int8":
+            q_bytes = quant_params + 2 * self.n_layers * sum(r for r, _ in mats)
+        else:
+            q_bytes = quant_params // 2 + 2 * self.n_layers * sum(r * math.ceil(c / group_size) for r, c in mats)
+        return q_bytes + 2 * (n - quant_params)
+
+    def kv_cache_bytes(self, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+        return 2 * self.n_layers * batch_size * seq_len * self.kv_dim * bytes_per_value
+
+
+# ---------------------------------------------------------------------------------- presets
+def _gpt2(dim: int, layers: int, heads: int, **kw: Any) -> ModelConfig:
+    return ModelConfig(
+        family="gpt2", vocab_size=50257, dim=dim, n_layers=layers, n_heads=heads, hidden_dim=4 * dim,
+        max_seq_len=1024, norm="layernorm", norm_eps=1e-5, positions="learned", mlp="gelu",
+        activation="gelu_tanh", qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=True,
+        bos_token_id=50256, eos_token_id=50256, **kw,
+    )
+
+
+def _llama(**kw: Any) -> ModelConfig:
+    base: dict[str, Any] = dict(family="llama", norm="rmsnorm", positions="rope", mlp="swiglu", activation="silu")
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def _llama3_scaling(factor: float) -> dict[str, Any]:
+    return {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+
+
+def _qwen25(**kw: Any) -> ModelConfig:
+    return _llama(family="qwen2", qkv_bias=True, norm_eps=1e-6, rope_theta=1_000_000.0, bos_token_id=151643,
+                  eos_token_id=151645, **kw)
+
+
+_PRESETS: dict[str, Any] = {
+    # GPT-2 (Radford et al. 2019)
+    "gpt2": lambda: _gpt2(768, 12, 12),
+    "gpt2-medium": lambda: _gpt2(1024, 24, 16),
+    "gpt2-large": lambda: _gpt2(1280, 36, 20),
+    "gpt2-xl": lambda: _gpt2(1600, 48, 25),
+    # Llama 2 and 3.x
+    "llama-2-7b": lambda: _llama(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, hidden_dim=11008,
+                                 max_seq_len=4096, norm_eps=1e-5, bos_token_id=1, eos_token_id=2),
+    "llama-3.2-1b": lambda: _llama(vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+                                   hidden_dim=8192, max_seq_len=131072, rope_theta=500000.0,
+                                   rope_scaling=_llama3_scaling(32.0), tie_embeddings=True,
+                                   bos_token_id=128000, eos_token_id=128001),
+    "llama-3.2-3b": lambda: _llama(vocab_size=128256, dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, head_dim=128,
+                                   hidden_dim=8192, max_seq_len=131072, rope_theta=500000.0,
+                                   rope_scaling=_llama3_scaling(32.0), tie_embeddings=True,
+                                   bos_token_id=128000, eos_token_id=128001),
+    "llama-3.1-8b": lambda: _llama(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                                   hidden_dim=14336, max_seq_len=131072, rope_theta=500000.0,
+                                   rope_scaling=_llama3_scaling(8.0), bos_token_id=128000, eos_token_id=128001),
+    # Mistral 7B v0.1 (sliding-window attention)
+    "mistral-7b": lambda: _llama(family="mistral", vocab_size=32000, dim=4096, n_layers=32, n_heads=32,
+                                 n_kv_heads=8, hidden_dim=14336, max_seq_len=32768, sliding_window=4096,
+                                 bos_token_id=1, eos_token_id=2),
+    # Qwen2.5 (q/k/v bias)
+    "qwen2.5-0.5b": lambda: _qwen25(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2,
+                                    hidden_dim=4864, max_seq_len=32768, tie_embeddings=True),
+    "qwen2.5-1.5b": lambda: _qwen25(vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                                    hidden_dim=8960, max_seq_len=32768, tie_embeddings=True),
+    "qwen2.5-7b": lambda: _qwen25(vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4,
+                                  hidden_dim=18944, max_seq_len=32768),
+    # SmolLM2 (Llama architecture)
+    "smollm2-135m": lambda: _llama(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, hidden_dim=1536,
+                                   max_seq_len=8192, rope_theta=100000.0, tie_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2),
+    "smollm2-360m": lambda: _llama(vocab_size=49152, dim=960, n_layers=32, n_heads=15, n_kv_heads=5, hidden_dim=2560,
+                                   max_seq_len=8192, rope_theta=100000.0, tie_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2),
+    "smollm2-1.7b": lambda: _llama(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
+                                   hidden_dim=8192, max_seq_len=8192, rope_theta=130000.0, tie_embeddings=True,
+                                   bos_token_id=1, eos_token_id=2),
+    # Tiny presets for tests and laptops: every family's features at a few hundred thousand parameters.
+    "tiny-llama": lambda: _llama(vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176,
+                                 max_seq_len=512, tie_embeddings=True),
+    "tiny-gpt2": lambda: _gpt2(64, 2, 4).replace(vocab_size=2048, max_seq_len=512, bos_token_id=None,
+                                                 eos_token_id=None),
+    "tiny-mistral": lambda: _llama(family="mistral", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=1,
+                                   hidden_dim=176, max_seq_len=512, sliding_window=32),
+    "tiny-qwen2": lambda: _llama(family="qwen2", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                 hidden_dim=176, max_seq_len=512, qkv_bias=True, norm_eps=1e-6,
+                                 rope_theta=1_000_000.0, tie_embeddings=True),
+}
+
+
+def list_presets() -> list[str]:
+    """Names accepted by `preset()`."""
+    return sorted(_PRESETS)
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of a named preset, e.g. ``preset("llama-3.2-1b")``; keyword arguments
+    override fields (``preset("tiny-llama", vocab_size=4096)``)."""
+    key = name.lower()
+    if key not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(list_presets())}")
+    config = _PRESETS[key]()
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,189 @@
+"""The parts of a transformer block: norms, rotary and sinusoidal positions, attention, MLP.
+
+Module names follow Hugging Face Llama (`q_proj` … `down_proj`, `input_layernorm`,
+`post_attention_layernorm`) so that checkpoints and adapter files map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 like the reference."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.dim, config.norm_eps)
+    return nn.LayerNorm(config.dim, eps=config.norm_eps)
+
+
+def activation_fn(name: str):
+    if name == "silu":
+        return F.silu
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_tanh":  # GPT-2's "gelu_new"
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.relu
+
+
+# --------------------------------------------------------------------------------- positions
+def rope_inv_freq(config: ModelConfig, seq_len: int | None = None, device=None) -> torch.Tensor:
+    """Inverse frequencies of rotary embeddings (Su et al. 2021), with the long-context scalings:
+    linear (position interpolation), dynamic NTK (base grows with the sequence) and Llama 3's
+    per-wavelength blend."""
+    dim = config.head_dim
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    base = config.rope_theta
+    if kind == "dynamic":
+        factor = scaling["factor"]
+        original = config.max_seq_len
+        seq_len = max(seq_len or original, original)
+        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        # long wavelengths are interpolated by `factor`, short ones kept, the band between blended
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions (HF's non-interleaved "rotate half" layout)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        scaling = config.rope_scaling or {}
+        self.dynamic = scaling.get("rope_type", scaling.get("type")) == "dynamic"
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq
+        if self.dynamic:
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.config.max_seq_len:
+                inv_freq = rope_inv_freq(self.config, seq_len, device=position_ids.device)
+        freqs = position_ids[..., None].float() * inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, seq, head_dim) by the angles in cos/sin of shape (batch, seq, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed sin/cos position encodings of "Attention Is All You Need", interleaved sin, cos."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=position_ids.device).float() / dim))
+    angles = position_ids[..., None].float() * inv_freq
+    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[..., :dim]
+    return pe.to(dtype)
+
+
+# --------------------------------------------------------------------------------- attention
+class AttentionMask:
+    """How one forward pass masks attention: either SDPA's own causal flag, no mask at all
+    (a single query that may see every key from `key_start` on), or an explicit boolean mask
+    of shape (batch or 1, 1, queries, keys) where True means "may attend"."""
+
+    __slots__ = ("mask", "is_causal", "key_start")
+
+    def __init__(self, mask: torch.Tensor | None = None, is_causal: bool = False, key_start: int = 0):
+        self.mask, self.is_causal, self.key_start = mask, is_causal, key_start
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.dim, config.q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.q_dim, config.dim, bias=config.o_bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: AttentionMask,
+                cache=None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        if mask.key_start:
+            k, v = k[:, :, mask.key_start:], v[:, :, mask.key_start:]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU (down(act(gate(x)) * up(x))) or the classic two-layer GELU MLP (down(act(up(x))))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        if self.gated:
+            self.gate_proj = nn.Linear(config.dim, config.hidden_dim, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.dim, config.hidden_dim, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.hidden_dim, config.dim, bias=config.mlp_bias)
+        self.act = activation_fn(config.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = make_norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+
+    def forward(self, x, rope, mask: AttentionMask, cache=None) -> torch.Tensor:
+        h = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        return h + self.drop(self.mlp(self.post_attention_layernorm(h)))

@@ -1,0 +1,182 @@
+"""One `Transformer` for every decoder family; the differences are `ModelConfig` values.
+
+``Transformer(config)(input_ids)`` returns logits of shape (batch, seq, vocab). With a
+`KVCache` the same call prefills the cache and then decodes one (or a few) tokens per step.
+Submodule names match Hugging Face Llama (``model.layers.0.self_attn.q_proj``, ``lm_head``),
+so state dicts, PEFT adapter files and HF checkpoints share one naming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cache import KVCache
+from .config import ModelConfig
+from .layers import AttentionMask, Block, RotaryEmbedding, make_norm, sinusoidal_positions
+
+
+class ContextLengthError(ValueError):
+    pass
+
+
+class Decoder(nn.Module):
+    """Embeddings, the stack of blocks and the final norm (HF's ``model.`` prefix)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        if config.positions == "learned":
+            self.embed_positions = nn.Embedding(config.max_seq_len, config.dim)
+        self.rotary = RotaryEmbedding(config) if config.positions == "rope" else None
+        self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = make_norm(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        b, t = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
+        past = cache.length if cache is not None else 0
+        total = past + t
+        if cfg.positions == "learned" and total > cfg.max_seq_len:
+            raise ContextLengthError(
+                f"{total} positions exceed the model's context window max_seq_len={cfg.max_seq_len} "
+                "(learned position embeddings cannot go further): shorten the input"
+            )
+        device = input_ids.device if inputs_embeds is None else inputs_embeds.device
+
+        # which keys hold real tokens (None: all of them)
+        if cache is not None:
+            key_valid = cache.record(attention_mask, t)
+        elif attention_mask is not None and not bool(attention_mask.all()):
+            key_valid = attention_mask.bool()
+        else:
+            key_valid = None
+
+        if position_ids is None:
+            if key_valid is None:
+                position_ids = torch.arange(past, total, device=device).expand(b, t)
+            else:  # count only real tokens, so left padding does not shift positions
+                position_ids = (key_valid.long().cumsum(-1) - 1)[:, past:total].clamp(min=0)
+
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if cfg.positions == "learned":
+            x = x + self.embed_positions(position_ids)
+        elif cfg.positions == "sinusoidal":
+            x = x + sinusoidal_positions(position_ids, cfg.dim, x.dtype)
+        x = self.drop(x)
+        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
+
+        masks: dict[int | None, AttentionMask] = {}
+        for layer in self.layers:
+            window = cfg.sliding_window_for(layer.self_attn.layer_idx)
+            if window not in masks:
+                masks[window] = build_mask(t, past, key_valid, cfg.causal, window, device)
+            x = layer(x, rope, masks[window], cache)
+        if cache is not None:
+            cache.advance(t)
+        return self.norm(x)
+
+
+def build_mask(t: int, past: int, key_valid: torch.Tensor | None, causal: bool, window: int | None,
+               device) -> AttentionMask:
+    """The cheapest correct attention mask for `t` new queries after `past` cached keys.
+
+    Fast paths avoid materialising a mask: a fresh causal prefill uses SDPA's causal flag, and a
+    single decoding query without padding sees every key (from the window start on)."""
+    total = past + t
+    if key_valid is None:
+        if not causal and window is None:
+            return AttentionMask()
+        if causal and t == 1:
+            return AttentionMask(key_start=max(0, total - window) if window else 0)
+        if causal and past == 0 and (window is None or total <= window):
+            return AttentionMask(is_causal=True)
+    q_pos = torch.arange(past, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = torch.ones(t, total, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= k_pos <= q_pos
+    if window is not None:
+        allowed &= (q_pos - k_pos) < window
+        if not causal:
+            allowed &= (k_pos - q_pos) < window
+    allowed = allowed[None, None]
+    if key_valid is not None:
+        # a padding query may see only itself: a fully masked row would give NaN
+        allowed = (allowed & key_valid[:, None, None, :]) | (k_pos == q_pos)
+    return AttentionMask(mask=allowed)
+
+
+class Transformer(nn.Module):
+    """A decoder-only language model: ``model`` (the `Decoder`) and ``lm_head``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream
+        std = config.init_std / math.sqrt(2 * config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (batch, seq, vocab). `attention_mask` (batch, seq) marks real tokens with 1 and
+        (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only."""
+        h = self.model(input_ids, attention_mask, position_ids, cache)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """Final normed hidden states (batch, seq, dim), for heads other than the LM head."""
+        return self.model(input_ids, attention_mask, None, cache)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+
+    # ----------------------------------------------------------------------- sizes
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Distinct parameters (a tied head counts once)."""
+        params = {id(p): p for p in self.parameters()}
+        n = sum(p.numel() for p in params.values())
+        if not embeddings:
+            n -= self.model.embed_tokens.weight.numel()
+            if hasattr(self.model, "embed_positions"):
+                n -= self.model.embed_positions.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
+        return self.config.flops_per_token(seq_len, training)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype

@@ -1,0 +1,49 @@
+"""`llmkit init`: a random-weight model of a preset, with a small byte-level BPE tokenizer trained
+on the embedded corpus and a chat template, saved in Hugging Face layout."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..data.corpus import stdlib_texts
+from ..infer.llm import LocalLLM
+from ..models.config import preset
+from ..models.transformer import Transformer
+from ..tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+INIT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def init_model(preset_name: str, out: str | os.PathLike, vocab_size: int | None = None,
+               texts: Iterable[str] | None = None, corpus_bytes: int = 2_000_000, seed: int = 0,
+               tokenizer: Tokenizer | None = None, overwrite: bool = False) -> LocalLLM:
+    """Build preset `preset_name` with random weights (seeded) and a tokenizer, save both to `out`.
+
+    The tokenizer is `tokenizer` if given, else a byte-level BPE of `vocab_size` (default: the
+    preset's) trained on `texts` (default: the installed Python standard library). The model's
+    vocabulary is sized to the tokenizer."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: choose another --out, or pass --overwrite")
+    config = preset(preset_name)
+    if tokenizer is None:
+        target = vocab_size or config.vocab_size
+        if target > 65536:
+            raise ValueError(f"vocab_size={target} is too large to train here: give vocab_size <= 65536")
+        log.info("training a %d-token byte-level BPE tokenizer", target)
+        tokenizer = Tokenizer.train(texts if texts is not None else stdlib_texts(corpus_bytes), vocab_size=target,
+                                    special_tokens=INIT_SPECIAL_TOKENS)
+    config = config.replace(vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    llm = LocalLLM(model, tokenizer, name=out.name)
+    llm.save(out)
+    return llm
