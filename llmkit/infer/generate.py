@@ -61,7 +61,7 @@ class TokenGeneration:
     def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
                  eos_token_ids: set[int] | None = None, pad_token_id: int = 0):
         self.model, self.gen = model, gen
-        self.prompts = fit_prompts(prompts, gen, model.config.max_seq_len)
+        self.prompts = fit_prompts(prompts, gen, model.config.context_window)
         self.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else set(eos_token_ids or ()))
         self.pad_token_id = pad_token_id
         n = len(self.prompts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -17,9 +17,11 @@ from ..models.config import ModelConfig
 from ..models.hf import load_pretrained, save_pretrained
 from ..models.resolve import is_url, resolve_model
 from ..models.transformer import Transformer
-from ..tokenizer import Tokenizer
 from .generate import Completion, TextStream, TokenGeneration
 from .sampling import GenerationConfig
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 Messages = list[dict[str, Any]]
 
@@ -176,7 +178,7 @@ class LocalLLM:
 
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                              batch_size: int = 16) -> list[LogLikelihood]:
-        max_len = self.config.max_seq_len
+        max_len = self.config.context_window
         results: list[LogLikelihood | None] = [None] * len(pairs)
         # longest first, so padding is small and results do not depend on batch composition
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
@@ -228,6 +230,8 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
     if Path(where).suffix == ".gguf":
         raise NotImplementedError(f"{where} is a GGUF file: GGUF import arrives with the GGUF issue; "
                                   "until then give a Hugging Face model directory")
+    from ..tokenizer import Tokenizer
+
     model = load_pretrained(where, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(where)
     return LocalLLM(model, tokenizer, name=Path(where).name)

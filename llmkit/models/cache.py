@@ -19,7 +19,7 @@ class CacheFullError(RuntimeError):
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        self.max_len = max_len or config.max_seq_len
+        self.max_len = max_len or config.context_window
         shape = (config.n_layers, batch_size, config.n_kv_heads, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

@@ -119,6 +119,15 @@ class ModelConfig:
             return self.sliding_window
         return None
 
+    @property
+    def context_window(self) -> int:
+        """Longest sequence the model is meant to handle: max_seq_len, stretched by the factor
+        of dynamic NTK rope scaling (whose max_seq_len is the original training length)."""
+        scaling = self.rope_scaling or {}
+        if self.positions == "rope" and scaling.get("rope_type", scaling.get("type")) == "dynamic":
+            return int(self.max_seq_len * scaling["factor"])
+        return self.max_seq_len
+
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,219 @@
+"""Argument definitions and runners of the `llmkit` verbs (each runner calls the library)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------- shared options
+def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "-m", required=required,
+                   help="HF model directory, .gguf file, run directory, or a name in the model cache")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weight dtype (default auto: fp32 on CPU, bf16/fp16 on GPU)")
+
+
+def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × p(best) (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (1 = off)")
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--truncate-prompt", action="store_true",
+                   help="drop the oldest prompt tokens instead of failing when the prompt is too long")
+
+
+def generation_config(args: argparse.Namespace):
+    from ..infer.sampling import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, stop=args.stop, seed=args.seed, truncate_prompt=args.truncate_prompt,
+    )
+
+
+def load_llm(args: argparse.Namespace):
+    from ..infer.llm import load
+    from ..utils import default_device
+
+    return load(args.model, device=args.device or default_device(), dtype=args.dtype)
+
+
+# ---------------------------------------------------------------------------------- init
+def add_init_args(p: argparse.ArgumentParser) -> None:
+    from ..models.config import list_presets
+
+    p.add_argument("--preset", default="tiny-llama", help=f"one of: {', '.join(list_presets())} (default tiny-llama)")
+    p.add_argument("--out", "-o", required=True, help="output directory (HF layout)")
+    p.add_argument("--vocab-size", type=int, default=None, help="tokenizer size (default: the preset's)")
+    p.add_argument("--corpus", nargs="*", default=None, metavar="FILE",
+                   help="text files to train the tokenizer on (default: the installed Python standard library)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+
+def run_init(args: argparse.Namespace) -> None:
+    from ..pipelines.init import init_model
+
+    texts = None
+    if args.corpus:
+        missing = [f for f in args.corpus if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--corpus file(s) not found: {missing}")
+        texts = (Path(f).read_text(encoding="utf-8", errors="replace") for f in args.corpus)
+    llm = init_model(args.preset, args.out, vocab_size=args.vocab_size, texts=texts, seed=args.seed,
+                     overwrite=args.overwrite)
+    n = llm.model.num_parameters()
+    print(f"wrote {args.out}: preset {args.preset}, {n:,} parameters, vocabulary {llm.tokenizer.vocab_size}")
+    print(f"try: llmkit generate --model {args.out} --prompt 'def fib(n):' --max-new-tokens 32")
+
+
+# ---------------------------------------------------------------------------------- info
+def add_info_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", "-m", help="HF model directory, run directory or cached model name")
+    src.add_argument("--preset", help="describe a preset without building it")
+    p.add_argument("--context", type=int, default=None, help="sequence length for FLOPs and KV-cache size")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def run_info(args: argparse.Namespace) -> None:
+    from ..models.config import preset
+    from ..models.hf import read_config
+    from ..models.resolve import resolve_model
+
+    if args.preset:
+        cfg, where = preset(args.preset), f"preset {args.preset}"
+    else:
+        path = resolve_model(args.model)
+        if isinstance(path, str) or path.suffix == ".gguf":
+            raise NotImplementedError(f"info reads HF directories; {path} is not one")
+        cfg, where = read_config(path), str(path)
+    ctx = args.context or cfg.max_seq_len
+    attn = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
+    rope = ""
+    if cfg.positions == "rope":
+        rope = f" (theta {cfg.rope_theta:g}" + (f", {cfg.rope_scaling['rope_type']} scaling x{cfg.rope_scaling['factor']:g}"
+                                                if cfg.rope_scaling else "") + ")"
+    lines = [
+        ("model", where),
+        ("family", cfg.family),
+        ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
+        ("layers", f"{cfg.n_layers} x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
+        ("attention", f"{attn}: {cfg.n_heads} heads, {cfg.n_kv_heads} KV heads, head_dim {cfg.head_dim}"
+                      + (f", sliding window {cfg.sliding_window}" if cfg.sliding_window else "")),
+        ("positions", f"{cfg.positions}{rope}, context {cfg.max_seq_len}"),
+        ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g})"),
+        ("vocabulary", f"{cfg.vocab_size}, embeddings {'tied' if cfg.tie_embeddings else 'separate'}"),
+        ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
+        ("KV cache", f"{_gib(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
+    ]
+    for dtype in ("fp32", "bf16", "int8", "int4"):
+        lines.append((f"weights {dtype}", _gib(cfg.weight_bytes(dtype))))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+
+
+# ------------------------------------------------------------------------------ generate
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", "-p", help="prompt text ('-' reads standard input)")
+    src.add_argument("--prompt-file", help="file holding the prompt")
+    p.add_argument("--no-stream", action="store_true", help="print the text only when it is complete")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as one user message in the chat template")
+    add_generation_args(p)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    prompt = args.prompt
+    if args.prompt_file:
+        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+    elif prompt == "-":
+        prompt = sys.stdin.read()
+    llm = load_llm(args)
+    gen = generation_config(args)
+    if args.chat:
+        pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True)
+        print_stream(pieces)
+        return
+    if args.no_stream:
+        print(prompt + llm.generate(prompt, gen))
+        return
+    sys.stdout.write(prompt)
+    print_stream(llm.stream(prompt, gen))
+
+
+def print_stream(pieces) -> str:
+    text = []
+    for piece in pieces:
+        text.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(text)
+
+
+# ---------------------------------------------------------------------------------- chat
+def add_chat_args(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p)
+    p.add_argument("--system", default=None, help="system message")
+    add_generation_args(p, max_new_tokens=512)
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    llm = load_llm(args)
+    gen = generation_config(args)
+    interactive = sys.stdin.isatty()
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if interactive:
+        print(f"chatting with {llm.name} — /reset clears the conversation, /exit (or Ctrl-D) quits")
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = print_stream(llm.chat(messages, gen, stream=True))
+        messages.append({"role": "assistant", "content": reply})
+
+
+# ---------------------------------------------------------------------------------- pull
+def add_pull_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo_id", help="Hugging Face hub repo id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    p.add_argument("--revision", default=None, help="branch, tag or commit")
+    p.add_argument("--token", default=None, help="hub token for gated models (default: HF_TOKEN)")
+
+
+def run_pull(args: argparse.Namespace) -> None:
+    from ..models.resolve import pull
+
+    path = pull(args.repo_id, revision=args.revision, token=args.token)
+    print(path)

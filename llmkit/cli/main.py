@@ -1,0 +1,67 @@
+"""The `llmkit` command: thin verbs that parse arguments, call one library function, and print.
+
+Every verb has ``--help``. Errors that a user can fix are printed as one line (no traceback)
+with exit status 2; ``-v`` shows logs and ``--traceback`` the full stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from . import commands
+
+VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
+    "init": (commands.add_init_args, commands.run_init,
+             "create a random-weight model of a preset with a trained BPE tokenizer and chat template (HF layout)"),
+    "info": (commands.add_info_args, commands.run_info,
+             "describe a model or preset: family, parameters, layers, memory by dtype"),
+    "generate": (commands.add_generate_args, commands.run_generate, "generate text from a prompt, streaming it"),
+    "chat": (commands.add_chat_args, commands.run_chat, "chat interactively using the model's chat template"),
+    "pull": (commands.add_pull_args, commands.run_pull,
+             "download a Hugging Face hub model into the local model cache"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmkit",
+        description="llmkit: the whole life of a large language model in one hackable PyTorch codebase.",
+        epilog="Models are named by path to an HF directory or .gguf file, a run directory, or a name "
+               "in the model cache ($LLMKIT_HOME, default ~/.cache/llmkit). Run `llmkit VERB --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"llmkit {commands.version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (add_args, run, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        add_args(p)
+        p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+        p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NotImplementedError, RuntimeError) as e:
+        if args.traceback:
+            raise
+        print(f"llmkit {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
