@@ -1,0 +1,40 @@
+"""Fixtures shared by every room's tests: tiny models made with `llmkit init` (no download)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmkit.data.corpus import stdlib_texts
+
+TINY_PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-qwen2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 512-token byte-level BPE trained on a slice of the standard library."""
+    from llmkit.tokenizer import Tokenizer
+    from llmkit.pipelines.init import INIT_SPECIAL_TOKENS
+
+    return Tokenizer.train(stdlib_texts(300_000), vocab_size=512, special_tokens=INIT_SPECIAL_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, tiny_tokenizer):
+    """{preset: directory} of random-weight tiny models of every family, in HF layout."""
+    from llmkit.pipelines.init import init_model
+
+    root = tmp_path_factory.mktemp("tiny")
+
+    class Dirs(dict):
+        def __missing__(self, name):
+            path = root / name
+            init_model(name, path, tokenizer=tiny_tokenizer, seed=0)
+            self[name] = path
+            return path
+
+    return Dirs()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_dirs):
+    return tiny_dirs["tiny-llama"]
