@@ -3,6 +3,7 @@ always real text to train on with no download."""
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +17,11 @@ def stdlib_files() -> list[Path]:
     """The standard library's .py sources, in a fixed order (tests and site-packages left out)."""
     root = stdlib_dir()
     skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
-    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+    found = []
+    for folder, dirs, files in os.walk(root):  # prune site-packages instead of walking through it
+        dirs[:] = [d for d in dirs if d not in skip]
+        found += [Path(folder) / f for f in files if f.endswith(".py")]
+    return sorted(found)
 
 
 def stdlib_texts(max_bytes: int | None = None) -> Iterator[str]:

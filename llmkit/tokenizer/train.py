@@ -1,0 +1,77 @@
+"""Training a byte-level BPE tokenizer (GPT-2 style) with the `tokenizers` library."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as BackendTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+logger = logging.getLogger(__name__)
+
+ENDOFTEXT = "<|endoftext|>"
+DEFAULT_SPECIAL_TOKENS = [ENDOFTEXT, "<|im_start|>", "<|im_end|>"]
+
+
+def _as_files(texts_or_files: object) -> list[str] | None:
+    """The file paths in `texts_or_files`, or None when it is an iterable of texts.
+
+    A `Path` (or a list of them) is always a file; a list of strings counts as files only when
+    every string names an existing file, so a corpus of short texts is never mistaken for paths.
+    """
+    if isinstance(texts_or_files, (str, os.PathLike)):
+        path = Path(texts_or_files)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"training file {str(path)!r} does not exist; pass a list of texts "
+                                    f"(e.g. [text]) to train on a string")
+        return [str(path)]
+    if isinstance(texts_or_files, (list, tuple)) and texts_or_files:
+        if all(isinstance(x, os.PathLike) for x in texts_or_files) or all(
+                isinstance(x, (str, os.PathLike)) and os.path.isfile(x) for x in texts_or_files):
+            missing = [str(x) for x in texts_or_files if not os.path.isfile(x)]
+            if missing:
+                raise FileNotFoundError(f"training files not found: {missing[:5]}")
+            return [str(x) for x in texts_or_files]
+    return None
+
+
+def train_byte_level_bpe(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] | str | os.PathLike,
+                         vocab_size: int = 4096, special_tokens: list[str] | None = None,
+                         min_frequency: int = 2) -> BackendTokenizer:
+    """Train a GPT-2 style byte-level BPE.
+
+    The initial alphabet is all 256 bytes, so every Unicode string encodes and decodes back
+    exactly. Special tokens get the first ids, in the order given.
+    """
+    specials = list(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    if len(set(specials)) != len(specials):
+        raise ValueError(f"special_tokens has duplicates: {specials}")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(specials):
+        raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least "
+                         f"{len(alphabet)} byte tokens + {len(specials)} special tokens = "
+                         f"{len(alphabet) + len(specials)}")
+    tok = BackendTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                  initial_alphabet=alphabet, show_progress=False)
+    files = _as_files(texts_or_files)
+    if files is not None:
+        logger.info("training byte-level BPE (vocab %d) on %d file(s)", vocab_size, len(files))
+        tok.train(files, trainer)
+    else:
+        logger.info("training byte-level BPE (vocab %d) on an iterable of texts", vocab_size)
+        tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
+    return tok
+
+
+def _checked_texts(texts: Iterable[object]) -> Iterable[str]:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"training texts must be strings; item {i} is {type(t).__name__}")
+        yield t
