@@ -325,7 +325,10 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
             t = where[k].get_tensor(raw_key)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read tensor {k} from {path}: the file is damaged ({e})") from e
-        hf[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        # copy=True: a fresh, 64-byte aligned buffer (safetensors' own is not, and MKL's matmuls
+        # run ~10% slower on misaligned weights)
+        hf[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+        del t
     ours = state_dict_from_hf(hf, cfg)
     model.load_state_dict(ours, strict=False, assign=True)
     # buffers (rotary frequencies) were built on meta: build them again on the real device
