@@ -173,6 +173,10 @@ class Transformer(nn.Module):
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
         return self.config.flops_per_token(seq_len, training)
 
+    def weight_bytes(self, dtype: str = "fp32") -> int:
+        """Bytes of the weights stored as fp32 / fp16 / bf16 / int8 / int4 (see `ModelConfig.weight_bytes`)."""
+        return self.config.weight_bytes(dtype)
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
