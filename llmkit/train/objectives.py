@@ -1,0 +1,48 @@
+"""Objectives: what a training step minimises. The Trainer loop never changes; an objective is
+``loss(model, batch) -> (loss, metrics)`` where `loss` is a scalar tensor averaged over the
+counted tokens and `metrics` holds extra numbers to log (plain floats or 0-dim tensors).
+
+Later stages plug in here: SFT (labels masked to assistant turns), reward models (pairwise
+Bradley-Terry), DPO (policy vs reference log-ratios), MLM and span corruption.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class Objective(Protocol):
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+    def tokens(self, batch: Any) -> int:
+        """How many tokens of `batch` count towards throughput (tokens/s, MFU)."""
+        ...
+
+
+class CausalLM:
+    """Next-token prediction. A batch is either a LongTensor (batch, seq+1) of packed tokens,
+    inputs ``[:, :-1]`` and targets ``[:, 1:]``, or a dict with ``input_ids`` and ``labels``
+    (labels already aligned with inputs; ``-100`` marks positions that do not count) and an
+    optional ``attention_mask``."""
+
+    def split(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if isinstance(batch, torch.Tensor):
+            return batch[:, :-1], batch[:, 1:], None
+        ids, labels = batch["input_ids"], batch["labels"]
+        return ids, labels, batch.get("attention_mask")
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs, targets, mask = self.split(batch)
+        logits = model(inputs, attention_mask=mask) if mask is not None else model(inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+        return loss, {}
+
+    def tokens(self, batch: Any) -> int:
+        _, targets, _ = self.split(batch)
+        return int((targets != IGNORE_INDEX).sum()) if not isinstance(batch, torch.Tensor) else targets.numel()

@@ -1,0 +1,235 @@
+"""The one training loop. Everything a run needs is written once here: gradient accumulation,
+clipping, schedules, precision, distributed wrapping, validation, sample generations, progress,
+metrics, checkpoints and exact resume. What is minimised comes from the `Objective`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed as D
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .logger import MetricsLogger
+from .objectives import Objective
+from .optim import build_optimizer, lr_at
+from .precision import autocast, choose_precision, matmul_flops
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Train `model` on batches from `train_loader` (an iterator with ``state_dict()`` /
+    ``load_state_dict()``), scoring `val_data` (a sequence of token arrays) now and then."""
+
+    def __init__(self, model: nn.Module, objective: Objective, train_loader: Any, config: TrainConfig,
+                 run_dir: str | os.PathLike, val_data: Any = None, tokenizer: Any = None,
+                 compat: dict[str, Any] | None = None, flops_per_token: float | None = None,
+                 info: D.DistInfo | None = None, on_step: Callable[[int, dict], None] | None = None):
+        self.config, self.objective, self.loader = config, objective, train_loader
+        self.run_dir = Path(run_dir)
+        self.val_data, self.tokenizer = val_data, tokenizer
+        self.info = info or D.init_distributed(config.device)
+        self.compat = {**(compat or {}), "world_size": self.info.world_size, "micro_batch": config.micro_batch,
+                       "grad_accum": config.grad_accum}
+        self.flops_per_token = flops_per_token
+        self.on_step = on_step
+        self.device = self.info.device
+        self.precision = choose_precision(config.precision, self.device)
+        self.base_model = model.to(self.device)
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(self.base_model)
+        self.model = D.wrap_model(self.base_model, config.distributed, self.info)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.betas)
+        self.forward_model = torch.compile(self.model) if config.compile else self.model
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.step = 0
+        self.tokens_seen = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------------- resume
+    def resume(self) -> int:
+        """Continue from the newest complete checkpoint in the run dir; returns its step."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
+        state = load_checkpoint(path, self.model, self.optimizer, self.compat)
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens_seen = state["step"], state["tokens"]
+        log.info("resumed from %s (step %d)", path, self.step)
+        return self.step
+
+    def _checkpoint(self) -> None:
+        state = {"tokens": self.tokens_seen, "loader": self.loader.state_dict(), "compat": self.compat}
+        save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, self.config.keep_last)
+
+    # ------------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        cfg, info = self.config, self.info
+        torch.manual_seed(cfg.seed + info.rank)
+        start = self.resume() if resume else 0
+        logger = MetricsLogger(self.run_dir, enabled=info.is_main, resume_step=start if resume else None)
+        peak = matmul_flops(self.device.type, torch.float32) * max(1, info.world_size)
+        bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main or None, dynamic_ncols=True,
+                   desc="train")
+        t0 = time.perf_counter()
+        window_t, window_tokens = t0, 0
+        last: dict[str, Any] = {}
+        stopped_early = False
+        try:
+            while self.step < cfg.steps:
+                metrics = self._train_step()
+                self.step += 1
+                window_tokens += metrics["tokens"]
+                self.tokens_seen += metrics["tokens"]
+                now = time.perf_counter()
+                tok_s = window_tokens / max(now - window_t, 1e-9)
+                window_t, window_tokens = now, 0
+                mfu = (self.flops_per_token * tok_s / peak) if self.flops_per_token else None
+                last = {"loss": metrics["loss"], "lr": metrics["lr"], "grad_norm": metrics["grad_norm"],
+                        "tokens": self.tokens_seen, "tokens_per_s": tok_s, "elapsed_s": now - t0}
+                if mfu is not None:
+                    last["mfu"] = mfu
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    logger.log(self.step, **last)
+                self.history.append({"step": self.step, **last})
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tok_s:.0f}",
+                                **({"mfu": f"{mfu:.0%}"} if mfu is not None else {}))
+                out_of_time = cfg.time_budget_s is not None and now - t0 >= cfg.time_budget_s
+                final = self.step == cfg.steps or out_of_time
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
+                    self._evaluate(logger)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and not final:
+                    self._samples(logger)
+                if cfg.save_every and self.step % cfg.save_every == 0 and not final:
+                    self._checkpoint()
+                if self.on_step is not None:
+                    self.on_step(self.step, last)
+                if out_of_time:
+                    stopped_early = True
+                    log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, self.step)
+                    break
+            val = self._evaluate(logger)
+            samples = self._samples(logger)
+            self._checkpoint()
+        finally:
+            bar.close()
+            logger.close()
+        return {"steps": self.step, "tokens": self.tokens_seen, "train_loss": last.get("loss"),
+                "final_val_loss": val, "samples": samples, "elapsed_s": time.perf_counter() - t0,
+                "stopped_early": stopped_early, "precision": self.precision,
+                "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu")}
+
+    def _train_step(self) -> dict[str, Any]:
+        cfg = self.config
+        lr = lr_at(self.step, lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+                   schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(next(self.loader), self.device)
+            with D.no_sync(self.model, micro < cfg.grad_accum - 1), autocast(self.precision, self.device):
+                loss, _ = self.objective.loss(self.forward_model, batch)
+            scaled = loss / cfg.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.detach()
+            tokens += self.objective.tokens(batch)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = D.all_reduce_mean(total / cfg.grad_accum).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}: lower train.lr "
+                                     f"(now {cfg.lr}) or raise train.warmup_steps")
+        norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        return {"loss": loss, "lr": lr, "grad_norm": float(norm), "tokens": tokens * self.info.world_size}
+
+    # -------------------------------------------------------------- eval, samples
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over the first `eval_batches` micro-batches (same on every rank)."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        cfg = self.config
+        n = min(len(self.val_data), cfg.eval_batches * cfg.micro_batch)
+        self.model.eval()
+        losses, weights = [], []
+        for start in range(0, n, cfg.micro_batch):
+            rows = [torch.as_tensor(self.val_data[i]) for i in range(start, min(n, start + cfg.micro_batch))]
+            batch = torch.stack(rows).to(self.device)
+            with autocast(self.precision, self.device):
+                loss, _ = self.objective.loss(self.model, batch)
+            losses.append(loss.float().item())
+            weights.append(len(rows))
+        self.model.train()
+        return sum(l * w for l, w in zip(losses, weights)) / sum(weights)
+
+    def _evaluate(self, logger: MetricsLogger) -> float | None:
+        val = self.evaluate()
+        if val is not None:
+            logger.log(self.step, val_loss=val, val_ppl=math.exp(min(val, 50.0)))
+            log.info("step %d: validation loss %.4f (perplexity %.2f)", self.step, val, math.exp(min(val, 50.0)))
+        return val
+
+    def _samples(self, logger: MetricsLogger) -> list[dict[str, str]]:
+        """Seeded sample generations from the prompts (rank 0; not under FSDP, whose shards would
+        need every rank)."""
+        cfg = self.config
+        if self.tokenizer is None or not cfg.sample_prompts or not self.info.is_main:
+            return []
+        if self.info.enabled and cfg.distributed == "fsdp":
+            return []
+        from ..infer.llm import LocalLLM
+
+        model = D.unwrap(self.base_model)
+        llm = LocalLLM(model, self.tokenizer)
+        out = []
+        with torch.no_grad():
+            for prompt in cfg.sample_prompts:
+                text = llm.generate(prompt, max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95,
+                                    seed=cfg.seed, truncate_prompt=True)
+                out.append({"prompt": prompt, "text": text})
+                logger.text(self.step, f"sample/{prompt[:20]}", prompt + text)
+        model.train()
+        return out
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.model.layers:
+        forward = block.forward
+
+        def wrapped(*args, _forward=forward, _block=block, **kwargs):
+            if torch.is_grad_enabled() and _block.training:
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        block.forward = wrapped
