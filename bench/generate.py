@@ -84,7 +84,7 @@ def bench_model(name: str, args) -> dict:
 
         def run_hf():
             with torch.inference_mode():
-                out = hf.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=new, min_new_tokens=new,
+                out = hf.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=new, eos_token_id=None,
                                   do_sample=False, pad_token_id=0)
             assert out.shape[1] == p.shape[1] + new
 
@@ -98,7 +98,7 @@ def bench_model(name: str, args) -> dict:
     # ---- same tokens? (greedy, batch 1)
     with torch.inference_mode():
         hf_tokens = hf.generate(prompt[:1], attention_mask=torch.ones_like(prompt[:1]), max_new_tokens=32,
-                                min_new_tokens=32, do_sample=False, pad_token_id=0)[0, args.prompt_tokens:].tolist()
+                                eos_token_id=None, do_sample=False, pad_token_id=0)[0, args.prompt_tokens:].tolist()
     run = TokenGeneration(ours, prompt[:1].tolist(), gen.replace(max_new_tokens=32))
     for _ in run:
         pass

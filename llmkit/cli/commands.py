@@ -14,6 +14,16 @@ def version() -> str:
 
 
 # ---------------------------------------------------------------------------- shared options
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", required=required,
                    help="HF model directory, .gguf file, run directory, or a name in the model cache")
@@ -24,7 +34,8 @@ def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"default {max_new_tokens}" if max_new_tokens else "default: a quarter of the context window, at most 512")
     g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
@@ -89,15 +100,12 @@ def add_info_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", "-m", help="HF model directory, run directory or cached model name")
     src.add_argument("--preset", help="describe a preset without building it")
-    p.add_argument("--context", type=int, default=None, help="sequence length for FLOPs and KV-cache size")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+    p.add_argument("--context", type=positive_int, default=None, help="sequence length for FLOPs and KV-cache size")
 
 
 def run_info(args: argparse.Namespace) -> None:
     from ..models.config import preset
+    from ..models.describe import describe
     from ..models.hf import read_config
     from ..models.resolve import resolve_model
 
@@ -108,29 +116,9 @@ def run_info(args: argparse.Namespace) -> None:
         if isinstance(path, str) or path.suffix == ".gguf":
             raise NotImplementedError(f"info reads HF directories; {path} is not one")
         cfg, where = read_config(path), str(path)
-    ctx = args.context or cfg.max_seq_len
-    attn = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
-    rope = ""
-    if cfg.positions == "rope":
-        rope = f" (theta {cfg.rope_theta:g}" + (f", {cfg.rope_scaling['rope_type']} scaling x{cfg.rope_scaling['factor']:g}"
-                                                if cfg.rope_scaling else "") + ")"
-    lines = [
-        ("model", where),
-        ("family", cfg.family),
-        ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
-        ("layers", f"{cfg.n_layers} x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
-        ("attention", f"{attn}: {cfg.n_heads} heads, {cfg.n_kv_heads} KV heads, head_dim {cfg.head_dim}"
-                      + (f", sliding window {cfg.sliding_window}" if cfg.sliding_window else "")),
-        ("positions", f"{cfg.positions}{rope}, context {cfg.max_seq_len}"),
-        ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g})"),
-        ("vocabulary", f"{cfg.vocab_size}, embeddings {'tied' if cfg.tie_embeddings else 'separate'}"),
-        ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
-        ("KV cache", f"{_gib(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
-    ]
-    for dtype in ("fp32", "bf16", "int8", "int4"):
-        lines.append((f"weights {dtype}", _gib(cfg.weight_bytes(dtype))))
-    width = max(len(k) for k, _ in lines)
-    for k, v in lines:
+    rows = [("model", where)] + describe(cfg, args.context)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
         print(f"{k:<{width}}  {v}")
 
 
@@ -160,8 +148,9 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.no_stream:
         print(prompt + llm.generate(prompt, gen))
         return
+    pieces = llm.stream(prompt, gen)  # validates before anything is printed
     sys.stdout.write(prompt)
-    print_stream(llm.stream(prompt, gen))
+    print_stream(pieces)
 
 
 def print_stream(pieces) -> str:
@@ -178,11 +167,13 @@ def print_stream(pieces) -> str:
 def add_chat_args(p: argparse.ArgumentParser) -> None:
     add_model_arg(p)
     p.add_argument("--system", default=None, help="system message")
-    add_generation_args(p, max_new_tokens=512)
+    add_generation_args(p, max_new_tokens=0)
 
 
 def run_chat(args: argparse.Namespace) -> None:
     llm = load_llm(args)
+    if not args.max_new_tokens:
+        args.max_new_tokens = min(512, llm.config.context_window // 4)
     gen = generation_config(args)
     interactive = sys.stdin.isatty()
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -201,6 +192,7 @@ def run_chat(args: argparse.Namespace) -> None:
             messages = messages[:1] if args.system else []
             continue
         messages.append({"role": "user", "content": line})
+        messages = llm.fit_history(messages, gen.max_new_tokens)  # forget the oldest turns when full
         reply = print_stream(llm.chat(messages, gen, stream=True))
         messages.append({"role": "assistant", "content": reply})
 

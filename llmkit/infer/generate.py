@@ -28,9 +28,13 @@ class Step:
     top_logprobs: list[dict[int, float]] | None = None
 
 
-def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq_len: int) -> list[list[int]]:
+def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq_len: int,
+                vocab_size: int | None = None) -> list[list[int]]:
     """Check that every prompt plus `max_new_tokens` fits the context window; drop the oldest
-    prompt tokens when `gen.truncate_prompt`, else raise `ContextLengthError`."""
+    prompt tokens when `gen.truncate_prompt`, else raise `ContextLengthError`. Token ids must
+    lie in the vocabulary."""
+    if len(prompts) == 0:
+        raise ValueError("no prompts given: pass at least one prompt")
     budget = max_seq_len - gen.max_new_tokens
     if budget < 1:
         raise ContextLengthError(
@@ -42,6 +46,9 @@ def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq
         p = list(p)
         if not p:
             raise ValueError(f"prompt {i} is empty after tokenisation: give at least one token")
+        if vocab_size is not None and (min(p) < 0 or max(p) >= vocab_size):
+            bad = next(t for t in p if t < 0 or t >= vocab_size)
+            raise ValueError(f"prompt {i} holds token id {bad}, outside the model's vocabulary of {vocab_size}")
         if len(p) > budget:
             if not gen.truncate_prompt:
                 raise ContextLengthError(
@@ -61,7 +68,7 @@ class TokenGeneration:
     def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
                  eos_token_ids: set[int] | None = None, pad_token_id: int = 0):
         self.model, self.gen = model, gen
-        self.prompts = fit_prompts(prompts, gen, model.config.context_window)
+        self.prompts = fit_prompts(prompts, gen, model.config.context_window, model.config.vocab_size)
         self.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else set(eos_token_ids or ()))
         self.pad_token_id = pad_token_id
         n = len(self.prompts)
@@ -70,7 +77,9 @@ class TokenGeneration:
         self.generated: list[list[int]] = [[] for _ in range(n)]
 
     def stop(self, row: int, reason: str = "stop") -> None:
-        if not self.finished[row]:
+        """End `row`. A stop string found in the text of the row's last allowed token still
+        counts as "stop", not "length"."""
+        if not self.finished[row] or reason == "stop" and self.finish_reasons[row] == "length":
             self.finished[row], self.finish_reasons[row] = True, reason
 
     def __iter__(self) -> Iterator[Step]:
@@ -121,7 +130,7 @@ class TokenGeneration:
                 logp = raw.log_softmax(-1)  # log-probabilities under the model, before sampling shaping
                 step.logprobs = logp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
                 if gen.top_logprobs:
-                    values, idx = logp.topk(gen.top_logprobs, dim=-1)
+                    values, idx = logp.topk(min(gen.top_logprobs, logp.shape[-1]), dim=-1)
                     step.top_logprobs = [dict(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
         for row, tok in enumerate(step.tokens):
             if not step.emit[row]:

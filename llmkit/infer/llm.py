@@ -127,11 +127,15 @@ class LocalLLM:
         return [c.text for c in self.complete(prompt, gen, **kwargs)]
 
     def stream(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]:
-        """Text deltas as they are produced; their concatenation is `generate`'s text."""
+        """Text deltas as they are produced; their concatenation is `generate`'s text. Bad input
+        (too long a prompt, bad options) raises here, before the first delta."""
         gen = GenerationConfig.from_kwargs(gen, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id())
-        text = TextStream(self.tokenizer.stream_decoder(), gen.stop)
+        return self._stream(run, TextStream(self.tokenizer.stream_decoder(), gen.stop))
+
+    @staticmethod
+    def _stream(run: TokenGeneration, text: TextStream) -> Iterator[str]:
         for step in run:
             if not step.emit[0]:
                 break
@@ -149,6 +153,16 @@ class LocalLLM:
         """Token ids of `messages` rendered with the chat template, ready for the assistant's turn."""
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
+    def fit_history(self, messages: Messages, max_new_tokens: int) -> Messages:
+        """Drop the oldest turns (never a leading system message, never the last message) until
+        the rendered conversation leaves room for `max_new_tokens`."""
+        budget = self.config.context_window - max_new_tokens
+        head = messages[:1] if messages and messages[0].get("role") == "system" else []
+        rest = list(messages[len(head):])
+        while len(rest) > 1 and len(self.chat_prompt(head + rest)) > budget:
+            rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
+        return head + rest
+
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
              **kwargs: Any) -> str | Iterator[str]:
         """The assistant's reply to `messages` (a list of {"role", "content"} dicts)."""
@@ -161,15 +175,21 @@ class LocalLLM:
     def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[LogLikelihood]:
         """log p(continuation | context) for (context, continuation) pairs, batched.
 
-        Tokenised as lm-eval does: the continuation's tokens are those of context+continuation
-        after the context's own tokens; over-long inputs lose their oldest context tokens."""
+        Tokenised as lm-eval does: trailing spaces of the context move to the continuation, the
+        continuation's tokens are those of context+continuation after the context's tokens, and an
+        empty context starts from the bos (or end-of-text) token. Over-long inputs lose their
+        oldest context tokens."""
         pairs = []
         for context, continuation in requests:
-            ctx = self.tokenize(context)
-            whole = self.tokenize(context + continuation)
-            if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
-                cont = whole[len(ctx):]
+            spaces = len(context) - len(context.rstrip(" "))
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            if context:
+                ctx = self.tokenize(context)
+                cont = self.tokenize(context + continuation)[len(ctx):]
             else:
+                start = self.tokenizer.bos_token_id
+                ctx = [start if start is not None else self._pad_id()]
                 cont = self.tokenize(continuation, add_special_tokens=False)
             if not cont:
                 raise ValueError(f"continuation {continuation!r} has no tokens to score")
@@ -178,34 +198,34 @@ class LocalLLM:
 
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                              batch_size: int = 16) -> list[LogLikelihood]:
+        """`loglikelihood` on token ids: (context ids, continuation ids) pairs."""
         max_len = self.config.context_window
+        for i, (ctx, cont) in enumerate(pairs):
+            if not ctx:
+                raise ValueError(f"pair {i} has an empty context: give at least one context token (e.g. bos)")
+            if len(cont) > max_len:
+                raise ValueError(f"pair {i}: a continuation of {len(cont)} tokens does not fit the context "
+                                 f"window of {max_len} tokens")
         results: list[LogLikelihood | None] = [None] * len(pairs)
         # longest first, so padding is small and results do not depend on batch composition
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            seqs, conts = [], []
-            for i in batch:
-                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
-                seq = (ctx + cont)[-(max_len + 1):]
-                seqs.append(seq)
-                conts.append(len(cont))
+            seqs = [(list(pairs[i][0]) + list(pairs[i][1]))[-(max_len + 1):] for i in batch]
             width = max(len(s) for s in seqs) - 1
             ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
-            mask = torch.zeros_like(ids)
             for r, s in enumerate(seqs):  # right padding: causal attention never looks at it
                 ids[r, :len(s) - 1] = torch.tensor(s[:-1])
-                mask[r, :len(s) - 1] = 1
             with torch.inference_mode():
-                logits = self.model(ids.to(self.device)).float()
-                logp = logits.log_softmax(-1)
-            for r, i in enumerate(batch):
-                s, n = seqs[r], conts[r]
-                targets = torch.tensor(s[-n:], device=self.device)
-                rows = logp[r, len(s) - 1 - n:len(s) - 1]
-                lp = rows.gather(-1, targets[:, None]).squeeze(-1)
-                greedy = bool((rows.argmax(-1) == targets).all())
-                results[i] = LogLikelihood(float(lp.sum()), greedy, n)
+                logits = self.model(ids.to(self.device))
+                for r, i in enumerate(batch):
+                    s, n = seqs[r], len(pairs[i][1])
+                    targets = torch.tensor(s[-n:], device=self.device)
+                    # log-softmax of the continuation's rows only: a (batch, seq, vocab) fp32 copy
+                    # would not fit on a GPU for large vocabularies
+                    rows = logits[r, len(s) - 1 - n:len(s) - 1].float().log_softmax(-1)
+                    lp = rows.gather(-1, targets[:, None]).squeeze(-1)
+                    results[i] = LogLikelihood(float(lp.sum()), bool((rows.argmax(-1) == targets).all()), n)
         return results  # type: ignore[return-value]
 
     # --------------------------------------------------------------------- save
@@ -232,6 +252,9 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
                                   "until then give a Hugging Face model directory")
     from ..tokenizer import Tokenizer
 
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but this torch has no usable CUDA device: "
+                           "use --device cpu (or leave it unset)")
     model = load_pretrained(where, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(where)
     return LocalLLM(model, tokenizer, name=Path(where).name)

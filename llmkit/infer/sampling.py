@@ -41,12 +41,26 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if isinstance(self.stop_token_ids, int) and not isinstance(self.stop_token_ids, bool):
+            self.stop_token_ids = [self.stop_token_ids]
         self.validate()
 
     def validate(self) -> None:
         def bad(name: str, rule: str) -> GenerationConfigError:
             return GenerationConfigError(f"{name}={getattr(self, name)!r} is invalid: {rule}")
 
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(name, "use a number")
+        for name in ("max_new_tokens", "top_k", "top_logprobs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(name, "use an integer")
+        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(isinstance(t, int) for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "use a list of integer token ids")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise bad("seed", "use an integer or None")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise bad("max_new_tokens", "use a non-negative integer")
         if self.temperature < 0:

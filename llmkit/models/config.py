@@ -190,9 +190,8 @@ class ModelConfig:
         (2·n_layers·seq_len·q_dim for QKᵀ and the weighted sum), plus the output head.
         Training (forward + backward) is three times that."""
         seq_len = self.max_seq_len if seq_len is None else seq_len
-        window = self.sliding_window or seq_len
         n = self.num_parameters(embeddings=False) + self.vocab_size * self.dim  # the head is a matmul too
-        attn = 2 * self.n_layers * min(seq_len, window) * self.q_dim
+        attn = sum(2 * min(seq_len, self.sliding_window_for(i) or seq_len) * self.q_dim for i in range(self.n_layers))
         forward = 2 * n + attn
         return 3 * forward if training else forward
 

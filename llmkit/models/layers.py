@@ -85,6 +85,14 @@ class RotaryEmbedding(nn.Module):
         self.dynamic = scaling.get("rope_type", scaling.get("type")) == "dynamic"
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bf16) would round the frequencies and ruin angles beyond a few hundred
+        # positions: they are recomputed in fp32 on the new device instead
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32 and not self.inv_freq.is_meta:
+            self.inv_freq = rope_inv_freq(self.config, device=self.inv_freq.device)
+        return self
+
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.inv_freq
         if self.dynamic:

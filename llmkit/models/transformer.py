@@ -49,6 +49,11 @@ class Decoder(nn.Module):
                 "(learned position embeddings cannot go further): shorten the input"
             )
         device = input_ids.device if inputs_embeds is None else inputs_embeds.device
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] not in (t, total):
+                raise ValueError(f"attention_mask has shape {list(attention_mask.shape)}: give (batch, new tokens) = "
+                                 f"[{b}, {t}] or (batch, cached + new tokens) = [{b}, {total}]")
+            attention_mask = attention_mask[:, -t:]
 
         # which keys hold real tokens (None: all of them)
         if cache is not None:

@@ -23,16 +23,18 @@ INIT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def init_model(preset_name: str, out: str | os.PathLike, vocab_size: int | None = None,
                texts: Iterable[str] | None = None, corpus_bytes: int = 2_000_000, seed: int = 0,
-               tokenizer: Tokenizer | None = None, overwrite: bool = False) -> LocalLLM:
+               tokenizer: Tokenizer | None = None, overwrite: bool = False, **overrides) -> LocalLLM:
     """Build preset `preset_name` with random weights (seeded) and a tokenizer, save both to `out`.
 
-    The tokenizer is `tokenizer` if given, else a byte-level BPE of `vocab_size` (default: the
+    Keyword `overrides` change preset fields (e.g. ``init_std=0.2``). The tokenizer is `tokenizer` if given, else a byte-level BPE of `vocab_size` (default: the
     preset's) trained on `texts` (default: the installed Python standard library). The model's
     vocabulary is sized to the tokenizer."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file: --out must be a directory (new or empty)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty: choose another --out, or pass --overwrite")
-    config = preset(preset_name)
+    config = preset(preset_name, **overrides)
     if tokenizer is None:
         target = vocab_size or config.vocab_size
         if target > 65536:
@@ -44,6 +46,7 @@ def init_model(preset_name: str, out: str | os.PathLike, vocab_size: int | None 
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = Transformer(config)
-    llm = LocalLLM(model, tokenizer, name=out.name)
-    llm.save(out)
-    return llm
+    LocalLLM(model, tokenizer, name=out.name).save(out)
+    # read the tokenizer back as every later load will (e.g. transformers rebuilds Qwen2's
+    # pre-tokenizer from config.json), so the returned LLM tokenizes exactly like the saved one
+    return LocalLLM(model, Tokenizer.from_dir(out), name=out.name)

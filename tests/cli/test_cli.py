@@ -99,3 +99,28 @@ def test_pull_without_network_is_a_clear_error(tmp_path):
            "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
     r = run_cli("pull", "Qwen/Qwen2.5-0.5B-Instruct", env=env)
     assert r.returncode == 2 and "not reachable" in r.stderr
+
+
+def test_chat_defaults_fit_a_small_context_and_long_conversations(tiny_dir):
+    """The README's `llmkit chat --model tiny/` with no options, and more turns than the window holds."""
+    lines = "".join(f"tell me about item number {i} in great detail please\n" for i in range(30))
+    r = run_cli("chat", "--model", str(tiny_dir), "--temperature", "0", stdin=lines)
+    assert r.returncode == 0, r.stderr
+    assert "error" not in r.stderr
+
+
+def test_cli_input_errors_are_one_line(tmp_path, tiny_dir, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["generate", "--model", str(tiny_dir), "--prompt", "x", "--device", "cuda"]) == 2
+        assert "no usable CUDA device" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["init", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["info", "--preset", "gpt2", "--context", "-5"])
+    assert e.value.code == 2
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "context window" in captured.err  # nothing echoed before the error

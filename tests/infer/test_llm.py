@@ -38,7 +38,7 @@ def test_greedy_generation_equals_reference(llm):
     prompt = "def fib(n):"
     out = llm.complete([prompt], max_new_tokens=20, temperature=0, ignore_eos=True)[0]
     expected = _greedy_without_cache(llm.model, llm.tokenize(prompt), 20)
-    assert out.token_ids == expected
+    assert out.token_ids == expected and len(set(expected)) >= 8
     assert out.finish_reason == "length" and out.prompt_tokens == len(llm.tokenize(prompt))
     assert llm.generate(prompt, max_new_tokens=20, temperature=0, ignore_eos=True) == out.text
     assert out.text == llm.tokenizer.decode(expected, skip_special_tokens=True)
@@ -50,6 +50,7 @@ def test_batched_prompts_of_different_lengths_equal_alone(tiny_dirs, name):
     prompts = ["import os", "class Foo(object):\n    def __init__(self, x, y):", "x", "return [i for i in"]
     kw = dict(max_new_tokens=24, temperature=0, ignore_eos=True)
     batched = llm.complete(prompts, **kw)
+    assert all(len(set(c.token_ids)) >= 8 for c in batched), "degenerate outputs would hide masking bugs"
     for prompt, got in zip(prompts, batched):
         alone = llm.complete([prompt], **kw)[0]
         assert got.token_ids == alone.token_ids, (name, prompt)
@@ -206,3 +207,53 @@ def test_remote_and_gguf_names_get_clear_errors(tmp_path):
 def test_unknown_generation_option(llm):
     with pytest.raises(ValueError, match="max_tokens"):
         llm.generate("x", max_tokens=3)
+
+
+def test_loglikelihood_tokenises_like_lm_eval(llm):
+    a, b = llm.loglikelihood([("The answer is", " yes"), ("The answer is ", "yes")])
+    assert a == b  # trailing spaces move to the continuation
+    empty = llm.loglikelihood([("", "hello world")])[0]
+    start = llm.tokenizer.bos_token_id if llm.tokenizer.bos_token_id is not None else llm.tokenizer.eos_token_id
+    cont = llm.tokenize("hello world", add_special_tokens=False)
+    with torch.no_grad():
+        logp = llm.model(torch.tensor([[start] + cont]))[0].log_softmax(-1)
+    expected = sum(logp[i, t].item() for i, t in enumerate(cont))
+    assert empty.logprob == pytest.approx(expected, abs=1e-4) and empty.n_tokens == len(cont)
+    with pytest.raises(ValueError, match="does not fit the context window"):
+        llm.loglikelihood_tokens([([1], list(range(5, 5 + llm.config.context_window + 1)))])
+
+
+def test_stop_string_on_the_last_token_is_a_stop(llm):
+    kw = dict(temperature=0, ignore_eos=True)
+    full = llm.complete(["import sys\n"], max_new_tokens=12, **kw)[0]
+    last_piece = llm.tokenizer.decode(full.token_ids[:6])[-1]
+    prefix_text = llm.tokenizer.decode(full.token_ids[:5])
+    if last_piece in prefix_text:
+        pytest.skip("the last character appears earlier; pick another prompt")
+    cut = llm.complete(["import sys\n"], max_new_tokens=6, stop=[last_piece], **kw)[0]
+    assert cut.finish_reason == "stop"
+
+
+def test_bad_inputs_get_clear_errors(llm):
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        llm.complete([[1, llm.config.vocab_size + 5]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="no prompts"):
+        llm.complete([], max_new_tokens=2)
+    with pytest.raises(ValueError, match="temperature"):
+        llm.generate("x", temperature="hot")
+    out = llm.complete(["x"], max_new_tokens=2, top_logprobs=10_000, ignore_eos=True)[0]  # capped at the vocabulary
+    assert len(out.top_logprobs[0]) == llm.config.vocab_size
+    with pytest.raises(ValueError, match="context window"):
+        llm.stream("x", max_new_tokens=llm.config.context_window)  # raises before the first delta
+
+
+def test_fit_history_drops_oldest_turns_but_keeps_system(llm):
+    system = {"role": "system", "content": "Be brief."}
+    turns = []
+    for i in range(40):
+        turns += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i} " * 5}]
+    messages = [system] + turns + [{"role": "user", "content": "last one"}]
+    kept = llm.fit_history(messages, max_new_tokens=64)
+    assert kept[0] == system and kept[-1] == messages[-1]
+    assert len(llm.chat_prompt(kept)) <= llm.config.context_window - 64 < len(llm.chat_prompt(messages))
+    assert kept[1:] == messages[len(messages) - len(kept) + 1:]  # a suffix of the conversation

@@ -46,9 +46,10 @@ def test_greedy_continuation_matches_transformers(variant):
     ours = load_pretrained(path)
     prompt = _tokens(8, seed=2, batch=1)
     with torch.no_grad():
-        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, min_new_tokens=32,
+        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, eos_token_id=None,  # never stop early, as ignore_eos
                           do_sample=False, pad_token_id=0)
     expected = out[0, 8:].tolist()
+    assert len(set(expected)) >= 8, "a degenerate continuation would prove nothing"
     gen = GenerationConfig(max_new_tokens=32, temperature=0, ignore_eos=True)
     run = TokenGeneration(ours, prompt.tolist(), gen)
     for _ in run:

@@ -31,7 +31,7 @@ def test_full_size_parity(name, tmp_path):
     with torch.no_grad():
         assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
         prompt = x[:1, :16]
-        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, min_new_tokens=32,
+        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=32, eos_token_id=None,  # never stop early, as ignore_eos
                                do_sample=False, pad_token_id=0)[0, 16:].tolist()
     run = TokenGeneration(ours, prompt.tolist(), GenerationConfig(max_new_tokens=32, temperature=0, ignore_eos=True))
     for _ in run:

@@ -62,15 +62,20 @@ def test_sliding_window_limits_what_is_seen():
     x = torch.randint(0, 2048, (1, 50))
     y = x.clone()
     y[0, 0] = (x[0, 0] + 1) % 2048  # change a token that the last position cannot see (49 - 0 >= 32)
-    with torch.no_grad():
-        a, b = model(x), model(y)
     # one layer sees 31 back; two layers chain to 62, so compare with a one-layer model
     one = _model("tiny-mistral", n_layers=1)
     with torch.no_grad():
         a1, b1 = one(x), one(y)
     assert torch.equal(a1[0, 32:], b1[0, 32:])
     assert not torch.allclose(a1[0, 31], b1[0, 31])
-    assert not torch.allclose(a[0, 1], b[0, 1])
+    # two layers chain the window: position 62 can see token 0 through position 31, 63 cannot
+    x2, y2 = torch.randint(0, 2048, (1, 64)), None
+    y2 = x2.clone()
+    y2[0, 0] = (x2[0, 0] + 1) % 2048
+    with torch.no_grad():
+        a2, b2 = model(x2), model(y2)
+    assert not torch.allclose(a2[0, 62], b2[0, 62])
+    assert torch.equal(a2[0, 63], b2[0, 63])
 
 
 def test_bidirectional_attention_sees_the_future():
@@ -134,3 +139,29 @@ def test_logits_to_keep():
     x = torch.randint(0, 2048, (2, 10))
     with torch.no_grad():
         assert torch.allclose(model(x, logits_to_keep=1), model(x)[:, -1:], atol=1e-6)  # matmul blocking differs
+
+
+def test_rope_frequencies_stay_fp32_under_low_precision():
+    model = _model("tiny-llama").to(torch.bfloat16)
+    assert model.model.rotary.inv_freq.dtype == torch.float32
+    assert model.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_attention_mask_shapes():
+    model = _model("tiny-llama")
+    x = torch.randint(0, 2048, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    cache = model.new_cache(2, 16)
+    with torch.no_grad():
+        model(x, attention_mask=mask, cache=cache)
+        step = torch.randint(0, 2048, (2, 1))
+        hf_style = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)  # cached + new, as transformers passes
+        a = model(step, attention_mask=hf_style, cache=cache)
+    cache2 = model.new_cache(2, 16)
+    with torch.no_grad():
+        model(x, attention_mask=mask, cache=cache2)
+        b = model(step, cache=cache2)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \[2, 5\]"):
+        model(x, attention_mask=mask[:, :5])

@@ -1,0 +1,42 @@
+"""A model's vital statistics as (label, text) rows: what `llmkit info` prints."""
+
+from __future__ import annotations
+
+from .config import ModelConfig
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, str]]:
+    """Family, parameters, layers, attention, positions, FLOPs, KV cache and weight memory by dtype."""
+    ctx = context or cfg.context_window
+    if ctx < 1:
+        raise ValueError(f"context={ctx} must be a positive number of tokens")
+    attn = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
+    rope = ""
+    if cfg.positions == "rope":
+        scaling = cfg.rope_scaling
+        rope = f" (theta {cfg.rope_theta:g}" + (f", {scaling.get('rope_type')} scaling x{scaling['factor']:g}"
+                                                if scaling else "") + ")"
+    window = ""
+    if cfg.sliding_window:
+        n_sliding = sum(cfg.sliding_window_for(i) is not None for i in range(cfg.n_layers))
+        window = f", sliding window {cfg.sliding_window} on {n_sliding} of {cfg.n_layers} layers"
+    context_note = f", context {cfg.max_seq_len}"
+    if cfg.context_window != cfg.max_seq_len:
+        context_note += f" (extended to {cfg.context_window} by rope scaling)"
+    rows = [
+        ("family", cfg.family),
+        ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
+        ("layers", f"{cfg.n_layers} x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
+        ("attention", f"{attn}: {cfg.n_heads} heads, {cfg.n_kv_heads} KV heads, head_dim {cfg.head_dim}{window}"),
+        ("positions", f"{cfg.positions}{rope}{context_note}"),
+        ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g})"),
+        ("vocabulary", f"{cfg.vocab_size}, embeddings {'tied' if cfg.tie_embeddings else 'separate'}"),
+        ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
+        ("KV cache", f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
+    ]
+    rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16", "int8", "int4")]
+    return rows
