@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -209,3 +211,92 @@ def run_pull(args: argparse.Namespace) -> None:
 
     path = pull(args.repo_id, revision=args.revision, token=args.token)
     print(path)
+
+
+# ------------------------------------------------------------------------------ recipes
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML recipe (see recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides of recipe values, e.g. train.lr=3e-4 train.steps=500")
+
+
+# -------------------------------------------------------------------------- data prepare
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    prep = sub.add_parser("prepare", help="clean, dedup, split, tokenize and pack a corpus into token shards",
+                          description="Clean, deduplicate, split, tokenize and pack a corpus into memory-mapped "
+                                      "token shards with an index and a stats report. With no --data, the "
+                                      "embedded corpus (the installed Python standard library) is used.")
+    add_recipe_args(prep)
+    prep.add_argument("--data", action="append", default=None, metavar="PATH",
+                      help="a text file, folder, glob or JSONL file (repeatable); 'stdlib' for the embedded corpus")
+    prep.add_argument("--out", "-o", required=True, help="output directory (written atomically)")
+    prep.add_argument("--tokenizer", default=None, help="tokenize with this HF tokenizer/model directory "
+                                                        "instead of training a BPE")
+    prep.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+
+
+def run_data(args: argparse.Namespace) -> None:
+    from ..data import DataConfig, format_stats, prepare_data
+    from ..recipe import load_recipe, read_yaml
+
+    base = {}
+    if args.config:
+        raw = read_yaml(args.config)
+        base = raw.get("data", raw) if isinstance(raw.get("data"), dict) else raw
+    overrides = [o.removeprefix("data.") for o in args.overrides]
+    if args.data:
+        overrides.append("sources=" + json.dumps([{"path": d} for d in args.data]))
+    config = load_recipe(DataConfig, None, overrides, base=base)
+    tokenizer = None
+    if args.tokenizer:
+        from ..models.resolve import resolve_model
+        from ..tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_dir(resolve_model(args.tokenizer))
+    prepared = prepare_data(config, args.out, tokenizer=tokenizer)
+    print(format_stats(prepared.stats))
+    print(f"wrote {args.out}")
+
+
+# ------------------------------------------------------------------------------ pretrain
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    add_recipe_args(p)
+    p.add_argument("--model", "-m", default=None,
+                   help="a preset name (random init) or a model to continue from (HF dir, run dir, cache name)")
+    p.add_argument("--data", default=None,
+                   help="a prepared data directory (from `llmkit data prepare`) or a corpus path to prepare")
+    p.add_argument("--out", "-o", default=None, help="run directory (default: the recipe's `out`)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def pretrain_recipe(args: argparse.Namespace):
+    from ..models.config import list_presets
+    from ..recipe import load_recipe
+    from ..train.pretrain import PretrainRecipe
+
+    overrides = list(args.overrides)
+    if args.model:
+        key = "model.preset" if args.model.lower() in list_presets() else "model.init"
+        overrides.append(f"{key}={args.model}")
+    if args.data:
+        if (Path(args.data) / "index.json").exists():
+            overrides.append(f"data_dir={args.data}")
+        else:
+            overrides.append("data.sources=" + json.dumps([{"path": args.data}]))
+    if args.out:
+        overrides.append(f"out={args.out}")
+    return load_recipe(PretrainRecipe, args.config, overrides)
+
+
+def run_pretrain(args: argparse.Namespace) -> None:
+    from ..train.pretrain import pretrain
+
+    recipe = pretrain_recipe(args)
+    summary = pretrain(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = summary.get("final_val_loss")
+        print(f"run {recipe.out}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+              f"validation loss {val:.4f}" if val is not None else f"run {recipe.out}: {summary['steps']} steps")
+        print(f"report: {Path(recipe.out) / 'report.md'}")
+        print(f"try: llmkit generate --model {recipe.out} --prompt 'def ' --max-new-tokens 64")

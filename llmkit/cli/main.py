@@ -22,6 +22,9 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "chat": (commands.add_chat_args, commands.run_chat, "chat interactively using the model's chat template"),
     "pull": (commands.add_pull_args, commands.run_pull,
              "download a Hugging Face hub model into the local model cache"),
+    "data": (commands.add_data_args, commands.run_data, "prepare training data: `llmkit data prepare --help`"),
+    "pretrain": (commands.add_pretrain_args, commands.run_pretrain,
+                 "pretrain a model from a YAML recipe plus key=value overrides (torchrun for DDP/FSDP)"),
 }
 
 
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_args, run, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_args(p)
-        p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+        if name != "data":
+            p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
         p.set_defaults(run=run)
     return parser
@@ -45,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come anywhere, also after flags: collect the ones argparse left over
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2

@@ -26,6 +26,8 @@ from .precision import autocast, choose_precision, matmul_flops
 
 log = logging.getLogger(__name__)
 
+_PAUSE_AFTER_CHECKPOINT = float(os.environ.get("LLMKIT_PAUSE_AFTER_CHECKPOINT", "0") or 0)
+
 
 class Trainer:
     """Train `model` on batches from `train_loader` (an iterator with ``state_dict()`` /
@@ -113,6 +115,8 @@ class Trainer:
                     self._samples(logger)
                 if cfg.save_every and self.step % cfg.save_every == 0 and not final:
                     self._checkpoint()
+                    if _PAUSE_AFTER_CHECKPOINT:  # lets the crash/resume test kill -9 the run at a known point
+                        time.sleep(_PAUSE_AFTER_CHECKPOINT)
                 if self.on_step is not None:
                     self.on_step(self.step, last)
                 if out_of_time:

@@ -1,0 +1,141 @@
+"""Pretraining through the real `llmkit pretrain` command: run dir, exact resume after kill -9,
+distributed runs that match a single process, and refusal of mismatched checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import llmkit
+from llmkit.data import DataConfig, SourceConfig, prepare_data
+from llmkit.train.logger import read_metrics
+
+COMMON = ["model.preset=tiny-llama", "model.overrides={dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, hidden_dim: 128}",
+          "train.micro_batch=8", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=5", "train.eval_batches=2",
+          "train.sample_prompts=[]", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "prepared"
+    prepare_data(DataConfig(sources=[SourceConfig(path="stdlib", max_bytes=300_000)], seq_len=32, vocab_size=512),
+                 out)
+    return out
+
+
+def pretrain(*args: str, env: dict | None = None, launcher: list[str] | None = None, wait: bool = True):
+    cmd = (launcher or [sys.executable]) + ["-m", "llmkit", "pretrain", *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+
+
+def test_run_dir_and_final_model(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=12", "train.save_every=6")
+    assert r.returncode == 0, r.stderr
+    for name in ("config.yaml", "metrics.jsonl", "report.md", "loss.png", "summary.json", "model/config.json",
+                 "model/model.safetensors", "model/tokenizer.json"):
+        assert (out / name).exists(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["tokens"] == 12 * 8 * 32
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13))
+    assert any("val_loss" in r for r in rows)
+    train = losses(out)
+    assert train[12] < train[1]  # it learns
+    # the final model is a normal HF directory: llmkit and transformers load it
+    llm = llmkit.load(out)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
+    import torch
+
+    ids = torch.tensor([llm.tokenize("def main():")])
+    with torch.no_grad():
+        assert (hf(ids).logits - llm.model(ids)).abs().max() <= 1e-4
+
+
+def test_kill_9_and_resume_is_bit_identical(data_dir, tmp_path):
+    args = ["--data", str(data_dir), *COMMON, "train.steps=20", "train.save_every=10", "train.grad_accum=2",
+            "model.overrides.dropout=0.1"]
+    straight = tmp_path / "straight"
+    r = pretrain(*args, "--out", str(straight))
+    assert r.returncode == 0, r.stderr
+
+    crashed = tmp_path / "crashed"
+    proc = pretrain(*args, "--out", str(crashed), env={"LLMKIT_PAUSE_AFTER_CHECKPOINT": "30"}, wait=False)
+    marker = crashed / "checkpoints" / "step_000010" / "state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (crashed / "model").exists()
+
+    r = pretrain(*args, "--out", str(crashed), "--resume")
+    assert r.returncode == 0, r.stderr
+    a, b = losses(straight), losses(crashed)
+    assert list(a) == list(b) == list(range(1, 21))
+    assert a == b  # every step's loss, bit for bit
+
+
+def test_resume_refuses_a_different_model_or_damaged_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=4",
+                    "train.save_every=2").returncode == 0
+    r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=8", "model.overrides.dim=128",
+                 "--resume")
+    assert r.returncode == 2 and "does not match this run" in r.stderr and "model" in r.stderr
+    ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])
+    r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=8", "--resume")
+    assert r.returncode == 2 and "truncated" in r.stderr
+    # starting afresh into an existing run dir is refused too
+    r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=8")
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_bad_input_leaves_no_run_dir(tmp_path):
+    out = tmp_path / "run"
+    r = pretrain("--data", str(tmp_path / "missing.txt"), "--out", str(out), *COMMON)
+    assert r.returncode == 2 and "missing.txt" in r.stderr
+    assert not out.exists()
+    r = pretrain("--out", str(out), *COMMON, "model.preset=nope")
+    assert r.returncode == 2 and "unknown preset" in r.stderr and not out.exists()
+    r = pretrain("--out", str(out), *COMMON, "train.lrr=3")
+    assert r.returncode == 2 and "train.lrr" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(data_dir, tmp_path, strategy):
+    """torchrun with 2 CPU processes (gloo) and micro-batch 4 each = 1 process with micro-batch 8."""
+    base = ["--data", str(data_dir), *COMMON, "train.steps=6", "train.save_every=0", "train.eval_every=0"]
+    one = tmp_path / "one"
+    r = pretrain(*base, "--out", str(one))
+    assert r.returncode == 0, r.stderr
+    two = tmp_path / "two"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + os.getpid() % 1000 + (7 if strategy == "fsdp" else 0))]
+    r = pretrain(*base, "--out", str(two), "train.micro_batch=4", f"train.distributed={strategy}", launcher=launcher)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert list(a) == list(b) == list(range(1, 7))
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+    assert (two / "model" / "model.safetensors").exists()
