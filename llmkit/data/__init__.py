@@ -1,5 +1,18 @@
-"""Data room: corpora, cleaning, dedup, packing, dataset formats, built-in tasks."""
+"""Data room: corpora, cleaning, dedup, mixtures, packing into token shards, loaders.
 
-from .corpus import stdlib_files, stdlib_texts
+    from llmkit.data import DataConfig, prepare_data, PackedDataset, BatchLoader
+    prepared = prepare_data(DataConfig(seq_len=256), "data/stdlib")
+    loader = BatchLoader(PackedDataset("data/stdlib", "train"), batch_size=8, seed=0)
+    batch = next(loader)  # LongTensor (8, 257): inputs batch[:, :-1], targets batch[:, 1:]
 
-__all__ = ["stdlib_files", "stdlib_texts"]
+torch is imported only when a batch is made, so worker processes stay light.
+"""
+
+from llmkit.data.config import CleanConfig, DataConfig, DataError, DedupConfig, SourceConfig
+from llmkit.data.corpus import stdlib_files, stdlib_texts
+from llmkit.data.dataset import BatchLoader, PackedDataset
+from llmkit.data.prepare import PreparedData, prepare_data
+from llmkit.data.stats import format_stats
+
+__all__ = ["BatchLoader", "CleanConfig", "DataConfig", "DataError", "DedupConfig", "PackedDataset", "PreparedData",
+           "SourceConfig", "format_stats", "prepare_data", "stdlib_files", "stdlib_texts"]
