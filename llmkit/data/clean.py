@@ -130,30 +130,56 @@ def _is_ipv6(s: str) -> bool:
     return True
 
 
+# Python's re cannot skip ahead to a pattern that starts with a lookbehind, so each pattern has a
+# cheap candidate pattern (a literal or a digit first, ~10x faster) and the full pattern only runs
+# in a window around each candidate: (candidate, full pattern, characters to look back, check).
+_SCANS = (
+    ("<EMAIL>", re.compile(r"@[A-Za-z0-9-]+\."), _EMAIL, 64, None),
+    ("<IP>", re.compile(r":[0-9A-Fa-f]{0,4}:"), _IPV6, 40, _is_ipv6),
+    ("<IP>", re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"), _IPV4, 0, None),
+    ("<PHONE>", re.compile(r"\d{3,4}[ .-]\d{3,4}(?![\w-])"), _PHONE, 24, None),
+)
+
+
+def _spans(text: str, candidate: re.Pattern, full: re.Pattern, lookback: int,
+           check: Callable[[str], bool] | None) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    done = 0  # end of the last span found: matches never overlap
+    for c in candidate.finditer(text):
+        if c.end() <= done:
+            continue
+        # finditer(pos, endpos): lookbehind still sees text before pos; one extra character at the
+        # end keeps the pattern's lookahead honest.
+        for m in full.finditer(text, max(done, c.start() - lookback), min(len(text), c.end() + 40)):
+            if m.end() <= c.start() or m.start() >= c.end():
+                continue  # not this candidate's match
+            if check is None or check(m.group()):
+                spans.append(m.span())
+                done = m.end()
+                break
+    return spans
+
+
 def scrub_pii(text: str) -> tuple[str, int]:
     """Replace e-mail addresses, IPv6 and IPv4 addresses and phone numbers with ``<EMAIL>``,
     ``<IP>`` and ``<PHONE>``; counts the characters replaced."""
     changed = 0
-
-    def sub(pattern: re.Pattern, placeholder: str, s: str, check: Callable[[str], bool] | None = None) -> str:
-        def repl(m: re.Match) -> str:
-            nonlocal changed
-            if check is not None and not check(m.group()):
-                return m.group()
-            changed += len(m.group())
-            return placeholder
-        return pattern.sub(repl, s)
-
-    if "@" in text:
-        text = sub(_EMAIL, "<EMAIL>", text)
-    if ":" in text:
-        text = sub(_IPV6, "<IP>", text, _is_ipv6)
-    text = sub(_IPV4, "<IP>", text)
-    text = sub(_PHONE, "<PHONE>", text)
+    for placeholder, candidate, full, lookback, check in _SCANS:
+        spans = _spans(text, candidate, full, lookback, check)
+        if not spans:
+            continue
+        parts, last = [], 0
+        for a, b in spans:
+            parts += [text[last:a], placeholder]
+            changed += b - a
+            last = b
+        parts.append(text[last:])
+        text = "".join(parts)
     return text, changed
 
 
 # ---------------------------------------------------------------------------- whitespace
+_BLANK_RUNS = re.compile(r"\n{4,}")
 _ODD_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 
 
@@ -161,10 +187,13 @@ def normalize_whitespace(text: str) -> tuple[str, int]:
     """Unix line endings, odd spaces -> space, no zero-width spaces, no trailing spaces, at most
     two blank lines in a row, no leading blank lines, no trailing whitespace but one final newline
     where there was one. Indentation is kept."""
-    new = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u200b", "").replace("\ufeff", "")
-    new = _ODD_SPACES.sub(" ", new)
-    new = re.sub(r"[ \t]+$", "", new, flags=re.M)
-    new = re.sub(r"\n{4,}", "\n\n\n", new).lstrip("\n").rstrip()
+    new = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not new.isascii():
+        new = _ODD_SPACES.sub(" ", new.replace("\u200b", "").replace("\ufeff", ""))
+    new = "\n".join(line.rstrip(" \t") for line in new.split("\n"))  # 4x faster than a regex
+    if "\n\n\n\n" in new:
+        new = _BLANK_RUNS.sub("\n\n\n", new)
+    new = new.lstrip("\n").rstrip()
     if new and text.endswith(("\n", "\r")):
         new += "\n"  # one final newline is kept (a file's last line ends with one)
     if new == text:
@@ -220,12 +249,20 @@ def remove_lines(text: str, lines: set[str]) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------- quality
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() calls space in ASCII
+_ASCII_ALNUM = (b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _SPACE = re.compile(r"\s")
 _SYMBOL = re.compile(r"[^\w\s]|_")
 
 
 def symbol_ratio(text: str) -> float:
     """Fraction of the non-whitespace characters that are neither letters nor digits."""
+    if text.isascii():  # bytes.translate counts in C, ~10x faster than a regex
+        b = text.encode("ascii")
+        spaces = len(b) - len(b.translate(None, _ASCII_SPACE))
+        alnum = len(b) - len(b.translate(None, _ASCII_ALNUM))
+        visible = len(b) - spaces
+        return (visible - alnum) / visible if visible else 0.0
     visible = len(text) - len(_SPACE.findall(text))
     return len(_SYMBOL.findall(text)) / visible if visible else 0.0
 

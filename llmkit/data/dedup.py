@@ -13,6 +13,11 @@ from llmkit.data.config import DedupConfig
 logger = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+")
+# LSH banding tuned for recall (false-positive weight 0.05, false-negative weight 0.95): at the
+# default threshold 0.8 and 128 permutations that is 16 bands of 8 rows, which proposes a pair
+# of Jaccard 0.9 with probability 0.9999 (datasketch's equal weights: 0.93). Candidates are
+# confirmed with the MinHash estimate, so the extra false positives cost only time.
+LSH_WEIGHTS = (0.05, 0.95)
 
 
 def normalized_key(text: str) -> bytes:
@@ -53,14 +58,15 @@ def near_duplicates(texts: list[str], cfg: DedupConfig, seed: int = 1) -> list[b
     threshold. LSH proposes candidates; each is confirmed with the MinHash estimate, so banding
     false positives do not remove documents."""
     from datasketch import MinHash, MinHashLSH
+    from tqdm.auto import tqdm
 
     # zlib.crc32: a fast deterministic 32-bit hash (the affine32 scheme mixes it with murmur's finaliser)
     sets = ([s.encode("utf-8") for s in shingles(t, cfg.shingle_size)] for t in texts)
     hashes = MinHash.generator(sets, num_perm=cfg.num_perm, seed=seed, hashfunc=zlib.crc32)
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=LSH_WEIGHTS)
     kept: dict[int, MinHash] = {}
     dup = []
-    for i, mh in enumerate(hashes):
+    for i, mh in enumerate(tqdm(hashes, total=len(texts), desc="near dedup", unit="doc", disable=None, leave=False)):
         is_dup = any(mh.jaccard(kept[j]) >= cfg.threshold for j in lsh.query(mh))
         if not is_dup:
             lsh.insert(i, mh)

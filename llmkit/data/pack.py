@@ -24,7 +24,7 @@ from llmkit.data.config import MAX_VOCAB, DataError
 
 logger = logging.getLogger(__name__)
 
-CHUNK_CHARS = 1 << 20  # characters of text per task sent to a worker
+CHUNK_CHARS = 1 << 18  # characters of text per task sent to a worker (small enough to balance the load)
 CHUNK_DOCS = 256
 
 _worker: dict = {}  # the tokenizer of this worker process
@@ -66,7 +66,11 @@ def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 def encode_chunk(tok, dtype: np.dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens of every text each followed by eos, number of tokens per text including its eos)."""
     eos = tok.eos_token_id
-    ids = tok.encode_batch(texts, add_special_tokens=False)
+    backend = tok.backend
+    if hasattr(backend, "encode_batch_fast"):  # tokenizers >= 0.20: skips computing offsets, ~2-3x faster
+        ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    else:
+        ids = tok.encode_batch(texts, add_special_tokens=False)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     out = np.empty(int(lengths.sum()), dtype=dtype)
     pos = 0

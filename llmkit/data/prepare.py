@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -29,8 +30,9 @@ import numpy as np
 from llmkit.data import clean as cleaning
 from llmkit.data import mixture
 from llmkit.data.config import DataConfig, DataError, config_hash
+from llmkit.data.clean import StepStats
 from llmkit.data.corpus import SourceRead, check_sources, read_source
-from llmkit.data.dataset import INDEX_FILE, STATS_FILE, PackedDataset
+from llmkit.data.dataset import INDEX_FILE, STATS_FILE, PackedDataset, read_index
 from llmkit.data.dedup import exact_duplicates, near_duplicates
 from llmkit.data.pack import pack, shard_dtype
 from llmkit.data.stats import clean_fix, source_stats
@@ -56,6 +58,15 @@ class PreparedData:
     @property
     def tokenizer_dir(self) -> Path:
         return self.path / self.index["tokenizer"]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PreparedData:
+        """A directory written by `prepare_data` (e.g. for `format_stats(PreparedData.load(d).stats)`)."""
+        path = Path(path)
+        index = read_index(path)
+        stats_file = path / STATS_FILE
+        stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else {}
+        return cls(path, index, stats)
 
     def dataset(self, split: str = "train") -> PackedDataset:
         return PackedDataset(self.path, split)
@@ -109,14 +120,21 @@ def _staging(out_dir: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = out_dir.parent / f".{out_dir.name}.old-{tag}" if out_dir.exists() else None
+    if old is not None:
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)  # put the previous output back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _progress(total: int, desc: str):
@@ -126,78 +144,118 @@ def _progress(total: int, desc: str):
 
 
 def _prepare(config: DataConfig, out: Path, tokenizer: "Tokenizer | None") -> tuple[dict, dict]:
-    t0 = time.perf_counter()
     timer = _Timer()
     names = _names(config)
-    # 1. read
-    reads: list[SourceRead] = [read_source(src, i, config.max_docs) for i, src in enumerate(config.sources)]
+    reads = _read(config, names)
+    timer.lap("read")
+    texts, clean_stats = _clean(config, reads)
+    timer.lap("clean")
+    texts, removed = _dedup(config, texts)
+    timer.lap("dedup")
+    # split by document, then the mixture of the train split (see llmkit.data.mixture)
+    splits = [mixture.split_indices(len(docs), config.val_fraction, config.seed, s) for s, docs in enumerate(texts)]
+    train_chars = [[len(texts[s][i]) for i in tr] for s, (tr, _) in enumerate(splits)]
+    proportions = mixture.mixture_proportions([src.weight for src in config.sources],
+                                              [sum(c) for c in train_chars], config.temperature)
+    logger.info("mixture (T=%g): %s", config.temperature, ", ".join(f"{n} {p:.3f}" for n, p in zip(names, proportions)))
+    streams = {"train": [(s, splits[s][0][j]) for s, j in mixture.mix(train_chars, proportions, config.seed)],
+               "val": mixture.val_order([va for _, va in splits], config.seed)}
+    timer.lap("split_mix")
+    tok_dir = out / TOKENIZER_DIR
+    trained = tokenizer is None
+    if tokenizer is None:
+        tokenizer = _train_tokenizer(config, [texts[s][i] for s, (tr, _) in enumerate(splits) for i in tr])
+    tokenizer.save(tok_dir)
+    dtype = shard_dtype(tokenizer.vocab_size)
+    timer.lap("tokenizer")
+    index_splits, tokens = _pack_splits(config, out, texts, streams, tok_dir, dtype)
+    timer.lap("tokenize_pack")
+
+    chash = config_hash(config)
+    index = {"format": "llmkit.packed", "version": 1, "dtype": dtype.name, "seq_len": config.seq_len,
+             "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_token_id, "tokenizer": TOKENIZER_DIR,
+             "config_hash": chash, "splits": index_splits}
+    sources = [source_stats(name, src, r, clean_stats[i], {k: v[i] for k, v in removed.items()},
+                            texts[i], splits[i], proportions[i], streams["train"], i, tokens)
+               for i, (name, src, r) in enumerate(zip(names, config.sources, reads))]
+    stats = {"config_hash": chash, "config": dataclasses.asdict(config), "sources": sources,
+             "non_utf8_skipped": sum(len(r.non_utf8) for r in reads),
+             "mixture": {"temperature": config.temperature, "proportions": dict(zip(names, proportions))},
+             "splits": {k: {"documents": v["documents"], "tokens": v["num_tokens"], "sequences": v["num_sequences"],
+                            "dropped_tokens": v["dropped_tokens"]} for k, v in index_splits.items()},
+             "tokenizer": {"trained": trained, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_token_id},
+             "seconds": round(sum(timer.laps.values()), 3), "stage_seconds": timer.laps}
+    write_json_atomic(out / STATS_FILE, stats)
+    write_json_atomic(out / INDEX_FILE, index)
+    logger.info("prepared %d train / %d val sequences of %d tokens in %.1fs", index_splits["train"]["num_sequences"],
+                index_splits["val"]["num_sequences"], config.seq_len, stats["seconds"])
+    return index, stats
+
+
+def _read(config: DataConfig, names: list[str]) -> list[SourceRead]:
+    reads = [read_source(src, i, config.max_docs) for i, src in enumerate(config.sources)]
     if not any(r.texts for r in reads):
         detail = "; ".join(f"{n}: {r.files} file(s), {len(r.non_utf8)} not UTF-8, {r.empty} blank, "
                            f"{r.bad_records} bad JSONL record(s)" for n, r in zip(names, reads))
         raise DataError(f"the corpus is empty after reading: no source gave a document ({detail}); add UTF-8 "
                         f"text files, check kind/text_field, or raise max_bytes")
-    timer.lap("read")
-    # 2. clean
-    texts, clean_stats = [], []
-    for name, r in zip(names, reads):
+    return reads
+
+
+def _clean(config: DataConfig, reads: list[SourceRead]) -> tuple[list[list[str]], list[dict[str, StepStats]]]:
+    texts, stats = [], []
+    for r in reads:
         kept, st = cleaning.clean_texts(r.texts, config.clean)
         texts.append(kept)
-        clean_stats.append(st)
-    for step in cleaning.STEPS:
-        if step in clean_stats[0] and sum(st[step].docs_after for st in clean_stats) == 0:
-            before = sum(len(r.texts) for r in reads)
+        stats.append(st)
+    for step in cleaning.STEPS:  # the first step after which no source has a document left
+        if step in stats[0] and sum(st[step].docs_after for st in stats) == 0:
             raise DataError(f"the corpus is empty after cleaning: step {step!r} removed every remaining document "
-                            f"(of {before} read); {clean_fix(step)}")
-    timer.lap("clean")
-    # 3. dedup, in source order across all sources
+                            f"(of {sum(len(r.texts) for r in reads)} read); {clean_fix(step)}")
+    return texts, stats
+
+
+def _dedup(config: DataConfig, texts: list[list[str]]) -> tuple[list[list[str]], dict[str, list[list[int]]]]:
+    """Exact then near dedup over all sources in order; returns the kept texts per source and,
+    per step and source, [documents, characters] removed."""
     flat = [(s, t) for s, docs in enumerate(texts) for t in docs]
-    removed = {"exact_dedup": [[0, 0] for _ in names], "near_dedup": [[0, 0] for _ in names]}
+    removed = {step: [[0, 0] for _ in texts] for step in ("exact_dedup", "near_dedup")}
     for step, enabled, find in (("exact_dedup", config.dedup.exact, exact_duplicates),
                                 ("near_dedup", config.dedup.near, lambda ts: near_duplicates(ts, config.dedup))):
-        if enabled:
-            dup = find([t for _, t in flat])
-            for (s, t), d in zip(flat, dup):
-                if d:
-                    removed[step][s][0] += 1
-                    removed[step][s][1] += len(t)
-            flat = [x for x, d in zip(flat, dup) if not d]
-    texts = [[t for s, t in flat if s == i] for i in range(len(names))]
-    timer.lap("dedup")
-    # 4. split by document, then the mixture of the train split
-    splits = [mixture.split_indices(len(docs), config.val_fraction, config.seed, s) for s, docs in enumerate(texts)]
-    train_chars = [[len(texts[s][i]) for i in tr] for s, (tr, _) in enumerate(splits)]
-    proportions = mixture.mixture_proportions([src.weight for src in config.sources],
-                                              [sum(c) for c in train_chars], config.temperature)
-    train_stream = [(s, splits[s][0][j]) for s, j in mixture.mix(train_chars, proportions, config.seed)]
-    val_stream = [(s, i) for s, i in mixture.val_order([va for _, va in splits], config.seed)]
-    timer.lap("split_mix")
-    # 5. tokenizer
-    tok_dir = out / TOKENIZER_DIR
-    if tokenizer is None:
-        from llmkit.tokenizer import Tokenizer
+        if not enabled:
+            continue
+        dup = find([t for _, t in flat])
+        for (s, t), d in zip(flat, dup):
+            if d:
+                removed[step][s][0] += 1
+                removed[step][s][1] += len(t)
+        flat = [x for x, d in zip(flat, dup) if not d]
+    kept: list[list[str]] = [[] for _ in texts]
+    for s, t in flat:
+        kept[s].append(t)
+    return kept, removed
 
-        unique_train = [texts[s][i] for s, (tr, _) in enumerate(splits) for i in tr]
-        logger.info("training a byte-level BPE tokenizer (vocab %d) on %d train documents", config.vocab_size,
-                    len(unique_train))
-        tokenizer = Tokenizer.train(unique_train, vocab_size=config.vocab_size)
-        trained = True
-    else:
-        trained = False
-    tokenizer.save(tok_dir)
-    vocab_size = tokenizer.vocab_size
-    dtype = shard_dtype(vocab_size)
-    timer.lap("tokenizer")
-    # 6. tokenize and pack
+
+def _train_tokenizer(config: DataConfig, texts: list[str]) -> "Tokenizer":
+    from llmkit.tokenizer import Tokenizer
+
+    logger.info("training a byte-level BPE tokenizer (vocab %d) on %d train documents", config.vocab_size, len(texts))
+    return Tokenizer.train(texts, vocab_size=config.vocab_size)
+
+
+def _pack_splits(config: DataConfig, out: Path, texts: list[list[str]], streams: dict[str, list[tuple[int, int]]],
+                 tok_dir: Path, dtype: np.dtype) -> tuple[dict, dict[str, list[int]]]:
+    """Tokenize and pack each split; returns the index entries and the tokens per source."""
     index_splits, tokens = {}, {}
-    for split, stream in (("train", train_stream), ("val", val_stream)):
+    for split, stream in streams.items():
         docs = [texts[s][i] for s, i in stream]
         with _progress(len(docs), f"tokenize {split}") as bar:
             entry, lengths = pack(docs, out, split, tok_dir, dtype, config.seq_len, config.shard_tokens,
                                   config.workers, bar)
         entry["documents"] = len(docs)
         index_splits[split] = entry
-        tokens[split] = np.bincount([s for s, _ in stream], weights=lengths, minlength=len(names)).astype(int).tolist()
-    timer.lap("tokenize_pack")
+        sources = np.asarray([s for s, _ in stream], dtype=np.int64)
+        tokens[split] = np.bincount(sources, weights=lengths, minlength=len(texts)).astype(np.int64).tolist()
     if index_splits["train"]["num_sequences"] == 0:
         n = index_splits["train"]["num_tokens"]
         raise DataError(f"the train split has only {n} tokens, fewer than seq_len + 1 = {config.seq_len + 1}, so "
@@ -205,27 +263,7 @@ def _prepare(config: DataConfig, out: Path, tokenizer: "Tokenizer | None") -> tu
     if config.val_fraction > 0 and index_splits["val"]["num_sequences"] == 0:
         logger.warning("the validation split has no full sequence of %d tokens; raise val_fraction or lower seq_len",
                        config.seq_len)
-    # 7. index and stats
-    chash = config_hash(config)
-    index = {"format": "llmkit.packed", "version": 1, "dtype": dtype.name, "seq_len": config.seq_len,
-             "vocab_size": vocab_size, "eos_id": tokenizer.eos_token_id, "tokenizer": TOKENIZER_DIR,
-             "config_hash": chash, "splits": index_splits}
-    sources = [source_stats(name, src, r, clean_stats[i], {k: v[i] for k, v in removed.items()},
-                            texts[i], splits[i], proportions[i], train_stream, i, tokens)
-               for i, (name, src, r) in enumerate(zip(names, config.sources, reads))]
-    stats = {"config_hash": chash, "config": dataclasses.asdict(config), "sources": sources,
-             "non_utf8_skipped": sum(len(r.non_utf8) for r in reads),
-             "mixture": {"temperature": config.temperature,
-                         "proportions": {n: p for n, p in zip(names, proportions)}},
-             "splits": {k: {"documents": v["documents"], "tokens": v["num_tokens"], "sequences": v["num_sequences"],
-                            "dropped_tokens": v["dropped_tokens"]} for k, v in index_splits.items()},
-             "tokenizer": {"trained": trained, "vocab_size": vocab_size, "eos_id": tokenizer.eos_token_id},
-             "seconds": round(time.perf_counter() - t0, 3), "stage_seconds": timer.laps}
-    write_json_atomic(out / STATS_FILE, stats)
-    write_json_atomic(out / INDEX_FILE, index)
-    logger.info("prepared %d train / %d val sequences of %d tokens in %.1fs", index_splits["train"]["num_sequences"],
-                index_splits["val"]["num_sequences"], config.seq_len, stats["seconds"])
-    return index, stats
+    return index_splits, tokens
 
 
 class _Timer:
