@@ -300,3 +300,94 @@ def run_pretrain(args: argparse.Namespace) -> None:
               f"validation loss {val:.4f}" if val is not None else f"run {recipe.out}: {summary['steps']} steps")
         print(f"report: {Path(recipe.out) / 'report.md'}")
         print(f"try: llmkit generate --model {recipe.out} --prompt 'def ' --max-new-tokens 64")
+
+
+# ---------------------------------------------------------------------------- quickstart
+def add_quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, default=5.0, help="time budget for the whole job (default 5)")
+    p.add_argument("--out", "-o", default="runs/quickstart", help="run directory (default runs/quickstart)")
+    p.add_argument("--vocab-size", type=positive_int, default=2048, help="tokenizer size (default 2048)")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="training sequence length (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+
+
+def run_quickstart(args: argparse.Namespace) -> None:
+    from ..pipelines.quickstart import quickstart
+
+    s = quickstart(args.minutes, args.out, seed=args.seed, vocab_size=args.vocab_size, seq_len=args.seq_len,
+                   overwrite=args.overwrite)
+    print(f"trained {s['params_total']:,} parameters on {s['tokens']:,} tokens in {s['total_s']:.0f} s "
+          f"(budget {s['budget_s']:.0f} s)")
+    print(f"validation loss {s['final_val_loss']:.3f} nats/token; unigram entropy {s['unigram_entropy']:.3f}; "
+          f"bigram cross-entropy {s['bigram_cross_entropy']:.3f}")
+    for sample in s.get("samples", [])[:1]:
+        print("sample:\n" + sample["prompt"] + sample["text"])
+    print(f"report: {Path(args.out) / 'report.md'}")
+    print(f"next:   llmkit chat --model {args.out}")
+    print(f"        llmkit generate --model {args.out} --prompt 'def ' --max-new-tokens 64")
+
+
+# --------------------------------------------------------------------------------- scale
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="scale_verb", metavar="ACTION", required=True)
+    opt = sub.add_parser("optimal", help="Chinchilla compute-optimal parameters and tokens (and Kaplan's law)",
+                         description="Give exactly one of --flops, --params, --tokens, or --gpu-hours with --flops-per-second.")
+    opt.add_argument("--flops", type=float, default=None, help="compute budget in FLOPs, e.g. 1e21")
+    opt.add_argument("--params", type=float, default=None, help="model size N")
+    opt.add_argument("--tokens", type=float, default=None, help="training tokens D")
+    opt.add_argument("--gpu-hours", type=float, default=None, help="time budget in device hours")
+    opt.add_argument("--flops-per-second", type=float, default=None, help="sustained throughput per device")
+    mem = sub.add_parser("memory", help="memory estimate for inference or training by dtype and method")
+    mem.add_argument("--preset", default=None, help="a preset name")
+    mem.add_argument("--model", default=None, help="a model directory")
+    mem.add_argument("--params", type=float, default=None, help="a bare parameter count (weights only)")
+    mem.add_argument("--method", default="inference", choices=["inference", "full", "lora", "qlora"])
+    mem.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16", "int8", "int4"])
+    mem.add_argument("--batch-size", type=positive_int, default=1)
+    mem.add_argument("--seq-len", type=positive_int, default=2048)
+    fit = sub.add_parser("fit", help="fit L(N, D) = E + A/N^a + B/D^b to your runs and project a bigger one")
+    fit.add_argument("runs", nargs="+", help="run directories (with summary.json)")
+    fit.add_argument("--predict-params", type=float, default=None, help="project the loss at this N ...")
+    fit.add_argument("--predict-tokens", type=float, default=None, help="... and this D")
+    fit.add_argument("--plot", default="scaling_fit.png", help="where to write the plot of the fit")
+
+
+def run_scale(args: argparse.Namespace) -> None:
+    from .. import scaling
+
+    if args.scale_verb == "optimal":
+        flops = args.flops
+        if args.gpu_hours is not None:
+            if not args.flops_per_second:
+                raise ValueError("--gpu-hours needs --flops-per-second (sustained FLOP/s per device)")
+            flops = scaling.flops_from_time(args.gpu_hours * 3600, args.flops_per_second)
+        plan = scaling.compute_optimal(flops=flops, params=args.params, tokens=args.tokens)
+        print(f"Chinchilla: {plan.params:.4g} parameters, {plan.tokens:.4g} tokens, {plan.flops:.4g} FLOPs")
+        kaplan = scaling.kaplan_optimal(plan.flops)
+        print(f"Kaplan 2020 at the same compute: {kaplan.params:.4g} parameters, {kaplan.tokens:.4g} tokens")
+    elif args.scale_verb == "memory":
+        from ..models.config import preset as get_preset
+        from ..models.hf import read_config
+        from ..models.resolve import resolve_model
+
+        if args.preset:
+            model = get_preset(args.preset)
+        elif args.model:
+            model = read_config(resolve_model(args.model))
+        elif args.params:
+            model = int(args.params)
+        else:
+            raise ValueError("give --preset, --model or --params")
+        est = scaling.estimate_memory(model, method=args.method, dtype=args.dtype, batch_size=args.batch_size,
+                                      seq_len=args.seq_len)
+        print(est.table())
+    else:
+        points = scaling.load_runs(args.runs)
+        fit = scaling.fit_law(points)
+        print(fit.summary())
+        if args.predict_params and args.predict_tokens:
+            print(f"projected loss at N={args.predict_params:.3g}, D={args.predict_tokens:.3g}: "
+                  f"{fit.predict(args.predict_params, args.predict_tokens):.4f}")
+        scaling.plot_fit(fit, points, args.plot)
+        print(f"plot: {args.plot}")

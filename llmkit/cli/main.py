@@ -25,6 +25,10 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "data": (commands.add_data_args, commands.run_data, "prepare training data: `llmkit data prepare --help`"),
     "pretrain": (commands.add_pretrain_args, commands.run_pretrain,
                  "pretrain a model from a YAML recipe plus key=value overrides (torchrun for DDP/FSDP)"),
+    "quickstart": (commands.add_quickstart_args, commands.run_quickstart,
+                   "train a tiny language model from scratch on this machine in a few minutes, no download"),
+    "scale": (commands.add_scale_args, commands.run_scale,
+              "scaling tools: compute-optimal sizes, memory estimates, fitting laws to your runs"),
 }
 
 
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_args, run, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_args(p)
-        if name != "data":
+        if name not in ("data", "scale"):
             p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
         p.set_defaults(run=run)

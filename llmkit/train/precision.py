@@ -18,7 +18,7 @@ def matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int
     a = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
     best = float("inf")
-    for _ in range(4):
+    for _ in range(6):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()

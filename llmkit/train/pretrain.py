@@ -56,7 +56,7 @@ def _check_run_dir(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "checkpoints").is_dir():
             raise FileNotFoundError(f"--resume: {out} holds no checkpoints; start it without --resume")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any((out / name).exists() for name in ("checkpoints", "config.yaml", "metrics.jsonl", "model")):
         raise RunDirError(f"{out} already holds a run: continue it with --resume, or choose another --out")
 
 

@@ -1,0 +1,147 @@
+"""`llmkit quickstart`: a real (tiny) language model trained from scratch on this machine in a
+few minutes, with no download.
+
+1. prepare the embedded corpus (the installed Python standard library) and train a BPE;
+2. measure this machine's training throughput on a reference model;
+3. pick the compute-optimal model size for the time that is left (Chinchilla, `llmkit.scaling`);
+4. pretrain with the one Trainer, stopping on time; evaluate; generate samples;
+5. compare the validation loss with two baselines fitted on the training tokens: the unigram
+   entropy and a bigram model's cross-entropy; write everything to the run dir and report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import DataConfig, PackedDataset, SourceConfig, prepare_data
+from ..models.config import ModelConfig, preset
+from ..models.transformer import Transformer
+from ..scaling import choose_model_size
+from ..train.config import TrainConfig
+from ..train.objectives import CausalLM
+from ..train.optim import build_optimizer
+from ..train.pretrain import ModelSection, PretrainRecipe, pretrain
+from ..utils import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# (dim, layers, heads, kv heads, MLP width): a ladder of Llama-style sizes to choose from
+LADDER = [(64, 2, 4, 2, 176), (96, 3, 4, 2, 256), (128, 4, 4, 2, 344), (192, 4, 6, 2, 512), (256, 6, 8, 4, 688),
+          (384, 6, 6, 2, 1024), (512, 8, 8, 4, 1376), (768, 12, 12, 4, 2048)]
+
+
+def candidates(vocab_size: int, seq_len: int) -> list[ModelConfig]:
+    return [preset("tiny-llama", dim=d, n_layers=l, n_heads=h, n_kv_heads=kv, hidden_dim=f, vocab_size=vocab_size,
+                   max_seq_len=seq_len) for d, l, h, kv, f in LADDER]
+
+
+def measure_flops_rate(cfg: ModelConfig, micro_batch: int, seq_len: int, steps: int = 3) -> float:
+    """Achieved training FLOP/s of `cfg` (forward + backward + AdamW), from a few timed steps."""
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    opt = build_optimizer(model, 1e-3)
+    batch = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len + 1))
+    objective = CausalLM()
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        loss, _ = objective.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    per_step = min(times[1:])  # the first step warms up
+    return cfg.flops_per_token(seq_len, training=True) * micro_batch * seq_len / per_step
+
+
+def baselines(data_dir: Path) -> dict[str, float]:
+    """Unigram entropy of the training tokens and the validation cross-entropy of a bigram model
+    fitted on them (add-k smoothing, the best k of a few: the strongest such baseline), in nats."""
+    train, val = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
+    v = train.vocab_size
+    tokens = np.concatenate([np.asarray(train[i][:-1]) for i in range(len(train))] + [np.asarray(train[len(train) - 1][-1:])])
+    unigram = np.bincount(tokens, minlength=v).astype(np.float64)
+    p = unigram / unigram.sum()
+    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    pairs = np.zeros((v, v), dtype=np.float64)
+    np.add.at(pairs, (tokens[:-1], tokens[1:]), 1.0)
+    val_seqs = np.stack([np.asarray(val[i]) for i in range(len(val))]) if len(val) else np.zeros((0, 2), dtype=np.int64)
+    prev, nxt = val_seqs[:, :-1].ravel(), val_seqs[:, 1:].ravel()
+    best = math.inf
+    for k in (1e-3, 1e-2, 0.1, 1.0):
+        probs = (pairs[prev, nxt] + k) / (pairs[prev].sum(axis=1) + k * v)
+        best = min(best, float(-np.log(probs).mean()))
+    return {"unigram_entropy": entropy, "bigram_cross_entropy": best}
+
+
+def quickstart(minutes: float = 5.0, out: str | Path = "runs/quickstart", seed: int = 0, vocab_size: int = 2048,
+               seq_len: int = 128, micro_batch: int = 16, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole job in about `minutes`; returns the summary (also RUN/summary.json)."""
+    if minutes <= 0:
+        raise ValueError(f"--minutes={minutes} must be positive")
+    t0 = time.perf_counter()
+    budget = minutes * 60.0
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a run: pass --overwrite or choose another --out")
+        shutil.rmtree(out)
+
+    # 1. data: enough text for the budget (about 30 KB a second of training), a tokenizer
+    data_dir = out / "data"
+    corpus = DataConfig(sources=[SourceConfig(path="stdlib", max_bytes=int(min(3e7, max(1e6, budget * 3e4))))],
+                        seq_len=seq_len, vocab_size=vocab_size, seed=seed, workers=2)
+    prepare_data(corpus, data_dir)
+    vocab = PackedDataset(data_dir, "train").vocab_size
+
+    # 2. throughput, measured on a mid-sized model and assumed constant in FLOP/s across sizes
+    ladder = candidates(vocab, seq_len)
+    rate = measure_flops_rate(ladder[3], micro_batch, seq_len)
+
+    # 3. the time left for training, and the compute-optimal size for it
+    reserve = 0.08 * budget + 5.0  # final evaluation, samples, saving, baselines, report
+    train_seconds = max(10.0, budget - (time.perf_counter() - t0) - reserve)
+    choice = choose_model_size(train_seconds, lambda c: rate / c.flops_per_token(seq_len, training=True), ladder,
+                               embeddings=False)
+    cfg: ModelConfig = choice.candidate
+    tokens_per_step = micro_batch * seq_len
+    steps = max(20, int(choice.tokens // tokens_per_step))
+    log.info("quickstart: %.0f s of training, model dim %d x %d layers (%s params), ~%d steps", train_seconds, cfg.dim,
+             cfg.n_layers, f"{cfg.num_parameters():,}", steps)
+
+    # 4. pretrain (the Trainer stops when the time is up, whatever the estimate said)
+    overrides = {k: getattr(cfg, k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim")}
+    recipe = PretrainRecipe(
+        model=ModelSection(preset="tiny-llama", overrides=overrides), data_dir=str(data_dir),
+        train=TrainConfig(micro_batch=micro_batch, steps=steps, lr=3e-3, warmup_steps=max(10, steps // 20),
+                          eval_every=max(50, steps // 4), eval_batches=16, save_every=max(100, steps // 2),
+                          seed=seed, time_budget_s=train_seconds, sample_prompts=["def ", "import ", "class "],
+                          sample_tokens=64),
+        out=str(out),
+    )
+    summary = pretrain(recipe, resume=(out / "checkpoints").exists())
+
+    # 5. baselines and report
+    summary.update(baselines(data_dir))
+    summary.update(budget_s=budget, total_s=time.perf_counter() - t0, measured_flops_per_s=rate,
+                   chinchilla_params=choice.optimal.params, chinchilla_tokens=choice.optimal.tokens)
+    write_json_atomic(out / "summary.json", summary)
+    from ..train.report import write_report
+
+    val = summary.get("final_val_loss")
+    extra = [("unigram entropy of the training tokens", summary["unigram_entropy"]),
+             ("bigram cross-entropy (fitted on the training tokens)", summary["bigram_cross_entropy"]),
+             ("beats both baselines", str(val is not None and val < min(summary["unigram_entropy"],
+                                                                        summary["bigram_cross_entropy"]))),
+             ("time budget (s)", budget), ("total time (s)", summary["total_s"]),
+             ("measured training FLOP/s", rate), ("Chinchilla-optimal parameters for the budget", choice.optimal.params)]
+    write_report(out, "llmkit quickstart", summary, extra)
+    return summary
