@@ -113,7 +113,12 @@ def quickstart(minutes: float = 5.0, out: str | Path = "runs/quickstart", seed: 
                                embeddings=False)
     cfg: ModelConfig = choice.candidate
     tokens_per_step = micro_batch * seq_len
-    steps = max(20, int(choice.tokens // tokens_per_step))
+    # small models reach fewer FLOP/s than the reference: time the chosen one itself, so that the
+    # learning-rate schedule ends when the time does (the Trainer still stops on time regardless);
+    # 0.9 leaves room for the periodic evaluations
+    chosen_rate = measure_flops_rate(cfg, micro_batch, seq_len)
+    tokens = 0.9 * train_seconds * chosen_rate / cfg.flops_per_token(seq_len, training=True)
+    steps = max(20, int(tokens // tokens_per_step))
     log.info("quickstart: %.0f s of training, model dim %d x %d layers (%s params), ~%d steps", train_seconds, cfg.dim,
              cfg.n_layers, f"{cfg.num_parameters():,}", steps)
 

@@ -1,0 +1,56 @@
+"""`llmkit scale` and `llmkit data prepare` through the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llmkit.cli.main import main
+
+
+def test_scale_optimal(capsys):
+    assert main(["scale", "optimal", "--flops", "1e21"]) == 0
+    out = capsys.readouterr().out
+    n = math.sqrt(1e21 / 120)  # C = 6·N·D with D = 20·N
+    assert f"{n:.4g} parameters" in out and f"{20 * n:.4g} tokens" in out and "Kaplan" in out
+    assert main(["scale", "optimal"]) == 2
+
+
+def test_scale_memory_table(capsys):
+    assert main(["scale", "memory", "--params", "1e9", "--method", "inference", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "4" in out and "GB" in out
+
+
+def test_scale_fit_on_runs(tmp_path, capsys):
+    E, A, B, a, b = 1.8, 400.0, 400.0, 0.34, 0.28
+    runs = []
+    for i, (n, d) in enumerate([(1e5, 2e6), (3e5, 6e6), (1e6, 2e7), (3e6, 6e7), (1e6, 1e8), (1e5, 2e7)]):
+        run = tmp_path / f"r{i}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"params": n, "tokens": d, "final_val_loss": E + A / n**a + B / d**b}))
+        runs.append(str(run))
+    plot = tmp_path / "fit.png"
+    assert main(["scale", "fit", *runs, "--predict-params", "1e7", "--predict-tokens", "2e8", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    projected = float(out.split("projected loss")[1].split(":")[1].split()[0])
+    assert projected == pytest.approx(E + A / 1e7**a + B / 2e8**b, rel=0.02)
+    assert plot.stat().st_size > 1000
+
+
+def test_data_prepare_cli(tmp_path, capsys):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for i in range(12):
+        (src / f"doc{i}.txt").write_text(f"Document number {i} talks about topic {i * 7} at some length. " * 20)
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", "--data", str(src), "--out", str(out), "seq_len=16", "vocab_size=300",
+                 "val_fraction=0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "train" in printed and str(out) in printed
+    index = json.loads((out / "index.json").read_text())
+    assert index["seq_len"] == 16
+    assert main(["data", "prepare", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "p2")]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "p2").exists()
