@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NotImplementedError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NotImplementedError, RuntimeError,
+            MemoryError) as e:
         if args.traceback:
             raise
         print(f"llmkit {args.verb}: error: {e}", file=sys.stderr)

@@ -98,6 +98,38 @@ def build_model(recipe: PretrainRecipe, tokenizer: Tokenizer, seq_len: int) -> T
     return Transformer(cfg)
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new job on `device` (None when unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(model: Transformer, recipe: PretrainRecipe, seq_len: int, info: D.DistInfo) -> None:
+    """Refuse, before training starts, a micro-batch whose estimated training memory (weights,
+    gradients, AdamW state, activations; `llmkit.scaling.estimate_memory`) exceeds what is free."""
+    from ..scaling import estimate_memory
+
+    free = available_memory(info.device)
+    if free is None:
+        return
+    mb = recipe.train.micro_batch
+    est = estimate_memory(model.config, method="full", dtype="fp32", batch_size=mb, seq_len=seq_len,
+                          activation_checkpointing=recipe.train.activation_checkpointing)
+    if est.total > free:
+        per_seq = est.activations / mb
+        fits = int((free - (est.total - est.activations)) // per_seq) if per_seq else 0
+        hint = f"train.micro_batch={max(1, fits)} (with train.grad_accum to keep the batch)" if fits >= 1 else \
+            "a smaller model or sequence length"
+        raise MemoryError(f"a micro-batch of {mb} x {seq_len} tokens needs about {est.total / 2**30:.1f} GiB to train "
+                          f"but {free / 2**30:.1f} GiB are free on {info.device}: try {hint}, or "
+                          "train.activation_checkpointing=true")
+
+
 def pretrain(recipe: PretrainRecipe, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a pretraining job; returns its summary (also in RUN/summary.json)."""
     info = D.init_distributed(recipe.train.device)
@@ -111,6 +143,7 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False) -> dict[str, Any]:
         train_set, val_set = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
         tokenizer = Tokenizer.from_dir(data_dir / "tokenizer")
         model = build_model(recipe, tokenizer, train_set.seq_len)
+        check_memory(model, recipe, train_set.seq_len, info)
         if info.is_main:
             write_text_atomic(run_dir / "config.yaml", dump_yaml(recipe))
         loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=info.rank,

@@ -139,3 +139,11 @@ def test_two_processes_match_one(data_dir, tmp_path, strategy):
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
     assert (two / "model" / "model.safetensors").exists()
+
+
+def test_a_micro_batch_that_cannot_fit_is_refused(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.micro_batch=2000000")
+    assert r.returncode == 2
+    assert "micro-batch of 2000000" in r.stderr and "train.micro_batch=" in r.stderr and "GiB" in r.stderr
+    assert not out.exists() or not (out / "config.yaml").exists()
