@@ -142,10 +142,13 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed (validated again). A head_dim that was derived from
-        dim // n_heads is derived again when dim or n_heads change."""
+        dim // n_heads is derived again when dim or n_heads change, and a multi-head model keeps
+        n_kv_heads = n_heads."""
         derived = self.head_dim == self.dim // self.n_heads
         if derived and "head_dim" not in changes and ({"dim", "n_heads"} & set(changes)):
             changes["head_dim"] = None
+        if self.n_kv_heads == self.n_heads and "n_heads" in changes and "n_kv_heads" not in changes:
+            changes["n_kv_heads"] = None  # multi-head attention stays multi-head
         return dataclasses.replace(self, **changes)
 
     # ---------------------------------------------------------- analytical sizes

@@ -27,7 +27,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
                     eps: float = 1e-8) -> torch.optim.AdamW:
-    fused = all(p.device.type == "cuda" for p in model.parameters())
+    params = list(model.parameters())
+    # the fused kernel (CUDA, and CPU since torch 2.4) is ~3x faster than the per-tensor loops;
+    # sharded DTensor parameters (FSDP) take the default implementation
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() and type(p).__name__ != "DTensor"
+                and not hasattr(p, "_local_tensor") for p in params)
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
                              fused=fused or None)
 

@@ -90,6 +90,9 @@ def test_replace_rederives_head_dim():
     cfg = preset("tiny-llama").replace(dim=128)
     assert cfg.head_dim == 128 // cfg.n_heads
     assert preset("llama-3.2-3b").replace(n_layers=2).head_dim == 128
+    gpt = preset("gpt2", n_heads=6, dim=384)
+    assert gpt.n_kv_heads == 6 and gpt.head_dim == 64
+    assert preset("llama-3.2-1b", n_heads=16).n_kv_heads == 8  # GQA keeps its KV heads
 
 
 def test_dict_round_trip():
