@@ -91,3 +91,10 @@ def test_weight_decay_skips_norms_biases_embeddings():
     assert any("embed_tokens" in names[id(p)] for p in no_decay["params"])
     assert any(names[id(p)].endswith("bias") for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_losses(tmp_path):
+    eager = _losses(tmp_path, "eager")
+    compiled = _losses(tmp_path, "compiled", compile=True)
+    assert eager == pytest.approx(compiled, abs=1e-4)
