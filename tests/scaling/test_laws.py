@@ -139,4 +139,5 @@ def test_scaling_imports_no_other_room_and_no_torch():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') "
             "or (m.startswith('llmkit.') and not m.startswith('llmkit.scaling'))]; "
             "sys.exit(', '.join(bad) or None)")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, f"llmkit.scaling pulled in: {r.stderr.strip()}"
