@@ -45,6 +45,8 @@ class LLM(Protocol):
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LogLikelihood]: ...
 
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]: ...
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
@@ -227,6 +229,32 @@ class LocalLLM:
                     lp = rows.gather(-1, targets[:, None]).squeeze(-1)
                     results[i] = LogLikelihood(float(lp.sum()), bool((rows.argmax(-1) == targets).all()), n)
         return results  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16,
+                              stride: int | None = None) -> list[tuple[float, int]]:
+        """(sum of log p, number of tokens) of each whole text, for perplexity. Texts longer than
+        the context window are scored with a sliding window: every window after the first scores
+        `stride` new tokens (default half the window) with the tokens before them as context.
+        The first token is predicted from bos (or end-of-text)."""
+        window = self.config.context_window
+        stride = stride or max(1, window // 2)
+        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self._pad_id()
+        pairs, owners = [], []
+        for i, text in enumerate(texts):
+            tokens = self.tokenize(text, add_special_tokens=False)
+            full = [start] + tokens  # full[j + 1] is tokens[j]
+            pos = 0
+            while pos < len(tokens):
+                end = min(len(tokens), pos + (window if pos == 0 else stride))
+                first = max(0, end - window)  # the model sees full[first:end], predicting full[first+1:end+1]
+                pairs.append((full[first:pos + 1], full[pos + 1:end + 1]))
+                owners.append(i)
+                pos = end
+        totals = [[0.0, 0] for _ in texts]
+        for owner, res in zip(owners, self.loglikelihood_tokens(pairs, batch_size) if pairs else []):
+            totals[owner][0] += res.logprob
+            totals[owner][1] += res.n_tokens
+        return [(lp, n) for lp, n in totals]
 
     # --------------------------------------------------------------------- save
     def save(self, path: str | os.PathLike) -> Path:
