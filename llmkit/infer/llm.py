@@ -266,15 +266,15 @@ class LocalLLM:
 
 
 def load(name: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None) -> LocalLLM:
-    """A local `LLM` from a model name: an HF directory, a run directory, or a name in the model
-    cache (see `llmkit.models.resolve`). `dtype` defaults to fp32 on CPU, bf16/fp16 on GPUs."""
+         dtype: str | torch.dtype | None = None, api_key: str | None = None):
+    """An `LLM` from a model name: an HF directory, a run directory, or a name in the model cache
+    (see `llmkit.models.resolve`) gives a `LocalLLM` (`dtype` defaults to fp32 on CPU, bf16/fp16
+    on GPUs); an ``http(s)://…/v1`` URL gives a `RemoteLLM` talking to that server."""
     where = resolve_model(name)
     if isinstance(where, str) and is_url(where):
-        raise NotImplementedError(
-            f"{where} is a remote server: remote LLMs (llmkit.connect) arrive with the serving issue; "
-            "until then give a local model directory"
-        )
+        from .remote import RemoteLLM
+
+        return RemoteLLM(where, api_key=api_key)
     if Path(where).suffix == ".gguf":
         raise NotImplementedError(f"{where} is a GGUF file: GGUF import arrives with the GGUF issue; "
                                   "until then give a Hugging Face model directory")

@@ -197,8 +197,9 @@ def test_resolver_finds_run_dirs_and_cache(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_remote_and_gguf_names_get_clear_errors(tmp_path):
-    with pytest.raises(NotImplementedError, match="remote"):
-        llmkit.load("http://127.0.0.1:9/v1")
+    remote = llmkit.load("http://127.0.0.1:9/v1", api_key="k")  # a client; nothing is contacted yet
+    with pytest.raises(ConnectionError, match="cannot reach http://127.0.0.1:9/v1/models"):
+        remote.chat([{"role": "user", "content": "hi"}])
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(NotImplementedError, match="GGUF"):
         llmkit.load(tmp_path / "m.gguf")

@@ -1,0 +1,176 @@
+"""LLM-as-judge: pairwise comparison with position swapping, and rubric scoring.
+
+The judge is any `LLM` (a local model or a `RemoteLLM` at an OpenAI-compatible URL). Each pair
+is judged twice, once in each order: judges favour a position, and a verdict that flips with the
+order is a tie. A reply that names no verdict is asked once more with a reminder; if it still
+names none, the pair is counted as invalid and left out of the win rate.
+
+    result = pairwise(judge, prompts, answers_a, answers_b)
+    print(result.win_rate_b, result.ci, result.invalid)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from .metrics import bootstrap_ci
+
+PAIRWISE_PROMPT = """Please act as an impartial judge and compare two answers to the user's question. \
+Judge helpfulness, correctness and clarity; ignore the order of the answers and their length.
+
+[Question]
+{prompt}
+
+[Answer A]
+{first}
+
+[Answer B]
+{second}
+
+Reply with only one verdict: "A" if answer A is better, "B" if answer B is better, or "tie"."""
+
+RUBRIC_PROMPT = """Please act as an impartial judge and rate the answer to the user's question \
+on a scale from {low} to {high} following this rubric: {rubric}
+
+[Question]
+{prompt}
+
+[Answer]
+{answer}
+
+Reply with only the score, a whole number from {low} to {high}."""
+
+DEFAULT_RUBRIC = "helpful, correct, clear and concise answers score high; wrong or evasive ones score low."
+REMINDER = "\n\nYour reply must be exactly one of: A, B, tie."
+
+# capital A/B only (the article "a" is not a verdict); tie in any case
+_VERDICT = re.compile(r"\[\[(A|B|[Tt]ie)\]\]|\b(A|B|[Tt]ie|TIE)\b")
+
+
+def parse_verdict(text: str) -> str | None:
+    """"A", "B" or "tie" from a judge's reply ("[[A]]", "A", "Answer B is better", "Tie."), or
+    None when the reply names no verdict or names both A and B."""
+    found = {(m.group(1) or m.group(2)).lower() for m in _VERDICT.finditer(text.strip().split("\n")[0])}
+    if not found:
+        found = {(m.group(1) or m.group(2)).lower() for m in _VERDICT.finditer(text)}
+    if len(found) != 1:
+        return None
+    verdict = found.pop()
+    return "tie" if verdict == "tie" else verdict.upper()
+
+
+def parse_score(text: str, low: int, high: int) -> int | None:
+    m = re.search(r"-?\d+", text)
+    if m is None:
+        return None
+    value = int(m.group(0))
+    return value if low <= value <= high else None
+
+
+def ask(llm: Any, text: str, max_new_tokens: int = 16) -> str:
+    """One greedy reply to `text`: through the chat template when the model has one (remote
+    models always do), else as a plain completion."""
+    tokenizer = getattr(llm, "tokenizer", None)
+    if tokenizer is not None and not getattr(tokenizer, "chat_templates", None):
+        return llm.generate(text + "\nVerdict:", max_new_tokens=max_new_tokens, temperature=0, truncate_prompt=True)
+    return llm.chat([{"role": "user", "content": text}], max_new_tokens=max_new_tokens, temperature=0)
+
+
+@dataclass
+class Judgment:
+    prompt: str
+    a: str
+    b: str
+    verdicts: list[str | None]  # per order, in terms of a/b: "a", "b", "tie" or None (garbage twice)
+    winner: str | None  # "a", "b", "tie", or None when invalid
+    replies: list[str] = field(default_factory=list)
+    retries: int = 0
+
+
+@dataclass
+class PairwiseResult:
+    judgments: list[Judgment]
+    wins_a: int
+    wins_b: int
+    ties: int
+    invalid: int
+    win_rate_b: float  # (wins of b + ties / 2) / valid pairs
+    ci: tuple[float, float]  # bootstrap 95% interval of win_rate_b
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "judgments"}
+
+
+def _verdict(judge: Any, text: str, max_new_tokens: int) -> tuple[str | None, list[str], int]:
+    replies = [ask(judge, text, max_new_tokens)]
+    verdict = parse_verdict(replies[0])
+    if verdict is None:  # one retry with a reminder
+        replies.append(ask(judge, text + REMINDER, max_new_tokens))
+        verdict = parse_verdict(replies[1])
+    return verdict, replies, len(replies) - 1
+
+
+def judge_pair(judge: Any, prompt: str, a: str, b: str, swap: bool = True, max_new_tokens: int = 16) -> Judgment:
+    """Judge answer `a` against `b`, in both orders when `swap`. Each order gives b a point of
+    1 (b better), 1/2 (tie) or 0; the mean decides: an order-dependent verdict becomes a tie."""
+    orders = [(a, b, {"A": "a", "B": "b"})] + ([(b, a, {"A": "b", "B": "a"})] if swap else [])
+    verdicts, replies, retries = [], [], 0
+    for first, second, mapping in orders:
+        v, r, n = _verdict(judge, PAIRWISE_PROMPT.format(prompt=prompt, first=first, second=second), max_new_tokens)
+        verdicts.append(None if v is None else mapping.get(v, "tie"))
+        replies += r
+        retries += n
+    if any(v is None for v in verdicts):
+        winner = None
+    else:
+        points = sum({"a": 0.0, "tie": 0.5, "b": 1.0}[v] for v in verdicts) / len(verdicts)
+        winner = "b" if points > 0.5 else "a" if points < 0.5 else "tie"
+    return Judgment(prompt, a, b, verdicts, winner, replies, retries)
+
+
+def pairwise(judge: Any, prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+             swap: bool = True, max_new_tokens: int = 16, seed: int = 0, progress: bool = False) -> PairwiseResult:
+    """Win rate of the b answers over the a answers, with ties as half a win, and its interval."""
+    from tqdm.auto import tqdm
+
+    if not len(prompts) == len(answers_a) == len(answers_b):
+        raise ValueError(f"need one answer of each model per prompt: {len(prompts)} prompts, "
+                         f"{len(answers_a)} answers a, {len(answers_b)} answers b")
+    judgments = [judge_pair(judge, p, a, b, swap, max_new_tokens)
+                 for p, a, b in tqdm(list(zip(prompts, answers_a, answers_b)), desc="judging", disable=not progress)]
+    points = [{"a": 0.0, "tie": 0.5, "b": 1.0}[j.winner] for j in judgments if j.winner is not None]
+    wins = {w: sum(j.winner == w for j in judgments) for w in ("a", "b", "tie")}
+    rate = sum(points) / len(points) if points else float("nan")
+    return PairwiseResult(judgments, wins["a"], wins["b"], wins["tie"], len(judgments) - len(points), rate,
+                          bootstrap_ci(points, seed=seed))
+
+
+@dataclass
+class RubricResult:
+    scores: list[int | None]
+    mean: float
+    ci: tuple[float, float]
+    invalid: int
+    replies: list[list[str]]
+
+
+def rubric_scores(judge: Any, prompts: Sequence[str], answers: Sequence[str], rubric: str = DEFAULT_RUBRIC,
+                  low: int = 1, high: int = 10, max_new_tokens: int = 8, seed: int = 0) -> RubricResult:
+    """Score each answer on [low, high] by the rubric; garbage is retried once, then counted."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"need one answer per prompt: {len(prompts)} prompts, {len(answers)} answers")
+    scores, replies = [], []
+    for prompt, answer in zip(prompts, answers):
+        text = RUBRIC_PROMPT.format(prompt=prompt, answer=answer, rubric=rubric, low=low, high=high)
+        got = [ask(judge, text, max_new_tokens)]
+        score = parse_score(got[0], low, high)
+        if score is None:
+            got.append(ask(judge, text + f"\n\nReply with a single whole number from {low} to {high}.", max_new_tokens))
+            score = parse_score(got[1], low, high)
+        scores.append(score)
+        replies.append(got)
+    valid = [s for s in scores if s is not None]
+    mean = sum(valid) / len(valid) if valid else float("nan")
+    return RubricResult(scores, mean, bootstrap_ci(valid, seed=seed), len(scores) - len(valid), replies)

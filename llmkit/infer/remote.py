@@ -1,0 +1,136 @@
+"""An `LLM` behind an OpenAI-compatible HTTP server (llmkit serve, vLLM, llama.cpp's server, or
+the OpenAI API itself), spoken to with the standard library only.
+
+    judge = RemoteLLM("http://127.0.0.1:8000/v1", api_key="k")
+    judge.chat([{"role": "user", "content": "Say hi"}], max_new_tokens=16, temperature=0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Iterator, Sequence
+
+from .sampling import GenerationConfig
+
+Messages = list[dict[str, Any]]
+
+
+class RemoteLLM:
+    """Chat and completion through ``/chat/completions`` and ``/completions``. The API key comes
+    from `api_key` or the ``OPENAI_API_KEY`` environment variable; `model` defaults to the first
+    model the server lists."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.timeout = timeout
+        self._model = model
+
+    @property
+    def name(self) -> str:
+        return self.model
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            listed = self._request("GET", "/models").get("data") or []
+            if not listed:
+                raise ConnectionError(f"{self.base_url}/models lists no model: pass model=")
+            self._model = str(listed[0]["id"])
+        return self._model
+
+    def __repr__(self) -> str:
+        return f"RemoteLLM({self.base_url}, model={self._model!r})"
+
+    # ------------------------------------------------------------------ HTTP
+    def _open(self, method: str, path: str, body: dict | None = None):
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode("utf-8", "replace")[:500]
+            hint = " (check --api-key)" if e.code in (401, 403) else ""
+            raise ConnectionError(f"{method} {self.base_url}{path} answered {e.code}{hint}: {detail}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise ConnectionError(f"cannot reach {self.base_url}{path}: {getattr(e, 'reason', e)}") from e
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        with self._open(method, path, body) as resp:
+            text = resp.read().decode("utf-8", "replace")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConnectionError(f"{self.base_url}{path} did not answer JSON: {text[:200]!r}") from e
+
+    def _body(self, gen: GenerationConfig) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": gen.max_new_tokens, "temperature": gen.temperature,
+                                "top_p": gen.top_p}
+        if gen.stop:
+            body["stop"] = list(gen.stop)
+        if gen.seed is not None:
+            body["seed"] = gen.seed
+        if gen.presence_penalty:
+            body["presence_penalty"] = gen.presence_penalty
+        if gen.frequency_penalty:
+            body["frequency_penalty"] = gen.frequency_penalty
+        return body
+
+    def _events(self, path: str, body: dict) -> Iterator[dict]:
+        """Server-sent events of a streaming request, as parsed JSON chunks."""
+        with self._open("POST", path, {**body, "stream": True}) as resp:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                yield json.loads(data)
+
+    # ------------------------------------------------------------------ LLM
+    def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        out = self._request("POST", "/completions", {**self._body(gen), "prompt": prompts})
+        texts = [c.get("text", "") for c in sorted(out.get("choices", []), key=lambda c: c.get("index", 0))]
+        if len(texts) != len(prompts):
+            raise ConnectionError(f"{self.base_url}/completions answered {len(texts)} choices for {len(prompts)} prompts")
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def stream(self, prompt: str, gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]:
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        body = {**self._body(gen), "prompt": prompt}
+        return (c["choices"][0].get("text", "") for c in self._events("/completions", body) if c.get("choices"))
+
+    def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
+             **kwargs: Any) -> str | Iterator[str]:
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        body = {**self._body(gen), "messages": list(messages)}
+        if stream:
+            return (c["choices"][0].get("delta", {}).get("content") or ""
+                    for c in self._events("/chat/completions", body) if c.get("choices"))
+        out = self._request("POST", "/chat/completions", body)
+        try:
+            return out["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as e:
+            raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16):
+        raise NotImplementedError("scoring through a remote server is not supported yet: evaluate multiple-choice "
+                                  "and perplexity tasks with a local model (generation tasks work remotely)")
+
+    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16):
+        return self.loglikelihood([])
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise NotImplementedError("a remote server does not expose its tokenizer")
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError("a remote server does not expose its tokenizer")
