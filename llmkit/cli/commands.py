@@ -32,6 +32,8 @@ def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="weight dtype (default auto: fp32 on CPU, bf16/fp16 on GPU)")
+    p.add_argument("--api-key", default=None,
+                   help="API key when --model is an http(s)://…/v1 URL (default: $OPENAI_API_KEY)")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -65,7 +67,8 @@ def load_llm(args: argparse.Namespace):
     from ..infer.llm import load
     from ..utils import default_device
 
-    return load(args.model, device=args.device or default_device(), dtype=args.dtype)
+    return load(args.model, device=args.device or default_device(), dtype=args.dtype,
+                api_key=getattr(args, "api_key", None))
 
 
 # ---------------------------------------------------------------------------------- init

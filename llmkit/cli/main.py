@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from . import commands
+from . import commands, eval_commands
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (commands.add_init_args, commands.run_init,
@@ -29,6 +29,12 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                    "train a tiny language model from scratch on this machine in a few minutes, no download"),
     "scale": (commands.add_scale_args, commands.run_scale,
               "scaling tools: compute-optimal sizes, memory estimates, fitting laws to your runs"),
+    "eval": (eval_commands.add_eval_args, eval_commands.run_eval,
+             "evaluate a model on built-in or standard tasks; writes results.json, report.md and charts"),
+    "compare": (eval_commands.add_compare_args, eval_commands.run_compare,
+                "compare two eval runs: per-task deltas with bootstrap intervals, regressions flagged"),
+    "judge": (eval_commands.add_judge_args, eval_commands.run_judge,
+              "judge two models with an LLM: win rate of model B over model A on your prompts, position-swapped"),
 }
 
 

@@ -1,0 +1,179 @@
+"""The evaluation verbs: `llmkit eval`, `llmkit compare`, `llmkit judge`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .commands import add_model_arg, load_llm, positive_int
+
+
+def _task_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------------------------------- eval
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    add_model_arg(p, required=False)
+    p.add_argument("--tasks", type=_task_list, default=None,
+                   help="comma-separated task names, e.g. arith,stdlib-qa,sentiment (see --list)")
+    p.add_argument("--list", action="store_true", help="list the known tasks and exit")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt, drawn from the task's "
+                   "training split (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and bootstrap (default 0)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to score (default test)")
+    p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples of each task")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the files of a standard-format task (mmlu, hellaswag, arc-*, gsm8k)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--cot", action="store_true", help="chain-of-thought prompting on generation tasks")
+    p.add_argument("--code-samples", type=positive_int, default=1,
+                   help="samples per code problem: 1 is greedy pass@1; 10 or more also gives pass@10")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="generation budget (default: each task's own)")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval-DATE-TIME)")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from ..data.tasks import get_task, list_tasks
+    from ..eval.runner import evaluate, format_summary
+
+    if args.list:
+        for name in list_tasks():
+            spec = get_task(name)
+            where = " (needs --data-dir)" if spec.needs_data_dir else ""
+            print(f"{name:16s} {spec.kind:16s} {spec.description}{where}")
+        return
+    if not args.model or not args.tasks:
+        raise ValueError("give --model and --tasks (llmkit eval --list shows the tasks)")
+    for name in args.tasks:
+        get_task(name)  # unknown names fail before the model loads
+    llm = load_llm(args)
+    run = evaluate(llm, args.tasks, shots=args.shots, seed=args.seed, split=args.split, limit=args.limit,
+                   data_dir=args.data_dir, batch_size=args.batch_size, chain_of_thought=args.cot,
+                   code_samples=args.code_samples, max_new_tokens=args.max_new_tokens, model_name=str(args.model),
+                   progress=sys.stderr.isatty())
+    out = Path(args.out or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    run.write(out)
+    print(format_summary(run))
+    for rec in run.tasks.values():
+        missing = int(rec.metrics.get("no_answer", 0))
+        if missing:
+            print(f"note: {rec.task}: the answer extractor found nothing in {missing} of "
+                  f"{int(rec.metrics['n'])} outputs (scored 0)")
+    print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")
+
+
+# ------------------------------------------------------------------------------------- compare
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="the baseline: a folder written by `llmkit eval --out` (or its results.json)")
+    p.add_argument("b", help="the candidate, compared against the baseline")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit with status 1 when a task regressed beyond the noise (for CI)")
+    p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..eval.runner import compare, format_comparison, load_run
+
+    a, b = load_run(args.a), load_run(args.b)
+    if a.settings.split != b.settings.split or a.settings.shots != b.settings.shots:
+        print(f"warning: the runs differ in setup (split {a.settings.split}/{b.settings.split}, "
+              f"shots {a.settings.shots}/{b.settings.shots})", file=sys.stderr)
+    rows = compare(a, b, n_resamples=args.resamples)
+    print(format_comparison(rows, Path(args.a).name or "A", Path(args.b).name or "B"))
+    regressions = [r.task for r in rows if r.verdict == "regression"]
+    if regressions:
+        print(f"\nregressions beyond the noise (95% bootstrap CI of Δ excludes 0): {', '.join(regressions)}")
+    return 1 if regressions and args.fail_on_regression else 0
+
+
+# --------------------------------------------------------------------------------------- judge
+def add_judge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", required=True, help="model A (path, run directory, cache name, or http(s)://…/v1 URL)")
+    p.add_argument("--b", required=True, help="model B; the win rate is B's over A")
+    p.add_argument("--prompts", required=True,
+                   help='JSONL with one prompt per line: {"prompt": "..."} or {"messages": [...]}')
+    p.add_argument("--judge", required=True, help="the judge model (local or an OpenAI-compatible URL)")
+    p.add_argument("--api-key", default=None, help="API key for URL models (default: $OPENAI_API_KEY)")
+    p.add_argument("--device", default=None, help="device for local models")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="answer length (default 128)")
+    p.add_argument("--no-swap", action="store_true", help="judge each pair in one order only (not recommended)")
+    p.add_argument("--rubric", default=None,
+                   help="also score each answer from 1 to 10 with this rubric (a sentence for the judge)")
+    p.add_argument("--out", default=None, help="folder for judgments.jsonl and summary.json")
+
+
+def read_prompts(path: str | Path) -> list[list[dict]]:
+    """Conversations (lists of messages) from a JSONL file of {"prompt"} or {"messages"} rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            rows.append([{"role": "user", "content": row["prompt"]}])
+        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] and all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in row["messages"]):
+            rows.append(row["messages"])
+        else:
+            raise ValueError(f"{path} line {n}: expected a 'prompt' string or a 'messages' list of "
+                             f"{{role, content}}, got {line[:80]!r}")
+    if not rows:
+        raise ValueError(f"{path} has no prompts")
+    return rows
+
+
+def _answers(model: str, conversations: list[list[dict]], args: argparse.Namespace) -> list[str]:
+    from ..infer.llm import load
+    from ..utils import default_device
+
+    llm = load(model, device=args.device or default_device(), api_key=args.api_key)
+    tokenizer = getattr(llm, "tokenizer", None)
+    if tokenizer is not None and not getattr(tokenizer, "chat_templates", None):  # a base model: plain text
+        return [llm.generate(c[-1]["content"], max_new_tokens=args.max_new_tokens, temperature=0,
+                             truncate_prompt=True) for c in conversations]
+    return [llm.chat(c, max_new_tokens=args.max_new_tokens, temperature=0) for c in conversations]
+
+
+def run_judge(args: argparse.Namespace) -> None:
+    from ..eval.judge import pairwise, rubric_scores
+    from ..infer.llm import load
+    from ..utils import default_device, write_json_atomic, write_text_atomic
+
+    conversations = read_prompts(args.prompts)
+    answers_a, answers_b = _answers(args.a, conversations, args), _answers(args.b, conversations, args)
+    judge = load(args.judge, device=args.device or default_device(), api_key=args.api_key)
+    prompts = [c[-1]["content"] for c in conversations]
+    result = pairwise(judge, prompts, answers_a, answers_b, swap=not args.no_swap, progress=sys.stderr.isatty())
+    summary = {"a": args.a, "b": args.b, "judge": args.judge, "swap": not args.no_swap, **result.summary()}
+    lo, hi = result.ci
+    print(f"B ({args.b}) vs A ({args.a}) on {len(prompts)} prompts, judged by {args.judge}:")
+    print(f"  B wins {result.wins_b}, A wins {result.wins_a}, ties {result.ties}, invalid {result.invalid}")
+    print(f"  win rate of B: {result.win_rate_b:.3f} (95% CI {lo:.3f}–{hi:.3f}; ties count half)")
+    if result.invalid:
+        print(f"  note: the judge gave no usable verdict for {result.invalid} pairs, even after a retry; "
+              "they are left out")
+    if args.rubric:
+        for side, answers in (("a", answers_a), ("b", answers_b)):
+            r = rubric_scores(judge, prompts, answers, args.rubric)
+            summary[f"rubric_{side}"] = {"mean": r.mean, "ci": list(r.ci), "invalid": r.invalid, "scores": r.scores}
+            print(f"  rubric score {side.upper()}: {r.mean:.2f} (95% CI {r.ci[0]:.2f}–{r.ci[1]:.2f}, "
+                  f"invalid {r.invalid})")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "summary.json", summary)
+        write_text_atomic(out / "judgments.jsonl", "".join(
+            json.dumps({"prompt": j.prompt, "a": j.a, "b": j.b, "verdicts": j.verdicts, "winner": j.winner,
+                        "replies": j.replies}, ensure_ascii=False) + "\n" for j in result.judgments))
+        print(f"wrote {out / 'summary.json'} and {out / 'judgments.jsonl'}")

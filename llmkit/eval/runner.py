@@ -1,0 +1,288 @@
+"""Run named tasks on a model and keep everything: `evaluate` → `EvalRun` → `results.json`,
+`report.md` and a bar chart per task; `compare` two runs with paired bootstrap intervals.
+
+    run = evaluate(llmkit.load("runs/quickstart"), ["arith", "sentiment"], shots=3)
+    run.write("runs/eval1")
+    print(format_comparison(compare(load_run("runs/eval1"), load_run("runs/eval2"))))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..utils import write_json_atomic, write_text_atomic
+from .harness import TaskResult, run_code, run_generation, run_multiple_choice, run_perplexity
+from .metrics import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+# the metric each kind of task is judged by, and whether higher is better
+PRIMARY = {"multiple_choice": ("acc", True), "generation": ("exact_match", True),
+           "perplexity": ("bits_per_byte", False), "code": ("pass@1", True)}
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str]
+    shots: int = 0
+    seed: int = 0
+    split: str = "test"
+    limit: int | None = None
+    data_dir: str | None = None
+    batch_size: int = 16
+    chain_of_thought: bool = False
+    code_samples: int = 1
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class TaskRecord:
+    """One task's outcome inside a run: its kind, metrics, the primary metric's bootstrap interval,
+    every sample, and how long it took."""
+    task: str
+    kind: str
+    metrics: dict[str, float]
+    primary: str
+    higher_is_better: bool
+    ci: tuple[float, float]
+    seconds: float
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        return float(self.metrics[self.primary])
+
+
+@dataclass
+class EvalRun:
+    model: str
+    settings: EvalSettings
+    tasks: dict[str, TaskRecord]
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "created": self.created, "settings": asdict(self.settings),
+                "tasks": {name: {**asdict(rec), "ci": list(rec.ci)} for name, rec in self.tasks.items()}}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "EvalRun":
+        tasks = {name: TaskRecord(**{**rec, "ci": tuple(rec["ci"])}) for name, rec in obj["tasks"].items()}
+        return cls(obj["model"], EvalSettings(**obj["settings"]), tasks, obj.get("created", ""))
+
+    def write(self, out: str | os.PathLike) -> Path:
+        """`results.json` (every sample), `report.md` (tables), `charts/<task>.png`; all atomic."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "results.json", self.to_json())
+        charts = {name: _chart(rec, out / "charts" / f"{_safe(name)}.png") for name, rec in self.tasks.items()}
+        write_text_atomic(out / "report.md", format_report(self, {n: p.relative_to(out) for n, p in charts.items()}))
+        return out
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def load_run(path: str | os.PathLike) -> EvalRun:
+    """An `EvalRun` from a run directory (or its results.json)."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} has no results.json: give a directory written by `llmkit eval --out`")
+    try:
+        return EvalRun.from_json(json.loads(file.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is not an llmkit eval results file ({e})") from e
+
+
+def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, split: str = "test",
+             limit: int | None = None, data_dir: str | os.PathLike | None = None, batch_size: int = 16,
+             chain_of_thought: bool = False, code_samples: int = 1, max_new_tokens: int | None = None,
+             model_name: str | None = None, progress: bool = False) -> EvalRun:
+    """Evaluate `llm` (any `LLM`) on named tasks (see `llmkit.data.list_tasks`). Few-shot examples
+    come from the task's few-shot split, chosen with `seed`; `limit` keeps the first N examples."""
+    from ..data.tasks import get_task, load_task
+
+    settings = EvalSettings(list(tasks), shots, seed, split, limit, str(data_dir) if data_dir else None, batch_size,
+                            chain_of_thought, code_samples, max_new_tokens)
+    if not tasks:
+        raise ValueError("no tasks given: name at least one (llmkit eval --list shows them)")
+    if shots < 0 or batch_size < 1 or (limit is not None and limit < 1) or code_samples < 1:
+        raise ValueError(f"shots must be >= 0, batch_size, limit and code_samples >= 1; got shots={shots}, "
+                         f"batch_size={batch_size}, limit={limit}, code_samples={code_samples}")
+    specs = [get_task(name) for name in tasks]  # every name checked before any work
+    for spec in specs:
+        if spec.needs_data_dir and data_dir is None:
+            raise ValueError(f"task {spec.name!r} reads local files: give data_dir (--data-dir) pointing to them")
+    records = {}
+    for spec in specs:
+        start = time.perf_counter()
+        examples = load_task(spec.name, split, data_dir)
+        if limit:
+            examples = examples[:limit]
+        pool = load_task(spec.name, spec.fewshot_split, data_dir) if shots and spec.kind in (
+            "multiple_choice", "generation") else []
+        new_tokens = max_new_tokens or spec.max_new_tokens
+        log.info("%s: %d examples (%s)", spec.name, len(examples), spec.kind)
+        if spec.kind == "multiple_choice":
+            result = run_multiple_choice(llm, spec.name, examples, pool, shots, seed, batch_size, progress)
+        elif spec.kind == "generation":
+            result = run_generation(llm, spec.name, examples, pool, shots, seed, new_tokens, spec.extract,
+                                    chain_of_thought, batch_size, progress)
+        elif spec.kind == "perplexity":
+            result = run_perplexity(llm, spec.name, [ex.prompt for ex in examples], batch_size,
+                                    ids=[ex.id for ex in examples])
+        elif spec.kind == "code":
+            ks = [k for k in (1, 10) if k <= code_samples]
+            result = run_code(llm, spec.name, examples, code_samples, ks, max_new_tokens=new_tokens, seed=seed,
+                              batch_size=batch_size, progress=progress)
+        else:  # pragma: no cover - the task registry only has the kinds above
+            raise ValueError(f"task {spec.name!r} has unknown kind {spec.kind!r}")
+        records[spec.name] = _record(spec.kind, result, time.perf_counter() - start, seed)
+    name = model_name or getattr(llm, "name", None) or type(llm).__name__
+    return EvalRun(str(name), settings, records, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _record(kind: str, result: TaskResult, seconds: float, seed: int) -> TaskRecord:
+    primary, higher = PRIMARY[kind]
+    scores = [s["score"] for s in result.samples]
+    return TaskRecord(result.task, kind, result.metrics, primary, higher, bootstrap_ci(scores, seed=seed),
+                      round(seconds, 3), result.samples)
+
+
+# ---------------------------------------------------------------------------------------- compare
+@dataclass
+class Delta:
+    task: str
+    metric: str
+    a: float
+    b: float
+    delta: float  # b - a
+    ci: tuple[float, float]  # of the per-sample mean difference, paired where the samples match
+    verdict: str  # "regression" | "improvement" | "within noise"
+    paired: bool
+
+
+def compare(a: EvalRun, b: EvalRun, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0) -> list[Delta]:
+    """Per common task, the change of its primary metric from run `a` to run `b`. The interval is a
+    bootstrap of the mean per-sample difference, paired by sample id when both runs scored the same
+    samples (the usual case: same task and split), so it separates real changes from noise."""
+    import numpy as np
+
+    rows = []
+    common = [t for t in a.tasks if t in b.tasks]
+    if not common:
+        raise ValueError(f"the runs share no task: {sorted(a.tasks)} vs {sorted(b.tasks)}")
+    for task in common:
+        ra, rb = a.tasks[task], b.tasks[task]
+        sa = {s.get("id", str(i)): s["score"] for i, s in enumerate(ra.samples)}
+        sb = {s.get("id", str(i)): s["score"] for i, s in enumerate(rb.samples)}
+        rng = np.random.default_rng(seed)
+        paired = bool(sa) and sa.keys() == sb.keys()
+        if paired:
+            diff = np.array([sb[k] - sa[k] for k in sa])
+            draws = [diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(n_resamples)]
+        else:
+            xa, xb = np.array(list(sa.values()) or [math.nan]), np.array(list(sb.values()) or [math.nan])
+            draws = [xb[rng.integers(0, xb.size, xb.size)].mean() - xa[rng.integers(0, xa.size, xa.size)].mean()
+                     for _ in range(n_resamples)]
+        lo, hi = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
+        # the per-sample score of every kind is oriented like its primary metric
+        better, worse = (lo > 0, hi < 0) if ra.higher_is_better else (hi < 0, lo > 0)
+        verdict = "regression" if worse else "improvement" if better else "within noise"
+        rows.append(Delta(task, ra.primary, ra.value, rb.value, rb.value - ra.value, (lo, hi), verdict, paired))
+    return rows
+
+
+def format_comparison(rows: Sequence[Delta], a_name: str = "A", b_name: str = "B") -> str:
+    lines = [f"| task | metric | {a_name} | {b_name} | Δ | 95% CI of Δ | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = {"regression": "**REGRESSION**", "improvement": "improvement"}.get(r.verdict, "within noise")
+        lines.append(f"| {r.task} | {r.metric} | {r.a:.4f} | {r.b:.4f} | {r.delta:+.4f} | "
+                     f"[{r.ci[0]:+.4f}, {r.ci[1]:+.4f}]{'' if r.paired else ' (unpaired)'} | {flag} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- reports
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def format_summary(run: EvalRun) -> str:
+    """One markdown table: task, kind, primary metric with its interval, the other metrics."""
+    lines = ["| task | kind | metric | value | 95% CI | n | other metrics | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, rec in run.tasks.items():
+        others = ", ".join(f"{k} {_fmt(v)}" for k, v in rec.metrics.items() if k not in (rec.primary, "n"))
+        lines.append(f"| {name} | {rec.kind} | {rec.primary}{'' if rec.higher_is_better else ' (lower is better)'} "
+                     f"| {rec.value:.4f} | [{rec.ci[0]:.4f}, {rec.ci[1]:.4f}] | {int(rec.metrics.get('n', 0))} "
+                     f"| {others} | {rec.seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples: int = 3) -> str:
+    s = run.settings
+    parts = [f"# Evaluation of {run.model}", "",
+             f"{run.created} · split `{s.split}` · {s.shots}-shot (seed {s.seed})"
+             + (f" · first {s.limit} examples" if s.limit else "") + (" · chain of thought" if s.chain_of_thought else ""),
+             "", format_summary(run), ""]
+    for name, rec in run.tasks.items():
+        parts += [f"## {name}", ""]
+        if charts and name in charts:
+            parts += [f"![{name}]({charts[name].as_posix()})", ""]
+        for sample in rec.samples[:examples]:
+            shown = {k: v for k, v in sample.items() if k in ("prompt", "text", "output", "prediction", "answer", "score")}
+            parts += ["```", *(f"{k}: {_clip(v)}" for k, v in shown.items()), "```", ""]
+    return "\n".join(parts)
+
+
+def _clip(v: Any, n: int = 300) -> str:
+    text = repr(v) if not isinstance(v, str) else v.replace("\n", "\\n")
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+def _chart(rec: TaskRecord, path: Path) -> Path:
+    """A bar chart: the task's [0, 1] metrics with the primary metric's interval, or for perplexity
+    the bits per byte of each text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if rec.kind == "perplexity":
+        values = [s["score"] for s in rec.samples]
+        ax.bar(range(len(values)), values, color="#4c72b0")
+        ax.axhline(rec.value, color="#c44e52", linestyle="--", label=f"all texts {rec.value:.3f}")
+        ax.set_xlabel("text")
+        ax.set_ylabel("bits per byte")
+        ax.legend(loc="best")
+    else:
+        names = [k for k, v in rec.metrics.items() if k != "n" and isinstance(v, (int, float)) and 0 <= v <= 1
+                 and k != "no_answer"]
+        values = [rec.metrics[k] for k in names]
+        errors = [[max(0.0, rec.value - rec.ci[0]) if k == rec.primary else 0 for k in names],
+                  [max(0.0, rec.ci[1] - rec.value) if k == rec.primary else 0 for k in names]]
+        ax.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")
+        ax.set_ylim(0, 1)
+        for i, v in enumerate(values):
+            ax.text(i, min(v + 0.03, 0.95), f"{v:.3f}", ha="center")
+    ax.set_title(f"{rec.task} (n={int(rec.metrics.get('n', 0))})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
