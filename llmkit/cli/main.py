@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmkit",
         description="llmkit: the whole life of a large language model in one hackable PyTorch codebase.",
-        epilog="Models are named by path to an HF directory or .gguf file, a run directory, or a name "
+        epilog="Also: `llmkit lm-eval ...` runs lm-eval's command line with llmkit's backend. "
+               "Models are named by path to an HF directory or .gguf file, a run directory, or a name "
                "in the model cache ($LLMKIT_HOME, default ~/.cache/llmkit). Run `llmkit VERB --help` for details.",
     )
     parser.add_argument("--version", action="version", version=f"llmkit {commands.version()}")
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval parses its own arguments
+        from .lm_eval_cmd import run
+
+        return run(argv[1:])
     parser = build_parser()
     # key=value overrides may come anywhere, also after flags: collect the ones argparse left over
     args, extra = parser.parse_known_args(argv)

@@ -199,9 +199,10 @@ class LocalLLM:
         return self.loglikelihood_tokens(pairs, batch_size)
 
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                             batch_size: int = 16) -> list[LogLikelihood]:
-        """`loglikelihood` on token ids: (context ids, continuation ids) pairs."""
-        max_len = self.config.context_window
+                             batch_size: int = 16, max_len: int | None = None) -> list[LogLikelihood]:
+        """`loglikelihood` on token ids: (context ids, continuation ids) pairs. Each sequence keeps
+        at most its last `max_len` (default: the context window) input tokens."""
+        max_len = min(max_len or self.config.context_window, self.config.context_window)
         for i, (ctx, cont) in enumerate(pairs):
             if not ctx:
                 raise ValueError(f"pair {i} has an empty context: give at least one context token (e.g. bos)")
