@@ -3,8 +3,9 @@
     python -m llmkit.data.build_tasks
 
 Seeded and deterministic. The JSONL outputs are committed, so the splits stay fixed even when a
-new Python changes its docstrings; run this only to change the tasks on purpose. The hand-written
-tasks (sentiment, perplexity, code) live in `builtin/` as they were written.
+new Python changes its docstrings; run this only to change the tasks on purpose (stdlib-qa then
+follows the docstrings of the Python that runs it). The hand-written tasks (sentiment, perplexity,
+code) live in `builtin/` as they were written.
 """
 
 from __future__ import annotations
@@ -13,27 +14,42 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import random
+import re
 from pathlib import Path
+
+from ..utils import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 BUILTIN = Path(__file__).parent / "builtin"
 
-STDLIB_MODULES = ["os.path", "string", "json", "math", "itertools", "functools", "re", "textwrap", "shutil", "random",
-                  "statistics", "collections", "operator", "heapq", "bisect", "base64", "binascii", "zlib", "difflib",
-                  "fnmatch", "glob", "copy", "calendar", "html", "urllib.parse", "shlex", "keyword", "unicodedata",
-                  "tempfile", "gzip", "colorsys", "secrets", "uuid", "cmath", "ipaddress", "inspect", "pprint"]
+# Modules whose public functions and classes stdlib-qa asks about: common, pure-Python or always
+# built in, and (apart from os and signal, asked about as they are on Linux) the same everywhere.
+STDLIB_MODULES = [
+    "builtins", "os", "os.path", "sys", "string", "json", "math", "cmath", "itertools", "functools", "operator", "re",
+    "textwrap", "shutil", "random", "statistics", "collections", "heapq", "bisect", "base64", "binascii", "zlib",
+    "gzip", "bz2", "lzma", "difflib", "fnmatch", "glob", "copy", "calendar", "html", "urllib.parse", "shlex",
+    "unicodedata", "tempfile", "secrets", "uuid", "ipaddress", "inspect", "pprint", "time", "datetime", "fractions",
+    "decimal", "struct", "csv", "contextlib", "dataclasses", "enum", "types", "typing", "warnings", "traceback",
+    "linecache", "ast", "dis", "codecs", "locale", "platform", "sysconfig", "io", "pickle", "zipfile", "tarfile",
+    "hashlib", "stat", "filecmp", "mimetypes", "email.utils", "queue", "threading", "subprocess", "logging", "weakref",
+    "abc", "gc", "pathlib", "urllib.request", "argparse", "importlib.util", "fileinput", "signal", "sqlite3",
+    "zoneinfo", "plistlib", "tomllib", "graphlib", "xml.sax.saxutils", "concurrent.futures",
+]
+SPLIT_SIZES = {"arith": (2000, 200, 200), "sorting": (1000, 100, 100)}
+PER_MODULE = 50  # at most this many questions about one module (os alone would give 130)
 
 
 def _write(task: str, splits: dict[str, list[dict]]) -> None:
-    folder = BUILTIN / task
-    folder.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                              encoding="utf-8")
+        write_text_atomic(BUILTIN / task / f"{split}.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def arith(sizes=(2000, 200, 200), seed=0) -> dict[str, list[dict]]:
-    """Unique questions a op b with a, b in [0, 99] (× up to 20), split without overlap."""
+def arith(sizes=SPLIT_SIZES["arith"], seed=0) -> dict[str, list[dict]]:
+    """Unique questions a op b with a, b in [0, 99] (x up to 20), split without overlap."""
     rng = random.Random(seed)
     seen, rows = set(), []
     while len(rows) < sum(sizes):
@@ -47,7 +63,8 @@ def arith(sizes=(2000, 200, 200), seed=0) -> dict[str, list[dict]]:
     return _split("arith", rows, sizes)
 
 
-def sorting(sizes=(1000, 100, 100), seed=1) -> dict[str, list[dict]]:
+def sorting(sizes=SPLIT_SIZES["sorting"], seed=1) -> dict[str, list[dict]]:
+    """Unique lists of 3-7 numbers in [0, 99], split without overlap."""
     rng = random.Random(seed)
     seen, rows = set(), []
     while len(rows) < sum(sizes):
@@ -68,54 +85,108 @@ def _split(task: str, rows: list[dict], sizes) -> dict[str, list[dict]]:
     return out
 
 
-def _docstring_facts() -> list[tuple[str, str, str]]:
-    """(module, function, first docstring line) of public functions, one per distinct line."""
-    facts, seen = [], set()
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line ("" if there is none)."""
+    if not isinstance(doc, str):
+        return ""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
+    return (match.group(1) if match else paragraph).strip()
+
+
+def public_names(module) -> list[tuple[str, str, object]]:
+    """(name, "function" | "class", object) of a module's public API: its __all__ where it has one,
+    else the names it defines itself (or in its C accelerator `_name`)."""
+    exported = getattr(module, "__all__", None)
+    own = {module.__name__, "_" + module.__name__.rsplit(".", 1)[-1]}
+    if module.__name__ == "os":
+        own.add("posix")
+    out = []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or (exported is not None and name not in exported):
+            continue
+        if exported is None and getattr(obj, "__module__", None) not in own and module.__name__ != "builtins":
+            continue
+        if inspect.isclass(obj):
+            out.append((name, "class", obj))
+        elif inspect.isroutine(obj):
+            out.append((name, "function", obj))
+    return out
+
+
+def _doc(kind: str, obj) -> str:
+    # a class's own docstring only: inspect.getdoc would inherit a base class's text
+    return first_sentence(vars(obj).get("__doc__") if kind == "class" else getattr(obj, "__doc__", None))
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _mentions(text: str, name: str) -> bool:
+    """Whether `text` gives `name` away ("shake-256" names shake_256): letters and digits compared."""
+    return _squash(name) in _squash(text)
+
+
+def _digest(fact: dict) -> str:
+    return hashlib.sha256(f"{fact['module']}.{fact['name']}".encode()).hexdigest()
+
+
+def docstring_facts() -> list[dict]:
+    """One fact per public function or class whose docstring's first sentence is 20-200 characters,
+    does not name the object, does not start with a call signature, and is not shared with another
+    name of the same module (aliases, copied docstrings); with its candidate distractors."""
+    facts = []
     for module_name in STDLIB_MODULES:
         module = importlib.import_module(module_name)
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+        items = [(name, kind, obj, _doc(kind, obj)) for name, kind, obj in public_names(module)]
+        doc_count: dict[str, int] = {}
+        for _, _, _, doc in items:
+            doc_count[doc] = doc_count.get(doc, 0) + 1
+        for name, kind, obj, doc in items:
+            if (not 20 <= len(doc) <= 200 or doc_count[doc] > 1 or _mentions(doc, name)
+                    or re.match(r"[\w.]+\(.*\)", doc)):
                 continue
-            doc = (inspect.getdoc(obj) or "").strip().split("\n")[0].strip()
-            if not 20 <= len(doc) <= 160 or name.lower() in doc.lower() or doc in seen or "(" in doc[:len(name) + 2]:
-                continue
-            seen.add(doc)
-            facts.append((module_name, name, doc))
+            # distractors: same module and kind, not the same object, not named in the docstring
+            others = sorted(n for n, k, o, d in items if k == kind and n != name and o is not obj and d != doc
+                            and not _mentions(doc, n))
+            facts.append({"module": module_name, "name": name, "kind": kind, "doc": doc, "others": others})
     return facts
 
 
 def stdlib_qa(seed=2) -> dict[str, list[dict]]:
-    """Which function of a module a docstring describes; three distractors from the same module.
-    The split is by a hash of module.function, so it does not move when other functions change."""
-    facts = _docstring_facts()
-    by_module: dict[str, list[str]] = {}
-    for module, name, _ in facts:
-        by_module.setdefault(module, []).append(name)
+    """Which function (class) of a module a docstring describes; three distractors of the same kind
+    from the same module. The split is by a hash of module.name, so an example does not move when
+    other functions come or go: 20% test, 10% dev, 70% train. At most PER_MODULE per module."""
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
-    for module, name, doc in facts:
-        others = sorted(set(by_module[module]) - {name})
-        if len(others) < 3:
+    facts = [f for f in docstring_facts() if len(f["others"]) >= 3]
+    kept = set()
+    for module in STDLIB_MODULES:  # the cap keeps the questions whose hash comes first: a stable choice
+        kept |= {_digest(f) for f in sorted((f for f in facts if f["module"] == module), key=_digest)[:PER_MODULE]}
+    for fact in facts:
+        module, name = fact["module"], fact["name"]
+        if _digest(fact) not in kept:
             continue
         key = f"{module}.{name}"
         rng = random.Random(f"{seed}-{key}")
-        choices = rng.sample(others, 3) + [name]
+        choices = rng.sample(fact["others"], 3) + [name]
         rng.shuffle(choices)
-        bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10
+        bucket = int(_digest(fact), 16) % 10
         split = "test" if bucket < 2 else "dev" if bucket < 3 else "train"
         splits[split].append({
             "id": f"stdlib-qa-{key}",
-            "prompt": f"Question: Which function of the `{module}` module does this describe: \"{doc}\"\nAnswer:",
-            "answer": name, "choices": choices, "meta": {"module": module, "function": name, "doc": doc}})
+            "prompt": f"Question: Which {fact['kind']} of the `{module}` module does this describe: "
+                      f"\"{fact['doc']}\"\nAnswer:",
+            "answer": name, "choices": choices, "meta": {"module": module, "kind": fact["kind"]}})
     return splits
 
 
 def main() -> None:
-    _write("arith", arith())
-    _write("sorting", sorting())
-    _write("stdlib-qa", stdlib_qa())
-    for task in ("arith", "sorting", "stdlib-qa"):
-        sizes = {p.stem: sum(1 for _ in p.open()) for p in sorted((BUILTIN / task).glob("*.jsonl"))}
-        print(task, sizes)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for task, build in (("arith", arith), ("sorting", sorting), ("stdlib-qa", stdlib_qa)):
+        splits = build()
+        _write(task, splits)
+        log.info("%s: %s", task, {split: len(rows) for split, rows in splits.items()})
 
 
 if __name__ == "__main__":

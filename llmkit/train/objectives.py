@@ -16,6 +16,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in fp32 for the softmax; fp32 and fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class Objective(Protocol):
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
 
@@ -39,7 +44,7 @@ class CausalLM:
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         inputs, targets, mask = self.split(batch)
         logits = model(inputs, attention_mask=mask) if mask is not None else model(inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+        loss = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return loss, {}
 

@@ -54,7 +54,8 @@ def test_multiple_choice_matches_direct_scoring_and_batch_size(llm):
     assert res.metrics["acc_norm"] == pytest.approx(correct_norm / len(MC))
     for bs in (1, 7):
         other = run_multiple_choice(llm, "mc", MC, batch_size=bs)
-        assert other.metrics == res.metrics
+        assert {k: other.metrics[k] for k in ("acc", "acc_norm", "n")} == {k: res.metrics[k] for k in ("acc", "acc_norm", "n")}
+        assert other.metrics == pytest.approx(res.metrics, abs=1e-6)  # calibration error: fp32 rounding
         flat = [ll for s in other.samples for ll in s["loglikelihoods"]]
         assert flat == pytest.approx([ll for s in res.samples for ll in s["loglikelihoods"]], abs=1e-5)
 

@@ -38,8 +38,8 @@ def pretrain(*args: str, env: dict | None = None, launcher: list[str] | None = N
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r}
+def losses(run: Path, key: str = "loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_metrics(run) if key in r}
 
 
 def test_run_dir_and_final_model(data_dir, tmp_path):
@@ -124,7 +124,12 @@ def test_bad_input_leaves_no_run_dir(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(data_dir, tmp_path, strategy):
-    """torchrun with 2 CPU processes (gloo) and micro-batch 4 each = 1 process with micro-batch 8."""
+    """torchrun with 2 CPU processes (gloo) and micro-batch 4 each = 1 process with micro-batch 8.
+
+    Step 1 (same weights, same rows) must agree: the loss to 1e-5, the gradient norm (the all-reduce
+    at work; half a batch alone gives a norm ~40% off) to 1e-3 relative (5e-5 seen). Later steps drift by fp32 rounding amplified by AdamW (its first
+    updates are nearly sign(gradient), and the summation order differs between 1 and 2 ranks):
+    ~2e-4 seen on AVX-512, so they are held to 2e-3, far below what unsynchronised ranks give."""
     base = ["--data", str(data_dir), *COMMON, "train.steps=6", "train.save_every=0", "train.eval_every=0"]
     one = tmp_path / "one"
     r = pretrain(*base, "--out", str(one))
@@ -136,8 +141,11 @@ def test_two_processes_match_one(data_dir, tmp_path, strategy):
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = losses(one), losses(two)
     assert list(a) == list(b) == list(range(1, 7))
+    assert abs(a[1] - b[1]) <= 1e-5, (a[1], b[1])
+    norm_a, norm_b = losses(one, "grad_norm")[1], losses(two, "grad_norm")[1]
+    assert abs(norm_a - norm_b) <= 1e-3 * norm_a, (norm_a, norm_b)
     for step in a:
-        assert abs(a[step] - b[step]) <= 1e-5, (step, a[step], b[step])
+        assert abs(a[step] - b[step]) <= 2e-3, (step, a[step], b[step])
     assert (two / "model" / "model.safetensors").exists()
 
 
