@@ -210,26 +210,67 @@ class LocalLLM:
                 raise ValueError(f"pair {i}: a continuation of {len(cont)} tokens does not fit the context "
                                  f"window of {max_len} tokens")
         results: list[LogLikelihood | None] = [None] * len(pairs)
+        # Pairs that share their (truncated) context - the choices of one question - share one pass
+        # over it: the context goes through the model once into a KV cache, which is then copied
+        # for each continuation. Only the continuation positions go through the output head.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            seq = (list(ctx) + list(cont))[-(max_len + 1):]
+            groups.setdefault(tuple(seq[:-len(cont)]), []).append(i)
         # longest first, so padding is small and results do not depend on batch composition
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            seqs = [(list(pairs[i][0]) + list(pairs[i][1]))[-(max_len + 1):] for i in batch]
-            width = max(len(s) for s in seqs) - 1
-            ids = torch.full((len(batch), width), self._pad_id(), dtype=torch.long)
-            for r, s in enumerate(seqs):  # right padding: causal attention never looks at it
-                ids[r, :len(s) - 1] = torch.tensor(s[:-1])
-            with torch.inference_mode():
-                logits = self.model(ids.to(self.device))
-                for r, i in enumerate(batch):
-                    s, n = seqs[r], len(pairs[i][1])
-                    targets = torch.tensor(s[-n:], device=self.device)
-                    # log-softmax of the continuation's rows only: a (batch, seq, vocab) fp32 copy
-                    # would not fit on a GPU for large vocabularies
-                    rows = logits[r, len(s) - 1 - n:len(s) - 1].float().log_softmax(-1)
-                    lp = rows.gather(-1, targets[:, None]).squeeze(-1)
-                    results[i] = LogLikelihood(float(lp.sum()), bool((rows.argmax(-1) == targets).all()), n)
+        order = sorted(groups, key=lambda k: -(len(k) + max(len(pairs[i][1]) for i in groups[k])))
+        batch: list[tuple[int, ...]] = []
+        rows = 0
+        for key in order:
+            if batch and rows + len(groups[key]) > batch_size:
+                self._score_shared(batch, groups, pairs, results)
+                batch, rows = [], 0
+            batch.append(key)
+            rows += len(groups[key])
+        if batch:
+            self._score_shared(batch, groups, pairs, results)
         return results  # type: ignore[return-value]
+
+    def _score_shared(self, contexts: list[tuple[int, ...]], groups: dict[tuple[int, ...], list[int]],
+                      pairs: Sequence[tuple[Sequence[int], Sequence[int]]], results: list) -> None:
+        """Score the pairs of some context groups: prefill each context but its last token (left
+        padded), copy the cache rows per pair, then run last-context-token + continuation."""
+        pad = self._pad_id()
+        prefixes = [list(c[:-1]) for c in contexts]
+        width = max(len(p) for p in prefixes)
+        members = [(g, i) for g, c in enumerate(contexts) for i in groups[c]]
+        steps = [[contexts[g][-1]] + list(pairs[i][1][:-1]) for g, i in members]
+        step_width = max(len(s) for s in steps)
+        with torch.inference_mode():
+            cache = self.model.new_cache(len(contexts), width + step_width)
+            if width:
+                ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(contexts), width), dtype=torch.long)
+                for g, p in enumerate(prefixes):
+                    if p:
+                        ids[g, width - len(p):], mask[g, width - len(p):] = torch.tensor(p), 1
+                self.model.hidden_states(ids.to(self.device), None if bool(mask.all()) else mask.to(self.device),
+                                         cache=cache)
+            cache.select([g for g, _ in members])
+            ids = torch.full((len(members), step_width), pad, dtype=torch.long)
+            for r, s in enumerate(steps):  # right padding: causal attention never looks at it
+                ids[r, :len(s)] = torch.tensor(s)
+            hidden = self.model.hidden_states(ids.to(self.device), cache=cache)
+            lengths = [len(pairs[i][1]) for _, i in members]
+            # one pass of the output head over every continuation position (it reads the head's
+            # weights once), then a log-softmax of those rows only
+            rows = torch.cat([hidden[r, :n] for r, n in enumerate(lengths)])
+            targets = torch.tensor([t for _, i in members for t in pairs[i][1]], device=self.device)
+            picked, greedy = [], []
+            for c in range(0, len(rows), 1024):  # bounded memory for long (rolling) continuations
+                logp = self.model.lm_head(rows[c:c + 1024]).float().log_softmax(-1)
+                picked.append(logp.gather(-1, targets[c:c + 1024, None]).squeeze(-1))
+                greedy.append(logp.argmax(-1) == targets[c:c + 1024])
+            picked, greedy = torch.cat(picked), torch.cat(greedy)
+            start = 0
+            for (_, i), n in zip(members, lengths):
+                results[i] = LogLikelihood(float(picked[start:start + n].sum()), bool(greedy[start:start + n].all()), n)
+                start += n
 
     def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16,
                               stride: int | None = None) -> list[tuple[float, int]]:

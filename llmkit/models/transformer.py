@@ -128,6 +128,9 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # Learned virtual tokens (prefix / prompt tuning, set by llmkit.peft) fill the first slots of
+        # every cache; the model itself knows only that something may prefill its caches.
+        self.virtual_tokens: nn.Module | None = None
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
         std = config.init_std / math.sqrt(2 * config.n_layers)
@@ -148,6 +151,8 @@ class Transformer(nn.Module):
                 logits_to_keep: int = 0) -> torch.Tensor:
         """Logits (batch, seq, vocab). `attention_mask` (batch, seq) marks real tokens with 1 and
         (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only."""
+        if cache is None and self.virtual_tokens is not None:
+            cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
         h = self.model(input_ids, attention_mask, position_ids, cache)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
@@ -156,11 +161,21 @@ class Transformer(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: KVCache | None = None) -> torch.Tensor:
         """Final normed hidden states (batch, seq, dim), for heads other than the LM head."""
+        if cache is None and self.virtual_tokens is not None:
+            cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
         return self.model(input_ids, attention_mask, None, cache)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A cache for `max_len` tokens (default: the context window), plus the virtual tokens'
+        slots, already filled with them, when prefix or prompt tuning is active."""
         p = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        extra = self.virtual_tokens.num_tokens if self.virtual_tokens is not None else 0
+        if max_len is not None:
+            max_len += extra
+        cache = KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        if extra:
+            self.virtual_tokens.prefill(self, cache)
+        return cache
 
     # ----------------------------------------------------------------------- sizes
     def num_parameters(self, embeddings: bool = True) -> int:

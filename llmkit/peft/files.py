@@ -1,0 +1,257 @@
+"""Adapter files. LoRA, prefix tuning and prompt tuning are written in PEFT's format, so that
+``peft.PeftModel.from_pretrained(hf_model, DIR)`` loads them, and PEFT's own files load here:
+
+    DIR/adapter_config.json          peft_type, r / lora_alpha / target_modules, …
+    DIR/adapter_model.safetensors    LoRA: base_model.model.<HF module path>.lora_A.weight (r, in)
+                                                                          .lora_B.weight (out, r)
+                                     prefix / prompt tuning: prompt_embeddings
+
+Module paths are Hugging Face's: for Llama, Mistral and Qwen2 they are ours; for GPT-2 our
+q/k/v/o/up/down map to its ``attn.c_attn`` (fused), ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``. A
+PEFT LoRA on ``c_attn`` (A: r×in, B: 3d×r) becomes three LoRAs sharing A (B split by rows); our
+q/k/v LoRAs go out as one block-diagonal ``c_attn`` LoRA of rank (number of targets)·r.
+
+Bottleneck adapters, which PEFT lacks, use the same two files with ``peft_type: LLMKIT_BOTTLENECK``
+(see `llmkit.peft.bottleneck` for the keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..utils import atomic_path, write_json_atomic
+from .lora import LoRALinear, freeze, lora_layers
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+# our module path (inside a layer) -> GPT-2's
+_GPT2_MODULES = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be read or does not fit the model: the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- module paths
+def _hf_path(path: str, family: str) -> str:
+    """Our module path -> HF's (GPT-2's q/k/v map to c_attn; callers fuse them)."""
+    if family != "gpt2":
+        return path
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", path)
+    if not m:
+        raise AdapterError(f"no GPT-2 name for module {path}")
+    i, part = m.groups()
+    if part.startswith("self_attn.") and part.split(".")[-1] in _QKV:
+        return f"transformer.h.{i}.attn.c_attn"
+    return f"transformer.h.{i}.{_GPT2_MODULES[part]}"
+
+
+def _our_paths(hf_path: str, family: str) -> list[str]:
+    """HF module path -> our module path(s) (c_attn -> the three of q/k/v)."""
+    hf_path = hf_path.removeprefix(PREFIX)
+    if family != "gpt2":
+        return [hf_path]
+    m = re.fullmatch(r"(?:transformer\.)?h\.(\d+)\.(.+)", hf_path)
+    if not m:
+        raise AdapterError(f"adapter module {hf_path} is not a GPT-2 layer module")
+    i, part = m.groups()
+    if part == "attn.c_attn":
+        return [f"model.layers.{i}.self_attn.{n}" for n in _QKV]
+    ours = {v: k for k, v in _GPT2_MODULES.items()}
+    if part not in ours:
+        raise AdapterError(f"adapter module {hf_path}: GPT-2 module {part!r} has no LoRA counterpart in llmkit "
+                           f"(supported: attn.c_attn, {', '.join(_GPT2_MODULES.values())})")
+    return [f"model.layers.{i}.{ours[part]}"]
+
+
+def _config(model: nn.Module):
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise AdapterError("the model has no config: give a llmkit Transformer")
+    return cfg
+
+
+def _hf_model_type(family: str) -> str:
+    return {"smollm2": "llama"}.get(family, family)
+
+
+# ------------------------------------------------------------------------------------- LoRA
+def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapter `name` as PEFT tensors and the adapter_config fields that describe them."""
+    cfg = _config(model)
+    layers = {path: layer for path, layer in lora_layers(model) if name in layer.lora_A}
+    if not layers:
+        raise AdapterError(f"the model has no LoRA adapter named {name!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    fused: dict[str, list[tuple[int, LoRALinear]]] = {}
+    for path, layer in layers.items():
+        hf = _hf_path(path, cfg.family)
+        if cfg.family == "gpt2" and hf.endswith("attn.c_attn"):
+            fused.setdefault(hf, []).append((_QKV.index(path.rsplit(".", 1)[1]), layer))
+            continue
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        tensors[f"{PREFIX}{hf}.lora_A.weight"], tensors[f"{PREFIX}{hf}.lora_B.weight"] = a, b
+        ranks[hf], alphas[hf] = a.shape[0], layer.scaling[name] * a.shape[0]
+    sizes = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]
+    for hf, parts in fused.items():
+        parts.sort(key=lambda p: p[0])
+        scale = parts[0][1].scaling[name]
+        a_rows, blocks, rank = [], [], 0
+        for j, layer in parts:
+            # a common scaling for the fused block: fold any difference into B
+            a, b = layer.lora_A[name].weight, layer.lora_B[name].weight * (layer.scaling[name] / scale)
+            a_rows.append(a)
+            blocks.append((j, b))
+            rank += a.shape[0]
+        a_full = torch.cat(a_rows, dim=0)
+        b_full = torch.zeros(sum(sizes), rank, dtype=a_full.dtype, device=a_full.device)
+        col = 0
+        for j, b in blocks:
+            row = sum(sizes[:j])
+            b_full[row:row + sizes[j], col:col + b.shape[1]] = b
+            col += b.shape[1]
+        tensors[f"{PREFIX}{hf}.lora_A.weight"], tensors[f"{PREFIX}{hf}.lora_B.weight"] = a_full, b_full
+        ranks[hf], alphas[hf] = rank, scale * rank
+    # the most common (r, alpha) is the global one; the rest go to rank_pattern / alpha_pattern
+    pairs = [(ranks[k], alphas[k]) for k in ranks]
+    r, alpha = max(set(pairs), key=pairs.count)
+    suffix = (lambda hf: ".".join(hf.split(".")[-2:])) if cfg.family == "gpt2" else (lambda hf: hf.split(".")[-1])
+    targets = sorted({suffix(k) for k in ranks})
+    rank_pattern = {suffix(k): ranks[k] for k in ranks if ranks[k] != r}
+    alpha_pattern = {suffix(k): alphas[k] for k in ranks if alphas[k] != alpha}
+    any_layer = next(iter(layers.values()))
+    dropout = any_layer.lora_dropout[name]
+    fields = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r), "lora_alpha": float(alpha),
+        "target_modules": targets, "lora_dropout": float(getattr(dropout, "p", 0.0)), "bias": "none",
+        "fan_in_fan_out": cfg.family == "gpt2", "use_rslora": False, "use_dora": False,
+        "modules_to_save": None, "init_lora_weights": True, "layers_to_transform": None,
+        "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "inference_mode": True,
+    }
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, fields
+
+
+def _scaling(conf: dict[str, Any], hf_path: str, r: int) -> float:
+    def pattern(patterns: dict[str, Any], default):
+        for key, value in (patterns or {}).items():
+            if re.match(rf"(.*\.)?({key})$", hf_path):
+                return value
+        return default
+    alpha = pattern(conf.get("alpha_pattern"), conf.get("lora_alpha", 8))
+    return alpha / (r ** 0.5) if conf.get("use_rslora") else alpha / r
+
+
+def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: dict[str, Any], name: str,
+                      source: str) -> list[str]:
+    """Attach PEFT LoRA tensors to `model` as adapter `name`; returns our module paths."""
+    from .lora import LoRALinear
+
+    cfg = _config(model)
+    for bad, what in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
+        if conf.get(bad):
+            raise AdapterError(f"{source}: {what} adapters are not supported by llmkit yet ({bad} in {CONFIG_FILE})")
+    if conf.get("bias", "none") != "none":
+        raise AdapterError(f"{source}: bias={conf['bias']!r} LoRA adapters are not supported (only bias='none')")
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = re.fullmatch(r"(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight", key)
+        if not m:
+            raise AdapterError(f"{source}: tensor {key} is not a LoRA A/B matrix (embedding LoRA, DoRA "
+                               "magnitudes and biases are not supported)")
+        modules.setdefault(m.group(1), {})[m.group(2)] = t
+    freeze(model)
+    attached = []
+    for hf_path, ab in sorted(modules.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise AdapterError(f"{source}: module {hf_path} has {', '.join(ab)} but not both lora_A and lora_B")
+        a, b = ab["lora_A"], ab["lora_B"]
+        r = a.shape[0]
+        if b.shape[1] != r:
+            raise AdapterError(f"{source}: {hf_path} has lora_A {list(a.shape)} and lora_B {list(b.shape)}: "
+                               "their ranks differ")
+        scaling = _scaling(conf, hf_path.removeprefix(PREFIX), r)
+        ours = _our_paths(hf_path, cfg.family)
+        if len(ours) == 3:
+            sizes = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]
+            if b.shape[0] != sum(sizes):
+                raise AdapterError(f"{source}: {hf_path}.lora_B has {b.shape[0]} rows but c_attn has {sum(sizes)}")
+            b_parts = b.split(sizes, dim=0)
+        else:
+            b_parts = (b,)
+        for path, b_part in zip(ours, b_parts):
+            try:
+                layer = model.get_submodule(path)
+            except AttributeError:
+                raise AdapterError(f"{source}: the model has no module {path} (adapter module {hf_path}): "
+                                   "the adapter belongs to another architecture") from None
+            if not isinstance(layer, LoRALinear):
+                parent, _, child = path.rpartition(".")
+                layer = LoRALinear(layer)
+                setattr(model.get_submodule(parent), child, layer)
+            if a.shape[1] != layer.in_features or b_part.shape[0] != layer.out_features:
+                raise AdapterError(f"{source}: {hf_path} maps (in {a.shape[1]}, out {b_part.shape[0]}) but the "
+                                   f"model's {path} is (in {layer.in_features}, out {layer.out_features})")
+            layer.add_adapter(name, r, scaling * r, conf.get("lora_dropout", 0.0) or 0.0, scaling=scaling)
+            with torch.no_grad():
+                layer.lora_A[name].weight.copy_(a)
+                layer.lora_B[name].weight.copy_(b_part)
+            attached.append(path)
+    return attached
+
+
+# -------------------------------------------------------------------------------- save/load
+def write_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], fields: dict[str, Any],
+                  base_model: str | None = None) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path / WEIGHTS_FILE) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": "pt"})
+    write_json_atomic(path / CONFIG_FILE, {**fields, "base_model_name_or_path": base_model,
+                                           "revision": None})
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = Path(path)
+    conf_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not conf_file.is_file():
+        hint = " (PEFT's pickled adapter_model.bin is not read: re-save it with safetensors)" \
+            if (path / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"{path} is not an adapter directory: no {CONFIG_FILE}{hint}")
+    try:
+        conf = json.loads(conf_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{conf_file}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not weights.is_file():
+        raise AdapterError(f"{path}: no {WEIGHTS_FILE} beside {CONFIG_FILE}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{weights}: cannot read it ({e}); the file is damaged or truncated") from None
+    return conf, tensors
+
+
+def adapter_kind(conf: dict[str, Any]) -> str:
+    kind = str(conf.get("peft_type", "")).upper()
+    kinds = {"LORA": "lora", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", "LLMKIT_BOTTLENECK": "adapter"}
+    if kind not in kinds:
+        raise AdapterError(f"peft_type {conf.get('peft_type')!r} is not supported: llmkit reads "
+                           f"{', '.join(kinds)}")
+    return kinds[kind]
