@@ -23,6 +23,10 @@ _EXPORTS = {
     "GenerationConfig": "llmkit.infer.sampling",
     "load": "llmkit.infer.llm",
     "resolve_model": "llmkit.models.resolve",
+    "load_with_adapters": "llmkit.pipelines.adapters",
+    "merge_adapter": "llmkit.pipelines.adapters",
+    "FinetuneRecipe": "llmkit.train.finetune",
+    "finetune": "llmkit.train.finetune",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

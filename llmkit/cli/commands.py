@@ -34,6 +34,9 @@ def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="weight dtype (default auto: fp32 on CPU, bf16/fp16 on GPU)")
     p.add_argument("--api-key", default=None,
                    help="API key when --model is an http(s)://…/v1 URL (default: $OPENAI_API_KEY)")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                   help="an adapter directory (LoRA, prefix/prompt tuning, bottleneck; PEFT or llmkit files) to "
+                        "put on the model; repeatable")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -64,11 +67,11 @@ def generation_config(args: argparse.Namespace):
 
 
 def load_llm(args: argparse.Namespace):
-    from ..infer.llm import load
+    from ..pipelines.adapters import load_with_adapters
     from ..utils import default_device
 
-    return load(args.model, device=args.device or default_device(), dtype=args.dtype,
-                api_key=getattr(args, "api_key", None))
+    return load_with_adapters(args.model, getattr(args, "adapter", []), device=args.device or default_device(),
+                              dtype=args.dtype, api_key=getattr(args, "api_key", None))
 
 
 # ---------------------------------------------------------------------------------- init
@@ -394,3 +397,66 @@ def run_scale(args: argparse.Namespace) -> None:
                   f"{fit.predict(args.predict_params, args.predict_tokens):.4f}")
         scaling.plot_fit(fit, points, args.plot)
         print(f"plot: {args.plot}")
+
+
+# ------------------------------------------------------------------------------ finetune
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    from ..peft import METHODS
+
+    add_recipe_args(p)
+    p.add_argument("--model", "-m", default=None, help="the base model: HF dir, run dir or cached name")
+    p.add_argument("--data", default=None,
+                   help="JSONL of messages / Alpaca / prompt-completion rows, or builtin[:arith,sorting,...] "
+                        "(the embedded instruction set; default)")
+    p.add_argument("--method", default=None, choices=METHODS, help="default lora")
+    p.add_argument("--out", "-o", default=None, help="run directory (default runs/finetune)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="train on the good rows, reporting the bad ones")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+
+
+def finetune_recipe(args: argparse.Namespace):
+    from ..recipe import load_recipe
+    from ..train.finetune import FinetuneRecipe
+
+    overrides = list(args.overrides)
+    for flag, key in (("model", "model"), ("data", "data.path"), ("method", "method"), ("out", "out")):
+        value = getattr(args, flag)
+        if value:
+            overrides.append(f"{key}={value}")
+    if args.skip_bad_rows:
+        overrides.append("data.skip_bad_rows=true")
+    return load_recipe(FinetuneRecipe, args.config, overrides)
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    from ..train.finetune import finetune
+
+    recipe = finetune_recipe(args)
+    summary = finetune(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    t = summary["trainable"]
+    print(f"run {recipe.out}: {recipe.method}, {summary['steps']} steps, trainable {t['trainable']:,} of "
+          f"{t['total']:,} parameters ({t['percent']:.2f}%)")
+    if summary["data"]["bad_rows"]:
+        print(f"skipped {summary['data']['bad_rows']} bad row(s): " + "; ".join(summary["data"]["bad"][:5]))
+    for name, after in summary["after"].items():
+        before = summary["before"].get(name, {}).get("value")
+        was = f"{before:.4g} -> " if before is not None else ""
+        print(f"  {name:12s} {after['metric']:12s} {was}{after['value']:.4g}")
+    out = Path(recipe.out)
+    print(f"report: {out / 'report.md'}")
+    print(f"try: llmkit chat --model {out}")
+
+
+def add_merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="the base model the adapter was trained on")
+    p.add_argument("--adapter", "-a", required=True, help="a LoRA adapter directory (PEFT or llmkit files)")
+    p.add_argument("--out", "-o", required=True, help="where to write the merged model (HF layout)")
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    from ..pipelines.adapters import merge_adapter
+
+    out = merge_adapter(args.model, args.adapter, args.out)
+    print(f"merged {args.adapter} into {args.model}: {out} (a plain Hugging Face checkpoint)")

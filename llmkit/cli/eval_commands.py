@@ -30,6 +30,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="folder with the files of a standard-format task (mmlu, hellaswag, arc-*, gsm8k)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--cot", action="store_true", help="chain-of-thought prompting on generation tasks")
+    p.add_argument("--chat", action="store_true",
+                   help="ask each question as the user turn of the chat template (for chat fine-tuned models)")
     p.add_argument("--code-samples", type=positive_int, default=1,
                    help="samples per code problem: 1 is greedy pass@1; 10 or more also gives pass@10")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
@@ -55,7 +57,7 @@ def run_eval(args: argparse.Namespace) -> None:
     run = evaluate(llm, args.tasks, shots=args.shots, seed=args.seed, split=args.split, limit=args.limit,
                    data_dir=args.data_dir, batch_size=args.batch_size, chain_of_thought=args.cot,
                    code_samples=args.code_samples, max_new_tokens=args.max_new_tokens, model_name=str(args.model),
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), chat=args.chat)
     out = Path(args.out or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     run.write(out)
     print(format_summary(run))

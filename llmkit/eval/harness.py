@@ -59,15 +59,19 @@ def _chunks(n: int, size: int, progress: bool, desc: str):
 
 
 def run_multiple_choice(llm: Any, name: str, examples: Sequence[Any], pool: Sequence[Any] = (), shots: int = 0,
-                        seed: int = 0, batch_size: int = 16, progress: bool = False) -> TaskResult:
+                        seed: int = 0, batch_size: int = 16, progress: bool = False,
+                        chat: bool = False) -> TaskResult:
     """Score every choice as a continuation of the prompt; `acc` takes the highest log-likelihood,
     `acc_norm` the highest per character of the choice (lm-eval's length normalisation), and
-    `calibration_error` is the ECE of the softmax over the choices' log-likelihoods."""
+    `calibration_error` is the ECE of the softmax over the choices' log-likelihoods. With `chat`,
+    the prompt is the user turn and each choice the start of the assistant's answer."""
     requests, spans = [], []
     for ex in examples:
         context = fewshot_prefix(pool, shots, seed, ex.id) + ex.prompt
+        if chat:
+            context = chat_wrap(llm, context)
         start = len(requests)
-        requests += [(context, " " + choice) for choice in ex.choices]
+        requests += [(context, ("" if chat else " ") + choice) for choice in ex.choices]
         spans.append((start, len(requests)))
     scores = []
     chunk = batch_size * 4
@@ -92,23 +96,35 @@ def run_multiple_choice(llm: Any, name: str, examples: Sequence[Any], pool: Sequ
                              "n": len(examples)}, samples)
 
 
-def _prompts(examples: Sequence[Any], pool: Sequence[Any], shots: int, seed: int, chain_of_thought: bool) -> list[str]:
+def chat_wrap(llm: Any, prompt: str) -> str:
+    """`prompt` as the user turn of the model's chat template, ready for the assistant's answer
+    (how a chat fine-tuned model is asked)."""
+    tokenizer = getattr(llm, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("chat prompting needs a local model with a chat template (this LLM has no tokenizer)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+
+
+def _prompts(examples: Sequence[Any], pool: Sequence[Any], shots: int, seed: int, chain_of_thought: bool,
+             llm: Any = None, chat: bool = False) -> list[str]:
     prompts = []
     for ex in examples:
         prompt = fewshot_prefix(pool, shots, seed, ex.id) + ex.prompt
         if chain_of_thought:
             prompt += " Let's think step by step."
-        prompts.append(prompt)
+        prompts.append(chat_wrap(llm, prompt) if chat else prompt)
     return prompts
 
 
 def run_generation(llm: Any, name: str, examples: Sequence[Any], pool: Sequence[Any] = (), shots: int = 0,
                    seed: int = 0, max_new_tokens: int = 32, extract: str = "last_number",
-                   chain_of_thought: bool = False, batch_size: int = 16, progress: bool = False) -> TaskResult:
+                   chain_of_thought: bool = False, batch_size: int = 16, progress: bool = False,
+                   chat: bool = False) -> TaskResult:
     """Greedy generation up to a blank line; the extracted answer is scored by EM and token F1.
-    Outputs where the extractor finds nothing score 0 and are counted in `no_answer`."""
+    Outputs where the extractor finds nothing score 0 and are counted in `no_answer`. With
+    `chat`, each prompt is the user turn of the chat template."""
     extract_answer("", extract)  # a bad extractor fails before any generation
-    prompts = _prompts(examples, pool, shots, seed, chain_of_thought)
+    prompts = _prompts(examples, pool, shots, seed, chain_of_thought, llm, chat)
     outputs: list[str] = []
     for i in _chunks(len(prompts), batch_size, progress, name):
         outputs += llm.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens, temperature=0,

@@ -41,6 +41,7 @@ class EvalSettings:
     chain_of_thought: bool = False
     code_samples: int = 1
     max_new_tokens: int | None = None
+    chat: bool = False
 
 
 @dataclass
@@ -106,13 +107,14 @@ def load_run(path: str | os.PathLike) -> EvalRun:
 def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, split: str = "test",
              limit: int | None = None, data_dir: str | os.PathLike | None = None, batch_size: int = 16,
              chain_of_thought: bool = False, code_samples: int = 1, max_new_tokens: int | None = None,
-             model_name: str | None = None, progress: bool = False) -> EvalRun:
+             model_name: str | None = None, progress: bool = False, chat: bool = False) -> EvalRun:
     """Evaluate `llm` (any `LLM`) on named tasks (see `llmkit.data.list_tasks`). Few-shot examples
-    come from the task's few-shot split, chosen with `seed`; `limit` keeps the first N examples."""
+    come from the task's few-shot split, chosen with `seed`; `limit` keeps the first N examples.
+    `chat` asks each question as the user turn of the model's chat template (chat fine-tuned models)."""
     from ..data.tasks import get_task, load_task
 
     settings = EvalSettings(list(tasks), shots, seed, split, limit, str(data_dir) if data_dir else None, batch_size,
-                            chain_of_thought, code_samples, max_new_tokens)
+                            chain_of_thought, code_samples, max_new_tokens, chat)
     if not tasks:
         raise ValueError("no tasks given: name at least one (llmkit eval --list shows them)")
     if shots < 0 or batch_size < 1 or (limit is not None and limit < 1) or code_samples < 1:
@@ -133,10 +135,10 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
         new_tokens = max_new_tokens or spec.max_new_tokens
         log.info("%s: %d examples (%s)", spec.name, len(examples), spec.kind)
         if spec.kind == "multiple_choice":
-            result = run_multiple_choice(llm, spec.name, examples, pool, shots, seed, batch_size, progress)
+            result = run_multiple_choice(llm, spec.name, examples, pool, shots, seed, batch_size, progress, chat)
         elif spec.kind == "generation":
             result = run_generation(llm, spec.name, examples, pool, shots, seed, new_tokens, spec.extract,
-                                    chain_of_thought, batch_size, progress)
+                                    chain_of_thought, batch_size, progress, chat)
         elif spec.kind == "perplexity":
             result = run_perplexity(llm, spec.name, [ex.prompt for ex in examples], batch_size,
                                     ids=[ex.id for ex in examples])

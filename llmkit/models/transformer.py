@@ -38,7 +38,7 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         b, t = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         past = cache.length if cache is not None else 0
@@ -63,6 +63,14 @@ class Decoder(nn.Module):
         else:
             key_valid = None
 
+        if segment_ids is not None:  # packed sequences: positions restart at every segment
+            if cache is not None or attention_mask is not None:
+                raise ValueError("segment_ids (packed examples) cannot be combined with a cache or an attention_mask")
+            idx = torch.arange(t, device=device).expand(b, t)
+            starts = torch.ones_like(segment_ids, dtype=torch.bool)
+            starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+            if position_ids is None:
+                position_ids = idx - torch.where(starts, idx, 0).cummax(-1).values
         if position_ids is None:
             if key_valid is None:
                 position_ids = torch.arange(past, total, device=device).expand(b, t)
@@ -81,7 +89,12 @@ class Decoder(nn.Module):
         for layer in self.layers:
             window = cfg.sliding_window_for(layer.self_attn.layer_idx)
             if window not in masks:
-                masks[window] = build_mask(t, past, key_valid, cfg.causal, window, device)
+                if segment_ids is None:
+                    masks[window] = build_mask(t, past, key_valid, cfg.causal, window, device)
+                else:  # attention stays inside each packed example
+                    every = torch.ones(b, t, dtype=torch.bool, device=device)
+                    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+                    masks[window] = AttentionMask(mask=build_mask(t, 0, every, cfg.causal, window, device).mask & same)
             x = layer(x, rope, masks[window], cache)
         if cache is not None:
             cache.advance(t)
@@ -148,12 +161,13 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab). `attention_mask` (batch, seq) marks real tokens with 1 and
-        (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only."""
+        (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only;
+        `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
-        h = self.model(input_ids, attention_mask, position_ids, cache)
+        h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

@@ -133,16 +133,49 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
     targets = sorted({suffix(k) for k in ranks})
     rank_pattern = {suffix(k): ranks[k] for k in ranks if ranks[k] != r}
     alpha_pattern = {suffix(k): alphas[k] for k in ranks if alphas[k] != alpha}
+    modules_to_save = None
+    if getattr(model, "lora_trained_embeddings", None) == name:
+        emb, head = _embedding_keys(cfg)
+        tensors[f"{PREFIX}{emb}.weight"] = model.model.embed_tokens.weight
+        # the head too: PEFT writes it beside a tied embedding (ensure_weight_tying) and needs it
+        tensors[f"{PREFIX}{head}.weight"] = model.lm_head.weight.detach().clone()
+        modules_to_save = [emb.rsplit(".", 1)[-1]] + ([] if cfg.tie_embeddings else [head])
     any_layer = next(iter(layers.values()))
     dropout = any_layer.lora_dropout[name]
     fields = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r), "lora_alpha": float(alpha),
         "target_modules": targets, "lora_dropout": float(getattr(dropout, "p", 0.0)), "bias": "none",
         "fan_in_fan_out": cfg.family == "gpt2", "use_rslora": False, "use_dora": False,
-        "modules_to_save": None, "init_lora_weights": True, "layers_to_transform": None,
+        "modules_to_save": modules_to_save, "ensure_weight_tying": bool(modules_to_save and cfg.tie_embeddings),
+        "init_lora_weights": True, "layers_to_transform": None,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "inference_mode": True,
     }
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, fields
+
+
+def _embedding_keys(cfg) -> tuple[str, str]:
+    """HF module paths of the token embedding and the output head."""
+    return ("transformer.wte", "lm_head") if cfg.family == "gpt2" else ("model.embed_tokens", "lm_head")
+
+
+def _load_embeddings(model: nn.Module, tensors: dict[str, torch.Tensor], source: str, name: str) -> None:
+    """Copy an adapter's trained embedding (and untied head) into the model (PEFT's modules_to_save)."""
+    from .lora import adapter_names
+
+    cfg = _config(model)
+    emb, head = _embedding_keys(cfg)
+    if adapter_names(model):
+        raise AdapterError(f"{source} trains the token embeddings (modules_to_save), which would change them for "
+                           "every adapter on this model: load it alone, or merge it first")
+    targets = {f"{PREFIX}{emb}.weight": model.model.embed_tokens.weight, f"{PREFIX}{head}.weight": model.lm_head.weight}
+    for key, param in targets.items():
+        if key in tensors:
+            t = tensors.pop(key)
+            if t.shape != param.shape:
+                raise AdapterError(f"{source}: {key} has shape {list(t.shape)}, the model's is {list(param.shape)}")
+            with torch.no_grad():
+                param.copy_(t)
+    model.lora_trained_embeddings = name
 
 
 def _scaling(conf: dict[str, Any], hf_path: str, r: int) -> float:
@@ -161,9 +194,16 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
     from .lora import LoRALinear
 
     cfg = _config(model)
-    for bad, what in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
-        if conf.get(bad):
-            raise AdapterError(f"{source}: {what} adapters are not supported by llmkit yet ({bad} in {CONFIG_FILE})")
+    if conf.get("use_dora"):
+        raise AdapterError(f"{source}: DoRA adapters are not supported by llmkit yet (use_dora in {CONFIG_FILE})")
+    emb, head = _embedding_keys(cfg)
+    saved = [m for m in conf.get("modules_to_save") or [] if not (emb.endswith(m) or m in (emb, head))]
+    if saved:
+        raise AdapterError(f"{source}: modules_to_save {saved} are not supported (only the token embedding and "
+                           "output head)")
+    tensors = dict(tensors)
+    if conf.get("modules_to_save"):
+        _load_embeddings(model, tensors, source, name)
     if conf.get("bias", "none") != "none":
         raise AdapterError(f"{source}: bias={conf['bias']!r} LoRA adapters are not supported (only bias='none')")
     modules: dict[str, dict[str, torch.Tensor]] = {}

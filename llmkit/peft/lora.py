@@ -30,6 +30,9 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all-linear"]
+    # also train the token embeddings (and an untied output head), as PEFT's modules_to_save: needed
+    # when the chat template's special tokens were never seen in pretraining
+    train_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -151,7 +154,19 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None, name: str = "
         raise ValueError(f"lora.targets={','.join(config.targets)} matched no layer of this model")
     for p in lora_parameters(model, name):
         p.requires_grad_(True)
+    if config.train_embeddings:
+        for p in embedding_parameters(model):
+            p.requires_grad_(True)
+        model.lora_trained_embeddings = name  # saved with this adapter
     return paths
+
+
+def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The token embedding, and the output head when it is not tied to it."""
+    params = [model.model.embed_tokens.weight]
+    if model.lm_head.weight is not model.model.embed_tokens.weight:
+        params.append(model.lm_head.weight)
+    return params
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:

@@ -31,6 +31,8 @@ class TrainConfig:
     save_every: int = 100  # 0 = only at the end
     keep_last: int = 2  # checkpoints kept
     time_budget_s: float | None = None  # stop early (and cleanly) when this much time has passed
+    early_stopping: int = 0  # stop after this many evaluations without a better validation loss (0 = off)
+    restore_best: bool = True  # with early stopping: end with the weights of the best validation loss
     device: str | None = None  # default: CUDA if present, else CPU
 
     def __post_init__(self) -> None:

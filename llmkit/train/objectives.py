@@ -33,7 +33,7 @@ class CausalLM:
     """Next-token prediction. A batch is either a LongTensor (batch, seq+1) of packed tokens,
     inputs ``[:, :-1]`` and targets ``[:, 1:]``, or a dict with ``input_ids`` and ``labels``
     (labels already aligned with inputs; ``-100`` marks positions that do not count) and an
-    optional ``attention_mask``."""
+    optional ``attention_mask`` or ``segment_ids`` (packed examples)."""
 
     def split(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if isinstance(batch, torch.Tensor):
@@ -43,7 +43,12 @@ class CausalLM:
 
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         inputs, targets, mask = self.split(batch)
-        logits = model(inputs, attention_mask=mask) if mask is not None else model(inputs)
+        kwargs = {}
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        if isinstance(batch, dict) and batch.get("segment_ids") is not None:
+            kwargs["segment_ids"] = batch["segment_ids"]  # packed examples
+        logits = model(inputs, **kwargs)
         loss = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         return loss, {}

@@ -56,6 +56,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.step = 0
         self.tokens_seen = 0
+        self._best: tuple[float, dict[str, torch.Tensor], int] | None = None  # (val loss, weights, step)
+        self._since_best = 0
         self.history: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------------- resume
@@ -110,7 +112,11 @@ class Trainer:
                 out_of_time = cfg.time_budget_s is not None and now - t0 >= cfg.time_budget_s
                 final = self.step == cfg.steps or out_of_time
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
-                    self._evaluate(logger)
+                    if self._early_stop(self._evaluate(logger)):
+                        stopped_early = True
+                        log.info("early stopping at step %d: no better validation loss in %d evaluations",
+                                 self.step, cfg.early_stopping)
+                        break
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and not final:
                     self._samples(logger)
                 if cfg.save_every and self.step % cfg.save_every == 0 and not final:
@@ -124,6 +130,10 @@ class Trainer:
                     log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, self.step)
                     break
             val = self._evaluate(logger)
+            if self._best is not None and cfg.restore_best and (val is None or val > self._best[0]):
+                self._restore(self._best[1])
+                log.info("restored the weights of step %d (validation loss %.4f)", self._best[2], self._best[0])
+                val = self._best[0]
             samples = self._samples(logger)
             self._checkpoint()
         finally:
@@ -168,6 +178,26 @@ class Trainer:
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         return {"loss": loss, "lr": lr, "grad_norm": float(norm), "tokens": tokens * self.info.world_size}
 
+    # ------------------------------------------------------------ early stopping
+    def _early_stop(self, val: float | None) -> bool:
+        """Track the best validation loss (keeping its trainable weights when they are to be
+        restored); True once `early_stopping` evaluations in a row brought no improvement."""
+        if not self.config.early_stopping or val is None:
+            return False
+        if self._best is None or val < self._best[0]:
+            weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad} \
+                if self.config.restore_best else {}
+            self._best, self._since_best = (val, weights, self.step), 0
+            return False
+        self._since_best += 1
+        return self._since_best >= self.config.early_stopping
+
+    def _restore(self, weights: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+
     # -------------------------------------------------------------- eval, samples
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -178,13 +208,17 @@ class Trainer:
         n = min(len(self.val_data), cfg.eval_batches * cfg.micro_batch)
         self.model.eval()
         losses, weights = [], []
-        for start in range(0, n, cfg.micro_batch):
-            rows = [torch.as_tensor(self.val_data[i]) for i in range(start, min(n, start + cfg.micro_batch))]
-            batch = torch.stack(rows).to(self.device)
+        if hasattr(self.val_data, "batches"):  # ready-made (batch, weight) pairs, e.g. SFT examples
+            pairs = self.val_data.batches(cfg.micro_batch, n)
+        else:  # a sequence of packed token rows
+            pairs = ((torch.stack([torch.as_tensor(self.val_data[i])
+                                   for i in range(start, min(n, start + cfg.micro_batch))]),
+                      min(n, start + cfg.micro_batch) - start) for start in range(0, n, cfg.micro_batch))
+        for batch, weight in pairs:
             with autocast(self.precision, self.device):
-                loss, _ = self.objective.loss(self.model, batch)
+                loss, _ = self.objective.loss(self.model, _to_device(batch, self.device))
             losses.append(loss.float().item())
-            weights.append(len(rows))
+            weights.append(weight)
         self.model.train()
         return sum(l * w for l, w in zip(losses, weights)) / sum(weights)
 

@@ -33,20 +33,24 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def attach(model, method):
+    """Put a fresh adapter of `method` on `model`."""
+    if method == "lora":
+        return apply_lora(model, r=4, alpha=8, targets=["all-linear"])
+    if method == "adapter":
+        return apply_bottleneck(model, size=8)
+    if method == "prefix":
+        return apply_prefix_tuning(model, 4)
+    return apply_prompt_tuning(model, 4)
+
+
 @pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prompt"])
 def test_each_method_trains_only_its_own_parameters(model, method):
     x = ids()
     with torch.no_grad():
         before = model(x)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    if method == "lora":
-        apply_lora(model, r=4, alpha=8, targets=["all-linear"])
-    elif method == "adapter":
-        apply_bottleneck(model, size=8)
-    elif method == "prefix":
-        apply_prefix_tuning(model, 4)
-    else:
-        apply_prompt_tuning(model, 4)
+    attach(model, method)
     report = trainable_parameters(model)
     assert 0 < report.trainable < report.total and report.percent < 25
     with torch.no_grad():
@@ -123,14 +127,7 @@ def test_saved_adapters_reload_with_the_same_outputs(model, tiny_dir, tmp_path):
     x = ids()
     for method in ("lora", "adapter", "prefix", "prompt"):
         m = load_pretrained(tiny_dir)
-        if method == "lora":
-            apply_lora(m, r=2, alpha=4, targets=["all-linear"])
-        elif method == "adapter":
-            apply_bottleneck(m, size=4)
-        elif method == "prefix":
-            apply_prefix_tuning(m, 3)
-        else:
-            apply_prompt_tuning(m, 3)
+        attach(m, method)
         randomise(trainable(m), seed=3)
         save_adapter(m, tmp_path / method)
         fresh = load_pretrained(tiny_dir)

@@ -130,3 +130,21 @@ def test_virtual_tokens_match_peft_both_ways(base, kind, tmp_path):
         assert (fresh(x) - expected).abs().max().item() <= TOL
         with adapter(fresh, None):  # switched off: the base model again
             assert (fresh(x) - hf_model(path)(x).logits).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "llama-gqa"])  # tied and untied embeddings
+def test_lora_with_trained_embeddings_is_peft_modules_to_save(variant, tmp_path):
+    path = build_hf_model(variant, tmp_path / variant)
+    ours = load_pretrained(path)
+    apply_lora(ours, r=2, alpha=4, targets=["q_proj"], train_embeddings=True)
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    assert ours.model.embed_tokens.weight in trained
+    randomise(trained, seed=8, std=0.3)
+    save_adapter(ours, tmp_path / "a")
+    x = tokens()
+    with torch.no_grad():
+        theirs = peft.PeftModel.from_pretrained(hf_model(path), tmp_path / "a").eval()
+        assert (ours(x) - theirs(x).logits).abs().max().item() <= TOL
+        fresh = load_pretrained(path)
+        load_adapter(fresh, tmp_path / "a")
+        assert (fresh(x) - ours(x)).abs().max().item() <= TOL

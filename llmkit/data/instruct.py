@@ -1,0 +1,303 @@
+"""Instruction and chat data for supervised fine-tuning.
+
+Three JSONL row formats, one conversation per line:
+
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    {"instruction": "...", "input": "...", "output": "..."}          (Alpaca; input optional)
+    {"prompt": "...", "completion": "..."}
+
+Every row becomes messages, rendered with the model's chat template. The loss covers only what
+the assistant says (its content and the template's end-of-turn marker): labels are -100 on system
+and user turns, on the template's role headers and on padding. Token boundaries come from the
+tokenizer's character offsets on the whole rendered text, so the mask follows exactly the tokens
+the model sees. The built-in tasks (arith, sorting, stdlib-qa, sentiment) are an embedded
+instruction set with their fixed splits: ``builtin`` or ``builtin:arith,sorting`` as the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .dataset import DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+BUILTIN_INSTRUCT_TASKS = ("arith", "sorting", "stdlib-qa", "sentiment")
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class BadRow:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+def row_to_messages(row: Any) -> Messages:
+    """One JSONL row (any of the three formats) as chat messages; ValueError says what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("field 'messages' must be a non-empty list of {role, content} objects")
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"messages[{i}] must be an object with 'role' and 'content'")
+            if m["role"] not in ROLES:
+                raise ValueError(f"messages[{i}].role is {m['role']!r}: use one of {', '.join(ROLES)}")
+            if not isinstance(m["content"], str):
+                raise ValueError(f"messages[{i}].content must be a string")
+            if m["role"] == "assistant" and not m["content"].strip():
+                raise ValueError(f"messages[{i}] is an empty assistant turn")
+            out.append({"role": m["role"], "content": m["content"]})
+    elif "instruction" in row or "output" in row:
+        instruction, output, extra = row.get("instruction"), row.get("output"), row.get("input") or ""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("field 'instruction' must be a non-empty string (Alpaca format)")
+        if not isinstance(output, str) or not output.strip():
+            raise ValueError("field 'output' must be a non-empty string (Alpaca format): it is the assistant turn")
+        if not isinstance(extra, str):
+            raise ValueError("field 'input' must be a string (Alpaca format)")
+        out = [{"role": "user", "content": instruction + ("\n\n" + extra if extra.strip() else "")},
+               {"role": "assistant", "content": output}]
+        if isinstance(row.get("system"), str) and row["system"]:
+            out.insert(0, {"role": "system", "content": row["system"]})
+    elif "prompt" in row or "completion" in row:
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str):
+            raise ValueError("field 'prompt' must be a string")
+        if not isinstance(completion, str) or not completion.strip():
+            raise ValueError("field 'completion' must be a non-empty string: it is the assistant turn")
+        out = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    else:
+        raise ValueError(f"unknown row format (fields: {', '.join(row) or 'none'}): give 'messages', "
+                         "Alpaca's 'instruction'/'output', or 'prompt'/'completion'")
+    if not any(m["role"] == "assistant" for m in out):
+        raise ValueError("the conversation has no assistant turn to learn from")
+    return out
+
+
+def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False) -> tuple[list[Messages], list[BadRow]]:
+    """Conversations of a JSONL file (or the embedded set: ``builtin[:task,...]``). Bad rows are
+    returned with their line numbers when `skip_bad_rows`, else raise one error listing them."""
+    text = str(path)
+    if text == "builtin" or text.startswith("builtin:"):
+        return builtin_instructions("train", _builtin_tasks(text)), []
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist (or use --data builtin for the embedded "
+                                "instruction set)")
+    conversations, bad = [], []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                bad.append(BadRow(n, "not UTF-8 text"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                conversations.append(row_to_messages(json.loads(line)))
+            except json.JSONDecodeError as e:
+                bad.append(BadRow(n, f"not JSON ({e.msg}, column {e.colno})"))
+            except ValueError as e:
+                bad.append(BadRow(n, str(e)))
+    if bad and not skip_bad_rows:
+        listing = "; ".join(map(str, bad[:10])) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(f"{path}: {len(bad)} bad row(s): {listing}. Fix them, or pass --skip-bad-rows "
+                        "(data.skip_bad_rows=true) to train on the rest")
+    for b in bad:
+        log.warning("%s %s (skipped)", path.name, b)
+    if not conversations:
+        raise DataError(f"{path}: no usable rows")
+    return conversations, bad
+
+
+def _builtin_tasks(spec: str) -> tuple[str, ...]:
+    if ":" not in spec:
+        return BUILTIN_INSTRUCT_TASKS
+    names = tuple(t.strip() for t in spec.split(":", 1)[1].split(",") if t.strip())
+    unknown = [t for t in names if t not in BUILTIN_INSTRUCT_TASKS]
+    if unknown or not names:
+        raise DataError(f"builtin instruction task {unknown[0] if unknown else '(none)'!r} is not known: use "
+                        f"some of {', '.join(BUILTIN_INSTRUCT_TASKS)}, e.g. builtin:arith,sorting")
+    return names
+
+
+def builtin_instructions(split: str = "train", tasks: Sequence[str] = BUILTIN_INSTRUCT_TASKS) -> list[Messages]:
+    """The checkable built-in tasks as conversations: the task prompt is the user turn, the answer
+    the assistant turn (for multiple choice: the right choice). Splits as the tasks' own."""
+    from .tasks import load_task
+
+    out = []
+    for name in tasks:
+        for ex in load_task(name, split):
+            out.append([{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}])
+    return out
+
+
+# ------------------------------------------------------------------------------ tokenisation
+def encode_conversation(tokenizer, messages: Messages, max_len: int | None = None) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one conversation: labels equal the ids on assistant tokens and are
+    -100 elsewhere. Long conversations are cut at `max_len` tokens."""
+    full = tokenizer.apply_chat_template(messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True) if i else \
+            tokenizer.apply_chat_template([], add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[:i + 1])
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise DataError("the chat template does not render conversations prefix by prefix, so the assistant "
+                            "turns cannot be located: use a template that does (as ChatML, Llama 3 and the "
+                            "llmkit default do)")
+        spans.append((len(before), len(upto)))
+    enc = tokenizer.backend.encode(full, add_special_tokens=False)
+    ids = list(enc.ids)
+    labels = [IGNORE_INDEX] * len(ids)
+    for j, (start, end) in enumerate(enc.offsets):
+        if end > start and any(s <= start < e for s, e in spans):
+            labels[j] = ids[j]
+    if max_len is not None and len(ids) > max_len:
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
+
+
+@dataclass
+class SFTExample:
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+
+def encode_all(tokenizer, conversations: Sequence[Messages], max_len: int) -> tuple[list[SFTExample], int]:
+    """Encoded conversations with at least one assistant token left after cutting; and how many
+    were dropped because the cut left none."""
+    out, dropped = [], 0
+    for messages in conversations:
+        ids, labels = encode_conversation(tokenizer, messages, max_len + 1)
+        # inputs are ids[:-1], targets labels[1:]: at least one target must count
+        if not any(l != IGNORE_INDEX for l in labels[1:]):
+            dropped += 1
+            continue
+        out.append(SFTExample(np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)))
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------- batches
+def collate(examples: Sequence[SFTExample], pad_id: int, packed_len: int | None = None) -> dict[str, torch.Tensor]:
+    """A batch for `CausalLM`: inputs ids[:-1], labels labels[1:] (aligned), right padding with
+    labels -100 and attention mask 0. With `packed_len`, examples are concatenated into rows of
+    that length instead, with `segment_ids` keeping attention and positions within each example."""
+    if packed_len is None:
+        width = max(len(e.input_ids) for e in examples) - 1
+        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for r, e in enumerate(examples):
+            n = len(e.input_ids) - 1
+            ids[r, :n] = torch.from_numpy(e.input_ids[:-1])
+            labels[r, :n] = torch.from_numpy(e.labels[1:])
+            mask[r, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    rows: list[list[tuple[np.ndarray, np.ndarray]]] = [[]]
+    used = 0
+    for e in examples:
+        n = len(e.input_ids) - 1
+        if used + n > packed_len and rows[-1]:
+            rows.append([])
+            used = 0
+        rows[-1].append((e.input_ids[:-1][:packed_len], e.labels[1:][:packed_len]))
+        used += min(n, packed_len)
+    ids = torch.full((len(rows), packed_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), packed_len), IGNORE_INDEX, dtype=torch.long)
+    segments = torch.zeros((len(rows), packed_len), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (i, l) in enumerate(row, 1):
+            ids[r, at:at + len(i)], labels[r, at:at + len(i)] = torch.from_numpy(i), torch.from_numpy(l)
+            segments[r, at:at + len(i)] = s
+            at += len(i)
+        segments[r, at:] = len(row) + 1  # padding: a segment of its own
+    return {"input_ids": ids, "labels": labels, "segment_ids": segments}
+
+
+@dataclass
+class SFTLoader:
+    """Endless, seeded, resumable batches of `batch_size` examples (reshuffled every epoch; with
+    several ranks each takes its own share)."""
+
+    examples: list[SFTExample]
+    batch_size: int
+    pad_id: int
+    seed: int = 0
+    packed_len: int | None = None
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    pos: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.examples:
+            raise DataError("no training examples")
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        self._order = order[self.rank::self.world_size] or order
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.pos >= len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._shuffle()
+            picked.append(self.examples[self._order[self.pos]])
+            self.pos += 1
+        return collate(picked, self.pad_id, self.packed_len)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._shuffle()
+
+
+class SFTValidation:
+    """Held-out examples for the Trainer's validation loss, in fixed batches."""
+
+    def __init__(self, examples: list[SFTExample], pad_id: int):
+        self.examples, self.pad_id = examples, pad_id
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batches(self, batch_size: int, limit: int) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+        n = min(len(self.examples), limit)
+        for start in range(0, n, batch_size):
+            chunk = self.examples[start:min(n, start + batch_size)]
+            batch = collate(chunk, self.pad_id)
+            yield batch, int((batch["labels"] != IGNORE_INDEX).sum())
