@@ -40,3 +40,15 @@ def tiny_dirs(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_dir(tiny_dirs):
     return tiny_dirs["tiny-llama"]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """`llmkit quickstart --minutes 1`, run once: (run dir, the finished process)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    r = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    return out, r

@@ -11,10 +11,8 @@ import pytest
 import llmkit
 
 
-def test_quickstart_one_minute(tmp_path):
-    out = tmp_path / "qs"
-    r = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+def test_quickstart_one_minute(quickstart_run):
+    out, r = quickstart_run
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"llmkit chat --model {out}" in r.stdout and "llmkit generate --model" in r.stdout
     s = json.loads((out / "summary.json").read_text())

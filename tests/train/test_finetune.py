@@ -98,3 +98,22 @@ def test_bad_rows_stop_the_run_or_are_skipped(tiny_dir, chats, tmp_path):
     r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--out", str(tmp_path / "x"), *FAST,
                "lora.targets=qq_proj")
     assert r.returncode == 2 and "qq_proj" in r.stderr and "q_proj" in r.stderr
+
+
+def test_lora_on_the_quickstart_model_learns_a_held_out_task(quickstart_run, tmp_path):
+    """The small version of recipes/finetune-lora.yaml: LoRA on the 1-minute quickstart model and
+    the embedded sorting task. Held-out exact match (test split) must beat the untuned model, the
+    majority-class and the format-only baselines by more than its bootstrap interval."""
+    qs, r = quickstart_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "sft"
+    r = llmkit("finetune", "--config", str(Path(__file__).parents[2] / "recipes" / "finetune-lora.yaml"),
+               "--model", str(qs), "--out", str(out), "data.path=builtin:sorting", "train.steps=1500",
+               "train.eval_every=500", "eval.limit=100", "train.device=cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    after, before, base = s["after"]["sorting"], s["before"]["sorting"], s["baselines"]["sorting"]
+    low = after["ci"][0]
+    assert low > before["value"] and low > base["majority"] and low > base["format_only"], (after, before, base)
+    assert s["after"]["perplexity"]["value"] > 0 and "perplexity" in s["before"]  # forgetting is measured
+    assert "Held-out results" in (out / "report.md").read_text()
