@@ -4,8 +4,9 @@ random-weight GPT-2-124M-shaped model and the same batch, in one run.
     python bench/finetune.py                      # batch 4 x 256, 3 timed steps each
     python bench/finetune.py --steps 2 --json out.json
 
-Every configuration runs in a fresh process (peak RSS is per process): one warm-up step, then the
-median of the timed AdamW steps. LoRA is r=16 on the attention input projections in both
+Every configuration runs in a fresh process: one warm-up step, then the median of the timed AdamW
+steps; peak RSS is the process's high-water mark over the training steps (reset after loading, so a
+loader's transient copies do not count; the load peak is printed too). LoRA is r=16 on the attention input projections in both
 libraries (llmkit: q_proj, k_proj, v_proj; peft: GPT-2's fused c_attn). Targets (issue 6): llmkit
 LoRA peak memory <= 60% of full fine-tuning, and llmkit LoRA step time <= 0.8x transformers + peft.
 """
@@ -81,6 +82,8 @@ def worker(config: str, model_dir: str, batch_size: int, seq: int, steps: int) -
 
         def loss_fn():
             return objective.loss(model, x)[0]
+    load_peak = _peak_rss_gb()
+    _reset_peak_rss()  # from here on: the peak of training, not of loading the checkpoint
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -90,9 +93,26 @@ def worker(config: str, model_dir: str, batch_size: int, seq: int, steps: int) -
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"config": config, "step_s": statistics.median(times[1:]), "peak_rss_gb":
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "trainable": trainable,
-            "loss": float(loss)}
+    return {"config": config, "step_s": statistics.median(times[1:]), "peak_rss_gb": _peak_rss_gb(),
+            "load_peak_rss_gb": load_peak, "trainable": trainable, "loss": float(loss)}
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process's RSS (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -119,8 +139,8 @@ def main() -> None:
                 raise SystemExit(f"{config} failed:\n{r.stderr[-3000:]}")
             results[config] = json.loads(r.stdout.strip().splitlines()[-1])
             row = results[config]
-            print(f"  {config:16s} {row['step_s']:6.2f} s/step   peak RSS {row['peak_rss_gb']:5.2f} GB   "
-                  f"trainable {row['trainable']:,}", flush=True)
+            print(f"  {config:16s} {row['step_s']:6.2f} s/step   peak RSS {row['peak_rss_gb']:5.2f} GB "
+                  f"(loading {row['load_peak_rss_gb']:4.2f})   trainable {row['trainable']:,}", flush=True)
     print(f"GPT-2 124M shape, batch {args.batch_size} x {args.seq}, {torch.get_num_threads()} threads")
     if "llmkit-lora" in results and "llmkit-full" in results:
         ratio = results["llmkit-lora"]["peak_rss_gb"] / results["llmkit-full"]["peak_rss_gb"]

@@ -116,7 +116,9 @@ class LoRALinear(nn.Module):
                 continue
             a, b = self.lora_A[name], self.lora_B[name]
             h = self.lora_dropout[name](x).to(a.weight.dtype)
-            y = y + (b(a(h)) * self.scaling[name]).to(y.dtype)
+            # in place: the base output is not needed by the backward pass, and this saves a full
+            # (tokens, out) temporary per adapted layer
+            y = y.add_(b(a(h)).to(y.dtype), alpha=self.scaling[name])
         return y
 
     def extra_repr(self) -> str:

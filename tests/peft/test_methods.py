@@ -3,6 +3,8 @@ the base model, train only what they add, merge exactly, switch per call, save a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -221,3 +223,46 @@ def test_nf4_matches_bitsandbytes():
             assert torch.allclose(ours, theirs, atol=1e-6)
         else:  # different 8-bit codes for the scales (bitsandbytes: a dynamic map; ours: linear)
             assert (ours - theirs).abs().max() < 0.01 * w.abs().max()
+
+
+def test_prompt_tuning_starts_from_the_embeddings_of_a_text(model, tiny_tokenizer):
+    ids = tiny_tokenizer.encode("Classify the review:", add_special_tokens=False)
+    emb = apply_prompt_tuning(model, 2 * len(ids) + 1, init_ids=ids)
+    table = model.model.embed_tokens.weight
+    want = table[torch.tensor((ids * 3)[:2 * len(ids) + 1])]
+    assert torch.equal(emb.embedding.weight, want)  # the text, repeated to fill the virtual tokens
+
+
+def test_early_stopping_restores_the_best_weights(tiny_dir, tmp_path):
+    """With a learning rate far too high the validation loss gets worse: training stops after
+    `early_stopping` evaluations without improvement and ends with the best weights."""
+    from llmkit.train.config import TrainConfig
+    from llmkit.train.objectives import CausalLM
+    from llmkit.train.trainer import Trainer
+
+    m = load_pretrained(tiny_dir)
+    data = torch.randint(3, 500, (64, 17), generator=torch.Generator().manual_seed(0))
+
+    class Loader:
+        pos = 0
+
+        def __next__(self):
+            self.pos += 1
+            return data[(self.pos * 8) % 64:(self.pos * 8) % 64 + 8]
+
+        def state_dict(self):
+            return {"pos": self.pos}
+
+        def load_state_dict(self, s):
+            self.pos = s["pos"]
+
+    cfg = TrainConfig(steps=40, lr=0.5, warmup_steps=0, eval_every=1, eval_batches=2, micro_batch=8, save_every=0,
+                      sample_prompts=[], device="cpu", early_stopping=2, grad_clip=0, schedule="constant")
+    t = Trainer(m, CausalLM(), Loader(), cfg, tmp_path / "run", val_data=[row for row in data[:16]])
+    summary = t.fit()
+    vals = [json.loads(l)["val_loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if "val_loss" in l]
+    assert summary["stopped_early"] and summary["steps"] < 40
+    best = min(vals[:-1])
+    assert summary["final_val_loss"] == pytest.approx(best)
+    assert t.evaluate() == pytest.approx(best, abs=1e-6)  # the weights in the model are the best ones

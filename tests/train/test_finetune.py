@@ -73,6 +73,16 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
         run_model = lk.load(out).model(x)  # RUN/model is the merged model too
     assert (adapted - base).abs().max() > 1e-3  # training moved it
     assert (merged - adapted).abs().max() < 1e-4 and (run_model - adapted).abs().max() < 1e-4
+    transformers = pytest.importorskip("transformers")  # the merged model is a plain HF checkpoint
+    with torch.no_grad():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()(x).logits
+    assert (hf - adapted).abs().max() < 1e-4
+    # and the CLI puts the adapter on the base for generation, greedy = the merged model's
+    args = ["--prompt", "Question: What is 2 + 2?", "--max-new-tokens", "6", "--temperature", "0", "--no-stream"]
+    with_adapter = llmkit("generate", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), *args)
+    from_merged = llmkit("generate", "--model", str(tmp_path / "merged"), *args)
+    assert with_adapter.returncode == 0 and from_merged.returncode == 0, with_adapter.stderr[-2000:]
+    assert with_adapter.stdout == from_merged.stdout
     # merging a non-LoRA adapter is refused with a reason
     r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "prefix", "--out",
                str(tmp_path / "prefix"), *FAST, "eval.tasks=[]")
