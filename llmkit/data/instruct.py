@@ -98,7 +98,7 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False) -> t
     returned with their line numbers when `skip_bad_rows`, else raise one error listing them."""
     text = str(path)
     if text == "builtin" or text.startswith("builtin:"):
-        return builtin_instructions("train", _builtin_tasks(text)), []
+        return builtin_instructions("train", builtin_tasks(text)), []
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist (or use --data builtin for the embedded "
@@ -130,7 +130,7 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False) -> t
     return conversations, bad
 
 
-def _builtin_tasks(spec: str) -> tuple[str, ...]:
+def builtin_tasks(spec: str) -> tuple[str, ...]:
     if ":" not in spec:
         return BUILTIN_INSTRUCT_TASKS
     names = tuple(t.strip() for t in spec.split(":", 1)[1].split(",") if t.strip())

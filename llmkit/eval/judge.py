@@ -6,7 +6,7 @@ order is a tie. A reply that names no verdict is asked once more with a reminder
 names none, the pair is counted as invalid and left out of the win rate.
 
     result = pairwise(judge, prompts, answers_a, answers_b)
-    print(result.win_rate_b, result.ci, result.invalid)
+    result.win_rate_b, result.ci, result.invalid      # B's win rate, its interval, unparseable verdicts
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
     run = evaluate(llmkit.load("runs/quickstart"), ["arith", "sentiment"], shots=3)
     run.write("runs/eval1")
-    print(format_comparison(compare(load_run("runs/eval1"), load_run("runs/eval2"))))
+    table = format_comparison(compare(load_run("runs/eval1"), load_run("runs/eval2")))
 """
 
 from __future__ import annotations

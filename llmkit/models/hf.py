@@ -351,10 +351,16 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
+    sd = model.state_dict()
+    adapted = [k for k in sd if ".base_layer." in k or "lora_" in k or k.startswith("virtual_tokens.")
+               or "_adapter." in k]
+    if adapted:
+        raise ConfigError(f"the model carries adapters ({adapted[0]}, ...): save them with llmkit.peft.save_adapter, "
+                          "or fold a LoRA in first with llmkit.peft.merge_and_unload")
     dtype = parse_dtype(dtype, "cpu") if dtype is not None else model.dtype
     hf_config = config_to_hf(cfg, dtype)
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in state_dict_to_hf(model.state_dict(), cfg).items()}
+               for k, v in state_dict_to_hf(sd, cfg).items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k in sorted(tensors):

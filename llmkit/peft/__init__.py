@@ -15,7 +15,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from torch import nn
 
@@ -191,9 +191,3 @@ def adapter_base(path: str | os.PathLike) -> str | None:
     """The base model an adapter directory names (`base_model_name_or_path`)."""
     conf, _ = read_adapter(path)
     return conf.get("base_model_name_or_path")
-
-
-def describe_adapter(path: str | os.PathLike) -> dict[str, Any]:
-    conf, tensors = read_adapter(path)
-    return {"kind": adapter_kind(conf), "base_model": conf.get("base_model_name_or_path"),
-            "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values())}

@@ -83,10 +83,6 @@ def _config(model: nn.Module):
     return cfg
 
 
-def _hf_model_type(family: str) -> str:
-    return {"smollm2": "llama"}.get(family, family)
-
-
 # ------------------------------------------------------------------------------------- LoRA
 def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The adapter `name` as PEFT tensors and the adapter_config fields that describe them."""

@@ -5,12 +5,11 @@
 
 The submodule names are PEFT's (``base_layer``, ``lora_A.<adapter>``, ``lora_B.<adapter>``), so a
 LoRA'd model's state dict reads like a PEFT model's. One module can hold several named adapters;
-`set_adapter` picks which ones run (per call, with the `adapter` context manager).
+`llmkit.peft.set_adapter` picks which ones run (per call, with the `adapter` context manager).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -129,7 +128,7 @@ def _block_linears(model: nn.Module, names: tuple[str, ...]) -> Iterator[tuple[s
     """(path, parent, child name, child) of the Linear-like layers inside the blocks whose last
     name is in `names` (LoRALinear counts, so that a second adapter lands on the same layer)."""
     for path, module in list(model.named_modules()):
-        if ".layers." not in f".{path}." and not path.startswith("model.layers"):
+        if ".layers." not in f".{path}.":
             continue
         for child_name, child in list(module.named_children()):
             if child_name in names and isinstance(child, (nn.Linear, NF4Linear, LoRALinear)):
@@ -233,15 +232,3 @@ def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
-
-
-@contextlib.contextmanager
-def lora_adapter(model: nn.Module, names: str | list[str] | None):
-    """Temporarily switch the active adapters: ``with lora_adapter(model, "sql"): ...``."""
-    before = {path: layer.active for path, layer in lora_layers(model)}
-    set_lora_adapter(model, names)
-    try:
-        yield model
-    finally:
-        for path, layer in lora_layers(model):
-            layer.active = before.get(path, ())

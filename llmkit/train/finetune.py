@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, builtin_instructions, encode_all,
-                             read_instructions, _builtin_tasks)
+                             read_instructions, builtin_tasks)
 from ..models.hf import load_pretrained, save_pretrained
 from ..models.resolve import resolve_model
 from ..peft import (METHODS, LoRAConfig, apply_bottleneck, apply_lora, apply_prefix_tuning, apply_prompt_tuning,
@@ -132,7 +132,7 @@ def read_data(recipe: FinetuneRecipe, seed: int):
     if d.val_path:
         val, _ = read_instructions(d.val_path, d.skip_bad_rows)
     elif d.path == "builtin" or d.path.startswith("builtin:"):
-        val = builtin_instructions("dev", _builtin_tasks(d.path))
+        val = builtin_instructions("dev", builtin_tasks(d.path))
     else:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
@@ -161,7 +161,7 @@ def eval_tasks(recipe: FinetuneRecipe) -> list[str]:
     if recipe.eval.tasks is not None:
         return list(recipe.eval.tasks)
     d = recipe.data.path
-    return list(_builtin_tasks(d)) if d == "builtin" or d.startswith("builtin:") else []
+    return list(builtin_tasks(d)) if d == "builtin" or d.startswith("builtin:") else []
 
 
 def held_out(model, tokenizer: Tokenizer, tasks: list[str], recipe: FinetuneRecipe) -> dict[str, Any]:

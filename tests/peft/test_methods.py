@@ -266,3 +266,15 @@ def test_early_stopping_restores_the_best_weights(tiny_dir, tmp_path):
     best = min(vals[:-1])
     assert summary["final_val_loss"] == pytest.approx(best)
     assert t.evaluate() == pytest.approx(best, abs=1e-6)  # the weights in the model are the best ones
+
+
+def test_a_model_with_adapters_is_not_saved_as_a_plain_checkpoint(model, tmp_path):
+    from llmkit.models.config import ConfigError
+    from llmkit.models.hf import save_pretrained
+
+    apply_lora(model, r=2, alpha=4, targets=["q_proj"])
+    with pytest.raises(ConfigError, match="merge_and_unload"):
+        save_pretrained(model, tmp_path / "m")
+    assert not (tmp_path / "m" / "config.json").exists()
+    save_pretrained(merge_and_unload(model), tmp_path / "m")  # merged: an ordinary checkpoint
+    assert (tmp_path / "m" / "config.json").exists()
