@@ -318,8 +318,8 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     if extra:
         raise CheckpointError(f"{path}: unexpected tensor(s) {extra[:5]} that config.json does not account for")
 
-    hf: dict[str, torch.Tensor] = {}
-    for k in expected:
+    ours: dict[str, torch.Tensor] = {}
+    for k in expected:  # one tensor at a time, so the model is never held twice (GPT-2's transposes)
         raw_key = k.removeprefix("transformer.") if prefixed and k != "lm_head.weight" else k
         try:
             t = where[k].get_tensor(raw_key)
@@ -327,9 +327,10 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
             raise CheckpointError(f"cannot read tensor {k} from {path}: the file is damaged ({e})") from e
         # copy=True: a fresh, 64-byte aligned buffer (safetensors' own is not, and MKL's matmuls
         # run ~10% slower on misaligned weights)
-        hf[k] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+        ours.update(state_dict_from_hf({k: t}, cfg))
         del t
-    ours = state_dict_from_hf(hf, cfg)
+    del handles, where
     model.load_state_dict(ours, strict=False, assign=True)
     # buffers (rotary frequencies) were built on meta: build them again on the real device
     if model.model.rotary is not None:

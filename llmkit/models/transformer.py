@@ -15,6 +15,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
+from .loss import cross_entropy, linear_cross_entropy
 from .layers import AttentionMask, Block, RotaryEmbedding, make_norm, sinusoidal_positions
 
 
@@ -161,13 +162,23 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+                logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab). `attention_mask` (batch, seq) marks real tokens with 1 and
         (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only;
-        `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself."""
+        `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself.
+
+        With `labels` (batch, seq; aligned with the inputs, -100 where a position does not count)
+        it returns the mean next-token cross-entropy instead, computed without ever holding the
+        logits (`linear_cross_entropy`): training uses this."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
         h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids)
+        if labels is not None:
+            head = self.lm_head
+            if type(head) is nn.Linear:  # a plain head fuses; a wrapped one (LoRA on lm_head) does not
+                return linear_cross_entropy(h, head.weight, labels, bias=head.bias)
+            return cross_entropy(head(h), labels)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)

@@ -11,6 +11,7 @@ and `model/` (HF layout) for full fine-tuning and for LoRA / QLoRA (merged into 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import shutil
@@ -238,7 +239,15 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
         raise
     log.info("%d training and %d validation examples (%d bad rows skipped, %d cut to nothing)",
              len(train_ex), len(val_ex), len(bad), dropped)
-    before = held_out(model, tokenizer, tasks, recipe) if info.is_main and not resume else {}
+    before = {}
+    if info.is_main:  # measured once, kept in the run dir so that a resumed run still reports it
+        saved = run_dir / "before.json"
+        if resume and saved.exists():
+            before = json.loads(saved.read_text(encoding="utf-8"))
+        else:
+            before = held_out(model, tokenizer, tasks, recipe)
+            write_json_atomic(saved, before)
+    torch.manual_seed(train_cfg.seed)  # the new weights (LoRA's A, adapters, prefixes) are the seed's
     apply_method(model, recipe, tokenizer)
     report = trainable_parameters(model)
     log.info("%s", report)
@@ -256,10 +265,6 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
                     "data": {"train": len(train_ex), "val": len(val_ex), "bad_rows": len(bad), "dropped": dropped,
                              "bad": [str(b) for b in bad[:50]]}})
     if info.is_main:
-        if not before and resume and (run_dir / "summary.json").exists():
-            import json
-
-            before = json.loads((run_dir / "summary.json").read_text()).get("before", {})
         summary["before"] = before
         summary["after"] = held_out(final, tokenizer, tasks, recipe)
         from ..eval.baselines import task_baselines

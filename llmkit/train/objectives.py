@@ -11,14 +11,21 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..models.loss import IGNORE_INDEX, cross_entropy
+from ..models.transformer import Transformer
 
 
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision logits in fp32 for the softmax; fp32 and fp64 stay as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+def _fuses_loss(model: torch.nn.Module) -> bool:
+    """Whether `model` (perhaps inside DDP / torch.compile wrappers) is a `Transformer`, whose
+    forward takes `labels`."""
+    for _ in range(4):
+        if isinstance(model, Transformer):
+            return True
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if model is None:
+            return False
+    return False
 
 
 class Objective(Protocol):
@@ -48,10 +55,9 @@ class CausalLM:
             kwargs["attention_mask"] = mask
         if isinstance(batch, dict) and batch.get("segment_ids") is not None:
             kwargs["segment_ids"] = batch["segment_ids"]  # packed examples
-        logits = model(inputs, **kwargs)
-        loss = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
-        return loss, {}
+        if _fuses_loss(model):  # the model's own head + loss, without the (tokens, vocab) logits
+            return model(inputs, labels=targets, **kwargs), {}
+        return cross_entropy(model(inputs, **kwargs), targets), {}
 
     def tokens(self, batch: Any) -> int:
         _, targets, _ = self.split(batch)

@@ -128,8 +128,6 @@ def test_eval_and_compare_commands(tiny_dirs, tmp_path, capsys):
 
 
 def test_compare_command_fails_on_regression_when_asked(tmp_path, capsys):
-    import dataclasses
-
     base, worse = run_of([1.0] * 60 + [0.0] * 40), run_of([0.0] * 100)
     for run, name in ((base, "base"), (worse, "worse")):
         (tmp_path / name).mkdir()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from llmkit.data.instruct import builtin_instructions
+from tests.processes import kill_at_checkpoint, losses
 
 FAST = ["train.steps=6", "train.eval_every=3", "train.micro_batch=4", "eval.limit=4", "eval.perplexity=false",
         "train.device=cpu"]
@@ -90,6 +91,31 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
     r = llmkit("merge", "--model", str(tiny_dir), "--adapter", str(tmp_path / "prefix" / "adapter"), "--out",
                str(tmp_path / "m2"))
     assert r.returncode == 2 and "only LoRA" in r.stderr
+
+
+def test_kill_9_and_resume_gives_the_same_adapter(tiny_dir, chats, tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["--model", str(tiny_dir), "--data", str(chats), "--method", "lora", *FAST, "train.eval_every=0",
+            "train.save_every=3", "lora.dropout=0.1", "eval.tasks=[arith]"]
+    straight = tmp_path / "straight"
+    r = llmkit("finetune", *args, "--out", str(straight))
+    assert r.returncode == 0, r.stderr[-3000:]
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLMKIT_PAUSE_AFTER_CHECKPOINT": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "finetune", *args, "--out", str(crashed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    kill_at_checkpoint(proc, crashed, 3)
+    assert not (crashed / "adapter").exists()
+    r = llmkit("finetune", *args, "--out", str(crashed), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(straight), losses(crashed)
+    assert sorted(a) == sorted(b) == list(range(1, 7)) and a == b  # every step, bit for bit (dropout too)
+    wa = load_file(straight / "adapter" / "adapter_model.safetensors")
+    wb = load_file(crashed / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, crashed))
+    assert sb["before"] == sa["before"] and sb["after"] == sa["after"]  # the untuned score survives the crash
 
 
 def test_bad_rows_stop_the_run_or_are_skipped(tiny_dir, chats, tmp_path):

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import llmkit
 from llmkit.data import DataConfig, SourceConfig, prepare_data
 from llmkit.train.logger import read_metrics
+from tests.processes import kill_at_checkpoint, losses
 
 COMMON = ["model.preset=tiny-llama", "model.overrides={dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, hidden_dim: 128}",
           "train.micro_batch=8", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=5", "train.eval_batches=2",
@@ -36,10 +34,6 @@ def pretrain(*args: str, env: dict | None = None, launcher: list[str] | None = N
     if not wait:
         return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=600)
-
-
-def losses(run: Path, key: str = "loss") -> dict[int, float]:
-    return {r["step"]: r[key] for r in read_metrics(run) if key in r}
 
 
 def test_run_dir_and_final_model(data_dir, tmp_path):
@@ -77,14 +71,7 @@ def test_kill_9_and_resume_is_bit_identical(data_dir, tmp_path):
 
     crashed = tmp_path / "crashed"
     proc = pretrain(*args, "--out", str(crashed), env={"LLMKIT_PAUSE_AFTER_CHECKPOINT": "30"}, wait=False)
-    marker = crashed / "checkpoints" / "step_000010" / "state.json"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_checkpoint(proc, crashed, 10)
     assert not (crashed / "model").exists()
 
     r = pretrain(*args, "--out", str(crashed), "--resume")
