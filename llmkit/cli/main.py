@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from . import commands, eval_commands
+from . import commands, eval_commands, serve_commands
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (commands.add_init_args, commands.run_init,
@@ -37,6 +37,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
              "evaluate a model on built-in or standard tasks; writes results.json, report.md and charts"),
     "compare": (eval_commands.add_compare_args, eval_commands.run_compare,
                 "compare two eval runs: per-task deltas with bootstrap intervals, regressions flagged"),
+    "serve": (serve_commands.add_serve_args, serve_commands.run_serve,
+              "serve a model over an OpenAI-compatible HTTP API with continuous batching and streaming"),
     "judge": (eval_commands.add_judge_args, eval_commands.run_judge,
               "judge two models with an LLM: win rate of model B over model A on your prompts, position-swapped"),
 }

@@ -1,0 +1,50 @@
+"""`llmkit serve`: the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .commands import positive_int
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="HF model directory, run directory, or a name in the model cache")
+    p.add_argument("--name", default=None,
+                   help="the model's name in the API (the `model` field; default: the directory's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weight dtype (default auto: fp32 on CPU, bf16/fp16 on GPU)")
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-batch", type=positive_int, default=16,
+                   help="most requests decoded together in one step (default 16)")
+    e.add_argument("--kv-cache-tokens", type=positive_int, default=None,
+                   help="tokens the paged KV cache holds across all requests (default: max-batch × half the "
+                        "context window, at least one full window)")
+    e.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV cache block (default 16)")
+    e.add_argument("--max-queue", type=positive_int, default=256,
+                   help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
+                   help="largest request body accepted (default 4 MiB)")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from ..infer.llm import LocalLLM, load
+    from ..serve import ServedModel, serve
+    from ..utils import default_device
+
+    llm = load(args.model, device=args.device or default_device(), dtype=args.dtype)
+    if not isinstance(llm, LocalLLM):
+        raise ValueError(f"--model {args.model} is a remote server: llmkit serve needs a local model")
+    name = args.name or Path(str(args.model).rstrip("/")).name or "model"
+    served = ServedModel(name, llm, engine_options={"max_batch": args.max_batch, "kv_cache_tokens": args.kv_cache_tokens,
+                                                    "block_size": args.block_size, "max_queue": args.max_queue})
+    print(f"serving {name} ({llm.model.num_parameters():,} parameters, {llm.device}) at "
+          f"http://{args.host}:{args.port}/v1  — KV cache {served.engine.pool.capacity_tokens} tokens, "
+          f"batch up to {args.max_batch}", file=sys.stderr, flush=True)
+    serve([served], host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+          max_body_bytes=args.max_body_bytes)

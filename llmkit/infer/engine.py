@@ -1,0 +1,397 @@
+"""The serving engine: continuous batching over a paged KV cache.
+
+Requests wait in a bounded queue. At every step the engine (1) frees the blocks of cancelled
+requests, (2) admits waiting requests while the batch has room and the pool has blocks —
+prefilling each one's prompt and sampling its first token — and (3) runs one decoding forward
+pass for the whole running batch, each row with its own sampling settings, stop conditions and
+token budget. A row leaves the batch the step it finishes, and its blocks go back to the pool.
+When the pool runs dry mid-flight the newest request is preempted: its blocks are freed and it
+waits at the head of the queue to be recomputed from its prompt and the tokens it already has.
+
+    engine = Engine(llm, max_batch=16)
+    [c.text for c in engine.generate(["def main():", "import os"], max_new_tokens=20)]
+
+    engine.start()                      # a background thread runs the steps (the server does this)
+    req = engine.submit(ids, gen, on_event=print)
+    engine.cancel(req.id)
+
+Events (`Event`) carry a text delta and the token behind it, and, on the last one, the finish
+reason ("stop", "length" or "cancelled") and token counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence
+from .generate import Completion, TextStream, fit_prompts
+from .sampling import GenerationConfig, SamplingState, build_processors, sample
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The engine's waiting queue is at its bound: try again later (HTTP 429/503)."""
+
+
+class RequestTooLargeError(ValueError):
+    """A request needs more cache than the whole pool holds."""
+
+
+@dataclass
+class Event:
+    request_id: str
+    text: str = ""
+    token_id: int | None = None
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
+    finish_reason: str | None = None  # set on the request's last event
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Request:
+    id: str
+    prompt: list[int]
+    gen: GenerationConfig
+    on_event: Callable[[Event], None] | None = None
+    adapter: str | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    # filled in by the engine
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cache: CacheSequence = field(default_factory=CacheSequence)
+    pending: int | None = None  # the sampled token not yet in the cache
+    done: threading.Event = field(default_factory=threading.Event)
+    # sampling machinery, set up by `Engine.submit`
+    stream: TextStream | None = field(default=None, repr=False)
+    processors: list = field(default_factory=list, repr=False)
+    state: SamplingState | None = field(default=None, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
+    stop_ids: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+
+class Engine:
+    """Continuous batching for one `LocalLLM` (its model and tokenizer)."""
+
+    def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
+                 max_queue: int = 256):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch} must be at least 1")
+        self.llm, self.model, self.tokenizer = llm, llm.model, llm.tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        cfg = self.model.config
+        if self.model.virtual_tokens is not None:
+            raise ValueError("the engine serves LoRA adapters and plain models; prefix / prompt tuning "
+                             "adapters are not supported: generate with the LLM instead")
+        tokens = kv_cache_tokens or max_batch * min(cfg.context_window, 2048) // 2
+        tokens = max(tokens, cfg.context_window)  # one request of the full window always fits
+        p = self.model.lm_head.weight
+        self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=p.device, dtype=p.dtype)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._cancelled: set[str] = set()
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.eos = llm.eos_token_ids()
+        # counters for /metrics and tests
+        self.steps = 0
+        self.batch_sizes: list[int] = []  # running batch size of each decoding step (last 10000)
+        self.tokens_out = 0
+        self.tokens_in = 0
+        self.preemptions = 0
+
+    # ---------------------------------------------------------------- requests
+    def submit(self, prompt: Sequence[int], gen: GenerationConfig | None = None,
+               on_event: Callable[[Event], None] | None = None, request_id: str | None = None,
+               adapter: str | None = None) -> Request:
+        """Queue a request (token ids). Raises `ContextLengthError`, `RequestTooLargeError` or
+        `QueueFullError` at once rather than failing later."""
+        gen = gen or GenerationConfig()
+        ids = fit_prompts([prompt], gen, self.model.config.context_window, self.model.config.vocab_size)[0]
+        need = len(ids) + gen.max_new_tokens
+        if need > self.pool.capacity_tokens:
+            raise RequestTooLargeError(f"the request needs {need} cache tokens (prompt {len(ids)} + max_tokens "
+                                       f"{gen.max_new_tokens}) but the engine's KV cache holds "
+                                       f"{self.pool.capacity_tokens}: lower max_tokens")
+        req = Request(id=request_id or f"req-{next(self._ids)}", prompt=ids, gen=gen, on_event=on_event,
+                      adapter=adapter)
+        req.stream = TextStream(self.tokenizer.stream_decoder(), gen.stop)
+        req.processors = build_processors(gen)
+        req.state = SamplingState(1, self.model.config.vocab_size, self.model.device,
+                                  track_prompt=gen.repetition_penalty != 1.0)
+        req.state.add_prompt(torch.tensor([ids], device=self.model.device), None)
+        if gen.seed is not None and gen.temperature > 0:
+            req.generator = torch.Generator(device=self.model.device).manual_seed(gen.seed)
+        req.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else self.eos)
+        with self._lock:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue}): "
+                                     "retry later")
+            self.waiting.append(req)
+            self._lock.notify_all()
+        return req
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request (e.g. its client went away); its blocks are freed at the next step."""
+        with self._lock:
+            self._cancelled.add(request_id)
+            self._lock.notify_all()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self._cancelled or self._calls)
+
+    def run_exclusive(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` between two engine steps (in the engine's thread when it runs one), so that
+        other work on the model (embeddings, prompt scoring) never races a decoding step."""
+        future: Future = Future()
+        if self._thread is None:
+            try:
+                future.set_result(fn())
+            except Exception as e:
+                future.set_exception(e)
+            return future
+        with self._lock:
+            self._calls.append((fn, future))
+            self._lock.notify_all()
+        return future
+
+    # -------------------------------------------------------------------- steps
+    def step(self) -> None:
+        """One engine iteration: cancellations, admissions (prefill), one decoding step."""
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            for req in [r for r in self.waiting if r.id in cancelled]:
+                self.waiting.remove(req)
+                self._finish(req, "cancelled")
+        for req in [r for r in self.running if r.id in cancelled]:
+            self._finish(req, "cancelled")
+        while self._calls:
+            fn, future = self._calls.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    with torch.inference_mode():
+                        future.set_result(fn())
+                except Exception as e:
+                    future.set_exception(e)
+        with torch.inference_mode():
+            self._admit()
+            if self.running:
+                self._decode()
+        self.steps += 1
+
+    def _admit(self) -> None:
+        while len(self.running) < self.max_batch:
+            with self._lock:
+                if not self.waiting:
+                    return
+                req = self.waiting[0]
+                if req.gen.max_new_tokens == 0:
+                    self.waiting.popleft()
+                    self._finish(req, "length")
+                    continue
+                # the prompt (and, after a preemption, the tokens so far) plus one more token
+                resumed = req.prompt + req.generated[:-1] if req.generated else req.prompt
+                try:
+                    self.pool.reserve(req.cache, len(resumed) + 1)
+                except CacheExhaustedError:
+                    return  # wait for blocks to come back
+                self.waiting.popleft()
+            logits = self._forward([req], torch.tensor([resumed], device=self.model.device))[0]
+            self.running.append(req)
+            if req.generated:  # recomputed after a preemption: its next token is already chosen
+                req.pending = req.generated[-1]
+            else:
+                self.tokens_in += len(req.prompt)
+                self._take(req, logits)
+
+    def _decode(self) -> None:
+        for req in list(self.running):
+            while req in self.running:  # preemption may have taken it out
+                try:
+                    self.pool.reserve(req.cache, req.cache.length + 1)
+                    break
+                except CacheExhaustedError:
+                    self._preempt(self.running[-1])
+        rows = list(self.running)
+        if not rows:
+            return
+        self.batch_sizes.append(len(rows))
+        del self.batch_sizes[:-10000]
+        tokens = torch.tensor([[r.pending] for r in rows], device=self.model.device)
+        logits = self._forward(rows, tokens)
+        for req, row in zip(rows, logits):
+            self._take(req, row)
+
+    def _forward(self, rows: list[Request], tokens: torch.Tensor) -> torch.Tensor:
+        step = PagedStep(self.pool, [r.cache for r in rows], tokens.shape[1])
+        return self.model(tokens, cache=step, logits_to_keep=1)[:, -1].float()
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.pool.release(req.cache)
+        req.pending = None
+        self.preemptions += 1
+        with self._lock:
+            self.waiting.appendleft(req)
+        log.info("preempted %s (the KV cache is full); it will be recomputed", req.id)
+
+    def _take(self, req: Request, logits: torch.Tensor) -> None:
+        """Sample the next token of `req` from its logits row; emit it or finish the request."""
+        gen = req.gen
+        raw = logits[None]
+        shaped = raw
+        for proc in req.processors:
+            shaped = proc(shaped, req.state)
+        token = sample(shaped, gen, req.generator)
+        req.state.add_tokens(token)
+        tok = int(token[0])
+        if req.first_token_at is None:
+            req.first_token_at = time.perf_counter()
+        if tok in req.stop_ids:
+            return self._finish(req, "stop")
+        logprob = top = None
+        if gen.logprobs or gen.top_logprobs:
+            logp = raw[0].log_softmax(-1)
+            logprob = float(logp[tok])
+            if gen.top_logprobs:
+                values, idx = logp.topk(min(gen.top_logprobs, logp.shape[-1]))
+                top = dict(zip(idx.tolist(), values.tolist()))
+                req.top_logprobs.append(top)
+            req.logprobs.append(logprob)
+        req.generated.append(tok)
+        req.pending = tok
+        self.tokens_out += 1
+        delta = req.stream.push(tok)
+        self._emit(req, Event(req.id, delta, tok, logprob, top))
+        if req.stream.stopped:
+            return self._finish(req, "stop")
+        if len(req.generated) >= gen.max_new_tokens:
+            return self._finish(req, "length")
+
+    def _emit(self, req: Request, event: Event) -> None:
+        if req.on_event is not None:
+            try:
+                req.on_event(event)
+            except Exception:  # a broken listener must not stop the other requests
+                log.exception("event listener of %s failed; cancelling it", req.id)
+                self._cancelled.add(req.id)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        if req in self.running:
+            self.running.remove(req)
+        self.pool.release(req.cache)
+        req.finish_reason, req.finished_at, req.pending = reason, time.perf_counter(), None
+        tail = req.stream.flush() if reason != "cancelled" else ""
+        self._emit(req, Event(req.id, tail, finish_reason=reason, prompt_tokens=len(req.prompt),
+                              completion_tokens=len(req.generated)))
+        req.done.set()
+
+    # --------------------------------------------------------------- use it
+    def generate(self, prompts: Sequence[str | Sequence[int]], gen: GenerationConfig | None = None,
+                 **kwargs: Any) -> list[Completion]:
+        """Run `prompts` through the engine in this thread (no background loop) and return their
+        completions in order."""
+        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        reqs = [self.submit(self.llm.tokenize(p) if isinstance(p, str) else list(p), gen) for p in prompts]
+        while not all(r.done.is_set() for r in reqs):
+            self.step()
+        return [completion(r) for r in reqs]
+
+    def start(self) -> "Engine":
+        """Run the steps in a background thread until `shutdown()`."""
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="llmkit-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self.has_work():
+                    self._lock.wait(timeout=1.0)
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:  # keep serving: fail the running requests, not the server
+                log.exception("engine step failed; failing the running requests")
+                for req in list(self.running):
+                    self._finish(req, "error")
+
+    def stats(self) -> dict[str, Any]:
+        return {"running": len(self.running), "waiting": len(self.waiting), "free_blocks": self.pool.num_free,
+                "total_blocks": self.pool.num_blocks - 1, "block_size": self.pool.block_size,
+                "steps": self.steps, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "preemptions": self.preemptions}
+
+
+def completion(req: Request) -> Completion:
+    return Completion(text=req.text, token_ids=list(req.generated), finish_reason=req.finish_reason or "length",
+                      prompt_tokens=len(req.prompt), logprobs=list(req.logprobs) if req.gen.logprobs else None,
+                      top_logprobs=list(req.top_logprobs) if req.gen.top_logprobs else None)
+
+
+@torch.inference_mode()
+def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float | None], list[dict[int, float] | None]]:
+    """log p(token i | tokens before it) for every token of `ids` (None for the first), and the
+    `top` most likely alternatives at each position (None for the first)."""
+    x = torch.tensor([list(ids)], device=model.device)
+    logp = model(x)[0].float().log_softmax(-1)
+    chosen = logp[:-1].gather(1, x[0, 1:, None]).squeeze(1).tolist()
+    values: list[float | None] = [None, *chosen]
+    tops: list[dict[int, float] | None] = [None]
+    if top:
+        v, i = logp[:-1].topk(min(top, logp.shape[-1]), dim=-1)
+        tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
+    else:
+        tops += [None] * (len(ids) - 1)
+    return values, tops
+
+
+@torch.inference_mode()
+def mean_pooled(model, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+    """One vector per input: the mean of the model's final (normed) hidden states."""
+    out = []
+    for ids in inputs:
+        h = model.hidden_states(torch.tensor([list(ids)], device=model.device))[0]
+        out.append(h.float().mean(0).tolist())
+    return out

@@ -1,0 +1,57 @@
+"""`llmkit serve` as a user starts it: the process listens, answers the OpenAI client under the
+model's directory name, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_llmkit_serve_command(tiny_dirs):
+    openai = pytest.importorskip("openai")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(tiny_dirs["tiny-llama"]),
+                             "--port", str(port), "--max-batch", "4"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        assert health["status"] == "ok" and list(health["models"]) == ["tiny-llama"]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5, temperature=0)
+        assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+
+
+def test_serve_help():
+    r = subprocess.run([sys.executable, "-m", "llmkit", "serve", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--max-batch" in r.stdout and "--kv-cache-tokens" in r.stdout
