@@ -22,6 +22,8 @@ _EXPORTS = {
     "LocalLLM": "llmkit.infer.llm",
     "GenerationConfig": "llmkit.infer.sampling",
     "load": "llmkit.infer.llm",
+    "connect": "llmkit.infer.remote",
+    "RemoteLLM": "llmkit.infer.remote",
     "resolve_model": "llmkit.models.resolve",
     "load_with_adapters": "llmkit.pipelines.adapters",
     "merge_adapter": "llmkit.pipelines.adapters",

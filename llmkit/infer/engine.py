@@ -373,14 +373,17 @@ def completion(req: Request) -> Completion:
 @torch.inference_mode()
 def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float | None], list[dict[int, float] | None]]:
     """log p(token i | tokens before it) for every token of `ids` (None for the first), and the
-    `top` most likely alternatives at each position (None for the first)."""
+    `top` most likely alternatives at each position (None for the first). `ids` may be one token
+    longer than the context window: its last token is only scored."""
+    if len(ids) < 2:
+        return [None] * len(ids), [None] * len(ids)
     x = torch.tensor([list(ids)], device=model.device)
-    logp = model(x)[0].float().log_softmax(-1)
-    chosen = logp[:-1].gather(1, x[0, 1:, None]).squeeze(1).tolist()
+    logp = model(x[:, :-1])[0].float().log_softmax(-1)  # the last token is scored, never fed
+    chosen = logp.gather(1, x[0, 1:, None]).squeeze(1).tolist()
     values: list[float | None] = [None, *chosen]
     tops: list[dict[int, float] | None] = [None]
     if top:
-        v, i = logp[:-1].topk(min(top, logp.shape[-1]), dim=-1)
+        v, i = logp.topk(min(top, logp.shape[-1]), dim=-1)
         tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
     else:
         tops += [None] * (len(ids) - 1)

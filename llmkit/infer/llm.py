@@ -52,7 +52,71 @@ class LLM(Protocol):
     def detokenize(self, ids: Sequence[int]) -> str: ...
 
 
-class LocalLLM:
+class TokenScoring:
+    """`loglikelihood` and `loglikelihood_rolling` for any LLM that can tokenize and score token
+    ids (`loglikelihood_tokens`), local or remote: both tokenise the same way."""
+
+    context_window: int
+    start_token_id: int
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                             batch_size: int = 16) -> list[LogLikelihood]:
+        raise NotImplementedError
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[LogLikelihood]:
+        """log p(continuation | context) for (context, continuation) pairs, batched.
+
+        Tokenised as lm-eval does: trailing spaces of the context move to the continuation, the
+        continuation's tokens are those of context+continuation after the context's tokens, and an
+        empty context starts from the bos (or end-of-text) token. Over-long inputs lose their
+        oldest context tokens."""
+        pairs = []
+        for context, continuation in requests:
+            spaces = len(context) - len(context.rstrip(" "))
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            if context:
+                ctx = self.tokenize(context)
+                cont = self.tokenize(context + continuation)[len(ctx):]
+            else:
+                ctx = [self.start_token_id]
+                cont = self.tokenize(continuation, add_special_tokens=False)
+            if not cont:
+                raise ValueError(f"continuation {continuation!r} has no tokens to score")
+            pairs.append((ctx, cont))
+        return self.loglikelihood_tokens(pairs, batch_size)
+
+    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16,
+                              stride: int | None = None) -> list[tuple[float, int]]:
+        """(sum of log p, number of tokens) of each whole text, for perplexity. Texts longer than
+        the context window are scored with a sliding window: every window after the first scores
+        `stride` new tokens (default half the window) with the tokens before them as context.
+        The first token is predicted from bos (or end-of-text)."""
+        window = self.context_window
+        stride = stride or max(1, window // 2)
+        start = self.start_token_id
+        pairs, owners = [], []
+        for i, text in enumerate(texts):
+            tokens = self.tokenize(text, add_special_tokens=False)
+            full = [start] + tokens  # full[j + 1] is tokens[j]
+            pos = 0
+            while pos < len(tokens):
+                end = min(len(tokens), pos + (window if pos == 0 else stride))
+                first = max(0, end - window)  # the model sees full[first:end], predicting full[first+1:end+1]
+                pairs.append((full[first:pos + 1], full[pos + 1:end + 1]))
+                owners.append(i)
+                pos = end
+        totals = [[0.0, 0] for _ in texts]
+        for owner, res in zip(owners, self.loglikelihood_tokens(pairs, batch_size) if pairs else []):
+            totals[owner][0] += res.logprob
+            totals[owner][1] += res.n_tokens
+        return [(lp, n) for lp, n in totals]
+
+
+class LocalLLM(TokenScoring):
     """A model and its tokenizer in this process."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None):
@@ -70,6 +134,16 @@ class LocalLLM:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def context_window(self) -> int:
+        return self.config.context_window
+
+    @property
+    def start_token_id(self) -> int:
+        """What an empty context starts from: bos, else the pad / end-of-text token."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self._pad_id()
 
     def __repr__(self) -> str:
         return f"LocalLLM({self.name or self.config.family}, {self.model.num_parameters():,} params, {self.device})"
@@ -174,30 +248,6 @@ class LocalLLM:
         return self.complete([ids], gen, **kwargs)[0].text
 
     # ------------------------------------------------------------------ scoring
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[LogLikelihood]:
-        """log p(continuation | context) for (context, continuation) pairs, batched.
-
-        Tokenised as lm-eval does: trailing spaces of the context move to the continuation, the
-        continuation's tokens are those of context+continuation after the context's tokens, and an
-        empty context starts from the bos (or end-of-text) token. Over-long inputs lose their
-        oldest context tokens."""
-        pairs = []
-        for context, continuation in requests:
-            spaces = len(context) - len(context.rstrip(" "))
-            if spaces:
-                context, continuation = context[:-spaces], context[-spaces:] + continuation
-            if context:
-                ctx = self.tokenize(context)
-                cont = self.tokenize(context + continuation)[len(ctx):]
-            else:
-                start = self.tokenizer.bos_token_id
-                ctx = [start if start is not None else self._pad_id()]
-                cont = self.tokenize(continuation, add_special_tokens=False)
-            if not cont:
-                raise ValueError(f"continuation {continuation!r} has no tokens to score")
-            pairs.append((ctx, cont))
-        return self.loglikelihood_tokens(pairs, batch_size)
-
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                              batch_size: int = 16, max_len: int | None = None) -> list[LogLikelihood]:
         """`loglikelihood` on token ids: (context ids, continuation ids) pairs. Each sequence keeps
@@ -271,32 +321,6 @@ class LocalLLM:
             for (_, i), n in zip(members, lengths):
                 results[i] = LogLikelihood(float(picked[start:start + n].sum()), bool(greedy[start:start + n].all()), n)
                 start += n
-
-    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16,
-                              stride: int | None = None) -> list[tuple[float, int]]:
-        """(sum of log p, number of tokens) of each whole text, for perplexity. Texts longer than
-        the context window are scored with a sliding window: every window after the first scores
-        `stride` new tokens (default half the window) with the tokens before them as context.
-        The first token is predicted from bos (or end-of-text)."""
-        window = self.config.context_window
-        stride = stride or max(1, window // 2)
-        start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self._pad_id()
-        pairs, owners = [], []
-        for i, text in enumerate(texts):
-            tokens = self.tokenize(text, add_special_tokens=False)
-            full = [start] + tokens  # full[j + 1] is tokens[j]
-            pos = 0
-            while pos < len(tokens):
-                end = min(len(tokens), pos + (window if pos == 0 else stride))
-                first = max(0, end - window)  # the model sees full[first:end], predicting full[first+1:end+1]
-                pairs.append((full[first:pos + 1], full[pos + 1:end + 1]))
-                owners.append(i)
-                pos = end
-        totals = [[0.0, 0] for _ in texts]
-        for owner, res in zip(owners, self.loglikelihood_tokens(pairs, batch_size) if pairs else []):
-            totals[owner][0] += res.logprob
-            totals[owner][1] += res.n_tokens
-        return [(lp, n) for lp, n in totals]
 
     # --------------------------------------------------------------------- save
     def save(self, path: str | os.PathLike) -> Path:

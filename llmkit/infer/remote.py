@@ -13,15 +13,18 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator, Sequence
 
+from .llm import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig
 
 Messages = list[dict[str, Any]]
 
 
-class RemoteLLM:
+class RemoteLLM(TokenScoring):
     """Chat and completion through ``/chat/completions`` and ``/completions``. The API key comes
     from `api_key` or the ``OPENAI_API_KEY`` environment variable; `model` defaults to the first
-    model the server lists."""
+    model the server lists. With a server that tokenises (``/tokenize``, as llmkit serve and vLLM
+    have) and echoes prompt log-probabilities, scoring (`loglikelihood`, `loglikelihood_rolling`)
+    works as it does locally, so the evaluation harness runs multiple-choice tasks remotely."""
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
@@ -122,15 +125,70 @@ class RemoteLLM:
         except (KeyError, IndexError, TypeError) as e:
             raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16):
-        raise NotImplementedError("scoring through a remote server is not supported yet: evaluate multiple-choice "
-                                  "and perplexity tasks with a local model (generation tasks work remotely)")
+    # ------------------------------------------------------------ tokens & scoring
+    def _card(self) -> dict[str, Any]:
+        if getattr(self, "_model_card", None) is None:
+            listed = self._request("GET", "/models").get("data") or []
+            self._model_card = next((m for m in listed if m.get("id") == self.model), {})
+        return self._model_card
 
-    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16):
-        return self.loglikelihood([])
+    @property
+    def context_window(self) -> int:
+        n = self._card().get("max_model_len")
+        if not n:
+            raise NotImplementedError(f"{self.base_url}/models does not give max_model_len: rolling scoring "
+                                      "needs the server's context window")
+        return int(n)
+
+    @property
+    def start_token_id(self) -> int:
+        start = self._card().get("start_token_id")
+        if start is None:
+            raise NotImplementedError(f"{self.base_url} does not say which token starts an empty context: "
+                                      "give every request a non-empty context")
+        return int(start)
+
+    def _tokenizer_call(self, path: str, body: dict) -> dict:
+        try:
+            return self._request("POST", path, {"model": self.model, **body})
+        except ConnectionError as e:
+            if " 404" in str(e) or " 405" in str(e):
+                raise NotImplementedError(f"{self.base_url} has no {path} endpoint, so its tokenizer is not "
+                                          "reachable (llmkit serve and vLLM have one)") from e
+            raise
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        raise NotImplementedError("a remote server does not expose its tokenizer")
+        return list(self._tokenizer_call("/tokenize", {"prompt": text, "add_special_tokens": add_special_tokens})
+                    ["tokens"])
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError("a remote server does not expose its tokenizer")
+        return self._tokenizer_call("/detokenize", {"tokens": [int(i) for i in ids]})["prompt"]
+
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                             batch_size: int = 16) -> list[LogLikelihood]:
+        """Scored by the server: token-id prompts with ``echo``, ``logprobs: 1`` and no new tokens."""
+        out: list[LogLikelihood] = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = [(list(c), list(x)) for c, x in pairs[i:i + batch_size]]
+            body = {"model": self.model, "prompt": [c + x for c, x in chunk], "max_tokens": 0, "echo": True,
+                    "logprobs": 1, "temperature": 0}
+            choices = sorted(self._request("POST", "/completions", body).get("choices", []),
+                             key=lambda ch: ch.get("index", 0))
+            if len(choices) != len(chunk):
+                raise ConnectionError(f"{self.base_url}/completions answered {len(choices)} choices for "
+                                      f"{len(chunk)} prompts")
+            for (ctx, cont), ch in zip(chunk, choices):
+                lp = ch.get("logprobs") or {}
+                values = (lp.get("token_logprobs") or [])[len(ctx):len(ctx) + len(cont)]
+                tops = (lp.get("top_logprobs") or [])[len(ctx):len(ctx) + len(cont)]
+                if len(values) != len(cont) or any(v is None for v in values):
+                    raise ConnectionError(f"{self.base_url}/completions did not echo the prompt's log-probabilities")
+                greedy = len(tops) == len(values) and all(t and v >= max(t.values()) - 1e-6
+                                                          for v, t in zip(values, tops))
+                out.append(LogLikelihood(float(sum(values)), greedy, len(cont)))
+        return out
+
+
+def connect(base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0) -> RemoteLLM:
+    """An `LLM` served at `base_url` (``http://host:port/v1``), with the same methods as a local one."""
+    return RemoteLLM(base_url, api_key=api_key, model=model, timeout=timeout)

@@ -32,7 +32,7 @@ from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError, 
 from ..infer.sampling import GenerationConfig, GenerationConfigError
 from ..models.transformer import ContextLengthError
 from .metrics import Metrics
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 
 log = logging.getLogger(__name__)
 
@@ -335,15 +335,38 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     async def metrics():
         return PlainTextResponse(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def card(s: ServedModel) -> dict[str, Any]:
+        # max_model_len as vLLM gives it; start_token_id (what an empty context starts from) is ours
+        return {"id": s.name, "object": "model", "created": s.created, "owned_by": "llmkit",
+                "max_model_len": s.llm.config.context_window, "start_token_id": s.llm.start_token_id}
+
     @app.get("/v1/models")
     async def list_models():
-        return {"object": "list", "data": [{"id": s.name, "object": "model", "created": s.created, "owned_by": "llmkit"}
-                                           for s in server.models.values()]}
+        return {"object": "list", "data": [card(s) for s in server.models.values()]}
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str):
-        s = server.model(name)
-        return {"id": s.name, "object": "model", "created": s.created, "owned_by": "llmkit"}
+        return card(server.model(name))
+
+    # vLLM's tokenizer endpoints (at the root and under /v1): remote clients tokenise as the model does
+    @app.post("/tokenize")
+    @app.post("/v1/tokenize")
+    async def tokenize(request: Request):
+        req: TokenizeRequest = await parse_body(request, TokenizeRequest, server.max_body_bytes)
+        served = server.model(req.model)
+        ids = served.llm.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.llm.config.context_window}
+
+    @app.post("/detokenize")
+    @app.post("/v1/detokenize")
+    async def detokenize(request: Request):
+        req: DetokenizeRequest = await parse_body(request, DetokenizeRequest, server.max_body_bytes)
+        served = server.model(req.model)
+        vocab = served.llm.config.vocab_size
+        bad = [t for t in req.tokens if t < 0 or t >= vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary of {vocab}", param="tokens")
+        return {"prompt": served.llm.detokenize(req.tokens)}
 
     # ------------------------------------------------------------ chat
     @app.post("/v1/chat/completions")
@@ -426,7 +449,10 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
         want_logprobs = k is not None
         if req.stream and req.echo:
             raise APIError(400, "echo with stream is not supported", param="echo")
-        gens = [server.generation(req, served, len(p), req.max_tokens, 16, want_logprobs, k or 0) for p in prompts]
+        # scoring only (echo, no new tokens) feeds all but the last prompt token
+        score_only = req.echo and req.max_tokens == 0
+        gens = [server.generation(req, served, len(p) - 1 if score_only else len(p), req.max_tokens, 16,
+                                  want_logprobs, k or 0) for p in prompts]
         queue: asyncio.Queue = asyncio.Queue()
         groups = []
         try:

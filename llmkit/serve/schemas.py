@@ -87,3 +87,14 @@ class EmbeddingRequest(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+
+
+class TokenizeRequest(_Strict):
+    model: str
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Strict):
+    model: str
+    tokens: list[int]
