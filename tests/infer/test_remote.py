@@ -24,5 +24,8 @@ def test_bad_key_and_unreachable_server_are_named():
     with fake_openai(lambda t: t) as server:
         with pytest.raises(ConnectionError, match="401.*check --api-key"):
             llmkit.load(server["url"], api_key="wrong").chat([{"role": "user", "content": "x"}])
-    with pytest.raises(NotImplementedError, match="local model"):
+    with fake_openai(lambda t: t) as server:  # scoring needs the server's tokenizer: name what is missing
+        with pytest.raises(NotImplementedError, match="/tokenize"):
+            llmkit.load(server["url"], api_key="sk-test").loglikelihood([("a", "b")])
+    with pytest.raises(ConnectionError, match="cannot reach"):
         llmkit.load("http://127.0.0.1:9/v1", api_key="k").loglikelihood([("a", "b")])
