@@ -30,6 +30,23 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
                    help="largest request body accepted (default 4 MiB)")
+    a = p.add_argument_group("access")
+    a.add_argument("--api-keys", default=None, metavar="FILE",
+                   help="file of 'name:key' lines (optionally 'requests_per_minute=N tokens_per_day=N' after "
+                        "each); without it no key is needed")
+    a.add_argument("--rate-limit", type=positive_int, default=None, metavar="RPM",
+                   help="requests per minute per key, for keys without their own (default: unlimited)")
+    a.add_argument("--token-budget", type=positive_int, default=None, metavar="TOKENS",
+                   help="prompt + completion tokens per key per 24 hours, for keys without their own")
+    a.add_argument("--request-log", default=None, metavar="SQLITE",
+                   help="SQLite file logging every request (default $LLMKIT_HOME/requests.sqlite)")
+    a.add_argument("--no-request-log", action="store_true", help="log no requests")
+    a.add_argument("--log-prompts", action="store_true",
+                   help="also log prompt and completion text (PII such as e-mails and numbers is masked)")
+    a.add_argument("--price-prompt", type=float, default=0.0, metavar="USD",
+                   help="price per million prompt tokens, for the log's cost column")
+    a.add_argument("--price-completion", type=float, default=0.0, metavar="USD",
+                   help="price per million completion tokens")
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -46,5 +63,16 @@ def run_serve(args: argparse.Namespace) -> None:
     print(f"serving {name} ({llm.model.num_parameters():,} parameters, {llm.device}) at "
           f"http://{args.host}:{args.port}/v1  — KV cache {served.engine.pool.capacity_tokens} tokens, "
           f"batch up to {args.max_batch}", file=sys.stderr, flush=True)
+    from ..models.resolve import llmkit_home
+    from ..serve.auth import Gate, RequestLog, load_keys
+
+    keys = load_keys(args.api_keys) if args.api_keys else []
+    gate = Gate(keys, requests_per_minute=args.rate_limit, tokens_per_day=args.token_budget)
+    request_log = None
+    if not args.no_request_log:
+        request_log = RequestLog(args.request_log or llmkit_home() / "requests.sqlite", args.price_prompt,
+                                 args.price_completion, log_text=args.log_prompts)
+    print(f"API keys: {len(keys) or 'none required'}; request log: "
+          f"{request_log.path if request_log else 'off'}", file=sys.stderr, flush=True)
     serve([served], host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-          max_body_bytes=args.max_body_bytes)
+          max_body_bytes=args.max_body_bytes, gate=gate, request_log=request_log)

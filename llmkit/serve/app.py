@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError, prompt_logprobs
 from ..infer.sampling import GenerationConfig, GenerationConfigError
 from ..models.transformer import ContextLengthError
+from .auth import Gate, Limited, RequestLog
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 
@@ -247,6 +248,18 @@ class Server:
                 if r.finish_reason is None:
                     served.engine.cancel(r.id)
 
+    def account(self, request: Request, model: str | None, prompt_tokens: int = 0, completion_tokens: int = 0,
+                prompt: str | None = None, completion: str | None = None, status: int = 200) -> None:
+        """Charge the caller's token budget and write the request log row (once per request)."""
+        request.state.accounted = True
+        key = getattr(request.state, "key", None)
+        if key is not None and (prompt_tokens or completion_tokens):
+            self.gate.spend(key, prompt_tokens + completion_tokens)
+        if self.log is not None:
+            started = getattr(request.state, "started", time.perf_counter())
+            self.log.write(key.name if key is not None else None, model, request.url.path, status, prompt_tokens,
+                           completion_tokens, time.perf_counter() - started, prompt, completion)
+
     def record(self, req) -> None:
         m = self.metrics
         m.inc("llmkit_prompt_tokens_total", len(req.prompt))
@@ -288,9 +301,11 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- app
 def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MAX_BODY_BYTES,
-               start_engines: bool = True) -> FastAPI:
-    """The FastAPI app; its engines start with the app (and stop with it)."""
+               start_engines: bool = True, gate: Gate | None = None, request_log: RequestLog | None = None) -> FastAPI:
+    """The FastAPI app; its engines start with the app (and stop with it). `gate` holds the API
+    keys and their limits (none: anyone may call, unlimited); `request_log` records every request."""
     server = Server([models] if isinstance(models, ServedModel) else list(models), max_body_bytes)
+    server.gate, server.log = gate or Gate(), request_log
 
     from contextlib import asynccontextmanager
 
@@ -305,13 +320,34 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     app.state.server = server
 
     @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable):
-        try:
-            response = await call_next(request)
-        except Exception:  # never a bare traceback to the client
-            log.exception("unhandled error on %s", request.url.path)
-            response = APIError(500, "internal server error", type="server_error").response()
-        server.metrics.inc("llmkit_requests_total", endpoint=request.url.path, status=str(response.status_code))
+    async def guard(request: Request, call_next: Callable):
+        path = request.url.path
+        request.state.started = time.perf_counter()
+        request.state.key = None
+        response = None
+        if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
+            key = server.gate.identify(request.headers.get("authorization"))
+            if key is None:
+                response = APIError(401, "a valid API key is needed: send 'Authorization: Bearer KEY'",
+                                    type="authentication_error", code="invalid_api_key").response()
+            else:
+                request.state.key = key
+                try:
+                    server.gate.admit(key)
+                except Limited as e:
+                    response = APIError(429, f"{e}; retry in {e.retry_after} s", type="rate_limit_error",
+                                        code="rate_limit_exceeded",
+                                        headers={"Retry-After": str(e.retry_after)}).response()
+        if response is None:
+            try:
+                response = await call_next(request)
+            except Exception:  # never a bare traceback to the client
+                log.exception("unhandled error on %s", path)
+                response = APIError(500, "internal server error", type="server_error").response()
+        server.metrics.inc("llmkit_requests_total", endpoint=path, status=str(response.status_code))
+        if path.startswith("/v1/") and not getattr(request.state, "accounted", False) \
+                and not getattr(request.state, "streaming", False):  # a stream accounts when it ends
+            server.account(request, None, status=response.status_code)
         return response
 
     @app.exception_handler(APIError)
@@ -389,6 +425,7 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
         queue: asyncio.Queue = asyncio.Queue()
         reqs = server.submit(served, prompt, gen, req.n, queue)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", _now()
+        chat_text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
         def logprob_entry(event: Event) -> dict[str, Any]:
             text = server.token_text(served, event.token_id)
@@ -419,7 +456,16 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                     yield _sse({**base, "choices": [], "usage": _usage(len(prompt), sum(len(r.generated) for r in reqs))})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(stream(), media_type="text/event-stream",
+            async def accounted_stream():
+                try:
+                    async for piece in stream():
+                        yield piece
+                finally:
+                    server.account(request, served.name, len(prompt), sum(len(r.generated) for r in reqs),
+                                   chat_text, "\n".join(r.text for r in reqs))
+
+            request.state.streaming = True
+            return StreamingResponse(accounted_stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
         entries: list[list[dict]] = [[] for _ in reqs]
@@ -428,6 +474,8 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                 entries[i].append(logprob_entry(event))
         if any(r.finish_reason is None for r in reqs):
             return Response(status_code=499)  # the client left; nobody reads this
+        server.account(request, served.name, len(prompt), sum(len(r.generated) for r in reqs), chat_text,
+                       "\n".join(r.text for r in reqs))
         choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
                     "logprobs": {"content": entries[i]} if req.logprobs else None,
                     "finish_reason": _finish(r.finish_reason)} for i, r in enumerate(reqs)]
@@ -466,6 +514,7 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                     served.engine.cancel(r.id)
             raise
         flat = [r for g in groups for r in g]
+        prompt_text = "\n".join(llm.detokenize(p) for p in prompts)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", _now()
 
         if req.stream:
@@ -484,7 +533,17 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                         yield _sse({**base, "choices": [choice]})
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            async def accounted_stream():
+                try:
+                    async for piece in stream():
+                        yield piece
+                finally:
+                    server.account(request, served.name, sum(len(p) for p in prompts),
+                                   sum(len(r.generated) for r in flat), prompt_text, "\n".join(r.text for r in flat))
+
+            request.state.streaming = True
+            return StreamingResponse(accounted_stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
 
         async for _ in server.events(request, served, flat, queue):
             pass
@@ -527,6 +586,8 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                 usage_completion += len(tokens)
                 choices.append({"index": len(choices), "text": text, "logprobs": logprobs,
                                 "finish_reason": _finish(r.finish_reason) if r is not None else "length"})
+        server.account(request, served.name, usage_prompt, usage_completion, prompt_text,
+                       "\n".join(c["text"] for c in choices))
         return {"id": rid, "object": "text_completion", "created": created, "model": served.name,
                 "choices": choices, "usage": _usage(usage_prompt, usage_completion)}
 
@@ -555,6 +616,7 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                 emb = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = sum(len(x) for x in inputs)
+        server.account(request, served.name, n)
         return {"object": "list", "data": data, "model": served.name,
                 "usage": {"prompt_tokens": n, "total_tokens": n}}
 

@@ -21,12 +21,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_llmkit_serve_command(tiny_dirs):
+def test_llmkit_serve_command(tiny_dirs, tmp_path):
     openai = pytest.importorskip("openai")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(tiny_dirs["tiny-llama"]),
                              "--port", str(port), "--max-batch", "4"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "LLMKIT_HOME": str(tmp_path)})
     try:
         deadline = time.time() + 120
         while True:
@@ -50,6 +51,10 @@ def test_llmkit_serve_command(tiny_dirs):
             proc.kill()
             raise
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    from llmkit.serve.auth import RequestLog
+
+    rows = RequestLog(tmp_path / "requests.sqlite").rows()  # the default request log
+    assert [r["endpoint"] for r in rows if r["status"] == 200][-1] == "/v1/chat/completions"
 
 
 def test_serve_help():

@@ -1,0 +1,204 @@
+"""API keys, per-key rate limits and token budgets, and the SQLite request log.
+
+A keys file holds one key per line, ``name:key``, optionally followed by that key's own limits::
+
+    # name:key [requests_per_minute=N] [tokens_per_day=N]
+    alice:sk-alice-123 requests_per_minute=60 tokens_per_day=200000
+    ci-bot:sk-ci-456
+
+Limits not given on a line fall back to the server-wide defaults (`llmkit serve --rate-limit`,
+`--token-budget`). A request over a limit is answered 429 with ``Retry-After`` (seconds until the
+window has room again). Windows slide: the last 60 seconds for requests, the last 24 hours for
+tokens (prompt + completion).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MINUTE, DAY = 60.0, 86400.0
+
+
+class KeyFileError(ValueError):
+    pass
+
+
+@dataclass
+class APIKey:
+    name: str
+    key: str
+    requests_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    requests: deque = field(default_factory=deque, repr=False)  # request times
+    tokens: deque = field(default_factory=deque, repr=False)  # (time, tokens)
+
+
+def load_keys(path: str | os.PathLike) -> list[APIKey]:
+    """Parse a keys file; errors name the line."""
+    keys: list[APIKey] = []
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for n, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        head, *options = line.split()
+        name, sep, key = head.partition(":")
+        if not sep or not name or not key:
+            raise KeyFileError(f"{path}, line {n}: expected 'name:key', got {head!r}")
+        if name in seen_names or key in seen_keys:
+            raise KeyFileError(f"{path}, line {n}: the {'name' if name in seen_names else 'key'} is used twice")
+        limits: dict[str, int] = {}
+        for opt in options:
+            k, eq, v = opt.partition("=")
+            if not eq or k not in ("requests_per_minute", "tokens_per_day") or not v.isdigit() or int(v) < 1:
+                raise KeyFileError(f"{path}, line {n}: bad option {opt!r}: use requests_per_minute=N or "
+                                   "tokens_per_day=N with N >= 1")
+            limits[k] = int(v)
+        seen_names.add(name)
+        seen_keys.add(key)
+        keys.append(APIKey(name, key, **limits))
+    if not keys:
+        raise KeyFileError(f"{path} holds no keys: add lines of the form name:key")
+    return keys
+
+
+class Limited(Exception):
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class Gate:
+    """Who may call, and whether they are within their limits."""
+
+    def __init__(self, keys: list[APIKey] | None = None, requests_per_minute: int | None = None,
+                 tokens_per_day: int | None = None, clock=time.monotonic):
+        self.keys = {k.key: k for k in keys or []}
+        self.default_rpm, self.default_tpd = requests_per_minute, tokens_per_day
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._anonymous = APIKey("anonymous", "")
+
+    @property
+    def required(self) -> bool:
+        return bool(self.keys)
+
+    def identify(self, authorization: str | None) -> APIKey | None:
+        """The key of an ``Authorization: Bearer …`` header; None if unknown or absent (when
+        keys are required). Without a keys file everyone is "anonymous"."""
+        if not self.keys:
+            return self._anonymous
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        given = authorization[7:].strip()
+        for key, info in self.keys.items():  # constant-time comparison per key
+            if hmac.compare_digest(key.encode(), given.encode()):
+                return info
+        return None
+
+    def admit(self, key: APIKey) -> None:
+        """Count one request against `key`, or raise `Limited`."""
+        now = self.clock()
+        with self._lock:
+            rpm = key.requests_per_minute or self.default_rpm
+            while key.requests and key.requests[0] <= now - MINUTE:
+                key.requests.popleft()
+            if rpm and len(key.requests) >= rpm:
+                raise Limited(f"rate limit: {rpm} requests per minute for key {key.name!r}",
+                              key.requests[0] + MINUTE - now)
+            tpd = key.tokens_per_day or self.default_tpd
+            while key.tokens and key.tokens[0][0] <= now - DAY:
+                key.tokens.popleft()
+            used = sum(t for _, t in key.tokens)
+            if tpd and used >= tpd:
+                # room comes back when enough of the oldest usage leaves the window
+                over, wait = used - tpd, DAY
+                for t0, n in key.tokens:
+                    over -= n
+                    if over < 0:
+                        wait = t0 + DAY - now
+                        break
+                raise Limited(f"token budget: key {key.name!r} used {used} of its {tpd} tokens per day", wait)
+            key.requests.append(now)
+
+    def spend(self, key: APIKey, tokens: int) -> None:
+        with self._lock:
+            key.tokens.append((self.clock(), tokens))
+
+
+# ------------------------------------------------------------------------- request log
+_PII = [
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
+    (re.compile(r"\b(?:\d[ -]?){13,19}\b"), "[CARD]"),
+    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[SSN]"),
+    (re.compile(r"(?<!\w)\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"), "[PHONE]"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[IP]"),
+    (re.compile(r"\b(?:sk|pk|api|key)[-_][A-Za-z0-9_-]{8,}\b"), "[SECRET]"),
+]
+
+
+def scrub_pii(text: str) -> str:
+    """Mask e-mail addresses, card / social-security / phone numbers, IPv4 addresses and
+    key-like secrets."""
+    for pattern, mask in _PII:
+        text = pattern.sub(mask, text)
+    return text
+
+
+class RequestLog:
+    """Every request, one row, in SQLite: time, key, model, endpoint, status, tokens, latency,
+    cost (at per-million-token prices), and — only when asked — the prompt and completion text
+    with PII scrubbed."""
+
+    SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
+        id INTEGER PRIMARY KEY, time REAL NOT NULL, key TEXT, model TEXT, endpoint TEXT, status INTEGER,
+        prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, cost REAL,
+        prompt TEXT, completion TEXT)"""
+
+    def __init__(self, path: str | os.PathLike, price_prompt: float = 0.0, price_completion: float = 0.0,
+                 log_text: bool = False, scrub: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.price_prompt, self.price_completion = price_prompt, price_completion
+        self.log_text, self.scrub = log_text, scrub
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(self.SCHEMA)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_prompt + completion_tokens * self.price_completion) / 1e6
+
+    def write(self, key: str | None, model: str | None, endpoint: str, status: int, prompt_tokens: int = 0,
+              completion_tokens: int = 0, latency_s: float = 0.0, prompt: str | None = None,
+              completion: str | None = None) -> None:
+        if self.log_text:
+            prompt = scrub_pii(prompt) if (prompt is not None and self.scrub) else prompt
+            completion = scrub_pii(completion) if (completion is not None and self.scrub) else completion
+        else:
+            prompt = completion = None
+        row = (time.time(), key, model, endpoint, status, prompt_tokens, completion_tokens, latency_s,
+               self.cost(prompt_tokens, completion_tokens), prompt, completion)
+        with self._lock:
+            self._db.execute("INSERT INTO requests (time, key, model, endpoint, status, prompt_tokens, "
+                             "completion_tokens, latency_s, cost, prompt, completion) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             row)
+
+    def rows(self) -> list[dict]:
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM requests ORDER BY id")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
