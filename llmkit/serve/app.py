@@ -20,11 +20,12 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -361,6 +362,13 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return APIError(exc.status_code, str(exc.detail), type="invalid_request_error").response()
+
+    # ------------------------------------------------------------ the chat page
+    page = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(page)
 
     # ------------------------------------------------------------ listing
     @app.get("/health")
