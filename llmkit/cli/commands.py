@@ -138,6 +138,10 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt-file", help="file holding the prompt")
     p.add_argument("--no-stream", action="store_true", help="print the text only when it is complete")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as one user message in the chat template")
+    p.add_argument("--draft", default=None, metavar="MODEL|prompt-lookup",
+                   help="speculative decoding: a small draft model with the same tokenizer, or 'prompt-lookup' "
+                        "(drafts copied from the context); the output keeps the model's distribution")
+    p.add_argument("--speculate", type=positive_int, default=4, metavar="K", help="draft tokens per step (default 4)")
     add_generation_args(p)
 
 
@@ -149,6 +153,24 @@ def run_generate(args: argparse.Namespace) -> None:
         prompt = sys.stdin.read()
     llm = load_llm(args)
     gen = generation_config(args)
+    if args.draft:
+        import time
+
+        from ..infer.llm import load
+        from ..infer.speculative import speculative_generate
+        from ..utils import default_device
+
+        draft = args.draft if args.draft == "prompt-lookup" else \
+            load(args.draft, device=args.device or default_device(), dtype=args.dtype)
+        ids = llm.chat_prompt([{"role": "user", "content": prompt}]) if args.chat else llm.tokenize(prompt)
+        start = time.perf_counter()
+        r = speculative_generate(llm, ids, gen, draft=draft, k=args.speculate)
+        seconds = time.perf_counter() - start
+        print(("" if args.chat else prompt) + r.completion.text, flush=True)
+        print(f"speculative: {r.accepted}/{r.proposed} drafts accepted ({r.acceptance_rate:.0%}), "
+              f"{r.tokens_per_pass:.2f} tokens per target pass, {len(r.completion.token_ids) / seconds:.1f} tok/s",
+              file=sys.stderr)
+        return
     if args.chat:
         pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True)
         print_stream(pieces)

@@ -19,6 +19,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="weight dtype (default auto: fp32 on CPU, bf16/fp16 on GPU)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="a LoRA (or bottleneck) adapter served as model 'NAME_OF_MODEL:NAME' beside the base; "
+                        "repeatable, all on one engine")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,
                    help="most requests decoded together in one step (default 16)")
@@ -50,18 +53,27 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from ..infer.llm import LocalLLM, load
+    from ..infer.llm import LocalLLM
     from ..serve import ServedModel, serve
     from ..utils import default_device
 
-    llm = load(args.model, device=args.device or default_device(), dtype=args.dtype)
+    from ..pipelines.adapters import load_with_adapters
+    from ..serve import with_adapters
+
+    specs = list(args.adapter)
+    for spec in specs:
+        if "=" not in spec:
+            raise ValueError(f"--adapter {spec}: give NAME=DIR (the name is how requests choose it)")
+    llm = load_with_adapters(args.model, specs, device=args.device or default_device(), dtype=args.dtype)
     if not isinstance(llm, LocalLLM):
         raise ValueError(f"--model {args.model} is a remote server: llmkit serve needs a local model")
     name = args.name or Path(str(args.model).rstrip("/")).name or "model"
-    served = ServedModel(name, llm, engine_options={"max_batch": args.max_batch, "kv_cache_tokens": args.kv_cache_tokens,
-                                                    "block_size": args.block_size, "max_queue": args.max_queue})
-    print(f"serving {name} ({llm.model.num_parameters():,} parameters, {llm.device}) at "
-          f"http://{args.host}:{args.port}/v1  — KV cache {served.engine.pool.capacity_tokens} tokens, "
+    options = {"max_batch": args.max_batch, "kv_cache_tokens": args.kv_cache_tokens, "block_size": args.block_size,
+               "max_queue": args.max_queue}
+    models = with_adapters(name, llm, [s.split("=", 1)[0] for s in specs], **options) if specs \
+        else [ServedModel(name, llm, engine_options=options)]
+    print(f"serving {', '.join(m.name for m in models)} ({llm.model.num_parameters():,} parameters, {llm.device}) "
+          f"at http://{args.host}:{args.port}/v1  — KV cache {models[0].engine.pool.capacity_tokens} tokens, "
           f"batch up to {args.max_batch}", file=sys.stderr, flush=True)
     from ..models.resolve import llmkit_home
     from ..serve.auth import Gate, RequestLog, load_keys
@@ -74,5 +86,5 @@ def run_serve(args: argparse.Namespace) -> None:
                                  args.price_completion, log_text=args.log_prompts)
     print(f"API keys: {len(keys) or 'none required'}; request log: "
           f"{request_log.path if request_log else 'off'}", file=sys.stderr, flush=True)
-    serve([served], host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
+    serve(models, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
           max_body_bytes=args.max_body_bytes, gate=gate, request_log=request_log)

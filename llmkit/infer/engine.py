@@ -93,11 +93,15 @@ class Engine:
     """Continuous batching for one `LocalLLM` (its model and tokenizer)."""
 
     def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
-                 max_queue: int = 256):
+                 max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None):
+        """`use_adapter(name)` returns a context manager under which the model runs with adapter
+        `name` (None: the bare base); given one, requests may name an adapter, and each step runs
+        one forward pass per adapter among the running requests."""
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         self.llm, self.model, self.tokenizer = llm, llm.model, llm.tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.use_adapter = use_adapter
         cfg = self.model.config
         if self.model.virtual_tokens is not None:
             raise ValueError("the engine serves LoRA adapters and plain models; prefix / prompt tuning "
@@ -129,6 +133,8 @@ class Engine:
         """Queue a request (token ids). Raises `ContextLengthError`, `RequestTooLargeError` or
         `QueueFullError` at once rather than failing later."""
         gen = gen or GenerationConfig()
+        if adapter is not None and self.use_adapter is None:
+            raise ValueError(f"adapter {adapter!r} asked for, but this engine serves no adapters")
         ids = fit_prompts([prompt], gen, self.model.config.context_window, self.model.config.vocab_size)[0]
         need = len(ids) + gen.max_new_tokens
         if need > self.pool.capacity_tokens:
@@ -253,8 +259,19 @@ class Engine:
             self._take(req, row)
 
     def _forward(self, rows: list[Request], tokens: torch.Tensor) -> torch.Tensor:
-        step = PagedStep(self.pool, [r.cache for r in rows], tokens.shape[1])
-        return self.model(tokens, cache=step, logits_to_keep=1)[:, -1].float()
+        """Last-position logits of each row; rows of different adapters run as separate passes."""
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(r.adapter, []).append(i)
+        if len(groups) == 1 and (self.use_adapter is None):
+            step = PagedStep(self.pool, [r.cache for r in rows], tokens.shape[1])
+            return self.model(tokens, cache=step, logits_to_keep=1)[:, -1].float()
+        out = torch.empty(len(rows), self.model.config.vocab_size, device=tokens.device)
+        for name, idx in groups.items():
+            step = PagedStep(self.pool, [rows[i].cache for i in idx], tokens.shape[1])
+            with self.use_adapter(name):
+                out[idx] = self.model(tokens[idx], cache=step, logits_to_keep=1)[:, -1].float()
+        return out
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)

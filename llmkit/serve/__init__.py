@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .app import APIError, ServedModel, Server, create_app
+from .app import APIError, ServedModel, Server, create_app, with_adapters
 
 
 def serve(models, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options) -> None:
@@ -19,4 +19,4 @@ def serve(models, host: str = "127.0.0.1", port: int = 8000, log_level: str = "i
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
-__all__ = ["APIError", "ServedModel", "Server", "create_app", "serve"]
+__all__ = ["APIError", "ServedModel", "Server", "create_app", "serve", "with_adapters"]

@@ -65,6 +65,7 @@ class ServedModel:
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     engine_options: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None  # a LoRA / bottleneck adapter of the engine's model, chosen per request
 
     def __post_init__(self) -> None:
         if self.engine is None:
@@ -160,18 +161,20 @@ class Server:
         m.describe("llmkit_queue_depth", "gauge", "requests waiting for the engine")
         m.describe("llmkit_running_batch_size", "gauge", "requests in the running batch")
         m.describe("llmkit_kv_cache_free_blocks", "gauge", "free KV cache blocks")
-        engines = [s.engine for s in self.models.values()]
+        engines = list({id(s.engine): s.engine for s in self.models.values()}.values())  # adapters share one
         m.gauge("llmkit_queue_depth", lambda: sum(e.queue_depth for e in engines))
         m.gauge("llmkit_running_batch_size", lambda: sum(e.batch_size for e in engines))
         m.gauge("llmkit_kv_cache_free_blocks", lambda: sum(e.pool.num_free for e in engines))
 
+        self.engines = engines
+
     def start(self) -> None:
-        for served in self.models.values():
-            served.engine.start()
+        for engine in self.engines:
+            engine.start()
 
     def shutdown(self) -> None:
-        for served in self.models.values():
-            served.engine.shutdown()
+        for engine in self.engines:
+            engine.shutdown()
 
     def model(self, name: str) -> ServedModel:
         served = self.models.get(name)
@@ -214,7 +217,8 @@ class Server:
         try:
             for i in range(n):
                 g = gen if gen.seed is None or i == 0 else gen.replace(seed=gen.seed + i)
-                reqs.append(served.engine.submit(prompt, g, on_event=Listener(loop, offset + i, queue)))
+                reqs.append(served.engine.submit(prompt, g, on_event=Listener(loop, offset + i, queue),
+                                                 adapter=served.adapter))
         except QueueFullError as e:
             for r in reqs:
                 served.engine.cancel(r.id)
@@ -631,4 +635,16 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     return app
 
 
-__all__ = ["APIError", "ServedModel", "Server", "create_app"]
+def with_adapters(name: str, llm: Any, adapters: list[str], **engine_options: Any) -> list[ServedModel]:
+    """The base model as `name` and each adapter already loaded on `llm.model` (see
+    `llmkit.load_with_adapters`) as ``name:adapter``, all on one engine: a request's `model` field
+    picks its adapter, and requests of different adapters share the batch (one forward pass per
+    adapter per step)."""
+    from ..peft import adapter as adapter_context, set_adapter
+
+    set_adapter(llm.model, None)  # requests choose; the bare base is the default
+    engine = Engine(llm, use_adapter=lambda a: adapter_context(llm.model, a), **engine_options)
+    return [ServedModel(name, llm, engine)] + [ServedModel(f"{name}:{a}", llm, engine, adapter=a) for a in adapters]
+
+
+__all__ = ["APIError", "ServedModel", "Server", "create_app", "with_adapters"]
