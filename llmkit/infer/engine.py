@@ -83,6 +83,7 @@ class Request:
     state: SamplingState | None = field(default=None, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
     stop_ids: set[int] = field(default_factory=set, repr=False)
+    constraint: Any = field(default=None, repr=False)  # e.g. a JSONConstraint (llmkit.infer.constrained)
 
     @property
     def text(self) -> str:
@@ -129,7 +130,7 @@ class Engine:
     # ---------------------------------------------------------------- requests
     def submit(self, prompt: Sequence[int], gen: GenerationConfig | None = None,
                on_event: Callable[[Event], None] | None = None, request_id: str | None = None,
-               adapter: str | None = None) -> Request:
+               adapter: str | None = None, constraint: Any = None) -> Request:
         """Queue a request (token ids). Raises `ContextLengthError`, `RequestTooLargeError` or
         `QueueFullError` at once rather than failing later."""
         gen = gen or GenerationConfig()
@@ -142,7 +143,7 @@ class Engine:
                                        f"{gen.max_new_tokens}) but the engine's KV cache holds "
                                        f"{self.pool.capacity_tokens}: lower max_tokens")
         req = Request(id=request_id or f"req-{next(self._ids)}", prompt=ids, gen=gen, on_event=on_event,
-                      adapter=adapter)
+                      adapter=adapter, constraint=constraint)
         req.stream = TextStream(self.tokenizer.stream_decoder(), gen.stop)
         req.processors = build_processors(gen)
         req.state = SamplingState(1, self.model.config.vocab_size, self.model.device,
@@ -286,7 +287,7 @@ class Engine:
         """Sample the next token of `req` from its logits row; emit it or finish the request."""
         gen = req.gen
         raw = logits[None]
-        shaped = raw
+        shaped = raw if req.constraint is None else req.constraint.mask(raw)
         for proc in req.processors:
             shaped = proc(shaped, req.state)
         token = sample(shaped, gen, req.generator)
@@ -294,6 +295,8 @@ class Engine:
         tok = int(token[0])
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
+        if req.constraint is not None:
+            req.constraint.accept(tok)
         if tok in req.stop_ids:
             return self._finish(req, "stop")
         logprob = top = None

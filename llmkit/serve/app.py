@@ -209,8 +209,29 @@ class Server:
         except GenerationConfigError as e:
             raise APIError(400, str(e), param=str(e).split("=")[0]) from None
 
+    def constraint(self, served: ServedModel, response_format: Any, gen: GenerationConfig):
+        """A factory of per-choice JSON constraints for `response_format` (None for plain text)."""
+        if response_format is None or response_format.type == "text":
+            return None
+        schema = None
+        if response_format.type == "json_schema":
+            spec = response_format.json_schema or {}
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                               param="response_format.json_schema")
+        from ..infer.constrained import ConstraintError, json_constraint
+
+        tok, vocab = served.llm.tokenizer, served.llm.config.vocab_size
+        stop = set(gen.stop_token_ids) | (set() if gen.ignore_eos else served.engine.eos)
+        try:
+            json_constraint(tok, vocab, schema, stop)  # fail now, with a 400, if it cannot compile
+        except ConstraintError as e:
+            raise APIError(400, str(e), param="response_format") from None
+        return lambda: json_constraint(tok, vocab, schema, stop)
+
     def submit(self, served: ServedModel, prompt: list[int], gen: GenerationConfig, n: int,
-               queue: asyncio.Queue, offset: int = 0) -> list:
+               queue: asyncio.Queue, offset: int = 0, constraint: Callable[[], Any] | None = None) -> list:
         """`n` engine requests for one prompt; their events reach `queue` as (offset + i, event)."""
         loop = asyncio.get_running_loop()
         reqs = []
@@ -218,7 +239,8 @@ class Server:
             for i in range(n):
                 g = gen if gen.seed is None or i == 0 else gen.replace(seed=gen.seed + i)
                 reqs.append(served.engine.submit(prompt, g, on_event=Listener(loop, offset + i, queue),
-                                                 adapter=served.adapter))
+                                                 adapter=served.adapter,
+                                                 constraint=constraint() if constraint else None))
         except QueueFullError as e:
             for r in reqs:
                 served.engine.cancel(r.id)
@@ -421,9 +443,6 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     async def chat_completions(request: Request):
         req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, server.max_body_bytes)
         served = server.model(req.model)
-        if req.response_format is not None and req.response_format.type != "text":
-            raise APIError(400, "response_format json_object / json_schema is not supported yet",
-                           param="response_format", code="unsupported_field")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         try:
             prompt = served.llm.chat_prompt(messages)
@@ -434,8 +453,9 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         gen = server.generation(req, served, len(prompt), max_tokens, None, req.logprobs, top)
+        make = server.constraint(served, req.response_format, gen)
         queue: asyncio.Queue = asyncio.Queue()
-        reqs = server.submit(served, prompt, gen, req.n, queue)
+        reqs = server.submit(served, prompt, gen, req.n, queue, constraint=make)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", _now()
         chat_text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
@@ -499,8 +519,7 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     async def completions(request: Request):
         req: CompletionRequest = await parse_body(request, CompletionRequest, server.max_body_bytes)
         served = server.model(req.model)
-        for name, ok in (("suffix", req.suffix is None), ("best_of", req.best_of in (None, 1)),
-                         ("response_format", req.response_format is None or req.response_format.type == "text")):
+        for name, ok in (("suffix", req.suffix is None), ("best_of", req.best_of in (None, 1))):
             if not ok:
                 raise APIError(400, f"{name} is not supported by llmkit serve", param=name, code="unsupported_field")
         llm = served.llm
@@ -518,7 +537,8 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
         try:
             for p, gen in zip(prompts, gens):
                 offset = sum(len(g) for g in groups)
-                groups.append(server.submit(served, p, gen, req.n, queue, offset)
+                groups.append(server.submit(served, p, gen, req.n, queue, offset,
+                                            constraint=server.constraint(served, req.response_format, gen))
                               if gen.max_new_tokens or not req.echo else [])
         except APIError:
             for g in groups:

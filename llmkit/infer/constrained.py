@@ -1,0 +1,103 @@
+"""Constrained decoding: outputs that always parse as JSON (and validate against a JSON schema),
+by masking, at every step, the tokens that would break the grammar. The grammar machinery is
+xgrammar's (``pip install xgrammar``); this module adapts it to llmkit's byte-level BPE tokenizers.
+
+    c = json_constraint(llm.tokenizer, llm.config.vocab_size, schema={"type": "object", ...})
+    engine.submit(ids, gen, constraint=c)        # or response_format on the server
+
+Tokens that would put a raw control character or a stray byte of a multi-byte character into
+the text are masked too, so what is emitted is valid UTF-8 JSON. Whitespace between JSON tokens is not allowed (xgrammar's ``any_whitespace=False``): with it a
+weak model can fill its whole budget with spaces and newlines and never close the object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from typing import Any
+
+import torch
+
+_INFO_CACHE: dict[tuple[int, int], Any] = {}
+_LOCK = threading.Lock()
+
+
+class ConstraintError(ValueError):
+    pass
+
+
+def _xgrammar():
+    try:
+        import xgrammar
+    except ImportError as e:
+        raise ConstraintError("structured output needs xgrammar: pip install xgrammar") from e
+    return xgrammar
+
+
+def _compiler(tokenizer, vocab_size: int, stop_ids: list[int]):
+    """One grammar compiler per (tokenizer, vocabulary size): it caches compiled grammars."""
+    xgr = _xgrammar()
+    key = (id(tokenizer), vocab_size)
+    with _LOCK:
+        if key not in _INFO_CACHE:
+            vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
+            info = xgr.TokenizerInfo(vocab, xgr.VocabType.BYTE_LEVEL, vocab_size=vocab_size,
+                                     stop_token_ids=sorted(stop_ids))
+            # xgrammar lets raw control characters and stray bytes of multi-byte characters into
+            # JSON strings: strict parsers reject the first, and the second decode to U+FFFD, which
+            # breaks maxLength. Tokens that decode to either are never allowed (JSON has escapes).
+            banned = torch.zeros(vocab_size, dtype=torch.bool)
+            special = set(tokenizer.all_special_ids)
+            for i in range(tokenizer.vocab_size):
+                text = tokenizer.decode([i])
+                if i not in special and any(ord(ch) < 0x20 or ch == "\ufffd" for ch in text):
+                    banned[i] = True
+            _INFO_CACHE[key] = (xgr.GrammarCompiler(info), banned)
+        return _INFO_CACHE[key]
+
+
+class JSONConstraint:
+    """The mask of one request; `mask` before sampling, `accept` after."""
+
+    def __init__(self, compiled, vocab_size: int, stop_ids: list[int], banned: torch.Tensor | None = None):
+        xgr = _xgrammar()
+        self.vocab_size, self.banned = vocab_size, banned
+        self.matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=sorted(stop_ids))
+        self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._apply = xgr.apply_token_bitmask_inplace
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` (1, vocab) with every grammar-breaking token at -inf (in place on a float copy)."""
+        self.matcher.fill_next_token_bitmask(self.bitmask)
+        out = logits.float().clone() if logits.device.type == "cpu" else logits.float().cpu()
+        self._apply(out, self.bitmask, vocab_size=self.vocab_size)
+        if self.banned is not None:
+            out[:, self.banned] = float("-inf")
+        return out.to(logits.device)
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.accept_token(token):
+            raise ConstraintError(f"token {token} breaks the grammar")
+
+    @property
+    def finished(self) -> bool:
+        return self.matcher.is_terminated()
+
+
+def json_constraint(tokenizer, vocab_size: int, schema: dict | str | None = None,
+                    stop_ids: set[int] | list[int] = ()) -> JSONConstraint:
+    """A constraint for a JSON object (schema None) or for JSON matching `schema`. Raises
+    `ConstraintError` naming the problem for a schema xgrammar cannot compile."""
+    stop = sorted(set(stop_ids))
+    if not stop:
+        raise ConstraintError("a JSON constraint needs an end token to finish with: the tokenizer has none")
+    compiler, banned = _compiler(tokenizer, vocab_size, stop)
+    try:
+        spec = schema if schema is not None else {"type": "object"}
+        compiled = compiler.compile_json_schema(json.dumps(spec) if isinstance(spec, dict) else spec,
+                                                any_whitespace=False)
+    except Exception as e:  # xgrammar raises RuntimeError / ValueError for bad schemas
+        reason = re.sub(r"\[[\d:]+\] \S+:\d+: ", "", str(e)).strip()  # without its C++ source location
+        raise ConstraintError(f"the JSON schema cannot be used: {reason}") from None
+    return JSONConstraint(compiled, vocab_size, stop, banned)
