@@ -109,8 +109,8 @@ class Engine:
                              "adapters are not supported: generate with the LLM instead")
         tokens = kv_cache_tokens or max_batch * min(cfg.context_window, 2048) // 2
         tokens = max(tokens, cfg.context_window)  # one request of the full window always fits
-        p = self.model.lm_head.weight
-        self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=p.device, dtype=p.dtype)
+        self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=self.model.device,
+                              dtype=self.model.dtype)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._cancelled: set[str] = set()

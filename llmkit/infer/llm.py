@@ -270,13 +270,21 @@ class LocalLLM(TokenScoring):
         # longest first, so padding is small and results do not depend on batch composition
         order = sorted(groups, key=lambda k: -(len(k) + max(len(pairs[i][1]) for i in groups[k])))
         batch: list[tuple[int, ...]] = []
-        rows = 0
+        rows = prefix = step = 0
+
+        def widths(key: tuple[int, ...]) -> tuple[int, int]:  # what _score_shared pads to
+            return len(key) - 1, max(len(pairs[i][1]) for i in groups[key])
+
         for key in order:
-            if batch and rows + len(groups[key]) > batch_size:
+            p, s = widths(key)
+            # a batch is padded to its longest prefix plus its longest step: keep that in the window
+            # (learned positions refuse padded lengths beyond it)
+            if batch and (rows + len(groups[key]) > batch_size or max(prefix, p) + max(step, s) > max_len):
                 self._score_shared(batch, groups, pairs, results)
-                batch, rows = [], 0
+                batch, rows, prefix, step = [], 0, 0, 0
             batch.append(key)
             rows += len(groups[key])
+            prefix, step = max(prefix, p), max(step, s)
         if batch:
             self._score_shared(batch, groups, pairs, results)
         return results  # type: ignore[return-value]

@@ -193,11 +193,10 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """A cache for `max_len` tokens (default: the context window), plus the virtual tokens'
         slots, already filled with them, when prefix or prompt tuning is active."""
-        p = self.lm_head.weight
         extra = self.virtual_tokens.num_tokens if self.virtual_tokens is not None else 0
         if max_len is not None:
             max_len += extra
-        cache = KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+        cache = KVCache(self.config, batch_size, max_len, device=self.device, dtype=self.dtype)
         if extra:
             self.virtual_tokens.prefill(self, cache)
         return cache
@@ -224,8 +223,8 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.embed_tokens.weight.device  # the head may be quantised (no .weight)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.embed_tokens.weight.dtype

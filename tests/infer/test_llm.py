@@ -258,3 +258,14 @@ def test_fit_history_drops_oldest_turns_but_keeps_system(llm):
     assert kept[0] == system and kept[-1] == messages[-1]
     assert len(llm.chat_prompt(kept)) <= llm.config.context_window - 64 < len(llm.chat_prompt(messages))
     assert kept[1:] == messages[len(messages) - len(kept) + 1:]  # a suffix of the conversation
+
+
+def test_rolling_perplexity_with_learned_positions_over_several_windows(tiny_dirs):
+    """GPT-2's learned positions refuse any padded batch longer than the window: windows of
+    different shapes must not be batched past it (they were, and raised)."""
+    llm = llmkit.load(tiny_dirs["tiny-gpt2"])
+    text = "def add(a, b):\n    return a + b\n" * 120
+    assert len(llm.tokenize(text)) > 2 * llm.config.context_window
+    batched, = llm.loglikelihood_rolling([text])
+    alone, = llm.loglikelihood_rolling([text], batch_size=1)
+    assert batched[1] == alone[1] and abs(batched[0] - alone[0]) < 1e-3 * abs(alone[0])
