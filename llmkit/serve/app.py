@@ -287,6 +287,20 @@ class Server:
             self.log.write(key.name if key is not None else None, model, request.url.path, status, prompt_tokens,
                            completion_tokens, time.perf_counter() - started, prompt, completion)
 
+    def stream(self, request: Request, pieces: AsyncIterator[str], account: Callable[[], None]) -> StreamingResponse:
+        """An SSE response of `pieces` that accounts for the request (budget, log) when the stream
+        ends, however it ends; the middleware leaves streamed requests to it."""
+        async def accounted():
+            try:
+                async for piece in pieces:
+                    yield piece
+            finally:
+                account()
+
+        request.state.streaming = True
+        return StreamingResponse(accounted(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     def record(self, req) -> None:
         m = self.metrics
         m.inc("llmkit_prompt_tokens_total", len(req.prompt))
@@ -488,17 +502,9 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                     yield _sse({**base, "choices": [], "usage": _usage(len(prompt), sum(len(r.generated) for r in reqs))})
                 yield "data: [DONE]\n\n"
 
-            async def accounted_stream():
-                try:
-                    async for piece in stream():
-                        yield piece
-                finally:
-                    server.account(request, served.name, len(prompt), sum(len(r.generated) for r in reqs),
-                                   chat_text, "\n".join(r.text for r in reqs))
-
-            request.state.streaming = True
-            return StreamingResponse(accounted_stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return server.stream(request, stream(), lambda: server.account(
+                request, served.name, len(prompt), sum(len(r.generated) for r in reqs), chat_text,
+                "\n".join(r.text for r in reqs)))
 
         entries: list[list[dict]] = [[] for _ in reqs]
         async for i, event in server.events(request, served, reqs, queue):
@@ -565,17 +571,9 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
                         yield _sse({**base, "choices": [choice]})
                 yield "data: [DONE]\n\n"
 
-            async def accounted_stream():
-                try:
-                    async for piece in stream():
-                        yield piece
-                finally:
-                    server.account(request, served.name, sum(len(p) for p in prompts),
-                                   sum(len(r.generated) for r in flat), prompt_text, "\n".join(r.text for r in flat))
-
-            request.state.streaming = True
-            return StreamingResponse(accounted_stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return server.stream(request, stream(), lambda: server.account(
+                request, served.name, sum(len(p) for p in prompts), sum(len(r.generated) for r in flat),
+                prompt_text, "\n".join(r.text for r in flat)))
 
         async for _ in server.events(request, served, flat, queue):
             pass
