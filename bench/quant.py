@@ -29,7 +29,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--batches", default="1,8", help="decode batch sizes to time (default 1,8)")
     args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
     tmp = tempfile.TemporaryDirectory()
     path = args.model
     if path is None:
@@ -45,17 +47,22 @@ def main() -> None:
             sizes = quantize_model(llm.model, method)
         (lp, n), = llm.loglikelihood_rolling([TEXT])
         ppl = math.exp(-lp / n)
-        llm.complete(["def main():"], max_new_tokens=4, temperature=0)  # warm-up (and compile)
-        t0 = time.perf_counter()
-        out = llm.complete(["def main():"], max_new_tokens=args.tokens, temperature=0, ignore_eos=True)[0]
-        tps = len(out.token_ids) / (time.perf_counter() - t0)
+        speeds = []
+        for b in batches:
+            prompts = [f"def main{i}():" for i in range(b)]
+            llm.complete(prompts, max_new_tokens=4, temperature=0)  # warm-up (and compile)
+            t0 = time.perf_counter()
+            outs = llm.complete(prompts, max_new_tokens=args.tokens, temperature=0, ignore_eos=True)
+            speeds.append(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t0))
         if base is None:
-            base = (tps, ppl)
-            print(f"  fp32   {tps:6.1f} tok/s   perplexity {ppl:.3f}")
+            base = (speeds, ppl)
+            print(f"  fp32   {'   '.join(f'batch {b}: {tps:6.1f} tok/s' for b, tps in zip(batches, speeds))}"
+                  f"   perplexity {ppl:.3f}")
         else:
-            print(f"  {method}   {tps:6.1f} tok/s = {tps / base[0]:.2f}x fp32   Linear bytes {sizes['after'] / 2**20:.0f} MiB "
-                  f"({sizes['after'] / sizes['before']:.0%} of fp32)   perplexity {ppl:.3f} "
-                  f"({ppl / base[1] - 1:+.2%})")
+            print(f"  {method}   " + "   ".join(f"batch {b}: {tps:6.1f} tok/s = {tps / ref:.2f}x fp32"
+                                           for b, tps, ref in zip(batches, speeds, base[0]))
+                  + f"   Linear bytes {sizes['after'] / 2**20:.0f} MiB ({sizes['after'] / sizes['before']:.0%} of fp32)"
+                  f"   perplexity {ppl:.3f} ({ppl / base[1] - 1:+.2%})")
     tmp.cleanup()
 
 

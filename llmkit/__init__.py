@@ -27,6 +27,8 @@ _EXPORTS = {
     "resolve_model": "llmkit.models.resolve",
     "load_with_adapters": "llmkit.pipelines.adapters",
     "merge_adapter": "llmkit.pipelines.adapters",
+    "quantize_checkpoint": "llmkit.pipelines.quantize",
+    "quantize_model": "llmkit.quant.weight_only",
     "FinetuneRecipe": "llmkit.train.finetune",
     "finetune": "llmkit.train.finetune",
 }

@@ -37,6 +37,13 @@ def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="an adapter directory (LoRA, prefix/prompt tuning, bottleneck; PEFT or llmkit files) to "
                         "put on the model; repeatable")
+    add_quantize_arg(p)
+
+
+def add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                   help="quantise the weights on load (weight-only: int8 per channel, int4 in groups of 64); "
+                        "`llmkit quantize` saves a quantised copy and reports its perplexity change")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -71,7 +78,8 @@ def load_llm(args: argparse.Namespace):
     from ..utils import default_device
 
     return load_with_adapters(args.model, getattr(args, "adapter", []), device=args.device or default_device(),
-                              dtype=args.dtype, api_key=getattr(args, "api_key", None))
+                              dtype=args.dtype, api_key=getattr(args, "api_key", None),
+                              quantize=getattr(args, "quantize", None))
 
 
 # ---------------------------------------------------------------------------------- init
@@ -469,6 +477,45 @@ def run_finetune(args: argparse.Namespace) -> None:
     out = Path(recipe.out)
     print(f"report: {out / 'report.md'}")
     print(f"try: llmkit chat --model {out}")
+
+
+def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="the full-precision model (HF directory, run directory, cache name)")
+    p.add_argument("--method", required=True, choices=["int8", "int4"],
+                   help="int8: one scale per output channel; int4: one scale per group of --group-size inputs")
+    p.add_argument("--out", "-o", required=True, help="where to write the quantised model (loads with llmkit.load)")
+    p.add_argument("--group-size", type=positive_int, default=64, help="int4 group size (default 64)")
+    p.add_argument("--no-head", action="store_true", help="keep the output head in full precision")
+    p.add_argument("--text", nargs="+", default=None, metavar="FILE",
+                   help="text files to measure perplexity on (default: llmkit's built-in perplexity paragraphs)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def run_quantize(args: argparse.Namespace) -> None:
+    from ..pipelines.quantize import REPORT_FILE, quantize_checkpoint
+
+    texts = None
+    if args.text:
+        missing = [f for f in args.text if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--text file(s) not found: {missing}")
+        texts = [Path(f).read_text(encoding="utf-8", errors="replace") for f in args.text]
+    r = quantize_checkpoint(args.model, args.method, args.out, group_size=args.group_size, head=not args.no_head,
+                            texts=texts, overwrite=args.overwrite, device=args.device)
+    mib = 2 ** 20
+    print(f"wrote {args.out}: {args.method}{f' (groups of {args.group_size})' if args.method == 'int4' else ''}, "
+          f"{r['quantized_modules']} Linear layers quantised")
+    if r["full_precision_linears"]:
+        print(f"  kept in full precision: {', '.join(r['full_precision_linears'][:6])}"
+              f"{' …' if len(r['full_precision_linears']) > 6 else ''}")
+    print(f"  Linear weights {r['linear_bytes_before'] / mib:8.1f} MiB -> {r['linear_bytes_after'] / mib:8.1f} MiB "
+          f"({r['linear_bytes_after'] / r['linear_bytes_before']:.0%})")
+    print(f"  whole model    {r['model_bytes_before'] / mib:8.1f} MiB -> {r['model_bytes_after'] / mib:8.1f} MiB "
+          f"({r['model_bytes_after'] / r['model_bytes_before']:.0%}; on disk {r['file_bytes'] / mib:.1f} MiB)")
+    print(f"  perplexity     {r['perplexity_before']:8.3f} -> {r['perplexity_after']:8.3f} "
+          f"({r['perplexity_change']:+.2%}, {r['perplexity_tokens']} tokens)")
+    print(f"  report: {Path(args.out) / REPORT_FILE}")
 
 
 def add_merge_args(p: argparse.ArgumentParser) -> None:

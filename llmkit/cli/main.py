@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                  "fine-tune a model on chat / instruction data: full, lora, qlora, adapter, prefix or prompt"),
     "merge": (commands.add_merge_args, commands.run_merge,
               "fold a LoRA adapter into its base model, writing a plain Hugging Face checkpoint"),
+    "quantize": (commands.add_quantize_args, commands.run_quantize,
+                 "quantise a model's weights to int8 or int4, reporting memory saved and perplexity change"),
     "quickstart": (commands.add_quickstart_args, commands.run_quickstart,
                    "train a tiny language model from scratch on this machine in a few minutes, no download"),
     "scale": (commands.add_scale_args, commands.run_scale,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import positive_int
+from .commands import add_quantize_arg, positive_int
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="a LoRA (or bottleneck) adapter served as model 'NAME_OF_MODEL:NAME' beside the base; "
                         "repeatable, all on one engine")
+    add_quantize_arg(p)
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,
                    help="most requests decoded together in one step (default 16)")
@@ -64,7 +65,8 @@ def run_serve(args: argparse.Namespace) -> None:
     for spec in specs:
         if "=" not in spec:
             raise ValueError(f"--adapter {spec}: give NAME=DIR (the name is how requests choose it)")
-    llm = load_with_adapters(args.model, specs, device=args.device or default_device(), dtype=args.dtype)
+    llm = load_with_adapters(args.model, specs, device=args.device or default_device(), dtype=args.dtype,
+                             quantize=args.quantize)
     if not isinstance(llm, LocalLLM):
         raise ValueError(f"--model {args.model} is a remote server: llmkit serve needs a local model")
     name = args.name or Path(str(args.model).rstrip("/")).name or "model"
@@ -73,7 +75,7 @@ def run_serve(args: argparse.Namespace) -> None:
     models = with_adapters(name, llm, [s.split("=", 1)[0] for s in specs], **options) if specs \
         else [ServedModel(name, llm, engine_options=options)]
     print(f"serving {', '.join(m.name for m in models)} ({llm.model.num_parameters():,} parameters, {llm.device}) "
-          f"at http://{args.host}:{args.port}/v1  — KV cache {models[0].engine.pool.capacity_tokens} tokens, "
+          f"{', ' + args.quantize + ' weights' if args.quantize else ''} at http://{args.host}:{args.port}/v1  — KV cache {models[0].engine.pool.capacity_tokens} tokens, "
           f"batch up to {args.max_batch}", file=sys.stderr, flush=True)
     from ..models.resolve import llmkit_home
     from ..serve.auth import Gate, RequestLog, load_keys

@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..quant.weight_only import QUANT_METHOD, prepare_quantized, quantization_config
 from ..utils import atomic_path, parse_dtype, write_json_atomic
 from .config import ConfigError, ModelConfig
 from .transformer import Transformer
@@ -266,19 +267,38 @@ def _open(file: Path):
                               "copy or download it again") from e
 
 
-def read_config(path: str | os.PathLike) -> ModelConfig:
-    path = Path(path)
+def _config_json(path: Path) -> dict[str, Any]:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{path} has no config.json: a Hugging Face model directory needs one")
     try:
-        d = json.loads(cfg_file.read_text())
+        return json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
+
+
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    path = Path(path)
+    d = _config_json(path)
     try:
         return config_from_hf(d)
     except KeyError as e:
-        raise CheckpointError(f"{cfg_file} lacks the field {e.args[0]!r} that model_type {d.get('model_type')!r} needs") from e
+        raise CheckpointError(f"{path / 'config.json'} lacks the field {e.args[0]!r} that model_type "
+                              f"{d.get('model_type')!r} needs") from e
+
+
+def _quantization(path: Path) -> dict[str, Any] | None:
+    """config.json's quantization_config when it is llmkit's weight-only format; a checkpoint
+    quantised by another tool (GPTQ, AWQ, bitsandbytes, ...) is refused with what to do."""
+    q = _config_json(path).get("quantization_config")
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else None
+    if method != QUANT_METHOD:
+        raise CheckpointError(
+            f"{path}: config.json has quantization_config.quant_method={method!r}; llmkit reads only its own "
+            f"weight-only format ({QUANT_METHOD!r}): load the full-precision model and run `llmkit quantize`")
+    return q
 
 
 def load_pretrained(path: str | os.PathLike, device: torch.device | str | None = None,
@@ -287,11 +307,22 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     any weight is read; on error nothing is returned and the message names the tensor."""
     path = Path(path)
     cfg = read_config(path)
+    quant = _quantization(path)
     device = torch.device(device or "cpu")
     dtype = parse_dtype(dtype, device)
     with torch.device("meta"):
         model = Transformer(cfg)
-    expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(model.state_dict(), cfg).items()}
+        if quant is not None:  # llmkit's own names, layouts and quantised modules
+            try:
+                prepare_quantized(model, quant)
+            except ValueError as e:
+                raise CheckpointError(f"{path}/config.json: {e}") from e
+    own_names = quant is not None
+    sd = model.state_dict()
+    if own_names:
+        expected = {k: tuple(v.shape) for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
+    else:
+        expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg).items()}
 
     files, _ = _weight_files(path)
     handles = [_open(f) for f in files]
@@ -301,7 +332,7 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
         for k in h.keys():
             where[k] = h
             found_shapes[k] = tuple(h.get_slice(k).get_shape())
-    prefixed = cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in found_shapes)
+    prefixed = not own_names and cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in found_shapes)
     if prefixed:  # original OpenAI GPT-2 files have no "transformer." prefix
         found_shapes = {("transformer." + k if k != "lm_head.weight" else k): s for k, s in found_shapes.items()}
         where = {("transformer." + k if k != "lm_head.weight" else k): h for k, h in where.items()}
@@ -327,8 +358,9 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
             raise CheckpointError(f"cannot read tensor {k} from {path}: the file is damaged ({e})") from e
         # copy=True: a fresh, 64-byte aligned buffer (safetensors' own is not, and MKL's matmuls
         # run ~10% slower on misaligned weights)
-        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
-        ours.update(state_dict_from_hf({k: t}, cfg))
+        keep = not t.is_floating_point() or (own_names and k.endswith(".scale"))  # codes and scales as saved
+        t = t.to(device=device, dtype=t.dtype if keep else dtype, copy=True)
+        ours.update({k: t} if own_names else state_dict_from_hf({k: t}, cfg))
         del t
     del handles, where
     model.load_state_dict(ours, strict=False, assign=True)
@@ -336,7 +368,7 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     if model.model.rotary is not None:
         from .layers import rope_inv_freq
         model.model.rotary.inv_freq = rope_inv_freq(cfg, device=device)
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and type(model.lm_head) is torch.nn.Linear:
         model.lm_head.weight = model.model.embed_tokens.weight
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
@@ -360,8 +392,17 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes
                           "or fold a LoRA in first with llmkit.peft.merge_and_unload")
     dtype = parse_dtype(dtype, "cpu") if dtype is not None else model.dtype
     hf_config = config_to_hf(cfg, dtype)
-    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in state_dict_to_hf(sd, cfg).items()}
+    quant = quantization_config(model)
+    if quant is not None:
+        # llmkit's own tensor names (codes and scales have no HF layout); transformers refuses
+        # the unknown quant_method, llmkit.load reads it back quantised
+        hf_config["quantization_config"] = quant
+        named = {k: v for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
+    else:
+        named = state_dict_to_hf(sd, cfg)
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() and not (quant and k.endswith(".scale"))
+                                else v.dtype).contiguous()
+               for k, v in named.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k in sorted(tensors):

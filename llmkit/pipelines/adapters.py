@@ -17,6 +17,7 @@ import torch
 from ..infer.llm import LocalLLM, load
 from ..models.hf import load_pretrained, save_pretrained
 from ..models.resolve import resolve_model
+from ..quant.weight_only import is_quantized, quantize_model
 from ..peft import AdapterError, adapter_base, adapter_names, load_adapter, merge_and_unload, set_adapter
 from ..tokenizer import Tokenizer
 
@@ -39,9 +40,10 @@ def adapter_only_run(name: str | os.PathLike) -> Path | None:
 
 def load_with_adapters(model: str | os.PathLike, adapters: Sequence[str | os.PathLike] = (),
                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                       api_key: str | None = None):
+                       api_key: str | None = None, quantize: str | None = None):
     """The model `model` with `adapters` ("path" or "name=path") attached and all active. A run
-    dir of an adapter method (RUN/adapter, no RUN/model) loads its base model with it."""
+    dir of an adapter method (RUN/adapter, no RUN/model) loads its base model with it.
+    `quantize` ("int8" / "int4") then quantises the base weights (weight-only; adapters stay)."""
     adapters = list(adapters)
     own = adapter_only_run(model)
     if own is not None:
@@ -51,10 +53,19 @@ def load_with_adapters(model: str | os.PathLike, adapters: Sequence[str | os.Pat
                                f"--adapter {own}")
         model, adapters = base, [str(own), *adapters]
     llm = load(model, device=device, dtype=dtype, api_key=api_key)
-    if not adapters:
-        return llm
-    if not isinstance(llm, LocalLLM):
-        raise ValueError("--adapter needs a local model: a remote server applies its own adapters")
+    if not isinstance(llm, LocalLLM) and (adapters or quantize):
+        raise ValueError(f"--{'adapter' if adapters else 'quantize'} needs a local model: a remote server applies "
+                         "its own")
+    if adapters:
+        _attach(llm, adapters)
+    if quantize:
+        if is_quantized(llm.model):
+            raise ValueError(f"--quantize {quantize}: {model} is already quantised")
+        quantize_model(llm.model, quantize)
+    return llm
+
+
+def _attach(llm: LocalLLM, adapters: list[str | os.PathLike]) -> None:
     names = []
     for i, spec in enumerate(adapters):
         name, path = _split(spec, i)
@@ -65,7 +76,6 @@ def load_with_adapters(model: str | os.PathLike, adapters: Sequence[str | os.Pat
     virtual = [n for n in names if kinds[n] in ("prefix", "prompt")]
     # every LoRA and bottleneck adapter runs; of several prefix/prompt adapters, the last one
     set_adapter(llm.model, [n for n in names if n not in virtual] + virtual[-1:])
-    return llm
 
 
 def merge_adapter(model: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError, prompt_logprobs
 from ..infer.sampling import GenerationConfig, GenerationConfigError
 from ..models.transformer import ContextLengthError
+from ..quant.weight_only import quantization_config
 from .auth import Gate, Limited, RequestLog
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
@@ -70,6 +71,8 @@ class ServedModel:
     def __post_init__(self) -> None:
         if self.engine is None:
             self.engine = Engine(self.llm, **self.engine_options)
+        qcfg = quantization_config(self.llm.model)
+        self.quantization = qcfg["weights"] if qcfg else None  # llmkit's extension of the model card
 
 
 # ------------------------------------------------------------------------ helpers
@@ -422,7 +425,8 @@ def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MA
     def card(s: ServedModel) -> dict[str, Any]:
         # max_model_len as vLLM gives it; start_token_id (what an empty context starts from) is ours
         return {"id": s.name, "object": "model", "created": s.created, "owned_by": "llmkit",
-                "max_model_len": s.llm.config.context_window, "start_token_id": s.llm.start_token_id}
+                "max_model_len": s.llm.config.context_window, "start_token_id": s.llm.start_token_id,
+                "quantization": s.quantization}
 
     @app.get("/v1/models")
     async def list_models():
