@@ -1,6 +1,6 @@
 """The chat page at `/` in a real browser (headless Chromium driven by Playwright): it lists the
 models, streams a reply into the page token by token, sends the sampling settings, and works with
-an API key. Slow: it starts a browser."""
+an API key. The browser is Debian's `chromium` (`.ci/run` installs it); about 6 s."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import shutil
 import pytest
 
 from tests.serve.conftest import Running
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
