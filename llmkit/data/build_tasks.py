@@ -48,33 +48,59 @@ def _write(task: str, splits: dict[str, list[dict]]) -> None:
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def _arith_item(rng: random.Random) -> dict:
+    op = rng.choice("+-x")
+    a, b = rng.randint(0, 99), rng.randint(0, 20 if op == "x" else 99)
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    return {"prompt": f"Question: What is {a} {op} {b}?\nAnswer:", "answer": str(value)}
+
+
+def _sorting_item(rng: random.Random) -> dict:
+    nums = tuple(rng.randint(0, 99) for _ in range(rng.randint(3, 7)))
+    return {"prompt": f"Sort these numbers in ascending order: {' '.join(map(str, nums))}\nAnswer:",
+            "answer": " ".join(map(str, sorted(nums)))}
+
+
+GENERATORS = {"arith": _arith_item, "sorting": _sorting_item}
+CAPACITY = {"arith": 100 * 100 * 2 + 100 * 21}  # distinct questions; sorting's space is vast
+
+
+def _unique(draw, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    rng = random.Random(seed)
+    seen, rows = set(exclude), []
+    while len(rows) < n:
+        row = draw(rng)
+        if row["prompt"] in seen:
+            continue
+        seen.add(row["prompt"])
+        rows.append(row)
+    return rows
+
+
 def arith(sizes=SPLIT_SIZES["arith"], seed=0) -> dict[str, list[dict]]:
     """Unique questions a op b with a, b in [0, 99] (x up to 20), split without overlap."""
-    rng = random.Random(seed)
-    seen, rows = set(), []
-    while len(rows) < sum(sizes):
-        op = rng.choice("+-x")
-        a, b = rng.randint(0, 99), rng.randint(0, 20 if op == "x" else 99)
-        if (a, op, b) in seen:
-            continue
-        seen.add((a, op, b))
-        value = a + b if op == "+" else a - b if op == "-" else a * b
-        rows.append({"prompt": f"Question: What is {a} {op} {b}?\nAnswer:", "answer": str(value)})
-    return _split("arith", rows, sizes)
+    return _split("arith", _unique(_arith_item, sum(sizes), seed), sizes)
 
 
 def sorting(sizes=SPLIT_SIZES["sorting"], seed=1) -> dict[str, list[dict]]:
     """Unique lists of 3-7 numbers in [0, 99], split without overlap."""
-    rng = random.Random(seed)
-    seen, rows = set(), []
-    while len(rows) < sum(sizes):
-        nums = tuple(rng.randint(0, 99) for _ in range(rng.randint(3, 7)))
-        if nums in seen:
-            continue
-        seen.add(nums)
-        rows.append({"prompt": f"Sort these numbers in ascending order: {' '.join(map(str, nums))}\nAnswer:",
-                     "answer": " ".join(map(str, sorted(nums)))})
-    return _split("sorting", rows, sizes)
+    return _split("sorting", _unique(_sorting_item, sum(sizes), seed), sizes)
+
+
+def fresh_train(task: str, n: int, seed: int = 1000) -> list[dict]:
+    """`n` training examples of a generated task (arith, sorting) drawn from the same generator
+    as its shipped splits, none of them a question of its dev or test split: a train split as
+    large as wanted, for skills a small model only learns from many distinct examples. Seeded."""
+    from .tasks import load_task
+
+    if task not in GENERATORS:
+        raise ValueError(f"task {task!r} is not generated: only {', '.join(GENERATORS)} have fresh training examples")
+    held = frozenset(ex.prompt for split in ("dev", "test") for ex in load_task(task, split))
+    room = CAPACITY.get(task, 10**12) - len(held)
+    if n > room:
+        raise ValueError(f"{task} has only {room} distinct questions outside its dev and test splits; asked for {n}")
+    rows = _unique(GENERATORS[task], n, seed, exclude=held)
+    return [{"id": f"{task}-fresh-{i:05d}", **r} for i, r in enumerate(rows)]
 
 
 def _split(task: str, rows: list[dict], sizes) -> dict[str, list[dict]]:

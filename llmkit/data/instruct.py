@@ -93,12 +93,14 @@ def row_to_messages(row: Any) -> Messages:
     return out
 
 
-def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False) -> tuple[list[Messages], list[BadRow]]:
-    """Conversations of a JSONL file (or the embedded set: ``builtin[:task,...]``). Bad rows are
-    returned with their line numbers when `skip_bad_rows`, else raise one error listing them."""
+def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
+                      builtin_train_size: int | None = None) -> tuple[list[Messages], list[BadRow]]:
+    """Conversations of a JSONL file (or the embedded set: ``builtin[:task,...]``, whose generated
+    tasks draw `builtin_train_size` fresh examples each when it is given). Bad rows are returned
+    with their line numbers when `skip_bad_rows`, else raise one error listing them."""
     text = str(path)
     if text == "builtin" or text.startswith("builtin:"):
-        return builtin_instructions("train", builtin_tasks(text)), []
+        return builtin_instructions("train", builtin_tasks(text), train_size=builtin_train_size), []
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist (or use --data builtin for the embedded "
@@ -141,15 +143,26 @@ def builtin_tasks(spec: str) -> tuple[str, ...]:
     return names
 
 
-def builtin_instructions(split: str = "train", tasks: Sequence[str] = BUILTIN_INSTRUCT_TASKS) -> list[Messages]:
+def builtin_instructions(split: str = "train", tasks: Sequence[str] = BUILTIN_INSTRUCT_TASKS,
+                         train_size: int | None = None) -> list[Messages]:
     """The checkable built-in tasks as conversations: the task prompt is the user turn, the answer
-    the assistant turn (for multiple choice: the right choice). Splits as the tasks' own."""
+    the assistant turn (for multiple choice: the right choice). Splits as the tasks' own; with
+    `train_size`, the train split of each generated task (arith, sorting) is that many fresh
+    examples from its generator instead, none of them in its dev or test split (the hand-written
+    and docstring tasks keep their shipped train split)."""
+    from .build_tasks import GENERATORS, fresh_train
     from .tasks import load_task
 
     out = []
     for name in tasks:
-        for ex in load_task(name, split):
-            out.append([{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.answer}])
+        if split == "train" and train_size is not None and name in GENERATORS:
+            try:
+                rows = [(r["prompt"], r["answer"]) for r in fresh_train(name, train_size)]
+            except ValueError as e:
+                raise DataError(f"data.builtin_train_size={train_size}: {e}") from None
+        else:
+            rows = [(ex.prompt, ex.answer) for ex in load_task(name, split)]
+        out.extend([{"role": "user", "content": p}, {"role": "assistant", "content": a}] for p, a in rows)
     return out
 
 

@@ -71,6 +71,14 @@ class DataSection:
     max_len: int = 256  # tokens per example (longer ones are cut)
     packing: bool = False  # pack short examples into rows of max_len (attention stays within each)
     skip_bad_rows: bool = False
+    # builtin only: this many fresh training examples per generated task (arith, sorting; never
+    # one of their dev/test questions) instead of the shipped train split (1000-2000 examples,
+    # which a small model memorises within a few epochs rather than learning the skill)
+    builtin_train_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.builtin_train_size is not None and self.builtin_train_size < 1:
+            raise ValueError(f"data.builtin_train_size={self.builtin_train_size} must be at least 1 (or unset)")
 
 
 @dataclass
@@ -129,10 +137,14 @@ def load_base(recipe: FinetuneRecipe):
 def read_data(recipe: FinetuneRecipe, seed: int):
     """(train conversations, validation conversations, bad rows)."""
     d = recipe.data
-    train, bad = read_instructions(d.path, d.skip_bad_rows)
+    builtin = d.path == "builtin" or d.path.startswith("builtin:")
+    if d.builtin_train_size is not None and not builtin:
+        raise ValueError(f"data.builtin_train_size={d.builtin_train_size} applies to data.path=builtin[:tasks], "
+                         f"not to {d.path}: drop it, or generate the rows into your file")
+    train, bad = read_instructions(d.path, d.skip_bad_rows, builtin_train_size=d.builtin_train_size)
     if d.val_path:
         val, _ = read_instructions(d.val_path, d.skip_bad_rows)
-    elif d.path == "builtin" or d.path.startswith("builtin:"):
+    elif builtin:
         val = builtin_instructions("dev", builtin_tasks(d.path))
     else:
         order = list(range(len(train)))

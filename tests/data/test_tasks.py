@@ -60,6 +60,32 @@ def test_generated_tasks_regenerate_identically():
             assert shipped == [(r["id"], r["prompt"], r["answer"]) for r in made[split]], (name, split)
 
 
+def test_fresh_training_examples_never_touch_the_held_out_splits():
+    """data.builtin_train_size draws many more training examples from the same generators:
+    distinct, right, deterministic, and none of them a dev or test question."""
+    for name, pattern in (("arith", r"Question: What is (\d+) ([-+x]) (\d+)\?\nAnswer:"),
+                          ("sorting", r"Sort these numbers in ascending order: ([\d ]+)\nAnswer:")):
+        fresh = build_tasks.fresh_train(name, 5000)
+        held = {ex.prompt for split in ("dev", "test") for ex in load_task(name, split)}
+        prompts = [r["prompt"] for r in fresh]
+        assert len(set(prompts)) == 5000 and not held & set(prompts)
+        assert fresh == build_tasks.fresh_train(name, 5000)
+        for r in fresh[:500]:
+            assert re.fullmatch(pattern, r["prompt"])
+        if name == "arith":  # same distribution as the shipped train split: 5000 of 21700 hit ~460 of its 2000
+            assert len({ex.prompt for ex in load_task(name, "train")} & set(prompts)) > 200
+    with pytest.raises(ValueError, match="only 21700 distinct"):
+        build_tasks.fresh_train("arith", 30000)
+    with pytest.raises(ValueError, match="not generated"):
+        build_tasks.fresh_train("sentiment", 10)
+    from llmkit.data.instruct import builtin_instructions
+
+    chats = builtin_instructions("train", ["sorting", "sentiment"], train_size=3000)
+    assert len(chats) == 3000 + len(load_task("sentiment", "train"))  # sentiment keeps its shipped split
+    ex = next(r for r in build_tasks.fresh_train("sorting", 1))
+    assert chats[0] == [{"role": "user", "content": ex["prompt"]}, {"role": "assistant", "content": ex["answer"]}]
+
+
 def test_shipped_splits_do_not_drift():
     """A change to any built-in task (a regenerated stdlib-qa, an edited review) must be deliberate:
     update these fingerprints in the same commit."""
