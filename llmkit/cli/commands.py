@@ -444,18 +444,25 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
 
-def finetune_recipe(args: argparse.Namespace):
+def recipe_from_args(cls, args: argparse.Namespace):
+    """A training recipe from --config, the key=value overrides and the --model / --data /
+    --method / --out flags (overrides win over the file, flags over both)."""
     from ..recipe import load_recipe
-    from ..train.finetune import FinetuneRecipe
 
     overrides = list(args.overrides)
     for flag, key in (("model", "model"), ("data", "data.path"), ("method", "method"), ("out", "out")):
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value:
             overrides.append(f"{key}={value}")
-    if args.skip_bad_rows:
+    if getattr(args, "skip_bad_rows", False):
         overrides.append("data.skip_bad_rows=true")
-    return load_recipe(FinetuneRecipe, args.config, overrides)
+    return load_recipe(cls, args.config, overrides)
+
+
+def finetune_recipe(args: argparse.Namespace):
+    from ..train.finetune import FinetuneRecipe
+
+    return recipe_from_args(FinetuneRecipe, args)
 
 
 def run_finetune(args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from . import commands, eval_commands, serve_commands
+from . import align_commands, commands, eval_commands, serve_commands
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (commands.add_init_args, commands.run_init,
@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                  "fine-tune a model on chat / instruction data: full, lora, qlora, adapter, prefix or prompt"),
     "merge": (commands.add_merge_args, commands.run_merge,
               "fold a LoRA adapter into its base model, writing a plain Hugging Face checkpoint"),
+    "align": (align_commands.add_align_args, align_commands.run_align,
+              "align a model to preferences: `llmkit align dpo --help` (DPO / IPO)"),
     "quantize": (commands.add_quantize_args, commands.run_quantize,
                  "quantise a model's weights to int8 or int4, reporting memory saved and perplexity change"),
     "quickstart": (commands.add_quickstart_args, commands.run_quickstart,
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_args, run, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_args(p)
-        if name not in ("data", "scale"):
+        if name not in ("data", "scale", "align"):
             p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
         p.set_defaults(run=run)

@@ -22,7 +22,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,15 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist (or use --data builtin for the embedded "
                                 "instruction set)")
-    conversations, bad = [], []
+    return read_jsonl(path, lambda row: [row_to_messages(row)], skip_bad_rows)
+
+
+def read_jsonl(path: Path, parse: Callable[[Any], list[Any]], skip_bad_rows: bool = False,
+               what: str = "rows") -> tuple[list[Any], list[BadRow]]:
+    """Every row of a JSONL file through `parse` (which returns the row's items, or raises
+    ValueError saying what is wrong). Bad rows are returned with their line numbers when
+    `skip_bad_rows`, else raise one DataError listing them; no usable row at all is an error."""
+    items, bad = [], []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -116,7 +124,7 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
             if not line.strip():
                 continue
             try:
-                conversations.append(row_to_messages(json.loads(line)))
+                items.extend(parse(json.loads(line)))
             except json.JSONDecodeError as e:
                 bad.append(BadRow(n, f"not JSON ({e.msg}, column {e.colno})"))
             except ValueError as e:
@@ -127,9 +135,9 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
                         "(data.skip_bad_rows=true) to train on the rest")
     for b in bad:
         log.warning("%s %s (skipped)", path.name, b)
-    if not conversations:
-        raise DataError(f"{path}: no usable rows")
-    return conversations, bad
+    if not items:
+        raise DataError(f"{path}: no usable {what}")
+    return items, bad
 
 
 def builtin_tasks(spec: str) -> tuple[str, ...]:
@@ -167,9 +175,11 @@ def builtin_instructions(split: str = "train", tasks: Sequence[str] = BUILTIN_IN
 
 
 # ------------------------------------------------------------------------------ tokenisation
-def encode_conversation(tokenizer, messages: Messages, max_len: int | None = None) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one conversation: labels equal the ids on assistant tokens and are
-    -100 elsewhere. Long conversations are cut at `max_len` tokens."""
+def encode_conversation(tokenizer, messages: Messages, max_len: int | None = None,
+                        last_only: bool = False) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one conversation: labels equal the ids on assistant tokens (only
+    the last assistant turn's with `last_only`) and are -100 elsewhere. Long conversations are
+    cut at `max_len` tokens."""
     full = tokenizer.apply_chat_template(messages)
     spans = []
     for i, m in enumerate(messages):
@@ -183,6 +193,8 @@ def encode_conversation(tokenizer, messages: Messages, max_len: int | None = Non
                             "turns cannot be located: use a template that does (as ChatML, Llama 3 and the "
                             "llmkit default do)")
         spans.append((len(before), len(upto)))
+    if last_only:
+        spans = spans[-1:]
     enc = tokenizer.backend.encode(full, add_special_tokens=False)
     ids = list(enc.ids)
     labels = [IGNORE_INDEX] * len(ids)
@@ -255,7 +267,8 @@ def collate(examples: Sequence[SFTExample], pad_id: int, packed_len: int | None 
 @dataclass
 class SFTLoader:
     """Endless, seeded, resumable batches of `batch_size` examples (reshuffled every epoch; with
-    several ranks each takes its own share)."""
+    several ranks each takes its own share). `collate_fn(examples)` makes the batch when given
+    (preference pairs use it); else `collate`."""
 
     examples: list[SFTExample]
     batch_size: int
@@ -266,6 +279,7 @@ class SFTLoader:
     world_size: int = 1
     epoch: int = 0
     pos: int = 0
+    collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None
     _order: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -289,6 +303,8 @@ class SFTLoader:
                 self._shuffle()
             picked.append(self.examples[self._order[self.pos]])
             self.pos += 1
+        if self.collate_fn is not None:
+            return self.collate_fn(picked)
         return collate(picked, self.pad_id, self.packed_len)
 
     def state_dict(self) -> dict[str, int]:

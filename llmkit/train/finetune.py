@@ -10,6 +10,7 @@ and `model/` (HF layout) for full fine-tuning and for LoRA / QLoRA (merged into 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -138,9 +139,9 @@ def read_data(recipe: FinetuneRecipe, seed: int):
     """(train conversations, validation conversations, bad rows)."""
     d = recipe.data
     builtin = d.path == "builtin" or d.path.startswith("builtin:")
-    if d.builtin_train_size is not None and not builtin:
-        raise ValueError(f"data.builtin_train_size={d.builtin_train_size} applies to data.path=builtin[:tasks], "
-                         f"not to {d.path}: drop it, or generate the rows into your file")
+    if d.builtin_train_size is not None and not builtin:  # a recipe's setting, with --data FILE given
+        log.warning("data.builtin_train_size=%d is for data.path=builtin[:tasks]; ignored for %s",
+                    d.builtin_train_size, d.path)
     train, bad = read_instructions(d.path, d.skip_bad_rows, builtin_train_size=d.builtin_train_size)
     if d.val_path:
         val, _ = read_instructions(d.val_path, d.skip_bad_rows)
@@ -222,14 +223,29 @@ def write_finetune_report(run_dir: Path, recipe: FinetuneRecipe, summary: dict[s
 
 
 # ------------------------------------------------------------------------------------ job
+@contextlib.contextmanager
+def setting_up(run_dir: Path, resume: bool, info: D.DistInfo, recipe: Any):
+    """The set-up of a training job (loading, reading data) inside: a fresh run dir that set-up
+    fails in is removed again; once it succeeds, RUN/config.yaml holds the recipe."""
+    _check_run_dir(run_dir, resume)
+    created = not run_dir.exists()
+    try:
+        yield
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.yaml", dump_yaml(recipe))
+    except BaseException:
+        if created and info.is_main and not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a fine-tuning job; returns its summary (also in RUN/summary.json)."""
     info = D.init_distributed(recipe.train.device)
     run_dir = Path(recipe.out)
-    _check_run_dir(run_dir, resume)
-    created = not run_dir.exists()
     train_cfg = dataclasses.replace(recipe.train, lr=recipe.train.lr or DEFAULT_LR[recipe.method])
-    try:
+    with setting_up(run_dir, resume, info, recipe):
         base_path, model, tokenizer = load_base(recipe)
         train_rows, val_rows, bad = read_data(recipe, train_cfg.seed)
         max_len = min(recipe.data.max_len, model.config.context_window - (
@@ -242,13 +258,6 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
             from ..data.tasks import get_task
 
             get_task(name)  # an unknown task fails before any training
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_dir / "config.yaml", dump_yaml(recipe))
-    except BaseException:
-        if created and info.is_main and not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
     log.info("%d training and %d validation examples (%d bad rows skipped, %d cut to nothing)",
              len(train_ex), len(val_ex), len(bad), dropped)
     before = {}

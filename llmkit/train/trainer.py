@@ -103,6 +103,7 @@ class Trainer:
                         "tokens": self.tokens_seen, "tokens_per_s": tok_s, "elapsed_s": now - t0}
                 if mfu is not None:
                     last["mfu"] = mfu
+                last.update(metrics["extra"])
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     logger.log(self.step, **last)
                 self.history.append({"step": self.step, **last})
@@ -153,14 +154,17 @@ class Trainer:
         self.model.train()
         total = torch.zeros((), device=self.device)
         tokens = 0
+        extra: dict[str, float] = {}  # the objective's own metrics (DPO's reward margins, ...), averaged
         for micro in range(cfg.grad_accum):
             batch = _to_device(next(self.loader), self.device)
             with D.no_sync(self.model, micro < cfg.grad_accum - 1), autocast(self.precision, self.device):
-                loss, _ = self.objective.loss(self.forward_model, batch)
+                loss, metrics = self.objective.loss(self.forward_model, batch)
             scaled = loss / cfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
             tokens += self.objective.tokens(batch)
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -176,7 +180,8 @@ class Trainer:
             raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}: lower train.lr "
                                      f"(now {cfg.lr}) or raise train.warmup_steps")
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        return {"loss": loss, "lr": lr, "grad_norm": float(norm), "tokens": tokens * self.info.world_size}
+        return {"loss": loss, "lr": lr, "grad_norm": float(norm), "tokens": tokens * self.info.world_size,
+                "extra": extra}
 
     # ------------------------------------------------------------ early stopping
     def _early_stop(self, val: float | None) -> bool:
