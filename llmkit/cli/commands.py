@@ -516,6 +516,9 @@ def run_quantize(args: argparse.Namespace) -> None:
     if r["full_precision_linears"]:
         print(f"  kept in full precision: {', '.join(r['full_precision_linears'][:6])}"
               f"{' …' if len(r['full_precision_linears']) > 6 else ''}")
+        if r.get("suggested_group_size"):
+            print(f"  (their widths are not multiples of {args.group_size}: --group-size "
+                  f"{r['suggested_group_size']} quantises them too)")
     print(f"  Linear weights {r['linear_bytes_before'] / mib:8.1f} MiB -> {r['linear_bytes_after'] / mib:8.1f} MiB "
           f"({r['linear_bytes_after'] / r['linear_bytes_before']:.0%})")
     print(f"  whole model    {r['model_bytes_before'] / mib:8.1f} MiB -> {r['model_bytes_after'] / mib:8.1f} MiB "

@@ -76,6 +76,11 @@ def quantize_checkpoint(model: str | os.PathLike, method: str, out: str | os.Pat
     log.info("measuring perplexity of the %s model", method)
     ppl_after, _ = perplexity(llm, texts)
     qcfg = quantization_config(llm.model)
+    left = [m for n, m in llm.model.named_modules() if type(m) is torch.nn.Linear and n not in qcfg["modules"]]
+    suggestion = None
+    if method == "int4" and left:  # the largest even group size that every width divides
+        width = math.gcd(*(m.in_features for m in left), group_size)
+        suggestion = width if width % 2 == 0 and width < group_size else None
     report: dict[str, Any] = {
         "model": str(where), "method": method, "group_size": group_size if method == "int4" else None,
         "quantized_modules": len(qcfg["modules"]),
@@ -85,6 +90,7 @@ def quantize_checkpoint(model: str | os.PathLike, method: str, out: str | os.Pat
         "model_bytes_before": bytes_before, "model_bytes_after": model_bytes(llm.model),
         "perplexity_before": ppl_before, "perplexity_after": ppl_after,
         "perplexity_change": ppl_after / ppl_before - 1, "perplexity_tokens": tokens,
+        "suggested_group_size": suggestion,
     }
     # written beside `out` and moved into place whole, so an interrupted run leaves no half checkpoint
     out.parent.mkdir(parents=True, exist_ok=True)

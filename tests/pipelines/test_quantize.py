@@ -72,3 +72,13 @@ def test_quantize_command_refuses_bad_input(tiny_dirs, tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 2
     assert "nope.txt" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_int4_names_the_layers_it_keeps_and_a_group_size_that_fits(tiny_dirs, tmp_path, capsys):
+    # tiny-llama: dim 64, MLP width 176 = 11 x 16, so down_proj cannot have groups of 64
+    assert main(["quantize", "--model", str(tiny_dirs["tiny-llama"]), "--method", "int4",
+                 "--out", str(tmp_path / "q")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert report["full_precision_linears"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert report["suggested_group_size"] == 16 and "--group-size 16" in printed
