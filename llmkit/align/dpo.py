@@ -259,10 +259,13 @@ def write_align_report(run_dir: Path, title: str, recipe: Any, summary: dict[str
     lines = []
     prefs = summary.get("preferences")
     if prefs:
+        start = summary.get("preferences_before")
+        was = (f"{start['accuracy']:.1%}, margin {start['margin']:.3f}, loss {start['loss']:.4f} before training"
+               if start else "margin 0 and loss log 2 = 0.6931 at the start")
         lines += ["", "## Held-out preference pairs", "",
-                  f"The implicit reward ranks the chosen answer first in {prefs['accuracy']:.1%} of {prefs['pairs']} "
-                  f"held-out pairs (mean margin {prefs['margin']:.3f}, loss {prefs['loss']:.4f}; 50% and log 2 = "
-                  "0.6931 at the start).", ""]
+                  f"The {'reward' if start else 'implicit reward'} ranks the chosen answer first in "
+                  f"{prefs['accuracy']:.1%} of {prefs['pairs']} held-out pairs (mean margin {prefs['margin']:.3f}, "
+                  f"loss {prefs['loss']:.4f}; {was}).", ""]
     after, before = summary.get("after", {}), summary.get("before", {})
     if after:
         lines += ["## Held-out tasks (test split, chat prompts)", "", "| task | metric | before | after | 95% CI after |",

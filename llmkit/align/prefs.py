@@ -231,17 +231,19 @@ def encode_pairs(tokenizer, pairs: Sequence[Pair], max_len: int) -> tuple[list[P
     return out, dropped
 
 
-def collate_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_pairs(examples: Sequence[PairExample], pad_id: int, full: bool = False) -> dict[str, torch.Tensor]:
     """One batch of 2B rows, the B chosen sides first, then the B rejected ones: inputs ids[:-1],
-    labels labels[1:], right padding. Adds ``ref_logps`` (2B,) when every pair has them."""
+    labels labels[1:] (with `full`, the whole sequences, for a reward model), right padding.
+    Adds ``ref_logps`` (2B,) when every pair has them."""
     rows = [(e.chosen_ids, e.chosen_labels) for e in examples] + [(e.rejected_ids, e.rejected_labels) for e in examples]
-    width = max(len(i) for i, _ in rows) - 1
+    cut = 0 if full else 1
+    width = max(len(i) for i, _ in rows) - cut
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (i, lab) in enumerate(rows):
-        n = len(i) - 1
-        ids[r, :n], labels[r, :n], mask[r, :n] = torch.from_numpy(i[:-1]), torch.from_numpy(lab[1:]), 1
+        n = len(i) - cut
+        ids[r, :n], labels[r, :n], mask[r, :n] = torch.from_numpy(i[:n]), torch.from_numpy(lab[cut:]), 1
     batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
     if all(e.ref_chosen is not None for e in examples):
         batch["ref_logps"] = torch.tensor([e.ref_chosen for e in examples] + [e.ref_rejected for e in examples],
@@ -250,12 +252,12 @@ def collate_pairs(examples: Sequence[PairExample], pad_id: int) -> dict[str, tor
 
 
 def pair_loader(examples: list[PairExample], batch_size: int, pad_id: int, seed: int = 0, rank: int = 0,
-                world_size: int = 1) -> SFTLoader:
+                world_size: int = 1, full: bool = False) -> SFTLoader:
     """Endless, seeded, resumable batches of `batch_size` pairs (the SFT loader, pair-collated)."""
     if not examples:
         raise DataError("no training pairs")
     return SFTLoader(examples, batch_size, pad_id, seed=seed, rank=rank, world_size=world_size,
-                     collate_fn=lambda picked: collate_pairs(picked, pad_id))
+                     collate_fn=lambda picked: collate_pairs(picked, pad_id, full))
 
 
 @dataclass
@@ -264,6 +266,7 @@ class PairValidation:
 
     examples: list[PairExample]
     pad_id: int
+    full: bool = False
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -271,4 +274,4 @@ class PairValidation:
     def batches(self, size: int, n: int):
         for start in range(0, min(n, len(self.examples)), size):
             chunk = self.examples[start:min(n, start + size)]
-            yield collate_pairs(chunk, self.pad_id), len(chunk)
+            yield collate_pairs(chunk, self.pad_id, self.full), len(chunk)

@@ -306,6 +306,17 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     """Build a `Transformer` from an HF directory. Every tensor name and shape is checked before
     any weight is read; on error nothing is returned and the message names the tensor."""
     path = Path(path)
+    archs = _config_json(path).get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise CheckpointError(f"{path} is a sequence-classification (reward) model ({archs[0]}), not a language "
+                              "model: load it with llmkit.align.load_reward_model")
+    return _load(path, device, dtype)[0]
+
+
+def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtype | None,
+          score: bool = False) -> tuple[Transformer, torch.Tensor | None]:
+    """The model, and with `score` the (1, dim) `score.weight` of a reward model instead of an
+    output head (HF's *ForSequenceClassification with num_labels=1)."""
     cfg = read_config(path)
     quant = _quantization(path)
     device = torch.device(device or "cpu")
@@ -319,10 +330,14 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
                 raise CheckpointError(f"{path}/config.json: {e}") from e
     own_names = quant is not None
     sd = model.state_dict()
+    if score:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     if own_names:
         expected = {k: tuple(v.shape) for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
     else:
         expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg).items()}
+    if score:
+        expected["score.weight"] = (1, cfg.dim)
 
     files, _ = _weight_files(path)
     handles = [_open(f) for f in files]
@@ -363,6 +378,9 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
         ours.update({k: t} if own_names else state_dict_from_hf({k: t}, cfg))
         del t
     del handles, where
+    score_weight = ours.pop("score.weight", None) if score else None
+    if score:
+        model.lm_head = torch.nn.Identity()  # a reward model has no output head
     model.load_state_dict(ours, strict=False, assign=True)
     # buffers (rotary frequencies) were built on meta: build them again on the real device
     if model.model.rotary is not None:
@@ -373,7 +391,7 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
         raise CheckpointError(f"{path}: no weights for {leftover[:5]}")
-    return model.eval()
+    return model.eval(), score_weight
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,
