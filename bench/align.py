@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -31,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from finetune import _peak_rss_gb, _reset_peak_rss, build_model  # noqa: E402
+from finetune import build_model, run_worker, timed_steps  # noqa: E402
 
 CONFIGS = ["llmkit-dpo", "llmkit-dpo-precomputed", "trl-dpo"]
 
@@ -88,18 +85,7 @@ def worker(config: str, model_dir: str, n_pairs: int, seq: int, steps: int) -> d
 
         def loss_fn():
             return objective.loss(model, batch)[0]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
-    _reset_peak_rss()
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return {"config": config, "step_s": statistics.median(times[1:]), "peak_rss_gb": _peak_rss_gb(),
-            "loss": float(loss)}
+    return {"config": config, **timed_steps(loss_fn, torch.optim.AdamW(params, lr=1e-6), steps)}
 
 
 def _trl_trainer(trl, model, ref, args, ds):
@@ -129,12 +115,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp))
         for config in args.configs.split(","):
-            r = subprocess.run([sys.executable, __file__, "--worker", config, "--model", str(model_dir),
-                                "--pairs", str(args.pairs), "--seq", str(args.seq), "--steps", str(args.steps)],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit(f"{config} failed:\n{r.stderr[-3000:]}")
-            results[config] = row = json.loads(r.stdout.strip().splitlines()[-1])
+            results[config] = row = run_worker(__file__, config, model_dir, "--pairs", str(args.pairs),
+                                               "--seq", str(args.seq), "--steps", str(args.steps))
             print(f"  {config:24s} {row['step_s']:6.2f} s/step   peak RSS {row['peak_rss_gb']:5.2f} GB   "
                   f"loss {row['loss']:.4f}", flush=True)
     print(f"GPT-2 124M shape, {args.pairs} pairs x {args.seq} tokens, {torch.get_num_threads()} threads")

@@ -83,7 +83,15 @@ def worker(config: str, model_dir: str, batch_size: int, seq: int, steps: int) -
         def loss_fn():
             return objective.loss(model, x)[0]
     load_peak = _peak_rss_gb()
-    _reset_peak_rss()  # from here on: the peak of training, not of loading the checkpoint
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"config": config, **timed_steps(loss_fn, optimizer, steps), "load_peak_rss_gb": load_peak,
+            "trainable": trainable}
+
+
+def timed_steps(loss_fn, optimizer, steps: int) -> dict:
+    """One warm-up and `steps` timed optimizer steps: the median step time, the peak RSS over the
+    steps (reset first, so loading does not count) and the last loss."""
+    _reset_peak_rss()
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -92,9 +100,16 @@ def worker(config: str, model_dir: str, batch_size: int, seq: int, steps: int) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"config": config, "step_s": statistics.median(times[1:]), "peak_rss_gb": _peak_rss_gb(),
-            "load_peak_rss_gb": load_peak, "trainable": trainable, "loss": float(loss)}
+    return {"step_s": statistics.median(times[1:]), "peak_rss_gb": _peak_rss_gb(), "loss": float(loss)}
+
+
+def run_worker(script: str, config: str, model_dir: Path, *args: str) -> dict:
+    """`script --worker config --model model_dir args...` in a fresh process; its JSON result."""
+    r = subprocess.run([sys.executable, script, "--worker", config, "--model", str(model_dir), *args],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{config} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _reset_peak_rss() -> None:
@@ -132,13 +147,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp))
         for config in args.configs.split(","):
-            r = subprocess.run([sys.executable, __file__, "--worker", config, "--model", str(model_dir),
-                                "--batch-size", str(args.batch_size), "--seq", str(args.seq),
-                                "--steps", str(args.steps)], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit(f"{config} failed:\n{r.stderr[-3000:]}")
-            results[config] = json.loads(r.stdout.strip().splitlines()[-1])
-            row = results[config]
+            results[config] = row = run_worker(__file__, config, model_dir, "--batch-size", str(args.batch_size),
+                                               "--seq", str(args.seq), "--steps", str(args.steps))
             print(f"  {config:16s} {row['step_s']:6.2f} s/step   peak RSS {row['peak_rss_gb']:5.2f} GB "
                   f"(loading {row['load_peak_rss_gb']:4.2f})   trainable {row['trainable']:,}", flush=True)
     print(f"GPT-2 124M shape, batch {args.batch_size} x {args.seq}, {torch.get_num_threads()} threads")

@@ -16,14 +16,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data.instruct import IGNORE_INDEX
+from ..data.instruct import IGNORE_INDEX, is_builtin, split_validation
 from ..peft import LoRAConfig, trainable_parameters
 from ..train import distributed as D
 from ..train.finetune import (EvalSection, FinetuneTrain, apply_method, held_out, load_base, save_result,
@@ -32,7 +31,7 @@ from ..train.precision import autocast, choose_precision
 from ..train.trainer import Trainer
 from ..utils import write_json_atomic, write_text_atomic
 from .losses import DPO_LOSSES, dpo_loss, sequence_logps
-from .prefs import (BUILTIN_PREF_TASKS, Pair, PairExample, PairValidation, builtin_pref_tasks, builtin_preferences,
+from .prefs import (Pair, PairExample, PairValidation, builtin_pref_tasks, builtin_preferences,
                     collate_pairs, encode_pairs, pair_loader, read_preferences)
 
 log = logging.getLogger(__name__)
@@ -169,16 +168,12 @@ def preference_accuracy(objective: DPOObjective, model: torch.nn.Module, example
 def read_pairs(recipe: DPORecipe, seed: int) -> tuple[list[Pair], list[Pair], dict[str, Any]]:
     d = recipe.data
     train, stats = read_preferences(d.path, d.skip_bad_rows)
-    builtin = d.path == "builtin" or d.path.startswith("builtin:")
     if d.val_path:
         val, _ = read_preferences(d.val_path, d.skip_bad_rows)
-    elif builtin:
+    elif is_builtin(d.path):
         val = builtin_preferences("dev", builtin_pref_tasks(d.path))
     else:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, int(len(train) * d.val_fraction)) if len(train) > 1 else 0
-        val, train = [train[i] for i in order[:n_val]], [train[i] for i in order[n_val:]]
+        train, val = split_validation(train, d.val_fraction, seed)
     info = {"train": len(train), "val": len(val), "identical_skipped": stats.identical,
             "bad_rows": len(stats.bad or []), "bad": [str(b) for b in (stats.bad or [])[:50]]}
     return train, val, info
@@ -188,7 +183,7 @@ def eval_tasks(recipe: DPORecipe) -> list[str]:
     if recipe.eval.tasks is not None:
         return list(recipe.eval.tasks)
     d = recipe.data.path
-    return [t for t in builtin_pref_tasks(d) if t in BUILTIN_PREF_TASKS] if d.startswith("builtin") else []
+    return list(builtin_pref_tasks(d)) if is_builtin(d) else []
 
 
 def dpo(recipe: DPORecipe, resume: bool = False) -> dict[str, Any]:

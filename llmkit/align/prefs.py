@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..data.dataset import DataError
-from ..data.instruct import IGNORE_INDEX, BadRow, Messages, SFTLoader, encode_conversation, read_jsonl
+from ..data.instruct import (IGNORE_INDEX, BadRow, Messages, SFTLoader, builtin_tasks, encode_conversation,
+                             is_builtin, read_jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class PairStats:
 def read_preferences(path: str | os.PathLike, skip_bad_rows: bool = False) -> tuple[list[Pair], PairStats]:
     """Pairs of a JSONL file (or ``builtin[:task,...]``: the embedded set's train split)."""
     text = str(path)
-    if text == "builtin" or text.startswith("builtin:"):
+    if is_builtin(text):
         return _count(builtin_preferences("train", builtin_pref_tasks(text)), [])
     path = Path(path)
     if not path.is_file():
@@ -142,14 +143,7 @@ def _count(pairs: list[Pair], bad: list[BadRow]) -> tuple[list[Pair], PairStats]
 
 # ------------------------------------------------------------------------------ embedded set
 def builtin_pref_tasks(spec: str) -> tuple[str, ...]:
-    if ":" not in spec:
-        return BUILTIN_PREF_TASKS
-    names = tuple(t.strip() for t in spec.split(":", 1)[1].split(",") if t.strip())
-    unknown = [t for t in names if t not in BUILTIN_PREF_TASKS]
-    if unknown or not names:
-        raise DataError(f"builtin preference task {unknown[0] if unknown else '(none)'!r} is not known: use some "
-                        f"of {', '.join(BUILTIN_PREF_TASKS)}, e.g. builtin:arith,sorting")
-    return names
+    return builtin_tasks(spec, BUILTIN_PREF_TASKS, "preference")
 
 
 def wrong_answer(task: str, ex, rng: random.Random) -> str:

@@ -99,7 +99,7 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
     tasks draw `builtin_train_size` fresh examples each when it is given). Bad rows are returned
     with their line numbers when `skip_bad_rows`, else raise one error listing them."""
     text = str(path)
-    if text == "builtin" or text.startswith("builtin:"):
+    if is_builtin(text):
         return builtin_instructions("train", builtin_tasks(text), train_size=builtin_train_size), []
     path = Path(path)
     if not path.is_file():
@@ -140,15 +140,28 @@ def read_jsonl(path: Path, parse: Callable[[Any], list[Any]], skip_bad_rows: boo
     return items, bad
 
 
-def builtin_tasks(spec: str) -> tuple[str, ...]:
+def is_builtin(spec: str) -> bool:
+    return spec == "builtin" or spec.startswith("builtin:")
+
+
+def builtin_tasks(spec: str, known: Sequence[str] = BUILTIN_INSTRUCT_TASKS, what: str = "instruction") -> tuple[str, ...]:
+    """The tasks of a ``builtin[:task,...]`` data path (all of `known` for plain ``builtin``)."""
     if ":" not in spec:
-        return BUILTIN_INSTRUCT_TASKS
+        return tuple(known)
     names = tuple(t.strip() for t in spec.split(":", 1)[1].split(",") if t.strip())
-    unknown = [t for t in names if t not in BUILTIN_INSTRUCT_TASKS]
+    unknown = [t for t in names if t not in known]
     if unknown or not names:
-        raise DataError(f"builtin instruction task {unknown[0] if unknown else '(none)'!r} is not known: use "
-                        f"some of {', '.join(BUILTIN_INSTRUCT_TASKS)}, e.g. builtin:arith,sorting")
+        raise DataError(f"builtin {what} task {unknown[0] if unknown else '(none)'!r} is not known: use "
+                        f"some of {', '.join(known)}, e.g. builtin:arith,sorting")
     return names
+
+
+def split_validation(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, validation): a seeded `fraction` (at least one row, when there are two) held out."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(len(rows) * fraction)) if len(rows) > 1 else 0
+    return [rows[i] for i in order[n_val:]], [rows[i] for i in order[:n_val]]
 
 
 def builtin_instructions(split: str = "train", tasks: Sequence[str] = BUILTIN_INSTRUCT_TASKS,

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, builtin_instructions, encode_all,
-                             read_instructions, builtin_tasks)
+from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, builtin_instructions, builtin_tasks,
+                             encode_all, is_builtin, read_instructions, split_validation)
 from ..models.hf import load_pretrained, save_pretrained
 from ..models.resolve import resolve_model
 from ..peft import (METHODS, LoRAConfig, apply_bottleneck, apply_lora, apply_prefix_tuning, apply_prompt_tuning,
@@ -138,7 +137,7 @@ def load_base(recipe: FinetuneRecipe):
 def read_data(recipe: FinetuneRecipe, seed: int):
     """(train conversations, validation conversations, bad rows)."""
     d = recipe.data
-    builtin = d.path == "builtin" or d.path.startswith("builtin:")
+    builtin = is_builtin(d.path)
     if d.builtin_train_size is not None and not builtin:  # a recipe's setting, with --data FILE given
         log.warning("data.builtin_train_size=%d is for data.path=builtin[:tasks]; ignored for %s",
                     d.builtin_train_size, d.path)
@@ -148,11 +147,7 @@ def read_data(recipe: FinetuneRecipe, seed: int):
     elif builtin:
         val = builtin_instructions("dev", builtin_tasks(d.path))
     else:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, int(len(train) * d.val_fraction)) if len(train) > 1 else 0
-        val = [train[i] for i in order[:n_val]]
-        train = [train[i] for i in order[n_val:]]
+        train, val = split_validation(train, d.val_fraction, seed)
     return train, val, bad
 
 
