@@ -31,6 +31,10 @@ _EXPORTS = {
     "quantize_model": "llmkit.quant.weight_only",
     "FinetuneRecipe": "llmkit.train.finetune",
     "finetune": "llmkit.train.finetune",
+    "DPORecipe": "llmkit.align.dpo",
+    "RewardRecipe": "llmkit.align.reward",
+    "PPORecipe": "llmkit.align.rl",
+    "GRPORecipe": "llmkit.align.rl",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

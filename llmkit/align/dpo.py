@@ -261,14 +261,20 @@ def write_align_report(run_dir: Path, title: str, recipe: Any, summary: dict[str
                   f"The {'reward' if start else 'implicit reward'} ranks the chosen answer first in "
                   f"{prefs['accuracy']:.1%} of {prefs['pairs']} held-out pairs (mean margin {prefs['margin']:.3f}, "
                   f"loss {prefs['loss']:.4f}; {was}).", ""]
-    after, before = summary.get("after", {}), summary.get("before", {})
-    if after:
-        lines += ["## Held-out tasks (test split, chat prompts)", "", "| task | metric | before | after | 95% CI after |",
-                  "|---|---|---|---|---|"]
-        for name, a in after.items():
-            b = before.get(name, {}).get("value")
-            lines.append(f"| {name} | {a['metric']} | {'' if b is None else f'{b:.4g}'} | {a['value']:.4g} | "
-                         f"[{a['ci'][0]:.3g}, {a['ci'][1]:.3g}] |")
-        lines.append("")
+    lines += task_table(summary)
     report = run_dir / "report.md"
     write_text_atomic(report, report.read_text(encoding="utf-8") + "\n".join(lines))
+
+
+def task_table(summary: dict[str, Any]) -> list[str]:
+    """The held-out task scores before and after, with the interval after, as markdown lines."""
+    after, before = summary.get("after", {}), summary.get("before", {})
+    if not after:
+        return []
+    lines = ["## Held-out tasks (test split, chat prompts)", "", "| task | metric | before | 95% CI before | after | "
+             "95% CI after |", "|---|---|---|---|---|---|"]
+    for name, a in after.items():
+        b = before.get(name, {})
+        was = f"{b['value']:.4g} | [{b['ci'][0]:.3g}, {b['ci'][1]:.3g}]" if b else " | "
+        lines.append(f"| {name} | {a['metric']} | {was} | {a['value']:.4g} | [{a['ci'][0]:.3g}, {a['ci'][1]:.3g}] |")
+    return lines + [""]

@@ -136,11 +136,21 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
     return 0.5 * masked_mean(torch.maximum(a, b), mask), masked_mean((b > a).float(), mask).detach()
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """GRPO (Shao et al. 2024): rewards (prompts, group) to advantages normalised within each
     prompt's group, (r − mean) / (std + eps); `scale=False` only centres them (Dr. GRPO). A group
-    whose answers all scored the same gets advantage 0: it teaches nothing."""
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    whose answers all scored the same gets advantage 0: it teaches nothing. With `valid` (same
+    shape, bool) only those members count towards their group's mean and (unbiased) std, and the
+    others get advantage 0."""
+    if valid is None:
+        valid = torch.ones_like(rewards, dtype=torch.bool)
+    w = valid.to(rewards.dtype)
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    n = w.sum(dim=1, keepdim=True)
+    mean = r.sum(dim=1, keepdim=True) / n.clamp_min(1)
+    centred = (r - mean) * w
     if not scale:
         return centred
-    return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    std = ((centred ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+    return torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))

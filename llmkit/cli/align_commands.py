@@ -1,4 +1,5 @@
-"""`llmkit align ...`: preference optimisation and RL from feedback (DPO / IPO now)."""
+"""`llmkit align ...`: reward models, preference optimisation (DPO / IPO), RL from feedback
+(PPO, GRPO) and AI-feedback labelling."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from pathlib import Path
 from .commands import add_recipe_args, recipe_from_args
 
 
-def _common(d: argparse.ArgumentParser, model_help: str, methods: list[str], out: str) -> None:
+def _common(d: argparse.ArgumentParser, model_help: str, methods: list[str], out: str, rollouts: bool = False) -> None:
     add_recipe_args(d)
     d.add_argument("--model", "-m", default=None, help=model_help)
-    d.add_argument("--data", default=None, help="preference JSONL, or builtin[:arith,sorting,...] (default builtin)")
+    if rollouts:
+        d.add_argument("--prompts", default=None, help="prompt JSONL (prompt, optional answer and task), or "
+                                                       "builtin[:arith,sorting] (default builtin:arith)")
+        d.add_argument("--reward", default=None,
+                       help="a reward-model directory (llmkit align reward), built-in rewards joined with + and "
+                            "weighted with * (arith-exact, sorting-exact, format, length*-0.01), or module:function")
+        d.add_argument("--reference", default=None, help="the KL reference model (default: the starting model)")
+    else:
+        d.add_argument("--data", default=None, help="preference JSONL, or builtin[:arith,sorting,...] (default builtin)")
     d.add_argument("--method", default=None, choices=methods, help="default full")
     d.add_argument("--out", "-o", default=None, help=f"run directory (default {out})")
     d.add_argument("--skip-bad-rows", action="store_true", help="train on the good rows, reporting the bad ones")
@@ -34,6 +43,55 @@ def add_align_args(p: argparse.ArgumentParser) -> None:
                                    "checkable tasks. Overrides: beta=0.1 loss=ipo label_smoothing=0.1 "
                                    "precompute_ref=false train.steps=300 lora.r=16 ...")
     _common(d, "the starting (SFT) model, also the reference", ["full", "lora", "qlora"], "runs/dpo")
+    p = sub.add_parser("ppo", help="PPO against a reward model (or reward functions) with a KL penalty to the SFT model",
+                       description="Proximal Policy Optimisation: sample completions of the prompts from the policy, "
+                                   "score them (reward model or functions) minus kl * KL(policy || SFT) per token, "
+                                   "GAE with a value head, the clipped surrogate and value losses over rollout.epochs "
+                                   "passes. Overrides: kl=0.05 kl_target=6 (adaptive KL) clip=0.2 vf_coef=0.1 "
+                                   "rollout.prompts_per_batch=16 rollout.max_new_tokens=32 train.steps=100 ...")
+    _common(p, "the starting (SFT) model; a frozen copy is the KL reference", ["full", "lora", "qlora"], "runs/ppo",
+            rollouts=True)
+    g = sub.add_parser("grpo", help="GRPO: groups of samples per prompt, advantages from group-normalised rewards",
+                       description="Group Relative Policy Optimisation: rollout.samples_per_prompt completions per "
+                                   "prompt, each one's advantage its reward normalised within the group (no value "
+                                   "head), the clipped surrogate plus beta * KL(policy || SFT). Verifiable rewards: "
+                                   "--reward arith-exact (or sorting-exact, format, length, module:function, a "
+                                   "reward model). Overrides: beta=0.04 rollout.samples_per_prompt=8 "
+                                   "scale_rewards=false train.steps=100 ...")
+    _common(g, "the starting (SFT) model; a frozen copy is the KL reference", ["full", "lora", "qlora"], "runs/grpo",
+            rollouts=True)
+    lab = sub.add_parser("label", help="AI feedback: a judge model labels pairs of the model's answers into preference JSONL",
+                         description="Sample two answers per prompt from --model, have --judge (a local model or an "
+                                     "OpenAI-compatible URL) pick the better one in both orders (an order-dependent "
+                                     "verdict is a tie), and write the decided pairs as preference JSONL for "
+                                     "`llmkit align dpo` and `llmkit align reward`. Ties, verdict-less replies and "
+                                     "identical samples are counted and left out.")
+    lab.add_argument("--model", "-m", required=True, help="the model whose answers are labelled (usually the SFT model)")
+    lab.add_argument("--judge", required=True, help="the judge: a model path / run dir / cache name, or an http(s)://…/v1 URL")
+    lab.add_argument("--prompts", required=True, help="prompt JSONL ({\"prompt\": ...} rows), or builtin[:arith,sorting]")
+    lab.add_argument("--out", "-o", required=True, help="the preference JSONL to write (and OUT.summary.json)")
+    lab.add_argument("--limit", type=int, default=None, help="label only the first N prompts")
+    lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length (default 64)")
+    lab.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the answers (default 1)")
+    lab.add_argument("--seed", type=int, default=0)
+    lab.add_argument("--no-swap", action="store_true", help="judge each pair in one order only (not recommended)")
+    lab.add_argument("--api-key", default=None, help="API key for URL models (default: $OPENAI_API_KEY)")
+    lab.add_argument("--device", default=None, help="device for local models")
+
+
+def run_label(args: argparse.Namespace) -> None:
+    import sys
+
+    from ..align.feedback import label
+
+    stats = label(args.model, args.judge, args.prompts, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                  temperature=args.temperature, seed=args.seed, swap=not args.no_swap, device=args.device,
+                  api_key=args.api_key, progress=sys.stderr.isatty())
+    print(f"wrote {stats.pairs} preference pair(s) to {args.out} from {stats.prompts} prompts "
+          f"({stats.ties} ties, {stats.invalid} without a verdict, {stats.identical} with identical samples left out)")
+    if stats.verdicts:
+        print(f"  the judge favoured the answer shown first in {stats.first_position_wins / stats.verdicts:.0%} of "
+              f"{stats.verdicts} single-order verdicts (50% is unbiased)")
 
 
 def dpo_recipe(args: argparse.Namespace):
@@ -43,6 +101,10 @@ def dpo_recipe(args: argparse.Namespace):
 
 
 def run_align(args: argparse.Namespace) -> None:
+    if args.align_verb in ("ppo", "grpo"):
+        return run_rollouts(args)
+    if args.align_verb == "label":
+        return run_label(args)
     if args.align_verb == "reward":
         from ..align.reward import RewardRecipe, reward
 
@@ -66,8 +128,34 @@ def run_align(args: argparse.Namespace) -> None:
         was = f"{b['accuracy']:.1%} -> " if b else ""
         print(f"  held-out pairs: chosen ranked first {was}{p['accuracy']:.1%} (margin {p['margin']:.3f}, "
               f"loss {p['loss']:.4f})")
+    _print_tasks(summary)
+    print(f"report: {Path(recipe.out) / 'report.md'}")
+
+
+def _print_tasks(summary: dict) -> None:
     for name, after in summary["after"].items():
         before = summary["before"].get(name, {}).get("value")
         was = f"{before:.4g} -> " if before is not None else ""
-        print(f"  {name:12s} {after['metric']:12s} {was}{after['value']:.4g}")
+        print(f"  {name:12s} {after['metric']:12s} {was}{after['value']:.4g}  (95% CI after "
+              f"[{after['ci'][0]:.3g}, {after['ci'][1]:.3g}])")
+
+
+def run_rollouts(args: argparse.Namespace) -> None:
+    from ..align.rl import GRPORecipe, PPORecipe, rl
+
+    recipe = recipe_from_args(PPORecipe if args.align_verb == "ppo" else GRPORecipe, args, data="prompts")
+    summary = rl(recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    d = summary["data"]
+    print(f"run {recipe.out}: {recipe.kind} ({recipe.method}), {summary['steps']} steps over {summary['rollouts']} "
+          f"rollout batches on {d['train']} prompts, reward {summary['reward']}"
+          + (f"; skipped {d['too_long']} prompt(s) too long" if d["too_long"] else ""))
+    kl, w = summary.get("kl_to_sft"), summary.get("win_rate")
+    if kl:
+        print(f"  KL to the SFT model: {kl['kl']:.3f} nats per completion on {kl['prompts']} held-out prompts")
+    if w:
+        print(f"  reward-model win rate against the SFT model: {w['win_rate']:.1%} "
+              f"[{w['ci'][0]:.1%}, {w['ci'][1]:.1%}]")
+    _print_tasks(summary)
     print(f"report: {Path(recipe.out) / 'report.md'}")

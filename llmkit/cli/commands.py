@@ -444,18 +444,20 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
 
 
-def recipe_from_args(cls, args: argparse.Namespace):
+def recipe_from_args(cls, args: argparse.Namespace, data: str = "data"):
     """A training recipe from --config, the key=value overrides and the --model / --data /
-    --method / --out flags (overrides win over the file, flags over both)."""
+    --method / --out flags (overrides win over the file, flags over both). `data` names the
+    section the data flags fill (``prompts`` for the rollout methods: --prompts, --reward)."""
     from ..recipe import load_recipe
 
     overrides = list(args.overrides)
-    for flag, key in (("model", "model"), ("data", "data.path"), ("method", "method"), ("out", "out")):
+    for flag, key in (("model", "model"), ("data", f"{data}.path"), ("prompts", f"{data}.path"), ("method", "method"),
+                      ("reward", "reward"), ("reference", "reference"), ("out", "out")):
         value = getattr(args, flag, None)
         if value:
             overrides.append(f"{key}={value}")
     if getattr(args, "skip_bad_rows", False):
-        overrides.append("data.skip_bad_rows=true")
+        overrides.append(f"{data}.skip_bad_rows=true")
     return load_recipe(cls, args.config, overrides)
 
 

@@ -30,7 +30,7 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "merge": (commands.add_merge_args, commands.run_merge,
               "fold a LoRA adapter into its base model, writing a plain Hugging Face checkpoint"),
     "align": (align_commands.add_align_args, align_commands.run_align,
-              "align a model to preferences: `llmkit align reward|dpo --help` (reward models, DPO / IPO)"),
+              "align a model to preferences: `llmkit align reward|dpo|ppo|grpo|label --help` (reward models, DPO / IPO, PPO, GRPO, AI feedback)"),
     "quantize": (commands.add_quantize_args, commands.run_quantize,
                  "quantise a model's weights to int8 or int4, reporting memory saved and perplexity change"),
     "quickstart": (commands.add_quickstart_args, commands.run_quickstart,

@@ -116,6 +116,14 @@ class TokenScoring:
         return [(lp, n) for lp, n in totals]
 
 
+def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:
+    """The tokens that end a generation: the tokenizer's end tokens and the config's eos id(s)."""
+    ids = set(tokenizer.eos_token_ids)
+    eos = config.eos_token_id
+    ids |= set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+    return ids
+
+
 class LocalLLM(TokenScoring):
     """A model and its tokenizer in this process."""
 
@@ -156,10 +164,7 @@ class LocalLLM(TokenScoring):
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def eos_token_ids(self) -> set[int]:
-        ids = set(self.tokenizer.eos_token_ids)
-        eos = self.config.eos_token_id
-        ids |= set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
-        return ids
+        return eos_token_ids(self.tokenizer, self.config)
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id

@@ -30,8 +30,14 @@ def plot_loss(run_dir: Path, path: Path | None = None) -> Path | None:
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_figure(fig, path or Path(run_dir) / "loss.png")
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = path or Path(run_dir) / "loss.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

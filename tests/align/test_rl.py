@@ -1,0 +1,221 @@
+"""PPO and GRPO (`llmkit align ppo|grpo`) on a tiny model: the rollout pieces checked against a
+direct computation, the properties that must hold at the start (ratio 1, KL 0), runs that raise
+a learnable reward, adaptive KL, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from llmkit.align.losses import group_advantages, sequence_logps
+from llmkit.align.rewards import RewardError, parse_reward
+from llmkit.align.rl import GRPORecipe, PolicyWithValue, Prompt, RolloutCollector, read_prompts, response_logps
+from llmkit.cli.main import main
+from llmkit.data.dataset import DataError
+from llmkit.models.hf import load_pretrained
+from llmkit.tokenizer import Tokenizer
+
+# reward functions the runs import by name (module:function)
+sys.modules.setdefault("rl_test_rewards", sys.modules[__name__])
+
+
+def spaces(prompts, completions, references):
+    """A reward a random tiny model can learn in a few dozen steps: the share of spaces."""
+    return [c.count(" ") / max(1, len(c)) for c in completions]
+
+
+def boom(prompts, completions, references):
+    raise KeyError("no such key")
+
+
+def nan_every_third(prompts, completions, references):
+    return [float("nan") if i % 3 == 0 else 1.0 for i in range(len(completions))]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+
+
+def run(verb, model, out, *extra):
+    code = main(["align", verb, "--model", str(model), "--out", str(out), "eval.limit=10", "eval.prompts=8",
+                 "rollout.max_new_tokens=12", "train.precision=fp32", *extra])
+    assert code == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    a = group_advantages(r, eps=0.0)
+    std = (4 * 0.25 / 3) ** 0.5  # unbiased std of 1, 0, 0, 1
+    assert torch.allclose(a[0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / std) and torch.all(a[1] == 0)
+    valid = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    m = group_advantages(torch.tensor([[3.0, 1.0, float("nan"), 2.0], [5.0, 0.0, 0.0, 0.0]]), eps=0.0, valid=valid)
+    assert torch.allclose(m[0], torch.tensor([1.0, -1.0, 0.0, 0.0])) and torch.all(m[1] == 0)  # mean 2, std 1
+
+
+def test_response_logps_match_the_sequence_scoring(tiny_dirs):
+    model = load_pretrained(tiny_dirs["tiny-llama"]).eval()
+    torch.manual_seed(0)
+    prompt, response = torch.randint(0, 500, (5,)).tolist(), torch.randint(0, 500, (4,)).tolist()
+    ids = torch.tensor([prompt + response])
+    logits = model(ids)
+    index = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)[None]
+    lp, ent = response_logps(logits, index, torch.tensor([response]), temperature=1.0, entropy=True)
+    labels = torch.full_like(ids, -100)
+    labels[0, len(prompt) - 1:-1] = torch.tensor(response)  # labels[t] is the token after position t
+    assert lp.sum().item() == pytest.approx(sequence_logps(logits, labels).item(), abs=1e-5)
+    probs = torch.softmax(logits[0, len(prompt) - 1], -1)
+    assert ent[0, 0].item() == pytest.approx(-(probs * probs.log()).sum().item(), abs=1e-4)
+    half, _ = response_logps(logits, index, torch.tensor([response]), temperature=2.0)
+    assert half[0, 0].item() == pytest.approx(torch.log_softmax(logits[0, len(prompt) - 1] / 2, -1)[response[0]].item(),
+                                              abs=1e-5)
+
+
+def test_rollouts_start_at_ratio_one_and_zero_kl(tiny_dirs):
+    path = tiny_dirs["tiny-llama"]
+    model, tok = load_pretrained(path), Tokenizer.from_dir(path)
+    import copy
+
+    recipe = GRPORecipe(model=str(path), reward="length")
+    recipe.rollout.prompts_per_batch, recipe.rollout.samples_per_prompt, recipe.rollout.max_new_tokens = 3, 4, 10
+    policy = PolicyWithValue(model, value_head=False)
+    ref = copy.deepcopy(model).eval()
+    prompts = [Prompt((("user", f"Say {w}"),), None) for w in ("a", "bb", "ccc")]
+    c = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), recipe, "fp32")
+    ro = c.collect(0)
+    assert ro.input_ids.shape[0] == 12 and ro.stats["kl"] == 0.0 and torch.equal(ro.old_logp, ro.ref_logp)
+    # the policy scores its own rollout exactly as the collector did: every ratio starts at 1
+    with torch.no_grad():
+        logits, _ = policy(ro.input_ids, ro.attention_mask)
+    lp, _ = response_logps(logits, ro.resp_index, ro.resp_tokens, 1.0)
+    assert torch.allclose(lp * ro.resp_mask, ro.old_logp * ro.resp_mask, atol=1e-6)
+    # advantages are constant along each completion and centred within each prompt's group
+    per = ro.advantages.sum(-1) / ro.resp_mask.sum(-1).clamp_min(1)
+    assert torch.allclose(ro.advantages, per[:, None] * ro.resp_mask)
+    assert torch.allclose(per.view(3, 4).sum(-1), torch.zeros(3), atol=1e-4)
+    # the same rollout index samples the same completions
+    again = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), recipe, "fp32").collect(0)
+    assert torch.equal(again.resp_tokens, ro.resp_tokens)
+
+
+def test_grpo_raises_a_learnable_reward(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "grpo"
+    s = run("grpo", tiny_dirs["tiny-llama"], out, "--reward", "rl_test_rewards:spaces", "train.steps=30",
+            "train.lr=1e-3", "rollout.prompts_per_batch=4", "rollout.samples_per_prompt=4")
+    printed = capsys.readouterr().out
+    assert "KL to the SFT model" in printed and "report:" in printed
+    m = metrics(out)
+    assert m[0]["kl"] == 0.0 and m[0]["policy/approx_kl"] == 0.0  # the policy starts as the reference
+    first, last = sum(r["reward"] for r in m[:5]) / 5, sum(r["reward"] for r in m[-5:]) / 5
+    assert last > first + 0.1, (first, last)
+    assert m[-1]["kl"] > 0 and s["kl_to_sft"]["kl"] > 0 and s["rollouts"] == 30
+    report = (out / "report.md").read_text()
+    assert "Reward and KL over training" in report and (out / "reward_kl.png").stat().st_size > 1000
+    assert (out / "model" / "config.json").is_file()
+
+
+def test_ppo_raises_a_learnable_reward_with_a_value_head(tiny_dirs, tmp_path):
+    out = tmp_path / "ppo"
+    s = run("ppo", tiny_dirs["tiny-llama"], out, "--reward", "rl_test_rewards:spaces", "train.steps=40",
+            "train.lr=1e-3", "train.micro_batch=8", "rollout.prompts_per_batch=16", "kl=0.01")
+    m = metrics(out)
+    assert m[0]["kl"] == 0.0 and m[0]["policy/approx_kl"] == 0.0
+    assert all("value/loss" in r and "policy/clip_frac" in r and "policy/entropy" in r for r in m)
+    assert any(r["value/loss"] > 0 for r in m)  # the value head learns from the returns
+    first, last = sum(r["reward"] for r in m[:8]) / 8, sum(r["reward"] for r in m[-8:]) / 8
+    assert last > first + 0.05, (first, last)
+    # the second epoch over a rollout sees a moved policy: ratios leave 1
+    assert any(r["policy/approx_kl"] > 0 for r in m)
+    assert s["rollouts"] == 10  # 16 completions / micro-batch 8, two epochs: 4 steps per rollout
+
+
+def test_adaptive_kl_moves_towards_its_target(tiny_dirs, tmp_path):
+    # the first rollouts' KL is ~0, far under a target of 5: the coefficient must fall, step by step
+    out = tmp_path / "ppo"
+    s = run("ppo", tiny_dirs["tiny-llama"], out, "--reward", "length", "train.steps=6", "rollout.prompts_per_batch=8",
+            "train.micro_batch=8", "rollout.epochs=1", "kl=0.1", "kl_target=5", "kl_horizon=100")
+    coefs = [r["kl_coef"] for r in metrics(out)]
+    assert coefs[0] == pytest.approx(0.1) and all(b < a for a, b in zip(coefs, coefs[1:]))
+    assert s["kl_coef"] < coefs[-1]  # and after the last rollout (0.1 * 0.984 ** 6)
+
+
+def test_lora_runs_and_saves_the_merged_model(tiny_dirs, tmp_path):
+    out = tmp_path / "lora"
+    s = run("grpo", tiny_dirs["tiny-llama"], out, "--method", "lora", "--reward", "length*-0.1", "train.steps=2",
+            "rollout.prompts_per_batch=2", "rollout.samples_per_prompt=2")
+    assert s["trainable"]["percent"] < 60 and (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_built_in_rewards():
+    exact = parse_reward("arith-exact")
+    assert exact(["q"] * 3, ["It is 12.", "11", "no idea"], ["12", "12", "12"]) == [1.0, 0.0, 0.0]
+    both = parse_reward("arith-exact+format*0.5+length*-0.01")
+    assert both(["q"], ["7"], ["7"]) == [pytest.approx(1.5 - 0.01)]
+    assert parse_reward("sorting-exact")(["q"], ["1 2 3\nmore"], ["1 2 3"]) == [1.0]
+    with pytest.raises(RewardError, match="needs a reference answer"):
+        exact(["q"], ["1"], [None])
+    with pytest.raises(RewardError, match="multiple_choice task"):
+        parse_reward("sentiment-exact")
+    with pytest.raises(RewardError, match="weight after"):
+        parse_reward("length*x")
+    with pytest.raises(RewardError, match="cannot import"):
+        parse_reward("no_such_module_xyz:f")
+
+
+def test_prompt_files(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "What is 2 + 2?", "answer": 4}\n'
+                 '{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}\n'
+                 '{"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n'
+                 '{"text": "no prompt"}\n')
+    with pytest.raises(DataError, match=r"2 bad row\(s\): line 3: .*must be the user's.*line 4: .*'prompt' is missing"):
+        read_prompts(str(f))
+    rows, bad = read_prompts(str(f), skip_bad_rows=True)
+    assert bad == 2 and rows[0].answer == "4" and rows[1].text == "Hi" and rows[1].messages[0] == ("system", "Be brief.")
+    built, _ = read_prompts("builtin:sorting", train_size=50)
+    assert len(built) == 50 and all(p.answer and p.task == "sorting" for p in built)
+
+
+def test_bad_input_is_named(tiny_dirs, tmp_path, capsys):
+    model = str(tiny_dirs["tiny-llama"])
+    base = ["--model", model, "train.steps=2", "rollout.prompts_per_batch=3", "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=6", "eval.limit=4", "eval.prompts=4"]
+    # a reward function that raises: an error naming it, the run stops
+    assert main(["align", "grpo", *base, "--reward", "rl_test_rewards:boom", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "reward function boom raised KeyError" in err and "first prompt" in err
+    # NaN rewards: counted and left out of the update, the run goes on
+    s = run("grpo", model, tmp_path / "b", "--reward", "rl_test_rewards:nan_every_third", "train.steps=2",
+            "rollout.prompts_per_batch=3", "rollout.samples_per_prompt=2")
+    assert all(r["reward/skipped"] == 2.0 for r in metrics(tmp_path / "b")) and s["steps"] == 2
+    # prompts longer than the context: counted skips; none left is an error
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "word " * 400}) + "\n" + json.dumps({"prompt": "short one"}) + "\n" * 1)
+    s = run("grpo", model, tmp_path / "c", "--prompts", str(long), "--reward", "length", "prompts.val_fraction=0",
+            "prompts.val_path=" + str(long), "train.steps=1", "rollout.prompts_per_batch=1",
+            "rollout.samples_per_prompt=2")
+    assert s["data"]["too_long"] == 1 and s["data"]["train"] == 1
+    long.write_text(json.dumps({"prompt": "word " * 400}) + "\n")
+    assert main(["align", "grpo", *base, "--prompts", str(long), "--reward", "length", "prompts.val_path=" + str(long),
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "no prompt fits in the context window" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    # a reference model with another tokenizer
+    from llmkit.data.corpus import stdlib_texts
+    from llmkit.pipelines.init import INIT_SPECIAL_TOKENS, init_model
+
+    other = Tokenizer.train(stdlib_texts(50_000), vocab_size=300, special_tokens=INIT_SPECIAL_TOKENS)
+    init_model("tiny-llama", tmp_path / "other", tokenizer=other, seed=0)
+    assert main(["align", "ppo", *base, "--reward", "length", "--reference", str(tmp_path / "other"),
+                 "--out", str(tmp_path / "e")]) == 2
+    assert "tokenizer differs" in capsys.readouterr().err
+    # a directory that is not a reward model; unknown rewards; GRPO groups of one
+    for reward, needle in ((model, "not a reward model"), ("nosuch", "'nosuch' is not known")):
+        assert main(["align", "ppo", *base, "--reward", reward, "--out", str(tmp_path / "f")]) == 2
+        assert needle in capsys.readouterr().err
+    assert main(["align", "grpo", *base, "--reward", "length", "rollout.samples_per_prompt=1",
+                 "--out", str(tmp_path / "g")]) == 2
+    assert "at least 2" in capsys.readouterr().err
