@@ -63,6 +63,7 @@ class DPORecipe:
     beta: float = 0.1  # strength of the pull towards the reference (higher: stay closer)
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo
     label_smoothing: float = 0.0  # conservative DPO: the chance a label is flipped
+    sft_weight: float = 0.0  # RPO: + this times the chosen answers' NLL, so their likelihood cannot sink (1.0 in the paper)
     precompute_ref: bool = True  # reference log-probs once, before training
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     qlora_double_quant: bool = True
@@ -79,6 +80,8 @@ class DPORecipe:
             raise ValueError(f"beta={self.beta} must be positive (0.1 is usual)")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight={self.sft_weight} must be 0 or more (1.0 for RPO)")
 
 
 class DPOObjective:
@@ -86,8 +89,9 @@ class DPOObjective:
     with ``ref_logps`` precomputed, or a frozen `reference` model that scores it."""
 
     def __init__(self, beta: float = 0.1, loss: str = "sigmoid", label_smoothing: float = 0.0,
-                 reference: torch.nn.Module | None = None):
+                 reference: torch.nn.Module | None = None, sft_weight: float = 0.0):
         self.beta, self.kind, self.label_smoothing, self.reference = beta, loss, label_smoothing, reference
+        self.sft_weight = sft_weight
 
     def logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each row's log-probability of its answer (mean per token for IPO, as trl)."""
@@ -107,7 +111,15 @@ class DPOObjective:
         out = dpo_loss(lp[:b], lp[b:], ref[:b], ref[b:], beta=self.beta, loss=self.kind,
                        label_smoothing=self.label_smoothing)
         margin = out.chosen_rewards - out.rejected_rewards
-        return out.loss.mean(), {"rewards/chosen": out.chosen_rewards.mean(), "rewards/rejected":
+        loss = out.loss.mean()
+        extra: dict[str, Any] = {}
+        if self.sft_weight:  # RPO: + the mean NLL per token of the chosen answers (trl's loss_type "sft")
+            counts = (batch["labels"][:b] != IGNORE_INDEX).sum(-1)
+            sums = lp[:b] * counts if self.kind == "ipo" else lp[:b]
+            nll = -sums.sum() / counts.sum().clamp_min(1)
+            loss = loss + self.sft_weight * nll
+            extra["nll/chosen"] = nll.detach()
+        return loss, {**extra, "rewards/chosen": out.chosen_rewards.mean(), "rewards/rejected":
                                  out.rejected_rewards.mean(), "rewards/margin": margin.mean(),
                                  "rewards/accuracy": (margin > 0).float().mean()}
 
@@ -214,7 +226,7 @@ def dpo(recipe: DPORecipe, resume: bool = False) -> dict[str, Any]:
         attach_reference_logps(model, train_ex, pad, average, precision)
     else:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-    objective = DPOObjective(recipe.beta, recipe.loss, recipe.label_smoothing, reference)
+    objective = DPOObjective(recipe.beta, recipe.loss, recipe.label_smoothing, reference, recipe.sft_weight)
     before = held_out(model, tokenizer, tasks, recipe) if info.is_main else {}
     torch.manual_seed(train_cfg.seed)
     apply_method(model, recipe, tokenizer)

@@ -214,6 +214,8 @@ class PPORecipe(RLRecipe):
     gamma: float = 1.0
     lam: float = 0.95  # GAE λ
     whiten_advantages: bool = True
+    normalize_scores: bool = True  # scale rewards to mean 0, std 1 on the first rollout (the SFT model's samples)
+    value_trunk_grad: bool = False  # let the value loss train the shared trunk as well as the value head
     missing_eos_penalty: float | None = None  # subtracted from the score of completions cut at max_new_tokens
     out: str = "runs/ppo"
 
@@ -248,31 +250,43 @@ class GRPORecipe(RLRecipe):
 # ------------------------------------------------------------------------------------ policy
 class PolicyWithValue(nn.Module):
     """The language model (``lm``) and, for PPO, ``value_head``: a (dim -> 1) Linear on the final
-    hidden state of every position (zero-initialised, so values start at 0)."""
+    hidden state of every position (zero-initialised, so values start at 0). With `trunk_grad`
+    the value loss trains the shared trunk too; by default the head learns on the hidden states
+    alone, so that fitting the values cannot pull the policy away from what the reward asks."""
 
-    def __init__(self, lm: Transformer, value_head: bool):
+    def __init__(self, lm: Transformer, value_head: bool, trunk_grad: bool = False):
         super().__init__()
-        self.lm = lm
+        self.lm, self.trunk_grad = lm, trunk_grad
         self.value_head = nn.Linear(lm.config.dim, 1, device=lm.device) if value_head else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.lm.hidden_states(input_ids, attention_mask)
+        """Logits (batch, T, vocab) and values (batch, T) at the positions `index` (batch, T) only:
+        the LM head runs on the response positions, not on every prompt token."""
+        h = hidden_at(self.lm, input_ids, attention_mask, index)
         logits = self.lm.lm_head(h)
-        values = None if self.value_head is None else self.value_head(h).squeeze(-1).float()
+        if self.value_head is None:
+            return logits, None
+        values = self.value_head(h if self.trunk_grad else h.detach()).squeeze(-1).float()
         return logits, values
 
 
-def response_logps(logits: torch.Tensor, index: torch.Tensor, tokens: torch.Tensor, temperature: float,
+def hidden_at(lm: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              index: torch.Tensor) -> torch.Tensor:
+    """`lm`'s final hidden states (batch, T, dim) at positions `index` (batch, T)."""
+    h = lm.hidden_states(input_ids, attention_mask)
+    return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
+
+
+def response_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
                    entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p of each response token (batch, T) from full-sequence logits (batch, L, vocab):
-    `index[b, t]` is the position whose logits predict response token t. With `entropy`, also the
-    entropy of each of those next-token distributions."""
-    picked = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    logp_all = F.log_softmax(picked, dim=-1)
+    """log p (batch, T) of each response token under `logits` (batch, T, vocab), the logits of
+    the positions that predict them, at `temperature`; with `entropy`, also the entropy of each
+    of those next-token distributions."""
+    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
     logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     ent = -(logp_all.exp() * logp_all).sum(-1) if entropy else None
     return logp, ent
@@ -314,6 +328,7 @@ class RolloutCollector:
         self.encoded = [tokenizer.apply_chat_template(p.as_messages(), add_generation_prompt=True, tokenize=True)
                         for p in prompts]
         self._order: tuple[int, list[int]] = (-1, [])
+        self.score_norm: tuple[float, float] | None = None  # PPO's (mean, std) of the first rollout's rewards
 
     def _pick(self, index: int) -> list[int]:
         """Prompt indices of rollout `index` on this rank: epochs over a seeded order of the set."""
@@ -356,18 +371,28 @@ class RolloutCollector:
         valid = torch.isfinite(scores_t)
         scores_t = torch.where(valid, scores_t, torch.zeros_like(scores_t))
         raw_scores = scores_t.clone()
-        if isinstance(self.recipe, PPORecipe) and self.recipe.missing_eos_penalty is not None:
-            scores_t -= self.recipe.missing_eos_penalty * (~torch.tensor(stopped)).float()
+        if isinstance(self.recipe, PPORecipe):
+            if self.recipe.normalize_scores:
+                if self.score_norm is None and bool(valid.any()):  # fixed from the first rollout on
+                    ok = scores_t[valid]
+                    std = float(ok.std()) if ok.numel() > 1 else 0.0
+                    self.score_norm = (float(ok.mean()), std if std > 1e-6 else 1.0)
+                if self.score_norm is not None:
+                    scores_t = (scores_t - self.score_norm[0]) / self.score_norm[1]
+            if self.recipe.missing_eos_penalty is not None:
+                scores_t -= self.recipe.missing_eos_penalty * (~torch.tensor(stopped)).float()
+            scores_t = torch.where(valid, scores_t, torch.zeros_like(scores_t))
 
         batch = self._pad(prompts, responses, valid)
         device = lm.device
         dev = {k: v.to(device) for k, v in batch.items()}
         with autocast(self.precision, device):
-            logits, values = self.policy(dev["input_ids"], dev["attention_mask"])
-            old_logp, _ = response_logps(logits, dev["resp_index"], dev["resp_tokens"], r.temperature)
+            logits, values = self.policy(dev["input_ids"], dev["attention_mask"], dev["resp_index"])
+            old_logp, _ = response_logps(logits, dev["resp_tokens"], r.temperature)
             if self.reference is not None:
-                ref_logits = self.reference(dev["input_ids"], attention_mask=dev["attention_mask"])
-                ref_logp, _ = response_logps(ref_logits, dev["resp_index"], dev["resp_tokens"], r.temperature)
+                ref = self.reference
+                ref_logits = ref.lm_head(hidden_at(ref, dev["input_ids"], dev["attention_mask"], dev["resp_index"]))
+                ref_logp, _ = response_logps(ref_logits, dev["resp_tokens"], r.temperature)
             else:
                 ref_logp = old_logp
         mask = dev["resp_mask"]
@@ -377,8 +402,9 @@ class RolloutCollector:
         seq_kl = kl_tok.sum(-1)
         scores_d = scores_t.to(device)
         old_values = returns = None
-        if isinstance(self.recipe, PPORecipe):
-            old_values = torch.gather(values, 1, dev["resp_index"]) * full_mask
+        ppo = isinstance(self.recipe, PPORecipe) and values is not None
+        if ppo:
+            old_values = values * full_mask
             rewards = -self.kl_coef * kl_tok
             last = (full_mask.sum(-1) - 1).clamp_min(0).long()
             rewards[torch.arange(len(prompts), device=device), last] += scores_d
@@ -391,7 +417,8 @@ class RolloutCollector:
         else:
             grouped = scores_d.view(-1, r.samples_per_prompt)
             vmask = valid.to(device).view(-1, r.samples_per_prompt)
-            adv_seq = group_advantages(grouped, scale=self.recipe.scale_rewards, valid=vmask).reshape(-1)
+            adv_seq = group_advantages(grouped, scale=getattr(self.recipe, "scale_rewards", True),
+                                       valid=vmask).reshape(-1)
             adv = adv_seq[:, None] * mask
         n_valid = int(valid.sum())
         v = valid.to(device)
@@ -402,7 +429,7 @@ class RolloutCollector:
                  "response/length": float(full_mask.sum(-1).mean()),
                  "response/stopped": float(sum(stopped) / len(stopped)),
                  "reward/skipped": float(len(prompts) - n_valid)}
-        if isinstance(self.recipe, PPORecipe):
+        if ppo:
             stats["reward/total"] = float((scores_d - self.kl_coef * seq_kl)[v].mean()) if n_valid else math.nan
             self._adapt_kl(stats["kl"], len(prompts))
         self.policy.train(was)
@@ -485,10 +512,14 @@ class RolloutLoader:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rollouts": self.rollouts, "kl_coef": self.collector.kl_coef}
+        norm = self.collector.score_norm
+        return {"rollouts": self.rollouts, "kl_coef": self.collector.kl_coef,
+                "score_norm": None if norm is None else list(norm)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rollouts, self.collector.kl_coef = int(state["rollouts"]), float(state["kl_coef"])
+        norm = state.get("score_norm")
+        self.collector.score_norm = None if norm is None else (float(norm[0]), float(norm[1]))
         self.queue = []
 
 
@@ -501,9 +532,9 @@ class RolloutObjective:
         self.vf_coef, self.vf_clip, self.beta, self.entropy_coef = vf_coef, vf_clip, beta, entropy_coef
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits, values = model(batch["input_ids"], batch["attention_mask"])
+        logits, values = model(batch["input_ids"], batch["attention_mask"], batch["resp_index"])
         mask = batch["resp_mask"]
-        logp, entropy = response_logps(logits, batch["resp_index"], batch["resp_tokens"], self.temperature, True)
+        logp, entropy = response_logps(logits, batch["resp_tokens"], self.temperature, True)
         pg, clip_frac = ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, self.clip)
         ent = masked_mean(entropy, mask)
         loss = pg - self.entropy_coef * ent
@@ -511,8 +542,7 @@ class RolloutObjective:
         metrics.update({"policy/loss": pg.detach(), "policy/clip_frac": clip_frac, "policy/entropy": ent.detach(),
                         "policy/approx_kl": masked_mean(0.5 * (logp.detach() - batch["old_logp"]) ** 2, mask)})
         if self.kind == "ppo":
-            v = torch.gather(values, 1, batch["resp_index"])
-            vl, vclip = ppo_value_loss(v, batch["old_values"], batch["returns"], mask, self.vf_clip)
+            vl, vclip = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, self.vf_clip)
             loss = loss + self.vf_coef * vl
             metrics.update({"value/loss": vl.detach(), "value/clip_frac": vclip})
         elif self.beta:
@@ -636,8 +666,7 @@ def rl(recipe: RLRecipe, resume: bool = False) -> dict[str, Any]:
         task = builtin_tasks(first, RL_PROMPT_TASKS, "prompt")[0] if first else None
         reward_fn = parse_reward(recipe.reward, task, info.device)
         train_prompts, val_prompts, data_info = read_rl_prompts(recipe, tokenizer, model.config.context_window)
-        reference = load_reference(recipe, model, tokenizer) if (ppo or recipe.beta > 0 or recipe.eval.prompts) \
-            else None
+        reference = load_reference(recipe, model, tokenizer)  # GRPO with beta=0 still logs and reports the KL
     device = info.device
     model.to(device)
     for rm in reward_fn.reward_models:
@@ -653,10 +682,10 @@ def rl(recipe: RLRecipe, resume: bool = False) -> dict[str, Any]:
     sft_answers = answers(model, tokenizer, val_prompts, recipe.rollout.max_new_tokens) if judge else []
     torch.manual_seed(train_cfg.seed)
     apply_method(model, recipe, tokenizer)
-    policy = PolicyWithValue(model, value_head=ppo)
+    policy = PolicyWithValue(model, value_head=ppo, trunk_grad=ppo and recipe.value_trunk_grad)
     report = trainable_parameters(policy)
-    collector = RolloutCollector(policy, reference if (ppo or recipe.beta > 0) else None, tokenizer, train_prompts,
-                                 reward_fn, recipe, precision, info.rank, info.world_size)
+    collector = RolloutCollector(policy, reference, tokenizer, train_prompts, reward_fn, recipe, precision, info.rank,
+                                 info.world_size)
     loader = RolloutLoader(collector, train_cfg.micro_batch, recipe.rollout.epochs, train_cfg.seed)
     if ppo:
         objective = RolloutObjective("ppo", recipe.clip, recipe.rollout.temperature, recipe.vf_coef, recipe.vf_clip,
@@ -670,12 +699,13 @@ def rl(recipe: RLRecipe, resume: bool = False) -> dict[str, Any]:
     final = D.unwrap(trainer.base_model).eval()
     summary.update({"kind": recipe.kind, "method": recipe.method, "lr": train_cfg.lr, "reward": reward_fn.__name__,
                     "rollouts": loader.rollouts, "kl_coef": collector.kl_coef, "data": data_info,
+                    "score_norm": None if collector.score_norm is None else list(collector.score_norm),
                     "trainable": {"trainable": report.trainable, "total": report.total, "percent": report.percent},
                     "last_samples": loader.last.samples if loader.last else []})
     if info.is_main:
         summary["before"] = before
         summary["after"] = held_out(final.lm, tokenizer, tasks, recipe)
-        if reference is not None and val_prompts:
+        if val_prompts:
             summary["kl_to_sft"] = kl_to_reference(final, reference, tokenizer, val_prompts, recipe, precision)
         if judge is not None:
             aligned = answers(final.lm, tokenizer, val_prompts, recipe.rollout.max_new_tokens)

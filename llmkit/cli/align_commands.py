@@ -65,18 +65,64 @@ def add_align_args(p: argparse.ArgumentParser) -> None:
                                      "OpenAI-compatible URL) pick the better one in both orders (an order-dependent "
                                      "verdict is a tie), and write the decided pairs as preference JSONL for "
                                      "`llmkit align dpo` and `llmkit align reward`. Ties, verdict-less replies and "
-                                     "identical samples are counted and left out.")
+                                     "identical samples are counted and left out. With a reward as the judge "
+                                     "(--judge arith-exact), each prompt gets --samples answers and the best-scored "
+                                     "is chosen over the worst: on-policy pairs for DPO (iterative RPO).")
     lab.add_argument("--model", "-m", required=True, help="the model whose answers are labelled (usually the SFT model)")
-    lab.add_argument("--judge", required=True, help="the judge: a model path / run dir / cache name, or an http(s)://…/v1 URL")
+    lab.add_argument("--judge", required=True,
+                     help="the judge: a model path / run dir / cache name or an http(s)://…/v1 URL (pairwise "
+                          "verdicts), or a reward: arith-exact, module:function, a reward-model dir (best of "
+                          "--samples answers over the worst)")
+    lab.add_argument("--samples", type=int, default=4, help="answers per prompt when the judge is a reward (default 4)")
     lab.add_argument("--prompts", required=True, help="prompt JSONL ({\"prompt\": ...} rows), or builtin[:arith,sorting]")
     lab.add_argument("--out", "-o", required=True, help="the preference JSONL to write (and OUT.summary.json)")
     lab.add_argument("--limit", type=int, default=None, help="label only the first N prompts")
+    lab.add_argument("--builtin-train-size", type=int, default=None,
+                     help="--prompts builtin: this many fresh training questions per task instead of the train split")
     lab.add_argument("--max-new-tokens", type=int, default=64, help="answer length (default 64)")
     lab.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the answers (default 1)")
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--no-swap", action="store_true", help="judge each pair in one order only (not recommended)")
     lab.add_argument("--api-key", default=None, help="API key for URL models (default: $OPENAI_API_KEY)")
     lab.add_argument("--device", default=None, help="device for local models")
+    rec = sub.add_parser("recipe", help="the whole story on arith: SFT -> reward model -> PPO, DPO and GRPO, each "
+                                        "measured against SFT",
+                         description="From a base model (e.g. runs/quickstart): SFT on a checkable task, a reward "
+                                     "model, then from the SFT model PPO (the task's checker plus the reward model, "
+                                     "KL penalty to SFT), DPO on the SFT model's own right-vs-wrong answers (with "
+                                     "the chosen answers' NLL: RPO) and GRPO (exact-answer reward). Every model is "
+                                     "scored on the task's test split with a paired bootstrap interval of its change "
+                                     "from SFT, the reward model's win rate against SFT and the KL to SFT, in "
+                                     "OUT/report.md. Finished stages are reused. Overrides name their stage: "
+                                     "ppo.kl=0.1 grpo.train.steps=800 sft.train.steps=5000 pairs.samples=8")
+    rec.add_argument("--model", "-m", required=True, help="the base model (an HF directory or run directory)")
+    rec.add_argument("--out", "-o", default="runs/align", help="the recipe's directory (default runs/align)")
+    rec.add_argument("--task", default="arith", choices=["arith", "sorting"], help="default arith")
+    rec.add_argument("--stages", default="sft,rm,ppo,pairs,dpo,grpo",
+                     help="stages to run, comma-separated (default sft,rm,ppo,pairs,dpo,grpo; add ppo-rm for PPO "
+                          "against the reward model alone, which shows reward hacking at this size)")
+    rec.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    rec.add_argument("--limit", type=int, default=None, help="score only the first N test questions (quick checks)")
+    rec.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
+    rec.add_argument("overrides", nargs="*", metavar="STAGE.KEY=VALUE", help="settings of one stage")
+
+
+def run_recipe(args: argparse.Namespace) -> None:
+    from ..pipelines.align import align_recipe
+
+    result = align_recipe(args.model, args.out, args.task, args.overrides,
+                          [s.strip() for s in args.stages.split(",") if s.strip()], args.device, args.limit)
+    sft = result["models"]["sft"]
+    print(f"{result['task']} test split ({result['test_examples']} questions), exact match:")
+    print(f"  sft   {sft['value']:.3f} [{sft['ci'][0]:.3f}, {sft['ci'][1]:.3f}]")
+    for name, m in result["models"].items():
+        if name == "sft":
+            continue
+        w = m.get("win_rate")
+        print(f"  {name:5s} {m['value']:.3f} (change {m['delta']:+.3f}, 95% CI [{m['delta_ci'][0]:+.3f}, "
+              f"{m['delta_ci'][1]:+.3f}]: {m['verdict']}); KL to SFT {m['kl_to_sft']['kl']:.3f}"
+              + (f"; RM win rate vs SFT {w['win_rate']:.1%}" if w else ""))
+    print(f"report: {Path(args.out) / 'report.md'}")
 
 
 def run_label(args: argparse.Namespace) -> None:
@@ -86,9 +132,11 @@ def run_label(args: argparse.Namespace) -> None:
 
     stats = label(args.model, args.judge, args.prompts, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
                   temperature=args.temperature, seed=args.seed, swap=not args.no_swap, device=args.device,
-                  api_key=args.api_key, progress=sys.stderr.isatty())
+                  api_key=args.api_key, progress=sys.stderr.isatty(), samples=args.samples,
+                  train_size=args.builtin_train_size)
     print(f"wrote {stats.pairs} preference pair(s) to {args.out} from {stats.prompts} prompts "
-          f"({stats.ties} ties, {stats.invalid} without a verdict, {stats.identical} with identical samples left out)")
+          f"({stats.ties} ties, {stats.invalid} without a verdict, {stats.identical} with identical and {stats.empty} with "
+          "empty answers left out)")
     if stats.verdicts:
         print(f"  the judge favoured the answer shown first in {stats.first_position_wins / stats.verdicts:.0%} of "
               f"{stats.verdicts} single-order verdicts (50% is unbiased)")
@@ -105,6 +153,8 @@ def run_align(args: argparse.Namespace) -> None:
         return run_rollouts(args)
     if args.align_verb == "label":
         return run_label(args)
+    if args.align_verb == "recipe":
+        return run_recipe(args)
     if args.align_verb == "reward":
         from ..align.reward import RewardRecipe, reward
 

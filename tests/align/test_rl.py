@@ -63,13 +63,16 @@ def test_response_logps_match_the_sequence_scoring(tiny_dirs):
     ids = torch.tensor([prompt + response])
     logits = model(ids)
     index = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)[None]
-    lp, ent = response_logps(logits, index, torch.tensor([response]), temperature=1.0, entropy=True)
+    lp, ent = response_logps(logits[:, index[0]], torch.tensor([response]), temperature=1.0, entropy=True)
+    policy = PolicyWithValue(model, value_head=True)
+    at, values = policy(ids, torch.ones_like(ids), index)  # the head on the response positions only
+    assert torch.allclose(at, logits[:, index[0]], atol=1e-5) and values.shape == (1, 4) and torch.all(values == 0)
     labels = torch.full_like(ids, -100)
     labels[0, len(prompt) - 1:-1] = torch.tensor(response)  # labels[t] is the token after position t
     assert lp.sum().item() == pytest.approx(sequence_logps(logits, labels).item(), abs=1e-5)
     probs = torch.softmax(logits[0, len(prompt) - 1], -1)
     assert ent[0, 0].item() == pytest.approx(-(probs * probs.log()).sum().item(), abs=1e-4)
-    half, _ = response_logps(logits, index, torch.tensor([response]), temperature=2.0)
+    half, _ = response_logps(logits[:, index[0]], torch.tensor([response]), temperature=2.0)
     assert half[0, 0].item() == pytest.approx(torch.log_softmax(logits[0, len(prompt) - 1] / 2, -1)[response[0]].item(),
                                               abs=1e-5)
 
@@ -89,8 +92,8 @@ def test_rollouts_start_at_ratio_one_and_zero_kl(tiny_dirs):
     assert ro.input_ids.shape[0] == 12 and ro.stats["kl"] == 0.0 and torch.equal(ro.old_logp, ro.ref_logp)
     # the policy scores its own rollout exactly as the collector did: every ratio starts at 1
     with torch.no_grad():
-        logits, _ = policy(ro.input_ids, ro.attention_mask)
-    lp, _ = response_logps(logits, ro.resp_index, ro.resp_tokens, 1.0)
+        logits, _ = policy(ro.input_ids, ro.attention_mask, ro.resp_index)
+    lp, _ = response_logps(logits, ro.resp_tokens, 1.0)
     assert torch.allclose(lp * ro.resp_mask, ro.old_logp * ro.resp_mask, atol=1e-6)
     # advantages are constant along each completion and centred within each prompt's group
     per = ro.advantages.sum(-1) / ro.resp_mask.sum(-1).clamp_min(1)
@@ -130,6 +133,9 @@ def test_ppo_raises_a_learnable_reward_with_a_value_head(tiny_dirs, tmp_path):
     # the second epoch over a rollout sees a moved policy: ratios leave 1
     assert any(r["policy/approx_kl"] > 0 for r in m)
     assert s["rollouts"] == 10  # 16 completions / micro-batch 8, two epochs: 4 steps per rollout
+    # rewards are scaled by the first rollout's mean and std (the SFT model's samples)
+    first_rewards = m[0]["reward"], m[0]["reward/std"]
+    assert s["score_norm"] == pytest.approx(first_rewards, rel=1e-4)
 
 
 def test_adaptive_kl_moves_towards_its_target(tiny_dirs, tmp_path):
@@ -219,3 +225,16 @@ def test_bad_input_is_named(tiny_dirs, tmp_path, capsys):
     assert main(["align", "grpo", *base, "--reward", "length", "rollout.samples_per_prompt=1",
                  "--out", str(tmp_path / "g")]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_resume_continues_after_the_last_rollout(tiny_dirs, tmp_path):
+    out = tmp_path / "r"
+    args = ["--reward", "length", "rollout.prompts_per_batch=2", "rollout.samples_per_prompt=2"]
+    run("grpo", tiny_dirs["tiny-llama"], out, *args, "train.steps=2")
+    code = main(["align", "grpo", "--model", str(tiny_dirs["tiny-llama"]), "--out", str(out), "--resume",
+                 "eval.limit=10", "eval.prompts=8", "rollout.max_new_tokens=12", "train.precision=fp32", *args,
+                 "train.steps=4"])
+    assert code == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 4 and s["rollouts"] == 4
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4] and [r["rollouts"] for r in metrics(out)] == [1, 2, 3, 4]

@@ -48,8 +48,9 @@ def trl_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": full, "attention_mask": attention, "completion_mask": completion}
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "rpo"])
 def test_dpo_and_ipo_equal_trl(dirs, tmp_path, loss):
+    """rpo: DPO plus the chosen answers' NLL (llmkit sft_weight=1; trl loss_type [sigmoid, sft])."""
     ref_dir, policy_dir = dirs
     llm = llmkit.load(policy_dir)
     pairs = builtin_preferences("dev", ["arith", "sorting"])[:6]
@@ -67,7 +68,9 @@ def test_dpo_and_ipo_equal_trl(dirs, tmp_path, loss):
                                                                    torch_dtype=torch.float32)
         ds = datasets.Dataset.from_dict({"prompt": ["x"], "chosen": ["a"], "rejected": ["b"]})
         args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), bf16=False, use_cpu=True, report_to=[],
-                             gradient_checkpointing=False, beta=0.1, loss_type=[loss])
+                             gradient_checkpointing=False, beta=0.1,
+                             loss_type=["sigmoid", "sft"] if loss == "rpo" else [loss],
+                             loss_weights=[1.0, 1.0] if loss == "rpo" else None)
         trainer = trl.DPOTrainer(model=hf, ref_model=hf_ref, args=args, train_dataset=ds, processing_class=tok)
     model = trainer.model.train()
     for m in model.modules():  # no dropout either side
@@ -79,11 +82,12 @@ def test_dpo_and_ipo_equal_trl(dirs, tmp_path, loss):
     # llmkit
     ours_model = llm.model.train()
     reference = copy.deepcopy(llmkit.load(ref_dir).model).eval()
-    ours, metrics = DPOObjective(beta=0.1, loss=loss, reference=reference).loss(ours_model, batch)
+    kind, sft = ("sigmoid", 1.0) if loss == "rpo" else (loss, 0.0)
+    ours, metrics = DPOObjective(beta=0.1, loss=kind, reference=reference, sft_weight=sft).loss(ours_model, batch)
     ours.backward()
 
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
-    assert abs(ours.item() - (0.6931 if loss == "sigmoid" else 25.0)) > 1e-3  # the policy is not the reference
+    assert abs(ours.item() - (25.0 if loss == "ipo" else 0.6931)) > 1e-3  # the policy is not the reference
     hf_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     our_grads = {n: p.grad for n, p in ours_model.named_parameters() if p.grad is not None}
     assert set(our_grads) <= set(hf_grads) and len(our_grads) >= 18
