@@ -744,11 +744,23 @@ def plot_reward_kl(run_dir: Path, path: Path | None = None) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["reward"] for r in rows], color="tab:blue", label="reward")
+    window = max(1, len(rows) // 40)  # each rollout is noisy: a moving average over it, raw faintly behind
+
+    def smooth(xs: list[float]) -> list[float]:
+        out, total = [], 0.0
+        for i, x in enumerate(xs):
+            total += x - (xs[i - window] if i >= window else 0.0)
+            out.append(total / min(i + 1, window))
+        return out
+
+    rewards, kls = [r["reward"] for r in rows], [r["kl"] for r in rows]
+    ax.plot(steps, rewards, color="tab:blue", alpha=0.2, linewidth=0.8)
+    ax.plot(steps, smooth(rewards), color="tab:blue", label="reward")
     ax.set_xlabel("step")
     ax.set_ylabel("reward (mean of the rollout)", color="tab:blue")
     ax2 = ax.twinx()
-    ax2.plot(steps, [r["kl"] for r in rows], color="tab:red", label="KL to SFT")
+    ax2.plot(steps, kls, color="tab:red", alpha=0.2, linewidth=0.8)
+    ax2.plot(steps, smooth(kls), color="tab:red", label="KL to SFT")
     ax2.set_ylabel("KL to the SFT model (nats per completion)", color="tab:red")
     ax.grid(alpha=0.3)
     return save_figure(fig, path or Path(run_dir) / "reward_kl.png")

@@ -49,12 +49,12 @@ DEFAULTS: dict[str, list[str]] = {
     "ppo-rm": ["prompts.builtin_train_size=20000", "rollout.max_new_tokens=8", "rollout.prompts_per_batch=64",
                "train.micro_batch=64", "rollout.epochs=2", "train.steps=1500", "train.lr=1e-4", "kl=0.05"],
     "ppo": ["prompts.builtin_train_size=20000", "rollout.max_new_tokens=8", "rollout.prompts_per_batch=64",
-            "train.micro_batch=64", "rollout.epochs=2", "train.steps=1500", "train.lr=1e-4", "kl=0.05"],
+            "train.micro_batch=64", "rollout.epochs=2", "train.steps=3000", "train.lr=1e-4", "kl=0.05"],
     "pairs": ["samples=4", "train_size=10000", "max_new_tokens=8"],
     "dpo": ["method=full", "data.max_len=64", "train.steps=1000", "train.lr=3e-4", "train.micro_batch=16",
-            "train.eval_every=0", "beta=0.1", "sft_weight=1.0"],
+            "train.eval_every=0", "beta=0.1", "sft_weight=1.0", "eval.perplexity=false"],
     "grpo": ["prompts.builtin_train_size=20000", "rollout.max_new_tokens=8", "rollout.prompts_per_batch=16",
-             "train.micro_batch=64", "train.grad_accum=2", "train.steps=1000", "train.lr=1e-4", "beta=0.02"],
+             "train.micro_batch=64", "train.grad_accum=2", "train.steps=2000", "train.lr=1e-4", "beta=0.02"],
 }
 
 
@@ -85,6 +85,14 @@ def make_pairs(stage: PairsStage) -> dict[str, Any]:
     summary = stats.summary()
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+# fp32 for every training stage: under bf16 autocast (what precision=auto picks on CPUs whose bf16
+# matmuls probe fast) the same recipe left SFT at 0.13 instead of 0.185 and no aligned model gained;
+# rollout methods compare log-probs across forwards, which bf16 rounding blurs. On a GPU, override
+# with e.g. ppo.train.precision=bf16 after checking
+for _stage in ("sft", "rm", "ppo", "ppo-rm", "dpo", "grpo"):
+    DEFAULTS[_stage].append("train.precision=fp32")
 
 
 def _stage_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
@@ -178,7 +186,7 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
                                    f"out={dirs['ppo-rm']}"]),
         "pairs": (PairsStage, make_pairs, [f"model={sft_model}", f"task={task}", f"out={dirs['pairs']}"]),
         "dpo": (DPORecipe, dpo, [f"model={sft_model}", f"data.path={dirs['pairs'] / 'pairs.jsonl'}",
-                                 f"out={dirs['dpo']}"]),
+                                 f"out={dirs['dpo']}", f"eval.tasks=[{task}]"]),
         "grpo": (GRPORecipe, rl, [f"model={sft_model}", f"reward={task}-exact", f"prompts.path=builtin:{task}",
                                   f"out={dirs['grpo']}", f"eval.reward_model={rm_dir}"]),
     }
@@ -194,6 +202,10 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
     done = {s: dirs[s] / "model" for s in ALIGNED if (dirs[s] / "summary.json").is_file()}
     result = evaluate_against_sft(sft_model, done, task, rm_dir if rm_dir.is_dir() else None, limit, device=device)
     result["stages"] = {s: str(dirs[s]) for s in STAGES if (dirs[s] / "summary.json").is_file()}
+    if (dirs["rm"] / "summary.json").is_file():
+        import json
+
+        result["reward_model"] = json.loads((dirs["rm"] / "summary.json").read_text()).get("preferences")
     write_json_atomic(root / "summary.json", result)
     write_recipe_report(root, result)
     return result
@@ -219,10 +231,16 @@ def write_recipe_report(root: Path, result: dict[str, Any]) -> Path:
         lines.append(f"| {name} | {m['value']:.3f} | [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] | {m['delta']:+.3f} | "
                      f"[{m['delta_ci'][0]:+.3f}, {m['delta_ci'][1]:+.3f}] | {m['verdict']} | {wr} | "
                      f"{m['kl_to_sft']['kl']:.3f} |")
-    lines += ["", "Stages (each with its own report.md):", ""]
+    rm = result.get("reward_model")
+    if rm:
+        lines += ["", f"The reward model ranks the chosen answer first in {rm['accuracy']:.1%} of {rm['pairs']} held-out "
+                  "preference pairs (right vs near-miss answer, concise vs rambling); a win rate near or under 50% "
+                  "with a gain in exact match means it cannot tell right from nearly right answers at this size."]
+    lines += ["", "Stages (each a run dir of its verb):", ""]
     for s, d in result.get("stages", {}).items():
         rel = os.path.relpath(d, root)
-        lines.append(f"- {s}: [{rel}/report.md]({rel}/report.md)")
+        doc = "report.md" if (Path(d) / "report.md").is_file() else "summary.json"
+        lines.append(f"- {s}: [{rel}/{doc}]({rel}/{doc})")
     plots = [s for s in ("ppo", "grpo") if (root / s / "reward_kl.png").is_file()]
     if plots:
         lines += ["", "## Reward and KL over training", "",

@@ -238,3 +238,16 @@ def test_resume_continues_after_the_last_rollout(tiny_dirs, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 4 and s["rollouts"] == 4
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4] and [r["rollouts"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["align-ppo", "align-grpo"])
+def test_shipped_recipes_load(name):
+    from pathlib import Path
+
+    from llmkit.align.rl import PPORecipe
+    from llmkit.recipe import load_recipe
+
+    cls = PPORecipe if name == "align-ppo" else GRPORecipe
+    r = load_recipe(cls, Path(__file__).parents[2] / "recipes" / f"{name}.yaml", ["model=runs/sft"])
+    assert r.reward == "arith-exact" and r.prompts.path == "builtin:arith" and r.train.steps >= 1000
+    parse_reward(r.reward)  # and the reward resolves
