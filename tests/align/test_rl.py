@@ -148,10 +148,11 @@ def test_adaptive_kl_moves_towards_its_target(tiny_dirs, tmp_path):
     assert s["kl_coef"] < coefs[-1]  # and after the last rollout (0.1 * 0.984 ** 6)
 
 
-def test_lora_runs_and_saves_the_merged_model(tiny_dirs, tmp_path):
-    out = tmp_path / "lora"
-    s = run("grpo", tiny_dirs["tiny-llama"], out, "--method", "lora", "--reward", "length*-0.1", "train.steps=2",
-            "rollout.prompts_per_batch=2", "rollout.samples_per_prompt=2")
+@pytest.mark.parametrize("verb,method", [("grpo", "lora"), ("ppo", "qlora")])
+def test_lora_and_qlora_run_and_save_the_merged_model(tiny_dirs, tmp_path, verb, method):
+    out = tmp_path / method
+    s = run(verb, tiny_dirs["tiny-llama"], out, "--method", method, "--reward", "length*-0.1", "train.steps=2",
+            "rollout.prompts_per_batch=2", "rollout.samples_per_prompt=2", "train.micro_batch=4")
     assert s["trainable"]["percent"] < 60 and (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "model" / "model.safetensors").is_file()
 
