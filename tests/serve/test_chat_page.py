@@ -37,7 +37,29 @@ def keyed(served_llm, tmp_path_factory):
         yield running
 
 
-def test_the_page_streams_a_reply(browser, server, served_llm):
+@pytest.fixture(scope="module")
+def paced(tiny_dirs):
+    """A server whose model takes 30 ms a forward, as a real one would: a tiny model on a fast
+    machine finishes before the browser paints, and one network read would hold the whole stream."""
+    import time
+
+    import llmkit
+    from llmkit.serve import ServedModel, create_app
+
+    llm = llmkit.load(tiny_dirs["tiny-llama"])
+    forward = llm.model.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.03)
+        return forward(*args, **kwargs)
+
+    llm.model.forward = slow
+    with Running(create_app(ServedModel("tiny", llm))) as running:
+        yield running
+
+
+def test_the_page_streams_a_reply(browser, paced, served_llm):
+    server = paced
     page = browser.new_page()
     bodies, chunks = [], []
     page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
