@@ -76,6 +76,9 @@ def length_reward(prompts, completions, references):
     return [float(len(c)) for c in completions]
 
 
+length_reward.__name__ = "length"
+
+
 class ModelReward:
     """A trained reward model as a reward function: it scores (prompt, completion) in its own
     tokenizer and chat template, so the policy's tokenizer need not match."""

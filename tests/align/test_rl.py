@@ -252,3 +252,27 @@ def test_shipped_recipes_load(name):
     r = load_recipe(cls, Path(__file__).parents[2] / "recipes" / f"{name}.yaml", ["model=runs/sft"])
     assert r.reward == "arith-exact" and r.prompts.path == "builtin:arith" and r.train.steps >= 1000
     parse_reward(r.reward)  # and the reward resolves
+
+
+def test_ppo_under_torchrun_with_two_processes(tiny_dirs, tmp_path):
+    """2 CPU processes (gloo): each rank samples its own prompts (rank 0 the same ones as a single
+    process), the update is all-reduced, rank 0 writes the result."""
+    import os
+    import subprocess
+
+    common = ["-m", "llmkit", "align", "ppo", "--model", str(tiny_dirs["tiny-llama"]), "--reward", "length",
+              "train.steps=4", "rollout.prompts_per_batch=4", "rollout.max_new_tokens=8", "train.micro_batch=4",
+              "eval.limit=4", "eval.prompts=4", "train.precision=fp32", "train.device=cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = subprocess.run([sys.executable, *common, "--out", str(one)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + os.getpid() % 1000 + 13)]
+    r = subprocess.run([*launcher, *common, "--out", str(two)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = metrics(one), metrics(two)
+    assert [m["step"] for m in b] == [1, 2, 3, 4] and (two / "model" / "model.safetensors").is_file()
+    assert b[0]["reward"] == pytest.approx(a[0]["reward"]) and b[0]["kl"] == 0.0  # rank 0's first rollout
+    # after the first update the loss is the mean over both ranks' rollouts (at step 1 PPO's loss with
+    # whitened advantages and zero values depends on the rollout's shape only)
+    assert [m["loss"] for m in b[1:]] != pytest.approx([m["loss"] for m in a[1:]])
