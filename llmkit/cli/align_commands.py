@@ -91,7 +91,7 @@ def add_align_args(p: argparse.ArgumentParser) -> None:
                                      "model, then from the SFT model PPO (the task's checker plus the reward model, "
                                      "KL penalty to SFT), DPO on the SFT model's own right-vs-wrong answers (with "
                                      "the chosen answers' NLL: RPO) and GRPO (exact-answer reward). Every model is "
-                                     "scored on the task's test split with a paired bootstrap interval of its change "
+                                     "scored on the task's dev and test splits with a paired bootstrap interval of its change "
                                      "from SFT, the reward model's win rate against SFT and the KL to SFT, in "
                                      "OUT/report.md. Finished stages are reused. Overrides name their stage: "
                                      "ppo.kl=0.1 grpo.train.steps=800 sft.train.steps=5000 pairs.samples=8")
@@ -113,7 +113,8 @@ def run_recipe(args: argparse.Namespace) -> None:
     result = align_recipe(args.model, args.out, args.task, args.overrides,
                           [s.strip() for s in args.stages.split(",") if s.strip()], args.device, args.limit)
     sft = result["models"]["sft"]
-    print(f"{result['task']} test split ({result['test_examples']} questions), exact match:")
+    print(f"{result['task']} {' + '.join(result['splits'])} splits ({result['examples']} held-out questions), "
+          "exact match:")
     print(f"  sft   {sft['value']:.3f} [{sft['ci'][0]:.3f}, {sft['ci'][1]:.3f}]")
     for name, m in result["models"].items():
         if name == "sft":

@@ -9,7 +9,7 @@
    the optional stage ``ppo-rm``, PPO against the reward model alone -> RUN/ppo-rm); on-policy pairs (the SFT model's right answer over its wrong
    one) -> RUN/pairs, and DPO on them with the chosen answers' NLL (RPO) -> RUN/dpo; GRPO with
    the verifiable reward ``<task>-exact`` -> RUN/grpo
-4. every model on the task's whole test split (greedy, chat prompts): exact match with its
+4. every model on the task's dev and test splits, pooled (400 arith questions; greedy, chat prompts): exact match with its
    interval, the change from SFT with a paired bootstrap interval (an improvement only when the
    interval excludes 0), the reward model's win rate against SFT, and the KL to SFT, in RUN/report.md.
 
@@ -119,17 +119,38 @@ def _run_stage(name: str, cls, job, overrides: list[str]) -> dict[str, Any]:
     return job(recipe)
 
 
+HELD_OUT = ("dev", "test")  # both never trained on (SFT reads dev for its validation loss only)
+
+
+def held_out_run(llm: Any, task: str, splits: Sequence[str], limit: int | None = None):
+    """One `EvalRun` of `task` over several splits, their questions pooled (ids stay unique), so
+    that `compare` pairs them all: 400 arith questions give an interval √2 narrower than 200."""
+    import dataclasses
+
+    from ..eval.metrics import bootstrap_ci
+    from ..eval.runner import evaluate
+
+    runs = [evaluate(llm, [task], split=split, limit=limit, chat=True, batch_size=32) for split in splits]
+    records = [r.tasks[task] for r in runs]
+    samples = [x for rec in records for x in rec.samples]
+    scores = [x["score"] for x in samples]
+    pooled = dataclasses.replace(records[0], metrics={records[0].primary: sum(scores) / len(scores), "n": len(scores)},
+                                 ci=bootstrap_ci(scores), seconds=sum(rec.seconds for rec in records), samples=samples)
+    return dataclasses.replace(runs[0], tasks={task: pooled})
+
+
 def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, rm_dir: Path | None,
-                         limit: int | None = None, kl_prompts: int = 100, device=None) -> dict[str, Any]:
-    """Every model on `task`'s test split; paired differences from SFT, reward-model win rate and
-    KL to SFT."""
+                         limit: int | None = None, kl_prompts: int = 100, device=None,
+                         splits: Sequence[str] = HELD_OUT) -> dict[str, Any]:
+    """Every model on `task`'s held-out splits (pooled); paired differences from SFT, reward-model
+    win rate and KL to SFT (on the test split)."""
     from ..align.rewards import ModelReward
     from ..align.rl import PolicyWithValue, PPORecipe, answers, builtin_prompts, kl_to_reference, win_rate
-    from ..eval.runner import compare, evaluate
+    from ..eval.runner import compare
     from ..infer.llm import load
 
     sft = load(sft_dir, device=device)
-    runs = {"sft": evaluate(sft, [task], limit=limit, chat=True, batch_size=32)}
+    runs = {"sft": held_out_run(sft, task, splits, limit)}
     prompts = builtin_prompts("test", [task])
     if limit:
         prompts = prompts[:limit]
@@ -137,12 +158,13 @@ def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, 
     sft_answers = answers(sft.model, sft.tokenizer, prompts, 16) if judge else []
     kl_recipe = PPORecipe(model=str(sft_dir))
     kl_recipe.rollout.max_new_tokens = 16
-    out: dict[str, Any] = {"task": task, "test_examples": len(prompts), "models": {}}
+    out: dict[str, Any] = {"task": task, "splits": list(splits),
+                           "examples": len(runs["sft"].tasks[task].samples), "models": {}}
     rec = runs["sft"].tasks[task]
     out["models"]["sft"] = {"value": rec.value, "ci": list(rec.ci)}
     for name, path in model_dirs.items():
         llm = load(path, device=device)
-        runs[name] = evaluate(llm, [task], limit=limit, chat=True, batch_size=32)
+        runs[name] = held_out_run(llm, task, splits, limit)
         rec = runs[name].tasks[task]
         delta = compare(runs["sft"], runs[name])[0]
         row = {"value": rec.value, "ci": list(rec.ci), "delta": delta.delta, "delta_ci": list(delta.ci),
@@ -212,11 +234,12 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
 
 
 def write_recipe_report(root: Path, result: dict[str, Any]) -> Path:
-    task, n = result["task"], result["test_examples"]
+    task, n = result["task"], result["examples"]
     sft = result["models"]["sft"]
+    splits = " and ".join(result.get("splits", ["test"]))
     lines = [f"# Alignment recipe {root.name}: {task}", "",
-             f"Every model answers the {n} questions of the {task} test split (greedy, chat prompts; never trained "
-             "on). Δ is the change in exact match from the SFT model, with a paired bootstrap 95% interval over "
+             f"Every model answers the {n} questions of the {task} {splits} splits (greedy, chat prompts; never "
+             "trained on; the win rate and KL on the test split's questions). Δ is the change in exact match from the SFT model, with a paired bootstrap 95% interval over "
              "the same questions: an improvement only when the interval excludes 0. The win rate is how often the "
              "reward model scores the model's answer above the SFT model's (ties half); KL is KL(model ‖ SFT) in "
              "nats per sampled answer.", "",

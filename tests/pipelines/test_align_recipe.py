@@ -1,5 +1,5 @@
 """`llmkit align recipe`: SFT -> reward model -> PPO, DPO, GRPO, each compared with SFT on the
-test split. Fast: the wiring on a tiny random model (every stage a few steps). Slow: the real
+dev and test splits. Fast: the wiring on a tiny random model (every stage a few steps). Slow: the real
 claim on the quickstart model: the aligned models beat SFT by more than the noise."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
                  *QUICK]) == 0
     printed = capsys.readouterr().out
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["models"]) == {"sft", "ppo", "dpo", "grpo"} and s["test_examples"] == 6
+    assert set(s["models"]) == {"sft", "ppo", "dpo", "grpo"} and s["examples"] == 12  # 6 of dev, 6 of test
     for name in ("ppo", "dpo", "grpo"):
         m = s["models"][name]
         assert m["delta"] == pytest.approx(m["value"] - s["models"]["sft"]["value"])
@@ -50,7 +50,7 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
                    "interval (PPO +0.075, DPO +0.070, GRPO +0.070), on another not (-0.015, +0.020, +0.060)")
 def test_aligned_models_beat_sft_on_held_out_arithmetic(quickstart_run, tmp_path):
     """The claim of the recipe: on the 1-minute quickstart model, SFT on arith, then each aligned
-    model beats the SFT model on the 200 held-out test questions by more than the noise (the
+    model beats the SFT model on the 400 held-out dev and test questions by more than the noise (the
     paired bootstrap interval of the change lies above 0), with its KL to SFT and the reward
     model's win rate reported."""
     qs, r = quickstart_run
@@ -58,7 +58,7 @@ def test_aligned_models_beat_sft_on_held_out_arithmetic(quickstart_run, tmp_path
     out = tmp_path / "align"
     assert main(["align", "recipe", "--model", str(qs), "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["test_examples"] == 200
+    assert s["examples"] == 400
     for name in ("ppo", "dpo", "grpo"):
         m = s["models"][name]
         assert m["verdict"] == "improvement" and m["delta_ci"][0] > 0, (name, m, s["models"]["sft"])
