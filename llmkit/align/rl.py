@@ -662,8 +662,8 @@ def rl(recipe: RLRecipe, resume: bool = False) -> dict[str, Any]:
     train_cfg = dataclasses.replace(recipe.train, lr=recipe.train.lr or DEFAULT_LR[recipe.method])
     with setting_up(run_dir, resume, info, recipe):
         base_path, model, tokenizer = load_base(recipe)
-        first = recipe.prompts.path if is_builtin(recipe.prompts.path) else None
-        task = builtin_tasks(first, RL_PROMPT_TASKS, "prompt")[0] if first else None
+        builtin_spec = recipe.prompts.path if is_builtin(recipe.prompts.path) else None
+        task = builtin_tasks(builtin_spec, RL_PROMPT_TASKS, "prompt")[0] if builtin_spec else None
         reward_fn = parse_reward(recipe.reward, task, info.device)
         train_prompts, val_prompts, data_info = read_rl_prompts(recipe, tokenizer, model.config.context_window)
         reference = load_reference(recipe, model, tokenizer)  # GRPO with beta=0 still logs and reports the KL
@@ -676,7 +676,7 @@ def rl(recipe: RLRecipe, resume: bool = False) -> dict[str, Any]:
     precision = choose_precision(train_cfg.precision, device)
     disable_dropout(model)
     tasks = list(recipe.eval.tasks) if recipe.eval.tasks is not None else \
-        (list(builtin_tasks(recipe.prompts.path, RL_PROMPT_TASKS, "prompt")) if first else [])
+        (list(builtin_tasks(builtin_spec, RL_PROMPT_TASKS, "prompt")) if builtin_spec else [])
     before = held_out(model, tokenizer, tasks, recipe) if info.is_main else {}
     judge = judge_for(recipe, reward_fn, device) if info.is_main and val_prompts else None
     sft_answers = answers(model, tokenizer, val_prompts, recipe.rollout.max_new_tokens) if judge else []
