@@ -294,11 +294,21 @@ class Server:
         """An SSE response of `pieces` that accounts for the request (budget, log) when the stream
         ends, however it ends; the middleware leaves streamed requests to it."""
         async def accounted():
+            # One piece of look-ahead: the request is accounted before its last piece (the
+            # `[DONE]`) goes out, so a client that has read the whole stream finds it logged.
+            held, done = None, False
             try:
                 async for piece in pieces:
-                    yield piece
-            finally:
+                    if held is not None:
+                        yield held
+                    held = piece
+                done = True
                 account()
+                if held is not None:
+                    yield held
+            finally:
+                if not done:
+                    account()
 
         request.state.streaming = True
         return StreamingResponse(accounted(), media_type="text/event-stream",
