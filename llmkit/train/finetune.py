@@ -125,13 +125,19 @@ def load_base(recipe: FinetuneRecipe):
     if not recipe.model:
         raise ValueError("no base model: give --model (an HF directory, a run directory or a cached name)")
     path = resolve_model(recipe.model)
-    if isinstance(path, str) or Path(path).suffix == ".gguf":
-        raise ValueError(f"--model {recipe.model}: fine-tuning needs a local Hugging Face directory or run directory")
-    tokenizer = Tokenizer.from_dir(path)
+    if isinstance(path, str):
+        raise ValueError(f"--model {recipe.model}: fine-tuning needs a local model (HF directory, run directory or "
+                         ".gguf file), not a server")
+    if Path(path).suffix == ".gguf":  # dequantised to fp32; the trained model is saved in HF layout
+        from ..models.gguf import load_gguf
+
+        model, tokenizer = load_gguf(path)
+    else:
+        model, tokenizer = load_pretrained(path), Tokenizer.from_dir(path)
     if tokenizer.chat_template is None:
         log.warning("%s has no chat template: using llmkit's default (ChatML)", path)
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    return Path(path), load_pretrained(path), tokenizer
+    return Path(path), model, tokenizer
 
 
 def read_data(recipe: FinetuneRecipe, seed: int):
