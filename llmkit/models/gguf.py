@@ -155,12 +155,14 @@ class GGUFFile:
         self.reader = reader
 
     def _check_types(self) -> None:
+        import numpy as np
+
         gguf = _gguf()
         seen = {t.tensor_type for t in self.tensors.values()}
         for qtype in seen:
-            block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+            _, nbytes = gguf.GGML_QUANT_SIZES[qtype]
             try:  # one zero block through the package's dequantiser tells whether it has one
-                gguf.quants.dequantize(__import__("numpy").zeros((1, nbytes), dtype="uint8"), qtype)
+                gguf.quants.dequantize(np.zeros((1, nbytes), dtype=np.uint8), qtype)
             except NotImplementedError:
                 users = [n for n, t in self.tensors.items() if t.tensor_type == qtype]
                 raise GGUFError(f"{self.path}: tensor type {qtype.name} (e.g. {users[0]}) cannot be dequantised by the "
@@ -344,7 +346,7 @@ def save_gguf(model: Transformer, tokenizer: Any, path: str | os.PathLike, type:
         raise GGUFError("the model is stored in llmkit's int8/int4 format: export the full-precision model "
                         "(llama.cpp quantises with its own block types: --type q8_0 or q4_0)")
     cfg = model.config
-    arch = "gpt2" if cfg.family == "gpt2" else cfg.family
+    arch = cfg.family
     if arch == "mistral":
         arch = "llama"  # llama.cpp reads Mistral as llama (no sliding window there)
         if cfg.sliding_window is not None:
