@@ -25,8 +25,8 @@ import torch
 from ..data.instruct import IGNORE_INDEX, is_builtin, split_validation
 from ..peft import LoRAConfig, trainable_parameters
 from ..train import distributed as D
-from ..train.finetune import (EvalSection, FinetuneTrain, apply_method, held_out, load_base, save_result,
-                              setting_up)
+from ..train.finetune import (EvalSection, FinetuneTrain, apply_method, held_out, held_out_change, load_base,
+                              save_result, setting_up)
 from ..train.precision import autocast, choose_precision
 from ..train.trainer import Trainer
 from ..utils import write_json_atomic, write_text_atomic
@@ -245,6 +245,7 @@ def dpo(recipe: DPORecipe, resume: bool = False) -> dict[str, Any]:
         summary["preferences"] = preference_accuracy(objective, final, val_ex, pad, precision) if val_ex else {}
         summary["before"] = before
         summary["after"] = held_out(final, tokenizer, tasks, recipe)
+        summary["change"] = held_out_change(before, summary["after"], train_cfg.seed)
         save_result(final, tokenizer, recipe, base_path, run_dir)
         write_json_atomic(run_dir / "summary.json", summary)
         write_align_report(run_dir, f"DPO run {run_dir.name} ({recipe.loss}, {recipe.method})", recipe, summary)

