@@ -212,3 +212,37 @@ def test_lora_on_the_quickstart_model_learns_a_held_out_task(quickstart_run, tmp
     assert low > before["value"] and low > base["majority"] and low > base["format_only"], (after, before, base)
     assert s["after"]["perplexity"]["value"] > 0 and "perplexity" in s["before"]  # forgetting is measured
     assert "Held-out results" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_lora_recipe_on_smollm2_beats_the_base_and_loads_in_peft(smollm2, tmp_path):
+    """recipes/finetune-lora-smollm2.yaml as shipped (300 steps; about 17 minutes on 2 cores with
+    the held-out evaluation before and after): held-out exact match on arith and sorting rises
+    beyond the paired bootstrap interval, and the adapter, loaded by PEFT on the `llmkit convert`
+    directory, gives the greedy answers llmkit's merged model gives. Measured: arith 0.12 -> 0.435
+    (change +0.315 [+0.245, +0.38]), sorting 0.01 -> 0.72 (+0.71 [+0.61, +0.8])."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import llmkit as lk
+
+    out = tmp_path / "sft"
+    r = subprocess.run([sys.executable, "-m", "llmkit", "finetune", "--config",
+                        str(Path(__file__).parents[2] / "recipes" / "finetune-lora-smollm2.yaml"),
+                        "--model", str(smollm2.path), "--out", str(out), "train.device=cpu"],
+                       capture_output=True, text=True, timeout=3600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    for task in ("arith", "sorting"):
+        assert s["change"][task]["verdict"] == "improvement" and s["change"][task]["ci"][0] > 0.1, s["change"]
+    r = subprocess.run([sys.executable, "-m", "llmkit", "convert", "--model", str(smollm2.path), "--out",
+                        str(tmp_path / "hf")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    theirs = peft.PeftModel.from_pretrained(hf, out / "adapter").eval()
+    ours = lk.load(out)
+    for m in builtin_instructions("test", ["arith", "sorting"])[:6]:
+        ids = ours.chat_prompt(m[:-1])
+        with torch.no_grad():
+            got = theirs.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):]
+        assert ours.tokenizer.decode(got.tolist(), skip_special_tokens=True).strip() == ours.chat(
+            m[:-1], max_new_tokens=24, temperature=0).strip()
