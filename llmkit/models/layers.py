@@ -134,6 +134,15 @@ class AttentionMask:
         self.mask, self.is_causal, self.key_start = mask, is_causal, key_start
 
 
+def linear_outputs(x: torch.Tensor, mods: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    """`[m(x) for m in mods]` for Linears that read the same input (q/k/v, gate/up). Quantised
+    Linears (`llmkit.quant`) offer `grouped_outputs`, which runs the group in one fused call
+    while decoding (the per-call overhead dominates there); it returns None where it does not apply."""
+    grouped = getattr(mods[0], "grouped_outputs", None)
+    out = grouped(x, mods) if grouped is not None else None
+    return out if out is not None else [m(x) for m in mods]
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -148,9 +157,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: AttentionMask,
                 cache=None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = linear_outputs(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -179,7 +189,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = linear_outputs(x, (self.gate_proj, self.up_proj))
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))
 
 

@@ -21,7 +21,7 @@ fused kernel multiplies each nibble plane by a contiguous half of the activation
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +66,12 @@ def _fused(name: str, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
     return _COMPILED[name]
 
 
-def _run_fused(name: str, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor | None:
+def _run_fused(name: str, fn: Callable[..., Any], *args: torch.Tensor) -> Any:
     kernel = _fused(name, fn)
     if kernel is None:
         return None
     try:
-        key = (name, *args[1].shape, args[0].shape[0] == 1, args[0].device)
+        key = (name, *(a.shape for a in args[1:]), args[0].shape[0] == 1, args[0].device)
         if key in _SEEN:
             return kernel(*args)
         # a first call may compile: one graph serves every row count > 1, but each weight shape
@@ -86,6 +86,15 @@ def _run_fused(name: str, fn: Callable[..., torch.Tensor], *args: torch.Tensor) 
         log.warning("the fused %s kernel could not be compiled (%s): using dequantise + matmul", name, e)
         _COMPILED[name] = None
         return None
+
+
+def _each(kernel: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`kernel` over several (codes, scale) pairs and one input, as one function: compiled, the
+    group costs one call's overhead (which dominates at decode sizes) instead of one per layer."""
+    def run(x: torch.Tensor, *pairs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(kernel(x, pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2))
+
+    return run
 
 
 def _tiled_linear(x: torch.Tensor, out_features: int, tile_rows: int,
@@ -132,6 +141,7 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, group_size: int,
 class _QuantLinear(nn.Module):
     kind = ""
     fused_max_rows = 0
+    rows_kernel: Callable[..., torch.Tensor]  # (rows, codes, scale) -> rows @ W.t(), the fused formula
 
     def __init__(self, in_features: int, out_features: int, bias: bool):
         super().__init__()
@@ -148,20 +158,44 @@ class _QuantLinear(nn.Module):
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
-    def _fused_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        raise NotImplementedError
+    @classmethod
+    def grouped_outputs(cls, x: torch.Tensor, mods: Sequence["_QuantLinear"]) -> list[torch.Tensor] | None:
+        """`[m(x) for m in mods]` through one fused call when it applies (no autograd, few rows,
+        fused kernels on, every module of this kind on the same input width); else None."""
+        first = mods[0]
+        if torch.is_grad_enabled() or not all(type(m) is cls and m.fused and m.in_features == first.in_features
+                                              for m in mods):
+            return None
+        rows = x.reshape(-1, first.in_features)
+        if rows.shape[0] > cls.fused_max_rows:
+            return None
+        # a fresh fp32 copy (a few rows): a view would make the compiled kernel guard on its base
+        with torch.inference_mode():  # one kind of tensor for the compiled kernel's guards
+            rows = rows.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
+            if len(mods) == 1:
+                ys = _run_fused(cls.kind, cls.rows_kernel, rows, first.qweight, first.scale)
+                ys = None if ys is None else (ys,)
+            else:
+                ys = _run_fused(f"{cls.kind}x{len(mods)}", _each(cls.rows_kernel), rows,
+                                *[t for m in mods for t in (m.qweight, m.scale)])
+        if ys is None:
+            return None
+        out = []
+        for y, m in zip(ys, mods):
+            y = y.to(x.dtype)
+            if m.bias is not None:
+                y = y + m.bias.to(y.dtype)
+            out.append(y.reshape(*x.shape[:-1], m.out_features))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        y = None
         if torch.is_grad_enabled():  # differentiable w.r.t. x (frozen weights)
-            y = F.linear(rows, self.dequantized(x.dtype))
-        elif self.fused and rows.shape[0] <= self.fused_max_rows:
-            # a fresh fp32 copy (a few rows): a view would make the compiled kernel guard on its base
-            with torch.inference_mode():  # one kind of tensor for the compiled kernel's guards
-                y = self._fused_rows(rows.to(torch.float32, copy=True, memory_format=torch.contiguous_format))
-            y = None if y is None else y.to(x.dtype)
-        if y is None:
+            y = F.linear(x.reshape(-1, self.in_features), self.dequantized(x.dtype))
+        else:
+            fused = self.grouped_outputs(x, (self,)) if self.fused else None
+            if fused is not None:
+                return fused[0]
+            rows = x.reshape(-1, self.in_features)
             tile = max(16, TILE_ELEMENTS // self.in_features)
             y = _tiled_linear(rows, self.out_features, tile, lambda i, j: self._dequant(i, j, x.dtype))
         if self.bias is not None:
@@ -178,6 +212,7 @@ class Int8Linear(_QuantLinear):
 
     kind = "int8"
     fused_max_rows = INT8_FUSED_MAX_ROWS
+    rows_kernel = staticmethod(_int8_rows)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias)
@@ -195,8 +230,6 @@ class Int8Linear(_QuantLinear):
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         return self.qweight[i:j].to(dtype) * self.scale[i:j, None].to(dtype)
 
-    def _fused_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return _run_fused("int8", _int8_rows, rows, self.qweight, self.scale)
 
 
 class Int4Linear(_QuantLinear):
@@ -204,6 +237,7 @@ class Int4Linear(_QuantLinear):
 
     kind = "int4"
     fused_max_rows = INT4_FUSED_MAX_ROWS
+    rows_kernel = staticmethod(_int4_rows)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 64):
         super().__init__(in_features, out_features, bias)
@@ -224,8 +258,6 @@ class Int4Linear(_QuantLinear):
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_int4(self.qweight[i:j], self.scale[i:j], self.group_size, dtype)
 
-    def _fused_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return _run_fused("int4", _int4_rows, rows, self.qweight, self.scale)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"

@@ -74,6 +74,29 @@ def test_every_kernel_path_equals_the_dequantised_matmul(kind, rows):
     assert (want - lin(x)).abs().max() < (0.05 if kind == "int8" else 0.3) * lin(x).abs().max()
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_a_group_of_quantised_linears_in_one_fused_call_equals_each_alone(kind, rows):
+    """q/k/v and gate/up decode through one fused call (`linear_outputs`); each output equals the
+    dequantised matmul, biases included; a group with another kind of module in it (a LoRA
+    wrapper, a plain Linear) and many rows take the one-by-one path, with the same results."""
+    from llmkit.models.layers import linear_outputs
+
+    torch.manual_seed(0)
+    make = (lambda lin: Int8Linear.from_linear(lin)) if kind == "int8" else (
+        lambda lin: Int4Linear.from_linear(lin, group_size=64))
+    lins = [nn.Linear(128, 128, bias=True), nn.Linear(128, 64, bias=False), nn.Linear(128, 64, bias=True)]
+    mods = tuple(make(lin) for lin in lins)
+    x = torch.randn(1, rows, 128)
+    with torch.no_grad():
+        got = linear_outputs(x, mods)
+        mixed = linear_outputs(x, (mods[0], lins[1]))
+    for y, m in zip(got, mods):
+        torch.testing.assert_close(y, F.linear(x, m.dequantized(), m.bias), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mixed[1], lins[1](x))
+    torch.testing.assert_close(mixed[0], got[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_a_quantised_model_computes_nearly_the_same(tiny_dirs, method):
     llm = llmkit.load(tiny_dirs["tiny-llama"])
