@@ -8,6 +8,12 @@ F32 exported by llmkit).
 
 Targets (issue 9): llmkit fp32 >= 1.5x transformers; llmkit int8 decode >= 2/3 of llama.cpp
 Q8_0's; GGUF import <= 5 s (transformers takes ~35 s here).
+
+On CPUs with AMX, llama-cpp-python 0.3.36 built with its defaults (GGML_NATIVE) crashed here with a
+segfault in ggml_backend_amx_mul_mat; building it without the AMX kernels works:
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+      -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" \
+      pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python
 """
 
 from __future__ import annotations
