@@ -18,11 +18,12 @@ QUICK = ["sft.train.steps=4", "sft.data.builtin_train_size=200", "sft.eval.limit
          "grpo.eval.prompts=4", "ppo.prompts.builtin_train_size=50", "grpo.prompts.builtin_train_size=50"]
 
 
-def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, capsys):
+def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, capsys, caplog):
     out = tmp_path / "align"
     assert main(["align", "recipe", "--model", str(tiny_dirs["tiny-llama"]), "--out", str(out), "--limit", "6",
                  *QUICK]) == 0
     printed = capsys.readouterr().out
+    assert "on bases this weak" in caplog.text  # a random model's SFT answers nothing: the recipe says so
     s = json.loads((out / "summary.json").read_text())
     assert set(s["models"]) == {"sft", "ppo", "dpo", "grpo"} and s["examples"] == 12  # 6 of dev, 6 of test
     for name in ("ppo", "dpo", "grpo"):
