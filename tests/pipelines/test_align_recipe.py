@@ -47,19 +47,26 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 8 open: the gains cleared the paired interval on 1 of 3 quickstart "
-                   "models (PPO +0.088, DPO +0.085, GRPO +0.053 on 400 questions), not on the other two")
-def test_aligned_models_beat_sft_on_held_out_arithmetic(quickstart_run, tmp_path):
-    """The claim of the recipe: on the 1-minute quickstart model, SFT on arith, then each aligned
-    model beats the SFT model on the 400 held-out dev and test questions by more than the noise (the
-    paired bootstrap interval of the change lies above 0), with its KL to SFT and the reward
-    model's win rate reported."""
-    qs, r = quickstart_run
+def test_aligned_models_beat_sft_on_held_out_arithmetic(tmp_path):
+    """The claim of the recipe: on a quickstart model, SFT on arith, then each aligned model beats
+    the SFT model on the 400 held-out dev and test questions by more than the noise (the paired
+    bootstrap interval of the change lies above 0), with its KL to SFT and the reward model's win
+    rate reported. The gains need a base whose SFT model answers a fifth of the questions: on
+    1-minute quickstarts that reached only 0.17 (a slower CPU) they cleared the interval on 1 of 3;
+    at 0.31 and 0.34 (1-minute bases here) and 0.23 (a 3-minute one) on 3 of 3, every change's lower
+    bound +0.020 or more. The base gets 3 minutes, for slower CPUs. About 20 minutes."""
+    import subprocess
+    import sys
+
+    qs = tmp_path / "qs"
+    r = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "3", "--out", str(qs)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "align"
     assert main(["align", "recipe", "--model", str(qs), "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["examples"] == 400
+    assert s["models"]["sft"]["value"] >= 0.2, ("the base is too weak for the claim", s["models"]["sft"])
     for name in ("ppo", "dpo", "grpo"):
         m = s["models"][name]
         assert m["verdict"] == "improvement" and m["delta_ci"][0] > 0, (name, m, s["models"]["sft"])
