@@ -124,13 +124,13 @@ WEAK_SFT = 0.2  # held-out exact match under which the measured gains were mostl
 
 def _warn_if_weak(sft_summary: dict[str, Any], task: str) -> None:
     """Say so when the SFT model is too weak for the recipe's gains to show: on quickstart bases
-    with SFT at 0.165-0.185 the gains were within noise on two of three; at 0.23, 0.31 and 0.34
-    every one cleared its interval."""
+    with SFT at 0.165-0.185 the gains were mostly within noise (1 of 4 runs clear); at 0.23, 0.31
+    and 0.34 every one cleared its interval."""
     value = sft_summary.get("after", {}).get(task, {}).get("value")
     if value is not None and value < WEAK_SFT:
         log.warning("the SFT model answers %.0f%% of held-out %s questions: on bases this weak the aligned "
-                    "models' gains were small and often within noise; a stronger base (e.g. llmkit quickstart "
-                    "--minutes 3, or another seed) gives them room", 100 * value, task)
+                    "models' gains were small and often within noise; try another base (another quickstart --seed; "
+                    "how strong SFT gets varies from base to base)", 100 * value, task)
 
 
 HELD_OUT = ("dev", "test")  # both never trained on (SFT reads dev for its validation loss only)
