@@ -173,12 +173,33 @@ class Delta:
     paired: bool
 
 
+def score_change(sa: dict[str, float], sb: dict[str, float], higher_is_better: bool, n_resamples: int = 2000,
+                 alpha: float = 0.05, seed: int = 0) -> tuple[tuple[float, float], str, bool]:
+    """The bootstrap interval of the mean per-sample change from scores `sa` to `sb` ({id: score}),
+    its verdict ("improvement" / "regression" only when the interval excludes 0) and whether it
+    was paired (both scored the same ids; else the two means are resampled independently)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    paired = bool(sa) and sa.keys() == sb.keys()
+    if paired:
+        diff = np.array([sb[k] - sa[k] for k in sa])
+        draws = [diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(n_resamples)]
+    else:
+        xa, xb = np.array(list(sa.values()) or [math.nan]), np.array(list(sb.values()) or [math.nan])
+        draws = [xb[rng.integers(0, xb.size, xb.size)].mean() - xa[rng.integers(0, xa.size, xa.size)].mean()
+                 for _ in range(n_resamples)]
+    lo, hi = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
+    # the per-sample score of every kind is oriented like its primary metric
+    better, worse = (lo > 0, hi < 0) if higher_is_better else (hi < 0, lo > 0)
+    verdict = "regression" if worse else "improvement" if better else "within noise"
+    return (lo, hi), verdict, paired
+
+
 def compare(a: EvalRun, b: EvalRun, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0) -> list[Delta]:
     """Per common task, the change of its primary metric from run `a` to run `b`. The interval is a
     bootstrap of the mean per-sample difference, paired by sample id when both runs scored the same
     samples (the usual case: same task and split), so it separates real changes from noise."""
-    import numpy as np
-
     rows = []
     common = [t for t in a.tasks if t in b.tasks]
     if not common:
@@ -187,20 +208,8 @@ def compare(a: EvalRun, b: EvalRun, n_resamples: int = 2000, alpha: float = 0.05
         ra, rb = a.tasks[task], b.tasks[task]
         sa = {s.get("id", str(i)): s["score"] for i, s in enumerate(ra.samples)}
         sb = {s.get("id", str(i)): s["score"] for i, s in enumerate(rb.samples)}
-        rng = np.random.default_rng(seed)
-        paired = bool(sa) and sa.keys() == sb.keys()
-        if paired:
-            diff = np.array([sb[k] - sa[k] for k in sa])
-            draws = [diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(n_resamples)]
-        else:
-            xa, xb = np.array(list(sa.values()) or [math.nan]), np.array(list(sb.values()) or [math.nan])
-            draws = [xb[rng.integers(0, xb.size, xb.size)].mean() - xa[rng.integers(0, xa.size, xa.size)].mean()
-                     for _ in range(n_resamples)]
-        lo, hi = (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
-        # the per-sample score of every kind is oriented like its primary metric
-        better, worse = (lo > 0, hi < 0) if ra.higher_is_better else (hi < 0, lo > 0)
-        verdict = "regression" if worse else "improvement" if better else "within noise"
-        rows.append(Delta(task, ra.primary, ra.value, rb.value, rb.value - ra.value, (lo, hi), verdict, paired))
+        ci, verdict, paired = score_change(sa, sb, ra.higher_is_better, n_resamples, alpha, seed)
+        rows.append(Delta(task, ra.primary, ra.value, rb.value, rb.value - ra.value, ci, verdict, paired))
     return rows
 
 

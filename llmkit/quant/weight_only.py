@@ -231,7 +231,6 @@ class Int8Linear(_QuantLinear):
         return self.qweight[i:j].to(dtype) * self.scale[i:j, None].to(dtype)
 
 
-
 class Int4Linear(_QuantLinear):
     """int4 codes in groups of `group_size` input columns (see the module docstring)."""
 
@@ -257,7 +256,6 @@ class Int4Linear(_QuantLinear):
 
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_int4(self.qweight[i:j], self.scale[i:j], self.group_size, dtype)
-
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"

@@ -203,21 +203,16 @@ def held_out(model, tokenizer: Tokenizer, tasks: list[str], recipe: FinetuneReci
 
 def held_out_change(before: dict[str, Any], after: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Per task scored both times on the same examples: the change of its metric with a paired
-    bootstrap 95% interval and a verdict ("improvement" / "regression" only when the interval
-    excludes 0)."""
-    from ..eval.metrics import bootstrap_ci
+    bootstrap 95% interval and a verdict (`llmkit.eval.runner.score_change`, as `llmkit compare` computes it)."""
+    from ..eval.runner import score_change
 
     out = {}
     for name, a in after.items():
         b = before.get(name, {})
-        if "samples" not in a or b.get("samples", {}).keys() != a["samples"].keys() or not a["samples"]:
+        if "samples" not in a or not a["samples"] or b.get("samples", {}).keys() != a["samples"].keys():
             continue
-        diff = [a["samples"][k] - b["samples"][k] for k in a["samples"]]
-        lo, hi = bootstrap_ci(diff, seed=seed)
-        better = lo > 0 if a.get("higher_is_better", True) else hi < 0
-        worse = hi < 0 if a.get("higher_is_better", True) else lo > 0
-        out[name] = {"delta": a["value"] - b["value"], "ci": [lo, hi],
-                     "verdict": "improvement" if better else "regression" if worse else "within noise"}
+        ci, verdict, _ = score_change(b["samples"], a["samples"], a.get("higher_is_better", True), seed=seed)
+        out[name] = {"delta": a["value"] - b["value"], "ci": list(ci), "verdict": verdict}
     return out
 
 
