@@ -125,7 +125,7 @@ WEAK_SFT = 0.2  # held-out exact match under which the measured gains were mostl
 def _warn_if_weak(sft_summary: dict[str, Any], task: str) -> None:
     """Say so when the SFT model is too weak for the recipe's gains to show: on quickstart bases
     with SFT at 0.165-0.185 the gains were mostly within noise (1 of 4 runs clear); at 0.23, 0.31
-    and 0.34 every one cleared its interval."""
+    and 0.34 every one cleared its interval, at 0.293 (another base) none did: necessary, not enough."""
     value = sft_summary.get("after", {}).get(task, {}).get("value")
     if value is not None and value < WEAK_SFT:
         log.warning("the SFT model answers %.0f%% of held-out %s questions: on bases this weak the aligned "

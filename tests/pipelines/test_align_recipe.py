@@ -47,8 +47,8 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 8 open: the SFT stage reaches the 0.2 the gains need on about half "
-                   "the quickstart bases (0.165-0.34 seen); on those that do, every gain cleared its interval")
+@pytest.mark.xfail(strict=False, reason="issue 8 open: every gain cleared its interval on 3 of 5 quickstart bases "
+                   "(SFT 0.23-0.34); not on bases with SFT 0.165 or 0.293, nor after a longer SFT (0.695)")
 def test_aligned_models_beat_sft_on_held_out_arithmetic(tmp_path):
     """The claim of the recipe: on a quickstart model, SFT on arith, then each aligned model beats
     the SFT model on the 400 held-out dev and test questions by more than the noise (the paired
@@ -56,8 +56,8 @@ def test_aligned_models_beat_sft_on_held_out_arithmetic(tmp_path):
     rate reported. The gains need a base whose SFT model answers a fifth of the questions: on
     1-minute quickstarts that reached only 0.17 (a slower CPU) they cleared the interval on 1 of 3;
     at 0.31 and 0.34 (1-minute bases here) and 0.23 (a 3-minute one) on 3 of 3, every change's lower
-    bound +0.020 or more; another 3-minute base gave SFT 0.165 and only GRPO cleared. The base gets
-    3 minutes, for slower CPUs. About 20 minutes."""
+    bound +0.020 or more; another 3-minute base gave SFT 0.165 and only GRPO cleared, and one of a
+    faster CPU gave 0.293 and none did. The base gets 3 minutes, for slower CPUs. About 20 minutes."""
     import subprocess
     import sys
 
