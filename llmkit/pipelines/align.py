@@ -14,14 +14,15 @@
    interval excludes 0), the reward model's win rate against SFT, and the KL to SFT, in RUN/report.md.
 
 Each stage is an ordinary run dir of its verb (with its own report.md; PPO's and GRPO's plot
-reward and KL together). A stage whose summary.json exists is reused, so an interrupted recipe
-continues where it stopped. `overrides` go to the stage they name: ``ppo.kl=0.1 grpo.train.steps=800``.
+reward and KL together). A stage whose summary.json exists is reused and an interrupted stage
+resumes from its last checkpoint (every 500 steps), so an interrupted recipe continues where it stopped. `overrides` go to the stage they name: ``ppo.kl=0.1 grpo.train.steps=800``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -92,7 +93,7 @@ def make_pairs(stage: PairsStage) -> dict[str, Any]:
 # rollout methods compare log-probs across forwards, which bf16 rounding blurs. On a GPU, override
 # with e.g. ppo.train.precision=bf16 after checking
 for _stage in ("sft", "rm", "ppo", "ppo-rm", "dpo", "grpo"):
-    DEFAULTS[_stage].append("train.precision=fp32")
+    DEFAULTS[_stage] += ["train.precision=fp32", "train.save_every=500"]  # checkpoints: an interrupted stage resumes
 
 
 def _stage_overrides(overrides: Sequence[str]) -> dict[str, list[str]]:
@@ -109,13 +110,20 @@ def _run_stage(name: str, cls, job, overrides: list[str]) -> dict[str, Any]:
     import json
 
     from ..recipe import load_recipe
+    from ..train.checkpoint import latest_checkpoint
 
     recipe = load_recipe(cls, None, overrides)
-    done = Path(recipe.out) / "summary.json"
-    if done.is_file():
-        log.info("%s: reusing %s", name, done.parent)
-        return json.loads(done.read_text())
-    log.info("%s: running into %s", name, recipe.out)
+    out = Path(recipe.out)
+    if (out / "summary.json").is_file():
+        log.info("%s: reusing %s", name, out)
+        return json.loads((out / "summary.json").read_text())
+    if latest_checkpoint(out) is not None:
+        log.info("%s: resuming the interrupted run in %s", name, out)
+        return job(recipe, resume=True)
+    if out.is_dir() and any(out.iterdir()):  # stopped before its first checkpoint: nothing to resume
+        log.warning("%s: %s holds an interrupted run with no checkpoint: starting it again", name, out)
+        shutil.rmtree(out)
+    log.info("%s: running into %s", name, out)
     return job(recipe)
 
 
@@ -213,20 +221,22 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
     dirs = {s: root / s for s in STAGES}
     sft_model = dirs["sft"] / "model"
     rm_dir = dirs["rm"] / "model"
+    with_rm = "rm" in stages or (dirs["rm"] / "summary.json").is_file()
+    rm_eval = [f"eval.reward_model={rm_dir}"] if with_rm else []  # the win rate, when there is a reward model
     common = {
         "sft": (FinetuneRecipe, finetune, [f"model={model}", f"data.path=builtin:{task}", f"out={dirs['sft']}"]),
         "rm": (RewardRecipe, reward, [f"model={sft_model}", f"data.path=builtin:{task}", f"out={dirs['rm']}"]),
         "ppo": (PPORecipe, rl, [f"model={sft_model}", f"reward={task}-exact", f"prompts.path=builtin:{task}",
-                                f"out={dirs['ppo']}", f"eval.reward_model={rm_dir}"]),
+                                f"out={dirs['ppo']}", *rm_eval]),
         "ppo-rm": (PPORecipe, rl, [f"model={sft_model}", f"reward={rm_dir}", f"prompts.path=builtin:{task}",
                                    f"out={dirs['ppo-rm']}"]),
         "pairs": (PairsStage, make_pairs, [f"model={sft_model}", f"task={task}", f"out={dirs['pairs']}"]),
         "dpo": (DPORecipe, dpo, [f"model={sft_model}", f"data.path={dirs['pairs'] / 'pairs.jsonl'}",
                                  f"out={dirs['dpo']}", f"eval.tasks=[{task}]"]),
         "grpo": (GRPORecipe, rl, [f"model={sft_model}", f"reward={task}-exact", f"prompts.path=builtin:{task}",
-                                  f"out={dirs['grpo']}", f"eval.reward_model={rm_dir}"]),
+                                  f"out={dirs['grpo']}", *rm_eval]),
     }
-    needs = {"rm": "sft", "ppo": "rm", "pairs": "sft", "dpo": "pairs", "grpo": "sft", "ppo-rm": "rm"}
+    needs = {"rm": "sft", "ppo": "sft", "pairs": "sft", "dpo": "pairs", "grpo": "sft", "ppo-rm": "rm"}
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -238,7 +248,8 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
         if stage == "sft":
             _warn_if_weak(summary, task)
     done = {s: dirs[s] / "model" for s in ALIGNED if (dirs[s] / "summary.json").is_file()}
-    result = evaluate_against_sft(sft_model, done, task, rm_dir if rm_dir.is_dir() else None, limit, device=device)
+    result = evaluate_against_sft(sft_model, done, task, rm_dir if with_rm and rm_dir.is_dir() else None, limit,
+                                  device=device)
     result["stages"] = {s: str(dirs[s]) for s in STAGES if (dirs[s] / "summary.json").is_file()}
     if (dirs["rm"] / "summary.json").is_file():
         import json

@@ -5,6 +5,7 @@ claim on the quickstart model: the aligned models beat SFT by more than the nois
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,34 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
     assert (out / "ppo" / "summary.json").stat().st_mtime_ns == before
     assert main(["align", "recipe", "--model", str(tiny_dirs["tiny-llama"]), "--out", str(out), "kl=0.1"]) == 2
     assert "name the stage first" in capsys.readouterr().err
+
+
+def test_an_interrupted_stage_resumes_and_grpo_needs_no_reward_model(tiny_dirs, tmp_path, caplog):
+    import shutil
+
+    out = tmp_path / "align"
+    args = ["align", "recipe", "--model", str(tiny_dirs["tiny-llama"]), "--out", str(out), "--limit", "4",
+            "--stages", "sft,grpo", *QUICK, "grpo.train.save_every=1"]
+    assert main(args) == 0  # no rm stage: the comparison has no win rate rather than failing on a missing model
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["models"]) == {"sft", "grpo"} and "win_rate" not in s["models"]["grpo"] and not (out / "rm").exists()
+    # GRPO stopped after its step-1 checkpoint (what a kill leaves): the next recipe resumes it
+    grpo = out / "grpo"
+    for p in ("summary.json", "model", "checkpoints/step_000002"):
+        (shutil.rmtree if (grpo / p).is_dir() else Path.unlink)(grpo / p)
+    sft_before = (out / "sft" / "summary.json").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "resuming the interrupted run" in caplog.text and "(step 1)" in caplog.text
+    assert json.loads((grpo / "summary.json").read_text())["steps"] == 2
+    assert (out / "sft" / "summary.json").stat().st_mtime_ns == sft_before  # finished stages are reused
+    # a stage dir stopped before any checkpoint is started again, not refused
+    for p in ("summary.json", "model", "checkpoints"):
+        (shutil.rmtree if (grpo / p).is_dir() else Path.unlink)(grpo / p)
+    caplog.clear()
+    assert main(args) == 0
+    assert "starting it again" in caplog.text and (grpo / "summary.json").is_file()
 
 
 @pytest.mark.slow
