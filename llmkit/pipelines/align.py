@@ -50,7 +50,8 @@ DEFAULTS: dict[str, list[str]] = {
     "ppo-rm": ["prompts.builtin_train_size=20000", "rollout.max_new_tokens=8", "rollout.prompts_per_batch=64",
                "train.micro_batch=64", "rollout.epochs=2", "train.steps=1500", "train.lr=1e-4", "kl=0.05"],
     "ppo": ["prompts.builtin_train_size=20000", "rollout.max_new_tokens=8", "rollout.prompts_per_batch=64",
-            "train.micro_batch=64", "rollout.epochs=2", "train.steps=3000", "train.lr=1e-4", "kl=0.05"],
+            "train.micro_batch=64", "rollout.epochs=2", "train.steps=3000", "train.lr=1e-4", "kl=0.15",
+            "rollout.temperature=0.7"],  # kl 0.05 at temperature 1 drifted to KL 1.0 and gained within noise
     "pairs": ["samples=4", "train_size=10000", "max_new_tokens=8"],
     "dpo": ["method=full", "data.max_len=64", "train.steps=1000", "train.lr=3e-4", "train.micro_batch=16",
             "train.eval_every=0", "beta=0.1", "sft_weight=1.0", "eval.perplexity=false"],
