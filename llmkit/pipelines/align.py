@@ -15,7 +15,8 @@
 
 Each stage is an ordinary run dir of its verb (with its own report.md; PPO's and GRPO's plot
 reward and KL together). A stage whose summary.json exists is reused and an interrupted stage
-resumes from its last checkpoint (every 500 steps), so an interrupted recipe continues where it stopped. `overrides` go to the stage they name: ``ppo.kl=0.1 grpo.train.steps=800``.
+resumes from its last checkpoint (every 500 steps), so an interrupted recipe continues where it
+stopped. `overrides` go to the stage they name: ``ppo.kl=0.1 grpo.train.steps=800``.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _run_stage(name: str, cls, job, overrides: list[str]) -> dict[str, Any]:
     if latest_checkpoint(out) is not None:
         log.info("%s: resuming the interrupted run in %s", name, out)
         return job(recipe, resume=True)
-    if out.is_dir() and any(out.iterdir()):  # stopped before its first checkpoint: nothing to resume
+    if (out / "config.yaml").is_file():  # a run of this stage stopped before its first checkpoint
         log.warning("%s: %s holds an interrupted run with no checkpoint: starting it again", name, out)
         shutil.rmtree(out)
     log.info("%s: running into %s", name, out)

@@ -56,10 +56,13 @@ def test_an_interrupted_stage_resumes_and_grpo_needs_no_reward_model(tiny_dirs, 
     assert main(args) == 0  # no rm stage: the comparison has no win rate rather than failing on a missing model
     s = json.loads((out / "summary.json").read_text())
     assert set(s["models"]) == {"sft", "grpo"} and "win_rate" not in s["models"]["grpo"] and not (out / "rm").exists()
-    # GRPO stopped after its step-1 checkpoint (what a kill leaves): the next recipe resumes it
     grpo = out / "grpo"
-    for p in ("summary.json", "model", "checkpoints/step_000002"):
-        (shutil.rmtree if (grpo / p).is_dir() else Path.unlink)(grpo / p)
+
+    def drop(*names):
+        for n in names:
+            (shutil.rmtree if (grpo / n).is_dir() else Path.unlink)(grpo / n)
+
+    drop("summary.json", "model", "checkpoints/step_000002")  # stopped after step 1's checkpoint: resumed
     sft_before = (out / "sft" / "summary.json").stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level("INFO"):
@@ -68,8 +71,7 @@ def test_an_interrupted_stage_resumes_and_grpo_needs_no_reward_model(tiny_dirs, 
     assert json.loads((grpo / "summary.json").read_text())["steps"] == 2
     assert (out / "sft" / "summary.json").stat().st_mtime_ns == sft_before  # finished stages are reused
     # a stage dir stopped before any checkpoint is started again, not refused
-    for p in ("summary.json", "model", "checkpoints"):
-        (shutil.rmtree if (grpo / p).is_dir() else Path.unlink)(grpo / p)
+    drop("summary.json", "model", "checkpoints")
     caplog.clear()
     assert main(args) == 0
     assert "starting it again" in caplog.text and (grpo / "summary.json").is_file()
