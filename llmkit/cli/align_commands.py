@@ -91,7 +91,8 @@ def add_align_args(p: argparse.ArgumentParser) -> None:
                                      "model, then from the SFT model PPO (the task's checker plus the reward model, "
                                      "KL penalty to SFT), DPO on the SFT model's own right-vs-wrong answers (with "
                                      "the chosen answers' NLL: RPO) and GRPO (exact-answer reward). Every model is "
-                                     "scored on the task's dev and test splits with a paired bootstrap interval of its change "
+                                     "scored on the task's held-out splits (arith: dev, test and heldout, 2000 questions) with a "
+                                     "paired bootstrap interval of its change "
                                      "from SFT, the reward model's win rate against SFT and the KL to SFT, in "
                                      "OUT/report.md. Finished stages are reused. Overrides name their stage: "
                                      "ppo.kl=0.1 grpo.train.steps=800 sft.train.steps=5000 pairs.samples=8")

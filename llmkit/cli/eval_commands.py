@@ -24,7 +24,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt, drawn from the task's "
                    "training split (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw and bootstrap (default 0)")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to score (default test)")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test", "heldout"],
+                   help="split to score (default test; heldout: arith's 1600 further held-out questions)")
     p.add_argument("--limit", type=positive_int, default=None, help="score only the first N examples of each task")
     p.add_argument("--data-dir", default=None,
                    help="folder with the files of a standard-format task (mmlu, hellaswag, arc-*, gsm8k), or for "

@@ -13,8 +13,8 @@ from llmkit.data.corpus import stdlib_files, stdlib_texts
 from llmkit.data.dataset import BatchLoader, PackedDataset
 from llmkit.data.prepare import PreparedData, prepare_data
 from llmkit.data.stats import format_stats
-from llmkit.data.tasks import TaskExample, TaskSpec, get_task, list_tasks, load_task
+from llmkit.data.tasks import TaskExample, TaskSpec, get_task, list_tasks, load_task, task_splits
 
 __all__ = ["BatchLoader", "CleanConfig", "DataConfig", "DataError", "DedupConfig", "PackedDataset", "PreparedData",
            "SourceConfig", "TaskExample", "TaskSpec", "format_stats", "get_task", "list_tasks", "load_task", "prepare_data",
-           "stdlib_files", "stdlib_texts"]
+           "stdlib_files", "stdlib_texts", "task_splits"]

@@ -1,6 +1,6 @@
 """Regenerate the generated built-in tasks (arith, sorting, stdlib-qa) into `builtin/`:
 
-    python -m llmkit.data.build_tasks
+    python -m llmkit.data.build_tasks            # or only some: python -m llmkit.data.build_tasks arith
 
 Seeded and deterministic. The JSONL outputs are committed, so the splits stay fixed even when a
 new Python changes its docstrings; run this only to change the tasks on purpose (stdlib-qa then
@@ -38,7 +38,12 @@ STDLIB_MODULES = [
     "abc", "gc", "pathlib", "urllib.request", "argparse", "importlib.util", "fileinput", "signal", "sqlite3",
     "zoneinfo", "plistlib", "tomllib", "graphlib", "xml.sax.saxutils", "concurrent.futures",
 ]
-SPLIT_SIZES = {"arith": (2000, 200, 200), "sorting": (1000, 100, 100)}
+# arith's fourth split, heldout, is 1600 more questions drawn as dev and test were (the same seeded
+# stream, continued): with dev and test, 2000 questions that no training ever sees, for measuring
+# changes of a few points (a paired interval at 2000 questions is about 0.02 wide each side)
+SPLIT_SIZES = {"arith": (2000, 200, 200, 1600), "sorting": (1000, 100, 100)}
+SPLIT_NAMES = ("train", "dev", "test", "heldout")
+HELD_OUT_SPLITS = SPLIT_NAMES[1:]  # never trained on: fresh training examples avoid them
 PER_MODULE = 50  # at most this many questions about one module (os alone would give 130)
 
 
@@ -89,23 +94,25 @@ def sorting(sizes=SPLIT_SIZES["sorting"], seed=1) -> dict[str, list[dict]]:
 
 def fresh_train(task: str, n: int, seed: int = 1000) -> list[dict]:
     """`n` training examples of a generated task (arith, sorting) drawn from the same generator
-    as its shipped splits, none of them a question of its dev or test split: a train split as
-    large as wanted, for skills a small model only learns from many distinct examples. Seeded."""
-    from .tasks import load_task
+    as its shipped splits, none of them a question of its dev, test or heldout split: a train split
+    as large as wanted, for skills a small model only learns from many distinct examples. Seeded."""
+    from .tasks import load_task, task_splits
 
     if task not in GENERATORS:
         raise ValueError(f"task {task!r} is not generated: only {', '.join(GENERATORS)} have fresh training examples")
-    held = frozenset(ex.prompt for split in ("dev", "test") for ex in load_task(task, split))
+    splits = [s for s in task_splits(task) if s in HELD_OUT_SPLITS]
+    held = frozenset(ex.prompt for split in splits for ex in load_task(task, split))
     room = CAPACITY.get(task, 10**12) - len(held)
     if n > room:
-        raise ValueError(f"{task} has only {room} distinct questions outside its dev and test splits; asked for {n}")
+        raise ValueError(f"{task} has only {room} distinct questions outside its {', '.join(splits)} splits; "
+                         f"asked for {n}")
     rows = _unique(GENERATORS[task], n, seed, exclude=held)
     return [{"id": f"{task}-fresh-{i:05d}", **r} for i, r in enumerate(rows)]
 
 
 def _split(task: str, rows: list[dict], sizes) -> dict[str, list[dict]]:
     out, start = {}, 0
-    for split, size in zip(("train", "dev", "test"), sizes):
+    for split, size in zip(SPLIT_NAMES, sizes):
         out[split] = [{"id": f"{task}-{split}-{i:04d}", **r} for i, r in enumerate(rows[start:start + size])]
         start += size
     return out
@@ -207,13 +214,21 @@ def stdlib_qa(seed=2) -> dict[str, list[dict]]:
     return splits
 
 
-def main() -> None:
+def main(tasks: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for task, build in (("arith", arith), ("sorting", sorting), ("stdlib-qa", stdlib_qa)):
+    builders = {"arith": arith, "sorting": sorting, "stdlib-qa": stdlib_qa}
+    unknown = sorted(set(tasks or ()) - set(builders))
+    if unknown:
+        raise SystemExit(f"not a generated task: {', '.join(unknown)} (generated: {', '.join(builders)})")
+    for task, build in builders.items():
+        if tasks and task not in tasks:
+            continue
         splits = build()
         _write(task, splits)
         log.info("%s: %s", task, {split: len(rows) for split, rows in splits.items()})
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -29,6 +29,7 @@ from .config import DataError
 
 BUILTIN = Path(__file__).parent / "builtin"
 SPLITS = ("train", "dev", "test")
+EXTRA_SPLITS = ("heldout",)  # a built-in task may ship more held-out questions (arith: 1600)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,23 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def load_task(name: str, split: str = "test", data_dir: str | Path | None = None) -> list[TaskExample]:
-    """The examples of one split ("train", "dev" or "test") of a task."""
+def task_splits(name: str) -> tuple[str, ...]:
+    """The splits a task has: train, dev and test, and for some built-in tasks heldout (arith's
+    1600 questions beyond dev and test, never trained on)."""
     spec = get_task(name)
+    extra = () if spec.needs_data_dir else tuple(s for s in EXTRA_SPLITS if (BUILTIN / name / f"{s}.jsonl").is_file())
+    return SPLITS + extra
+
+
+def load_task(name: str, split: str = "test", data_dir: str | Path | None = None) -> list[TaskExample]:
+    """The examples of one split ("train", "dev" or "test"; "heldout" where `task_splits` lists it) of a task."""
+    spec = get_task(name)
+    if split in EXTRA_SPLITS and split in task_splits(name):
+        return _read_builtin(name, split)
     if split not in SPLITS:
         hint = " (validation data is the split 'dev')" if split in ("val", "valid", "validation") else ""
-        raise DataError(f"split {split!r} of task {name!r} does not exist: use one of {', '.join(SPLITS)}{hint}")
+        raise DataError(f"split {split!r} of task {name!r} does not exist: use one of "
+                        f"{', '.join(task_splits(name))}{hint}")
     if not spec.needs_data_dir:
         return _read_builtin(name, split)
     if data_dir is None:

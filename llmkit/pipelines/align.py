@@ -9,9 +9,10 @@
    the optional stage ``ppo-rm``, PPO against the reward model alone -> RUN/ppo-rm); on-policy pairs (the SFT model's right answer over its wrong
    one) -> RUN/pairs, and DPO on them with the chosen answers' NLL (RPO) -> RUN/dpo; GRPO with
    the verifiable reward ``<task>-exact`` -> RUN/grpo
-4. every model on the task's dev and test splits, pooled (400 arith questions; greedy, chat prompts): exact match with its
-   interval, the change from SFT with a paired bootstrap interval (an improvement only when the
-   interval excludes 0), the reward model's win rate against SFT, and the KL to SFT, in RUN/report.md.
+4. every model on the task's held-out splits, pooled (arith: dev, test and heldout, 2000 questions;
+   greedy, chat prompts): exact match with its interval, the change from SFT with a paired bootstrap
+   interval (an improvement only when the interval excludes 0), the reward model's win rate against
+   SFT, and the KL to SFT, in RUN/report.md.
 
 Each stage is an ordinary run dir of its verb (with its own report.md; PPO's and GRPO's plot
 reward and KL together). A stage whose summary.json exists is reused and an interrupted stage
@@ -143,12 +144,18 @@ def _warn_if_weak(sft_summary: dict[str, Any], task: str) -> None:
                     "how strong SFT gets varies from base to base)", 100 * value, task)
 
 
-HELD_OUT = ("dev", "test")  # both never trained on (SFT reads dev for its validation loss only)
+def held_out_splits(task: str) -> list[str]:
+    """The task's splits no stage trains on (SFT reads dev for its validation loss only): dev and
+    test, and arith's heldout (2000 questions in all)."""
+    from ..data.build_tasks import HELD_OUT_SPLITS
+    from ..data.tasks import task_splits
+
+    return [s for s in task_splits(task) if s in HELD_OUT_SPLITS]
 
 
 def held_out_run(llm: Any, task: str, splits: Sequence[str], limit: int | None = None):
     """One `EvalRun` of `task` over several splits, their questions pooled (ids stay unique), so
-    that `compare` pairs them all: 400 arith questions give an interval √2 narrower than 200."""
+    that `compare` pairs them all: 2000 arith questions give an interval √5 narrower than 400."""
     import dataclasses
 
     from ..eval.metrics import bootstrap_ci
@@ -165,14 +172,15 @@ def held_out_run(llm: Any, task: str, splits: Sequence[str], limit: int | None =
 
 def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, rm_dir: Path | None,
                          limit: int | None = None, kl_prompts: int = 100, device=None,
-                         splits: Sequence[str] = HELD_OUT) -> dict[str, Any]:
-    """Every model on `task`'s held-out splits (pooled); paired differences from SFT, reward-model
-    win rate and KL to SFT (on the test split)."""
+                         splits: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every model on `task`'s held-out splits (pooled; default `held_out_splits`); paired
+    differences from SFT, reward-model win rate and KL to SFT (on the test split)."""
     from ..align.rewards import ModelReward
     from ..align.rl import PolicyWithValue, PPORecipe, answers, builtin_prompts, kl_to_reference, win_rate
     from ..eval.runner import compare
     from ..infer.llm import load
 
+    splits = list(splits or held_out_splits(task))
     sft = load(sft_dir, device=device)
     runs = {"sft": held_out_run(sft, task, splits, limit)}
     prompts = builtin_prompts("test", [task])
@@ -265,7 +273,8 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
 def write_recipe_report(root: Path, result: dict[str, Any]) -> Path:
     task, n = result["task"], result["examples"]
     sft = result["models"]["sft"]
-    splits = " and ".join(result.get("splits", ["test"]))
+    names = result.get("splits", ["test"])
+    splits = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
     lines = [f"# Alignment recipe {root.name}: {task}", "",
              f"Every model answers the {n} questions of the {task} {splits} splits (greedy, chat prompts; never "
              "trained on; the win rate and KL on the test split's questions). Δ is the change in exact match from the SFT model, with a paired bootstrap 95% interval over "

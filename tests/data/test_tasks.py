@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from llmkit.data import DataError, TaskExample, get_task, list_tasks, load_task
+from llmkit.data import DataError, TaskExample, get_task, list_tasks, load_task, task_splits
 from llmkit.data import build_tasks
 from llmkit.eval.sandbox import run_code
 
@@ -43,6 +43,13 @@ def test_builtin_splits_are_fixed_disjoint_and_well_formed(name):
         else:
             assert ex.answer and not ex.choices
     assert load_task(name, "test") == splits["test"]  # the same examples every time
+    if name == "arith":  # 1600 more held-out questions, disjoint from the other splits
+        heldout = {ex.prompt for ex in load_task(name, "heldout")}
+        assert len(heldout) == 1600 and not heldout & set().union(*prompts)
+    else:
+        assert task_splits(name) == SPLITS
+        with pytest.raises(DataError, match="heldout"):
+            load_task(name, "heldout")
 
 
 def fingerprint(name):
@@ -55,26 +62,28 @@ def test_generated_tasks_regenerate_identically():
     """arith and sorting come from seeded generators: the shipped files are exactly what they make."""
     for name, build in (("arith", build_tasks.arith), ("sorting", build_tasks.sorting)):
         made = build()
-        for split in SPLITS:
+        assert sorted(made) == sorted(task_splits(name))  # arith also ships heldout
+        for split in task_splits(name):
             shipped = [(ex.id, ex.prompt, ex.answer) for ex in load_task(name, split)]
             assert shipped == [(r["id"], r["prompt"], r["answer"]) for r in made[split]], (name, split)
 
 
 def test_fresh_training_examples_never_touch_the_held_out_splits():
     """data.builtin_train_size draws many more training examples from the same generators:
-    distinct, right, deterministic, and none of them a dev or test question."""
+    distinct, right, deterministic, and none of them a dev, test or (arith) heldout question."""
     for name, pattern in (("arith", r"Question: What is (\d+) ([-+x]) (\d+)\?\nAnswer:"),
                           ("sorting", r"Sort these numbers in ascending order: ([\d ]+)\nAnswer:")):
         fresh = build_tasks.fresh_train(name, 5000)
-        held = {ex.prompt for split in ("dev", "test") for ex in load_task(name, split)}
+        held = {ex.prompt for split in ("dev", "test", "heldout")[:3 if name == "arith" else 2]
+                for ex in load_task(name, split)}
         prompts = [r["prompt"] for r in fresh]
         assert len(set(prompts)) == 5000 and not held & set(prompts)
         assert fresh == build_tasks.fresh_train(name, 5000)
         for r in fresh[:500]:
             assert re.fullmatch(pattern, r["prompt"])
-        if name == "arith":  # same distribution as the shipped train split: 5000 of 21700 hit ~460 of its 2000
+        if name == "arith":  # same distribution as the shipped train split: 5000 of 20100 hit ~500 of its 2000
             assert len({ex.prompt for ex in load_task(name, "train")} & set(prompts)) > 200
-    with pytest.raises(ValueError, match="only 21700 distinct"):
+    with pytest.raises(ValueError, match="only 20100 distinct questions outside its dev, test, heldout"):
         build_tasks.fresh_train("arith", 30000)
     with pytest.raises(ValueError, match="not generated"):
         build_tasks.fresh_train("sentiment", 10)
@@ -184,7 +193,7 @@ def test_registry_and_errors():
     with pytest.raises(DataError, match="unknown task 'nope'"):
         load_task("nope")
     with pytest.raises(DataError, match="split 'validation' of task 'arith' does not exist: use one of train, dev, "
-                                        "test \\(validation data is the split 'dev'\\)"):
+                                        "test, heldout \\(validation data is the split 'dev'\\)"):
         load_task("arith", "validation")
     with pytest.raises(DataError, match="split 'eval'.*train, dev, test$"):
         load_task("mmlu", "eval", "/nowhere")

@@ -26,7 +26,7 @@ def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, 
     printed = capsys.readouterr().out
     assert "on bases this weak" in caplog.text  # a random model's SFT answers nothing: the recipe says so
     s = json.loads((out / "summary.json").read_text())
-    assert set(s["models"]) == {"sft", "ppo", "dpo", "grpo"} and s["examples"] == 12  # 6 of dev, 6 of test
+    assert set(s["models"]) == {"sft", "ppo", "dpo", "grpo"} and s["examples"] == 18  # 6 each of dev, test and heldout
     for name in ("ppo", "dpo", "grpo"):
         m = s["models"][name]
         assert m["delta"] == pytest.approx(m["value"] - s["models"]["sft"]["value"])
@@ -101,7 +101,7 @@ def test_aligned_models_beat_sft_on_held_out_arithmetic(tmp_path):
     out = tmp_path / "align"
     assert main(["align", "recipe", "--model", str(qs), "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["examples"] == 400
+    assert s["examples"] == 2000  # dev, test and heldout
     assert s["models"]["sft"]["value"] >= 0.2, ("the base is too weak for the claim", s["models"]["sft"])
     for name in ("ppo", "dpo", "grpo"):
         m = s["models"][name]
