@@ -43,7 +43,6 @@ STDLIB_MODULES = [
 # changes of a few points (a paired interval at 2000 questions is about 0.02 wide each side)
 SPLIT_SIZES = {"arith": (2000, 200, 200, 1600), "sorting": (1000, 100, 100)}
 SPLIT_NAMES = ("train", "dev", "test", "heldout")
-HELD_OUT_SPLITS = SPLIT_NAMES[1:]  # never trained on: fresh training examples avoid them
 PER_MODULE = 50  # at most this many questions about one module (os alone would give 130)
 
 
@@ -96,11 +95,11 @@ def fresh_train(task: str, n: int, seed: int = 1000) -> list[dict]:
     """`n` training examples of a generated task (arith, sorting) drawn from the same generator
     as its shipped splits, none of them a question of its dev, test or heldout split: a train split
     as large as wanted, for skills a small model only learns from many distinct examples. Seeded."""
-    from .tasks import load_task, task_splits
+    from .tasks import held_out_splits, load_task
 
     if task not in GENERATORS:
         raise ValueError(f"task {task!r} is not generated: only {', '.join(GENERATORS)} have fresh training examples")
-    splits = [s for s in task_splits(task) if s in HELD_OUT_SPLITS]
+    splits = held_out_splits(task)
     held = frozenset(ex.prompt for split in splits for ex in load_task(task, split))
     room = CAPACITY.get(task, 10**12) - len(held)
     if n > room:

@@ -96,6 +96,11 @@ def task_splits(name: str) -> tuple[str, ...]:
     return SPLITS + extra
 
 
+def held_out_splits(name: str) -> list[str]:
+    """The splits of a task that no training draws from: dev and test, and heldout where it ships."""
+    return [s for s in task_splits(name) if s != "train"]
+
+
 def load_task(name: str, split: str = "test", data_dir: str | Path | None = None) -> list[TaskExample]:
     """The examples of one split ("train", "dev" or "test"; "heldout" where `task_splits` lists it) of a task."""
     spec = get_task(name)

@@ -144,15 +144,6 @@ def _warn_if_weak(sft_summary: dict[str, Any], task: str) -> None:
                     "how strong SFT gets varies from base to base)", 100 * value, task)
 
 
-def held_out_splits(task: str) -> list[str]:
-    """The task's splits no stage trains on (SFT reads dev for its validation loss only): dev and
-    test, and arith's heldout (2000 questions in all)."""
-    from ..data.build_tasks import HELD_OUT_SPLITS
-    from ..data.tasks import task_splits
-
-    return [s for s in task_splits(task) if s in HELD_OUT_SPLITS]
-
-
 def held_out_run(llm: Any, task: str, splits: Sequence[str], limit: int | None = None):
     """One `EvalRun` of `task` over several splits, their questions pooled (ids stay unique), so
     that `compare` pairs them all: 2000 arith questions give an interval √5 narrower than 400."""
@@ -179,6 +170,8 @@ def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, 
     from ..align.rl import PolicyWithValue, PPORecipe, answers, builtin_prompts, kl_to_reference, win_rate
     from ..eval.runner import compare
     from ..infer.llm import load
+
+    from ..data.tasks import held_out_splits
 
     splits = list(splits or held_out_splits(task))
     sft = load(sft_dir, device=device)
