@@ -276,3 +276,24 @@ def test_ppo_under_torchrun_with_two_processes(tiny_dirs, tmp_path):
     # after the first update the loss is the mean over both ranks' rollouts (at step 1 PPO's loss with
     # whitened advantages and zero values depends on the rollout's shape only)
     assert [m["loss"] for m in b[1:]] != pytest.approx([m["loss"] for m in a[1:]])
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_shipped_recipes_carry_the_align_recipes_settings(name):
+    """recipes/align-<name>.yaml is what `llmkit align recipe` runs for that stage (its settings are
+    the measured ones): they must not drift apart again (PPO's YAML once kept kl 0.05 at temperature 1)."""
+    from pathlib import Path
+
+    from llmkit.align.rl import PPORecipe
+    from llmkit.pipelines.align import DEFAULTS
+    from llmkit.recipe import load_recipe
+
+    cls = PPORecipe if name == "ppo" else GRPORecipe
+    shipped = load_recipe(cls, Path(__file__).parents[2] / "recipes" / f"align-{name}.yaml", ["model=runs/sft"])
+    chain = load_recipe(cls, None, ["model=runs/sft", "reward=arith-exact", *DEFAULTS[name]])
+    assert shipped.rollout == chain.rollout
+    assert shipped.prompts.builtin_train_size == chain.prompts.builtin_train_size
+    for key in ("lr", "steps", "micro_batch", "grad_accum"):
+        assert getattr(shipped.train, key) == getattr(chain.train, key), key
+    penalty = "kl" if name == "ppo" else "beta"
+    assert getattr(shipped, penalty) == getattr(chain, penalty)
