@@ -137,6 +137,7 @@ WEAK_SFT = 0.2  # held-out exact match under which the measured gains were mostl
 def _warn_if_weak(sft_summary: dict[str, Any], task: str) -> None:
     """Say so when the SFT model is too weak for the recipe's gains to show: on quickstart bases
     with SFT at 0.165-0.185 the gains were mostly within noise (1 of 4 runs clear, earlier settings);
+    at 0.293 and 0.200 (earlier settings) not all did either, so the bar is necessary, not enough;
     with the current defaults every gain cleared its interval on bases at 0.256, 0.338 and 0.429."""
     value = sft_summary.get("after", {}).get(task, {}).get("value")
     if value is not None and value < WEAK_SFT:
