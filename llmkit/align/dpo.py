@@ -213,7 +213,7 @@ def dpo(recipe: DPORecipe, resume: bool = False) -> dict[str, Any]:
             raise ValueError(f"no training pair fits within data.max_len={max_len} tokens")
         tasks = eval_tasks(recipe)
     data_info["dropped_too_long"] = dropped
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = tokenizer.padding_id
     device = info.device
     model.to(device)
     average = recipe.loss == "ipo"

@@ -80,7 +80,7 @@ class RewardModel(nn.Module):
                                                     {"role": "assistant", "content": a}])[0]
                     for p, a in items[start:start + batch_size]]
             width = max(len(r) for r in rows)
-            pad = tokenizer.pad_token_id or 0
+            pad = tokenizer.padding_id
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
             out.extend(self(ids, mask).tolist())
@@ -184,7 +184,7 @@ def reward(recipe: RewardRecipe, resume: bool = False) -> dict[str, Any]:
         if not train_ex:
             raise ValueError(f"no training pair fits within data.max_len={max_len} tokens")
     data_info["dropped_too_long"] = dropped
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = tokenizer.padding_id
     model = RewardModel(backbone.to(info.device), seed=train_cfg.seed)
     precision = choose_precision(train_cfg.precision, info.device)
     before = pair_accuracy(model, val_ex, pad, precision) if val_ex else {}

@@ -324,7 +324,7 @@ class RolloutCollector:
         self.precision, self.rank, self.world_size = precision, rank, world_size
         self.kl_coef = recipe.kl if isinstance(recipe, PPORecipe) else getattr(recipe, "beta", 0.0)
         self.eos_ids = eos_token_ids(tokenizer, policy.lm.config)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.pad_id = tokenizer.padding_id
         self.encoded = [tokenizer.apply_chat_template(p.as_messages(), add_generation_prompt=True, tokenize=True)
                         for p in prompts]
         self._order: tuple[int, list[int]] = (-1, [])

@@ -167,8 +167,7 @@ class LocalLLM(TokenScoring):
         return eos_token_ids(self.tokenizer, self.config)
 
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        return self.tokenizer.padding_id
 
     # --------------------------------------------------------------- generation
     def complete(self, prompts: Sequence[str] | Sequence[Sequence[int]], gen: GenerationConfig | None = None,

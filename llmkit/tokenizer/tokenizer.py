@@ -137,6 +137,15 @@ class Tokenizer:
         return self._id(self.pad_token)
 
     @property
+    def padding_id(self) -> int:
+        """The id that fills padded positions: the pad token's, else eos's (a masked position's
+        value never matters, but it must be a real id), else 0."""
+        for i in (self.pad_token_id, self.eos_token_id):
+            if i is not None:
+                return i
+        return 0
+
+    @property
     def unk_token_id(self) -> int | None:
         return self._id(self.unk_token)
 

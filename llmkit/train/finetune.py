@@ -294,7 +294,7 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False) -> dict[str, Any]:
     apply_method(model, recipe, tokenizer)
     report = trainable_parameters(model)
     log.info("%s", report)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = tokenizer.padding_id
     loader = SFTLoader(train_ex, train_cfg.micro_batch, pad, seed=train_cfg.seed,
                        packed_len=max_len if recipe.data.packing else None, rank=info.rank,
                        world_size=info.world_size)
