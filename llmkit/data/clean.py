@@ -9,13 +9,14 @@ indentation is never touched and HTML is only stripped from documents that look 
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 from llmkit.data.config import CleanConfig
 
@@ -130,19 +131,44 @@ def _is_ipv6(s: str) -> bool:
     return True
 
 
-# Python's re cannot skip ahead to a pattern that starts with a lookbehind, so each pattern has a
+# The request log masks more kinds than corpus cleaning does: card numbers and key-like secrets
+# would also match digit runs and identifiers in code (`api_version_number`), which the embedded
+# corpus is full of.
+_CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+_SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+_SECRET = re.compile(r"\b(?:sk|pk|api|key)[-_][A-Za-z0-9_-]{8,}\b")
+PII_KINDS = ("EMAIL", "SECRET", "CARD", "SSN", "IP", "PHONE")
+CORPUS_PII_KINDS = ("EMAIL", "IP", "PHONE")
+
+# Python's re cannot skip ahead to a pattern that starts with a lookbehind, so such a pattern has a
 # cheap candidate pattern (a literal or a digit first, ~10x faster) and the full pattern only runs
-# in a window around each candidate: (candidate, full pattern, characters to look back, check).
+# in a window around each candidate: (kind, candidate or None, full pattern, characters to look
+# back, check). Earlier scans win where two kinds claim the same characters.
 _SCANS = (
-    ("<EMAIL>", re.compile(r"@[A-Za-z0-9-]+\."), _EMAIL, 64, None),
-    ("<IP>", re.compile(r":[0-9A-Fa-f]{0,4}:"), _IPV6, 40, _is_ipv6),
-    ("<IP>", re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"), _IPV4, 0, None),
-    ("<PHONE>", re.compile(r"\d{3,4}[ .-]\d{3,4}(?![\w-])"), _PHONE, 24, None),
+    ("EMAIL", re.compile(r"@[A-Za-z0-9-]+\."), _EMAIL, 64, None),
+    ("SECRET", None, _SECRET, 0, None),
+    ("CARD", None, _CARD, 0, None),
+    ("SSN", None, _SSN, 0, None),
+    ("IP", re.compile(r":[0-9A-Fa-f]{0,4}:"), _IPV6, 40, _is_ipv6),
+    ("IP", re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"), _IPV4, 0, None),
+    ("PHONE", re.compile(r"\d{3,4}[ .-]\d{3,4}(?![\w-])"), _PHONE, 24, None),
 )
 
 
-def _spans(text: str, candidate: re.Pattern, full: re.Pattern, lookback: int,
+class PIISpan(NamedTuple):
+    """Personal data found in a text: where it is in the original text, its kind (the
+    placeholder is ``<KIND>``) and what it said, so a later step can map a placeholder back."""
+
+    start: int
+    end: int
+    kind: str
+    original: str
+
+
+def _spans(text: str, candidate: re.Pattern | None, full: re.Pattern, lookback: int,
            check: Callable[[str], bool] | None) -> list[tuple[int, int]]:
+    if candidate is None:
+        return [m.span() for m in full.finditer(text) if check is None or check(m.group())]
     spans: list[tuple[int, int]] = []
     done = 0  # end of the last span found: matches never overlap
     for c in candidate.finditer(text):
@@ -160,22 +186,43 @@ def _spans(text: str, candidate: re.Pattern, full: re.Pattern, lookback: int,
     return spans
 
 
-def scrub_pii(text: str) -> tuple[str, int]:
-    """Replace e-mail addresses, IPv6 and IPv4 addresses and phone numbers with ``<EMAIL>``,
-    ``<IP>`` and ``<PHONE>``; counts the characters replaced."""
-    changed = 0
-    for placeholder, candidate, full, lookback, check in _SCANS:
-        spans = _spans(text, candidate, full, lookback, check)
-        if not spans:
+def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PIISpan]:
+    """The personal data of `kinds` in `text`, in order and not overlapping."""
+    unknown = set(kinds) - set(PII_KINDS)
+    if unknown:
+        raise ValueError(f"unknown PII kinds {sorted(unknown)}: choose from {PII_KINDS}")
+    found: list[PIISpan] = []
+    starts: list[int] = []  # of `found`, kept sorted for the overlap test
+    for kind, candidate, full, lookback, check in _SCANS:
+        if kind not in kinds:
             continue
-        parts, last = [], 0
-        for a, b in spans:
-            parts += [text[last:a], placeholder]
-            changed += b - a
-            last = b
-        parts.append(text[last:])
-        text = "".join(parts)
-    return text, changed
+        for a, b in _spans(text, candidate, full, lookback, check):
+            i = bisect.bisect_left(starts, a)
+            if (i > 0 and found[i - 1].end > a) or (i < len(found) and found[i].start < b):
+                continue  # an earlier kind holds some of these characters
+            starts.insert(i, a)
+            found.insert(i, PIISpan(a, b, kind, text[a:b]))
+    return found
+
+
+def redact_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> tuple[str, list[PIISpan]]:
+    """`text` with each piece of personal data of `kinds` replaced by ``<KIND>`` (``<EMAIL>``,
+    ``<SECRET>``, ``<CARD>``, ``<SSN>``, ``<IP>``, ``<PHONE>``), and the spans replaced, in
+    positions of the original text."""
+    spans = find_pii(text, kinds)
+    parts, last = [], 0
+    for s in spans:
+        parts += [text[last:s.start], f"<{s.kind}>"]
+        last = s.end
+    parts.append(text[last:])
+    return "".join(parts), spans
+
+
+def scrub_pii(text: str) -> tuple[str, int]:
+    """The cleaning step: e-mail addresses, IPv6 and IPv4 addresses and phone numbers replaced
+    with ``<EMAIL>``, ``<IP>`` and ``<PHONE>``; counts the characters replaced."""
+    new, spans = redact_pii(text, CORPUS_PII_KINDS)
+    return new, sum(s.end - s.start for s in spans)
 
 
 # ---------------------------------------------------------------------------- whitespace

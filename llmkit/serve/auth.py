@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..data.clean import redact_pii
 
 MINUTE, DAY = 60.0, 86400.0
 
@@ -136,28 +137,10 @@ class Gate:
 
 
 # ------------------------------------------------------------------------- request log
-_PII = [
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
-    (re.compile(r"\b(?:\d[ -]?){13,19}\b"), "[CARD]"),
-    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[SSN]"),
-    (re.compile(r"(?<!\w)\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"), "[PHONE]"),
-    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[IP]"),
-    (re.compile(r"\b(?:sk|pk|api|key)[-_][A-Za-z0-9_-]{8,}\b"), "[SECRET]"),
-]
-
-
-def scrub_pii(text: str) -> str:
-    """Mask e-mail addresses, card / social-security / phone numbers, IPv4 addresses and
-    key-like secrets."""
-    for pattern, mask in _PII:
-        text = pattern.sub(mask, text)
-    return text
-
-
 class RequestLog:
     """Every request, one row, in SQLite: time, key, model, endpoint, status, tokens, latency,
     cost (at per-million-token prices), and — only when asked — the prompt and completion text
-    with PII scrubbed."""
+    with PII masked (`llmkit.data.clean.redact_pii`: ``<EMAIL>``, ``<PHONE>``, ...)."""
 
     SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
         id INTEGER PRIMARY KEY, time REAL NOT NULL, key TEXT, model TEXT, endpoint TEXT, status INTEGER,
@@ -182,8 +165,8 @@ class RequestLog:
               completion_tokens: int = 0, latency_s: float = 0.0, prompt: str | None = None,
               completion: str | None = None) -> None:
         if self.log_text:
-            prompt = scrub_pii(prompt) if (prompt is not None and self.scrub) else prompt
-            completion = scrub_pii(completion) if (completion is not None and self.scrub) else completion
+            prompt = redact_pii(prompt)[0] if (prompt is not None and self.scrub) else prompt
+            completion = redact_pii(completion)[0] if (completion is not None and self.scrub) else completion
         else:
             prompt = completion = None
         row = (time.time(), key, model, endpoint, status, prompt_tokens, completion_tokens, latency_s,

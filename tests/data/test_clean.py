@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+
+import pytest
 
 from llmkit.data import CleanConfig
 from llmkit.data import clean as C
@@ -29,6 +32,32 @@ def test_pii_more_forms_and_code_left_alone():
     assert out == "<EMAIL>, <PHONE>, <PHONE>, <IP>, <IP> and <IP>"
     code = "x[::2] + y[1:2:3] at 12:30:45; v = 3.11; n = 1234567890; id 00010203-0405-0607-0809-0a0b0c0d0e0f; 256.1.1.1"
     assert C.scrub_pii(code) == (code, 0)
+
+
+def test_redact_pii_returns_the_spans_it_replaced():
+    text = "mail a.b@c.org, card 4111 1111 1111 1111, ssn 123-45-6789, call +1 415 555 0100, key sk-abcdefgh1234"
+    out, spans = C.redact_pii(text)
+    assert out == "mail <EMAIL>, card <CARD>, ssn <SSN>, call <PHONE>, key <SECRET>"
+    assert [(s.kind, s.original) for s in spans] == [
+        ("EMAIL", "a.b@c.org"), ("CARD", "4111 1111 1111 1111"), ("SSN", "123-45-6789"),
+        ("PHONE", "+1 415 555 0100"), ("SECRET", "sk-abcdefgh1234")]
+    assert all(text[s.start:s.end] == s.original for s in spans)
+    # the spans map each placeholder back: undoing them from the end gives the original text
+    back = out
+    for s, m in reversed(list(zip(spans, re.finditer(r"<[A-Z]+>", out)))):
+        back = back[:m.start()] + s.original + back[m.end():]
+    assert back == text
+
+
+def test_cleaning_scrubs_only_the_corpus_kinds():
+    """Cards and key-like secrets look like digit runs and identifiers in code: the cleaning step
+    leaves them, the request log (all kinds) masks them."""
+    text = "n = 4111111111111111; api_version_number = 3; a.b@c.org"
+    assert C.scrub_pii(text) == ("n = 4111111111111111; api_version_number = 3; <EMAIL>", len("a.b@c.org"))
+    assert C.redact_pii(text)[0] == "n = <CARD>; <SECRET> = 3; <EMAIL>"
+    assert C.redact_pii(text, ["EMAIL"])[0] == "n = 4111111111111111; api_version_number = 3; <EMAIL>"
+    with pytest.raises(ValueError, match="unknown PII kinds"):
+        C.find_pii(text, ["ADDRESS"])
 
 
 def test_strip_html():
