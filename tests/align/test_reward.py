@@ -14,8 +14,9 @@ from llmkit.align.reward import RewardModel, load_reward_model, save_reward_mode
 from llmkit.cli.main import main
 from llmkit.models.hf import CheckpointError, load_pretrained
 from tests.align.test_dpo import write_pairs
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
+transformers = peer("transformers")
 
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])

@@ -14,10 +14,11 @@ import llmkit
 from llmkit.align.dpo import DPOObjective
 from llmkit.align.prefs import builtin_preferences, collate_pairs, encode_pairs
 from llmkit.data.instruct import IGNORE_INDEX
+from tests.peers import peer
 
-trl = pytest.importorskip("trl")
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
+trl = peer("trl")
+transformers = peer("transformers")
+datasets = peer("datasets")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 import llmkit
 from llmkit.cli.main import VERBS, main
+from tests.peers import peer
 
 
 def run_cli(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -89,7 +90,7 @@ def test_bad_generation_value_names_the_field(tiny_dir, capsys):
 
 
 def test_pull_without_network_is_a_clear_error(tmp_path):
-    pytest.importorskip("huggingface_hub")
+    peer("huggingface_hub")
     env = {"LLMKIT_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     r = run_cli("pull", "Qwen/Qwen2.5-0.5B-Instruct", env=env)
     assert r.returncode == 2

@@ -4,14 +4,12 @@ and log-likelihoods, equal rolling log-likelihoods over several windows, identic
 generations; and `llmkit lm-eval` runs lm-eval's own command line end to end."""
 
 import json
-import os
 
 import pytest
 
-if os.environ.get("CI") == "true":
-    import lm_eval  # noqa: F401  (CI must have it: a missing peer fails the run)
-else:
-    pytest.importorskip("lm_eval")
+from tests.peers import peer
+
+peer("lm_eval")
 
 from llmkit.cli.main import main  # noqa: E402
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from llmkit.eval import metrics as M
+from tests.peers import peer
 
 
 def test_exact_match_and_f1_by_hand():
@@ -21,7 +22,7 @@ def test_exact_match_and_f1_by_hand():
 
 
 def test_bleu_chrf_equal_sacrebleu():
-    sacrebleu = pytest.importorskip("sacrebleu")
+    sacrebleu = peer("sacrebleu")
     preds = ["the cat is on the mat", "there is a dog in the garden today"]
     refs = [["the cat sat on the mat", "a cat is on the mat"], ["a dog is in the garden today", "the dog is outside"]]
     streams = [[r[0] for r in refs], [r[1] for r in refs]]
@@ -31,7 +32,7 @@ def test_bleu_chrf_equal_sacrebleu():
 
 
 def test_rouge_equals_rouge_score_and_by_hand():
-    rs = pytest.importorskip("rouge_score.rouge_scorer")
+    rs = peer("rouge_score.rouge_scorer")
     preds, refs = ["the quick brown fox jumps"], ["the quick red fox jumped high"]
     scorer = rs.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     expected = scorer.score(refs[0], preds[0])

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from llmkit.eval.sandbox import network_isolation, run_code
+from tests.peers import missing
 
 
 def test_passing_and_failing_programs():
@@ -44,7 +43,7 @@ def test_environment_is_scrubbed_and_directory_empty(monkeypatch):
 
 def test_no_network_where_the_machine_allows_it():
     if not network_isolation():
-        pytest.skip("this machine does not allow a private network namespace")
+        missing("this machine does not allow a private network namespace (unshare --net)")
     import socket
 
     server = socket.socket()

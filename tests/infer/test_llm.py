@@ -10,6 +10,7 @@ from llmkit.infer import LLM, LocalLLM
 from llmkit.models import ContextLengthError, Transformer, preset
 from llmkit.models.resolve import ModelNotFoundError
 from tests.conftest import TINY_PRESETS
+from tests.peers import peer
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_prompt_longer_than_context(tiny_tokenizer):
 
 
 def test_save_loads_in_transformers(llm, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = peer("transformers")
     llm.save(tmp_path / "m")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "m")

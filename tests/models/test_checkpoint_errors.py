@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from llmkit.models.hf import CheckpointError, load_pretrained, save_pretrained
 from llmkit.models import Transformer, preset
 from tests.hf_models import build_hf_model
+from tests.peers import peer
 
-pytest.importorskip("transformers")
+peer("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import torch
 
 from llmkit.models import ConfigError, ModelConfig, Transformer, list_presets, preset
 from llmkit.models.hf import config_to_hf
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
+transformers = peer("transformers")
 
 REAL_PRESETS = [p for p in list_presets() if not p.startswith("tiny-")]
 

@@ -10,8 +10,10 @@ import struct
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
-transformers = pytest.importorskip("transformers")
+from tests.peers import peer
+
+gguf = peer("gguf")
+transformers = peer("transformers")
 
 from llmkit.infer.llm import load  # noqa: E402
 from llmkit.infer.sampling import GenerationConfig  # noqa: E402
@@ -341,7 +343,7 @@ def test_convert_writes_an_hf_directory_transformers_loads(smollm2, smol, tmp_pa
     assert main(["convert", "--model", str(smollm2.path), "--out", str(out)]) == 2  # not over a full directory
 
     # a LoRA adapter made on the GGUF model loads in PEFT on the converted directory
-    peft = pytest.importorskip("peft")
+    peft = peer("peft")
     from llmkit.peft import apply_lora, save_adapter
     from tests.peft.test_peft_parity import randomise
 
@@ -394,7 +396,7 @@ def _llama_cpp_greedy(llama_cpp, path, ids: list[int], n: int) -> list[int]:
 def test_llama_cpp_runs_llmkit_f32_exports_with_the_same_tokens(smol, exported, tmp_path):
     """llama.cpp itself (llama-cpp-python, built from source) on GGUF files llmkit wrote at f32:
     the same token ids for the same text and the same greedy continuation."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = peer("llama_cpp")
     llm = smol[0]
     cases = [("smollm2", llm, save_gguf(llm.model, llm.tokenizer, tmp_path / "smol-f32.gguf", type="f32"))]
     cases += [(p, *exported[p, "f32"]) for p in ("tiny-llama", "tiny-gpt2")]

@@ -12,8 +12,9 @@ from llmkit.infer.generate import TokenGeneration
 from llmkit.infer.sampling import GenerationConfig
 from llmkit.models.hf import load_pretrained, save_pretrained
 from tests.hf_models import VOCAB, build_hf_model, hf_configs
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
+transformers = peer("transformers")
 
 VARIANTS = sorted(hf_configs())
 

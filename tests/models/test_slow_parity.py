@@ -8,8 +8,9 @@ import torch
 from llmkit.infer.generate import TokenGeneration
 from llmkit.infer.sampling import GenerationConfig
 from llmkit.models.hf import load_pretrained, save_pretrained
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
+transformers = peer("transformers")
 pytestmark = pytest.mark.slow
 
 

@@ -13,6 +13,7 @@ from llmkit.peft import (AdapterError, LoRALinear, adapter, adapter_names, apply
                          apply_prefix_tuning, apply_prompt_tuning, apply_qlora, load_adapter, merge_and_unload,
                          merge_lora, save_adapter, trainable_parameters, unmerge_lora)
 from llmkit.quant import NF4Linear, quantize_absmax_int4, quantize_nf4
+from tests.peers import peer
 
 
 @pytest.fixture
@@ -212,7 +213,7 @@ def test_qlora_model_stores_blocks_in_nf4_and_trains_lora(model):
 
 
 def test_nf4_matches_bitsandbytes():
-    bnb = pytest.importorskip("bitsandbytes.functional")
+    bnb = peer("bitsandbytes.functional")
     torch.manual_seed(1)
     w = torch.randn(256, 512) * 0.05
     for double in (False, True):

@@ -11,9 +11,10 @@ from llmkit.models.hf import load_pretrained
 from llmkit.peft import (adapter, apply_lora, apply_prefix_tuning, apply_prompt_tuning, load_adapter,
                          save_adapter)
 from tests.hf_models import VOCAB, build_hf_model
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+transformers = peer("transformers")
+peft = peer("peft")
 
 TOL = 1e-4
 

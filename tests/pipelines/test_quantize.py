@@ -13,8 +13,9 @@ import torch
 import llmkit
 from llmkit.cli.main import main
 from llmkit.pipelines.quantize import default_texts
+from tests.peers import peer
 
-transformers = pytest.importorskip("transformers")
+transformers = peer("transformers")
 
 
 def hf_perplexity(path, llm, texts) -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from llmkit.scaling import ScalingError, ScalingLaw, fit_law, load_runs, plot_fit
+from tests.peers import peer
 
 TRUE = ScalingLaw(E=1.9, A=350.0, B=900.0, alpha=0.33, beta=0.30)
 
@@ -86,7 +87,7 @@ def test_load_runs(tmp_path, caplog):
 
 
 def test_plot_fit_writes_png(tmp_path):
-    pytest.importorskip("matplotlib")
+    peer("matplotlib")
     pts = _grid(TRUE, noise=0.003)
     fit = fit_law(pts)
     out = plot_fit(fit, pts, tmp_path / "plots" / "fit.png", project=(1e9, 2e10))

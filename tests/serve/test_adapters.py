@@ -9,9 +9,10 @@ import torch
 
 import llmkit
 from llmkit.infer import GenerationConfig
+from tests.peers import peer
 from tests.serve.conftest import Running
 
-openai = pytest.importorskip("openai")
+openai = peer("openai")
 PROMPT = "def main():"
 
 

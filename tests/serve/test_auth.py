@@ -9,9 +9,10 @@ import urllib.request
 import pytest
 
 from llmkit.serve.auth import Gate, KeyFileError, Limited, RequestLog, load_keys
+from tests.peers import peer
 from tests.serve.conftest import Running
 
-openai = pytest.importorskip("openai")
+openai = peer("openai")
 MESSAGES = [{"role": "user", "content": "my mail is jane.doe@example.com, call +1 415 555 0100"}]
 
 

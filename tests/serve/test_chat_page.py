@@ -4,20 +4,19 @@ an API key. The browser is Debian's `chromium` (`.ci/run` installs it); about 6 
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
+from tests.peers import missing, peer
 from tests.serve.conftest import Running
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if os.environ.get("CI") != "true":
-        pytest.importorskip("playwright")
-        if not shutil.which("chromium"):
-            pytest.skip("no chromium on this machine (apt-get install chromium)")
+    peer("playwright")
+    if not shutil.which("chromium"):
+        missing("no chromium on this machine (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -15,6 +15,8 @@ import urllib.request
 
 import pytest
 
+from tests.peers import peer
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -51,7 +53,7 @@ def serving(args: list[str], env: dict[str, str], wait_s: float = 120):
 
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_llmkit_serve_command(tiny_dirs, tmp_path, quantize):
-    openai = pytest.importorskip("openai")
+    openai = peer("openai")
     extra = ["--quantize", quantize] if quantize else []
     with serving(["--model", str(tiny_dirs["tiny-llama"]), "--max-batch", "4", *extra],
                  {"OMP_NUM_THREADS": "1", "LLMKIT_HOME": str(tmp_path)}) as (port, proc):
@@ -79,7 +81,7 @@ def test_llmkit_serve_command(tiny_dirs, tmp_path, quantize):
 def test_llmkit_serve_answers_with_the_real_smollm2(smollm2):
     """`llmkit serve --model smollm2-135m-instruct` (the name resolved through the model cache)
     answers a factual question through the official client with the right answer."""
-    openai = pytest.importorskip("openai")
+    openai = peer("openai")
     home = smollm2.path.parent.parent.parent  # <home>/models/smollm2-135m-instruct/<file>.gguf
     with serving(["--model", "smollm2-135m-instruct", "--max-batch", "2", "--no-request-log"],
                  {"LLMKIT_HOME": str(home)}, wait_s=180) as (port, _):

@@ -4,16 +4,13 @@ backend on the same weights."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-if os.environ.get("CI") == "true":
-    import lm_eval  # noqa: F401  (CI must have it)
-    import tenacity  # noqa: F401  (lm-eval[api], which local-completions needs)
-else:
-    pytest.importorskip("lm_eval")
-    pytest.importorskip("tenacity")
+from tests.peers import peer
+
+peer("lm_eval")
+peer("tenacity")  # lm-eval[api], which local-completions needs
 
 from tests.eval.test_lm_eval_parity import write_tasks  # noqa: E402
 

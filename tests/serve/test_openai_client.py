@@ -4,15 +4,13 @@ model computes locally."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-if os.environ.get("CI") == "true":
-    import openai  # (CI must have the peer client: a missing one fails the run)
-else:
-    openai = pytest.importorskip("openai")
+from tests.peers import peer
+
+openai = peer("openai")
 
 MESSAGES = [{"role": "user", "content": "Write a function that adds two numbers."}]
 

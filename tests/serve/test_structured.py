@@ -4,17 +4,14 @@ validates; json_object outputs that finish are JSON objects; schemas that cannot
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-if os.environ.get("CI") == "true":
-    import jsonschema
-    import xgrammar  # noqa: F401  (CI must have the grammar engine)
-else:
-    pytest.importorskip("xgrammar")
-    jsonschema = pytest.importorskip("jsonschema")
-openai = pytest.importorskip("openai")
+from tests.peers import peer
+
+peer("xgrammar")
+jsonschema = peer("jsonschema")
+openai = peer("openai")
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
           "properties": {"name": {"type": "string", "maxLength": 12},

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from llmkit.data.instruct import builtin_instructions
+from tests.peers import peer
 from tests.processes import kill_at_checkpoint, losses
 
 FAST = ["train.steps=6", "train.eval_every=3", "train.micro_batch=4", "eval.limit=4", "eval.perplexity=false",
@@ -60,7 +61,7 @@ def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
 
 def test_held_out_change_is_paired():
     from llmkit.eval.runner import EvalRun, EvalSettings, TaskRecord, compare
-    from llmkit.train.finetune import held_out_change
+    from llmkit.pipelines.job import held_out_change
 
     ids = [f"q{i}" for i in range(40)]
     first = {k: float(i % 4 == 0) for i, k in enumerate(ids)}
@@ -104,7 +105,7 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
         run_model = lk.load(out).model(x)  # RUN/model is the merged model too
     assert (adapted - base).abs().max() > 1e-3  # training moved it
     assert (merged - adapted).abs().max() < 1e-4 and (run_model - adapted).abs().max() < 1e-4
-    transformers = pytest.importorskip("transformers")  # the merged model is a plain HF checkpoint
+    transformers = peer("transformers")  # the merged model is a plain HF checkpoint
     with torch.no_grad():
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()(x).logits
     assert (hf - adapted).abs().max() < 1e-4
@@ -221,8 +222,8 @@ def test_lora_recipe_on_smollm2_beats_the_base_and_loads_in_peft(smollm2, tmp_pa
     beyond the paired bootstrap interval, and the adapter, loaded by PEFT on the `llmkit convert`
     directory, gives the greedy answers llmkit's merged model gives. Measured: arith 0.12 -> 0.435
     (change +0.315 [+0.245, +0.38]), sorting 0.01 -> 0.72 (+0.71 [+0.61, +0.8])."""
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
+    transformers = peer("transformers")
+    peft = peer("peft")
     import llmkit as lk
 
     out = tmp_path / "sft"

@@ -13,6 +13,7 @@ import pytest
 import llmkit
 from llmkit.data import DataConfig, SourceConfig, prepare_data
 from llmkit.train.logger import read_metrics
+from tests.peers import peer
 from tests.processes import kill_at_checkpoint, losses
 
 COMMON = ["model.preset=tiny-llama", "model.overrides={dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, hidden_dim: 128}",
@@ -53,7 +54,7 @@ def test_run_dir_and_final_model(data_dir, tmp_path):
     assert train[12] < train[1]  # it learns
     # the final model is a normal HF directory: llmkit and transformers load it
     llm = llmkit.load(out)
-    transformers = pytest.importorskip("transformers")
+    transformers = peer("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
     import torch
 
