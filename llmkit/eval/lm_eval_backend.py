@@ -15,6 +15,9 @@ import logging
 from typing import Any
 
 try:
+    # lm-eval fills its model registry lazily, on the first lookup of an empty one: registering into
+    # it before its own models are loaded would leave `llmkit` alone there (`--model hf` then fails)
+    import lm_eval.models  # noqa: F401
     from lm_eval import utils as lm_utils
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
