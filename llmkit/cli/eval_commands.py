@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -111,73 +110,13 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="folder for judgments.jsonl and summary.json")
 
 
-def read_prompts(path: str | Path) -> list[list[dict]]:
-    """Conversations (lists of messages) from a JSONL file of {"prompt"} or {"messages"} rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            rows.append([{"role": "user", "content": row["prompt"]}])
-        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] and all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in row["messages"]):
-            rows.append(row["messages"])
-        else:
-            raise ValueError(f"{path} line {n}: expected a 'prompt' string or a 'messages' list of "
-                             f"{{role, content}}, got {line[:80]!r}")
-    if not rows:
-        raise ValueError(f"{path} has no prompts")
-    return rows
-
-
-def _answers(model: str, conversations: list[list[dict]], args: argparse.Namespace) -> list[str]:
-    from ..infer.llm import load
-    from ..utils import default_device
-
-    llm = load(model, device=args.device or default_device(), api_key=args.api_key)
-    tokenizer = getattr(llm, "tokenizer", None)
-    if tokenizer is not None and not getattr(tokenizer, "chat_templates", None):  # a base model: plain text
-        return [llm.generate(c[-1]["content"], max_new_tokens=args.max_new_tokens, temperature=0,
-                             truncate_prompt=True) for c in conversations]
-    return [llm.chat(c, max_new_tokens=args.max_new_tokens, temperature=0) for c in conversations]
-
-
 def run_judge(args: argparse.Namespace) -> None:
-    from ..eval.judge import pairwise, rubric_scores
-    from ..infer.llm import load
-    from ..utils import default_device, write_json_atomic, write_text_atomic
+    from ..eval.judge import judge_models
 
-    conversations = read_prompts(args.prompts)
-    answers_a, answers_b = _answers(args.a, conversations, args), _answers(args.b, conversations, args)
-    judge = load(args.judge, device=args.device or default_device(), api_key=args.api_key)
-    prompts = [c[-1]["content"] for c in conversations]
-    result = pairwise(judge, prompts, answers_a, answers_b, swap=not args.no_swap, progress=sys.stderr.isatty())
-    summary = {"a": args.a, "b": args.b, "judge": args.judge, "swap": not args.no_swap, **result.summary()}
-    lo, hi = result.ci
-    print(f"B ({args.b}) vs A ({args.a}) on {len(prompts)} prompts, judged by {args.judge}:")
-    print(f"  B wins {result.wins_b}, A wins {result.wins_a}, ties {result.ties}, invalid {result.invalid}")
-    print(f"  win rate of B: {result.win_rate_b:.3f} (95% CI {lo:.3f}–{hi:.3f}; ties count half)")
-    if result.invalid:
-        print(f"  note: the judge gave no usable verdict for {result.invalid} pairs, even after a retry; "
-              "they are left out")
-    if args.rubric:
-        for side, answers in (("a", answers_a), ("b", answers_b)):
-            r = rubric_scores(judge, prompts, answers, args.rubric)
-            summary[f"rubric_{side}"] = {"mean": r.mean, "ci": list(r.ci), "invalid": r.invalid, "scores": r.scores}
-            print(f"  rubric score {side.upper()}: {r.mean:.2f} (95% CI {r.ci[0]:.2f}–{r.ci[1]:.2f}, "
-                  f"invalid {r.invalid})")
+    run = judge_models(args.a, args.b, args.prompts, args.judge, api_key=args.api_key, device=args.device,
+                       max_new_tokens=args.max_new_tokens, swap=not args.no_swap, rubric=args.rubric,
+                       progress=sys.stderr.isatty())
+    print(run.format())
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "summary.json", summary)
-        write_text_atomic(out / "judgments.jsonl", "".join(
-            json.dumps({"prompt": j.prompt, "a": j.a, "b": j.b, "verdicts": j.verdicts, "winner": j.winner,
-                        "replies": j.replies}, ensure_ascii=False) + "\n" for j in result.judgments))
-        print(f"wrote {out / 'summary.json'} and {out / 'judgments.jsonl'}")
+        summary, judgments = run.write(args.out)
+        print(f"wrote {summary} and {judgments}")

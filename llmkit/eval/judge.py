@@ -7,12 +7,17 @@ names none, the pair is counted as invalid and left out of the win rate.
 
     result = pairwise(judge, prompts, answers_a, answers_b)
     result.win_rate_b, result.ci, result.invalid      # B's win rate, its interval, unparseable verdicts
+
+    run = judge_models("runs/sft", "runs/dpo", "prompts.jsonl", judge="http://host/v1")   # `llmkit judge`
+    print(run.format()); run.write("runs/judged")
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from .metrics import bootstrap_ci
@@ -69,13 +74,19 @@ def parse_score(text: str, low: int, high: int) -> int | None:
     return value if low <= value <= high else None
 
 
-def ask(llm: Any, text: str, max_new_tokens: int = 16) -> str:
-    """One greedy reply to `text`: through the chat template when the model has one (remote
-    models always do), else as a plain completion."""
+def reply(llm: Any, conversation: list[dict], max_new_tokens: int, plain_suffix: str = "") -> str:
+    """One greedy reply: through the chat template when the model has one (remote models always
+    do), else a plain completion of the last turn's text (plus `plain_suffix`): a base model."""
     tokenizer = getattr(llm, "tokenizer", None)
     if tokenizer is not None and not getattr(tokenizer, "chat_templates", None):
-        return llm.generate(text + "\nVerdict:", max_new_tokens=max_new_tokens, temperature=0, truncate_prompt=True)
-    return llm.chat([{"role": "user", "content": text}], max_new_tokens=max_new_tokens, temperature=0)
+        return llm.generate(conversation[-1]["content"] + plain_suffix, max_new_tokens=max_new_tokens, temperature=0,
+                            truncate_prompt=True)
+    return llm.chat(conversation, max_new_tokens=max_new_tokens, temperature=0)
+
+
+def ask(llm: Any, text: str, max_new_tokens: int = 16) -> str:
+    """The judge's greedy reply to `text` (a base model is cued with "Verdict:")."""
+    return reply(llm, [{"role": "user", "content": text}], max_new_tokens, plain_suffix="\nVerdict:")
 
 
 @dataclass
@@ -174,3 +185,99 @@ def rubric_scores(judge: Any, prompts: Sequence[str], answers: Sequence[str], ru
     valid = [s for s in scores if s is not None]
     mean = sum(valid) / len(valid) if valid else float("nan")
     return RubricResult(scores, mean, bootstrap_ci(valid, seed=seed), len(scores) - len(valid), replies)
+
+
+# ------------------------------------------------------------------- two models, one judge (`llmkit judge`)
+def read_judge_prompts(path: str | Path) -> list[list[dict]]:
+    """Conversations (lists of messages) from a JSONL file of {"prompt"} or {"messages"} rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            rows.append([{"role": "user", "content": row["prompt"]}])
+        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] and all(
+                isinstance(m, dict) and "role" in m and "content" in m for m in row["messages"]):
+            rows.append(row["messages"])
+        else:
+            raise ValueError(f"{path} line {n}: expected a 'prompt' string or a 'messages' list of "
+                             f"{{role, content}}, got {line[:80]!r}")
+    if not rows:
+        raise ValueError(f"{path} has no prompts")
+    return rows
+
+
+@dataclass
+class JudgeRun:
+    """Two models' greedy answers to the same prompts, judged pairwise (and by rubric when asked)."""
+
+    a: str
+    b: str
+    judge: str
+    swap: bool
+    prompts: list[str]
+    result: PairwiseResult
+    rubric: dict[str, RubricResult] = field(default_factory=dict)  # "a", "b" when a rubric was given
+
+    def summary(self) -> dict[str, Any]:
+        out = {"a": self.a, "b": self.b, "judge": self.judge, "swap": self.swap, **self.result.summary()}
+        for side, r in self.rubric.items():
+            out[f"rubric_{side}"] = {"mean": r.mean, "ci": list(r.ci), "invalid": r.invalid, "scores": r.scores}
+        return out
+
+    def format(self) -> str:
+        r, (lo, hi) = self.result, self.result.ci
+        lines = [f"B ({self.b}) vs A ({self.a}) on {len(self.prompts)} prompts, judged by {self.judge}:",
+                 f"  B wins {r.wins_b}, A wins {r.wins_a}, ties {r.ties}, invalid {r.invalid}",
+                 f"  win rate of B: {r.win_rate_b:.3f} (95% CI {lo:.3f}–{hi:.3f}; ties count half)"]
+        if r.invalid:
+            lines.append(f"  note: the judge gave no usable verdict for {r.invalid} pairs, even after a retry; "
+                         "they are left out")
+        for side, s in self.rubric.items():
+            lines.append(f"  rubric score {side.upper()}: {s.mean:.2f} (95% CI {s.ci[0]:.2f}–{s.ci[1]:.2f}, "
+                         f"invalid {s.invalid})")
+        return "\n".join(lines)
+
+    def write(self, out: str | Path) -> tuple[Path, Path]:
+        """`out`/summary.json and `out`/judgments.jsonl (every pair: answers, verdicts, the judge's replies)."""
+        from ..utils import write_json_atomic, write_text_atomic
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "summary.json", self.summary())
+        write_text_atomic(out / "judgments.jsonl", "".join(
+            json.dumps({"prompt": j.prompt, "a": j.a, "b": j.b, "verdicts": j.verdicts, "winner": j.winner,
+                        "replies": j.replies}, ensure_ascii=False) + "\n" for j in self.result.judgments))
+        return out / "summary.json", out / "judgments.jsonl"
+
+
+def judge_models(a: str, b: str, prompts: str | Path, judge: str, api_key: str | None = None,
+                 device: str | None = None, max_new_tokens: int = 128, swap: bool = True,
+                 rubric: str | None = None, progress: bool = False) -> JudgeRun:
+    """Model `b` against model `a` (any model names `llmkit.load` takes, URLs included) on the
+    prompts of a JSONL file: each answers greedily, `judge` compares the pairs in both orders
+    (unless not `swap`), and scores each side by `rubric` when given. One model is loaded at a time."""
+    from ..infer.llm import load
+    from ..utils import default_device
+
+    conversations = read_judge_prompts(prompts)
+    device = device or default_device()
+
+    def answers(name: str) -> list[str]:
+        llm = load(name, device=device, api_key=api_key)
+        return [reply(llm, c, max_new_tokens) for c in conversations]
+
+    answers_a, answers_b = answers(a), answers(b)
+    judge_llm = load(judge, device=device, api_key=api_key)
+    texts = [c[-1]["content"] for c in conversations]
+    result = pairwise(judge_llm, texts, answers_a, answers_b, swap=swap, progress=progress)
+    scored = {side: rubric_scores(judge_llm, texts, answers, rubric)
+              for side, answers in (("a", answers_a), ("b", answers_b))} if rubric else {}
+    return JudgeRun(a, b, judge, swap, texts, result, scored)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from llmkit.cli.main import main
-from llmkit.eval.judge import parse_score, parse_verdict, pairwise, rubric_scores
+from llmkit.eval.judge import judge_models, parse_score, parse_verdict, pairwise, reply, rubric_scores
 from tests.fake_openai import fake_openai
 
 
@@ -113,3 +113,46 @@ def test_judge_command_names_bad_prompt_lines(tmp_path, capsys):
     prompts.write_text('{"prompt": "ok"}\n{"text": "no prompt field"}\n')
     assert main(["judge", "--a", "x", "--b", "y", "--prompts", str(prompts), "--judge", "z"]) == 2
     assert "line 2: expected a 'prompt' string" in capsys.readouterr().err
+
+
+def test_judge_models_pairs_each_prompt_with_both_models_own_answers(tiny_dirs, tmp_path):
+    """The library call behind `llmkit judge`: pair i holds prompt i and each model's greedy answer to
+    it, the judge is asked in both orders, and a rubric scores both sides."""
+    import llmkit
+
+    conversations = [[{"role": "user", "content": "Say something."}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say something."}) + "\n" + json.dumps({"messages": conversations[1]}) + "\n")
+
+    def judge(text):
+        return "7" if "rate the answer" in text else "B"
+
+    with fake_openai(judge) as server:
+        run = judge_models(str(tiny_dirs["tiny-llama"]), str(tiny_dirs["tiny-gpt2"]), prompts, server["url"],
+                           api_key="sk-test", max_new_tokens=8, rubric="short answers score high")
+        asked = [r["messages"][-1]["content"] for r in server["requests"]]
+    wanted = {side: [llmkit.load(tiny_dirs[name]).chat(c, max_new_tokens=8, temperature=0) for c in conversations]
+              for side, name in (("a", "tiny-llama"), ("b", "tiny-gpt2"))}
+    assert wanted["a"] != wanted["b"]  # so a mix-up of the sides would show
+    assert [j.a for j in run.result.judgments] == wanted["a"] and [j.b for j in run.result.judgments] == wanted["b"]
+    assert [j.prompt for j in run.result.judgments] == ["Say something.", "Hi"]
+    assert len(asked) == 2 * 2 + 2 * 2  # two orders per pair, one rubric score per answer
+    assert sum("short answers score high" in t for t in asked) == 4
+    summary = run.summary()
+    assert (summary["ties"], summary["wins_b"], summary["swap"]) == (2, 0, True)  # "always B" cancels out
+    assert summary["rubric_a"]["scores"] == [7, 7] and summary["rubric_b"]["mean"] == 7
+    assert "rubric score B: 7.00" in run.format()
+
+
+def test_a_base_model_answers_the_last_turn_as_plain_text():
+    class Base:  # a tokenizer without chat templates: no chat, plain completion
+        tokenizer = type("T", (), {"chat_templates": {}})()
+
+        def generate(self, text, **kwargs):
+            self.seen = (text, kwargs)
+            return " done"
+
+    base = Base()
+    assert reply(base, [{"role": "user", "content": "first"}, {"role": "user", "content": "last"}], 5) == " done"
+    assert base.seen == ("last", {"max_new_tokens": 5, "temperature": 0, "truncate_prompt": True})
