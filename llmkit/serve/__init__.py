@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from .app import APIError, ServedModel, Server, create_app, with_adapters
+from .app import create_app
+from .errors import APIError
+from .server import ServedModel, Server, with_adapters
 
 
 def serve(models, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **app_options) -> None:

@@ -1,0 +1,126 @@
+"""``POST /v1/completions``: raw prompts (text or token ids, one or many), `n` choices each, with
+OpenAI's legacy log-probs; ``echo`` with ``max_tokens: 0`` scores a prompt without generating
+(how lm-eval's `local-completions` asks for log-likelihoods)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..infer.engine import prompt_logprobs
+from .errors import APIError
+from .inputs import parse_body, token_inputs
+from .responses import (DONE, Envelope, TokenText, completion_event_chunk, completion_logprobs, finish_reason,
+                        text_completion)
+from .schemas import CompletionRequest
+from .server import ServedModel, Server
+
+router = APIRouter()
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+
+Scores = tuple[list[float | None], list[dict[int, float] | None]]  # a prompt's log-probs and top log-probs
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    server: Server = request.app.state.server
+    req: CompletionRequest = await parse_body(request, CompletionRequest, server.max_body_bytes)
+    served = server.model(req.model)
+    for name, ok in (("suffix", req.suffix is None), ("best_of", req.best_of in (None, 1))):
+        if not ok:
+            raise APIError(400, f"{name} is not supported by llmkit serve", param=name, code="unsupported_field")
+    prompts = token_inputs(served.llm, req.prompt, "prompt")
+    queue: asyncio.Queue = asyncio.Queue()
+    groups = _submit(server, served, req, prompts, queue)
+    flat = [r for g in groups for r in g]
+    env = Envelope.new("cmpl", served.name)
+    text = (lambda t: server.token_text(served, t)) if req.logprobs is not None else None
+    prompt_text = "\n".join(served.llm.detokenize(p) for p in prompts)
+    prompt_tokens = sum(len(p) for p in prompts)
+
+    if req.stream:
+        return server.stream(request, _chunks(server, request, served, flat, queue, env, text, bool(req.logprobs)),
+                             lambda: server.account(request, served.name, prompt_tokens,
+                                                    sum(len(r.generated) for r in flat), prompt_text,
+                                                    "\n".join(r.text for r in flat)))
+    async for _ in server.events(request, served, flat, queue):
+        pass
+    if any(r.finish_reason is None for r in flat):
+        return Response(status_code=499)  # the client left; nobody reads this
+    scores = await _prompt_scores(served, prompts, req.logprobs) if req.echo and text is not None \
+        else [None] * len(prompts)
+    choices: list[dict[str, Any]] = []
+    for prompt, group, score in zip(prompts, groups, scores):
+        for r in (group or [None]) if req.echo else group:
+            choices.append(_choice(len(choices), served, req, text, prompt, r, score))
+    completion_tokens = sum(len(r.generated) for r in flat)
+    server.account(request, served.name, prompt_tokens, completion_tokens, prompt_text,
+                   "\n".join(c["text"] for c in choices))
+    return text_completion(env, choices, prompt_tokens, completion_tokens)
+
+
+def _submit(server: Server, served: ServedModel, req: CompletionRequest, prompts: list[list[int]],
+            queue: asyncio.Queue) -> list[list]:
+    """`n` engine requests per prompt, none for a prompt that is only scored (echo, no new tokens);
+    if one prompt is refused, the requests of those before it are cancelled."""
+    if req.stream and req.echo:
+        raise APIError(400, "echo with stream is not supported", param="echo")
+    # scoring only (echo, no new tokens) feeds all but the last prompt token
+    score_only = req.echo and req.max_tokens == 0
+    gens = [server.generation(req, served, len(p) - 1 if score_only else len(p), req.max_tokens,
+                              DEFAULT_MAX_TOKENS, req.logprobs is not None, req.logprobs or 0) for p in prompts]
+    groups: list[list] = []
+    try:
+        for p, gen in zip(prompts, gens):
+            if req.echo and not gen.max_new_tokens:
+                groups.append([])
+                continue
+            groups.append(server.submit(served, p, gen, req.n, queue, sum(len(g) for g in groups),
+                                        constraint=server.constraint(served, req.response_format, gen)))
+    except APIError:
+        server.cancel(served, [r for g in groups for r in g])
+        raise
+    return groups
+
+
+async def _chunks(server: Server, request: Request, served: ServedModel, reqs: list, queue: asyncio.Queue,
+                  env: Envelope, text: TokenText | None, with_tops: bool) -> AsyncIterator[str]:
+    async for i, event in server.events(request, served, reqs, queue):
+        chunk = completion_event_chunk(env, i, event, text, with_tops)
+        if chunk is not None:
+            yield chunk
+    yield DONE
+
+
+async def _prompt_scores(served: ServedModel, prompts: list[list[int]], top: int | None) -> list[Scores]:
+    """The log-probs of each prompt's own tokens (for echo), computed between engine steps."""
+    return [await asyncio.wrap_future(served.engine.run_exclusive(
+        lambda p=p: prompt_logprobs(served.llm.model, p, top))) for p in prompts]
+
+
+def _choice(index: int, served: ServedModel, req: CompletionRequest, text: TokenText | None, prompt: list[int],
+            r: Any, score: Scores | None) -> dict[str, Any]:
+    """One choice: the generated text of engine request `r` (None: nothing generated), after the
+    prompt when echoed, and when asked the log-probs of every token it shows."""
+    body = r.text if r is not None else ""
+    ids: list[int] = []
+    values: list[float | None] = []
+    tops: list[dict[int, float] | None] = []
+    if req.echo:
+        body = served.llm.detokenize(prompt) + body
+        if score is not None:
+            ids += prompt
+            values += score[0]
+            tops += score[1]
+    if text is not None and r is not None:
+        ids += r.generated
+        values += r.logprobs
+        tops += r.top_logprobs if req.logprobs else [None] * len(r.generated)
+    logprobs = None
+    if text is not None:
+        logprobs = completion_logprobs(text, ids, values, tops if (req.logprobs or req.echo) else None)
+    return {"index": index, "text": body, "logprobs": logprobs,
+            "finish_reason": finish_reason(r.finish_reason) if r is not None else "length"}

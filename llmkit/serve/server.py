@@ -1,0 +1,275 @@
+"""What the routes share: the served models and their engines, and the steps every generating
+request takes — its sampling settings, its engine requests, their events, and its accounting
+(token budget, request log, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError
+from ..infer.sampling import GenerationConfig, GenerationConfigError
+from ..models.transformer import ContextLengthError
+from ..quant.weight_only import quantization_config
+from .auth import Gate, RequestLog
+from .errors import APIError
+from .inputs import MAX_BODY_BYTES
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_STOP = 16
+
+
+@dataclass
+class ServedModel:
+    """A model the server offers under `name`: a `LocalLLM` and the engine that batches for it."""
+
+    name: str
+    llm: Any
+    engine: Engine | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None  # a LoRA / bottleneck adapter of the engine's model, chosen per request
+    quantization: str | None = field(init=False, default=None)  # llmkit's extension of the model card
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = Engine(self.llm, **self.engine_options)
+        qcfg = quantization_config(self.llm.model)
+        self.quantization = qcfg["weights"] if qcfg else None
+
+
+def with_adapters(name: str, llm: Any, adapters: list[str], **engine_options: Any) -> list[ServedModel]:
+    """The base model as `name` and each adapter already loaded on `llm.model` (see
+    `llmkit.load_with_adapters`) as ``name:adapter``, all on one engine: a request's `model` field
+    picks its adapter, and requests of different adapters share the batch (one forward pass per
+    adapter per step)."""
+    from ..peft import adapter as adapter_context, set_adapter
+
+    set_adapter(llm.model, None)  # requests choose; the bare base is the default
+    engine = Engine(llm, use_adapter=lambda a: adapter_context(llm.model, a), **engine_options)
+    return [ServedModel(name, llm, engine)] + [ServedModel(f"{name}:{a}", llm, engine, adapter=a) for a in adapters]
+
+
+class Listener:
+    """Engine events (from the engine thread) into an asyncio queue of the request's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, index: int, queue: asyncio.Queue):
+        self.loop, self.index, self.queue = loop, index, queue
+
+    def __call__(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, event))
+
+
+def _metrics(engines: list[Engine]) -> Metrics:
+    m = Metrics()
+    m.describe("llmkit_requests_total", "counter", "HTTP requests by endpoint and status")
+    m.describe("llmkit_prompt_tokens_total", "counter", "prompt tokens processed")
+    m.describe("llmkit_completion_tokens_total", "counter", "tokens generated")
+    m.describe("llmkit_time_to_first_token_seconds", "histogram", "time from arrival to the first token")
+    m.describe("llmkit_time_per_output_token_seconds", "histogram", "mean time between output tokens")
+    m.describe("llmkit_request_latency_seconds", "histogram", "time from arrival to the last token")
+    m.describe("llmkit_queue_depth", "gauge", "requests waiting for the engine")
+    m.describe("llmkit_running_batch_size", "gauge", "requests in the running batch")
+    m.describe("llmkit_kv_cache_free_blocks", "gauge", "free KV cache blocks")
+    m.gauge("llmkit_queue_depth", lambda: sum(e.queue_depth for e in engines))
+    m.gauge("llmkit_running_batch_size", lambda: sum(e.batch_size for e in engines))
+    m.gauge("llmkit_kv_cache_free_blocks", lambda: sum(e.pool.num_free for e in engines))
+    return m
+
+
+class Server:
+    """The served models, who may call (`gate`: anyone, unlimited, when None), the request log
+    (None: no log) and the metrics; one per app, at ``app.state.server``."""
+
+    def __init__(self, models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, gate: Gate | None = None,
+                 request_log: RequestLog | None = None):
+        if not models:
+            raise ValueError("give at least one model to serve")
+        self.models = {m.name: m for m in models}
+        self.max_body_bytes = max_body_bytes
+        self.gate = gate or Gate()
+        self.log = request_log
+        self.engines = list({id(s.engine): s.engine for s in models}.values())  # adapters share one
+        self.metrics = _metrics(self.engines)
+        self._token_texts: dict[tuple[str, int], str] = {}
+
+    def start(self) -> None:
+        for engine in self.engines:
+            engine.start()
+
+    def shutdown(self) -> None:
+        for engine in self.engines:
+            engine.shutdown()
+
+    def model(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise APIError(404, f"the model {name!r} does not exist: this server has {sorted(self.models)}",
+                           param="model", code="model_not_found")
+        return served
+
+    # ------------------------------------------------------------------ generation
+    def generation(self, req: Any, served: ServedModel, prompt_len: int, max_tokens: int | None,
+                   default_max: int | None, logprobs: bool, top_logprobs: int) -> GenerationConfig:
+        """The sampling settings of a chat or completions request, checked against the context."""
+        if req.logit_bias:
+            raise APIError(400, "logit_bias is not supported by llmkit serve", param="logit_bias",
+                           code="unsupported_field")
+        ctx = served.llm.config.context_window
+        if max_tokens is None:
+            max_tokens = min(default_max, ctx - prompt_len) if default_max else ctx - prompt_len
+        if prompt_len + max_tokens > ctx:
+            raise APIError(400, f"this model's maximum context length is {ctx} tokens; the prompt has {prompt_len} "
+                                f"and max_tokens asks for {max_tokens} more: lower max_tokens or shorten the prompt",
+                           param="max_tokens", code="context_length_exceeded")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stop) > MAX_STOP:
+            raise APIError(400, f"stop has {len(stop)} strings; at most {MAX_STOP} are allowed", param="stop")
+        try:
+            return GenerationConfig(
+                max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
+                repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed, logprobs=logprobs,
+                top_logprobs=top_logprobs, ignore_eos=req.ignore_eos)
+        except GenerationConfigError as e:
+            raise APIError(400, str(e), param=str(e).split("=")[0]) from None
+
+    def constraint(self, served: ServedModel, response_format: Any, gen: GenerationConfig):
+        """A factory of per-choice JSON constraints for `response_format` (None for plain text)."""
+        if response_format is None or response_format.type == "text":
+            return None
+        schema = None
+        if response_format.type == "json_schema":
+            spec = response_format.json_schema or {}
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                               param="response_format.json_schema")
+        from ..infer.constrained import ConstraintError, json_constraint
+
+        tok, vocab = served.llm.tokenizer, served.llm.config.vocab_size
+        stop = set(gen.stop_token_ids) | (set() if gen.ignore_eos else served.engine.eos)
+        try:
+            json_constraint(tok, vocab, schema, stop)  # fail now, with a 400, if it cannot compile
+        except ConstraintError as e:
+            raise APIError(400, str(e), param="response_format") from None
+        return lambda: json_constraint(tok, vocab, schema, stop)
+
+    def submit(self, served: ServedModel, prompt: list[int], gen: GenerationConfig, n: int,
+               queue: asyncio.Queue, offset: int = 0, constraint: Callable[[], Any] | None = None) -> list:
+        """`n` engine requests for one prompt; their events reach `queue` as (offset + i, event)."""
+        loop = asyncio.get_running_loop()
+        reqs = []
+        try:
+            for i in range(n):
+                g = gen if gen.seed is None or i == 0 else gen.replace(seed=gen.seed + i)
+                reqs.append(served.engine.submit(prompt, g, on_event=Listener(loop, offset + i, queue),
+                                                 adapter=served.adapter,
+                                                 constraint=constraint() if constraint else None))
+        except QueueFullError as e:
+            self.cancel(served, reqs)
+            raise APIError(503, f"the server is busy: {e}", type="server_busy", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+        except (ContextLengthError, RequestTooLargeError) as e:
+            raise APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
+        except ValueError as e:
+            raise APIError(400, str(e), param="prompt") from None
+        return reqs
+
+    def cancel(self, served: ServedModel, reqs: list) -> None:
+        for r in reqs:
+            served.engine.cancel(r.id)
+
+    async def events(self, request: Request, served: ServedModel, reqs: list,
+                     queue: asyncio.Queue) -> AsyncIterator[tuple[int, Event]]:
+        """(choice index, event) until every request has finished; cancels them all if the client
+        goes away or the consumer stops early."""
+        open_ = len(reqs)
+        try:
+            while open_:
+                try:
+                    index, event = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        log.info("client went away; cancelling %s", [r.id for r in reqs])
+                        return
+                    continue
+                if event.finish_reason is not None:
+                    open_ -= 1
+                    self.record(reqs[index])
+                yield index, event
+        finally:
+            self.cancel(served, [r for r in reqs if r.finish_reason is None])
+
+    # ------------------------------------------------------------------ accounting
+    def account(self, request: Request, model: str | None, prompt_tokens: int = 0, completion_tokens: int = 0,
+                prompt: str | None = None, completion: str | None = None, status: int = 200) -> None:
+        """Charge the caller's token budget and write the request log row (once per request)."""
+        request.state.accounted = True
+        key = getattr(request.state, "key", None)
+        if key is not None and (prompt_tokens or completion_tokens):
+            self.gate.spend(key, prompt_tokens + completion_tokens)
+        if self.log is not None:
+            started = getattr(request.state, "started", time.perf_counter())
+            self.log.write(key.name if key is not None else None, model, request.url.path, status, prompt_tokens,
+                           completion_tokens, time.perf_counter() - started, prompt, completion)
+
+    def stream(self, request: Request, pieces: AsyncIterator[str], account: Callable[[], None]) -> StreamingResponse:
+        """An SSE response of `pieces` that accounts for the request (budget, log) when the stream
+        ends, however it ends; the middleware leaves streamed requests to it."""
+        async def accounted():
+            # One piece of look-ahead: the request is accounted before its last piece (the
+            # `[DONE]`) goes out, so a client that has read the whole stream finds it logged.
+            held, done = None, False
+            try:
+                async for piece in pieces:
+                    if held is not None:
+                        yield held
+                    held = piece
+                done = True
+                account()
+                if held is not None:
+                    yield held
+            finally:
+                if not done:
+                    account()
+
+        request.state.streaming = True
+        return StreamingResponse(accounted(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def record(self, req) -> None:
+        """The metrics of one finished engine request."""
+        m = self.metrics
+        m.inc("llmkit_prompt_tokens_total", len(req.prompt))
+        m.inc("llmkit_completion_tokens_total", len(req.generated))
+        if req.first_token_at is not None:
+            m.observe("llmkit_time_to_first_token_seconds", req.first_token_at - req.arrival)
+            if len(req.generated) > 1 and req.finished_at is not None:
+                m.observe("llmkit_time_per_output_token_seconds",
+                          (req.finished_at - req.first_token_at) / (len(req.generated) - 1))
+        if req.finished_at is not None:
+            m.observe("llmkit_request_latency_seconds", req.finished_at - req.arrival)
+
+    def token_text(self, served: ServedModel, token: int) -> str:
+        """A token as text for logprobs. Tokens holding part of a UTF-8 character have no text of
+        their own: they are named by their vocabulary entry instead (as OpenAI writes "bytes:…"),
+        so that top-logprob dicts keyed by text do not merge distinct tokens."""
+        key = (served.name, token)
+        text = self._token_texts.get(key)
+        if text is None:
+            tok = served.llm.tokenizer
+            text = tok.decode([token], skip_special_tokens=False)
+            if "\ufffd" in text:
+                text = f"bytes:{tok.id_to_token(token)}"
+            self._token_texts[key] = text
+        return text
