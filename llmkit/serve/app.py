@@ -6,7 +6,7 @@ Endpoints, one router per group: ``POST /v1/chat/completions`` (chat), ``POST /v
 (completions), ``POST /v1/embeddings`` (embeddings), ``GET /v1/models``, ``GET /health``,
 ``GET /metrics``, ``/tokenize``, ``/detokenize`` (admin) and the chat page at ``/`` (pages).
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with a 4xx status
-for anything a client can cause — bad JSON, unknown or unsupported
+for anything a client can cause — bad JSON, text that is not valid Unicode, unknown or unsupported
 fields, out-of-range values, an unknown model, a prompt longer than the context — and the server
 goes on serving.
 """

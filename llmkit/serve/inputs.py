@@ -1,9 +1,10 @@
-"""Request bodies at the border: the size limit, JSON, the schema, and the `prompt` / `input`
-fields as token ids — each refusal a 400 (or 413) that names the field."""
+"""Request bodies at the border: the size limit, JSON, text that is valid Unicode, the schema, and
+the `prompt` / `input` fields as token ids — each refusal a 400 (or 413) that names the field."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import Request
@@ -12,6 +13,11 @@ from pydantic import BaseModel, ValidationError
 from .errors import APIError, validation_error
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+
+# JSON may spell an unpaired UTF-16 surrogate ("\udcff"), and json.loads also passes the raw UTF-8
+# bytes of one ("surrogatepass"): a str that no tokenizer, encoder or database can take. Only
+# bodies that may hold one (either spelling) are walked.
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 async def parse_body(request: Request, schema: type[BaseModel], max_bytes: int) -> Any:
@@ -26,12 +32,47 @@ async def parse_body(request: Request, schema: type[BaseModel], max_bytes: int) 
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(data).__name__}")
+    if _MAYBE_SURROGATE.search(body):
+        _refuse_surrogates(data)
     try:
         return schema.model_validate(data)
     except ValidationError as e:
         raise validation_error(e.errors()) from None
+
+
+def _surrogate_at(text: str) -> int | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _refuse_surrogates(data: dict) -> None:
+    """Raise a 400 naming the first field (``messages.0.content``) whose text holds an unpaired
+    surrogate. Iterative: the body may nest as deep as json.loads allows."""
+    todo: list[tuple[tuple, Any]] = [((), data)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            at = _surrogate_at(value)
+            if at is not None:
+                where = ".".join(map(str, path))
+                raise APIError(400, f"{where} holds an unpaired UTF-16 surrogate ({value[at]!r} at character {at}): "
+                                    "send text as valid Unicode", param=where, code="invalid_value")
+        elif isinstance(value, dict):
+            for key in value:
+                if _surrogate_at(key) is not None:
+                    where = ".".join(map(str, path)) or None
+                    raise APIError(400, f"a field name in {where or 'the request body'} holds an unpaired UTF-16 "
+                                        "surrogate: send text as valid Unicode", param=where, code="invalid_value")
+            todo += [((*path, k), v) for k, v in reversed(value.items())]
+        elif isinstance(value, list):
+            todo += [((*path, i), v) for i, v in reversed(list(enumerate(value)))]
 
 
 def token_inputs(llm, raw: Any, param: str) -> list[list[int]]:

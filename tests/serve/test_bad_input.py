@@ -29,6 +29,7 @@ def post(url: str, body: bytes | str | dict, path: str = "/v1/chat/completions",
 CASES = [
     ("malformed JSON", '{"model": "tiny", "messages": [', 400, None),
     ("not an object", "[1, 2]", 400, None),
+    ("nested too deeply", "[" * 50_000, 400, None),
     ("missing messages", {"model": "tiny"}, 400, "messages"),
     ("missing model", {"messages": CHAT["messages"]}, 400, "model"),
     ("empty messages", {**CHAT, "messages": []}, 400, "messages"),
@@ -75,6 +76,40 @@ def test_bad_completion_requests(server, name, body, status, param):
     code, reply = post(server.url, body, "/v1/completions")
     assert code == status, reply
     assert reply["error"]["param"] == param
+
+
+# JSON may spell an unpaired UTF-16 surrogate ("\udcff"), and Python's parser takes it (as it takes
+# the raw UTF-8 bytes of one): a string no encoder can write. The bodies are raw bytes so the
+# escape reaches the server as the client wrote it.
+SURROGATES = [
+    ("completion prompt", "/v1/completions", b'{"model": "tiny", "prompt": "hi \\udcff", "max_tokens": 2}', "prompt"),
+    ("completion prompt list", "/v1/completions", b'{"model": "tiny", "prompt": ["ok", "\\ud800"], "max_tokens": 2}',
+     "prompt.1"),
+    ("raw surrogate bytes", "/v1/completions", b'{"model": "tiny", "prompt": "hi \xed\xb3\xbf", "max_tokens": 2}',
+     "prompt"),
+    ("chat content", "/v1/chat/completions",
+     b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udcff"}], "max_tokens": 2}', "messages.0.content"),
+    ("chat content part", "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": '
+     b'[{"type": "text", "text": "a\\udcffb"}]}], "max_tokens": 2}', "messages.0.content.0.text"),
+    ("stop", "/v1/chat/completions",
+     b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": ["\\udcff"]}', "stop.0"),
+    ("embedding input", "/v1/embeddings", b'{"model": "tiny", "input": "\\udcff"}', "input"),
+    ("tokenize", "/tokenize", b'{"model": "tiny", "prompt": "\\udcff"}', "prompt"),
+    ("field name", "/v1/completions", b'{"model": "tiny", "prompt": "hi", "\\udcff": 1}', None),
+]
+
+
+@pytest.mark.parametrize("name,path,body,param", SURROGATES, ids=[c[0] for c in SURROGATES])
+def test_an_unpaired_surrogate_is_a_400_that_names_the_field(server, name, path, body, param):
+    code, reply = post(server.url, body, path)
+    assert code == 400, reply
+    assert reply["error"]["param"] == param and "surrogate" in reply["error"]["message"]
+
+
+def test_a_paired_surrogate_is_just_a_character(server):
+    body = b'{"model": "tiny", "prompt": "hi \\ud83d\\ude00", "max_tokens": 2}'
+    code, reply = post(server.url, body, "/v1/completions")
+    assert code == 200 and reply["usage"]["prompt_tokens"] > 1
 
 
 def test_oversized_body_is_413(server):
