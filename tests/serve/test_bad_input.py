@@ -128,6 +128,7 @@ def test_a_client_leaving_mid_stream_frees_its_request_and_the_server_goes_on(se
     engine = server.app.state.server.models["tiny"].engine
     u = urlparse(server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    before = engine.tokens_out
     body = {**CHAT, "max_tokens": 400, "ignore_eos": True, "stream": True, "temperature": 0}
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -142,7 +143,8 @@ def test_a_client_leaving_mid_stream_frees_its_request_and_the_server_goes_on(se
     while (engine.batch_size or engine.pool.num_free != engine.pool.num_blocks - 1) and time.time() < deadline:
         time.sleep(0.05)
     assert engine.batch_size == 0 and engine.pool.num_free == engine.pool.num_blocks - 1
-    assert engine.tokens_out < 10_000  # it did not run to the end
+    generated = engine.tokens_out - before  # this test's request is the only one on the engine
+    assert 1 <= generated < 400 // 2, generated  # it stopped soon after the client left, far from the 400 asked
     code, reply = post(server.url, CHAT)
     assert code == 200 and reply["choices"][0]["message"]["role"] == "assistant"
 

@@ -84,7 +84,7 @@ def test_the_page_streams_a_reply(browser, paced, served_llm):
     page.close()
 
 
-def test_the_page_works_with_a_key(browser, keyed):
+def test_the_page_works_with_a_key(browser, keyed, served_llm):
     page = browser.new_page()
     page.goto(keyed.url + "/")
     page.wait_for_function("document.querySelector('#status').textContent.length > 0")
@@ -92,9 +92,13 @@ def test_the_page_works_with_a_key(browser, keyed):
     page.fill("#key", "sk-web-1234")
     page.dispatch_event("#key", "change")
     page.wait_for_function("document.querySelector('#model').options.length > 0")
+    page.fill("#temperature", "0")
     page.fill("#max_tokens", "4")
     page.fill("#prompt", "hi")
     page.click("#send")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('finished')", timeout=60_000)
     assert page.locator(".error").count() == 0
+    want = served_llm.chat([{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0)
+    reply = page.locator(".assistant").last.inner_text()
+    assert want.strip() and reply.strip() == want.strip()  # the keyed request reached the model and came back
     page.close()
