@@ -567,11 +567,14 @@ def run_finetune(args: argparse.Namespace) -> None:
 
 
 def add_quantize_args(p: argparse.ArgumentParser) -> None:
+    from ..quant.layout import INT4_GROUP_SIZE
+
     p.add_argument("--model", "-m", required=True, help="the full-precision model (HF directory, run directory, cache name)")
     p.add_argument("--method", required=True, choices=["int8", "int4"],
                    help="int8: one scale per output channel; int4: one scale per group of --group-size inputs")
     p.add_argument("--out", "-o", required=True, help="where to write the quantised model (loads with llmkit.load)")
-    p.add_argument("--group-size", type=positive_int, default=64, help="int4 group size (default 64)")
+    p.add_argument("--group-size", type=positive_int, default=INT4_GROUP_SIZE,
+                   help=f"int4 group size (default {INT4_GROUP_SIZE})")
     p.add_argument("--no-head", action="store_true", help="keep the output head in full precision")
     p.add_argument("--text", nargs="+", default=None, metavar="FILE",
                    help="text files to measure perplexity on (default: llmkit's built-in perplexity paragraphs)")

@@ -9,9 +9,10 @@ so that `llmkit info` can describe a 7B preset without allocating it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from ..quant.layout import FULL_BYTES, INT4_GROUP_SIZE, WEIGHT_FORMATS, linear_bytes
 
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "learned", "sinusoidal", "none")
@@ -163,17 +164,12 @@ class ModelConfig:
     def layer_parameters(self) -> int:
         """Parameters of one transformer block."""
         d, h = self.dim, self.hidden_dim
-        attn = d * self.q_dim + 2 * d * self.kv_dim + self.q_dim * d
-        if self.qkv_bias:
-            attn += self.q_dim + 2 * self.kv_dim
-        if self.o_bias:
-            attn += d
-        n_mats = 3 if self.mlp == "swiglu" else 2
-        mlp = n_mats * d * h
+        weights = sum(out * inp for out, inp in self.linear_shapes())
+        biases = (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + d * self.o_bias
         if self.mlp_bias:
-            mlp += (n_mats - 1) * h + d
+            biases += (2 if self.mlp == "swiglu" else 1) * h + d
         norm = d if self.norm == "rmsnorm" else 2 * d
-        return attn + mlp + 2 * norm
+        return weights + biases + 2 * norm
 
     def num_parameters(self, embeddings: bool = True) -> int:
         """Trainable parameters. `embeddings=False` leaves out token/position embeddings and the
@@ -198,28 +194,28 @@ class ModelConfig:
         forward = 2 * n + attn
         return 3 * forward if training else forward
 
-    def weight_bytes(self, dtype: str = "fp32", group_size: int = 128) -> int:
-        """Bytes of all weights stored as `dtype`: fp32, fp16, bf16, int8 (per-channel fp16 scale
-        per output row), int4 (group-wise, fp16 scale per `group_size` weights). Norms, biases and
-        embeddings stay 16-bit in the quantised formats."""
+    def linear_shapes(self) -> list[tuple[int, int]]:
+        """(out, in) features of one block's Linear weights: q, k, v, o, then the MLP's."""
+        d, h = self.dim, self.hidden_dim
+        mlp = [(h, d), (h, d), (d, h)] if self.mlp == "swiglu" else [(h, d), (d, h)]
+        return [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)] + mlp
+
+    def weight_bytes(self, dtype: str = "fp32", group_size: int = INT4_GROUP_SIZE) -> int:
+        """Bytes of all weights stored as `dtype`: fp32, fp16 or bf16, or int8 / int4 as `llmkit
+        quantize` writes them (`llmkit.quant.layout`): every block Linear and the output head
+        quantised (a tied head as a quantised copy beside the embedding), the rest fp32."""
         n = self.num_parameters()
         if dtype == "fp32":
             return 4 * n
         if dtype in ("fp16", "bf16"):
             return 2 * n
-        if dtype not in ("int8", "int4"):
+        if dtype not in WEIGHT_FORMATS:
             raise ConfigError(f"dtype={dtype!r} is not supported: use fp32, fp16, bf16, int8 or int4")
-        d, h = self.dim, self.hidden_dim
-        n_mats = 3 if self.mlp == "swiglu" else 2
-        # (rows, cols) of every quantised matrix in one layer
-        mats = [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)]
-        mats += [(h, d)] * (n_mats - 1) + [(d, h)]
-        quant_params = self.n_layers * sum(r * c for r, c in mats)
-        if dtype == "int8":
-            q_bytes = quant_params + 2 * self.n_layers * sum(r for r, _ in mats)
-        else:
-            q_bytes = quant_params // 2 + 2 * self.n_layers * sum(r * math.ceil(c / group_size) for r, c in mats)
-        return q_bytes + 2 * (n - quant_params)
+        head = (self.vocab_size, self.dim)
+        linears = self.linear_shapes() * self.n_layers + [head]
+        quantised = sum(linear_bytes(out, inp, dtype, group_size) for out, inp in linears)
+        counted = sum(out * inp for out, inp in linears) - (head[0] * head[1] if self.tie_embeddings else 0)
+        return quantised + FULL_BYTES * (n - counted)
 
     def kv_cache_bytes(self, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
         return 2 * self.n_layers * batch_size * seq_len * self.kv_dim * bytes_per_value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..quant.layout import INT4_GROUP_SIZE
 from .config import ModelConfig
 
 
@@ -38,5 +39,8 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
         ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
         ("KV cache", f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
     ]
-    rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16", "int8", "int4")]
+    rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16")]
+    rest = "embeddings and norms fp32, as `llmkit quantize` writes it"
+    rows += [("weights int8", f"{_size(cfg.weight_bytes('int8'))} (fp32 scale per row; {rest})"),
+             ("weights int4", f"{_size(cfg.weight_bytes('int4'))} (fp32 scale per {INT4_GROUP_SIZE} inputs; {rest})")]
     return rows

@@ -20,6 +20,7 @@ import torch
 
 from ..infer.llm import LocalLLM, load
 from ..models.resolve import resolve_model
+from ..quant.layout import INT4_GROUP_SIZE
 from ..quant.weight_only import model_bytes, quantization_config, quantize_model
 from ..utils import write_json_atomic
 
@@ -45,7 +46,8 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
-def quantize_checkpoint(model: str | os.PathLike, method: str, out: str | os.PathLike, group_size: int = 64,
+def quantize_checkpoint(model: str | os.PathLike, method: str, out: str | os.PathLike,
+                        group_size: int = INT4_GROUP_SIZE,
                         head: bool = True, texts: Sequence[str] | None = None, overwrite: bool = False,
                         device: str | torch.device | None = None) -> dict[str, Any]:
     """Quantise `model` to `method` ("int8" per channel, "int4" in groups of `group_size`), write

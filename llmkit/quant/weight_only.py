@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layout import INT4_GROUP_SIZE, int4_groups
+
 log = logging.getLogger(__name__)
 
 QUANT_METHOD = "llmkit"  # config.json's quantization_config.quant_method for these formats
@@ -116,11 +118,11 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantize_int4(w: torch.Tensor, group_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """int4 codes in [-7, 7] packed two per byte (layout in the module docstring) and one fp32
     scale per group of `group_size` input columns: w ≈ q * scale, |error| <= scale / 2."""
     out_f, in_f = w.shape
-    if in_f % group_size or group_size % 2:
+    if not int4_groups(in_f, group_size):
         raise ValueError(f"in_features={in_f} is not a multiple of group_size={group_size} (even)")
     g = w.float().reshape(out_f, in_f // group_size, group_size)
     scale = (g.abs().amax(dim=-1) / 7).clamp_min(1e-12)
@@ -238,16 +240,16 @@ class Int4Linear(_QuantLinear):
     fused_max_rows = INT4_FUSED_MAX_ROWS
     rows_kernel = staticmethod(_int4_rows)
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 64):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = INT4_GROUP_SIZE):
         super().__init__(in_features, out_features, bias)
-        if in_features % group_size or group_size % 2:
+        if not int4_groups(in_features, group_size):
             raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size} (even)")
         self.group_size = group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scale", torch.ones(out_features, in_features // group_size))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 64) -> Int4Linear:
+    def from_linear(cls, linear: nn.Linear, group_size: int = INT4_GROUP_SIZE) -> Int4Linear:
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
         new.qweight, new.scale = quantize_int4(linear.weight.detach(), group_size)
         if linear.bias is not None:
@@ -282,12 +284,12 @@ def _replace(model: nn.Module, qualified: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
-def quantize_model(model: nn.Module, method: str = "int8", group_size: int = 64, head: bool = True,
+def quantize_model(model: nn.Module, method: str = "int8", group_size: int = INT4_GROUP_SIZE, head: bool = True,
                    fused: bool = True) -> dict[str, int]:
     """Replace the Linear layers of every block (and the output head when `head`; a tied head gets
     its own quantised copy, the embedding table stays as it is) with int8 / int4 ones, in place.
     Int4 leaves a Linear whose width is not a multiple of `group_size` in full precision.
-    Returns the Linear weight bytes before and after."""
+    Returns the Linear weight bytes before and after (`layout.linear_bytes` counts them without a model)."""
     if method not in ("int8", "int4"):
         raise ValueError(f"method={method!r}: use 'int8' or 'int4'")
     if any(isinstance(m, _QuantLinear) for m in model.modules()):
@@ -295,7 +297,7 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int = 64,
     before = after = 0
     with torch.no_grad():
         for name, lin in _linears(model, head):
-            if method == "int4" and lin.in_features % group_size:
+            if method == "int4" and not int4_groups(lin.in_features, group_size):
                 log.info("%s stays in full precision: in_features=%d is not a multiple of group_size=%d",
                          name, lin.in_features, group_size)
                 continue

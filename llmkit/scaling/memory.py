@@ -7,8 +7,9 @@ method, dtype           weights  grads  optimizer  total (states)
 =====================  =======  =====  =========  ================================================
 inference fp32          4        –      –          4   (1B params ≈ 4 GB)
 inference fp16/bf16     2        –      –          2   (≈ 2 GB)
-inference int8 / int4   1 / 0.5  –      –          1 / 0.5 (+ 16-bit scales, embeddings and norms
-                                                   when a model shape is given)
+inference int8 / int4   1 / 0.5  –      –          1 / 0.5 (given a model configuration: the layout
+                                                   `llmkit quantize` writes, fp32 scales and the
+                                                   rest fp32: `ModelConfig.weight_bytes`)
 full fp32, AdamW        4        4      8 (m, v)   16
 full, mixed precision   2        2      12         16  (ZeRO paper, Rajbhandari et al. 2020: 16-bit
                                                    weights and grads; fp32 master copy, m, v)
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .laws import ScalingError
 
@@ -61,7 +62,6 @@ METHODS = ("inference", "full", "lora", "qlora")
 BYTES_PER_VALUE = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1}  # fp32 tensors the size of the params (SGD: momentum)
 NF4_BYTES = 0.5 + (8 / 64 + 32 / (64 * 256)) / 8  # QLoRA: 4-bit + fp8 absmax per 64 + fp32 per 256 blocks
-INT4_GROUP = 128  # int4 inference: one fp16 scale per 128 weights
 ACTIVATION_VALUES_PER_PARAM = 2.0  # textbook allowance used with a bare parameter count
 
 
@@ -81,6 +81,9 @@ class _Shape:
     swiglu: bool
     norm_values: int
     dropout: float
+    # the configuration's own count of int8 / int4 weight bytes (`ModelConfig.weight_bytes`, which
+    # follows llmkit.quant's layout: this room sits below quant and asks the config instead)
+    stored_bytes: Callable[[str], int] | None = None
 
     @property
     def matrices(self) -> list[tuple[int, int]]:
@@ -107,7 +110,7 @@ def _shape(model: Any) -> _Shape | None:
             n_heads=cfg.n_heads, q_dim=cfg.n_heads * head_dim, kv_dim=n_kv * head_dim, hidden_dim=cfg.hidden_dim,
             vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len, swiglu=cfg.mlp == "swiglu",
             norm_values=1 if getattr(cfg, "norm", "rmsnorm") == "layernorm" else 2,
-            dropout=float(getattr(cfg, "dropout", 0.0) or 0.0),
+            dropout=float(getattr(cfg, "dropout", 0.0) or 0.0), stored_bytes=getattr(cfg, "weight_bytes", None),
         )
     except AttributeError as e:
         raise ScalingError(
@@ -162,18 +165,16 @@ def _fmt(n: float) -> str:
 
 
 def _weight_bytes(shape: _Shape | None, params: int, dtype: str) -> float:
-    """Weights stored as `dtype`; quantised formats keep embeddings, norms and head in 16-bit."""
+    """Weights stored as `dtype`. int8 / int4 of a configuration: its layout (scales, what stays
+    unquantised); of a bare count, the codes alone. NF4 (QLoRA) quantises the block projections
+    and keeps embeddings, norms and head in 16-bit."""
     per = NF4_BYTES if dtype == "nf4" else BYTES_PER_VALUE[dtype]
-    if shape is None or dtype in ("fp32", "bf16", "fp16"):
+    if shape is not None and dtype in ("int8", "int4") and shape.stored_bytes is not None:
+        return float(shape.stored_bytes(dtype))
+    if shape is None or dtype != "nf4":
         return params * per
     lin = shape.linear_params
-    if dtype == "int8":  # one fp16 scale per output row
-        quant = lin + 2 * shape.n_layers * sum(rows for rows, _ in shape.matrices)
-    elif dtype == "int4":
-        quant = lin * (0.5 + 2 / INT4_GROUP)
-    else:
-        quant = lin * per
-    return quant + 2.0 * (params - lin)
+    return lin * per + 2.0 * (params - lin)
 
 
 def _training_activations(s: _Shape, batch: int, seq: int, p: float, flash: bool, ckpt: bool,

@@ -58,10 +58,16 @@ def test_weight_memory_by_dtype():
     assert cfg.weight_bytes("fp32") == 4 * n
     assert cfg.weight_bytes("bf16") == 2 * n
     int8, int4 = cfg.weight_bytes("int8"), cfg.weight_bytes("int4")
-    # ~1 byte (int8) or ~half a byte (int4) per linear weight plus scales; embeddings stay 16-bit
-    linear = n - 2 * cfg.vocab_size * cfg.dim - (2 * cfg.n_layers + 1) * cfg.dim
-    assert int8 == linear + 2 * (n - linear) + 2 * cfg.n_layers * (5 * cfg.dim + 2 * cfg.hidden_dim)  # fp16 scale per output row
-    assert linear / 2 + 2 * (n - linear) < int4 < 0.6 * n
+    # as `llmkit quantize` writes them: the block Linears and the (untied) head quantised, with an
+    # fp32 scale per output row (int8) or per 64 inputs (int4: 4096 and 11008 are multiples of 64);
+    # the embedding and the 2 * 32 + 1 RMSNorm weights stay fp32
+    d, h, v = cfg.dim, cfg.hidden_dim, cfg.vocab_size
+    linear = 32 * (4 * d * d + 3 * d * h) + v * d
+    rows = 32 * (4 * d + 2 * h + d) + v
+    rest = v * d + (2 * 32 + 1) * d
+    assert linear + rest == n
+    assert int8 == linear + 4 * rows + 4 * rest
+    assert int4 == linear // 2 + 4 * linear // 64 + 4 * rest
     with pytest.raises(ConfigError, match="dtype"):
         cfg.weight_bytes("int3")
 
