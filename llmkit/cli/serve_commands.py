@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import add_quantize_arg, positive_int
+from .commands import add_quantize_arg, load_llm, positive_int
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -54,39 +54,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from ..infer.llm import LocalLLM
-    from ..serve import ServedModel, serve
-    from ..utils import default_device
+    from ..serve import ServerSettings, build_server
 
-    from ..pipelines.adapters import load_with_adapters
-    from ..serve import with_adapters
-
-    specs = list(args.adapter)
-    for spec in specs:
+    for spec in args.adapter:
         if "=" not in spec:
             raise ValueError(f"--adapter {spec}: give NAME=DIR (the name is how requests choose it)")
-    llm = load_with_adapters(args.model, specs, device=args.device or default_device(), dtype=args.dtype,
-                             quantize=args.quantize)
-    if not isinstance(llm, LocalLLM):
-        raise ValueError(f"--model {args.model} is a remote server: llmkit serve needs a local model")
-    name = args.name or Path(str(args.model).rstrip("/")).name or "model"
-    options = {"max_batch": args.max_batch, "kv_cache_tokens": args.kv_cache_tokens, "block_size": args.block_size,
-               "max_queue": args.max_queue}
-    models = with_adapters(name, llm, [s.split("=", 1)[0] for s in specs], **options) if specs \
-        else [ServedModel(name, llm, engine_options=options)]
-    print(f"serving {', '.join(m.name for m in models)} ({llm.model.num_parameters():,} parameters, {llm.device}) "
-          f"{', ' + args.quantize + ' weights' if args.quantize else ''} at http://{args.host}:{args.port}/v1  — KV cache {models[0].engine.pool.capacity_tokens} tokens, "
-          f"batch up to {args.max_batch}", file=sys.stderr, flush=True)
-    from ..models.resolve import llmkit_home
-    from ..serve.auth import Gate, RequestLog, load_keys
-
-    keys = load_keys(args.api_keys) if args.api_keys else []
-    gate = Gate(keys, requests_per_minute=args.rate_limit, tokens_per_day=args.token_budget)
-    request_log = None
-    if not args.no_request_log:
-        request_log = RequestLog(args.request_log or llmkit_home() / "requests.sqlite", args.price_prompt,
-                                 args.price_completion, log_text=args.log_prompts)
-    print(f"API keys: {len(keys) or 'none required'}; request log: "
-          f"{request_log.path if request_log else 'off'}", file=sys.stderr, flush=True)
-    serve(models, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-          max_body_bytes=args.max_body_bytes, gate=gate, request_log=request_log)
+    settings = ServerSettings(
+        name=args.name or Path(str(args.model).rstrip("/")).name or None,
+        adapters=[spec.split("=", 1)[0] for spec in args.adapter], host=args.host, port=args.port,
+        max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
+        rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
+        log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,
+        price_completion=args.price_completion, log_level="info" if args.verbose else "warning")
+    server = build_server(load_llm(args), settings)
+    print(server.summary(), file=sys.stderr, flush=True)
+    server.run()
