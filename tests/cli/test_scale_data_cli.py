@@ -18,10 +18,38 @@ def test_scale_optimal(capsys):
     assert main(["scale", "optimal"]) == 2
 
 
-def test_scale_memory_table(capsys):
-    assert main(["scale", "memory", "--params", "1e9", "--method", "inference", "--dtype", "fp32"]) == 0
-    out = capsys.readouterr().out
-    assert "4" in out and "GB" in out
+def memory_rows(text: str) -> dict[str, tuple[float, float]]:
+    """{component: (bytes, bytes per parameter)} from the table `llmkit scale memory` prints."""
+    units = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[2] in units and parts[4] == "B/param":
+            rows[parts[0]] = (float(parts[1]) * units[parts[2]], float(parts[3]))
+    return rows
+
+
+@pytest.mark.parametrize("params, dtype, per", [("1e9", "fp32", 4), ("2.5e9", "bf16", 2), ("7e9", "int4", 0.5)])
+def test_scale_memory_of_a_bare_count_is_its_weights(capsys, params, dtype, per):
+    assert main(["scale", "memory", "--params", params, "--method", "inference", "--dtype", dtype]) == 0
+    rows = memory_rows(capsys.readouterr().out)
+    weights = float(params) * per  # bytes per weight: 4 (fp32), 2 (bf16), half a byte (int4 codes)
+    assert rows["weights"] == pytest.approx((weights, per), rel=1e-3)
+    assert rows["total"] == rows["weights"] and rows["gradients"] == rows["optimizer"] == (0, 0)
+
+
+def test_scale_memory_of_full_adamw_training(capsys):
+    """llama-2-7b (6,738,415,616 parameters, as transformers counts them: tests/models/test_config.py)
+    in fp32 with AdamW: 4 bytes each of weights and gradients, 8 of the two moments."""
+    n = 6_738_415_616
+    assert main(["scale", "memory", "--preset", "llama-2-7b", "--method", "full", "--dtype", "fp32",
+                 "--seq-len", "512"]) == 0
+    rows = memory_rows(capsys.readouterr().out)
+    for name, per in (("weights", 4), ("gradients", 4), ("optimizer", 8)):
+        assert rows[name][0] == pytest.approx(per * n, abs=0.006e9), name  # printed to 0.01 GB
+        assert rows[name][1] == per, name
+    acts = rows["activations"][0]
+    assert acts > 0 and rows["total"][0] == pytest.approx(16 * n + acts, abs=0.02e9)
 
 
 def test_scale_fit_on_runs(tmp_path, capsys):

@@ -111,7 +111,8 @@ def test_a_quantised_model_computes_nearly_the_same(tiny_dirs, method):
     with torch.no_grad():
         out = llm.model(ids)
     rel = ((out - ref).norm() / ref.norm()).item()
-    assert rel < (0.08 if method == "int8" else 0.6), rel
+    # measured, tiny-llama init seeds 0-5: int8 0.037-0.050; int4 g16 0.44-0.52 (0.085 per random matrix, compounded)
+    assert rel < (0.06 if method == "int8" else 0.55), rel
     (lp, n2), = llm.loglikelihood_rolling([text])
     ppl_change = math.exp(-lp / n2) / math.exp(-lp_ref / n) - 1
     assert abs(ppl_change) < (0.03 if method == "int8" else 0.3), ppl_change
