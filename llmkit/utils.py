@@ -1,4 +1,4 @@
-"""Small helpers every room may use: atomic writes, device and dtype choice."""
+"""Small helpers every room may use: atomic writes (text, JSON, figures), device and dtype choice."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def new_figure(width: float = 7, height: float = 4, ncols: int = 1, dpi: int = 100) -> tuple[Any, Any]:
+    """A matplotlib figure and its axes, drawn off screen (no pyplot state, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write a figure as a PNG, atomically: the one plot writer."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
 
 
 def default_device() -> "torch.device":

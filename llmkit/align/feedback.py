@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..utils import atomic_path
-from .rl import Prompt
+from .prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def label(model: str, judge: str, prompts: str, out: str | os.PathLike, limit: i
     best of `samples` answers over the worst). `train_size`: fresh builtin prompts."""
     from ..infer.llm import load
     from ..utils import default_device, write_json_atomic
-    from .rl import read_prompts
+    from .prompts import read_prompts
 
     out = Path(out)
     if out.exists() and out.is_dir():

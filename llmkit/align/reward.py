@@ -1,7 +1,6 @@
 """Reward models: the transformer with a scalar head, trained on preference pairs with the
-Bradley-Terry loss; `llmkit align reward`.
+Bradley-Terry loss (`RewardObjective`; the job is `llmkit.pipelines.reward`, `llmkit align reward`).
 
-    llmkit align reward --model runs/sft --data prefs.jsonl --out runs/rm
     rm = load_reward_model("runs/rm/model"); rm.score_texts(tokenizer, [(prompt, answer), ...])
 
 The head reads the final hidden state of each sequence's last real token (right padding), as
@@ -11,10 +10,8 @@ written in that layout (`score.weight`), so `AutoModelForSequenceClassification`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,15 +22,8 @@ from torch import nn
 from ..data.instruct import encode_conversation
 from ..models.hf import _load, config_to_hf, state_dict_to_hf
 from ..models.transformer import Transformer
-from ..peft import LoRAConfig, apply_lora, merge_and_unload, trainable_parameters
-from ..train import distributed as D
-from ..train.finetune import EvalSection, load_base, setting_up
-from ..train.precision import autocast, choose_precision
-from ..train.trainer import Trainer
 from ..utils import atomic_path, write_json_atomic
-from .dpo import AlignTrain, PrefDataSection, read_pairs, write_align_report
 from .losses import bradley_terry_loss
-from .prefs import PairExample, PairValidation, collate_pairs, encode_pairs, pair_loader
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +110,8 @@ def load_reward_model(path: str | os.PathLike, device: str | torch.device | None
 class RewardObjective:
     """Bradley-Terry on a batch of 2B rows (B chosen, then B rejected; `collate_pairs(full=True)`)."""
 
+    accuracy_key, margin_key = "reward/accuracy", "reward/margin"  # what `pair_accuracy` reads
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         r = model(batch["input_ids"], batch["attention_mask"])
         b = r.shape[0] // 2
@@ -129,87 +121,3 @@ class RewardObjective:
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
-
-
-@torch.no_grad()
-def pair_accuracy(model: RewardModel, examples: list[PairExample], pad_id: int, precision: str = "fp32",
-                  batch_size: int = 16) -> dict[str, float]:
-    """Held-out pairwise accuracy (chosen scored above rejected), mean margin and loss."""
-    was = model.training
-    model.eval()
-    objective = RewardObjective()
-    wins = margin = loss_sum = 0.0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        batch = {k: v.to(model.device) for k, v in collate_pairs(chunk, pad_id, full=True).items()}
-        with autocast(precision, model.device):
-            loss, m = objective.loss(model, batch)
-        wins += float(m["reward/accuracy"]) * len(chunk)
-        margin += float(m["reward/margin"]) * len(chunk)
-        loss_sum += float(loss) * len(chunk)
-    model.train(was)
-    n = max(1, len(examples))
-    return {"accuracy": wins / n, "margin": margin / n, "loss": loss_sum / n, "pairs": len(examples)}
-
-
-@dataclass
-class RewardRecipe:
-    model: str = ""  # the model the reward model starts from (usually the SFT model)
-    method: str = "full"  # full | lora (the score head always trains)
-    data: PrefDataSection = field(default_factory=PrefDataSection)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    eval: EvalSection = field(default_factory=lambda: EvalSection(tasks=[], perplexity=False))
-    train: AlignTrain = field(default_factory=AlignTrain)
-    out: str = "runs/rm"
-
-    def __post_init__(self) -> None:
-        if self.method not in ("full", "lora"):
-            raise ValueError(f"method={self.method!r}: a reward model trains with full or lora")
-
-
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4}
-
-
-def reward(recipe: RewardRecipe, resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) a reward model; returns its summary (also in RUN/summary.json)."""
-    info = D.init_distributed(recipe.train.device)
-    run_dir = Path(recipe.out)
-    train_cfg = dataclasses.replace(recipe.train, lr=recipe.train.lr or DEFAULT_LR[recipe.method])
-    with setting_up(run_dir, resume, info, recipe):
-        base_path, backbone, tokenizer = load_base(recipe)
-        train_pairs, val_pairs, data_info = read_pairs(recipe, train_cfg.seed)
-        max_len = min(recipe.data.max_len, backbone.config.context_window)
-        train_ex, dropped = encode_pairs(tokenizer, train_pairs, max_len - 1)
-        val_ex, _ = encode_pairs(tokenizer, val_pairs, max_len - 1)
-        if not train_ex:
-            raise ValueError(f"no training pair fits within data.max_len={max_len} tokens")
-    data_info["dropped_too_long"] = dropped
-    pad = tokenizer.padding_id
-    model = RewardModel(backbone.to(info.device), seed=train_cfg.seed)
-    precision = choose_precision(train_cfg.precision, info.device)
-    before = pair_accuracy(model, val_ex, pad, precision) if val_ex else {}
-    if recipe.method == "lora":
-        torch.manual_seed(train_cfg.seed)
-        apply_lora(model, recipe.lora)
-        model.score.requires_grad_(True)
-    report = trainable_parameters(model)
-    loader = pair_loader(train_ex, train_cfg.micro_batch, pad, seed=train_cfg.seed, rank=info.rank,
-                         world_size=info.world_size, full=True)
-    compat = {"model": model.config.to_dict(), "method": recipe.method, "max_len": max_len, "kind": "reward"}
-    trainer = Trainer(model, RewardObjective(), loader, train_cfg, run_dir,
-                      val_data=PairValidation(val_ex, pad, full=True), compat=compat, info=info)
-    summary = trainer.fit(resume=resume)
-    final = D.unwrap(trainer.base_model).eval()
-    summary.update({"method": recipe.method, "lr": train_cfg.lr, "data": data_info,
-                    "trainable": {"trainable": report.trainable, "total": report.total, "percent": report.percent}})
-    if info.is_main:
-        summary["before"], summary["after"] = {}, {}
-        summary["preferences_before"] = before
-        summary["preferences"] = pair_accuracy(final, val_ex, pad, precision) if val_ex else {}
-        if recipe.method == "lora":
-            final = merge_and_unload(final)
-        save_reward_model(final, run_dir / "model", tokenizer)
-        write_json_atomic(run_dir / "summary.json", summary)
-        write_align_report(run_dir, f"Reward model {run_dir.name} ({recipe.method})", recipe, summary)
-    D.barrier()
-    return summary

@@ -145,7 +145,7 @@ def run_label(args: argparse.Namespace) -> None:
 
 
 def dpo_recipe(args: argparse.Namespace):
-    from ..align.dpo import DPORecipe
+    from ..pipelines.dpo import DPORecipe
 
     return recipe_from_args(DPORecipe, args)
 
@@ -158,13 +158,13 @@ def run_align(args: argparse.Namespace) -> None:
     if args.align_verb == "recipe":
         return run_recipe(args)
     if args.align_verb == "reward":
-        from ..align.reward import RewardRecipe, reward
+        from ..pipelines.reward import RewardRecipe, reward
 
         recipe = recipe_from_args(RewardRecipe, args)
         summary = reward(recipe, resume=args.resume)
         what = "reward model"
     else:
-        from ..align.dpo import dpo
+        from ..pipelines.dpo import dpo
 
         recipe = dpo_recipe(args)
         summary = dpo(recipe, resume=args.resume)
@@ -193,7 +193,7 @@ def _print_tasks(summary: dict) -> None:
 
 
 def run_rollouts(args: argparse.Namespace) -> None:
-    from ..align.rl import GRPORecipe, PPORecipe, rl
+    from ..pipelines.rl import GRPORecipe, PPORecipe, rl
 
     recipe = recipe_from_args(PPORecipe if args.align_verb == "ppo" else GRPORecipe, args, data="prompts")
     summary = rl(recipe, resume=args.resume)

@@ -122,22 +122,12 @@ def add_info_args(p: argparse.ArgumentParser) -> None:
 def run_info(args: argparse.Namespace) -> None:
     from ..models.config import preset
     from ..models.describe import describe
-    from ..models.hf import read_config
-    from ..models.resolve import resolve_model
+    from ..models.resolve import local_path, model_config
 
     if args.preset:
         cfg, where = preset(args.preset), f"preset {args.preset}"
     else:
-        path = resolve_model(args.model)
-        if isinstance(path, str):
-            raise ValueError(f"info reads local models; {path} is a server")
-        if path.suffix == ".gguf":
-            from ..models.gguf import read_gguf_config
-
-            cfg = read_gguf_config(path)
-        else:
-            cfg = read_config(path)
-        where = str(path)
+        cfg, where = model_config(args.model, "info"), str(local_path(args.model, "info"))
     rows = [("model", where)] + describe(cfg, args.context)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -279,10 +269,10 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> None:
     from ..models.gguf import load_gguf
     from ..models.hf import save_pretrained
-    from ..models.resolve import resolve_model
+    from ..models.resolve import local_path
 
-    where = resolve_model(args.model)
-    if isinstance(where, str) or where.suffix != ".gguf":
+    where = local_path(args.model, "convert")
+    if where.suffix != ".gguf":
         raise ValueError(f"--model {args.model} is not a .gguf file: convert reads GGUF (an HF directory is already "
                          "in the output format; `llmkit export --format gguf` goes the other way)")
     out = Path(args.out)
@@ -319,12 +309,9 @@ def run_export(args: argparse.Namespace) -> None:
 
 def _load_local(name: str, verb: str):
     from ..infer.llm import load
-    from ..models.resolve import resolve_model
+    from ..models.resolve import local_path
 
-    where = resolve_model(name)
-    if isinstance(where, str):
-        raise ValueError(f"--model {name}: {verb} needs a local model, not a server")
-    return load(where, dtype="fp32")
+    return load(local_path(name, verb), dtype="fp32")
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -387,7 +374,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 def pretrain_recipe(args: argparse.Namespace):
     from ..models.config import list_presets
     from ..recipe import load_recipe
-    from ..train.pretrain import PretrainRecipe
+    from ..pipelines.pretrain import PretrainRecipe
 
     overrides = list(args.overrides)
     if args.model:
@@ -404,7 +391,7 @@ def pretrain_recipe(args: argparse.Namespace):
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
-    from ..train.pretrain import pretrain
+    from ..pipelines.pretrain import pretrain
 
     recipe = pretrain_recipe(args)
     summary = pretrain(recipe, resume=args.resume)
@@ -482,13 +469,12 @@ def run_scale(args: argparse.Namespace) -> None:
         print(f"Kaplan 2020 at the same compute: {kaplan.params:.4g} parameters, {kaplan.tokens:.4g} tokens")
     elif args.scale_verb == "memory":
         from ..models.config import preset as get_preset
-        from ..models.hf import read_config
-        from ..models.resolve import resolve_model
+        from ..models.resolve import model_config
 
         if args.preset:
             model = get_preset(args.preset)
         elif args.model:
-            model = read_config(resolve_model(args.model))
+            model = model_config(args.model, "scale memory")
         elif args.params:
             model = int(args.params)
         else:
@@ -540,13 +526,13 @@ def recipe_from_args(cls, args: argparse.Namespace, data: str = "data"):
 
 
 def finetune_recipe(args: argparse.Namespace):
-    from ..train.finetune import FinetuneRecipe
+    from ..pipelines.finetune import FinetuneRecipe
 
     return recipe_from_args(FinetuneRecipe, args)
 
 
 def run_finetune(args: argparse.Namespace) -> None:
-    from ..train.finetune import finetune
+    from ..pipelines.finetune import finetune
 
     recipe = finetune_recipe(args)
     summary = finetune(recipe, resume=args.resume)

@@ -5,7 +5,6 @@ download)."""
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sysconfig
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from llmkit.data.config import STDLIB, DataError, SourceConfig
+from llmkit.data.jsonl import BadRow, iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -152,19 +152,12 @@ def _file_docs(path: Path, kind: str, text_field: str, out: SourceRead) -> Itera
 
 
 def _jsonl_docs(path: Path, text_field: str) -> tuple[list[str], int]:
+    """The `text_field` strings of a JSONL file, and how many lines had none (or were not JSON)."""
     docs, bad = [], 0
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if isinstance(text, str):
-                docs.append(text)
-            else:
-                bad += 1
+    for row in iter_jsonl(path):
+        text = row[1].get(text_field) if not isinstance(row, BadRow) and isinstance(row[1], dict) else None
+        if isinstance(text, str):
+            docs.append(text)
+        else:
+            bad += 1
     return docs, bad

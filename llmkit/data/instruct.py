@@ -16,7 +16,6 @@ instruction set with their fixed splits: ``builtin`` or ``builtin:arith,sorting`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -27,24 +26,16 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..models.loss import IGNORE_INDEX
 from .dataset import DataError
+from .jsonl import BadRow, read_jsonl  # noqa: F401 (BadRow: part of this module's API)
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 BUILTIN_INSTRUCT_TASKS = ("arith", "sorting", "stdlib-qa", "sentiment")
 
 Messages = list[dict[str, str]]
-
-
-@dataclass
-class BadRow:
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.reason}"
 
 
 def row_to_messages(row: Any) -> Messages:
@@ -106,38 +97,6 @@ def read_instructions(path: str | os.PathLike, skip_bad_rows: bool = False,
         raise FileNotFoundError(f"data file {path} does not exist (or use --data builtin for the embedded "
                                 "instruction set)")
     return read_jsonl(path, lambda row: [row_to_messages(row)], skip_bad_rows)
-
-
-def read_jsonl(path: Path, parse: Callable[[Any], list[Any]], skip_bad_rows: bool = False,
-               what: str = "rows") -> tuple[list[Any], list[BadRow]]:
-    """Every row of a JSONL file through `parse` (which returns the row's items, or raises
-    ValueError saying what is wrong). Bad rows are returned with their line numbers when
-    `skip_bad_rows`, else raise one DataError listing them; no usable row at all is an error."""
-    items, bad = [], []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError:
-                bad.append(BadRow(n, "not UTF-8 text"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                items.extend(parse(json.loads(line)))
-            except json.JSONDecodeError as e:
-                bad.append(BadRow(n, f"not JSON ({e.msg}, column {e.colno})"))
-            except ValueError as e:
-                bad.append(BadRow(n, str(e)))
-    if bad and not skip_bad_rows:
-        listing = "; ".join(map(str, bad[:10])) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise DataError(f"{path}: {len(bad)} bad row(s): {listing}. Fix them, or pass --skip-bad-rows "
-                        "(data.skip_bad_rows=true) to train on the rest")
-    for b in bad:
-        log.warning("%s %s (skipped)", path.name, b)
-    if not items:
-        raise DataError(f"{path}: no usable {what}")
-    return items, bad
 
 
 def is_builtin(spec: str) -> bool:

@@ -19,13 +19,13 @@ first 200 rows of train.jsonl are dev, the rest train, and test.jsonl is test.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import DataError
+from .jsonl import BadRow, iter_jsonl
 
 BUILTIN = Path(__file__).parent / "builtin"
 SPLITS = ("train", "dev", "test")
@@ -124,21 +124,13 @@ def load_task(name: str, split: str = "test", data_dir: str | Path | None = None
 def _jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) of every non-blank line; errors name the file and the line."""
     rows = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path.name} line {n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path.name} line {n}: not JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path.name} line {n}: expected a JSON object, got {_type(row)}")
-            rows.append((n, row))
+    for row in iter_jsonl(path):
+        if isinstance(row, BadRow):
+            raise DataError(f"{path.name} {row}")
+        n, obj = row
+        if not isinstance(obj, dict):
+            raise DataError(f"{path.name} line {n}: expected a JSON object, got {_type(obj)}")
+        rows.append((n, obj))
     return rows
 
 

@@ -266,12 +266,9 @@ def _clip(v: Any, n: int = 300) -> str:
 def _chart(rec: TaskRecord, path: Path) -> Path:
     """A bar chart: the task's [0, 1] metrics with the primary metric's interval, or for perplexity
     the bits per byte of each text."""
-    import matplotlib
+    from ..utils import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = new_figure(6, 3.2)
     if rec.kind == "perplexity":
         values = [s["score"] for s in rec.samples]
         ax.bar(range(len(values)), values, color="#4c72b0")
@@ -290,10 +287,4 @@ def _chart(rec: TaskRecord, path: Path) -> Path:
         for i, v in enumerate(values):
             ax.text(i, min(v + 0.03, 0.95), f"{v:.3f}", ha="center")
     ax.set_title(f"{rec.task} (n={int(rec.metrics.get('n', 0))})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -95,6 +95,44 @@ def resolve_model(name: str | os.PathLike) -> Path | str:
     )
 
 
+def local_path(name: str | os.PathLike, purpose: str = "this") -> Path:
+    """`resolve_model`, refusing a server URL: `purpose` needs the weights on this machine."""
+    where = resolve_model(name)
+    if isinstance(where, str):
+        raise ValueError(f"--model {name}: {purpose} needs a local model (HF directory, run directory or .gguf "
+                         "file), not a server")
+    return where
+
+
+def model_config(name: str | os.PathLike, purpose: str = "this"):
+    """The `ModelConfig` of a local model name, read without loading weights (config.json, or a
+    GGUF file's metadata)."""
+    path = local_path(name, purpose)
+    if path.suffix == ".gguf":
+        from .gguf import read_gguf_config
+
+        return read_gguf_config(path)
+    from .hf import read_config
+
+    return read_config(path)
+
+
+def load_local(name: str | os.PathLike, device=None, dtype=None, purpose: str = "this"):
+    """(path, model, tokenizer) of a local model name: an HF directory, a run directory, a cached
+    name, or a ``.gguf`` file (dequantised). The one place a name becomes weights."""
+    from ..tokenizer import Tokenizer
+    from .hf import load_pretrained
+
+    path = local_path(name, purpose)
+    if path.suffix == ".gguf":
+        from .gguf import load_gguf
+
+        model, tokenizer = load_gguf(path, device=device, dtype=dtype)
+    else:
+        model, tokenizer = load_pretrained(path, device=device, dtype=dtype), Tokenizer.from_dir(path)
+    return path, model, tokenizer
+
+
 def pull(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
     """Download a Hugging Face hub repo's model files (safetensors, configs, tokenizer) into the
     model cache with huggingface_hub, and return the local directory."""

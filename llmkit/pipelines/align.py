@@ -169,11 +169,13 @@ def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, 
     """Every model on `task`'s held-out splits (pooled; default `held_out_splits`); paired
     differences from SFT, reward-model win rate and KL to SFT (on the test split)."""
     from ..align.rewards import ModelReward
-    from ..align.rl import PolicyWithValue, PPORecipe, answers, builtin_prompts, kl_to_reference, win_rate
+    from ..align.measure import answers, kl_to_reference, win_rate
+    from ..align.policy import PolicyWithValue
+    from ..align.prompts import builtin_prompts
+    from ..align.rollouts import RolloutSection
+    from ..data.tasks import held_out_splits
     from ..eval.runner import compare
     from ..infer.llm import load
-
-    from ..data.tasks import held_out_splits
 
     splits = list(splits or held_out_splits(task))
     sft = load(sft_dir, device=device)
@@ -183,8 +185,7 @@ def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, 
         prompts = prompts[:limit]
     judge = ModelReward(rm_dir, sft.device) if rm_dir else None
     sft_answers = answers(sft.model, sft.tokenizer, prompts, 16) if judge else []
-    kl_recipe = PPORecipe(model=str(sft_dir))
-    kl_recipe.rollout.max_new_tokens = 16
+    kl_rollout = RolloutSection(max_new_tokens=16)
     out: dict[str, Any] = {"task": task, "splits": list(splits),
                            "examples": len(runs["sft"].tasks[task].samples), "models": {}}
     rec = runs["sft"].tasks[task]
@@ -200,7 +201,7 @@ def evaluate_against_sft(sft_dir: Path, model_dirs: dict[str, Path], task: str, 
             row["win_rate"] = win_rate(judge, prompts, sft_answers, answers(llm.model, llm.tokenizer, prompts, 16))
         torch.manual_seed(0)
         row["kl_to_sft"] = kl_to_reference(PolicyWithValue(llm.model, False), sft.model, sft.tokenizer,
-                                           prompts[:kl_prompts], kl_recipe, "fp32")
+                                           prompts[:kl_prompts], kl_rollout, "fp32")
         out["models"][name] = row
     return out
 
@@ -210,10 +211,10 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
                  limit: int | None = None) -> dict[str, Any]:
     """Run the recipe (see the module doc); returns the comparison (also RUN/summary.json).
     `limit` scores only the first N test questions (quick checks; the report says how many)."""
-    from ..align.dpo import DPORecipe, dpo
-    from ..align.reward import RewardRecipe, reward
-    from ..align.rl import GRPORecipe, PPORecipe, rl
-    from ..train.finetune import FinetuneRecipe, finetune
+    from .dpo import DPORecipe, dpo
+    from .finetune import FinetuneRecipe, finetune
+    from .reward import RewardRecipe, reward
+    from .rl import GRPORecipe, PPORecipe, rl
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

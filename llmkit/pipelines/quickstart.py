@@ -28,7 +28,7 @@ from ..scaling import choose_model_size
 from ..train.config import TrainConfig
 from ..train.objectives import CausalLM
 from ..train.optim import build_optimizer
-from ..train.pretrain import ModelSection, PretrainRecipe, pretrain
+from .pretrain import ModelSection, PretrainRecipe, pretrain
 from ..utils import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def quickstart(minutes: float = 5.0, out: str | Path = "runs/quickstart", seed: 
     summary.update(budget_s=budget, total_s=time.perf_counter() - t0, measured_flops_per_s=rate,
                    chinchilla_params=choice.optimal.params, chinchilla_tokens=choice.optimal.tokens)
     write_json_atomic(out / "summary.json", summary)
-    from ..train.report import write_report
+    from .report import write_report
 
     val = summary.get("final_val_loss")
     extra = [("unigram entropy of the training tokens", summary["unigram_entropy"]),

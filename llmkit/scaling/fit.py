@@ -199,15 +199,11 @@ def plot_fit(fit: LawFit, points: Iterable[Sequence[float]], path: str | Path,
     """Write a PNG: loss against tokens for each model size (runs as dots, the fit as lines,
     `project` = (N, D) as a star), and observed against predicted loss. Returns the path."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    from llmkit.utils import atomic_path  # stdlib-only helpers, imported lazily like every heavy import here
+    from llmkit.utils import new_figure, save_figure  # imported lazily like every heavy import here
 
     pts = _as_points(points)
-    fig = Figure(figsize=(11, 4.5))
-    FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(1, 2)
+    fig, (ax, ax2) = new_figure(11, 4.5, ncols=2, dpi=110)
     sizes = sorted({p.params for p in pts})
     d_all = [p.tokens for p in pts] + ([project[1]] if project else [])
     d_grid = np.geomspace(min(d_all) / 2, max(d_all) * 2, 200)
@@ -228,8 +224,4 @@ def plot_fit(fit: LawFit, points: Iterable[Sequence[float]], path: str | Path,
     ax2.plot([lo, hi], [lo, hi], color="gray", lw=1)
     ax2.scatter(pred, obs, s=20)
     ax2.set(xlabel="predicted loss", ylabel="observed loss", title=f"rmse {fit.rmse:.4f}; {len(pts)} runs")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    return save_figure(fig, path)

@@ -10,7 +10,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,13 @@ from .precision import autocast, choose_precision, matmul_flops
 
 log = logging.getLogger(__name__)
 
-_PAUSE_AFTER_CHECKPOINT = float(os.environ.get("LLMKIT_PAUSE_AFTER_CHECKPOINT", "0") or 0)
+
+class Callback(Protocol):
+    """What a run may be told as it goes; a callback defines any of these methods."""
+
+    def on_step(self, trainer: "Trainer", step: int, metrics: dict[str, Any]) -> None: ...
+
+    def on_checkpoint(self, trainer: "Trainer", step: int, path: Path) -> None: ...
 
 
 class Trainer:
@@ -36,7 +42,7 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_loader: Any, config: TrainConfig,
                  run_dir: str | os.PathLike, val_data: Any = None, tokenizer: Any = None,
                  compat: dict[str, Any] | None = None, flops_per_token: float | None = None,
-                 info: D.DistInfo | None = None, on_step: Callable[[int, dict], None] | None = None):
+                 info: D.DistInfo | None = None, callbacks: Sequence[Any] = ()):
         self.config, self.objective, self.loader = config, objective, train_loader
         self.run_dir = Path(run_dir)
         self.val_data, self.tokenizer = val_data, tokenizer
@@ -44,7 +50,7 @@ class Trainer:
         self.compat = {**(compat or {}), "world_size": self.info.world_size, "micro_batch": config.micro_batch,
                        "grad_accum": config.grad_accum}
         self.flops_per_token = flops_per_token
-        self.on_step = on_step
+        self.callbacks = list(callbacks)
         self.device = self.info.device
         self.precision = choose_precision(config.precision, self.device)
         self.base_model = model.to(self.device)
@@ -74,7 +80,14 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         state = {"tokens": self.tokens_seen, "loader": self.loader.state_dict(), "compat": self.compat}
-        save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, self.config.keep_last)
+        path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, self.config.keep_last)
+        self._tell("on_checkpoint", self.step, path)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(self, *args)
 
     # ------------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -122,10 +135,7 @@ class Trainer:
                     self._samples(logger)
                 if cfg.save_every and self.step % cfg.save_every == 0 and not final:
                     self._checkpoint()
-                    if _PAUSE_AFTER_CHECKPOINT:  # lets the crash/resume test kill -9 the run at a known point
-                        time.sleep(_PAUSE_AFTER_CHECKPOINT)
-                if self.on_step is not None:
-                    self.on_step(self.step, last)
+                self._tell("on_step", self.step, last)
                 if out_of_time:
                     stopped_early = True
                     log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, self.step)

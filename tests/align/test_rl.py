@@ -12,7 +12,9 @@ import torch
 
 from llmkit.align.losses import group_advantages, sequence_logps
 from llmkit.align.rewards import RewardError, parse_reward
-from llmkit.align.rl import GRPORecipe, PolicyWithValue, Prompt, RolloutCollector, read_prompts, response_logps
+from llmkit.align.policy import PolicyWithValue, response_logps
+from llmkit.align.prompts import Prompt, read_prompts
+from llmkit.align.rollouts import Advantages, GroupRolloutSection, RolloutCollector
 from llmkit.cli.main import main
 from llmkit.data.dataset import DataError
 from llmkit.models.hf import load_pretrained
@@ -82,12 +84,11 @@ def test_rollouts_start_at_ratio_one_and_zero_kl(tiny_dirs):
     model, tok = load_pretrained(path), Tokenizer.from_dir(path)
     import copy
 
-    recipe = GRPORecipe(model=str(path), reward="length")
-    recipe.rollout.prompts_per_batch, recipe.rollout.samples_per_prompt, recipe.rollout.max_new_tokens = 3, 4, 10
+    rollout = GroupRolloutSection(prompts_per_batch=3, samples_per_prompt=4, max_new_tokens=10)
     policy = PolicyWithValue(model, value_head=False)
     ref = copy.deepcopy(model).eval()
     prompts = [Prompt((("user", f"Say {w}"),), None) for w in ("a", "bb", "ccc")]
-    c = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), recipe, "fp32")
+    c = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), rollout, Advantages("grpo"), "fp32")
     ro = c.collect(0)
     assert ro.input_ids.shape[0] == 12 and ro.stats["kl"] == 0.0 and torch.equal(ro.old_logp, ro.ref_logp)
     # the policy scores its own rollout exactly as the collector did: every ratio starts at 1
@@ -100,7 +101,8 @@ def test_rollouts_start_at_ratio_one_and_zero_kl(tiny_dirs):
     assert torch.allclose(ro.advantages, per[:, None] * ro.resp_mask)
     assert torch.allclose(per.view(3, 4).sum(-1), torch.zeros(3), atol=1e-4)
     # the same rollout index samples the same completions
-    again = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), recipe, "fp32").collect(0)
+    again = RolloutCollector(policy, ref, tok, prompts, parse_reward("length"), rollout, Advantages("grpo"),
+                             "fp32").collect(0)
     assert torch.equal(again.resp_tokens, ro.resp_tokens)
 
 
@@ -245,7 +247,7 @@ def test_resume_continues_after_the_last_rollout(tiny_dirs, tmp_path):
 def test_shipped_recipes_load(name):
     from pathlib import Path
 
-    from llmkit.align.rl import PPORecipe
+    from llmkit.pipelines.rl import GRPORecipe, PPORecipe
     from llmkit.recipe import load_recipe
 
     cls = PPORecipe if name == "align-ppo" else GRPORecipe
@@ -284,7 +286,7 @@ def test_shipped_recipes_carry_the_align_recipes_settings(name):
     the measured ones): they must not drift apart again (PPO's YAML once kept kl 0.05 at temperature 1)."""
     from pathlib import Path
 
-    from llmkit.align.rl import PPORecipe
+    from llmkit.pipelines.rl import GRPORecipe, PPORecipe
     from llmkit.pipelines.align import DEFAULTS
     from llmkit.recipe import load_recipe
 

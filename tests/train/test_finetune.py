@@ -15,7 +15,7 @@ import torch
 
 from llmkit.data.instruct import builtin_instructions
 from tests.peers import peer
-from tests.processes import kill_at_checkpoint, losses
+from tests.processes import kill_at_checkpoint, losses, paused_at_checkpoints
 
 FAST = ["train.steps=6", "train.eval_every=3", "train.micro_batch=4", "eval.limit=4", "eval.perplexity=false",
         "train.device=cpu"]
@@ -133,9 +133,7 @@ def test_kill_9_and_resume_gives_the_same_adapter(tiny_dir, chats, tmp_path):
     r = llmkit("finetune", *args, "--out", str(straight))
     assert r.returncode == 0, r.stderr[-3000:]
     crashed = tmp_path / "crashed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLMKIT_PAUSE_AFTER_CHECKPOINT": "30"}
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "finetune", *args, "--out", str(crashed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = paused_at_checkpoints("finetune", *args, "--out", str(crashed))
     kill_at_checkpoint(proc, crashed, 3)
     assert not (crashed / "adapter").exists()
     r = llmkit("finetune", *args, "--out", str(crashed), "--resume")

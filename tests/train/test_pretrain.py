@@ -14,7 +14,7 @@ import llmkit
 from llmkit.data import DataConfig, SourceConfig, prepare_data
 from llmkit.train.logger import read_metrics
 from tests.peers import peer
-from tests.processes import kill_at_checkpoint, losses
+from tests.processes import kill_at_checkpoint, losses, paused_at_checkpoints
 
 COMMON = ["model.preset=tiny-llama", "model.overrides={dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, hidden_dim: 128}",
           "train.micro_batch=8", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=5", "train.eval_batches=2",
@@ -71,7 +71,7 @@ def test_kill_9_and_resume_is_bit_identical(data_dir, tmp_path):
     assert r.returncode == 0, r.stderr
 
     crashed = tmp_path / "crashed"
-    proc = pretrain(*args, "--out", str(crashed), env={"LLMKIT_PAUSE_AFTER_CHECKPOINT": "30"}, wait=False)
+    proc = paused_at_checkpoints("pretrain", *args, "--out", str(crashed))
     kill_at_checkpoint(proc, crashed, 10)
     assert not (crashed / "model").exists()
 

@@ -9,25 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ..data import BatchLoader, DataConfig, PackedDataset, prepare_data
 from ..models.config import preset
-from ..models.hf import load_pretrained, save_pretrained
+from ..models.hf import load_pretrained
 from ..models.transformer import Transformer
-from ..recipe import dump_yaml
 from ..tokenizer import Tokenizer
-from ..utils import write_json_atomic, write_text_atomic
-from . import distributed as D
-from .config import TrainConfig
-from .objectives import CausalLM
-from .report import write_report
-from .trainer import Trainer
+from ..train import distributed as D
+from ..train.config import TrainConfig
+from ..train.objectives import CausalLM
+from ..train.trainer import Trainer
+from .job import Job, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +43,6 @@ class PretrainRecipe:
     data_dir: str | None = None  # an already prepared data directory (skips preparation)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/pretrain"
-
-
-class RunDirError(FileExistsError):
-    pass
-
-
-def _check_run_dir(out: Path, resume: bool) -> None:
-    if resume:
-        if not (out / "checkpoints").is_dir():
-            raise FileNotFoundError(f"--resume: {out} holds no checkpoints; start it without --resume")
-    elif out.exists() and any((out / name).exists() for name in ("checkpoints", "config.yaml", "metrics.jsonl", "model")):
-        raise RunDirError(f"{out} already holds a run: continue it with --resume, or choose another --out")
 
 
 def prepare_or_reuse_data(recipe: PretrainRecipe, run_dir: Path, info: D.DistInfo) -> Path:
@@ -130,60 +115,33 @@ def check_memory(model: Transformer, recipe: PretrainRecipe, seq_len: int, info:
                           "train.activation_checkpointing=true")
 
 
-def pretrain(recipe: PretrainRecipe, resume: bool = False) -> dict[str, Any]:
+def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run (or resume) a pretraining job; returns its summary (also in RUN/summary.json)."""
-    info = D.init_distributed(recipe.train.device)
-    run_dir = Path(recipe.out)
-    _check_run_dir(run_dir, resume)
     preset(recipe.model.preset, **recipe.model.overrides)  # fail on a bad model section before writing
-    created = not run_dir.exists()
-    D.barrier()  # every rank has checked the run dir before rank 0 writes into it
-    try:
-        data_dir = prepare_or_reuse_data(recipe, run_dir, info)
+    job = Job(recipe, resume, None, callbacks)
+    with job.setting_up():
+        data_dir = prepare_or_reuse_data(recipe, job.run_dir, job.info)
         train_set, val_set = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
         tokenizer = Tokenizer.from_dir(data_dir / "tokenizer")
         model = build_model(recipe, tokenizer, train_set.seq_len)
-        check_memory(model, recipe, train_set.seq_len, info)
-        if info.is_main:
-            write_text_atomic(run_dir / "config.yaml", dump_yaml(recipe))
-        loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=info.rank,
-                             world_size=info.world_size)
-        compat = {"model": model.config.to_dict(), "seq_len": train_set.seq_len}
-        trainer = Trainer(model, CausalLM(), loader, recipe.train, run_dir, val_data=val_set, tokenizer=tokenizer,
-                          compat=compat, flops_per_token=model.config.flops_per_token(train_set.seq_len, training=True),
-                          info=info)
-    except BaseException:
-        if created and info.is_main and not resume:
-            shutil.rmtree(run_dir, ignore_errors=True)  # bad input: leave no half-made run dir behind
-        raise
+        check_memory(model, recipe, train_set.seq_len, job.info)
+    loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=job.info.rank,
+                         world_size=job.info.world_size)
+    compat = {"model": model.config.to_dict(), "seq_len": train_set.seq_len}
+    trainer = Trainer(model, CausalLM(), loader, recipe.train, job.run_dir, val_data=val_set, tokenizer=tokenizer,
+                      compat=compat, flops_per_token=model.config.flops_per_token(train_set.seq_len, training=True),
+                      info=job.info, callbacks=job.callbacks)
     summary = trainer.fit(resume=resume)
     summary["params"] = model.config.num_parameters(embeddings=False)
     summary["params_total"] = model.config.num_parameters()
     summary["seq_len"] = train_set.seq_len
-    final_model(trainer, tokenizer, run_dir, info)
-    if info.is_main:
-        write_json_atomic(run_dir / "summary.json", summary)
-        write_report(run_dir, f"Pretraining run {run_dir.name}", summary)
-    D.barrier()
-    return summary
-
-
-def final_model(trainer: Trainer, tokenizer: Tokenizer, run_dir: Path, info: D.DistInfo) -> None:
-    """Write RUN/model in Hugging Face layout (gathering shards under FSDP)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if info.is_main:
-        cfg = D.unwrap(trainer.base_model).config
-        with torch.device("meta"):
-            model = Transformer(cfg)
-        model.load_state_dict(sd, strict=False, assign=True)
-        if cfg.tie_embeddings:
-            model.lm_head.weight = model.model.embed_tokens.weight
-        save_pretrained(model, run_dir / "model", dtype=torch.float32)
-        tokenizer.save(run_dir / "model")
-    D.barrier()
+    final = job.final_model(trainer, lambda: Transformer(model.config))
+    return job.finish(summary, f"Pretraining run {job.run_dir.name}",
+                      save=lambda: job.save_model(final, tokenizer))
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+__all__ = ["PretrainRecipe", "RunDirError", "pretrain", "read_summary"]
