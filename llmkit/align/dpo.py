@@ -59,6 +59,9 @@ class DPOObjective:
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != IGNORE_INDEX).sum())
 
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0] // 2  # the loss is the mean over pairs
+
 
 def disable_dropout(model: torch.nn.Module) -> None:
     """Policy and reference must score alike, so no dropout (trl's default too)."""

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..models.logprobs import token_logprobs
 from ..models.loss import IGNORE_INDEX
 
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -62,18 +63,9 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
     return -F.logsigmoid(diff)
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) at every position (0 where the label is IGNORE_INDEX); logits (batch, seq,
-    vocab) and labels (batch, seq) already aligned (labels[t] is the token after position t)."""
-    mask = labels != IGNORE_INDEX
-    safe = labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe[..., None]).squeeze(-1)
-    return logp * mask
-
-
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Sum (or mean, with `average`) of log p over each sequence's counted labels: (batch,)."""
-    lp = token_logps(logits, labels).sum(-1)
+    lp = token_logprobs(logits, labels).sum(-1)
     if average:
         lp = lp / (labels != IGNORE_INDEX).sum(-1).clamp_min(1)
     return lp

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..models.logprobs import token_logprobs
 from ..models.transformer import Transformer
 from .losses import kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss
 
@@ -47,17 +47,6 @@ def hidden_at(lm: Transformer, input_ids: torch.Tensor, attention_mask: torch.Te
     return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
 
 
-def response_logps(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
-                   entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p (batch, T) of each response token under `logits` (batch, T, vocab), the logits of
-    the positions that predict them, at `temperature`; with `entropy`, also the entropy of each
-    of those next-token distributions."""
-    logp_all = F.log_softmax(logits.float() / temperature, dim=-1)
-    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
-    ent = -(logp_all.exp() * logp_all).sum(-1) if entropy else None
-    return logp, ent
-
-
 class RolloutObjective:
     """The clipped surrogate on a rollout micro-batch (see the module doc); `kind` ppo or grpo."""
 
@@ -69,7 +58,7 @@ class RolloutObjective:
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         logits, values = model(batch["input_ids"], batch["attention_mask"], batch["resp_index"])
         mask = batch["resp_mask"]
-        logp, entropy = response_logps(logits, batch["resp_tokens"], self.temperature, True)
+        logp, entropy = token_logprobs(logits, batch["resp_tokens"], temperature=self.temperature, entropy=True)
         pg, clip_frac = ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, self.clip)
         ent = masked_mean(entropy, mask)
         loss = pg - self.entropy_coef * ent
@@ -88,3 +77,5 @@ class RolloutObjective:
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["resp_mask"].sum())
+
+    units = tokens  # every term is a mean over the counted response tokens

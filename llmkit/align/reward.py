@@ -121,3 +121,6 @@ class RewardObjective:
 
     def tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0] // 2  # the loss is the mean over pairs

@@ -16,10 +16,11 @@ import torch
 from ..infer.generate import TokenGeneration
 from ..infer.llm import eos_token_ids
 from ..infer.sampling import GenerationConfig
+from ..models.logprobs import token_logprobs
 from ..models.transformer import Transformer
 from ..train.precision import autocast
 from .losses import gae, group_advantages, kl_per_token, masked_mean
-from .policy import PolicyWithValue, hidden_at, response_logps
+from .policy import PolicyWithValue, hidden_at
 from .prompts import Prompt
 from .rewards import WeightedReward
 
@@ -207,12 +208,12 @@ class RolloutCollector:
         t = self.rollout.temperature
         with autocast(self.precision, dev["input_ids"].device):
             logits, values = self.policy(dev["input_ids"], dev["attention_mask"], dev["resp_index"])
-            old_logp, _ = response_logps(logits, dev["resp_tokens"], t)
+            old_logp = token_logprobs(logits, dev["resp_tokens"], temperature=t)
             if self.reference is None:
                 return old_logp, old_logp, values
             ref = self.reference
             ref_logits = ref.lm_head(hidden_at(ref, dev["input_ids"], dev["attention_mask"], dev["resp_index"]))
-            ref_logp, _ = response_logps(ref_logits, dev["resp_tokens"], t)
+            ref_logp = token_logprobs(ref_logits, dev["resp_tokens"], temperature=t)
         return old_logp, ref_logp, values
 
     def _advantages(self, dev: dict[str, torch.Tensor], scores: torch.Tensor, valid: torch.Tensor,

@@ -42,11 +42,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any] | BadRow]:
                 yield BadRow(n, f"not JSON ({e.msg}, column {e.colno})")
 
 
+SKIP_HINT = "Fix them, or pass --skip-bad-rows (data.skip_bad_rows=true) to train on the rest"
+
+
 def read_jsonl(path: str | Path, parse: Callable[[Any], list[Any]], skip_bad_rows: bool = False,
-               what: str = "rows") -> tuple[list[Any], list[BadRow]]:
+               what: str = "rows", fix: str = SKIP_HINT) -> tuple[list[Any], list[BadRow]]:
     """Every row of a JSONL file through `parse` (which returns the row's items, or raises
     ValueError saying what is wrong). Bad rows are returned with their line numbers when
-    `skip_bad_rows`, else raise one DataError listing them; no usable row at all is an error."""
+    `skip_bad_rows`, else raise one DataError listing them and ending with `fix`; no usable
+    row at all is an error."""
     path = Path(path)
     items, bad = [], []
     for row in iter_jsonl(path):
@@ -60,8 +64,7 @@ def read_jsonl(path: str | Path, parse: Callable[[Any], list[Any]], skip_bad_row
             bad.append(BadRow(n, str(e)))
     if bad and not skip_bad_rows:
         listing = "; ".join(map(str, bad[:10])) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise DataError(f"{path}: {len(bad)} bad row(s): {listing}. Fix them, or pass --skip-bad-rows "
-                        "(data.skip_bad_rows=true) to train on the rest")
+        raise DataError(f"{path}: {len(bad)} bad row(s): {listing}. {fix}")
     for b in bad:
         log.warning("%s %s (skipped)", path.name, b)
     if not items:

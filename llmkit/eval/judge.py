@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..data.jsonl import read_jsonl
 from .metrics import bootstrap_ci
 
 PAIRWISE_PROMPT = """Please act as an impartial judge and compare two answers to the user's question. \
@@ -193,25 +194,18 @@ def read_judge_prompts(path: str | Path) -> list[list[dict]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            rows.append([{"role": "user", "content": row["prompt"]}])
-        elif isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] and all(
-                isinstance(m, dict) and "role" in m and "content" in m for m in row["messages"]):
-            rows.append(row["messages"])
-        else:
-            raise ValueError(f"{path} line {n}: expected a 'prompt' string or a 'messages' list of "
-                             f"{{role, content}}, got {line[:80]!r}")
-    if not rows:
-        raise ValueError(f"{path} has no prompts")
+    rows, _ = read_jsonl(path, _conversation, what="prompts", fix="Fix them: each row is {\"prompt\": \"...\"} "
+                         "or {\"messages\": [{\"role\": ..., \"content\": ...}]}")
     return rows
+
+
+def _conversation(row: Any) -> list[list[dict]]:
+    if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+        return [[{"role": "user", "content": row["prompt"]}]]
+    if isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"] and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in row["messages"]):
+        return [row["messages"]]
+    raise ValueError(f"expected a 'prompt' string or a 'messages' list of {{role, content}}, got {str(row)[:80]!r}")
 
 
 @dataclass

@@ -39,11 +39,9 @@ STAGES = ("sft", "rm", "ppo", "pairs", "dpo", "grpo", "ppo-rm")
 DEFAULT_STAGES = ("sft", "rm", "ppo", "pairs", "dpo", "grpo")
 ALIGNED = ("ppo", "dpo", "grpo", "ppo-rm")
 
-# PPO's reward is the task's checker. The reward model of stage 2 cannot tell a right sum from a
-# near miss at this size (chance on those pairs): PPO against it (stage "ppo-rm", not run by
-# default) raises the reward model's win rate while exact match falls, reward hacking in the open,
-# and even at weight 0.1 next to the checker it cancelled the gain (see the issue 8 note)
-# settings measured on the 1-minute quickstart model (223k parameters) and arith; see the issue note
+# Each stage's settings, chosen by measurement on quickstart models and arith (the README's align
+# table). PPO's reward is the task's checker, not the stage-2 reward model: at this size that model
+# cannot tell a right sum from a near miss, and PPO against it (the optional stage "ppo-rm") games it.
 DEFAULTS: dict[str, list[str]] = {
     "sft": ["method=full", "data.builtin_train_size=20000", "data.max_len=64", "train.steps=3000", "train.lr=2e-3",
             "train.micro_batch=32", "train.eval_every=0", "eval.perplexity=false"],
@@ -92,10 +90,8 @@ def make_pairs(stage: PairsStage) -> dict[str, Any]:
     return summary
 
 
-# fp32 for every training stage: under bf16 autocast (what precision=auto picks on CPUs whose bf16
-# matmuls probe fast) the same recipe left SFT at 0.13 instead of 0.185 and no aligned model gained;
-# rollout methods compare log-probs across forwards, which bf16 rounding blurs. On a GPU, override
-# with e.g. ppo.train.precision=bf16 after checking
+# fp32 for every training stage: rollout methods compare log-probs across forwards, which bf16
+# rounding blurs, and under bf16 autocast no aligned model gained (override per stage on a GPU).
 for _stage in ("sft", "rm", "ppo", "ppo-rm", "dpo", "grpo"):
     DEFAULTS[_stage] += ["train.precision=fp32", "train.save_every=500"]  # checkpoints: an interrupted stage resumes
 

@@ -1,4 +1,5 @@
-"""The `train:` section shared by every training verb (pretrain now; finetune and align later)."""
+"""The `train:` section every training job shares (pretrain, finetune, reward, DPO, PPO, GRPO); each
+job subclasses it only to change defaults."""
 
 from __future__ import annotations
 

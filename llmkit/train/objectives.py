@@ -1,9 +1,10 @@
 """Objectives: what a training step minimises. The Trainer loop never changes; an objective is
 ``loss(model, batch) -> (loss, metrics)`` where `loss` is a scalar tensor averaged over the
-counted tokens and `metrics` holds extra numbers to log (plain floats or 0-dim tensors).
+batch's items and `metrics` holds extra numbers to log (plain floats or 0-dim tensors).
 
-Later stages plug in here: SFT (labels masked to assistant turns), reward models (pairwise
-Bradley-Terry), DPO (policy vs reference log-ratios), MLM and span corruption.
+Here: next-token prediction (`CausalLM`, pretraining and SFT alike: SFT labels mask everything
+but the assistant's turns). The alignment objectives (reward model, DPO, PPO/GRPO) live in
+`llmkit.align` and follow the same protocol.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ class Objective(Protocol):
         """How many tokens of `batch` count towards throughput (tokens/s, MFU)."""
         ...
 
+    def units(self, batch: Any) -> int:
+        """Optional: how many items `loss` averages over (target tokens, pairs). The Trainer
+        weights micro-batches and ranks by it, so that a step minimises the mean over its whole
+        global batch however the batch is split; without it micro-batches weigh the same."""
+        ...
+
 
 class CausalLM:
     """Next-token prediction. A batch is either a LongTensor (batch, seq+1) of packed tokens,
@@ -62,3 +69,5 @@ class CausalLM:
     def tokens(self, batch: Any) -> int:
         _, targets, _ = self.split(batch)
         return int((targets != IGNORE_INDEX).sum()) if not isinstance(batch, torch.Tensor) else targets.numel()
+
+    units = tokens  # the loss is the mean over target tokens

@@ -162,16 +162,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        batches = [_to_device(next(self.loader), self.device) for _ in range(cfg.grad_accum)]
+        weights = self._weights(batches)
         total = torch.zeros((), device=self.device)
         tokens = 0
         extra: dict[str, float] = {}  # the objective's own metrics (DPO's reward margins, ...), averaged
-        for micro in range(cfg.grad_accum):
-            batch = _to_device(next(self.loader), self.device)
+        for micro, (batch, weight) in enumerate(zip(batches, weights)):
             with D.no_sync(self.model, micro < cfg.grad_accum - 1), autocast(self.precision, self.device):
                 loss, metrics = self.objective.loss(self.forward_model, batch)
-            scaled = loss / cfg.grad_accum
+            scaled = loss * weight
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += loss.detach()
+            total += loss.detach() * weight
             tokens += self.objective.tokens(batch)
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -185,13 +186,26 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = D.all_reduce_mean(total / cfg.grad_accum).item()
+        loss = D.all_reduce_mean(total).item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}: lower train.lr "
                                      f"(now {cfg.lr}) or raise train.warmup_steps")
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         return {"loss": loss, "lr": lr, "grad_norm": float(norm), "tokens": tokens * self.info.world_size,
                 "extra": extra}
+
+    def _weights(self, batches: list[Any]) -> list[float]:
+        """Each micro-batch's weight in the step's loss: its share of the items (tokens, pairs)
+        of the whole global batch, times the world size because DDP and FSDP average gradients
+        over ranks. Then the step minimises the global batch's mean however it is split over
+        micro-batches and ranks (SFT rows differ in length). Equal weights when the objective
+        does not count its items."""
+        units = getattr(self.objective, "units", None)
+        if units is None:
+            return [1.0 / len(batches)] * len(batches)
+        counts = [units(b) for b in batches]
+        total = int(D.all_reduce_sum(torch.tensor(float(sum(counts)), device=self.device)).item())
+        return [c * self.info.world_size / max(total, 1) for c in counts]
 
     # ------------------------------------------------------------ early stopping
     def _early_stop(self, val: float | None) -> bool:

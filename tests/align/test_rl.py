@@ -12,11 +12,12 @@ import torch
 
 from llmkit.align.losses import group_advantages, sequence_logps
 from llmkit.align.rewards import RewardError, parse_reward
-from llmkit.align.policy import PolicyWithValue, response_logps
+from llmkit.align.policy import PolicyWithValue
 from llmkit.align.prompts import Prompt, read_prompts
 from llmkit.align.rollouts import Advantages, GroupRolloutSection, RolloutCollector
 from llmkit.cli.main import main
 from llmkit.data.dataset import DataError
+from llmkit.models.logprobs import token_logprobs
 from llmkit.models.hf import load_pretrained
 from llmkit.tokenizer import Tokenizer
 
@@ -58,14 +59,14 @@ def test_group_advantages_by_hand():
     assert torch.allclose(m[0], torch.tensor([1.0, -1.0, 0.0, 0.0])) and torch.all(m[1] == 0)  # mean 2, std 1
 
 
-def test_response_logps_match_the_sequence_scoring(tiny_dirs):
+def test_response_logprobs_match_the_sequence_scoring(tiny_dirs):
     model = load_pretrained(tiny_dirs["tiny-llama"]).eval()
     torch.manual_seed(0)
     prompt, response = torch.randint(0, 500, (5,)).tolist(), torch.randint(0, 500, (4,)).tolist()
     ids = torch.tensor([prompt + response])
     logits = model(ids)
     index = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)[None]
-    lp, ent = response_logps(logits[:, index[0]], torch.tensor([response]), temperature=1.0, entropy=True)
+    lp, ent = token_logprobs(logits[:, index[0]], torch.tensor([response]), entropy=True)
     policy = PolicyWithValue(model, value_head=True)
     at, values = policy(ids, torch.ones_like(ids), index)  # the head on the response positions only
     assert torch.allclose(at, logits[:, index[0]], atol=1e-5) and values.shape == (1, 4) and torch.all(values == 0)
@@ -74,7 +75,7 @@ def test_response_logps_match_the_sequence_scoring(tiny_dirs):
     assert lp.sum().item() == pytest.approx(sequence_logps(logits, labels).item(), abs=1e-5)
     probs = torch.softmax(logits[0, len(prompt) - 1], -1)
     assert ent[0, 0].item() == pytest.approx(-(probs * probs.log()).sum().item(), abs=1e-4)
-    half, _ = response_logps(logits[:, index[0]], torch.tensor([response]), temperature=2.0)
+    half = token_logprobs(logits[:, index[0]], torch.tensor([response]), temperature=2.0)
     assert half[0, 0].item() == pytest.approx(torch.log_softmax(logits[0, len(prompt) - 1] / 2, -1)[response[0]].item(),
                                               abs=1e-5)
 
@@ -94,7 +95,7 @@ def test_rollouts_start_at_ratio_one_and_zero_kl(tiny_dirs):
     # the policy scores its own rollout exactly as the collector did: every ratio starts at 1
     with torch.no_grad():
         logits, _ = policy(ro.input_ids, ro.attention_mask, ro.resp_index)
-    lp, _ = response_logps(logits, ro.resp_tokens, 1.0)
+    lp = token_logprobs(logits, ro.resp_tokens)
     assert torch.allclose(lp * ro.resp_mask, ro.old_logp * ro.resp_mask, atol=1e-6)
     # advantages are constant along each completion and centred within each prompt's group
     per = ro.advantages.sum(-1) / ro.resp_mask.sum(-1).clamp_min(1)
