@@ -158,22 +158,12 @@ def run_generate(args: argparse.Namespace) -> None:
     llm = load_llm(args)
     gen = generation_config(args)
     if args.draft:
-        import time
-
-        from ..infer.llm import load
         from ..infer.speculative import speculative_generate
-        from ..utils import default_device
 
-        draft = args.draft if args.draft == "prompt-lookup" else \
-            load(args.draft, device=args.device or default_device(), dtype=args.dtype)
-        ids = llm.chat_prompt([{"role": "user", "content": prompt}]) if args.chat else llm.tokenize(prompt)
-        start = time.perf_counter()
-        r = speculative_generate(llm, ids, gen, draft=draft, k=args.speculate)
-        seconds = time.perf_counter() - start
+        ids = llm.chat_prompt([{"role": "user", "content": prompt}]) if args.chat else prompt
+        r = speculative_generate(llm, ids, gen, draft=args.draft, k=args.speculate)
         print(("" if args.chat else prompt) + r.completion.text, flush=True)
-        print(f"speculative: {r.accepted}/{r.proposed} drafts accepted ({r.acceptance_rate:.0%}), "
-              f"{r.tokens_per_pass:.2f} tokens per target pass, {len(r.completion.token_ids) / seconds:.1f} tok/s",
-              file=sys.stderr)
+        print(r.summary(), file=sys.stderr)
         return
     if args.chat:
         pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True)

@@ -2,12 +2,14 @@
 by masking, at every step, the tokens that would break the grammar. The grammar machinery is
 xgrammar's (``pip install xgrammar``); this module adapts it to llmkit's byte-level BPE tokenizers.
 
-    c = json_constraint(llm.tokenizer, llm.config.vocab_size, schema={"type": "object", ...})
-    engine.submit(ids, gen, constraint=c)        # or response_format on the server
+    llm.generate(prompt, response_format={"type": "json_object"})   # a LocalLLM, the engine or the server
+    c = json_constraint(llm.tokenizer, llm.config.vocab_size, schema={"type": "object", ...}, stop_ids=eos)
+    engine.submit(ids, gen, constraint=c)
 
 Tokens that would put a raw control character or a stray byte of a multi-byte character into
-the text are masked too, so what is emitted is valid UTF-8 JSON. Whitespace between JSON tokens is not allowed (xgrammar's ``any_whitespace=False``): with it a
-weak model can fill its whole budget with spaces and newlines and never close the object.
+the text are masked too, so what is emitted is valid UTF-8 JSON. Whitespace between JSON tokens
+is not allowed (xgrammar's ``any_whitespace=False``): with it a weak model can fill its whole
+budget with spaces and newlines and never close the object.
 """
 
 from __future__ import annotations
@@ -101,3 +103,16 @@ def json_constraint(tokenizer, vocab_size: int, schema: dict | str | None = None
         reason = re.sub(r"\[[\d:]+\] \S+:\d+: ", "", str(e)).strip()  # without its C++ source location
         raise ConstraintError(f"the JSON schema cannot be used: {reason}") from None
     return JSONConstraint(compiled, vocab_size, stop, banned)
+
+
+def response_constraint(response_format: dict[str, Any] | None, tokenizer, vocab_size: int,
+                        stop_ids: set[int] | list[int]) -> JSONConstraint | None:
+    """The constraint an OpenAI `response_format` (as `GenerationConfig` checks it) asks for: None
+    for plain text, a JSON object for ``json_object``, JSON matching the schema for ``json_schema``."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if tokenizer is None:
+        raise ConstraintError(f"response_format {kind!r} needs the tokenizer to build its grammar")
+    schema = response_format["json_schema"]["schema"] if kind == "json_schema" else None
+    return json_constraint(tokenizer, vocab_size, schema, stop_ids)

@@ -32,9 +32,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..models.logprobs import token_logprobs
 from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence
 from .generate import Completion, TextStream, fit_prompts
-from .sampling import GenerationConfig, SamplingState, build_processors, sample
+from .sampling import GenerationConfig, Sampler, top_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,9 @@ class Request:
     cache: CacheSequence = field(default_factory=CacheSequence)
     pending: int | None = None  # the sampled token not yet in the cache
     done: threading.Event = field(default_factory=threading.Event)
-    # sampling machinery, set up by `Engine.submit`
+    # text and sampling machinery, set up by `Engine.submit`
     stream: TextStream | None = field(default=None, repr=False)
-    processors: list = field(default_factory=list, repr=False)
-    state: SamplingState | None = field(default=None, repr=False)
-    generator: torch.Generator | None = field(default=None, repr=False)
-    stop_ids: set[int] = field(default_factory=set, repr=False)
-    constraint: Any = field(default=None, repr=False)  # e.g. a JSONConstraint (llmkit.infer.constrained)
+    sampler: Sampler | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
@@ -131,8 +128,9 @@ class Engine:
     def submit(self, prompt: Sequence[int], gen: GenerationConfig | None = None,
                on_event: Callable[[Event], None] | None = None, request_id: str | None = None,
                adapter: str | None = None, constraint: Any = None) -> Request:
-        """Queue a request (token ids). Raises `ContextLengthError`, `RequestTooLargeError` or
-        `QueueFullError` at once rather than failing later."""
+        """Queue a request (token ids). `constraint` (e.g. a `JSONConstraint`) overrides what
+        `gen.response_format` asks for. Raises `ContextLengthError`, `RequestTooLargeError`,
+        `ConstraintError` or `QueueFullError` at once rather than failing later."""
         gen = gen or GenerationConfig()
         if adapter is not None and self.use_adapter is None:
             raise ValueError(f"adapter {adapter!r} asked for, but this engine serves no adapters")
@@ -143,15 +141,11 @@ class Engine:
                                        f"{gen.max_new_tokens}) but the engine's KV cache holds "
                                        f"{self.pool.capacity_tokens}: lower max_tokens")
         req = Request(id=request_id or f"req-{next(self._ids)}", prompt=ids, gen=gen, on_event=on_event,
-                      adapter=adapter, constraint=constraint)
+                      adapter=adapter)
         req.stream = TextStream(self.tokenizer.stream_decoder(), gen.stop)
-        req.processors = build_processors(gen)
-        req.state = SamplingState(1, self.model.config.vocab_size, self.model.device,
-                                  track_prompt=gen.repetition_penalty != 1.0)
-        req.state.add_prompt(torch.tensor([ids], device=self.model.device), None)
-        if gen.seed is not None and gen.temperature > 0:
-            req.generator = torch.Generator(device=self.model.device).manual_seed(gen.seed)
-        req.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else self.eos)
+        req.sampler = Sampler(gen, self.model.config.vocab_size, self.model.device, 1, self.eos, self.tokenizer,
+                              [constraint] if constraint is not None else None)
+        req.sampler.add_prompt(torch.tensor([ids], device=self.model.device))
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue}): "
@@ -285,29 +279,19 @@ class Engine:
 
     def _take(self, req: Request, logits: torch.Tensor) -> None:
         """Sample the next token of `req` from its logits row; emit it or finish the request."""
-        gen = req.gen
         raw = logits[None]
-        shaped = raw if req.constraint is None else req.constraint.mask(raw)
-        for proc in req.processors:
-            shaped = proc(shaped, req.state)
-        token = sample(shaped, gen, req.generator)
-        req.state.add_tokens(token)
+        token = req.sampler.choose(raw)
         tok = int(token[0])
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
-        if req.constraint is not None:
-            req.constraint.accept(tok)
-        if tok in req.stop_ids:
+        if req.sampler.is_stop(tok):
             return self._finish(req, "stop")
-        logprob = top = None
-        if gen.logprobs or gen.top_logprobs:
-            logp = raw[0].log_softmax(-1)
-            logprob = float(logp[tok])
-            if gen.top_logprobs:
-                values, idx = logp.topk(min(gen.top_logprobs, logp.shape[-1]))
-                top = dict(zip(idx.tolist(), values.tolist()))
-                req.top_logprobs.append(top)
+        logprobs, tops = req.sampler.logprobs(raw, token)
+        logprob, top = logprobs and logprobs[0], tops and tops[0]
+        if logprobs:
             req.logprobs.append(logprob)
+        if tops:
+            req.top_logprobs.append(top)
         req.generated.append(tok)
         req.pending = tok
         self.tokens_out += 1
@@ -315,7 +299,7 @@ class Engine:
         self._emit(req, Event(req.id, delta, tok, logprob, top))
         if req.stream.stopped:
             return self._finish(req, "stop")
-        if len(req.generated) >= gen.max_new_tokens:
+        if len(req.generated) >= req.gen.max_new_tokens:
             return self._finish(req, "length")
 
     def _emit(self, req: Request, event: Event) -> None:
@@ -398,15 +382,10 @@ def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float
     if len(ids) < 2:
         return [None] * len(ids), [None] * len(ids)
     x = torch.tensor([list(ids)], device=model.device)
-    logp = model(x[:, :-1])[0].float().log_softmax(-1)  # the last token is scored, never fed
-    chosen = logp.gather(1, x[0, 1:, None]).squeeze(1).tolist()
-    values: list[float | None] = [None, *chosen]
+    logits = model(x[:, :-1])[0]  # the last token is scored, never fed
+    values: list[float | None] = [None, *token_logprobs(logits, x[0, 1:]).tolist()]
     tops: list[dict[int, float] | None] = [None]
-    if top:
-        v, i = logp.topk(min(top, logp.shape[-1]), dim=-1)
-        tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
-    else:
-        tops += [None] * (len(ids) - 1)
+    tops += top_logprobs(logits, top) if top else [None] * (len(ids) - 1)
     return values, tops
 
 

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..models.transformer import ContextLengthError, Transformer
-from .sampling import GenerationConfig, SamplingState, build_processors, sample
+from .sampling import GenerationConfig, Sampler
 
 
 @dataclass
@@ -63,13 +63,15 @@ def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq
 
 class TokenGeneration:
     """Iterate over the decoding steps of a batch. Call `stop(row)` to end a row early (e.g. on a
-    stop string); `finish_reasons[row]` is "stop" or "length" once the row has ended."""
+    stop string); `finish_reasons[row]` is "stop" or "length" once the row has ended. A JSON
+    `gen.response_format` needs the `tokenizer` (its grammar is built over the vocabulary)."""
 
     def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
-                 eos_token_ids: set[int] | None = None, pad_token_id: int = 0):
+                 eos_token_ids: set[int] | None = None, pad_token_id: int = 0, tokenizer=None):
         self.model, self.gen = model, gen
         self.prompts = fit_prompts(prompts, gen, model.config.context_window, model.config.vocab_size)
-        self.stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else set(eos_token_ids or ()))
+        self.sampler = Sampler(gen, model.config.vocab_size, model.device, len(self.prompts), eos_token_ids or (),
+                               tokenizer)
         self.pad_token_id = pad_token_id
         n = len(self.prompts)
         self.finished = [False] * n
@@ -81,6 +83,7 @@ class TokenGeneration:
         counts as "stop", not "length"."""
         if not self.finished[row] or reason == "stop" and self.finish_reasons[row] == "length":
             self.finished[row], self.finish_reasons[row] = True, reason
+            self.sampler.release(row)
 
     def __iter__(self) -> Iterator[Step]:
         gen, model = self.gen, self.model
@@ -89,10 +92,6 @@ class TokenGeneration:
                 self.stop(row, "length")
             return
         device = model.device
-        generator = None
-        if gen.seed is not None and gen.temperature > 0:
-            generator = torch.Generator(device=device).manual_seed(gen.seed)
-        procs = build_processors(gen)
         longest = max(len(p) for p in self.prompts)
         ids = torch.full((len(self.prompts), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -102,45 +101,33 @@ class TokenGeneration:
         ids, mask = ids.to(device), mask.to(device)
         padded = not bool(mask.all())
         cache = model.new_cache(len(self.prompts), longest + gen.max_new_tokens)
-        state = SamplingState(len(self.prompts), model.config.vocab_size, device,
-                              track_prompt=gen.repetition_penalty != 1.0)
-        state.add_prompt(ids, mask if padded else None)
+        self.sampler.add_prompt(ids, mask if padded else None)
 
         with torch.inference_mode():
             logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
         for _ in range(gen.max_new_tokens):
-            step, tokens = self._choose(logits, procs, state, generator)
+            step, tokens = self._choose(logits)
             yield step
             if all(self.finished):
                 return
             with torch.inference_mode():
                 logits = model(tokens[:, None], cache=cache)[:, -1]
 
-    def _choose(self, logits: torch.Tensor, procs, state: SamplingState, generator) -> tuple[Step, torch.Tensor]:
-        gen = self.gen
+    def _choose(self, logits: torch.Tensor) -> tuple[Step, torch.Tensor]:
         with torch.inference_mode():
             raw = logits.float()
-            shaped = raw
-            for proc in procs:
-                shaped = proc(shaped, state)
-            tokens = sample(shaped, gen, generator)
-            state.add_tokens(tokens)
+            tokens = self.sampler.choose(raw)
             step = Step(tokens=tokens.tolist(), emit=[not f for f in self.finished])
-            if gen.logprobs or gen.top_logprobs:
-                logp = raw.log_softmax(-1)  # log-probabilities under the model, before sampling shaping
-                step.logprobs = logp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
-                if gen.top_logprobs:
-                    values, idx = logp.topk(min(gen.top_logprobs, logp.shape[-1]), dim=-1)
-                    step.top_logprobs = [dict(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+            step.logprobs, step.top_logprobs = self.sampler.logprobs(raw, tokens)
         for row, tok in enumerate(step.tokens):
             if not step.emit[row]:
                 continue
-            if tok in self.stop_ids:
+            if self.sampler.is_stop(tok):
                 self.stop(row, "stop")
                 step.emit[row] = False
                 continue
             self.generated[row].append(tok)
-            if len(self.generated[row]) >= gen.max_new_tokens:
+            if len(self.generated[row]) >= self.gen.max_new_tokens:
                 self.stop(row, "length")
         return step, tokens
 

@@ -15,6 +15,7 @@ import torch
 
 from ..models.config import ModelConfig
 from ..models.hf import load_pretrained, save_pretrained
+from ..models.logprobs import token_logprobs
 from ..models.resolve import is_url, resolve_model
 from ..models.transformer import Transformer
 from .generate import Completion, TextStream, TokenGeneration
@@ -175,7 +176,7 @@ class LocalLLM(TokenScoring):
         """Generate for a batch of prompts (text, or token ids) at once; full results."""
         gen = GenerationConfig.from_kwargs(gen, **kwargs)
         token_prompts = [self.tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
-        run = TokenGeneration(self.model, token_prompts, gen, self.eos_token_ids(), self._pad_id())
+        run = TokenGeneration(self.model, token_prompts, gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         texts = [TextStream(self.tokenizer.stream_decoder(), gen.stop) for _ in token_prompts]
         logprobs: list[list[float]] = [[] for _ in token_prompts]
         tops: list[list[dict[int, float]]] = [[] for _ in token_prompts]
@@ -211,7 +212,7 @@ class LocalLLM(TokenScoring):
         (too long a prompt, bad options) raises here, before the first delta."""
         gen = GenerationConfig.from_kwargs(gen, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id())
+        run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         return self._stream(run, TextStream(self.tokenizer.stream_decoder(), gen.stop))
 
     @staticmethod
@@ -325,9 +326,9 @@ class LocalLLM(TokenScoring):
             targets = torch.tensor([t for _, i in members for t in pairs[i][1]], device=self.device)
             picked, greedy = [], []
             for c in range(0, len(rows), 1024):  # bounded memory for long (rolling) continuations
-                logp = self.model.lm_head(rows[c:c + 1024]).float().log_softmax(-1)
-                picked.append(logp.gather(-1, targets[c:c + 1024, None]).squeeze(-1))
-                greedy.append(logp.argmax(-1) == targets[c:c + 1024])
+                logits, chunk = self.model.lm_head(rows[c:c + 1024]), targets[c:c + 1024]
+                picked.append(token_logprobs(logits, chunk))
+                greedy.append(logits.argmax(-1) == chunk)
             picked, greedy = torch.cat(picked), torch.cat(greedy)
             start = 0
             for (_, i), n in zip(members, lengths):

@@ -83,6 +83,8 @@ class RemoteLLM(TokenScoring):
             body["presence_penalty"] = gen.presence_penalty
         if gen.frequency_penalty:
             body["frequency_penalty"] = gen.frequency_penalty
+        if gen.response_format:
+            body["response_format"] = gen.response_format
         return body
 
     def _events(self, path: str, body: dict) -> Iterator[dict]:

@@ -1,17 +1,22 @@
-"""Sampling: `GenerationConfig` and composable logits processors.
+"""Sampling: `GenerationConfig`, composable logits processors, and the `Sampler` that makes every
+next-token choice (static generation, the batching engine, speculative decoding).
 
 Each processor is a small callable ``(logits, state) -> logits`` over a batch (rows, vocab);
 `build_processors` chains them in the usual order: penalties, temperature, top-k, top-p, min-p.
-The sampler then takes the argmax (temperature 0) or draws from the softmax.
+The sampler masks what a grammar forbids, applies them, then takes the argmax (temperature 0) or
+draws from the softmax.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+
+from ..models.logprobs import token_logprobs
 
 
 class GenerationConfigError(ValueError):
@@ -37,6 +42,8 @@ class GenerationConfig:
     logprobs: bool = False  # return the log-probability of each chosen token
     top_logprobs: int = 0  # and of this many most likely alternatives
     truncate_prompt: bool = False  # drop the oldest prompt tokens instead of failing when too long
+    # OpenAI's shapes: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema"}}
+    response_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -77,6 +84,8 @@ class GenerationConfig:
             raise bad("top_logprobs", "use a non-negative integer")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", "stop strings must be non-empty strings")
+        if self.response_format is not None:
+            _check_response_format(self.response_format, bad)
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)
@@ -201,5 +210,117 @@ def sample(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generat
     """One token per row: argmax at temperature 0, else a draw from softmax(logits)."""
     if gen.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = logits.float().softmax(-1)
+    return draw(logits.float().softmax(-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token drawn from each row of `probs` (a 0-d tensor for a single distribution)."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> list[dict[int, float]]:
+    """The `k` most likely tokens of each row of `logits` with their log-probabilities."""
+    values, idx = logits.float().log_softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return [dict(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+
+
+def stop_token_ids(gen: GenerationConfig, eos_ids: Sequence[int] | set[int] = ()) -> set[int]:
+    """The tokens that end a row: the request's `stop_token_ids`, and the end tokens unless `ignore_eos`."""
+    return set(gen.stop_token_ids) | (set() if gen.ignore_eos else set(eos_ids))
+
+
+def _check_response_format(fmt: Any, bad: Callable[[str, str], Exception]) -> None:
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise bad("response_format", 'use {"type": "json_object"}, {"type": "json_schema", "json_schema": '
+                                     '{"name": ..., "schema": {...}}} or {"type": "text"}')
+    spec = fmt.get("json_schema")
+    if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
+        raise bad("response_format", 'a json_schema format needs {"json_schema": {"name": ..., "schema": {...}}} '
+                                     "with the JSON schema as an object")
+
+
+class Sampler:
+    """The next-token choice of one request: its logits processors and the token counts they read,
+    its seeded generator, its stop ids and, when its `response_format` asks for JSON, a grammar
+    constraint per row. The static loop, the batching engine and speculative decoding all choose
+    through it, so a setting means the same on every path.
+
+    A request may hold several rows (the prompts of one `generate` call under one config); they
+    share one generator, so a seeded batch draws as one (rows, vocab) multinomial."""
+
+    def __init__(self, gen: GenerationConfig, vocab_size: int, device: torch.device | str, rows: int = 1,
+                 eos_ids: Sequence[int] | set[int] = (), tokenizer: Any = None, constraints: Sequence[Any] | None = None):
+        """`tokenizer` is needed only for a JSON `response_format`; `constraints` (one per row, e.g.
+        a `JSONConstraint`) overrides what `response_format` would build."""
+        self.gen, self.device = gen, torch.device(device)
+        self.greedy = gen.temperature == 0
+        self.processors = build_processors(gen)
+        self.state = SamplingState(rows, vocab_size, self.device, track_prompt=gen.repetition_penalty != 1.0)
+        self.generator = None  # greedy draws nothing; unseeded draws use torch's global generator
+        if gen.seed is not None and not self.greedy:
+            self.generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        self.stop_ids = stop_token_ids(gen, eos_ids)
+        if constraints is None and gen.response_format and gen.response_format["type"] != "text":
+            from .constrained import response_constraint
+
+            constraints = [response_constraint(gen.response_format, tokenizer, vocab_size, self.stop_ids)
+                           for _ in range(rows)]
+        self.constraints: list[Any] | None = list(constraints) if constraints else None
+
+    def add_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Let the repetition penalty see the prompt tokens (rows, length)."""
+        self.state.add_prompt(input_ids, attention_mask)
+
+    def shape(self, logits: torch.Tensor) -> torch.Tensor:
+        """fp32 `logits` (rows, vocab) with the grammar's forbidden tokens at -inf, then processed."""
+        shaped = logits.float()
+        if self.constraints:
+            shaped = torch.cat([shaped[i:i + 1] if c is None else c.mask(shaped[i:i + 1])
+                                for i, c in enumerate(self.constraints)])
+        for proc in self.processors:
+            shaped = proc(shaped, self.state)
+        return shaped
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of every row of `logits` (rows, vocab), recorded for penalties and grammars."""
+        tokens = sample(self.shape(logits), self.gen, self.generator)
+        self.state.add_tokens(tokens)
+        if self.constraints:
+            for c, tok in zip(self.constraints, tokens.tolist()):
+                if c is not None:
+                    c.accept(tok)
+        return tokens
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """What `choose` draws from, per row: softmax of the shaped logits (one-hot when greedy)."""
+        shaped = self.shape(logits)
+        if self.greedy:
+            return F.one_hot(shaped.argmax(-1), shaped.shape[-1]).float()
+        return shaped.softmax(-1)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """A token from each row of `probs` (speculative decoding's target and residual distributions)."""
+        return probs.argmax(-1) if self.greedy else draw(probs, self.generator)
+
+    def uniform(self) -> float:
+        """A uniform number in [0, 1) from the request's stream (speculative acceptance tests)."""
+        return float(torch.rand((), generator=self.generator, device=self.device))
+
+    def is_stop(self, token: int) -> bool:
+        return token in self.stop_ids
+
+    def release(self, row: int) -> None:
+        """`row` has finished: stop holding its tokens to the grammar (a finished grammar allows none)."""
+        if self.constraints:
+            self.constraints[row] = None
+
+    def logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[list[float] | None,
+                                                                         list[dict[int, float]] | None]:
+        """log p of each row's chosen token under the model (before any shaping) and the
+        `top_logprobs` alternatives, as far as the request asks for them."""
+        gen = self.gen
+        if not (gen.logprobs or gen.top_logprobs):
+            return None, None
+        chosen = token_logprobs(logits, tokens).tolist()
+        return chosen, top_logprobs(logits, gen.top_logprobs) if gen.top_logprobs else None

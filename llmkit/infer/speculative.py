@@ -13,18 +13,20 @@ temperature 0 "accepted" means "equals the target's argmax", so the output is to
 that of greedy decoding.
 
     out = speculative_generate(llm, ids, GenerationConfig(max_new_tokens=64, temperature=0), draft="prompt-lookup")
-    out.completion.text, out.acceptance_rate
+    out.completion.text, out.acceptance_rate, out.summary()   # what `llmkit generate --draft` prints
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from .generate import Completion, TextStream, fit_prompts
-from .sampling import GenerationConfig, SamplingState, build_processors
+from .sampling import GenerationConfig, Sampler
 
 
 class SpeculativeError(ValueError):
@@ -37,6 +39,7 @@ class SpeculativeResult:
     proposed: int  # draft tokens proposed
     accepted: int  # of which the target accepted
     target_passes: int  # forward passes of the target model after the prefill
+    seconds: float = 0.0  # wall time of the whole generation, prefill included
 
     @property
     def acceptance_rate(self) -> float:
@@ -46,15 +49,13 @@ class SpeculativeResult:
     def tokens_per_pass(self) -> float:
         return len(self.completion.token_ids) / self.target_passes if self.target_passes else 0.0
 
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.completion.token_ids) / self.seconds if self.seconds else 0.0
 
-def _probs(logits: torch.Tensor, gen: GenerationConfig, procs, state) -> torch.Tensor:
-    """The sampling distribution of each row of `logits` (one-hot argmax at temperature 0)."""
-    if gen.temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
-    shaped = logits.float()
-    for proc in procs:
-        shaped = proc(shaped, state)
-    return shaped.softmax(-1)
+    def summary(self) -> str:
+        return (f"speculative: {self.accepted}/{self.proposed} drafts accepted ({self.acceptance_rate:.0%}), "
+                f"{self.tokens_per_pass:.2f} tokens per target pass, {self.tokens_per_second:.1f} tok/s")
 
 
 def prompt_lookup(context: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
@@ -77,103 +78,128 @@ def prompt_lookup(context: Sequence[int], k: int, max_ngram: int = 3) -> list[in
     return []
 
 
-@torch.inference_mode()
-def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig | None = None, draft="prompt-lookup",
-                         k: int = 4) -> SpeculativeResult:
-    """Generate from `llm` (a `LocalLLM`) for one prompt with speculative decoding. `draft` is a
-    `LocalLLM` (same tokenizer) or ``"prompt-lookup"``."""
-    gen = gen or GenerationConfig()
+def load_draft(draft, llm):
+    """The drafter `draft` names for target `llm`: ``"prompt-lookup"``, a `LocalLLM` sharing the
+    target's tokenizer, or a model name (see `llmkit.load`) loaded onto the target's device in its dtype."""
+    if draft == "prompt-lookup":
+        return draft
+    if isinstance(draft, (str, os.PathLike)):
+        from ..models.resolve import ModelNotFoundError
+        from .llm import load
+
+        try:
+            draft = load(draft, device=llm.device, dtype=llm.model.dtype)
+        except ModelNotFoundError as e:
+            raise SpeculativeError(f"draft={str(draft)!r}: give 'prompt-lookup', a draft LLM or a model to load "
+                                   f"({e})") from None
+    if not hasattr(draft, "model"):
+        raise SpeculativeError(f"draft {draft!r} is not a local model: speculative decoding runs the draft in this "
+                               "process")
+    vocab = llm.model.config.vocab_size
+    if draft.model.config.vocab_size != vocab:
+        raise SpeculativeError(f"the draft's vocabulary ({draft.model.config.vocab_size}) differs from the "
+                               f"target's ({vocab}): they must share a tokenizer")
+    return draft
+
+
+def _check(gen: GenerationConfig, k: int) -> None:
     if gen.repetition_penalty != 1.0 or gen.presence_penalty or gen.frequency_penalty:
         raise SpeculativeError("speculative decoding supports temperature, top_k, top_p and min_p; "
                                "turn the repetition / presence / frequency penalties off")
+    if gen.response_format and gen.response_format["type"] != "text":
+        raise SpeculativeError("speculative decoding does not constrain its output: generate without a draft "
+                               "for a JSON response_format")
     if k < 1:
         raise SpeculativeError(f"k={k}: propose at least one token per step")
+
+
+def _propose(sampler: Sampler, draft, dcache, context: list[int], kk: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Up to `kk` draft tokens and the draft's distribution q at each (none for prompt lookup,
+    whose q is one-hot at its token)."""
+    if kk <= 0:
+        return [], []
+    if isinstance(draft, str):
+        return prompt_lookup(context, kk), []
+    drafts: list[int] = []
+    qs: list[torch.Tensor] = []
+    device = draft.model.device
+    feed = torch.tensor([context[dcache.length:]], device=device)
+    q = sampler.distribution(draft.model(feed, cache=dcache, logits_to_keep=1)[:, -1])[0]
+    for j in range(kk):
+        tok = int(sampler.draw(q))
+        drafts.append(tok)
+        qs.append(q)
+        if j < kk - 1:
+            q = sampler.distribution(draft.model(torch.tensor([[tok]], device=device), cache=dcache)[:, -1])[0]
+    return drafts, qs
+
+
+def _verify(sampler: Sampler, drafts: list[int], qs: list[torch.Tensor], ps: torch.Tensor, lookup: bool) -> list[int]:
+    """The tokens a target pass keeps: the drafts it accepts (each with probability
+    min(1, p/q)), then one token drawn from the residual at the first rejection, or from the
+    target's next distribution when every draft passed."""
+    kept: list[int] = []
+    for j, tok in enumerate(drafts):
+        p = ps[j]
+        if sampler.greedy:
+            ok = int(p.argmax()) == tok
+        else:
+            q_tok = 1.0 if lookup else float(qs[j][tok])
+            ok = q_tok > 0 and sampler.uniform() < min(1.0, float(p[tok]) / q_tok)
+        if ok:
+            kept.append(tok)
+            continue
+        if sampler.greedy:
+            residual = p
+        elif lookup:  # q is one-hot at tok: max(0, p - q) is p without tok
+            residual = p.clone()
+            residual[tok] = 0.0
+        else:
+            residual = (p - qs[j]).clamp_min(0)
+        if float(residual.sum()) <= 0:
+            residual = p
+        return kept + [int(sampler.draw(residual / residual.sum()))]
+    return kept + [int(sampler.draw(ps[len(drafts)]))]
+
+
+@torch.inference_mode()
+def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig | None = None, draft="prompt-lookup",
+                         k: int = 4) -> SpeculativeResult:
+    """Generate from `llm` (a `LocalLLM`) for one prompt (text or token ids) with speculative
+    decoding, timed. `draft` is a `LocalLLM` sharing the tokenizer, a model name to load as one,
+    or ``"prompt-lookup"``."""
+    gen = gen or GenerationConfig()
+    _check(gen, k)
+    draft = load_draft(draft, llm)
+    start_time = time.perf_counter()
     lookup = isinstance(draft, str)
-    if lookup and draft != "prompt-lookup":
-        raise SpeculativeError(f"draft={draft!r}: give a draft LLM or 'prompt-lookup'")
-    model = llm.model
-    if not lookup and draft.model.config.vocab_size != model.config.vocab_size:
-        raise SpeculativeError(f"the draft's vocabulary ({draft.model.config.vocab_size}) differs from the "
-                               f"target's ({model.config.vocab_size}): they must share a tokenizer")
+    model, device = llm.model, llm.model.device
     ids = llm.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
     ids = fit_prompts([ids], gen, model.config.context_window, model.config.vocab_size)[0]
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
-    procs = build_processors(gen)
-    state = SamplingState(1, model.config.vocab_size, device, track_prompt=False)
-    stop_ids = set(gen.stop_token_ids) | (set() if gen.ignore_eos else llm.eos_token_ids())
+    if gen.max_new_tokens == 0:
+        return SpeculativeResult(Completion("", [], "length", len(ids)), 0, 0, 0)
+    sampler = Sampler(gen, model.config.vocab_size, device, eos_ids=llm.eos_token_ids())
     text = TextStream(llm.tokenizer.stream_decoder(), gen.stop)
     budget = len(ids) + gen.max_new_tokens + k + 1
     cache = model.new_cache(1, budget)
     dcache = draft.model.new_cache(1, budget) if not lookup else None
-    if generator is None:  # unseeded: draw a seed so acceptance tests and sampling share one stream
-        generator = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, ())))
 
     out: list[int] = []
     finish = "length"
     proposed = accepted = passes = 0
-    if gen.max_new_tokens == 0:
-        return SpeculativeResult(Completion("", [], "length", len(ids)), 0, 0, 0)
-
-    def probs(logits: torch.Tensor) -> torch.Tensor:
-        return _probs(logits, gen, procs, state)
-
-    def draw(p: torch.Tensor) -> int:
-        if gen.temperature == 0:
-            return int(p.argmax())
-        return int(torch.multinomial(p, 1, generator=generator))
-
-    def uniform() -> float:
-        return float(torch.rand((), generator=generator, device=device))
-
     # Invariant: both caches hold `context` but its last token (the target's, exactly; the draft's
     # at most that), and every forward pass first feeds what its cache lacks.
     context = list(ids)
     while True:
         room = gen.max_new_tokens - len(out)
         kk = min(k, room - 1)  # the last token of the budget comes from the target itself
-        drafts: list[int] = []
-        qs: list[torch.Tensor] = []
-        if kk > 0 and lookup:
-            drafts = prompt_lookup(context, kk)
-        elif kk > 0:
-            feed = torch.tensor([context[dcache.length:]], device=device)
-            q = probs(draft.model(feed, cache=dcache, logits_to_keep=1)[:, -1])[0]
-            for j in range(kk):
-                tok = draw(q)
-                drafts.append(tok)
-                qs.append(q)
-                if j < kk - 1:
-                    q = probs(draft.model(torch.tensor([[tok]], device=device), cache=dcache)[:, -1])[0]
-        start = cache.length
-        feed = torch.tensor([context[start:] + drafts], device=device)
-        ps = probs(model(feed, cache=cache, logits_to_keep=len(drafts) + 1)[0])  # p for each draft, then one more
+        drafts, qs = _propose(sampler, draft, dcache, context, kk)
+        feed = torch.tensor([context[cache.length:] + drafts], device=device)
+        # the target's distribution at each draft, then one more
+        ps = sampler.distribution(model(feed, cache=cache, logits_to_keep=len(drafts) + 1)[0])
         passes += 1
         proposed += len(drafts)
-        new_tokens: list[int] = []
-        for j, tok in enumerate(drafts):
-            p = ps[j]
-            if gen.temperature == 0:
-                ok = int(p.argmax()) == tok
-            else:
-                q_tok = 1.0 if lookup else float(qs[j][tok])
-                ok = q_tok > 0 and uniform() < min(1.0, float(p[tok]) / q_tok)
-            if ok:
-                new_tokens.append(tok)
-                continue
-            if gen.temperature == 0:
-                residual = p
-            elif lookup:  # q is one-hot at tok: max(0, p - q) is p without tok
-                residual = p.clone()
-                residual[tok] = 0.0
-            else:
-                residual = (p - qs[j]).clamp_min(0)
-            if float(residual.sum()) <= 0:
-                residual = p
-            new_tokens.append(draw(residual / residual.sum()))
-            break
-        else:  # every draft passed: one more token from the target's last distribution
-            new_tokens.append(draw(ps[len(drafts)]))
+        new_tokens = _verify(sampler, drafts, qs, ps, lookup)
         n_ok = len(new_tokens) - 1
         accepted += n_ok
         cache.length = len(context) + n_ok  # drop the rejected drafts' keys and values
@@ -181,7 +207,7 @@ def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig
             dcache.length = min(dcache.length, len(context) + n_ok)
         done = False
         for tok in new_tokens:
-            if tok in stop_ids:
+            if sampler.is_stop(tok):
                 finish, done = "stop", True
                 break
             out.append(tok)
@@ -197,4 +223,4 @@ def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig
             break
     text.flush()
     completion = Completion(text=text.text, token_ids=out, finish_reason=finish, prompt_tokens=len(ids))
-    return SpeculativeResult(completion, proposed, accepted, passes)
+    return SpeculativeResult(completion, proposed, accepted, passes, time.perf_counter() - start_time)
