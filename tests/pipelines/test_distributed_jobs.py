@@ -1,6 +1,7 @@
-"""Every training job under `torchrun --nproc_per_node 2` (CPU, gloo, DDP) trains as one process
-does at the same global batch, and the model it saves is the model it trained: transformers loads
-RUN/model and computes the logits (rewards) of the final checkpoint's weights."""
+"""Every training job under `torchrun --nproc_per_node 2` (CPU, gloo; DDP, and FSDP for LoRA, whose
+final save gathers the shards into a rebuilt model) trains as one process does at the same global
+batch, and the model it saves is the model it trained: transformers loads RUN/model and computes
+the logits (rewards) of the final checkpoint's weights."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from tests.processes import losses
 
 COMMON = ["train.steps=3", "train.eval_every=0", "train.precision=fp32", "train.device=cpu", "train.lr=1e-3",
           "eval.tasks=[]", "eval.perplexity=false", "data.max_len=48"]
-JOBS = {  # verb args, and the global micro-batch split over two ranks
-    "finetune-full": (["finetune", "--method", "full"], 8),
-    "finetune-lora": (["finetune", "--method", "lora"], 8),
-    "dpo": (["align", "dpo", "--data", "builtin:arith", "--method", "full"], 4),
-    "reward": (["align", "reward", "--data", "builtin:arith", "--method", "full"], 4),
+JOBS = {  # verb args, the global micro-batch split over two ranks, and how it is split
+    "finetune-full": (["finetune", "--method", "full"], 8, "ddp"),
+    "finetune-lora-fsdp": (["finetune", "--method", "lora"], 8, "fsdp"),
+    "dpo": (["align", "dpo", "--data", "builtin:arith", "--method", "full"], 4, "ddp"),
+    "reward": (["align", "reward", "--data", "builtin:arith", "--method", "full"], 4, "ddp"),
 }
 
 
@@ -54,7 +55,7 @@ def checkpoint_weights(run_dir) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("job", list(JOBS))
 def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp_path, job):
-    verb, batch = JOBS[job]
+    verb, batch, strategy = JOBS[job]
     data = [] if "--data" in verb else ["--data", str(chats)]
     base = [*verb, "--model", str(tiny_dir), *data, *COMMON]
     one, two = tmp_path / "one", tmp_path / "two"
@@ -62,7 +63,7 @@ def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     port = 29500 + os.getpid() % 1000 + 11 + list(JOBS).index(job)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    r = run([*base, "--out", str(two), f"train.micro_batch={batch // 2}", "train.distributed=ddp"], launcher)
+    r = run([*base, "--out", str(two), f"train.micro_batch={batch // 2}", f"train.distributed={strategy}"], launcher)
     assert r.returncode == 0, r.stderr[-3000:]
     # the same tolerances as pretraining's (tests/train/test_pretrain.py): step 1 equal to fp32
     # rounding, later steps drift by AdamW amplifying the ranks' different summation order
@@ -84,7 +85,7 @@ def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp
             assert torch.allclose(hf(ids).logits[:, 0], model.eval()(ids), atol=1e-5)
         return
     model = load_pretrained(tiny_dir)
-    if job == "finetune-lora":
+    if job == "finetune-lora-fsdp":
         apply_lora(model, LoRAConfig())
         model.load_state_dict(trained)
         model = merge_and_unload(model)
