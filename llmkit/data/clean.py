@@ -131,13 +131,15 @@ def _is_ipv6(s: str) -> bool:
     return True
 
 
-# The request log masks more kinds than corpus cleaning does: card numbers and key-like secrets
+# The request log masks more kinds than corpus cleaning does: card numbers, bare digit runs and key-like secrets
 # would also match digit runs and identifiers in code (`api_version_number`), which the embedded
 # corpus is full of.
 _CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _SECRET = re.compile(r"\b(?:sk|pk|api|key)[-_][A-Za-z0-9_-]{8,}\b")
-PII_KINDS = ("EMAIL", "SECRET", "CARD", "SSN", "IP", "PHONE")
+# Bare runs of 9-12 digits: phone numbers written without separators, account numbers.
+_NUMBER = re.compile(r"\b\d{9,12}\b")
+PII_KINDS = ("EMAIL", "SECRET", "CARD", "SSN", "IP", "PHONE", "NUMBER")
 CORPUS_PII_KINDS = ("EMAIL", "IP", "PHONE")
 
 # Python's re cannot skip ahead to a pattern that starts with a lookbehind, so such a pattern has a
@@ -152,6 +154,7 @@ _SCANS = (
     ("IP", re.compile(r":[0-9A-Fa-f]{0,4}:"), _IPV6, 40, _is_ipv6),
     ("IP", re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"), _IPV4, 0, None),
     ("PHONE", re.compile(r"\d{3,4}[ .-]\d{3,4}(?![\w-])"), _PHONE, 24, None),
+    ("NUMBER", None, _NUMBER, 0, None),
 )
 
 
@@ -207,7 +210,7 @@ def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PIISpan]:
 
 def redact_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> tuple[str, list[PIISpan]]:
     """`text` with each piece of personal data of `kinds` replaced by ``<KIND>`` (``<EMAIL>``,
-    ``<SECRET>``, ``<CARD>``, ``<SSN>``, ``<IP>``, ``<PHONE>``), and the spans replaced, in
+    ``<SECRET>``, ``<CARD>``, ``<SSN>``, ``<IP>``, ``<PHONE>``, ``<NUMBER>``), and the spans replaced, in
     positions of the original text."""
     spans = find_pii(text, kinds)
     parts, last = [], 0

@@ -127,9 +127,9 @@ def load_keys_text(text):
 def test_the_log_masks_every_kind_of_pii(tmp_path):
     log = RequestLog(tmp_path / "log.sqlite", log_text=True)
     log.write("k", "tiny", "/v1/completions", 200, prompt="mail a.b@c.org, card 4111 1111 1111 1111, ssn 123-45-6789, "
-              "ip 10.0.0.1, key sk-abcdefgh1234", completion="the answer is 42")
+              "ip 10.0.0.1, key sk-abcdefgh1234, call 4155550100", completion="the answer is 42")
     row = log.rows()[0]
-    assert row["prompt"] == "mail <EMAIL>, card <CARD>, ssn <SSN>, ip <IP>, key <SECRET>"
+    assert row["prompt"] == "mail <EMAIL>, card <CARD>, ssn <SSN>, ip <IP>, key <SECRET>, call <NUMBER>"
     assert row["completion"] == "the answer is 42"
     RequestLog(tmp_path / "raw.sqlite", log_text=True, scrub=False).write("k", "tiny", "/", 200, prompt="a.b@c.org")
     assert RequestLog(tmp_path / "raw.sqlite").rows()[0]["prompt"] == "a.b@c.org"
