@@ -18,6 +18,9 @@ def test_chat_stream_and_completions_through_http():
         body = server["requests"][0]
         assert body["max_tokens"] == 5 and body["temperature"] == 0 and body["model"] == "fake"
         assert server["requests"][2]["stop"] == ["\n"] and server["requests"][2]["seed"] == 7
+        assert "response_format" not in server["requests"][2]
+        llm.generate("x", response_format={"type": "json_object"})  # the server applies the grammar
+        assert server["requests"][-1]["response_format"] == {"type": "json_object"}
 
 
 def test_bad_key_and_unreachable_server_are_named():
