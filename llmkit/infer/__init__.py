@@ -1,8 +1,8 @@
-"""Inference room: the `LLM` protocol, sampling, generation and streaming."""
+"""Inference room: the `LLM` protocol, the one `Sampler`, generation and streaming."""
 
 from .generate import Completion, Step, TextStream, TokenGeneration
 from .llm import LLM, LocalLLM, LogLikelihood, load
-from .sampling import GenerationConfig, GenerationConfigError
+from .sampling import GenerationConfig, GenerationConfigError, Sampler
 
-__all__ = ["Completion", "GenerationConfig", "GenerationConfigError", "LLM", "LocalLLM", "LogLikelihood", "Step",
-           "TextStream", "TokenGeneration", "load"]
+__all__ = ["Completion", "GenerationConfig", "GenerationConfigError", "LLM", "LocalLLM", "LogLikelihood", "Sampler",
+           "Step", "TextStream", "TokenGeneration", "load"]
