@@ -112,3 +112,18 @@ def test_generate_command_with_a_draft(tiny_dirs, draft):
     fast = subprocess.run([*args, "--draft", "prompt-lookup"], capture_output=True, text=True)
     assert plain.returncode == 0 and fast.returncode == 0, fast.stderr[-2000:]
     assert fast.stdout == plain.stdout and "drafts accepted" in fast.stderr
+
+
+def test_a_draft_named_by_path_is_loaded_onto_the_target_and_timed(target, draft, tmp_path):
+    path = draft.save(tmp_path / "draft")
+    ids = target.tokenize(PROMPTS[0])
+    gen = GenerationConfig(max_new_tokens=12, temperature=1.0, top_k=20, seed=4, ignore_eos=True)
+    by_name = speculative_generate(target, ids, gen, draft=str(path), k=3)
+    loaded = speculative_generate(target, ids, gen, draft=draft, k=3)
+    assert by_name.completion.token_ids == loaded.completion.token_ids
+    assert (by_name.proposed, by_name.accepted) == (loaded.proposed, loaded.accepted) and by_name.proposed > 0
+    assert by_name.seconds > 0 and by_name.tokens_per_second == 12 / by_name.seconds
+    assert by_name.summary().startswith(f"speculative: {by_name.accepted}/{by_name.proposed} drafts accepted")
+    wider = llmkit.LocalLLM(llmkit.Transformer(target.config.replace(vocab_size=600)), target.tokenizer)
+    with pytest.raises(SpeculativeError, match="vocabulary"):
+        speculative_generate(target, ids, gen, draft=wider)
