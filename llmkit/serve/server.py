@@ -144,25 +144,24 @@ class Server:
             raise APIError(400, str(e), param=str(e).split("=")[0]) from None
 
     def constraint(self, served: ServedModel, response_format: Any, gen: GenerationConfig):
-        """A factory of per-choice JSON constraints for `response_format` (None for plain text)."""
+        """A factory of per-choice JSON constraints for `response_format` (None for plain text),
+        compiled once now so that a schema that cannot compile is a 400."""
         if response_format is None or response_format.type == "text":
             return None
-        schema = None
-        if response_format.type == "json_schema":
-            spec = response_format.json_schema or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
-                               param="response_format.json_schema")
-        from ..infer.constrained import ConstraintError, json_constraint
+        from ..infer.constrained import ConstraintError, response_constraint
+        from ..infer.sampling import stop_token_ids
 
-        tok, vocab = served.llm.tokenizer, served.llm.config.vocab_size
-        stop = set(gen.stop_token_ids) | (set() if gen.ignore_eos else served.engine.eos)
+        fmt = response_format.model_dump()
+        spec = fmt.get("json_schema")
+        if fmt["type"] == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
+            raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           param="response_format.json_schema")
+        args = (fmt, served.llm.tokenizer, served.llm.config.vocab_size, stop_token_ids(gen, served.engine.eos))
         try:
-            json_constraint(tok, vocab, schema, stop)  # fail now, with a 400, if it cannot compile
+            response_constraint(*args)
         except ConstraintError as e:
             raise APIError(400, str(e), param="response_format") from None
-        return lambda: json_constraint(tok, vocab, schema, stop)
+        return lambda: response_constraint(*args)
 
     def submit(self, served: ServedModel, prompt: list[int], gen: GenerationConfig, n: int,
                queue: asyncio.Queue, offset: int = 0, constraint: Callable[[], Any] | None = None) -> list:
