@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, Sequence,
 import torch
 
 from ..models.config import ModelConfig
-from ..models.hf import load_pretrained, save_pretrained
+from ..models.hf import save_pretrained
 from ..models.logprobs import token_logprobs
-from ..models.resolve import is_url, resolve_model
+from ..models.resolve import is_url, load_local, resolve_model
 from ..models.transformer import Transformer
 from .generate import Completion, TextStream, TokenGeneration
 from .sampling import GenerationConfig
@@ -360,16 +360,10 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
         from .remote import RemoteLLM
 
         return RemoteLLM(where, api_key=api_key)
-    from ..tokenizer import Tokenizer
-
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but this torch has no usable CUDA device: "
                            "use --device cpu (or leave it unset)")
-    if Path(where).suffix == ".gguf":
-        from ..models.gguf import load_gguf
-
-        model, tokenizer = load_gguf(where, device=device, dtype=dtype)
-        return LocalLLM(model, tokenizer, name=Path(where).parent.name if _is_pulled(where) else Path(where).stem)
-    model = load_pretrained(where, device=device, dtype=dtype)
-    tokenizer = Tokenizer.from_dir(where)
-    return LocalLLM(model, tokenizer, name=Path(where).name)
+    path, model, tokenizer = load_local(where, device=device, dtype=dtype)
+    if path.suffix == ".gguf":
+        return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem)
+    return LocalLLM(model, tokenizer, name=path.name)
