@@ -34,6 +34,11 @@ def boom(prompts, completions, references):
     raise KeyError("no such key")
 
 
+def one(prompts, completions, references):
+    """The same reward for every completion: returns the policy cannot change, for the value head to fit."""
+    return [1.0] * len(completions)
+
+
 def nan_every_third(prompts, completions, references):
     return [float("nan") if i % 3 == 0 else 1.0 for i in range(len(completions))]
 
@@ -130,7 +135,6 @@ def test_ppo_raises_a_learnable_reward_with_a_value_head(tiny_dirs, tmp_path):
     m = metrics(out)
     assert m[0]["kl"] == 0.0 and m[0]["policy/approx_kl"] == 0.0
     assert all("value/loss" in r and "policy/clip_frac" in r and "policy/entropy" in r for r in m)
-    assert any(r["value/loss"] > 0 for r in m)  # the value head learns from the returns
     first, last = sum(r["reward"] for r in m[:8]) / 8, sum(r["reward"] for r in m[-8:]) / 8
     assert last > first + 0.05, (first, last)
     # the second epoch over a rollout sees a moved policy: ratios leave 1
@@ -139,6 +143,22 @@ def test_ppo_raises_a_learnable_reward_with_a_value_head(tiny_dirs, tmp_path):
     # rewards are scaled by the first rollout's mean and std (the SFT model's samples)
     first_rewards = m[0]["reward"], m[0]["reward/std"]
     assert s["score_norm"] == pytest.approx(first_rewards, rel=1e-4)
+
+
+def test_ppo_value_head_learns_the_returns(tiny_dirs, tmp_path):
+    """The value head fits the returns. In the run above they climb with the reward faster than the
+    head follows, so its loss cannot show it (mean of the first 8 -> last 8 of 40 steps, train.seed
+    0-3: 0.23 -> 0.69, 0.35 -> 1.27, 0.41 -> 1.41, 0.34 -> 0.34). Here the reward is 1 for every
+    completion, unscaled and without KL penalty: the returns stay put whatever the policy does, and
+    the loss must fall from the zero-initialised head's. Measured, train.seed 0-5: step 1 0.303-0.309,
+    mean of the last 4 of 12 steps 0.061-0.121 (0.20-0.40 of step 1); with vf_coef=0 it stays at 0.30."""
+    out = tmp_path / "ppo"
+    run("ppo", tiny_dirs["tiny-llama"], out, "--reward", "rl_test_rewards:one", "normalize_scores=false", "kl=0",
+        "train.lr=1e-2", "train.steps=12", "rollout.prompts_per_batch=8", "train.micro_batch=8", "eval.tasks=[]",
+        "eval.prompts=0")
+    loss = [r["value/loss"] for r in metrics(out)]
+    assert len(loss) == 12 and loss[0] > 0.2, loss  # values start at 0, returns near 1
+    assert sum(loss[-4:]) / 4 < 0.5 * loss[0], loss
 
 
 def test_adaptive_kl_moves_towards_its_target(tiny_dirs, tmp_path):
@@ -157,7 +177,19 @@ def test_lora_and_qlora_run_and_save_the_merged_model(tiny_dirs, tmp_path, verb,
     s = run(verb, tiny_dirs["tiny-llama"], out, "--method", method, "--reward", "length*-0.1", "train.steps=2",
             "rollout.prompts_per_batch=2", "rollout.samples_per_prompt=2", "train.micro_batch=4")
     assert s["trainable"]["percent"] < 60 and (out / "adapter" / "adapter_config.json").is_file()
-    assert (out / "model" / "model.safetensors").is_file()
+    # RUN/model is the base plus the trained adapter, merged (QLoRA's into the full-precision base)
+    from llmkit.peft import load_adapter, merge_and_unload
+
+    x = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = load_pretrained(tiny_dirs["tiny-llama"]).eval()
+    with torch.no_grad():
+        plain = base(x)
+        load_adapter(base, out / "adapter")
+        adapted = base(x)
+        merged = merge_and_unload(base)(x)
+        saved = load_pretrained(out / "model").eval()(x)
+    moved, unmerged, off = ((t - adapted).abs().max().item() for t in (plain, merged, saved))
+    assert moved > 1e-3 and unmerged < 1e-4 and off < 1e-4, (moved, unmerged, off)  # moved: the adapter trained
 
 
 def test_built_in_rewards():
@@ -259,19 +291,24 @@ def test_shipped_recipes_load(name):
 
 def test_ppo_under_torchrun_with_two_processes(tiny_dirs, tmp_path):
     """2 CPU processes (gloo): each rank samples its own prompts (rank 0 the same ones as a single
-    process), the update is all-reduced, rank 0 writes the result."""
-    import os
+    process), the update is all-reduced, rank 0 writes the result; after step 1 both ranks hold the
+    same weights (tests/run_with_callback.py writes each rank's), moved from the starting ones."""
     import subprocess
 
-    common = ["-m", "llmkit", "align", "ppo", "--model", str(tiny_dirs["tiny-llama"]), "--reward", "length",
-              "train.steps=4", "rollout.prompts_per_batch=4", "rollout.max_new_tokens=8", "train.micro_batch=4",
-              "eval.limit=4", "eval.prompts=4", "train.precision=fp32", "train.device=cpu"]
+    from safetensors.torch import load_file
+
+    from tests.processes import with_callback
+
+    model = tiny_dirs["tiny-llama"]
+    common = ["--model", str(model), "--reward", "length", "train.steps=4", "rollout.prompts_per_batch=4",
+              "rollout.max_new_tokens=8", "train.micro_batch=4", "eval.limit=4", "eval.prompts=4",
+              "train.precision=fp32", "train.device=cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
-    r = subprocess.run([sys.executable, *common, "--out", str(one)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "llmkit", "align", "ppo", *common, "--out", str(one)],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(29500 + os.getpid() % 1000 + 13)]
-    r = subprocess.run([*launcher, *common, "--out", str(two)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(with_callback("weights=1", "align ppo", *common, "--out", str(two), nproc=2),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = metrics(one), metrics(two)
     assert [m["step"] for m in b] == [1, 2, 3, 4] and (two / "model" / "model.safetensors").is_file()
@@ -279,6 +316,16 @@ def test_ppo_under_torchrun_with_two_processes(tiny_dirs, tmp_path):
     # after the first update the loss is the mean over both ranks' rollouts (at step 1 PPO's loss with
     # whitened advantages and zero values depends on the rollout's shape only)
     assert [m["loss"] for m in b[1:]] != pytest.approx([m["loss"] for m in a[1:]])
+    # the two ranks sampled different rollouts but stepped with the all-reduced gradient: equal weights
+    w0, w1 = (load_file(two / f"rank{r}-step1.safetensors") for r in (0, 1))
+    assert w0.keys() == w1.keys() and w0
+    assert not [k for k in w0 if not torch.equal(w0[k], w1[k])], "the ranks' weights differ after step 1"
+    start = {f"lm.{k}": v for k, v in load_pretrained(model).state_dict().items()}
+    lm = [k for k in w0 if k.startswith("lm.")]
+    assert lm and all(w0[k].shape == start[k].shape for k in lm)
+    moved = [k for k in lm if not torch.equal(w0[k], start[k])]
+    assert len(moved) == len(lm), sorted(set(lm) - set(moved))  # every LM tensor took a step
+    assert w0["value_head.weight"].abs().sum() > 0  # and the value head left its zeros
 
 
 @pytest.mark.parametrize("name", ["ppo", "grpo"])

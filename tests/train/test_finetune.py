@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,27 @@ def chats(tmp_path_factory) -> Path:
     return path
 
 
+def check_change(summary: dict, report: str, task: str) -> None:
+    """The held-out change of `task` agrees with the scores it comes from: the change is the mean
+    per-question difference of the before/after samples (the same questions), its interval holds
+    it, the verdict follows the interval, and report.md's table shows them."""
+    before, after = summary["before"][task]["samples"], summary["after"][task]["samples"]
+    assert before and after.keys() == before.keys()
+    c = summary["change"][task]
+    delta = sum(after[k] - before[k] for k in before) / len(before)
+    lo, hi = c["ci"]
+    assert c["delta"] == pytest.approx(delta, abs=1e-9) and lo <= delta <= hi, (c, delta)
+    assert c["verdict"] == ("improvement" if lo > 0 else "regression" if hi < 0 else "within noise"), c
+    lines = report.splitlines()
+    header = next(line for line in lines if line.startswith("| task |")).split("|")
+    row = next(line for line in lines if line.startswith(f"| {task} |"))
+    cell = row.split("|")[next(i for i, name in enumerate(header) if name.strip().startswith("change"))].strip()
+    shown = re.fullmatch(r"([+-]\S+) \[([+-]\S+), ([+-]\S+)\] (.+)", cell)
+    assert shown, row
+    assert [float(v) for v in shown.groups()[:3]] == pytest.approx([delta, lo, hi], abs=5e-3), row
+    assert shown.group(4) == c["verdict"], row
+
+
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "adapter", "prefix", "prompt"])
 def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
     out = tmp_path / method
@@ -47,8 +69,11 @@ def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
     t = summary["trainable"]
     assert (t["trainable"] == t["total"]) == (method == "full")
     assert {"arith"} <= set(summary["before"]) and {"arith"} <= set(summary["after"])
-    assert summary["change"]["arith"]["verdict"] in ("improvement", "regression", "within noise")
-    assert summary["after"]["arith"]["samples"].keys() == summary["before"]["arith"]["samples"].keys()
+    check_change(summary, (out / "report.md").read_text(), "arith")
+    # random weights, before or after six steps, answer no arithmetic question: no change, no verdict of one
+    scores = [*summary["before"]["arith"]["samples"].values(), *summary["after"]["arith"]["samples"].values()]
+    assert not any(scores), scores
+    assert summary["change"]["arith"]["ci"] == [0, 0] and summary["change"]["arith"]["verdict"] == "within noise"
     for name in ("config.yaml", "metrics.jsonl", "report.md", "loss.png"):
         assert (out / name).exists(), name
     assert (out / "adapter" / "adapter_config.json").exists() == (method != "full")
