@@ -244,7 +244,7 @@ def run_scale(args: argparse.Namespace) -> None:
         if args.preset:
             model = get_preset(args.preset)
         elif args.model:
-            model = model_config(args.model, "scale memory")
+            model = model_config(args.model)
         elif args.params:
             model = int(args.params)
         else:

@@ -54,7 +54,7 @@ def run_info(args: argparse.Namespace) -> None:
     if args.preset:
         cfg, where = preset(args.preset), f"preset {args.preset}"
     else:
-        cfg, where = model_config(args.model, "info"), str(local_path(args.model, "info"))
+        cfg, where = model_config(args.model), str(local_path(args.model))
     rows = [("model", where)] + describe(cfg, args.context)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -101,7 +101,7 @@ def run_convert(args: argparse.Namespace) -> None:
     from ..models.hf import save_pretrained
     from ..models.resolve import local_path
 
-    where = local_path(args.model, "convert")
+    where = local_path(args.model)
     if where.suffix != ".gguf":
         raise ValueError(f"--model {args.model} is not a .gguf file: convert reads GGUF (an HF directory is already "
                          "in the output format; `llmkit export --format gguf` goes the other way)")
@@ -132,16 +132,12 @@ def run_export(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix != ".gguf":
         raise ValueError(f"--out {out}: name the file *.gguf")
-    llm = _load_local(args.model, "export")
-    save_gguf(llm.model, llm.tokenizer, out, type=args.type)
-    print(out)
-
-
-def _load_local(name: str, verb: str):
     from ..infer.llm import load
     from ..models.resolve import local_path
 
-    return load(local_path(name, verb), dtype="fp32")
+    llm = load(local_path(args.model), dtype="fp32")
+    save_gguf(llm.model, llm.tokenizer, out, type=args.type)
+    print(out)
 
 
 # ------------------------------------------------------------------------------ quantize

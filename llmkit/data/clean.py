@@ -158,6 +158,14 @@ _SCANS = (
 )
 
 
+# Looser forms for text that is not code (the request log): any letters in an address, and phone
+# numbers whose groups run together ("+44 7911 123456", "(555)1234567", "555-1234567").
+_LOOSE_SCANS = (
+    ("EMAIL", None, re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), 0, None),
+    ("PHONE", None, re.compile(r"(?<![\w(])(?:\+?\d{1,3}[ .-]?)?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"), 0, None),
+)
+
+
 class PIISpan(NamedTuple):
     """Personal data found in a text: where it is in the original text, its kind (the
     placeholder is ``<KIND>``) and what it said, so a later step can map a placeholder back."""
@@ -189,14 +197,15 @@ def _spans(text: str, candidate: re.Pattern | None, full: re.Pattern, lookback: 
     return spans
 
 
-def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PIISpan]:
-    """The personal data of `kinds` in `text`, in order and not overlapping."""
+def find_pii(text: str, kinds: Sequence[str] = PII_KINDS, loose: bool = False) -> list[PIISpan]:
+    """The personal data of `kinds` in `text`, in order and not overlapping; `loose` also finds
+    the looser forms of e-mail addresses and phone numbers that prose (not code) may hold."""
     unknown = set(kinds) - set(PII_KINDS)
     if unknown:
         raise ValueError(f"unknown PII kinds {sorted(unknown)}: choose from {PII_KINDS}")
     found: list[PIISpan] = []
     starts: list[int] = []  # of `found`, kept sorted for the overlap test
-    for kind, candidate, full, lookback, check in _SCANS:
+    for kind, candidate, full, lookback, check in _SCANS + (_LOOSE_SCANS if loose else ()):
         if kind not in kinds:
             continue
         for a, b in _spans(text, candidate, full, lookback, check):
@@ -208,11 +217,11 @@ def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PIISpan]:
     return found
 
 
-def redact_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> tuple[str, list[PIISpan]]:
+def redact_pii(text: str, kinds: Sequence[str] = PII_KINDS, loose: bool = False) -> tuple[str, list[PIISpan]]:
     """`text` with each piece of personal data of `kinds` replaced by ``<KIND>`` (``<EMAIL>``,
     ``<SECRET>``, ``<CARD>``, ``<SSN>``, ``<IP>``, ``<PHONE>``, ``<NUMBER>``), and the spans replaced, in
-    positions of the original text."""
-    spans = find_pii(text, kinds)
+    positions of the original text (`loose`: see `find_pii`)."""
+    spans = find_pii(text, kinds, loose)
     parts, last = [], 0
     for s in spans:
         parts += [text[last:s.start], f"<{s.kind}>"]

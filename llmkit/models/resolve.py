@@ -95,16 +95,17 @@ def resolve_model(name: str | os.PathLike) -> Path | str:
     )
 
 
-def local_path(name: str | os.PathLike, purpose: str = "this") -> Path:
-    """`resolve_model`, refusing a server URL: `purpose` needs the weights on this machine."""
+def local_path(name: str | os.PathLike, purpose: str = "--model") -> Path:
+    """`resolve_model`, refusing a server URL: `purpose` (the flag or key that named the model, or
+    what it is for) needs the weights on this machine."""
     where = resolve_model(name)
     if isinstance(where, str):
-        raise ValueError(f"--model {name}: {purpose} needs a local model (HF directory, run directory or .gguf "
-                         "file), not a server")
+        raise ValueError(f"{purpose} {name} is a server, but {purpose} needs a local model (HF directory, run "
+                         "directory or .gguf file)")
     return where
 
 
-def model_config(name: str | os.PathLike, purpose: str = "this"):
+def model_config(name: str | os.PathLike, purpose: str = "--model"):
     """The `ModelConfig` of a local model name, read without loading weights (config.json, or a
     GGUF file's metadata)."""
     path = local_path(name, purpose)
@@ -117,7 +118,7 @@ def model_config(name: str | os.PathLike, purpose: str = "this"):
     return read_config(path)
 
 
-def load_local(name: str | os.PathLike, device=None, dtype=None, purpose: str = "this"):
+def load_local(name: str | os.PathLike, device=None, dtype=None, purpose: str = "--model"):
     """(path, model, tokenizer) of a local model name: an HF directory, a run directory, a cached
     name, or a ``.gguf`` file (dequantised). The one place a name becomes weights."""
     from ..tokenizer import Tokenizer

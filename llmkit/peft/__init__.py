@@ -31,7 +31,7 @@ METHODS = ("full", "lora", "qlora", "adapter", "prefix", "prompt")
 __all__ = ["AdapterError", "LoRAConfig", "LoRALinear", "METHODS", "ParamReport", "adapter", "adapter_names",
            "apply_bottleneck", "apply_lora", "apply_prefix_tuning", "apply_prompt_tuning", "apply_qlora", "freeze",
            "load_adapter", "merge_and_unload", "merge_lora", "save_adapter", "set_adapter", "trainable_parameters",
-           "unmerge_lora"]
+           "unmerge_lora", "VirtualTokens"]
 
 
 @dataclass

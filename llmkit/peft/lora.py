@@ -211,24 +211,32 @@ def unmerge_lora(model: nn.Module, name: str = "default") -> None:
 
 def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
     """Fold the active adapters (or `name`) into plain nn.Linear layers and remove the LoRA
-    modules: the result is an ordinary Transformer (NF4 bases are dequantised first)."""
+    modules: the result is an ordinary Transformer (every NF4 layer, adapted or not, dequantised)."""
     for path, layer in list(lora_layers(model)):
-        base = layer.base_layer
-        if isinstance(base, NF4Linear):
-            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                              device=base.codes.device)
-            with torch.no_grad():
-                dense.weight.copy_(base.weight)
-                if base.bias is not None:
-                    dense.bias.copy_(base.bias)
-            base = dense
+        base = _dense(layer.base_layer) if isinstance(layer.base_layer, NF4Linear) else layer.base_layer
         names = [name] if name else [n for n in layer.active if n not in layer.merged]
         with torch.no_grad():
             for n in names:
                 if n not in layer.merged:
                     base.weight += layer.delta(n).to(base.weight.dtype)
-        parent_path, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent_path), child, base)
+        _replace(model, path, base)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, NF4Linear):  # QLoRA quantises layers that carry no adapter too
+            _replace(model, path, _dense(module))
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def _dense(nf4: NF4Linear) -> nn.Linear:
+    dense = nn.Linear(nf4.in_features, nf4.out_features, bias=nf4.bias is not None, device=nf4.codes.device)
+    with torch.no_grad():
+        dense.weight.copy_(nf4.weight)
+        if nf4.bias is not None:
+            dense.bias.copy_(nf4.bias)
+    return dense
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), child, module)

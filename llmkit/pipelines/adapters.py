@@ -16,7 +16,7 @@ import torch
 
 from ..infer.llm import LocalLLM, load
 from ..models.hf import load_pretrained, save_pretrained
-from ..models.resolve import resolve_model
+from ..models.resolve import local_path
 from ..quant.weight_only import is_quantized, quantize_model
 from ..peft import AdapterError, adapter_base, adapter_names, load_adapter, merge_and_unload, set_adapter
 from ..tokenizer import Tokenizer
@@ -80,9 +80,7 @@ def _attach(llm: LocalLLM, adapters: list[str | os.PathLike]) -> None:
 
 def merge_adapter(model: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Fold the LoRA at `adapter` into the base `model` and write a plain HF checkpoint to `out`."""
-    where = resolve_model(model)
-    if isinstance(where, str):
-        raise ValueError(f"--model {model}: merging needs a local model directory")
+    where = local_path(model)
     base = load_pretrained(where)
     kind = load_adapter(base, adapter)
     if kind != "lora":

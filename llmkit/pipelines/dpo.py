@@ -18,7 +18,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import torch
 
 from ..align.dpo import DPOObjective, attach_reference_logps, disable_dropout
 from ..align.losses import DPO_LOSSES
@@ -26,12 +25,11 @@ from ..align.measure import pair_accuracy
 from ..align.prefs import (Pair, PairValidation, builtin_pref_tasks, builtin_preferences, encode_pairs, pair_loader,
                            read_preferences)
 from ..data.instruct import is_builtin, split_validation
-from ..models.transformer import Transformer
 from ..peft import LoRAConfig
 from ..train.precision import choose_precision
 from ..train.trainer import Trainer
 from .finetune import FinetuneTrain
-from .job import EvalSection, Job, apply_method, eval_tasks
+from .job import EvalSection, Job, eval_tasks, rebuild_with_method
 from .report import task_table
 
 log = logging.getLogger(__name__)
@@ -157,20 +155,13 @@ def dpo(recipe: DPORecipe, resume: bool = False, callbacks: Sequence[Any] = ()) 
                       compat=compat, info=job.info, callbacks=job.callbacks)
     summary = job.fit(trainer)
     summary.update({"beta": recipe.beta, "loss": recipe.loss, "data": data_info})
-    final = job.final_model(trainer, lambda: _rebuild(model.config, recipe, tokenizer))
+    final = job.final_model(trainer, lambda: rebuild_with_method(model.config, recipe, tokenizer))
     if job.is_main:
         summary["preferences"] = pair_accuracy(objective, final, val_ex, pad, precision) if val_ex else {}
         job.evaluate_after(final, tokenizer, tasks, before, summary)
     return job.finish(summary, f"DPO run {job.run_dir.name} ({recipe.loss}, {recipe.method})", pair_rows(summary),
                       [preference_section(summary), task_table(summary, "Held-out tasks (test split, chat prompts)")],
                       save=lambda: job.save_model(final, tokenizer))
-
-
-def _rebuild(config, recipe: Any, tokenizer) -> torch.nn.Module:
-    """The trained model's shape, for gathering FSDP shards into."""
-    model = Transformer(config)
-    apply_method(model, recipe, tokenizer)
-    return model
 
 
 __all__ = ["AlignTrain", "DPORecipe", "PrefDataSection", "dpo", "read_pairs"]

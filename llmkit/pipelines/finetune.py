@@ -17,12 +17,11 @@ from typing import Any, Sequence
 from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, builtin_instructions, builtin_tasks,
                              encode_all, is_builtin, read_instructions, split_validation)
 from ..data.tasks import get_task
-from ..models.transformer import Transformer
 from ..peft import METHODS, LoRAConfig
 from ..train.config import TrainConfig
 from ..train.objectives import CausalLM
 from ..train.trainer import Trainer
-from .job import EvalSection, Job, RunDirError, apply_method, eval_tasks
+from .job import EvalSection, Job, RunDirError, eval_tasks, rebuild_with_method
 from .report import task_table
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
     summary = job.fit(trainer)
     summary["data"] = {"train": len(train_ex), "val": len(val_ex), "bad_rows": len(bad), "dropped": dropped,
                        "bad": [str(b) for b in bad[:50]]}
-    final = job.final_model(trainer, lambda: _rebuild(model.config, recipe, tokenizer))
+    final = job.final_model(trainer, lambda: rebuild_with_method(model.config, recipe, tokenizer))
     if job.is_main:
         job.evaluate_after(final, tokenizer, tasks, before, summary)
         from ..eval.baselines import task_baselines
@@ -163,13 +162,6 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
             ("bad rows skipped", d["bad_rows"]), ("cut to nothing", d["dropped"])]
     return job.finish(summary, f"Fine-tuning run {job.run_dir.name} ({recipe.method})", rows,
                       [task_table(summary)], save=lambda: job.save_model(final, tokenizer))
-
-
-def _rebuild(config, recipe: FinetuneRecipe, tokenizer) -> Transformer:
-    """The trained model's shape (base plus the method's modules), for gathering FSDP shards into."""
-    model = Transformer(config)
-    apply_method(model, recipe, tokenizer)
-    return model
 
 
 __all__ = ["DEFAULT_LR", "FinetuneRecipe", "RunDirError", "finetune"]

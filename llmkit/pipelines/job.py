@@ -9,9 +9,9 @@ around the Trainer, written once.
     job.apply_method(model, tokenizer)            # the PEFT surgery, seeded
     trainer = Trainer(model, objective, loader, job.train, job.run_dir, info=job.info, callbacks=job.callbacks)
     summary = job.fit(trainer)
-    final = job.final_model(trainer)              # whole weights on the main rank (gathered under FSDP)
+    final = job.final_model(trainer, rebuild)     # whole weights on the main rank (gathered under FSDP)
     if job.is_main: ...after-training measurements into summary...
-    return job.finish(summary, final, tokenizer, title, rows, sections)   # RUN/model, adapter/, report
+    return job.finish(summary, title, rows, sections, save=lambda: job.save_model(final, tokenizer))
 
 The run dir's life is here: an existing run is refused unless resuming, config.yaml is written
 once set-up succeeded, the result is saved in Hugging Face layout (`model/`) and PEFT's format
@@ -44,7 +44,9 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "config.yaml", "metrics.jsonl", "model")
+# what a run that began training leaves; a dir holding only config.yaml (set-up failed before the
+# first step) is started again rather than refused
+RUN_FILES = ("checkpoints", "metrics.jsonl", "model")
 
 
 class RunDirError(FileExistsError):
@@ -113,6 +115,16 @@ def held_out_change(before: dict[str, Any], after: dict[str, Any], seed: int = 0
     return out
 
 
+def rebuild_with_method(config: Any, recipe: Any, tokenizer: Tokenizer) -> nn.Module:
+    """A fresh model of the trained shape (`config`'s Transformer plus the recipe's PEFT modules),
+    for `Job.final_model` to load gathered FSDP shards into."""
+    from ..models.transformer import Transformer
+
+    model = Transformer(config)
+    apply_method(model, recipe, tokenizer)
+    return model
+
+
 def apply_method(model: nn.Module, recipe: Any, tokenizer: Tokenizer) -> None:
     """The recipe's PEFT method as module surgery on `model` (nothing for full fine-tuning). The
     recipe carries the method's section (`lora`, `adapter`, `prefix`, `prompt`) when it offers it."""
@@ -172,7 +184,9 @@ class Job:
     def load_base(self) -> tuple[nn.Module, Tokenizer]:
         """The recipe's `model`: weights (a .gguf is dequantised to fp32) and tokenizer, with
         llmkit's default chat template (ChatML) when the model has none."""
-        self.base_path, model, tokenizer = load_local(self.recipe.model, purpose="training")
+        if not self.recipe.model:
+            raise ValueError("no base model: give --model (an HF directory, a run directory or a cached name)")
+        self.base_path, model, tokenizer = load_local(self.recipe.model)
         if tokenizer.chat_template is None:
             log.warning("%s has no chat template: using llmkit's default (ChatML)", self.base_path)
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
@@ -213,8 +227,9 @@ class Job:
         return summary
 
     def final_model(self, trainer: Trainer, rebuild: Callable[[], nn.Module] | None = None) -> nn.Module | None:
-        """The trained model, whole, on the main rank (None on the others). Under FSDP every rank
-        joins in gathering the shards, which are loaded into `rebuild()` built on the meta device."""
+        """The trained model, whole, in eval mode. Without FSDP every rank holds it. Under FSDP
+        every rank joins in gathering the shards and the main rank loads them into `rebuild()`
+        (the model's shape, with its buffers, on the training device); the others get None."""
         if not (self.info.enabled and self.train.distributed == "fsdp"):
             return D.unwrap(trainer.base_model).eval()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -224,13 +239,9 @@ class Job:
         sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not self.is_main:
             return None
-        with torch.device("meta"):
-            model = rebuild()
-        model.load_state_dict(sd, strict=False, assign=True)
-        cfg = getattr(model, "config", None)
-        if cfg is not None and cfg.tie_embeddings and hasattr(model, "lm_head"):
-            model.lm_head.weight = model.model.embed_tokens.weight
-        return model.eval()
+        model = rebuild()
+        model.load_state_dict(sd)
+        return model.to(self.info.device).eval()
 
     def save_model(self, model: nn.Module, tokenizer: Tokenizer) -> None:
         """RUN/adapter (PEFT methods) and RUN/model (full, and LoRA/QLoRA merged into the base)."""
@@ -270,4 +281,4 @@ class Job:
 
 
 __all__ = ["EvalSection", "Job", "RunDirError", "apply_method", "check_run_dir", "eval_tasks", "held_out",
-           "held_out_change"]
+           "held_out_change", "rebuild_with_method"]

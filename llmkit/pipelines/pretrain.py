@@ -17,7 +17,7 @@ import torch
 
 from ..data import BatchLoader, DataConfig, PackedDataset, prepare_data
 from ..models.config import preset
-from ..models.hf import load_pretrained
+from ..models.resolve import load_local, local_path
 from ..models.transformer import Transformer
 from ..tokenizer import Tokenizer
 from ..train import distributed as D
@@ -58,9 +58,7 @@ def prepare_or_reuse_data(recipe: PretrainRecipe, run_dir: Path, info: D.DistInf
         if info.is_main:
             tokenizer = None
             if recipe.model.init:
-                from ..models.resolve import resolve_model
-
-                tokenizer = Tokenizer.from_dir(resolve_model(recipe.model.init))
+                tokenizer = Tokenizer.from_dir(local_path(recipe.model.init, "model.init="))
             prepare_data(recipe.data, path, tokenizer=tokenizer)
         D.barrier()
     return path
@@ -68,9 +66,7 @@ def prepare_or_reuse_data(recipe: PretrainRecipe, run_dir: Path, info: D.DistInf
 
 def build_model(recipe: PretrainRecipe, tokenizer: Tokenizer, seq_len: int) -> Transformer:
     if recipe.model.init:
-        from ..models.resolve import resolve_model
-
-        model = load_pretrained(resolve_model(recipe.model.init))
+        model = load_local(recipe.model.init, purpose="model.init=")[1]
         if model.config.vocab_size < tokenizer.vocab_size:
             raise ValueError(f"model.init has vocab_size {model.config.vocab_size} but the data's tokenizer has "
                              f"{tokenizer.vocab_size} tokens: prepare the data with the model's tokenizer")
@@ -125,12 +121,12 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[A
         tokenizer = Tokenizer.from_dir(data_dir / "tokenizer")
         model = build_model(recipe, tokenizer, train_set.seq_len)
         check_memory(model, recipe, train_set.seq_len, job.info)
-    loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=job.info.rank,
-                         world_size=job.info.world_size)
-    compat = {"model": model.config.to_dict(), "seq_len": train_set.seq_len}
-    trainer = Trainer(model, CausalLM(), loader, recipe.train, job.run_dir, val_data=val_set, tokenizer=tokenizer,
-                      compat=compat, flops_per_token=model.config.flops_per_token(train_set.seq_len, training=True),
-                      info=job.info, callbacks=job.callbacks)
+        loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=job.info.rank,
+                             world_size=job.info.world_size)
+        compat = {"model": model.config.to_dict(), "seq_len": train_set.seq_len}
+        trainer = Trainer(model, CausalLM(), loader, recipe.train, job.run_dir, val_data=val_set, tokenizer=tokenizer,
+                          compat=compat, flops_per_token=model.config.flops_per_token(train_set.seq_len, training=True),
+                          info=job.info, callbacks=job.callbacks)
     summary = trainer.fit(resume=resume)
     summary["params"] = model.config.num_parameters(embeddings=False)
     summary["params_total"] = model.config.num_parameters()

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..infer.llm import LocalLLM, load
-from ..models.resolve import resolve_model
+from ..models.resolve import local_path
 from ..quant.layout import INT4_GROUP_SIZE
 from ..quant.weight_only import model_bytes, quantization_config, quantize_model
 from ..utils import write_json_atomic
@@ -59,9 +59,7 @@ def quantize_checkpoint(model: str | os.PathLike, method: str, out: str | os.Pat
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"--out {out} exists and is not empty: pick another directory or pass --overwrite")
-    where = resolve_model(model)
-    if isinstance(where, str):
-        raise ValueError(f"--model {model}: quantising needs a local model directory, not a server")
+    where = local_path(model)
     llm = load(where, device=device, dtype="fp32")
     if quantization_config(llm.model) is not None:
         raise ValueError(f"--model {model} is already quantised: give its full-precision checkpoint")

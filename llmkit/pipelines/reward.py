@@ -81,7 +81,7 @@ def reward(recipe: RewardRecipe, resume: bool = False, callbacks: Sequence[Any] 
 
 
 def _rebuild(config, recipe: RewardRecipe, tokenizer) -> RewardModel:
-    """The reward model's shape, for gathering FSDP shards into."""
+    """The reward model's shape (a `rebuild_with_method` with a score head), for gathering FSDP shards into."""
     model = RewardModel(Transformer(config))
     apply_method(model, recipe, tokenizer)
     return model

@@ -165,8 +165,8 @@ class RequestLog:
               completion_tokens: int = 0, latency_s: float = 0.0, prompt: str | None = None,
               completion: str | None = None) -> None:
         if self.log_text:
-            prompt = redact_pii(prompt)[0] if (prompt is not None and self.scrub) else prompt
-            completion = redact_pii(completion)[0] if (completion is not None and self.scrub) else completion
+            prompt = redact_pii(prompt, loose=True)[0] if (prompt is not None and self.scrub) else prompt
+            completion = redact_pii(completion, loose=True)[0] if (completion is not None and self.scrub) else completion
         else:
             prompt = completion = None
         row = (time.time(), key, model, endpoint, status, prompt_tokens, completion_tokens, latency_s,

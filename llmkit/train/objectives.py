@@ -30,16 +30,15 @@ def _fuses_loss(model: torch.nn.Module) -> bool:
 
 
 class Objective(Protocol):
+    """What the Trainer minimises. An objective may also define ``units(batch) -> int``, how many
+    items `loss` averages over (target tokens, pairs): the Trainer then weights micro-batches and
+    ranks by it, so that a step minimises the mean over its whole global batch however the batch is
+    split; without it micro-batches weigh the same."""
+
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
 
     def tokens(self, batch: Any) -> int:
         """How many tokens of `batch` count towards throughput (tokens/s, MFU)."""
-        ...
-
-    def units(self, batch: Any) -> int:
-        """Optional: how many items `loss` averages over (target tokens, pairs). The Trainer
-        weights micro-batches and ranks by it, so that a step minimises the mean over its whole
-        global batch however the batch is split; without it micro-batches weigh the same."""
         ...
 
 

@@ -279,3 +279,21 @@ def test_a_model_with_adapters_is_not_saved_as_a_plain_checkpoint(model, tmp_pat
     assert not (tmp_path / "m" / "config.json").exists()
     save_pretrained(merge_and_unload(model), tmp_path / "m")  # merged: an ordinary checkpoint
     assert (tmp_path / "m" / "config.json").exists()
+
+
+def test_merge_and_unload_of_qlora_dequantises_every_nf4_layer(model, tmp_path):
+    """QLoRA puts every block Linear in NF4 but LoRA only on the targets: the merged model holds no
+    NF4 layer (k_proj, o_proj and the MLP too), saves as an ordinary checkpoint and computes what
+    the adapted model computed."""
+    from llmkit.models.hf import save_pretrained
+    from llmkit.quant.nf4 import NF4Linear
+
+    apply_qlora(model, r=2, alpha=4, targets=["q_proj"])
+    randomise([p for n, p in model.named_parameters() if "lora_B" in n])
+    x = ids()
+    with torch.no_grad():
+        adapted = model(x)
+        plain = merge_and_unload(model)
+        assert not any(isinstance(m, (NF4Linear, LoRALinear)) for m in plain.modules())
+        save_pretrained(plain, tmp_path / "m")
+        assert (load_pretrained(tmp_path / "m")(x) - adapted).abs().max() < 1e-4

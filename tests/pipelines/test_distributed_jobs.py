@@ -63,7 +63,10 @@ def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     port = 29500 + os.getpid() % 1000 + 11 + list(JOBS).index(job)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    r = run([*base, "--out", str(two), f"train.micro_batch={batch // 2}", f"train.distributed={strategy}"], launcher)
+    # under FSDP the main rank evaluates the gathered model after training (held-out task, perplexity)
+    evaluate = ["eval.tasks=[arith]", "eval.limit=2", "eval.perplexity=true"] if strategy == "fsdp" else []
+    r = run([*base, "--out", str(two), f"train.micro_batch={batch // 2}", f"train.distributed={strategy}", *evaluate],
+            launcher)
     assert r.returncode == 0, r.stderr[-3000:]
     # the same tolerances as pretraining's (tests/train/test_pretrain.py): step 1 equal to fp32
     # rounding, later steps drift by AdamW amplifying the ranks' different summation order
@@ -73,6 +76,9 @@ def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp
     assert all(abs(a[s] - b[s]) <= 2e-3 for s in a), (a, b)
     norm_a, norm_b = losses(one, "grad_norm")[1], losses(two, "grad_norm")[1]
     assert abs(norm_a - norm_b) <= 1e-3 * norm_a, (norm_a, norm_b)
+    if evaluate:
+        after = json.loads((two / "summary.json").read_text())["after"]
+        assert set(after) == {"arith", "perplexity"} and after["perplexity"]["value"] > 1
 
     transformers = peer("transformers")
     ids = torch.tensor([[5, 17, 99, 3, 42, 7, 300, 11]])

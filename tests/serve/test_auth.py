@@ -130,6 +130,10 @@ def test_the_log_masks_every_kind_of_pii(tmp_path):
               "ip 10.0.0.1, key sk-abcdefgh1234, call 4155550100", completion="the answer is 42")
     row = log.rows()[0]
     assert row["prompt"] == "mail <EMAIL>, card <CARD>, ssn <SSN>, ip <IP>, key <SECRET>, call <NUMBER>"
+    # the looser forms prose holds, which the old log caught too
+    log.write("k", "tiny", "/", 200, prompt="+44 7911 123456 or (555)1234567 or 555-1234567, müller@gmx.de, "
+              "jo@bücher.de")
+    assert log.rows()[-1]["prompt"] == "<PHONE> or <PHONE> or <PHONE>, <EMAIL>, <EMAIL>"
     assert row["completion"] == "the answer is 42"
     RequestLog(tmp_path / "raw.sqlite", log_text=True, scrub=False).write("k", "tiny", "/", 200, prompt="a.b@c.org")
     assert RequestLog(tmp_path / "raw.sqlite").rows()[0]["prompt"] == "a.b@c.org"

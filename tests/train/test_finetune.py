@@ -270,3 +270,12 @@ def test_lora_recipe_on_smollm2_beats_the_base_and_loads_in_peft(smollm2, tmp_pa
             got = theirs.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):]
         assert ours.tokenizer.decode(got.tolist(), skip_special_tokens=True).strip() == ours.chat(
             m[:-1], max_new_tokens=24, temperature=0).strip()
+
+
+def test_no_model_is_refused_even_inside_a_model_directory(tiny_dir, chats, tmp_path, monkeypatch, capsys):
+    """Without --model the job must not fall back to the current directory (a model dir here)."""
+    from llmkit.cli.main import main
+
+    monkeypatch.chdir(tiny_dir)
+    assert main(["finetune", "--data", str(chats), "--out", str(tmp_path / "run"), *FAST]) == 2
+    assert "no base model: give --model" in capsys.readouterr().err and not (tmp_path / "run").exists()

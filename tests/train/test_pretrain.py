@@ -12,6 +12,7 @@ import pytest
 
 import llmkit
 from llmkit.data import DataConfig, SourceConfig, prepare_data
+from llmkit.data.corpus import stdlib_texts
 from llmkit.train.logger import read_metrics
 from tests.peers import peer
 from tests.processes import kill_at_checkpoint, losses, paused_at_checkpoints
@@ -108,6 +109,12 @@ def test_bad_input_leaves_no_run_dir(tmp_path):
     assert r.returncode == 2 and "unknown preset" in r.stderr and not out.exists()
     r = pretrain("--out", str(out), *COMMON, "train.lrr=3")
     assert r.returncode == 2 and "train.lrr" in r.stderr and not out.exists()
+    # a failure while the Trainer is built, after RUN/data was prepared, leaves nothing either
+    text = tmp_path / "text.txt"
+    text.write_text("".join(stdlib_texts(60_000)), encoding="utf-8")
+    r = pretrain("--data", str(text), "--out", str(out), *COMMON, "data.seq_len=32", "data.vocab_size=512",
+                 "train.precision=fp16")
+    assert r.returncode == 2 and "fp16" in r.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
