@@ -44,7 +44,9 @@ def test_an_absent_peer_skips_outside_ci(monkeypatch, ci):
 
 def test_the_message_names_the_extra_that_installs_it(monkeypatch):
     monkeypatch.setenv("CI", "true")
-    monkeypatch.setitem(sys.modules, "rouge_score", None)  # None in sys.modules: import raises ImportError
+    # None in sys.modules: import raises ImportError (the submodule too: an earlier test may have imported it)
+    monkeypatch.setitem(sys.modules, "rouge_score", None)
+    monkeypatch.setitem(sys.modules, "rouge_score.rouge_scorer", None)
     with pytest.raises(pytest.fail.Exception, match=re.escape('pip install -e ".[eval]"')):
         peer("rouge_score.rouge_scorer")
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
