@@ -9,7 +9,7 @@ names none, the pair is counted as invalid and left out of the win rate.
     result.win_rate_b, result.ci, result.invalid      # B's win rate, its interval, unparseable verdicts
 
     run = judge_models("runs/sft", "runs/dpo", "prompts.jsonl", judge="http://host/v1")   # `llmkit judge`
-    print(run.format()); run.write("runs/judged")
+    text = run.format(); run.write("runs/judged")       # the table `llmkit judge` prints
 """
 
 from __future__ import annotations

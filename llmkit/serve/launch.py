@@ -3,7 +3,7 @@ loaded model.
 
     llm = llmkit.load_with_adapters("runs/base", ["sql=runs/sql/adapter"])
     server = build_server(llm, ServerSettings(name="base", adapters=["sql"], api_keys="keys.txt"))
-    print(server.summary())
+    banner = server.summary()                             # what `llmkit serve` prints
     server.run()                                          # until Ctrl-C
 
     serve([ServedModel("quickstart", llm)], port=8000)    # models you built yourself

@@ -228,11 +228,11 @@ def test_loglikelihood_tokenises_like_lm_eval(llm):
 def test_stop_string_on_the_last_token_is_a_stop(llm):
     kw = dict(temperature=0, ignore_eos=True)
     full = llm.complete(["import sys\n"], max_new_tokens=12, **kw)[0]
-    last_piece = llm.tokenizer.decode(full.token_ids[:6])[-1]
-    prefix_text = llm.tokenizer.decode(full.token_ids[:5])
-    if last_piece in prefix_text:
-        pytest.skip("the last character appears earlier; pick another prompt")
-    cut = llm.complete(["import sys\n"], max_new_tokens=6, stop=[last_piece], **kw)[0]
+    # from the 6th generated token on, the first whose text ends in a character not seen earlier
+    n = next(n for n in range(6, 13) if llm.tokenizer.decode(full.token_ids[:n])[-1:] not in
+             llm.tokenizer.decode(full.token_ids[:n - 1]))
+    last_piece = llm.tokenizer.decode(full.token_ids[:n])[-1]
+    cut = llm.complete(["import sys\n"], max_new_tokens=n, stop=[last_piece], **kw)[0]
     assert cut.finish_reason == "stop"
 
 

@@ -4,7 +4,6 @@ memory estimate say an int8 / int4 model weighs is the size of the tensors `llmk
 from __future__ import annotations
 
 import pytest
-import torch
 from safetensors import safe_open
 from torch import nn
 
