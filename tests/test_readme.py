@@ -79,3 +79,65 @@ def test_ci_runs_the_readme_blocks_as_written():
     assert at == sorted(at) and at[-1] == len(commands) - 1, "CI runs the blocks in order and ends with the tests"
     exported = [i for i, c in enumerate(commands) if re.fullmatch(r'export CI="\$\{CI:-true\}"', c)]
     assert exported and exported[0] < at[-1], "CI=true is set before the test command runs"
+
+
+# Links: the README and docs/*.md link only files of this repository (web addresses are not checked here).
+_FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+_CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+_TARGETS = [re.compile(r"!?\[[^\]]*\]\(\s*(<[^>]*>|[^)\s]*)"),  # [text](target "title"), ![alt](target)
+            re.compile(r"^ {0,3}\[[^\]]+\]:\s*(<[^>]*>|\S+)", re.M),  # [ref]: target
+            re.compile(r"""\b(?:href|src)\s*=\s*["']([^"']*)["']""")]  # HTML
+_WEB = re.compile(r"^(https?:|mailto:)", re.I)
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def link_targets(text: str) -> list[str]:
+    """Every link target of a Markdown text, code blocks and code spans left out."""
+    text = _CODE_SPAN.sub("", _FENCE.sub("", text))
+    return [m.group(1).strip("<>") for pattern in _TARGETS for m in pattern.finditer(text)]
+
+
+def bad_links(path: Path, text: str | None = None) -> list[str]:
+    """The relative links of the Markdown file at `path` that leave the repository or lead nowhere."""
+    from urllib.parse import unquote
+
+    text = text if text is not None else path.read_text(encoding="utf-8")
+    bad = []
+    for target in link_targets(text):
+        local = unquote(re.split(r"[#?]", target, maxsplit=1)[0])
+        if _WEB.match(target) or not local:  # a web address, or an anchor in this file
+            continue
+        where = f"{path.relative_to(ROOT)}: {target}"
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or local.startswith(("/", "\\", "~")):
+            bad.append(f"{where} (not a path relative to the file)")
+            continue
+        resolved = (path.parent / local).resolve()
+        if not resolved.is_relative_to(ROOT):
+            bad.append(f"{where} (outside the repository)")
+        elif not resolved.exists():
+            bad.append(f"{where} (no such file)")
+    return bad
+
+
+def test_readme_and_docs_link_only_files_of_the_repository():
+    files = markdown_files()
+    assert (ROOT / "docs" / "ARCHITECTURE.md") in files
+    assert [bad for path in files for bad in bad_links(path)] == []
+
+
+def test_the_link_check_catches_links_that_leave_the_repository():
+    """The link the README had (../shared/ARCHITECTURE.md), a missing file and an absolute path are
+    caught; web addresses, anchors, existing files and links shown as code are not."""
+    text = ("The design is in [`../shared/ARCHITECTURE.md`](../shared/ARCHITECTURE.md).\n"
+            "[map](docs/ARCHITECTURE.md#import-order) [gone](docs/NOPE.md \"title\") ![x](/etc/passwd)\n"
+            "[site](https://example.com/a) [top](#install) `[code](../x.md)` <a href=\"llmkit/\">pkg</a>\n"
+            "[ref]: ../outside.md\n```\n[fenced](../fenced.md)\n```\n")
+    assert bad_links(ROOT / "README.md", text) == [
+        "README.md: ../shared/ARCHITECTURE.md (outside the repository)",
+        "README.md: docs/NOPE.md (no such file)",
+        "README.md: /etc/passwd (not a path relative to the file)",
+        "README.md: ../outside.md (outside the repository)",
+    ]

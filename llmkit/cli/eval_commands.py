@@ -42,7 +42,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from ..data.tasks import get_task, list_tasks
-    from ..eval.runner import evaluate, format_summary
+    from ..eval.runner import chart_plan, evaluate, format_summary
 
     if args.list:
         for name in list_tasks():
@@ -67,7 +67,8 @@ def run_eval(args: argparse.Namespace) -> None:
         if missing:
             print(f"note: {rec.task}: the answer extractor found nothing in {missing} of "
                   f"{int(rec.metrics['n'])} outputs (scored 0)")
-    print(f"\nwrote {out / 'results.json'} and {out / 'report.md'}")
+    charts = [str(out / "charts" / f"{kind}.png") for kind in chart_plan(run)]
+    print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}" + "".join(f", {c}" for c in charts))
 
 
 # ------------------------------------------------------------------------------------- compare

@@ -1,5 +1,8 @@
 """Run named tasks on a model and keep everything: `evaluate` → `EvalRun` → `results.json`,
-`report.md` and a bar chart per task; `compare` two runs with paired bootstrap intervals.
+`report.md` and charts (one for scores where higher is better, one for metrics where lower is
+better, each drawn only when some task has such a metric); `compare` two runs with paired
+bootstrap intervals. Every task records its chance level: what its primary metric would be for a
+guess that knows nothing (None where chance has no meaning).
 
     run = evaluate(llmkit.load("runs/quickstart"), ["arith", "sentiment"], shots=3)
     run.write("runs/eval1")
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 # the metric each kind of task is judged by, and whether higher is better
 PRIMARY = {"multiple_choice": ("acc", True), "generation": ("exact_match", True),
            "perplexity": ("bits_per_byte", False), "code": ("pass@1", True)}
+# secondary metrics that are scores in [0, 1] where higher is better, so they share the primary's bars;
+# calibration_error (lower is better) and counts (n, tokens, no_answer) stay in the tables only
+SCORES = ("acc", "acc_norm", "exact_match", "f1")
+CHARTS = ("higher_is_better", "lower_is_better")
 
 
 @dataclass
@@ -56,6 +63,9 @@ class TaskRecord:
     ci: tuple[float, float]
     seconds: float
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # the primary metric of a know-nothing guess (see `task_chance`); None where chance has no
+    # meaning, and in results.json files written before chance was recorded
+    chance: float | None = None
 
     @property
     def value(self) -> float:
@@ -79,17 +89,23 @@ class EvalRun:
         return cls(obj["model"], EvalSettings(**obj["settings"]), tasks, obj.get("created", ""))
 
     def write(self, out: str | os.PathLike) -> Path:
-        """`results.json` (every sample), `report.md` (tables), `charts/<task>.png`; all atomic."""
+        """`results.json` (every sample, and under "charts" which metrics each chart draws),
+        `report.md` (tables) and `charts/higher_is_better.png` / `charts/lower_is_better.png`, each
+        only when some task has a metric of its kind; all atomic."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "results.json", self.to_json())
-        charts = {name: _chart(rec, out / "charts" / f"{_safe(name)}.png") for name, rec in self.tasks.items()}
-        write_text_atomic(out / "report.md", format_report(self, {n: p.relative_to(out) for n, p in charts.items()}))
+        plan = chart_plan(self)
+        files = {kind: Path("charts") / f"{kind}.png" for kind in plan}
+        write_json_atomic(out / "results.json", {**self.to_json(), "charts": {
+            kind: {"file": files[kind].as_posix(), "metrics": metrics} for kind, metrics in plan.items()}})
+        for kind in CHARTS:
+            if kind in plan:
+                _draw_chart(self, kind, plan[kind], out / files[kind])
+            elif (out / "charts" / f"{kind}.png").is_file():
+                # a chart left by an earlier run into this folder would contradict this run's results
+                (out / "charts" / f"{kind}.png").unlink()
+        write_text_atomic(out / "report.md", format_report(self, files))
         return out
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def load_run(path: str | os.PathLike) -> EvalRun:
@@ -148,16 +164,34 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
                               batch_size=batch_size, progress=progress)
         else:  # pragma: no cover - the task registry only has the kinds above
             raise ValueError(f"task {spec.name!r} has unknown kind {spec.kind!r}")
-        records[spec.name] = _record(spec.kind, result, time.perf_counter() - start, seed)
+        vocab_size = getattr(getattr(llm, "config", None), "vocab_size", None)
+        records[spec.name] = _record(spec.kind, result, time.perf_counter() - start, seed,
+                                     task_chance(spec.kind, examples, result.metrics, vocab_size))
     name = model_name or getattr(llm, "name", None) or type(llm).__name__
     return EvalRun(str(name), settings, records, datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _record(kind: str, result: TaskResult, seconds: float, seed: int) -> TaskRecord:
+def _record(kind: str, result: TaskResult, seconds: float, seed: int, chance: float | None) -> TaskRecord:
     primary, higher = PRIMARY[kind]
     scores = [s["score"] for s in result.samples]
     return TaskRecord(result.task, kind, result.metrics, primary, higher, bootstrap_ci(scores, seed=seed),
-                      round(seconds, 3), result.samples)
+                      round(seconds, 3), result.samples, chance)
+
+
+def task_chance(kind: str, examples: Sequence[Any], metrics: dict[str, float],
+                vocab_size: int | None = None) -> float | None:
+    """The task's primary metric for a guess that knows nothing, or None where that has no meaning.
+    Multiple choice: 1 / number of choices, averaged over the questions (the count may vary).
+    Perplexity: the bits per byte of a uniform guess over the model's `vocab_size` tokens (its
+    perplexity is `vocab_size`); None when the vocabulary is unknown (a remote model). Generation
+    and code: None, since a random open answer is right with no definable probability."""
+    if kind == "multiple_choice":
+        counts = [len(ex.choices) for ex in examples if ex.choices]
+        return sum(1 / k for k in counts) / len(counts) if counts else None
+    if kind == "perplexity" and vocab_size and vocab_size > 1 and examples:
+        nbytes = sum(len(ex.prompt.encode("utf-8")) for ex in examples)
+        return metrics["tokens"] * math.log2(vocab_size) / max(1, nbytes)
+    return None
 
 
 # ---------------------------------------------------------------------------------------- compare
@@ -225,33 +259,51 @@ def format_comparison(rows: Sequence[Delta], a_name: str = "A", b_name: str = "B
 
 # ---------------------------------------------------------------------------------------- reports
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, float):
         return f"{v:.4f}" if math.isfinite(v) else str(v)
     return str(v)
 
 
+CHANCE_NOTE = ("chance: the primary metric of a guess that knows nothing: 1 / number of choices for multiple "
+               "choice (averaged over the questions), a uniform guess over the model's vocabulary for bits per "
+               "byte; — where chance has no meaning (open answers, code, a remote model's perplexity).")
+
+
 def format_summary(run: EvalRun) -> str:
-    """One markdown table: task, kind, primary metric with its interval, the other metrics."""
-    lines = ["| task | kind | metric | value | 95% CI | n | other metrics | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One markdown table: task, kind, primary metric with its interval and chance level, the other metrics."""
+    lines = ["| task | kind | metric | value | 95% CI | chance | n | other metrics | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, rec in run.tasks.items():
         others = ", ".join(f"{k} {_fmt(v)}" for k, v in rec.metrics.items() if k not in (rec.primary, "n"))
         lines.append(f"| {name} | {rec.kind} | {rec.primary}{'' if rec.higher_is_better else ' (lower is better)'} "
-                     f"| {rec.value:.4f} | [{rec.ci[0]:.4f}, {rec.ci[1]:.4f}] | {int(rec.metrics.get('n', 0))} "
-                     f"| {others} | {rec.seconds:.1f} |")
+                     f"| {rec.value:.4f} | [{rec.ci[0]:.4f}, {rec.ci[1]:.4f}] | {_fmt(rec.chance)} "
+                     f"| {int(rec.metrics.get('n', 0))} | {others} | {rec.seconds:.1f} |")
     return "\n".join(lines)
 
 
+CHART_CAPTIONS = {
+    "higher_is_better": "Scores in [0, 1], higher is better: each task's primary metric (dark, with its 95% "
+                        "interval) and its other scores; the dashed line over a task is its chance level.",
+    "lower_is_better": "Metrics where lower is better, one panel per metric: each task's value with its 95% "
+                       "interval; the dashed line over a task is its chance level.",
+}
+
+
 def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples: int = 3) -> str:
+    """The run as markdown: settings, the summary table with chance levels, the charts written
+    (`charts`: {"higher_is_better" | "lower_is_better": path relative to the report}) and a few
+    samples per task."""
     s = run.settings
     parts = [f"# Evaluation of {run.model}", "",
              f"{run.created} · split `{s.split}` · {s.shots}-shot (seed {s.seed})"
              + (f" · first {s.limit} examples" if s.limit else "") + (" · chain of thought" if s.chain_of_thought else ""),
-             "", format_summary(run), ""]
+             "", format_summary(run), "", CHANCE_NOTE, ""]
+    for kind, path in (charts or {}).items():
+        parts += [f"![{kind.replace('_', ' ')}]({Path(path).as_posix()})", "", CHART_CAPTIONS.get(kind, ""), ""]
     for name, rec in run.tasks.items():
         parts += [f"## {name}", ""]
-        if charts and name in charts:
-            parts += [f"![{name}]({charts[name].as_posix()})", ""]
         for sample in rec.samples[:examples]:
             shown = {k: v for k, v in sample.items() if k in ("prompt", "text", "output", "prediction", "answer", "score")}
             parts += ["```", *(f"{k}: {_clip(v)}" for k, v in shown.items()), "```", ""]
@@ -263,28 +315,73 @@ def _clip(v: Any, n: int = 300) -> str:
     return text if len(text) <= n else "…" + text[-n:]
 
 
-def _chart(rec: TaskRecord, path: Path) -> Path:
-    """A bar chart: the task's [0, 1] metrics with the primary metric's interval, or for perplexity
-    the bits per byte of each text."""
+# ----------------------------------------------------------------------------------------- charts
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def chart_plan(run: EvalRun) -> dict[str, dict[str, list[str]]]:
+    """Which metrics of which task each chart draws: "higher_is_better" holds scores in [0, 1]
+    (the primary metric first, then the task's other scores), "lower_is_better" the primary metric
+    of tasks where lower is better (bits per byte), which has another scale and direction. A chart
+    with nothing to draw is left out."""
+    plan: dict[str, dict[str, list[str]]] = {kind: {} for kind in CHARTS}
+    for name, rec in run.tasks.items():
+        if rec.higher_is_better:
+            names = [rec.primary] + [k for k in rec.metrics if k != rec.primary and k in SCORES]
+            shown = [k for k in names if _finite(rec.metrics.get(k)) and 0 <= rec.metrics[k] <= 1]
+        else:
+            shown = [rec.primary] if _finite(rec.metrics.get(rec.primary)) else []
+        if shown:
+            plan["higher_is_better" if rec.higher_is_better else "lower_is_better"][name] = shown
+    return {kind: tasks for kind, tasks in plan.items() if tasks}
+
+
+def _bar(ax: Any, x: float, rec: TaskRecord, metric: str, unit: bool) -> None:
+    """One bar; the primary metric's bar is dark and carries its bootstrap interval."""
+    value = float(rec.metrics[metric])
+    primary = metric == rec.primary
+    errors = [[max(0.0, value - rec.ci[0])], [max(0.0, rec.ci[1] - value)]] if primary else None
+    ax.bar(x, value, yerr=errors, capsize=4, color="#4c72b0" if primary else "#a1b9dd")
+    above = max(value, rec.ci[1]) if primary and _finite(rec.ci[1]) else value  # the label clears the interval
+    ax.text(x, min(above + 0.02, 0.95) if unit else above, f"{value:.3f}", ha="center", va="bottom", fontsize=8)
+
+
+def _draw_chart(run: EvalRun, kind: str, tasks: dict[str, list[str]], path: Path) -> Path:
     from ..utils import new_figure, save_figure
 
-    fig, ax = new_figure(6, 3.2)
-    if rec.kind == "perplexity":
-        values = [s["score"] for s in rec.samples]
-        ax.bar(range(len(values)), values, color="#4c72b0")
-        ax.axhline(rec.value, color="#c44e52", linestyle="--", label=f"all texts {rec.value:.3f}")
-        ax.set_xlabel("text")
-        ax.set_ylabel("bits per byte")
-        ax.legend(loc="best")
-    else:
-        names = [k for k, v in rec.metrics.items() if k != "n" and isinstance(v, (int, float)) and 0 <= v <= 1
-                 and k != "no_answer"]
-        values = [rec.metrics[k] for k in names]
-        errors = [[max(0.0, rec.value - rec.ci[0]) if k == rec.primary else 0 for k in names],
-                  [max(0.0, rec.ci[1] - rec.value) if k == rec.primary else 0 for k in names]]
-        ax.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")
-        ax.set_ylim(0, 1)
-        for i, v in enumerate(values):
-            ax.text(i, min(v + 0.03, 0.95), f"{v:.3f}", ha="center")
-    ax.set_title(f"{rec.task} (n={int(rec.metrics.get('n', 0))})")
+    if kind == "higher_is_better":
+        panels = {"score": tasks}
+    else:  # one panel per metric: bits per byte and any other lower-is-better primary need not share a scale
+        panels = {}
+        for task, metrics in tasks.items():
+            for metric in metrics:
+                panels.setdefault(metric, {}).setdefault(task, []).append(metric)
+    bars = max(sum(len(m) + 1 for m in panel.values()) for panel in panels.values())
+    fig, axes = new_figure(max(6.0, 0.7 * bars * len(panels) + 1.5), 3.8, ncols=len(panels))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    direction = "↑ higher is better" if kind == "higher_is_better" else "↓ lower is better"
+    for ax, (label, panel) in zip(axes, panels.items()):
+        x, ticks, labels, chance_drawn = 0, [], [], False
+        for task, metrics in panel.items():
+            rec = run.tasks[task]
+            xs = list(range(x, x + len(metrics)))
+            for xi, metric in zip(xs, metrics):
+                _bar(ax, xi, rec, metric, kind == "higher_is_better")
+            if rec.chance is not None and math.isfinite(rec.chance):
+                ax.hlines(rec.chance, xs[0] - 0.45, xs[-1] + 0.45, colors="#c44e52", linestyles="--",
+                          label=None if chance_drawn else "chance")
+                chance_drawn = True
+            ticks += xs
+            labels += [f"{task}\n{metric}" if kind == "higher_is_better" else task for metric in metrics]
+            x += len(metrics) + 1  # a gap between tasks
+        ax.set_xlim(-1, ticks[-1] + 1)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel(f"{label.replace('_', ' ')} ({direction})")
+        if kind == "higher_is_better":
+            ax.set_ylim(0, 1)
+        if chance_drawn:
+            ax.legend(loc="best", fontsize=8)
+    fig.suptitle(f"{run.model}: {direction}", fontsize=10)
     return save_figure(fig, path)

@@ -53,12 +53,12 @@ def test_evaluate_writes_results_report_and_charts(llm, tmp_path):
     for name, rec in data["tasks"].items():
         assert len(rec["samples"]) == 4 and all("score" in s for s in rec["samples"])
         assert rec["ci"][0] <= rec["metrics"][rec["primary"]] + 1e-9 or rec["kind"] == "perplexity"
-        png = out / "charts" / f"{name}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind in ("higher_is_better", "lower_is_better"):
+        assert (out / "charts" / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all("prompt" in s and "output" in s for s in data["tasks"]["arith"]["samples"])
     assert data["tasks"]["sentiment"]["samples"][0]["choices"] == ["positive", "negative", "neutral"]
     report = (out / "report.md").read_text()
-    assert "| sentiment | multiple_choice | acc" in report and "![code](charts/code.png)" in report
+    assert "| sentiment | multiple_choice | acc" in report and "](charts/lower_is_better.png)" in report
     again = load_run(out)
     assert again.tasks["arith"].metrics == run.tasks["arith"].metrics and again.settings.shots == 1
 
