@@ -161,12 +161,16 @@ def run_align(args: argparse.Namespace) -> None:
         from ..pipelines.reward import RewardRecipe, reward
 
         recipe = recipe_from_args(RewardRecipe, args)
+        if recipe is None:
+            return
         summary = reward(recipe, resume=args.resume)
         what = "reward model"
     else:
         from ..pipelines.dpo import dpo
 
         recipe = dpo_recipe(args)
+        if recipe is None:
+            return
         summary = dpo(recipe, resume=args.resume)
         what = recipe.loss
     if int(os.environ.get("RANK", "0")) != 0:
@@ -196,6 +200,8 @@ def run_rollouts(args: argparse.Namespace) -> None:
     from ..pipelines.rl import GRPORecipe, PPORecipe, rl
 
     recipe = recipe_from_args(PPORecipe if args.align_verb == "ppo" else GRPORecipe, args, data="prompts")
+    if recipe is None:
+        return
     summary = rl(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -6,8 +6,12 @@ calls one library function and prints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import sys
+import time
 from pathlib import Path
 
 
@@ -48,29 +52,45 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
                         "`llmkit quantize` saves a quantised copy and reports its perplexity change")
 
 
+# what a sampling option is when neither the command line nor the model's own settings give it
+SAMPLING_FALLBACKS = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                   help=f"default {max_new_tokens}" if max_new_tokens else "default: a quarter of the context window, at most 512")
-    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × p(best) (0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty (1 = off)")
+    g = p.add_argument_group(
+        "generation", "Sampling options left unset take the model's own settings (its generation_config.json, or "
+                      "the settings `llmkit pull` ships for a packaged GGUF), then the defaults below.")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default {max_new_tokens}" if max_new_tokens else
+                   "default: a quarter of the context window, at most 512")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default 0 = off)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default 1 = off)")
+    g.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p × p(best) (default 0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=None, help="CTRL-style penalty (default 1 = off)")
     g.add_argument("--presence-penalty", type=float, default=0.0)
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     g.add_argument("--truncate-prompt", action="store_true",
                    help="drop the oldest prompt tokens instead of failing when the prompt is too long")
+    g.add_argument("--stats", action="store_true",
+                   help="print load time, prompt tokens and prefill tokens/s, new tokens and decode tokens/s")
+    p.set_defaults(default_max_new_tokens=max_new_tokens)
 
 
-def generation_config(args: argparse.Namespace):
+def generation_config(args: argparse.Namespace, llm=None):
+    """The `GenerationConfig` of the command line: each option given wins, then the model's own
+    setting (`llm.generation_defaults`), then `SAMPLING_FALLBACKS`."""
     from ..infer.sampling import GenerationConfig
 
+    own = dict(getattr(llm, "generation_defaults", None) or {})
+    sampling = {name: getattr(args, name) if getattr(args, name) is not None else own.get(name, fallback)
+                for name, fallback in SAMPLING_FALLBACKS.items()}
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else own.get(
+        "max_new_tokens", getattr(args, "default_max_new_tokens", 256))
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        max_new_tokens=max_new, **sampling, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, stop=args.stop, seed=args.seed, truncate_prompt=args.truncate_prompt,
     )
 
@@ -87,8 +107,49 @@ def load_llm(args: argparse.Namespace):
 # ------------------------------------------------------------------------------ recipes
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default=None, help="YAML recipe (see recipes/)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every recipe value and where it came from (default, the YAML file, a key=value "
+                        "override or a flag), then exit without running")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides of recipe values, e.g. train.lr=3e-4 train.steps=500")
+
+
+def resolve_recipe(cls, args: argparse.Namespace, overrides: list[tuple[str, str]], path: str | None = None,
+                   base: dict | None = None):
+    """Recipe `cls` from the YAML at `path` (or `base`, a section of --config), then `overrides`:
+    (key=value, flag) pairs, the flag "" where the user typed the key=value. With --print-config
+    it prints every value with its source and returns None, and the verb stops there."""
+    from ..recipe import explain_recipe, load_recipe
+
+    texts = [text for text, _ in overrides]
+    if not getattr(args, "print_config", False):
+        return load_recipe(cls, path, texts, base=base)
+    _, settings = explain_recipe(cls, path, texts, base, base_origin=args.config or "",
+                                 flags=[flag for _, flag in overrides])
+    print(format_settings(settings))
+    return None
+
+
+def format_settings(settings) -> str:
+    """`key = value   (source)` lines, aligned; values in YAML, so each can be pasted back as an override."""
+    import yaml
+
+    def show(value) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...")
+
+    def where(s) -> str:
+        return f"{s.source} {s.origin}" if s.origin else s.source
+
+    rows = [(s.key, show(s.value), where(s)) for s in settings]
+    key_w = max((len(k) for k, _, _ in rows), default=0)
+    value_w = min(max((len(v) for _, v, _ in rows), default=0), 40)  # one long list must not push every source far right
+    lines = ["# the resolved recipe: later sources win (default < yaml < override < flag)"]
+    lines += [f"{k:<{key_w}} = {v:<{value_w}}   ({w})" for k, v, w in rows]
+    return "\n".join(lines)
+
+
+def typed_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return [(text, "") for text in args.overrides]
 
 
 # -------------------------------------------------------------------------- data prepare
@@ -101,7 +162,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     add_recipe_args(prep)
     prep.add_argument("--data", action="append", default=None, metavar="PATH",
                       help="a text file, folder, glob or JSONL file (repeatable); 'stdlib' for the embedded corpus")
-    prep.add_argument("--out", "-o", required=True, help="output directory (written atomically)")
+    # not required by argparse, so that --print-config works without it; run_data asks for it
+    prep.add_argument("--out", "-o", default=None, help="output directory (written atomically; required)")
     prep.add_argument("--tokenizer", default=None, help="tokenize with this HF tokenizer/model directory "
                                                         "instead of training a BPE")
     prep.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
@@ -109,16 +171,20 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def run_data(args: argparse.Namespace) -> None:
     from ..data import DataConfig, format_stats, prepare_data
-    from ..recipe import load_recipe, read_yaml
+    from ..recipe import read_yaml
 
     base = {}
     if args.config:
         raw = read_yaml(args.config)
         base = raw.get("data", raw) if isinstance(raw.get("data"), dict) else raw
-    overrides = [o.removeprefix("data.") for o in args.overrides]
+    overrides = [(o.removeprefix("data."), "") for o in args.overrides]
     if args.data:
-        overrides.append("sources=" + json.dumps([{"path": d} for d in args.data]))
-    config = load_recipe(DataConfig, None, overrides, base=base)
+        overrides.append(("sources=" + json.dumps([{"path": d} for d in args.data]), "--data"))
+    config = resolve_recipe(DataConfig, args, overrides, base=base)
+    if config is None:
+        return
+    if not args.out:
+        raise ValueError("--out is missing: name the directory to write the token shards to, e.g. --out data/prepared")
     tokenizer = None
     if args.tokenizer:
         from ..models.resolve import resolve_model
@@ -142,28 +208,30 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 
 
 def pretrain_recipe(args: argparse.Namespace):
+    """The pretraining recipe of the command line (None after --print-config printed it)."""
     from ..models.config import list_presets
-    from ..recipe import load_recipe
     from ..pipelines.pretrain import PretrainRecipe
 
-    overrides = list(args.overrides)
+    overrides = typed_overrides(args)
     if args.model:
         key = "model.preset" if args.model.lower() in list_presets() else "model.init"
-        overrides.append(f"{key}={args.model}")
+        overrides.append((f"{key}={args.model}", "--model"))
     if args.data:
         if (Path(args.data) / "index.json").exists():
-            overrides.append(f"data_dir={args.data}")
+            overrides.append((f"data_dir={args.data}", "--data"))
         else:
-            overrides.append("data.sources=" + json.dumps([{"path": args.data}]))
+            overrides.append(("data.sources=" + json.dumps([{"path": args.data}]), "--data"))
     if args.out:
-        overrides.append(f"out={args.out}")
-    return load_recipe(PretrainRecipe, args.config, overrides)
+        overrides.append((f"out={args.out}", "--out"))
+    return resolve_recipe(PretrainRecipe, args, overrides, args.config)
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
     from ..pipelines.pretrain import pretrain
 
     recipe = pretrain_recipe(args)
+    if recipe is None:
+        return
     summary = pretrain(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         val = summary.get("final_val_loss")
@@ -183,13 +251,65 @@ def add_quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
 
 
-def run_quickstart(args: argparse.Namespace) -> None:
-    from ..pipelines.quickstart import quickstart
+class ProgressLines(logging.Handler):
+    """Prints log records as console lines stamped with the seconds since `start`: the quickstart's
+    stages (and the tokenizer's and Trainer's news) as they happen; warnings say so."""
 
-    s = quickstart(args.minutes, args.out, seed=args.seed, vocab_size=args.vocab_size, seq_len=args.seq_len,
-                   overwrite=args.overwrite)
-    print(f"trained {s['params_total']:,} parameters on {s['tokens']:,} tokens in {s['total_s']:.0f} s "
-          f"(budget {s['budget_s']:.0f} s)")
+    def __init__(self, start: float):
+        super().__init__(logging.INFO)
+        self.start = start
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        kind = "warning: " if record.levelno >= logging.WARNING else ""
+        # through tqdm, so that a progress bar on the terminal is redrawn below the line, not cut by it
+        tqdm.write(f"[{time.perf_counter() - self.start:5.1f}s] {kind}{record.getMessage()}", file=sys.stdout)
+
+
+# what `llmkit quickstart` shows as it goes: its stages, the tokenizer's training, the Trainer's
+# evaluations and re-plans (other llmkit loggers show only their warnings)
+QUICKSTART_PROGRESS = ("llmkit.pipelines.quickstart", "llmkit.tokenizer.train", "llmkit.train.trainer")
+
+
+@contextlib.contextmanager
+def progress_lines(start: float, names: tuple[str, ...] = QUICKSTART_PROGRESS, verbose: bool = False):
+    """Route llmkit's log records through `ProgressLines` while the block runs: INFO from `names`,
+    warnings from every llmkit logger. With -v (every log line shown already) nothing changes."""
+    if verbose:
+        yield
+        return
+    root = logging.getLogger("llmkit")
+    handler = ProgressLines(start)
+    saved = [(root, root.level, root.propagate)] + [(logging.getLogger(n), logging.getLogger(n).level, None)
+                                                    for n in names]
+    root.addHandler(handler)
+    root.propagate = False  # these lines replace the plain log format
+    root.setLevel(logging.WARNING)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for logger, level, propagate in saved:
+            logger.setLevel(level)
+            if propagate is not None:
+                logger.propagate = propagate
+
+
+def run_quickstart(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    # said before the job's code (data, training) is imported, which takes seconds: the console answers at once
+    print(f"[{time.perf_counter() - start:5.1f}s] quickstart: a language model trained from scratch on this machine "
+          f"in about {args.minutes:g} minute{'s' if args.minutes != 1 else ''}, into {args.out}", flush=True)
+    with progress_lines(start, verbose=getattr(args, "verbose", False)):
+        from ..pipelines.quickstart import quickstart
+
+        s = quickstart(args.minutes, args.out, seed=args.seed, vocab_size=args.vocab_size, seq_len=args.seq_len,
+                       overwrite=args.overwrite)
+    print(f"trained {s['params_total']:,} parameters on {s['tokens']:,} tokens in {s['steps']:,} steps, "
+          f"{s['total_s']:.0f} s (budget {s['budget_s']:.0f} s)")
     print(f"validation loss {s['final_val_loss']:.3f} nats/token; unigram entropy {s['unigram_entropy']:.3f}; "
           f"bigram cross-entropy {s['bigram_cross_entropy']:.3f}")
     for sample in s.get("samples", [])[:1]:
@@ -197,6 +317,7 @@ def run_quickstart(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.md'}")
     print(f"next:   llmkit chat --model {args.out}")
     print(f"        llmkit generate --model {args.out} --prompt 'def ' --max-new-tokens 64")
+    print(s["verdict"])
 
 
 # --------------------------------------------------------------------------------- scale
@@ -281,18 +402,17 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 def recipe_from_args(cls, args: argparse.Namespace, data: str = "data"):
     """A training recipe from --config, the key=value overrides and the --model / --data /
     --method / --out flags (overrides win over the file, flags over both). `data` names the
-    section the data flags fill (``prompts`` for the rollout methods: --prompts, --reward)."""
-    from ..recipe import load_recipe
-
-    overrides = list(args.overrides)
+    section the data flags fill (``prompts`` for the rollout methods: --prompts, --reward).
+    None after --print-config printed it."""
+    overrides = typed_overrides(args)
     for flag, key in (("model", "model"), ("data", f"{data}.path"), ("prompts", f"{data}.path"), ("method", "method"),
                       ("reward", "reward"), ("reference", "reference"), ("out", "out")):
         value = getattr(args, flag, None)
         if value:
-            overrides.append(f"{key}={value}")
+            overrides.append((f"{key}={value}", f"--{flag}"))
     if getattr(args, "skip_bad_rows", False):
-        overrides.append(f"{data}.skip_bad_rows=true")
-    return load_recipe(cls, args.config, overrides)
+        overrides.append((f"{data}.skip_bad_rows=true", "--skip-bad-rows"))
+    return resolve_recipe(cls, args, overrides, args.config)
 
 
 def finetune_recipe(args: argparse.Namespace):
@@ -305,6 +425,8 @@ def run_finetune(args: argparse.Namespace) -> None:
     from ..pipelines.finetune import finetune
 
     recipe = finetune_recipe(args)
+    if recipe is None:
+        return
     summary = finetune(recipe, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return

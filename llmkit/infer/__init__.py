@@ -1,8 +1,8 @@
 """Inference room: the `LLM` protocol, the one `Sampler`, generation and streaming."""
 
-from .generate import Completion, Step, TextStream, TokenGeneration
+from .generate import Completion, Step, TextStream, Timings, TokenGeneration
 from .llm import LLM, LocalLLM, LogLikelihood, load
 from .sampling import GenerationConfig, GenerationConfigError, Sampler
 
-__all__ = ["Completion", "GenerationConfig", "GenerationConfigError", "LLM", "LocalLLM", "LogLikelihood", "Sampler",
+__all__ = ["Completion", "Timings", "GenerationConfig", "GenerationConfigError", "LLM", "LocalLLM", "LogLikelihood", "Sampler",
            "Step", "TextStream", "TokenGeneration", "load"]

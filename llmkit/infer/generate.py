@@ -191,3 +191,25 @@ class Completion:
     prompt_tokens: int
     logprobs: list[float] | None = None
     top_logprobs: list[dict[int, float]] | None = None
+
+
+@dataclass
+class Timings:
+    """What one generation took, as llama.cpp's timings and Ollama's ``--verbose`` report it:
+    prompt tokens and the time until the first new token (prefill), then the new tokens and the
+    time they took (decode). A stream fills one in as it runs (``llm.stream(..., timings=t)``)."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        # the first new token comes out of the prefill pass: the decode steps make the rest
+        steps = max(0, self.generated_tokens - 1)
+        return steps / self.decode_s if self.decode_s > 0 and steps else 0.0

@@ -2,14 +2,17 @@
 implementation over a `Transformer` and a `Tokenizer`.
 
 Every method takes generation options either as a `GenerationConfig` or as keyword arguments
-(``llm.generate("Hi", max_new_tokens=20, temperature=0)``).
+(``llm.generate("Hi", max_new_tokens=20, temperature=0)``). Options left unset take the model's
+own settings (`generation_defaults`: its ``generation_config.json``, or what a GGUF file or the
+pull registry recommends), then `GenerationConfig`'s defaults.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -17,8 +20,9 @@ from ..models.config import ModelConfig
 from ..models.hf import save_pretrained
 from ..models.logprobs import token_logprobs
 from ..models.resolve import is_url, load_local, resolve_model
+from ..models.sampling_defaults import sampling_defaults
 from ..models.transformer import Transformer
-from .generate import Completion, TextStream, TokenGeneration
+from .generate import Completion, TextStream, Timings, TokenGeneration
 from .sampling import GenerationConfig
 
 if TYPE_CHECKING:
@@ -55,10 +59,19 @@ class LLM(Protocol):
 
 class TokenScoring:
     """`loglikelihood` and `loglikelihood_rolling` for any LLM that can tokenize and score token
-    ids (`loglikelihood_tokens`), local or remote: both tokenise the same way."""
+    ids (`loglikelihood_tokens`), local or remote: both tokenise the same way; and the one place
+    generation options meet the model's own sampling settings (`generation`)."""
 
     context_window: int
     start_token_id: int
+    generation_defaults: dict[str, Any] = {}
+
+    def generation(self, gen: GenerationConfig | None = None, **kwargs: Any) -> GenerationConfig:
+        """`gen` with `kwargs` merged in; with no `gen`, the model's own settings
+        (`generation_defaults`) fill what `kwargs` leaves unset."""
+        if gen is None:
+            gen = GenerationConfig(**self.generation_defaults)
+        return GenerationConfig.from_kwargs(gen, **kwargs)
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
         raise NotImplementedError
@@ -117,6 +130,17 @@ class TokenScoring:
         return [(lp, n) for lp, n in totals]
 
 
+def fit_history(messages: Messages, budget: int, count: Callable[[Messages], int]) -> Messages:
+    """Drop the oldest turns (never a leading system message, never the last message) until
+    `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count
+    differently."""
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    rest = list(messages[len(head):])
+    while len(rest) > 1 and count(head + rest) > budget:
+        rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
+    return head + rest
+
+
 def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:
     """The tokens that end a generation: the tokenizer's end tokens and the config's eos id(s)."""
     ids = set(tokenizer.eos_token_ids)
@@ -128,8 +152,10 @@ def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:
 class LocalLLM(TokenScoring):
     """A model and its tokenizer in this process."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None,
+                 generation_defaults: dict[str, Any] | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.generation_defaults = dict(generation_defaults or {})
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
@@ -174,7 +200,7 @@ class LocalLLM(TokenScoring):
     def complete(self, prompts: Sequence[str] | Sequence[Sequence[int]], gen: GenerationConfig | None = None,
                  **kwargs: Any) -> list[Completion]:
         """Generate for a batch of prompts (text, or token ids) at once; full results."""
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        gen = self.generation(gen, **kwargs)
         token_prompts = [self.tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
         run = TokenGeneration(self.model, token_prompts, gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         texts = [TextStream(self.tokenizer.stream_decoder(), gen.stop) for _ in token_prompts]
@@ -207,49 +233,60 @@ class LocalLLM(TokenScoring):
             return self.complete([prompt], gen, **kwargs)[0].text
         return [c.text for c in self.complete(prompt, gen, **kwargs)]
 
-    def stream(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]:
+    def stream(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None,
+               timings: Timings | None = None, **kwargs: Any) -> Iterator[str]:
         """Text deltas as they are produced; their concatenation is `generate`'s text. Bad input
-        (too long a prompt, bad options) raises here, before the first delta."""
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        (too long a prompt, bad options) raises here, before the first delta. `timings` is
+        filled in as the stream runs. Closing the stream early (``close()``, or leaving a loop
+        over it) stops the generation."""
+        gen = self.generation(gen, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
-        return self._stream(run, TextStream(self.tokenizer.stream_decoder(), gen.stop))
+        return self._stream(run, TextStream(self.tokenizer.stream_decoder(), gen.stop), timings or Timings())
 
     @staticmethod
-    def _stream(run: TokenGeneration, text: TextStream) -> Iterator[str]:
-        for step in run:
-            if not step.emit[0]:
-                break
-            delta = text.push(step.tokens[0])
-            if delta:
-                yield delta
-            if text.stopped:
-                run.stop(0, "stop")
-                break
-        tail = text.flush()
-        if tail:
-            yield tail
+    def _stream(run: TokenGeneration, text: TextStream, timings: Timings) -> Iterator[str]:
+        timings.prompt_tokens = len(run.prompts[0])
+        start = last = time.perf_counter()
+        try:
+            for i, step in enumerate(run):
+                last = time.perf_counter()
+                if i == 0:
+                    timings.prefill_s = last - start
+                if not step.emit[0]:
+                    break
+                delta = text.push(step.tokens[0])
+                if delta:
+                    yield delta
+                if text.stopped:
+                    run.stop(0, "stop")
+                    break
+            tail = text.flush()
+            if tail:
+                yield tail
+        finally:  # also when the reader stops early: what was made so far is counted
+            timings.generated_tokens = len(run.generated[0])
+            timings.decode_s = max(0.0, last - start - timings.prefill_s)
 
     def chat_prompt(self, messages: Messages) -> list[int]:
         """Token ids of `messages` rendered with the chat template, ready for the assistant's turn."""
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
+    def chat_tokens(self, messages: Messages) -> int:
+        """How many tokens `messages` take in the context, rendered with the chat template."""
+        return len(self.chat_prompt(messages))
+
     def fit_history(self, messages: Messages, max_new_tokens: int) -> Messages:
-        """Drop the oldest turns (never a leading system message, never the last message) until
-        the rendered conversation leaves room for `max_new_tokens`."""
-        budget = self.config.context_window - max_new_tokens
-        head = messages[:1] if messages and messages[0].get("role") == "system" else []
-        rest = list(messages[len(head):])
-        while len(rest) > 1 and len(self.chat_prompt(head + rest)) > budget:
-            rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
-        return head + rest
+        """Drop the oldest turns until the conversation leaves room for `max_new_tokens` (see
+        `fit_history`)."""
+        return fit_history(messages, self.config.context_window - max_new_tokens, self.chat_tokens)
 
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
-             **kwargs: Any) -> str | Iterator[str]:
+             timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
         """The assistant's reply to `messages` (a list of {"role", "content"} dicts)."""
         ids = self.chat_prompt(messages)
         if stream:
-            return self.stream(ids, gen, **kwargs)
+            return self.stream(ids, gen, timings=timings, **kwargs)
         return self.complete([ids], gen, **kwargs)[0].text
 
     # ------------------------------------------------------------------ scoring
@@ -339,7 +376,7 @@ class LocalLLM(TokenScoring):
     def save(self, path: str | os.PathLike) -> Path:
         """Write model and tokenizer in Hugging Face layout."""
         path = Path(path)
-        save_pretrained(self.model, path)
+        save_pretrained(self.model, path, sampling=self.generation_defaults)
         self.tokenizer.save(path)
         return path
 
@@ -364,6 +401,10 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
         raise RuntimeError(f"device={device!r} was asked for but this torch has no usable CUDA device: "
                            "use --device cpu (or leave it unset)")
     path, model, tokenizer = load_local(where, device=device, dtype=dtype)
+    defaults = sampling_defaults(path)
     if path.suffix == ".gguf":
-        return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem)
-    return LocalLLM(model, tokenizer, name=path.name)
+        return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem,
+                        generation_defaults=defaults)
+    # a run directory's weights are in its model/ folder, but the run's name is the model's (chat and serve show it)
+    folder = path.parent if path == Path(str(name)).expanduser() / "model" else path
+    return LocalLLM(model, tokenizer, name=Path(os.path.abspath(folder)).name, generation_defaults=defaults)

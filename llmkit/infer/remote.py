@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from .llm import LogLikelihood, TokenScoring
+from .generate import Timings
+from .llm import LogLikelihood, TokenScoring, fit_history
 from .sampling import GenerationConfig
 
 Messages = list[dict[str, Any]]
@@ -101,7 +103,7 @@ class RemoteLLM(TokenScoring):
 
     # ------------------------------------------------------------------ LLM
     def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+        gen = self.generation(gen, **kwargs)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         out = self._request("POST", "/completions", {**self._body(gen), "prompt": prompts})
         texts = [c.get("text", "") for c in sorted(out.get("choices", []), key=lambda c: c.get("index", 0))]
@@ -109,26 +111,71 @@ class RemoteLLM(TokenScoring):
             raise ConnectionError(f"{self.base_url}/completions answered {len(texts)} choices for {len(prompts)} prompts")
         return texts[0] if isinstance(prompt, str) else texts
 
-    def stream(self, prompt: str, gen: GenerationConfig | None = None, **kwargs: Any) -> Iterator[str]:
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
+    def stream(self, prompt: str, gen: GenerationConfig | None = None, timings: Timings | None = None,
+               **kwargs: Any) -> Iterator[str]:
+        gen = self.generation(gen, **kwargs)
         body = {**self._body(gen), "prompt": prompt}
-        return (c["choices"][0].get("text", "") for c in self._events("/completions", body) if c.get("choices"))
+        return self._deltas("/completions", body, lambda choice: choice.get("text", ""), timings)
 
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
-             **kwargs: Any) -> str | Iterator[str]:
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
-        body = {**self._body(gen), "messages": list(messages)}
+             timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
+        gen = self.generation(gen, **kwargs)
+        body = {**self._body(gen), "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
         if stream:
-            return (c["choices"][0].get("delta", {}).get("content") or ""
-                    for c in self._events("/chat/completions", body) if c.get("choices"))
+            return self._deltas("/chat/completions", body,
+                                lambda choice: choice.get("delta", {}).get("content") or "", timings)
         out = self._request("POST", "/chat/completions", body)
         try:
             return out["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as e:
             raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
 
+    def _deltas(self, path: str, body: dict, text: Callable[[dict], str], timings: Timings | None) -> Iterator[str]:
+        """The text deltas of a streaming request; `timings` from the clock and the usage chunk
+        (asked for with ``stream_options.include_usage``)."""
+        timings = timings or Timings()
+        start = last = time.perf_counter()
+        try:
+            for chunk in self._events(path, {**body, "stream_options": {"include_usage": True}}):
+                last = time.perf_counter()
+                if not timings.prefill_s:
+                    timings.prefill_s = last - start
+                usage = chunk.get("usage") or {}
+                timings.prompt_tokens = usage.get("prompt_tokens", timings.prompt_tokens)
+                timings.generated_tokens = usage.get("completion_tokens", timings.generated_tokens)
+                if chunk.get("choices"):
+                    delta = text(chunk["choices"][0])
+                    if delta:
+                        yield delta
+        finally:
+            timings.decode_s = max(0.0, last - start - timings.prefill_s)
+
+    # --------------------------------------------------------------- the model's settings
+    @property
+    def generation_defaults(self) -> dict[str, Any]:
+        """The served model's own sampling settings, as llmkit serve lists them ({} elsewhere)."""
+        try:
+            return dict(self.card().get("generation_defaults") or {})
+        except ConnectionError:  # a server without /models: the request itself will say what is wrong
+            return {}
+
+    def chat_tokens(self, messages: Messages) -> int:
+        """The tokens of `messages`' contents through the server's tokenizer, plus a few per
+        message for the chat template's markers (the template itself stays on the server)."""
+        return sum(len(self.tokenize(str(m.get("content") or ""), add_special_tokens=False)) + 8 for m in messages)
+
+    def fit_history(self, messages: Messages, max_new_tokens: int) -> Messages:
+        """Drop the oldest turns to leave room for `max_new_tokens`, when the server gives its
+        context window and a tokenizer; otherwise the server refuses an over-long request."""
+        try:
+            budget = self.context_window - max_new_tokens
+            return fit_history(messages, budget, self.chat_tokens)
+        except NotImplementedError:
+            return messages
+
     # ------------------------------------------------------------ tokens & scoring
-    def _card(self) -> dict[str, Any]:
+    def card(self) -> dict[str, Any]:
+        """The model's entry in the server's /models list ({} when it is not listed)."""
         if getattr(self, "_model_card", None) is None:
             listed = self._request("GET", "/models").get("data") or []
             self._model_card = next((m for m in listed if m.get("id") == self.model), {})
@@ -136,7 +183,7 @@ class RemoteLLM(TokenScoring):
 
     @property
     def context_window(self) -> int:
-        n = self._card().get("max_model_len")
+        n = self.card().get("max_model_len")
         if not n:
             raise NotImplementedError(f"{self.base_url}/models does not give max_model_len: rolling scoring "
                                       "needs the server's context window")
@@ -144,7 +191,7 @@ class RemoteLLM(TokenScoring):
 
     @property
     def start_token_id(self) -> int:
-        start = self._card().get("start_token_id")
+        start = self.card().get("start_token_id")
         if start is None:
             raise NotImplementedError(f"{self.base_url} does not say which token starts an empty context: "
                                       "give every request a non-empty context")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..quant.layout import INT4_GROUP_SIZE
 from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from .catalog import StoredModel
 
 
 def _size(n: int) -> str:
@@ -43,4 +48,24 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
     rest = "embeddings and norms fp32, as `llmkit quantize` writes it"
     rows += [("weights int8", f"{_size(cfg.weight_bytes('int8'))} (fp32 scale per row; {rest})"),
              ("weights int4", f"{_size(cfg.weight_bytes('int4'))} (fp32 scale per {INT4_GROUP_SIZE} inputs; {rest})")]
+    return rows
+
+
+def size_text(n: int) -> str:
+    """Bytes for people: MiB, or GiB from a quarter GiB up."""
+    return _size(n)
+
+
+def describe_stored(stored: StoredModel) -> list[tuple[str, str]]:
+    """The rows `llmkit info` adds for a model on disk (a `catalog.StoredModel`): its format and
+    quantisation with the tensors of each stored type, its size on disk, the memory its weights
+    take once loaded, and where it came from."""
+    types = ", ".join(f"{n} {kind}" for kind, n in stored.tensor_types.items())
+    rows = [("format", f"{stored.format}, {stored.quantization}" + (f" (tensors: {types})" if types else "")),
+            ("on disk", f"{_size(stored.size_bytes)} ({stored.size_bytes:,} bytes)")]
+    if stored.loaded_bytes is not None:
+        rows.append(("in memory", f"{_size(stored.loaded_bytes)} ({stored.loaded_bytes:,} bytes): {stored.loaded_as}"))
+    else:
+        rows.append(("in memory", stored.loaded_as or "unknown"))
+    rows.append(("source", stored.source))
     return rows

@@ -22,6 +22,7 @@ import torch
 
 from .config import ModelConfig
 from .hf import CheckpointError, config_from_hf, finish_model
+from .sampling_defaults import to_gguf_meta
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -329,10 +330,11 @@ def load_gguf(path: str | os.PathLike, device: torch.device | str | None = None,
 
 # ------------------------------------------------------------------------------- writing
 def save_gguf(model: Transformer, tokenizer: Any, path: str | os.PathLike, type: str = "f32",
-              name: str | None = None) -> Path:
+              name: str | None = None, sampling: dict[str, Any] | None = None) -> Path:
     """Write `model` and `tokenizer` as GGUF v3 (atomically). `type`: f32, f16, q8_0 or q4_0 for
     the 2-D weights (norms, biases and - at q4_0 - tensors whose rows are not a multiple of the
-    32-wide block stay f32 / f16 as llama.cpp expects)."""
+    32-wide block stay f32 / f16 as llama.cpp expects). `sampling` (the model's own settings, by
+    `GenerationConfig` names) goes into llama.cpp's ``general.sampling.*`` keys."""
     import numpy as np
 
     from ..quant.weight_only import is_quantized
@@ -369,6 +371,8 @@ def save_gguf(model: Transformer, tokenizer: Any, path: str | os.PathLike, type:
         w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(name or path.stem)
         w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}[type])
+        for key, value in to_gguf_meta(sampling or {}).items():
+            (w.add_int32 if isinstance(value, int) else w.add_float32)(key, value)
         w.add_block_count(cfg.n_layers)
         w.add_context_length(cfg.max_seq_len)
         w.add_embedding_length(cfg.dim)

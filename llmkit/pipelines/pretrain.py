@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -64,6 +65,26 @@ def prepare_or_reuse_data(recipe: PretrainRecipe, run_dir: Path, info: D.DistInf
     return path
 
 
+def data_as_prepared(recipe: PretrainRecipe, data_dir: Path) -> PretrainRecipe:
+    """The recipe with its `data` section as the data in `data_dir` was actually prepared (its
+    stats.json and index.json), so that RUN/config.yaml records what the run used: with a
+    `data_dir`, the section would otherwise show defaults that played no part."""
+    from ..data.dataset import STATS_FILE, read_index
+    from ..recipe import from_dict
+
+    index = read_index(data_dir)
+    data = recipe.data
+    stats_file = data_dir / STATS_FILE
+    if stats_file.is_file():
+        try:
+            data = from_dict(DataConfig, json.loads(stats_file.read_text(encoding="utf-8"))["config"])
+        except (ValueError, KeyError, TypeError) as e:  # written by another version: keep the recipe's
+            log.warning("%s: cannot read the data recipe it was prepared with (%s)", stats_file, e)
+    # the index holds the truth where the recipe may not (a tokenizer given instead of trained)
+    data = dataclasses.replace(data, seq_len=index["seq_len"], vocab_size=index["vocab_size"])
+    return dataclasses.replace(recipe, data=data)
+
+
 def build_model(recipe: PretrainRecipe, tokenizer: Tokenizer, seq_len: int) -> Transformer:
     if recipe.model.init:
         model = load_local(recipe.model.init, purpose="model.init=")[1]
@@ -117,6 +138,7 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[A
     job = Job(recipe, resume, None, callbacks)
     with job.setting_up():
         data_dir = prepare_or_reuse_data(recipe, job.run_dir, job.info)
+        job.recipe = data_as_prepared(recipe, data_dir)  # what config.yaml records
         train_set, val_set = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
         tokenizer = Tokenizer.from_dir(data_dir / "tokenizer")
         model = build_model(recipe, tokenizer, train_set.seq_len)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..train.logger import read_metrics
 from ..utils import new_figure, save_figure, write_text_atomic
 
 
-def plot_loss(run_dir: Path, path: Path | None = None) -> Path | None:
-    """Training and validation loss against step, as a PNG."""
-    rows = read_metrics(run_dir)
+def loss_figure(rows: Sequence[Mapping[str, Any]],
+                baselines: Mapping[str, float] | None = None) -> tuple[Any, Any] | None:
+    """(figure, axes) of the training and validation loss of metrics `rows` against step, with each
+    of `baselines` ({label: loss in nats/token}) as a dashed horizontal line; None without a train loss."""
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train:
@@ -22,11 +23,21 @@ def plot_loss(run_dir: Path, path: Path | None = None) -> Path | None:
     ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
+    for (label, value), color in zip((baselines or {}).items(), ("tab:red", "tab:purple", "tab:gray", "tab:olive")):
+        ax.axhline(value, linestyle="--", linewidth=1, color=color, label=f"{label} ({value:.3f})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_figure(fig, path or Path(run_dir) / "loss.png")
+    return fig, ax
+
+
+def plot_loss(run_dir: Path, path: Path | None = None, baselines: Mapping[str, float] | None = None) -> Path | None:
+    """Training and validation loss against step, with `baselines` as horizontal lines, as a PNG."""
+    drawn = loss_figure(read_metrics(run_dir), baselines)
+    if drawn is None:
+        return None
+    return save_figure(drawn[0], path or Path(run_dir) / "loss.png")
 
 
 def _cell(name: str, value: Any) -> str:
@@ -37,13 +48,23 @@ def _cell(name: str, value: Any) -> str:
     return str(value)
 
 
+def _steps_planned(summary: dict[str, Any]) -> str | None:
+    """How the plan of steps changed under the time budget, when it did."""
+    planned, scheduled = summary.get("planned_steps"), summary.get("scheduled_steps")
+    if not summary.get("replans") or planned is None:
+        return None
+    return f"{planned:,}, re-planned to {scheduled:,} (training was slower than the time budget needed)"
+
+
 def render_report(run_dir: Path, title: str, summary: dict[str, Any], extra: Sequence[tuple[str, Any]] = (),
-                  sections: Sequence[Sequence[str]] = ()) -> str:
+                  sections: Sequence[Sequence[str]] = (), loss_baselines: Mapping[str, float] | None = None) -> str:
     """The markdown of `report.md`: a table of the run's figures (and `extra` rows), the loss
-    curve, each of `sections` (markdown lines), and the sample generations."""
-    png = plot_loss(run_dir)
+    curve (with `loss_baselines` as horizontal lines), each of `sections` (markdown lines), and
+    the sample generations."""
+    png = plot_loss(run_dir, baselines=loss_baselines)
     val = summary.get("final_val_loss")
-    rows = [("steps", summary.get("steps")), ("tokens trained", summary.get("tokens")),
+    rows = [("steps", summary.get("steps")), ("steps planned", _steps_planned(summary)),
+            ("tokens trained", summary.get("tokens")),
             ("parameters (non-embedding)", summary.get("params")),
             ("final train loss", summary.get("train_loss")), ("final validation loss", val),
             ("validation perplexity", math.exp(val) if val else None),
@@ -52,7 +73,8 @@ def render_report(run_dir: Path, title: str, summary: dict[str, Any], extra: Seq
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(k, v)} |" for k, v in rows if v is not None]
     if png is not None:
-        lines += ["", f"![loss curve]({png.name})"]
+        drawn = "; dashed: " + ", ".join(f"{k} {v:.3f}" for k, v in loss_baselines.items()) if loss_baselines else ""
+        lines += ["", f"![loss curve{drawn}]({png.name})"]
     for section in sections:
         if section:
             lines += ["", *section]
@@ -65,11 +87,11 @@ def render_report(run_dir: Path, title: str, summary: dict[str, Any], extra: Seq
 
 
 def write_report(run_dir: str | Path, title: str, summary: dict[str, Any], extra: Sequence[tuple[str, Any]] = (),
-                 sections: Sequence[Sequence[str]] = ()) -> Path:
+                 sections: Sequence[Sequence[str]] = (), loss_baselines: Mapping[str, float] | None = None) -> Path:
     """Write `RUN/report.md` (atomically) from `render_report`."""
     run_dir = Path(run_dir)
     path = run_dir / "report.md"
-    write_text_atomic(path, render_report(run_dir, title, summary, extra, sections))
+    write_text_atomic(path, render_report(run_dir, title, summary, extra, sections, loss_baselines))
     return path
 
 

@@ -3,7 +3,8 @@ loaded model.
 
     llm = llmkit.load_with_adapters("runs/base", ["sql=runs/sql/adapter"])
     server = build_server(llm, ServerSettings(name="base", adapters=["sql"], api_keys="keys.txt"))
-    banner = server.summary()                             # what `llmkit serve` prints
+    server.listen()                                       # binds the port: a taken one raises ListenError
+    banner = server.summary()                             # what `llmkit serve` prints: the API's and chat page's URLs
     server.run()                                          # until Ctrl-C
 
     serve([ServedModel("quickstart", llm)], port=8000)    # models you built yourself
@@ -11,13 +12,16 @@ loaded model.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fastapi import FastAPI
 
 from ..infer.llm import LocalLLM
+from ..models.catalog import stored_quantization
 from ..models.resolve import llmkit_home
 from .app import create_app
 from .auth import Gate, RequestLog, load_keys
@@ -29,7 +33,7 @@ from .server import ServedModel, with_adapters
 class ServerSettings:
     """How to serve a loaded model: `llmkit serve`'s flags, field for field."""
 
-    name: str | None = None  # the requests' `model` field (default: the model's own name)
+    name: str | None = None  # the requests' `model` field (default: the model's own name, as `llmkit chat` shows it)
     adapters: Sequence[str] = ()  # adapters loaded on the model, each also served as NAME:ADAPTER
     host: str = "127.0.0.1"
     port: int = 8000
@@ -47,38 +51,119 @@ class ServerSettings:
     price_prompt: float = 0.0  # USD per million prompt tokens, for the log's cost column
     price_completion: float = 0.0
     log_level: str = "warning"  # uvicorn's
+    model: str | os.PathLike | None = None  # what --model named: /v1/models reports its file's quantisation
 
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
                 "max_queue": self.max_queue}
 
 
+class ListenError(ValueError):
+    """The server cannot listen where its settings say: the port is taken, needs root, or the host
+    is not an address of this machine. The message is one line that names the fix."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port`, for `BuiltServer` (or uvicorn) to serve on. Binding
+    first, before anything announces the server, turns a taken port into one `ListenError` line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # as uvicorn does: a restart may take over a port whose old connections are still closing
+    # (TIME_WAIT); a port another server listens on is still refused
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog; listening now holds the port until the app starts
+    except OSError as e:
+        sock.close()
+        raise ListenError(_listen_problem(host, port, e)) from None
+    return sock
+
+
+def _listen_problem(host: str, port: int, error: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host or '0.0.0.0'}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return (f"{where} is already in use (another server listens there, perhaps an earlier `llmkit serve`): "
+                f"stop it or choose another port, e.g. --port {_free_port(host, port)}")
+    if error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need root): choose another port, e.g. --port 8000"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return (f"--host {host} is not an address of this machine ({error.strerror}): use 127.0.0.1 (this machine "
+                "only) or 0.0.0.0 (every network interface)")
+    return f"cannot listen on {where}: {error.strerror or error}"
+
+
+def _free_port(host: str, taken: int) -> int:
+    """A port near `taken` that is free on `host` now, to suggest; the system's choice if none is."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in [p for p in range(taken + 1, taken + 21) if p < 65536] + [0]:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    return taken + 1
+
+
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # -> the loopback address a browser opens
+
+
+def url_host(host: str) -> str:
+    """`host` as a browser on this machine reaches it: a wildcard address ("every interface") is
+    not one a browser may open, so it becomes loopback; IPv6 addresses go in brackets."""
+    host = _WILDCARDS.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass
 class BuiltServer:
-    """A server ready to listen: its app, the models it offers, the keys it knows and its log."""
+    """A server ready to listen: its app, the models it offers, the keys it knows and its log;
+    `sock` once bound (`listen`, or `bind`'s socket passed to `build_server`)."""
 
     settings: ServerSettings
     app: FastAPI
     models: list[ServedModel]
     keys: int = 0
     request_log: RequestLog | None = None
+    sock: socket.socket | None = None
+
+    def listen(self) -> str:
+        """Bind the settings' host and port now (a taken port raises `ListenError`) and return the
+        server's URL; `run` then serves on this socket."""
+        if self.sock is None:
+            self.sock = bind(self.settings.host, self.settings.port)
+        return self.url
+
+    @property
+    def url(self) -> str:
+        """The server's root URL, where the chat page is; the API is under /v1. Port 0 (the system
+        chooses) is known once bound."""
+        port = self.sock.getsockname()[1] if self.sock is not None else self.settings.port
+        return f"http://{url_host(self.settings.host)}:{port}"
 
     def summary(self) -> str:
         s, first = self.settings, self.models[0]
         weights = f", {first.quantization} weights" if first.quantization else ""
+        wildcard = f" (listening on {s.host or '0.0.0.0'}: every network interface)" if s.host in _WILDCARDS else ""
         return (f"serving {', '.join(m.name for m in self.models)} ({first.llm.model.num_parameters():,} parameters, "
-                f"{first.llm.device}{weights}) at http://{s.host}:{s.port}/v1 — KV cache "
+                f"{first.llm.device}{weights}) at {self.url}/v1{wildcard} — KV cache "
                 f"{first.engine.pool.capacity_tokens} tokens, batch up to {s.max_batch}\n"
                 f"API keys: {self.keys or 'none required'}; request log: "
-                f"{self.request_log.path if self.request_log else 'off'}")
+                f"{self.request_log.path if self.request_log else 'off'}\n"
+                f"chat in your browser: {self.url}/")
 
     def run(self) -> None:
-        """Listen until interrupted."""
-        _run(self.app, self.settings.host, self.settings.port, self.settings.log_level)
+        """Listen until interrupted (binding first if `listen` was not called)."""
+        self.listen()
+        _run(self.app, self.sock, self.settings.log_level)
 
 
-def build_server(llm: Any, settings: ServerSettings | None = None) -> BuiltServer:
-    """The server `settings` describe around `llm`, a `LocalLLM` (with its adapters loaded)."""
+def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.socket | None = None) -> BuiltServer:
+    """The server `settings` describe around `llm`, a `LocalLLM` (with its adapters loaded); `sock`
+    is the settings' host and port already bound (`bind`), as `llmkit serve` does before it loads
+    the model."""
     settings = settings or ServerSettings()
     if not isinstance(llm, LocalLLM):
         raise ValueError(f"{llm!r} is a remote server: llmkit serve needs a local model")
@@ -86,6 +171,9 @@ def build_server(llm: Any, settings: ServerSettings | None = None) -> BuiltServe
     options = settings.engine_options()
     models = with_adapters(name, llm, list(settings.adapters), **options) if settings.adapters \
         else [ServedModel(name, llm, engine_options=options)]
+    stored = stored_quantization(settings.model)  # a GGUF's Q4_1, which its dequantised weights no longer show
+    for m in models:
+        m.quantization = m.quantization or stored
     keys = load_keys(settings.api_keys) if settings.api_keys else []
     gate = Gate(keys, requests_per_minute=settings.rate_limit, tokens_per_day=settings.token_budget)
     request_log = None
@@ -93,17 +181,24 @@ def build_server(llm: Any, settings: ServerSettings | None = None) -> BuiltServe
         request_log = RequestLog(settings.request_log or llmkit_home() / "requests.sqlite", settings.price_prompt,
                                  settings.price_completion, log_text=settings.log_prompts)
     app = create_app(models, settings.max_body_bytes, gate=gate, request_log=request_log)
-    return BuiltServer(settings, app, models, len(keys), request_log)
+    return BuiltServer(settings, app, models, len(keys), request_log, sock)
 
 
 def serve(models: ServedModel | list[ServedModel], host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info", **app_options: Any) -> None:
     """Serve `models` (a `ServedModel` or a list of them) until interrupted; `app_options` go to
-    `create_app`."""
-    _run(create_app(models, **app_options), host, port, log_level)
+    `create_app`. A taken port raises `ListenError`."""
+    sock = bind(host, port)
+    _run(create_app(models, **app_options), sock, log_level)
 
 
-def _run(app: FastAPI, host: str, port: int, log_level: str) -> None:
+def _run(app: FastAPI, sock: socket.socket, log_level: str) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on; it is how a server stops
+        pass
+    finally:
+        sock.close()

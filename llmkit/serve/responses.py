@@ -47,10 +47,12 @@ def finish_reason(reason: str | None) -> str | None:
 
 def model_card(served: Any) -> dict[str, Any]:
     """A `ServedModel` in /v1/models; max_model_len as vLLM gives it, start_token_id (what an
-    empty context starts from) and quantization are ours."""
+    empty context starts from), quantization and generation_defaults (the model's own sampling
+    settings, which fill what a request leaves out) are ours."""
     return {"id": served.name, "object": "model", "created": served.created, "owned_by": "llmkit",
             "max_model_len": served.llm.config.context_window, "start_token_id": served.llm.start_token_id,
-            "quantization": served.quantization}
+            "quantization": served.quantization,
+            "generation_defaults": dict(getattr(served.llm, "generation_defaults", {}))}
 
 
 # ----------------------------------------------------------------------------- chat

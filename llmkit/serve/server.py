@@ -25,6 +25,8 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 MAX_STOP = 16
+# request fields that, when left out, take the served model's own setting, then GenerationConfig's
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 @dataclass
@@ -124,6 +126,8 @@ class Server:
             raise APIError(400, "logit_bias is not supported by llmkit serve", param="logit_bias",
                            code="unsupported_field")
         ctx = served.llm.config.context_window
+        own = getattr(served.llm, "generation_defaults", {})  # the model's settings fill what the request leaves out
+        default_max = own.get("max_new_tokens") or default_max
         if max_tokens is None:
             max_tokens = min(default_max, ctx - prompt_len) if default_max else ctx - prompt_len
         if prompt_len + max_tokens > ctx:
@@ -134,10 +138,10 @@ class Server:
         if len(stop) > MAX_STOP:
             raise APIError(400, f"stop has {len(stop)} strings; at most {MAX_STOP} are allowed", param="stop")
         try:
+            sampling = {k: v for k, v in own.items() if k in _SAMPLING}
+            sampling.update({k: getattr(req, k) for k in _SAMPLING if getattr(req, k) is not None})
             return GenerationConfig(
-                max_new_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0,
-                repetition_penalty=req.repetition_penalty or 1.0, presence_penalty=req.presence_penalty,
+                max_new_tokens=max_tokens, **sampling, presence_penalty=req.presence_penalty,
                 frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed, logprobs=logprobs,
                 top_logprobs=top_logprobs, ignore_eos=req.ignore_eos)
         except GenerationConfigError as e:

@@ -4,8 +4,9 @@ resume, distributed wrapping (DDP / FSDP2), metrics."""
 from .checkpoint import CheckpointMismatchError, latest_checkpoint
 from .config import TrainConfig
 from .objectives import IGNORE_INDEX, CausalLM, Objective
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer
+from .schedule import Schedule, lr_at
 from .trainer import Trainer
 
-__all__ = ["CausalLM", "CheckpointMismatchError", "IGNORE_INDEX", "Objective", "TrainConfig", "Trainer",
+__all__ = ["CausalLM", "CheckpointMismatchError", "IGNORE_INDEX", "Objective", "Schedule", "TrainConfig", "Trainer",
            "build_optimizer", "latest_checkpoint", "lr_at"]

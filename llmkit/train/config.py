@@ -32,6 +32,7 @@ class TrainConfig:
     save_every: int = 100  # 0 = only at the end
     keep_last: int = 2  # checkpoints kept
     time_budget_s: float | None = None  # stop early (and cleanly) when this much time has passed
+    replan: bool = True  # with a time budget: fewer steps when training is too slow, so the schedule ends in time
     early_stopping: int = 0  # stop after this many evaluations without a better validation loss (0 = off)
     restore_best: bool = True  # with early stopping: end with the weights of the best validation loss
     device: str | None = None  # default: CUDA if present, else CPU
@@ -42,6 +43,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be at least 1")
         if self.lr <= 0:
             raise ValueError(f"train.lr={self.lr} must be positive")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"train.time_budget_s={self.time_budget_s} must be positive (or null: no budget)")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"train.schedule={self.schedule!r} is not supported: use cosine, linear or constant")
         if self.distributed not in ("ddp", "fsdp"):

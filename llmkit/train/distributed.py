@@ -91,6 +91,16 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest of every rank's `value`: decisions on time (out of budget, re-plan) must be
+    the same on all ranks, or one would wait forever for a step the others never take."""
+    if dist.is_available() and dist.is_initialized():
+        x = torch.tensor(float(value), device=device, dtype=torch.float64)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        return float(x.item())
+    return value
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

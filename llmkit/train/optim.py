@@ -1,9 +1,6 @@
-"""AdamW with the usual parameter groups, and learning-rate schedules as pure functions of the
-step (so that a resumed run gets exactly the same learning rates)."""
+"""AdamW with the usual parameter groups (the learning-rate schedules are in `schedule`)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -34,21 +31,3 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, beta
                 and not hasattr(p, "_local_tensor") for p in params)
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
                              fused=fused or None)
-
-
-def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine",
-          min_lr_ratio: float = 0.1) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup from lr/warmup to lr,
-    then cosine or linear decay to lr·min_lr_ratio at the last step ("constant" keeps lr)."""
-    if warmup_steps and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    min_lr = lr * min_lr_ratio
-    if schedule == "cosine":
-        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return lr - (lr - min_lr) * progress
-    raise ValueError(f"schedule={schedule!r} is not supported: use cosine, linear or constant")

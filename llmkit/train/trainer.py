@@ -1,6 +1,10 @@
 """The one training loop. Everything a run needs is written once here: gradient accumulation,
 clipping, schedules, precision, distributed wrapping, validation, sample generations, progress,
 metrics, checkpoints and exact resume. What is minimised comes from the `Objective`.
+
+With a time budget (`train.time_budget_s`) the loop watches its own speed: when the steps left
+will not fit in the time left, it re-plans to fewer steps (`Schedule.replan`), so that the
+learning-rate schedule still ends at its last step instead of being cut off near its peak.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -21,10 +25,14 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .logger import MetricsLogger
 from .objectives import Objective
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer
 from .precision import autocast, choose_precision, matmul_flops
+from .schedule import Schedule
 
 log = logging.getLogger(__name__)
+
+REPLAN_MARGIN = 0.9  # a re-plan keeps 10% of the time in hand, so that small swings of speed do not re-plan again
+REPLAN_AFTER = 6  # steps run before the first re-plan: the first warms up, and one slow step must not decide alone
 
 
 class Callback(Protocol):
@@ -34,16 +42,24 @@ class Callback(Protocol):
 
     def on_checkpoint(self, trainer: "Trainer", step: int, path: Path) -> None: ...
 
+    def on_replan(self, trainer: "Trainer", event: dict[str, Any]) -> None:
+        """The time budget shortened the run: `event` holds step, from_steps, to_steps,
+        tokens_per_s (measured), needed_tokens_per_s (what the old plan needed) and seconds_left."""
+
 
 class Trainer:
     """Train `model` on batches from `train_loader` (an iterator with ``state_dict()`` /
-    ``load_state_dict()``), scoring `val_data` (a sequence of token arrays) now and then."""
+    ``load_state_dict()``), scoring `val_data` (a sequence of token arrays) now and then.
+    `clock` (seconds, default `time.perf_counter`) times the steps and the budget; tests pass a fake one."""
 
     def __init__(self, model: nn.Module, objective: Objective, train_loader: Any, config: TrainConfig,
                  run_dir: str | os.PathLike, val_data: Any = None, tokenizer: Any = None,
                  compat: dict[str, Any] | None = None, flops_per_token: float | None = None,
-                 info: D.DistInfo | None = None, callbacks: Sequence[Any] = ()):
+                 info: D.DistInfo | None = None, callbacks: Sequence[Any] = (),
+                 clock: Callable[[], float] = time.perf_counter):
         self.config, self.objective, self.loader = config, objective, train_loader
+        self.clock = clock
+        self.schedule = Schedule.from_config(config)
         self.run_dir = Path(run_dir)
         self.val_data, self.tokenizer = val_data, tokenizer
         self.info = info or D.init_distributed(config.device)
@@ -75,11 +91,13 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.compat)
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen = state["step"], state["tokens"]
-        log.info("resumed from %s (step %d)", path, self.step)
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        log.info("resumed from %s (step %d of %d)", path, self.step, self.schedule.total)
         return self.step
 
     def _checkpoint(self) -> None:
-        state = {"tokens": self.tokens_seen, "loader": self.loader.state_dict(), "compat": self.compat}
+        state = {"tokens": self.tokens_seen, "loader": self.loader.state_dict(), "compat": self.compat,
+                 "schedule": self.schedule.state_dict()}
         path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state, self.config.keep_last)
         self._tell("on_checkpoint", self.step, path)
 
@@ -91,24 +109,28 @@ class Trainer:
 
     # ------------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        cfg, info = self.config, self.info
+        cfg, info, clock, schedule = self.config, self.info, self.clock, self.schedule
         torch.manual_seed(cfg.seed + info.rank)
         start = self.resume() if resume else 0
         logger = MetricsLogger(self.run_dir, enabled=info.is_main, resume_step=start if resume else None)
         peak = matmul_flops(self.device.type, torch.float32) * max(1, info.world_size)
-        bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main or None, dynamic_ncols=True,
+        bar = tqdm(total=schedule.total, initial=start, disable=not info.is_main or None, dynamic_ncols=True,
                    desc="train")
-        t0 = time.perf_counter()
+        t0 = clock()
         window_t, window_tokens = t0, 0
+        step_times: list[float] = []  # seconds of each optimizer step of this session
+        pauses = 0.0  # seconds of this session's evaluations, samples and checkpoints
         last: dict[str, Any] = {}
         stopped_early = False
         try:
-            while self.step < cfg.steps:
+            while self.step < schedule.total:
+                began = clock()
                 metrics = self._train_step()
                 self.step += 1
                 window_tokens += metrics["tokens"]
                 self.tokens_seen += metrics["tokens"]
-                now = time.perf_counter()
+                now = clock()
+                step_times.append(now - began)
                 tok_s = window_tokens / max(now - window_t, 1e-9)
                 window_t, window_tokens = now, 0
                 mfu = (self.flops_per_token * tok_s / peak) if self.flops_per_token else None
@@ -117,14 +139,15 @@ class Trainer:
                 if mfu is not None:
                     last["mfu"] = mfu
                 last.update(metrics["extra"])
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == schedule.total:
                     logger.log(self.step, **last)
                 self.history.append({"step": self.step, **last})
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{tok_s:.0f}",
                                 **({"mfu": f"{mfu:.0%}"} if mfu is not None else {}))
-                out_of_time = cfg.time_budget_s is not None and now - t0 >= cfg.time_budget_s
-                final = self.step == cfg.steps or out_of_time
+                out_of_time = cfg.time_budget_s is not None and self._slowest(now - t0) >= cfg.time_budget_s
+                final = self.step == schedule.total or out_of_time
+                paused = clock()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and not final:
                     if self._early_stop(self._evaluate(logger)):
                         stopped_early = True
@@ -135,11 +158,19 @@ class Trainer:
                     self._samples(logger)
                 if cfg.save_every and self.step % cfg.save_every == 0 and not final:
                     self._checkpoint()
+                pauses += clock() - paused
                 self._tell("on_step", self.step, last)
                 if out_of_time:
-                    stopped_early = True
-                    log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, self.step)
+                    stopped_early = self.step < schedule.total
+                    if stopped_early and info.is_main:
+                        log.warning("the time budget of %.0f s ran out at step %d of %d, before the learning-rate "
+                                    "schedule ended", cfg.time_budget_s, self.step, schedule.total)
                     break
+                if cfg.time_budget_s is not None and cfg.replan and self.step < schedule.total:
+                    seconds_left = cfg.time_budget_s - self._slowest(clock() - t0)
+                    if self._replan_if_late(seconds_left, step_times, pauses, metrics["tokens"]):
+                        bar.total = schedule.total
+                        bar.refresh()
             val = self._evaluate(logger)
             if self._best is not None and cfg.restore_best and (val is None or val > self._best[0]):
                 self._restore(self._best[1])
@@ -151,14 +182,60 @@ class Trainer:
             bar.close()
             logger.close()
         return {"steps": self.step, "tokens": self.tokens_seen, "train_loss": last.get("loss"),
-                "final_val_loss": val, "samples": samples, "elapsed_s": time.perf_counter() - t0,
+                "final_val_loss": val, "samples": samples, "elapsed_s": clock() - t0,
                 "stopped_early": stopped_early, "precision": self.precision,
-                "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu")}
+                "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
+                "planned_steps": schedule.steps, "scheduled_steps": schedule.total,
+                "replans": [list(r) for r in schedule.replans], "final_lr": last.get("lr")}
+
+    def _slowest(self, seconds: float) -> float:
+        """This rank's `seconds`, or the most of any rank's under torchrun (so that all decide alike)."""
+        return D.all_reduce_max(seconds, self.device) if self.info.enabled else seconds
+
+    def _replan_if_late(self, seconds_left: float, step_times: list[float], pauses: float,
+                        tokens_per_step: int) -> bool:
+        """Re-plan to fewer steps when the steps left will not fit in `seconds_left` at the speed
+        measured so far; True when it did. The speed is that of the recent steps (a quarter of
+        those timed, at least 5), so that a machine that became busier is noticed soon, plus this
+        session's evaluations and checkpoints spread over its steps. Under torchrun the slowest
+        rank's speed decides, on every rank alike."""
+        cfg, schedule = self.config, self.schedule
+        timed = step_times[1:]  # the first step warms up (allocations, kernel choice)
+        if len(timed) < REPLAN_AFTER - 1 or seconds_left <= 0:  # the same on every rank: they agree to skip
+            return False
+        recent = timed[-max(5, len(timed) // 4):]
+        step_s = sum(recent) / len(recent)
+        done = len(step_times)
+        if pauses > 0:
+            per_step = step_s + pauses / done
+        elif cfg.eval_every and self.val_data is not None:
+            # no evaluation timed yet: a forward pass costs about a third of a training step
+            per_step = step_s + step_s * cfg.eval_batches / (3 * cfg.grad_accum) / cfg.eval_every
+        else:
+            per_step = step_s
+        per_step = self._slowest(per_step)
+        left = schedule.total - self.step
+        fit = int(seconds_left // per_step) if per_step > 0 else left  # steps that fit in the time left
+        if fit >= left:
+            return False
+        new_total = self.step + max(1, int(fit * REPLAN_MARGIN))
+        if new_total >= schedule.total:
+            return False
+        event = {"step": self.step, "from_steps": schedule.total, "to_steps": new_total,
+                 "tokens_per_s": tokens_per_step / per_step,
+                 "needed_tokens_per_s": left * tokens_per_step / seconds_left,
+                 "seconds_left": seconds_left}
+        schedule.replan(self.step, new_total)
+        if self.info.is_main:
+            log.warning("training is slower than planned (%.0f tok/s measured, %.0f needed for %d more steps in "
+                        "%.0f s): re-planned to %d steps so that the learning-rate schedule ends in time",
+                        event["tokens_per_s"], event["needed_tokens_per_s"], left, seconds_left, new_total)
+        self._tell("on_replan", event)
+        return True
 
     def _train_step(self) -> dict[str, Any]:
         cfg = self.config
-        lr = lr_at(self.step, lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-                   schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio)
+        lr = self.schedule.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -272,9 +349,11 @@ class Trainer:
         llm = LocalLLM(model, self.tokenizer)
         out = []
         with torch.no_grad():
-            for prompt in cfg.sample_prompts:
+            for i, prompt in enumerate(cfg.sample_prompts):
+                # a seed per prompt: with one seed for all, a model that has not yet learned to use
+                # its context draws the same tokens after every prompt
                 text = llm.generate(prompt, max_new_tokens=cfg.sample_tokens, temperature=0.8, top_p=0.95,
-                                    seed=cfg.seed, truncate_prompt=True)
+                                    seed=cfg.seed + i, truncate_prompt=True)
                 out.append({"prompt": prompt, "text": text})
                 logger.text(self.step, f"sample/{prompt[:20]}", prompt + text)
         model.train()

@@ -193,7 +193,7 @@ def test_resolver_finds_run_dirs_and_cache(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
     shutil.copytree(tiny_dir, tmp_path / "home" / "models" / "me--tiny")
     assert llmkit.resolve_model("me/tiny") == tmp_path / "home" / "models" / "me--tiny"
-    with pytest.raises(ModelNotFoundError, match="Cached models: me/tiny.*llmkit pull nobody/nothing"):
+    with pytest.raises(ModelNotFoundError, match="'nobody/nothing' is neither a directory here nor in the model cache.*llmkit pull nobody/nothing"):
         llmkit.load("nobody/nothing")
 
 

@@ -1,6 +1,8 @@
 """The chat page at `/` in a real browser (headless Chromium driven by Playwright): it lists the
-models, streams a reply into the page token by token, sends the sampling settings, and works with
-an API key. The browser is Debian's `chromium` (`.ci/run` installs it); about 6 s."""
+models, streams a reply into the page token by token, sends the sampling settings, works with an
+API key, renders the reply's Markdown without ever running what the model wrote, clears the last
+reply's status when a new one starts, and shows the key field's hint whole. The browser is Debian's
+`chromium` (`.ci/run` installs it); about 9 s."""
 
 from __future__ import annotations
 
@@ -101,4 +103,172 @@ def test_the_page_works_with_a_key(browser, keyed, served_llm):
     want = served_llm.chat([{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0)
     reply = page.locator(".assistant").last.inner_text()
     assert want.strip() and reply.strip() == want.strip()  # the keyed request reached the model and came back
+    page.close()
+
+
+class Script:
+    """The replies a stand-in API gives, in order: text (streamed in 5-character deltas, 15 ms
+    apart, then the finish and the usage chunks), or ("error", message) for a 400. `hold` keeps the
+    next reply back until released, so a test can look at the page while a request is in flight."""
+
+    def __init__(self):
+        import threading
+
+        self.replies: list = []
+        self.hold = threading.Event()
+        self.hold.set()
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """The chat page over a stand-in API whose replies the test writes (`Script`)."""
+    import asyncio
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from llmkit.serve import pages
+
+    script = Script()
+    app = FastAPI()
+    app.include_router(pages.router)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        await asyncio.to_thread(script.hold.wait)
+        reply = script.replies.pop(0)
+        if isinstance(reply, tuple):
+            return JSONResponse({"error": {"message": reply[1], "type": "invalid_request_error"}}, status_code=400)
+
+        async def events():
+            for i in range(0, len(reply), 5):
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': reply[i:i + 5]}}]})}\n\n"
+                await asyncio.sleep(0.015)
+            yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
+            usage = {"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with Running(app) as running:
+        running.script = script
+        yield running
+
+
+MARKDOWN_REPLY = """Here is **the sum** of *two* numbers:
+
+```python
+def add(a, b):
+    return a + b
+```
+
+- one
+- two
+
+3. third
+4. fourth
+
+Call `add(1, 2)`; see [the docs](https://example.com/add) or [this](javascript:window.pwned=3).
+
+<img src=x onerror="window.pwned=1"> and <script>window.pwned=2</script>"""
+
+
+def ask(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.click("#send")
+
+
+def test_the_page_renders_markdown_safely_as_it_streams(browser, scripted):
+    scripted.script.replies[:] = [MARKDOWN_REPLY]
+    page = browser.new_page()
+    states = []
+    page.goto(scripted.url + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    # each state of the reply bubble as deltas arrive: (has a <pre>, has a list item, its text)
+    page.expose_function("seen", lambda state: states.append(tuple(state)))
+    page.evaluate("""() => new MutationObserver(() => {
+        const b = document.querySelector('.assistant');
+        if (b) window.seen([!!b.querySelector('pre'), !!b.querySelector('li'), b.textContent]);
+    }).observe(document.querySelector('#log'), {subtree: true, childList: true, characterData: true})""")
+    ask(page, "add two numbers")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('finished')")
+    page.wait_for_timeout(200)  # time for an injected onerror or script to run, were either ever parsed
+    bubble = page.locator(".assistant")
+    assert bubble.locator("pre > code").count() == 1
+    assert bubble.locator("pre > code").text_content() == "def add(a, b):\n    return a + b"
+    assert bubble.locator("pre > code").get_attribute("class") == "language-python"
+    assert bubble.locator("ul > li").all_text_contents() == ["one", "two"]
+    assert bubble.locator("ol > li").all_text_contents() == ["third", "fourth"]
+    assert bubble.locator("ol").get_attribute("start") == "3"
+    assert bubble.locator("strong").all_text_contents() == ["the sum"]
+    assert bubble.locator("em").all_text_contents() == ["two"]
+    assert bubble.locator("p > code").all_text_contents() == ["add(1, 2)"]
+    # the http(s) link is a link; the javascript: one stays text
+    assert [(a.text_content(), a.get_attribute("href")) for a in bubble.locator("a").all()] == [
+        ("the docs", "https://example.com/add")]
+    assert "[this](javascript:window.pwned=3)" in bubble.text_content()
+    # the injection attempt is text on the page, not elements, and nothing of it ran
+    assert bubble.locator("img, script").count() == 0
+    assert '<img src=x onerror="window.pwned=1"> and <script>window.pwned=2</script>' in bubble.inner_text()
+    assert page.evaluate("window.pwned") is None
+    # it streamed: the code block was a block before the reply was whole, then the list came
+    assert (True, False) in {s[:2] for s in states} and len({s[2] for s in states}) >= 10
+    page.close()
+
+
+def test_a_new_reply_clears_the_last_ones_status(browser, scripted):
+    script = scripted.script
+    script.replies[:] = [("error", "the model is resting"), "Fine, thanks.", "Again."]
+    page = browser.new_page()
+    page.goto(scripted.url + "/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+
+    def status():
+        return page.text_content("#status")
+
+    ask(page, "how are you?")
+    page.wait_for_selector(".error")
+    assert page.text_content(".error") == "the model is resting" and status() == "failed"
+
+    script.hold.clear()  # the next reply waits: the page shows this request's status, not the error's
+    try:
+        ask(page, "and now?")
+        page.wait_for_function("document.querySelectorAll('.user').length === 2")
+        assert status() == "generating…"
+    finally:
+        script.hold.set()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('tokens')")
+    assert status() == "finished: stop · 7 prompt + 11 completion tokens"
+    assert page.locator(".assistant").last.inner_text() == "Fine, thanks."
+
+    script.hold.clear()  # and the next one drops these token counts
+    try:
+        ask(page, "once more")
+        page.wait_for_function("document.querySelectorAll('.user').length === 3")
+        assert status() == "generating…"
+    finally:
+        script.hold.set()
+    page.wait_for_function("document.querySelector('#status').textContent.includes('tokens')")
+    assert page.locator(".assistant").last.inner_text() == "Again."
+    page.close()
+
+
+def test_the_key_placeholder_fits_its_input(browser, scripted):
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(scripted.url + "/")
+    # a placeholder overflows without changing scrollWidth, so measure its text in the input's font
+    text, room = page.evaluate("""() => {
+        const k = document.querySelector('#key'), style = getComputedStyle(k);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = style.font;
+        return [ctx.measureText(k.placeholder).width,
+                k.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)];
+    }""")
+    assert 0 < text <= room
     page.close()

@@ -1,11 +1,15 @@
 """`llmkit serve` as a user starts it: the process listens, answers the OpenAI client under the
-model's directory name, and stops cleanly on Ctrl-C."""
+name `llmkit chat` calls the model by, says where its chat page is, refuses a taken port in one
+line before announcing anything, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -94,6 +98,69 @@ def test_llmkit_serve_answers_with_the_real_smollm2(smollm2):
             model="smollm2-135m-instruct", temperature=0, max_tokens=20, stream=True,
             messages=[{"role": "user", "content": "What is the capital of Japan?"}]) if c.choices)
         assert "Tokyo" in streamed
+
+
+def test_a_taken_port_is_one_line_before_anything_is_announced(tiny_dirs, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "llmkit", "serve", "--model", str(tiny_dirs["tiny-llama"]),
+                            "--port", str(port)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "LLMKIT_HOME": str(tmp_path)})
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.startswith(f"llmkit serve: error: 127.0.0.1:{port} is already in use") and "serving" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr  # one line
+    suggested = int(re.search(r"--port (\d+)$", r.stderr.strip()).group(1))
+    with socket.socket() as s:  # the port it suggests is one a server could take now
+        s.bind(("127.0.0.1", suggested))
+    assert suggested != port
+
+
+@contextlib.contextmanager
+def chatting(model: str, env: dict[str, str], wait_s: float = 120):
+    """`llmkit chat --model MODEL` on a pseudo-terminal (on a pipe it greets no one): yields a
+    function that returns what it said up to its first prompt; killed afterwards."""
+    import pty
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "chat", "--model", model, "--device", "cpu"],
+                            stdin=child, stdout=child, stderr=child, env={**os.environ, "TERM": "dumb", **env})
+    os.close(child)
+
+    def greeting() -> str:
+        out, deadline = b"", time.time() + wait_s
+        while b"chatting with" not in out or not out.endswith((b"> ", b"\n")):
+            assert time.time() < deadline and proc.poll() is None, out.decode(errors="replace")
+            if select.select([main], [], [], 0.5)[0]:
+                out += os.read(main, 4096)
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.decode(errors="replace"))
+
+    try:
+        yield greeting
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        os.close(main)
+
+
+def test_serve_and_chat_call_a_cached_model_by_one_name(tiny_dirs, tmp_path):
+    """A model in the cache under a hub id is `org--name` in chat, in the startup line and in
+    /v1/models; the startup lines name the chat page's URL, and the page is there."""
+    shutil.copytree(tiny_dirs["tiny-llama"], tmp_path / "models" / "someorg--tiny-chat")
+    env = {"OMP_NUM_THREADS": "1", "LLMKIT_HOME": str(tmp_path)}
+    # chat starts alongside the server: the two load at once
+    with chatting("someorg/tiny-chat", env) as greeting, \
+            serving(["--model", "someorg/tiny-chat", "--no-request-log"], env) as (port, proc):
+        models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5).read())
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        chat_says = greeting()
+    lines = proc.stderr.read().splitlines()
+    assert "chatting with someorg--tiny-chat " in chat_says
+    assert [m["id"] for m in models["data"]] == ["someorg--tiny-chat"]
+    assert lines[0].startswith("serving someorg--tiny-chat (") and f"http://127.0.0.1:{port}/v1" in lines[0]
+    assert f"chat in your browser: http://127.0.0.1:{port}/" in lines
+    assert "<title>llmkit chat</title>" in page
 
 
 def test_serve_help():

@@ -13,8 +13,8 @@ from llmkit.train import CausalLM, TrainConfig, Trainer, lr_at
 class ToyLoader:
     """Deterministic batches with the loader interface (next, state_dict, load_state_dict)."""
 
-    def __init__(self, batch: int = 4):
-        self.data = np.random.default_rng(0).integers(0, 2048, (64, 33))
+    def __init__(self, batch: int = 4, seq_len: int = 32):
+        self.data = np.random.default_rng(0).integers(0, 2048, (64, seq_len + 1))
         self.batch, self.pos = batch, 0
 
     def __next__(self):
@@ -80,8 +80,10 @@ def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
 def test_schedule_shape():
     kw = dict(lr=1.0, total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
-    assert lr_at(99, **kw, schedule="cosine") == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 89 / 90)))
-    assert lr_at(55, **kw, schedule="linear") == pytest.approx(1.0 - 0.9 * 45 / 90)
+    # the decay spans steps 10..99, so that the last step (99) gets lr·min_lr_ratio
+    assert lr_at(50, **kw, schedule="cosine") == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 40 / 89)))
+    assert lr_at(99, **kw, schedule="cosine") == pytest.approx(0.1)
+    assert lr_at(55, **kw, schedule="linear") == pytest.approx(1.0 - 0.9 * 45 / 89)
     assert lr_at(50, **kw, schedule="constant") == 1.0
 
 

@@ -1,0 +1,336 @@
+"""`llmkit chat`: a conversation in the terminal that behaves like Ollama's and llama.cpp's.
+
+Ctrl-C stops the reply (the part already shown stays in the conversation, marked as cut);
+Ctrl-C at an empty prompt says how to leave; Ctrl-D or /exit leaves. Lines are edited with
+readline, with a history kept in the llmkit home across sessions. Slash commands never reach
+the model. With stdin piped, each line is one message and only the replies are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .commands import generation_config, load_llm
+
+MULTILINE = '"""'
+HELP = f"""commands:
+  /help                 this list
+  /reset                forget the conversation (keeps the system message)
+  /system TEXT          set the system message (and start over)
+  /set OPTION VALUE     sampling: temperature, top_p, top_k, min_p, repetition_penalty,
+                        presence_penalty, frequency_penalty, max_new_tokens, seed
+  /set                  show the current settings
+  /save FILE            write the conversation as one {{"messages": [...]}} JSONL row (what finetune reads)
+  /load FILE            continue a conversation saved with /save
+  /stats                tokens and speed of the last reply, and how much of the context is used
+  /exit                 leave (also Ctrl-D, /quit, /bye)
+input:
+  {MULTILINE} starts a message of several lines, {MULTILINE} on its own ends it; a line ending in \\ continues
+  Ctrl-C stops a reply; //text sends a message that starts with /text"""
+SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "repetition_penalty": float,
+            "presence_penalty": float, "frequency_penalty": float, "max_new_tokens": int, "seed": int}
+
+
+class Style:
+    """ANSI styles when writing to a terminal that wants them (not piped, no NO_COLOR)."""
+
+    def __init__(self, stream) -> None:
+        self.on = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+    def _wrap(self, code: str, text: str, prompt: bool = False) -> str:
+        if not self.on:
+            return text
+        # readline counts a prompt's width: \001 and \002 tell it the escapes take no columns
+        start, end = (f"\001\033[{code}m\002", "\001\033[0m\002") if prompt else (f"\033[{code}m", "\033[0m")
+        return f"{start}{text}{end}"
+
+    def prompt(self, text: str) -> str:
+        return self._wrap("1;32", text, prompt=True)
+
+    def reply_start(self) -> str:
+        return "\033[36m" if self.on else ""
+
+    def reply_end(self) -> str:
+        return "\033[0m" if self.on else ""
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+
+def history_file() -> Path:
+    from ..models.resolve import llmkit_home
+
+    return llmkit_home() / "chat_history"
+
+
+def _readline(enabled: bool) -> Callable[[], None]:
+    """Turn on line editing and the persistent history; returns what saves the history."""
+    if not enabled:
+        return lambda: None
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input() still works
+        return lambda: None
+    path = history_file()
+    try:
+        readline.read_history_file(path)
+    except (FileNotFoundError, OSError):
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    return save
+
+
+def save_conversation(messages: list[dict[str, Any]], path: str) -> Path:
+    from ..utils import atomic_path
+
+    out = Path(path).expanduser()
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"messages": messages}, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def load_conversation(path: str) -> list[dict[str, Any]]:
+    """The messages of the first row of a JSONL file in the ``{"messages": [...]}`` format."""
+    from ..data.jsonl import BadRow, iter_jsonl
+
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file: {source}")
+    for row in iter_jsonl(source):
+        if isinstance(row, BadRow):
+            raise ValueError(f"{source} line {row.line}: {row.reason}")
+        n, obj = row
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError(f"{source} line {n}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}} "
+                             "(what /save writes)")
+        return messages
+    raise ValueError(f"{source} holds no conversation")
+
+
+def format_timings(t, load_s: float | None = None) -> str:
+    """llama.cpp's timing lines in one: load, prefill and decode."""
+    parts = [f"load {load_s:.2f} s"] if load_s is not None else []
+    if not t.prompt_tokens and not t.generated_tokens:  # a server that sends no usage
+        return " · ".join(parts + [f"reply in {t.prefill_s + t.decode_s:.2f} s (the server reported no token counts)"])
+    parts.append(f"prompt {t.prompt_tokens} tokens in {t.prefill_s:.2f} s ({t.prefill_tokens_per_s:.1f} tokens/s)")
+    parts.append(f"generated {t.generated_tokens} tokens in {t.prefill_s + t.decode_s:.2f} s "
+                 f"(decode {t.decode_tokens_per_s:.1f} tokens/s)")
+    return " · ".join(parts)
+
+
+class ChatSession:
+    """The conversation, the settings, and the slash commands of one `llmkit chat`."""
+
+    def __init__(self, llm, args: argparse.Namespace, out, err, style: Style, load_s: float):
+        self.llm, self.args, self.out, self.err, self.style, self.load_s = llm, args, out, err, style, load_s
+        self.gen = generation_config(args, llm)
+        self.system = args.system
+        self.messages: list[dict[str, Any]] = self._start()
+        self.last = None  # Timings of the last reply
+
+    def _start(self) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
+    def note(self, text: str) -> None:
+        self.err.write(self.style.dim(text) + "\n")
+        self.err.flush()
+
+    # -------------------------------------------------------------- commands
+    def command(self, line: str) -> bool:
+        """Run a slash command; False when it asks to leave."""
+        name, _, rest = line[1:].partition(" ")
+        rest = rest.strip()
+        if name in ("exit", "quit", "bye"):
+            return False
+        if name in ("help", "?"):
+            self.out.write(HELP + "\n")
+        elif name in ("reset", "clear"):
+            self.messages = self._start()
+            self.note("(the conversation is cleared)")
+        elif name == "system":
+            if not rest:
+                self.note(f"(system message: {self.system!r}; /system TEXT sets it)")
+                return True
+            self.system = rest
+            self.messages = self._start()
+            self.note("(system message set; the conversation starts over)")
+        elif name == "set":
+            self._set(rest)
+        elif name == "save":
+            if not rest:
+                self.note("(/save FILE: name the file)")
+            else:
+                self.note(f"(saved {len(self.messages)} messages to {save_conversation(self.messages, rest)})")
+        elif name == "load":
+            if not rest:
+                self.note("(/load FILE: name the file)")
+                return True
+            try:
+                self.messages = load_conversation(rest)
+            except (OSError, ValueError) as e:
+                self.note(f"(cannot load: {e})")
+                return True
+            system = self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
+            self.system = system
+            self.note(f"(loaded {len(self.messages)} messages from {rest})")
+        elif name == "stats":
+            self._stats()
+        else:
+            self.note(f"(unknown command /{name}: /help lists the commands; //{name} sends the text to the model)")
+        return True
+
+    def _set(self, rest: str) -> None:
+        if not rest:
+            shown = {k: getattr(self.gen, k) for k in SETTABLE}
+            self.out.write("  ".join(f"{k}={v}" for k, v in shown.items()) + "\n")
+            return
+        key, _, value = rest.partition(" ")
+        key = key.replace("-", "_")
+        if key not in SETTABLE or not value.strip():
+            self.note(f"(/set OPTION VALUE, with OPTION one of: {', '.join(SETTABLE)})")
+            return
+        try:
+            typed = SETTABLE[key](value.strip()) if not (key == "seed" and value.strip() == "none") else None
+            self.gen = self.gen.replace(**{key: typed})
+        except ValueError as e:
+            self.note(f"(cannot set {key}: {e})")
+            return
+        self.note(f"({key} = {typed})")
+
+    def _stats(self) -> None:
+        used = self._context_used()
+        try:
+            window = self.llm.context_window
+        except (NotImplementedError, ConnectionError):  # a server that does not say
+            window = None
+        context = f"context {used} of {window} tokens" if used is not None and window else "context size unknown"
+        if self.last is None:
+            self.out.write(f"no reply yet · {context}\n")
+        else:
+            self.out.write(f"{format_timings(self.last, self.load_s)} · {context}\n")
+
+    def _context_used(self) -> int | None:
+        try:
+            return self.llm.chat_tokens(self.messages) if self.messages else 0
+        except (NotImplementedError, ConnectionError):
+            return None
+
+    # -------------------------------------------------------------- a turn
+    def reply(self, text: str, interactive: bool) -> None:
+        from ..infer.generate import Timings
+
+        self.messages.append({"role": "user", "content": text})
+        before = len(self.messages)
+        self.messages = self.llm.fit_history(self.messages, self.gen.max_new_tokens)
+        dropped = before - len(self.messages)
+        if dropped:
+            self.note(f"(the conversation outgrew the {self.llm.context_window}-token context: the oldest "
+                      f"{dropped} message{'s' if dropped > 1 else ''} are forgotten)")
+        timings = Timings()
+        sent = [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        pieces = self.llm.chat(sent, self.gen, stream=True, timings=timings)
+        parts: list[str] = []
+        cut = False
+        self.out.write(self.style.reply_start())
+        try:
+            for piece in pieces:
+                parts.append(piece)
+                self.out.write(piece)
+                self.out.flush()
+        except KeyboardInterrupt:
+            cut = True
+            pieces.close()
+        self.out.write(self.style.reply_end() + "\n")
+        self.out.flush()
+        reply = "".join(parts)
+        if cut:
+            self.note("(reply stopped: what was shown stays in the conversation, marked as cut)")
+        if reply or cut:
+            self.messages.append({"role": "assistant", "content": reply, **({"cut": True} if cut else {})})
+        else:  # nothing to remember: keep the history well-formed for the next turn
+            self.messages.pop()
+        self.last = timings
+        if self.args.stats:
+            self.note(format_timings(timings, self.load_s))
+
+
+def read_message(style: Style, interactive: bool) -> str:
+    """One message: a line, lines joined by a trailing backslash, or a triple-quote block."""
+    first = input(style.prompt(">>> ") if interactive else "")
+    head = first.strip()
+    if head.startswith(MULTILINE):
+        body = head[len(MULTILINE):]
+        if len(body) >= len(MULTILINE) and body.endswith(MULTILINE):  # opened and closed on one line
+            return body[:-len(MULTILINE)]
+        lines = [body] if body else []
+        while True:
+            line = input(style.prompt("... ") if interactive else "")
+            if line.rstrip().endswith(MULTILINE):
+                lines.append(line.rstrip()[:-len(MULTILINE)])
+                return "\n".join(lines).strip("\n")
+            lines.append(line)
+    lines = [first]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(input(style.prompt("... ") if interactive else ""))
+    return "\n".join(lines)
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    out, err = sys.stdout, sys.stderr
+    interactive = sys.stdin.isatty()
+    style = Style(out)
+    t0 = time.perf_counter()
+    llm = load_llm(args)
+    load_s = time.perf_counter() - t0
+    if args.max_new_tokens is None and not getattr(llm, "generation_defaults", {}).get("max_new_tokens"):
+        try:
+            window = llm.context_window
+        except NotImplementedError:  # a server that does not say its context window
+            window = 2048
+        args.max_new_tokens = min(512, window // 4)
+    session = ChatSession(llm, args, out, err, style, load_s)
+    save_history = _readline(interactive)
+    if interactive:
+        session.note(f"chatting with {llm.name} — /help for commands, Ctrl-C stops a reply, Ctrl-D or /exit leaves")
+    try:
+        while True:
+            try:
+                line = read_message(style, interactive)
+            except EOFError:
+                if interactive:
+                    out.write("\n")
+                break
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                out.write("\n")
+                session.note("(Ctrl-D or /exit leaves)")
+                continue
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/") and not text.startswith("//"):
+                if not session.command(text):
+                    break
+                continue
+            session.reply(text[1:] if text.startswith("//") else line, interactive)
+    finally:
+        save_history()

