@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .commands import generation_config, load_llm
+
+log = logging.getLogger(__name__)
 
 MULTILINE = '"""'
 HELP = f"""commands:
@@ -70,7 +73,9 @@ def history_file() -> Path:
 
 
 def _readline(enabled: bool) -> Callable[[], None]:
-    """Turn on line editing and the persistent history; returns what saves the history."""
+    """Turn on line editing and the persistent history; returns what records the line just read.
+    Each line is appended at once, so that a closed terminal loses nothing and two sessions do not
+    overwrite each other's lines."""
     if not enabled:
         return lambda: None
     try:
@@ -80,18 +85,24 @@ def _readline(enabled: bool) -> Callable[[], None]:
     path = history_file()
     try:
         readline.read_history_file(path)
-    except (FileNotFoundError, OSError):
+    except OSError:
         pass
     readline.set_history_length(1000)
+    recorded = readline.get_current_history_length()
 
-    def save() -> None:
+    def record() -> None:
+        nonlocal recorded
+        now = readline.get_current_history_length()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            readline.write_history_file(path)
+            path.touch()
+            if now > recorded:  # the lines of the message just read (several for a """ block)
+                readline.append_history_file(now - recorded, path)
         except OSError:
             pass
+        recorded = now
 
-    return save
+    return record
 
 
 def save_conversation(messages: list[dict[str, Any]], path: str) -> Path:
@@ -143,10 +154,16 @@ class ChatSession:
         self.gen = generation_config(args, llm)
         self.system = args.system
         self.messages: list[dict[str, Any]] = self._start()
+        self.sent: list[dict[str, Any]] = list(self.messages)  # what the model saw last: the part that fit
+        self.dropped = 0  # how many of the oldest messages no longer fit the context
         self.last = None  # Timings of the last reply
 
     def _start(self) -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.system}] if self.system else []
+
+    def _restart(self, messages: list[dict[str, Any]]) -> None:
+        self.messages, self.sent, self.dropped = messages, [{"role": m["role"], "content": m["content"]}
+                                                            for m in messages], 0
 
     def note(self, text: str) -> None:
         self.err.write(self.style.dim(text) + "\n")
@@ -162,34 +179,41 @@ class ChatSession:
         if name in ("help", "?"):
             self.out.write(HELP + "\n")
         elif name in ("reset", "clear"):
-            self.messages = self._start()
+            self._restart(self._start())
             self.note("(the conversation is cleared)")
         elif name == "system":
             if not rest:
                 self.note(f"(system message: {self.system!r}; /system TEXT sets it)")
                 return True
             self.system = rest
-            self.messages = self._start()
+            self._restart(self._start())
             self.note("(system message set; the conversation starts over)")
         elif name == "set":
             self._set(rest)
         elif name == "save":
             if not rest:
                 self.note("(/save FILE: name the file)")
-            else:
+                return True
+            try:
                 self.note(f"(saved {len(self.messages)} messages to {save_conversation(self.messages, rest)})")
+            except OSError as e:
+                self.note(f"(cannot save to {rest}: {e.strerror or e}; the conversation is still here)")
         elif name == "load":
             if not rest:
                 self.note("(/load FILE: name the file)")
                 return True
             try:
-                self.messages = load_conversation(rest)
+                messages = load_conversation(rest)
             except (OSError, ValueError) as e:
                 self.note(f"(cannot load: {e})")
                 return True
-            system = self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
-            self.system = system
-            self.note(f"(loaded {len(self.messages)} messages from {rest})")
+            unanswered = ""
+            if messages and messages[-1]["role"] == "user":  # the next message is a user turn too
+                messages = messages[:-1]
+                unanswered = "; its last message had no reply and is left out"
+            self._restart(messages)
+            self.system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+            self.note(f"(loaded {len(messages)} messages from {rest}{unanswered})")
         elif name == "stats":
             self._stats()
         else:
@@ -208,6 +232,9 @@ class ChatSession:
             return
         try:
             typed = SETTABLE[key](value.strip()) if not (key == "seed" and value.strip() == "none") else None
+            window = self._window()
+            if key == "max_new_tokens" and window and typed >= window:
+                raise ValueError(f"the context holds {window} tokens: ask for fewer new ones")
             self.gen = self.gen.replace(**{key: typed})
         except ValueError as e:
             self.note(f"(cannot set {key}: {e})")
@@ -216,64 +243,89 @@ class ChatSession:
 
     def _stats(self) -> None:
         used = self._context_used()
-        try:
-            window = self.llm.context_window
-        except (NotImplementedError, ConnectionError):  # a server that does not say
-            window = None
+        window = self._window()
         context = f"context {used} of {window} tokens" if used is not None and window else "context size unknown"
         if self.last is None:
             self.out.write(f"no reply yet · {context}\n")
         else:
             self.out.write(f"{format_timings(self.last, self.load_s)} · {context}\n")
 
+    def _window(self) -> int | None:
+        try:
+            return self.llm.context_window
+        except (NotImplementedError, ConnectionError):  # a server that does not say
+            return None
+
     def _context_used(self) -> int | None:
         try:
-            return self.llm.chat_tokens(self.messages) if self.messages else 0
+            return self.llm.chat_tokens(self.sent) if self.sent else 0
         except (NotImplementedError, ConnectionError):
             return None
 
     # -------------------------------------------------------------- a turn
-    def reply(self, text: str, interactive: bool) -> None:
+    def reply(self, text: str) -> None:
+        """Send `text`, stream the reply. The whole conversation stays in `messages` (what /save
+        writes); what is sent is its most recent part that fits the context. A failure (too long a
+        message, a server gone) is one line, and the conversation goes on without that message."""
         from ..infer.generate import Timings
+        from ..models.transformer import ContextLengthError
 
         self.messages.append({"role": "user", "content": text})
-        before = len(self.messages)
-        self.messages = self.llm.fit_history(self.messages, self.gen.max_new_tokens)
-        dropped = before - len(self.messages)
-        if dropped:
-            self.note(f"(the conversation outgrew the {self.llm.context_window}-token context: the oldest "
-                      f"{dropped} message{'s' if dropped > 1 else ''} are forgotten)")
         timings = Timings()
-        sent = [{"role": m["role"], "content": m["content"]} for m in self.messages]
-        pieces = self.llm.chat(sent, self.gen, stream=True, timings=timings)
         parts: list[str] = []
         cut = False
-        self.out.write(self.style.reply_start())
         try:
-            for piece in pieces:
-                parts.append(piece)
-                self.out.write(piece)
+            sent = self.llm.fit_history([{"role": m["role"], "content": m["content"]} for m in self.messages],
+                                        self.gen.max_new_tokens)
+            dropped = len(self.messages) - len(sent)
+            if dropped > self.dropped:
+                self.note(f"(the conversation outgrew the {self._window()}-token context: the oldest {dropped} "
+                          f"message{'s' if dropped > 1 else ''} are no longer sent)")
+            self.dropped, self.sent = dropped, sent
+            pieces = self.llm.chat(sent, self.gen, stream=True, timings=timings)
+            self.out.write(self.style.reply_start())
+            try:
+                for piece in pieces:
+                    parts.append(piece)
+                    self.out.write(piece)
+                    self.out.flush()
+            except KeyboardInterrupt:
+                cut = True
+                pieces.close()
+            finally:
+                self.out.write(self.style.reply_end() + ("\n" if parts or cut else ""))
                 self.out.flush()
-        except KeyboardInterrupt:
-            cut = True
-            pieces.close()
-        self.out.write(self.style.reply_end() + "\n")
-        self.out.flush()
+        except ContextLengthError:
+            self.messages.pop()
+            self.note(f"(this message does not fit the {self._window()}-token context with {self.gen.max_new_tokens} "
+                      "new tokens: shorten it, or /set max_new_tokens lower; it was not kept)")
+            return
+        except Exception as e:  # noqa: BLE001 - the session must outlive one failed turn
+            log.debug("the turn failed", exc_info=True)
+            self.messages.pop()
+            # option names as /set spells them, which is how they reach a chat user
+            self.note(f"(error: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the message was not kept)")
+            return
         reply = "".join(parts)
         if cut:
-            self.note("(reply stopped: what was shown stays in the conversation, marked as cut)")
-        if reply or cut:
+            self.note("(reply stopped: what was shown stays in the conversation, marked as cut)" if reply else
+                      "(stopped before the reply began: the message was not kept)")
+        if reply:
             self.messages.append({"role": "assistant", "content": reply, **({"cut": True} if cut else {})})
-        else:  # nothing to remember: keep the history well-formed for the next turn
+        else:  # nothing to remember: keep the history well-formed (user, assistant, user, ...)
             self.messages.pop()
+        self.sent = self.sent + ([{"role": "assistant", "content": reply}] if reply else [])
         self.last = timings
         if self.args.stats:
             self.note(format_timings(timings, self.load_s))
 
 
 def read_message(style: Style, interactive: bool) -> str:
-    """One message: a line, lines joined by a trailing backslash, or a triple-quote block."""
+    """One message: a line, lines joined by a trailing backslash, or a triple-quote block (at a
+    terminal; piped input is one message per line, as it always was)."""
     first = input(style.prompt(">>> ") if interactive else "")
+    if not interactive:
+        return first
     head = first.strip()
     if head.startswith(MULTILINE):
         body = head[len(MULTILINE):]
@@ -307,30 +359,33 @@ def run_chat(args: argparse.Namespace) -> None:
             window = 2048
         args.max_new_tokens = min(512, window // 4)
     session = ChatSession(llm, args, out, err, style, load_s)
-    save_history = _readline(interactive)
+    window = session._window()
+    if window and session.gen.max_new_tokens >= window:
+        session.note(f"(max_new_tokens {session.gen.max_new_tokens} leaves no room in the {window}-token context: "
+                     f"using {min(512, window // 4)})")
+        session.gen = session.gen.replace(max_new_tokens=min(512, window // 4))
+    record = _readline(interactive)
     if interactive:
         session.note(f"chatting with {llm.name} — /help for commands, Ctrl-C stops a reply, Ctrl-D or /exit leaves")
-    try:
-        while True:
-            try:
-                line = read_message(style, interactive)
-            except EOFError:
-                if interactive:
-                    out.write("\n")
-                break
-            except KeyboardInterrupt:
-                if not interactive:
-                    raise
+    while True:
+        try:
+            line = read_message(style, interactive)
+            record()
+        except EOFError:
+            if interactive:
                 out.write("\n")
-                session.note("(Ctrl-D or /exit leaves)")
-                continue
-            text = line.strip()
-            if not text:
-                continue
-            if text.startswith("/") and not text.startswith("//"):
-                if not session.command(text):
-                    break
-                continue
-            session.reply(text[1:] if text.startswith("//") else line, interactive)
-    finally:
-        save_history()
+            break
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            out.write("\n")
+            session.note("(Ctrl-D or /exit leaves)")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/") and not text.startswith("//"):
+            if not session.command(text):
+                break
+            continue
+        session.reply(text[1:] if text.startswith("//") else line)

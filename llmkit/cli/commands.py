@@ -81,12 +81,11 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -
 
 def generation_config(args: argparse.Namespace, llm=None):
     """The `GenerationConfig` of the command line: each option given wins, then the model's own
-    setting (`llm.generation_defaults`), then `SAMPLING_FALLBACKS`."""
-    from ..infer.sampling import GenerationConfig
+    setting (`llm.generation_defaults`), then `SAMPLING_FALLBACKS` (`layered_sampling`)."""
+    from ..infer.sampling import GenerationConfig, layered_sampling
 
     own = dict(getattr(llm, "generation_defaults", None) or {})
-    sampling = {name: getattr(args, name) if getattr(args, name) is not None else own.get(name, fallback)
-                for name, fallback in SAMPLING_FALLBACKS.items()}
+    sampling = layered_sampling({name: getattr(args, name) for name in SAMPLING_FALLBACKS}, own, SAMPLING_FALLBACKS)
     max_new = args.max_new_tokens if args.max_new_tokens is not None else own.get(
         "max_new_tokens", getattr(args, "default_max_new_tokens", 256))
     return GenerationConfig(

@@ -51,6 +51,7 @@ def add_info_args(p: argparse.ArgumentParser) -> None:
 def run_info(args: argparse.Namespace) -> None:
     from ..models.catalog import inspect_model
     from ..models.config import preset
+    from ..models.hf import CheckpointError
     from ..models.describe import describe, describe_stored
     from ..models.resolve import is_url, local_path, model_config
 
@@ -66,9 +67,13 @@ def run_info(args: argparse.Namespace) -> None:
                 ("sampling defaults", ", ".join(f"{k} {v}" for k, v in remote.generation_defaults.items()) or "none")]
     else:
         path = local_path(args.model)
-        stored = inspect_model(path)  # reads the config too: a GGUF file is opened once
-        cfg = stored.config or model_config(path)
-        rows = [("model", str(path))] + describe_stored(stored) + describe(cfg, args.context)
+        try:
+            stored = inspect_model(path)  # reads the config too: a GGUF file is opened once
+        except CheckpointError as e:  # e.g. config.json without weights: the architecture is still worth showing
+            rows = [("model", str(path)), ("stored", f"not readable ({e})")] + describe(model_config(path), args.context)
+        else:
+            cfg = stored.config or model_config(path)
+            rows = [("model", str(path))] + describe_stored(stored) + describe(cfg, args.context)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

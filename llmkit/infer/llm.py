@@ -2,9 +2,10 @@
 implementation over a `Transformer` and a `Tokenizer`.
 
 Every method takes generation options either as a `GenerationConfig` or as keyword arguments
-(``llm.generate("Hi", max_new_tokens=20, temperature=0)``). Options left unset take the model's
-own settings (`generation_defaults`: its ``generation_config.json``, or what a GGUF file or the
-pull registry recommends), then `GenerationConfig`'s defaults.
+(``llm.generate("Hi", max_new_tokens=20, temperature=0)``). A call that names no sampling option
+samples as the model's own settings say (`generation_defaults`: its ``generation_config.json``, or
+what a GGUF file or the pull registry recommends); otherwise `GenerationConfig`'s defaults fill the
+rest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..models.resolve import is_url, load_local, resolve_model
 from ..models.sampling_defaults import sampling_defaults
 from ..models.transformer import Transformer
 from .generate import Completion, TextStream, Timings, TokenGeneration
-from .sampling import GenerationConfig
+from .sampling import SAMPLING_OPTIONS, GenerationConfig
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -67,9 +68,11 @@ class TokenScoring:
     generation_defaults: dict[str, Any] = {}
 
     def generation(self, gen: GenerationConfig | None = None, **kwargs: Any) -> GenerationConfig:
-        """`gen` with `kwargs` merged in; with no `gen`, the model's own settings
-        (`generation_defaults`) fill what `kwargs` leaves unset."""
-        if gen is None:
+        """`gen` with `kwargs` merged in. A call that names no sampling option (no `gen`, none of
+        `SAMPLING_OPTIONS` in `kwargs`) samples as the model's own settings say
+        (`generation_defaults`); one that names any samples exactly as it says, so that
+        ``temperature=0`` (evaluation, judges) stays plain greedy whatever the model ships."""
+        if gen is None and not set(SAMPLING_OPTIONS) & kwargs.keys():
             gen = GenerationConfig(**self.generation_defaults)
         return GenerationConfig.from_kwargs(gen, **kwargs)
 
@@ -382,9 +385,15 @@ class LocalLLM(TokenScoring):
 
 
 def _is_pulled(path: Path | str) -> bool:
+    """A file in a folder of the model cache."""
+    return _is_cached(Path(path).parent)
+
+
+def _is_cached(folder: Path | str) -> bool:
+    """A folder of the model cache."""
     from ..models.resolve import models_dir
 
-    return Path(path).parent.parent == models_dir()
+    return Path(os.path.abspath(folder)).parent == Path(os.path.abspath(models_dir()))
 
 
 def load(name: str | os.PathLike, device: str | torch.device | None = None,
@@ -405,6 +414,8 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
     if path.suffix == ".gguf":
         return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem,
                         generation_defaults=defaults)
+    if _is_cached(path):  # a hub model in the cache: its repo id, as `llmkit list` shows it
+        return LocalLLM(model, tokenizer, name=path.name.replace("--", "/"), generation_defaults=defaults)
     # a run directory's weights are in its model/ folder, but the run's name is the model's (chat and serve show it)
     folder = path.parent if path == Path(str(name)).expanduser() / "model" else path
     return LocalLLM(model, tokenizer, name=Path(os.path.abspath(folder)).name, generation_defaults=defaults)

@@ -87,6 +87,12 @@ class RemoteLLM(TokenScoring):
             body["frequency_penalty"] = gen.frequency_penalty
         if gen.response_format:
             body["response_format"] = gen.response_format
+        # not OpenAI's fields (vLLM's and llmkit's): sent when they do something, or when the
+        # server would otherwise fill them with its model's own setting
+        own = self.generation_defaults
+        for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
+            if getattr(gen, name) != off or name in own:
+                body[name] = getattr(gen, name)
         return body
 
     def _events(self, path: str, body: dict) -> Iterator[dict]:

@@ -101,6 +101,28 @@ class GenerationConfig:
         return base.replace(**kwargs) if kwargs else base
 
 
+# the options that make up a model's own sampling settings (`generation_defaults`, with max_new_tokens)
+SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def layered_sampling(given: dict[str, Any], own: dict[str, Any],
+                     fallbacks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampling options of a command line or an API request: each one the caller `given`
+    (None = left out) wins, then the model's `own` setting, then `fallbacks` (as vLLM and Ollama
+    layer them). One exception: a caller who asks for greedy decoding (temperature 0) and names no
+    repetition penalty gets none — greedy then means the plain argmax, as evaluation expects."""
+    greedy = given.get("temperature") == 0
+    out: dict[str, Any] = {}
+    for name in SAMPLING_OPTIONS:
+        if given.get(name) is not None:
+            out[name] = given[name]
+        elif name in own and not (greedy and name == "repetition_penalty"):
+            out[name] = own[name]
+        elif fallbacks and name in fallbacks:
+            out[name] = fallbacks[name]
+    return out
+
+
 class SamplingState:
     """What the processors may look at: per-row counts of generated tokens and the set of
     tokens seen in prompt or output (for the repetition penalty)."""

@@ -86,8 +86,10 @@ def read_source(directory: str | os.PathLike) -> dict | None:
 def looks_like_path(text: str) -> bool:
     """Whether a model name is meant as a path rather than a cache name or a hub id ``org/name``
     (which also holds a ``/``): it starts with ``.``, ``~`` or ``/``, ends with ``/`` or
-    ``.gguf``, or has more than one ``/``."""
-    return text.startswith((".", "~", "/", os.sep)) or text.endswith(("/", ".gguf")) or text.count("/") > 1
+    ``.gguf``, has more than one ``/``, or its first part is a folder here (``runs/quickstrat``)."""
+    if text.startswith((".", "~", "/", os.sep)) or text.endswith(("/", ".gguf")) or text.count("/") > 1:
+        return True
+    return "/" in text and Path(text.split("/")[0]).is_dir()
 
 
 def is_hub_id(text: str) -> bool:

@@ -1,6 +1,7 @@
-"""A model's own sampling settings, as its authors ship them: what generation uses for every
-option a caller leaves unset (transformers reads ``generation_config.json`` the same way; vLLM
-takes the same keys).
+"""A model's own sampling settings, as its authors ship them: what generation uses when a caller
+leaves the options unset (transformers reads ``generation_config.json`` for the same purpose; vLLM
+takes the same keys). A temperature without ``do_sample`` counts as sampling, as vLLM reads it
+(transformers would decode greedily and warn); ``do_sample: false`` means greedy, as in both.
 
 Where they come from, by file:
 - a Hugging Face directory: ``generation_config.json`` (temperature, top_p, top_k, min_p,
@@ -41,7 +42,7 @@ def _typed(field: str, value: Any) -> int | float | None:
 
 
 def from_hf(raw: dict[str, Any]) -> dict[str, Any]:
-    """The sampling fields of a ``generation_config.json`` dict."""
+    """The sampling fields of a ``generation_config.json`` dict (see the module's note on do_sample)."""
     out: dict[str, Any] = {}
     for key, field in _HF_KEYS.items():
         value = _typed(field, raw.get(key))

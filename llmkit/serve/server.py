@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError
-from ..infer.sampling import GenerationConfig, GenerationConfigError
+from ..infer.sampling import SAMPLING_OPTIONS, GenerationConfig, GenerationConfigError, layered_sampling
 from ..models.transformer import ContextLengthError
 from ..quant.weight_only import quantization_config
 from .auth import Gate, RequestLog
@@ -25,8 +25,6 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 MAX_STOP = 16
-# request fields that, when left out, take the served model's own setting, then GenerationConfig's
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
 @dataclass
@@ -138,8 +136,8 @@ class Server:
         if len(stop) > MAX_STOP:
             raise APIError(400, f"stop has {len(stop)} strings; at most {MAX_STOP} are allowed", param="stop")
         try:
-            sampling = {k: v for k, v in own.items() if k in _SAMPLING}
-            sampling.update({k: getattr(req, k) for k in _SAMPLING if getattr(req, k) is not None})
+            # each field left out takes the served model's own setting, then GenerationConfig's (OpenAI's)
+            sampling = layered_sampling({k: getattr(req, k) for k in SAMPLING_OPTIONS}, own)
             return GenerationConfig(
                 max_new_tokens=max_tokens, **sampling, presence_penalty=req.presence_penalty,
                 frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed, logprobs=logprobs,

@@ -2,9 +2,9 @@
 same learning rates), and the plan they follow: the number of steps, which a time budget may
 shorten while the run goes (a re-plan, `Schedule.replan`).
 
-A re-plan never restarts or cuts the schedule: the part of it not yet run is spread evenly over
-the steps that remain, so the learning rate is continuous at the re-plan point and the last
-step still ends the decay at lr·min_lr_ratio.
+A re-plan never restarts or cuts the schedule: the warm-up keeps its pace and the part of the decay
+not yet run is spread evenly over the steps that remain, so the learning rate never leaps at the
+re-plan point and the last step still ends the decay at lr·min_lr_ratio.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class Schedule:
         for at, total in self.replans:
             if step < at:
                 break
-            first_pos = _along(at, first, first_pos, last, end)
+            first_pos = _along(at, first, first_pos, last, end, self.warmup_steps)
             first, last = at, total - 1
-        return _along(step, first, first_pos, last, end)
+        return _along(step, first, first_pos, last, end, self.warmup_steps)
 
     def lr_at(self, step: int) -> float:
         return lr_at(self.position(step), lr=self.lr, total_steps=self.steps, warmup_steps=self.warmup_steps,
@@ -96,10 +96,19 @@ class Schedule:
         self.replans = [(int(a), int(t)) for a, t in state.get("replans", [])]
 
 
-def _along(step: int, first: int, first_pos: float, last: int, end: float) -> float:
-    """Position of `step` on a segment that runs from step `first` (at `first_pos`) to step `last` (at `end`)."""
+def _along(step: int, first: int, first_pos: float, last: int, end: float, warmup: int) -> float:
+    """Position of `step` on a segment that runs from step `first` (at `first_pos`) to step `last`
+    (at `end`). A warm-up not yet finished keeps its pace of one position per step (squeezing it
+    would make the learning rate leap), and only the decay after it is spread over the steps left;
+    when fewer steps are left than the warm-up needs, everything is spread evenly."""
     if step >= last:
         return end  # exactly: the last step must get the schedule's end value, not a rounding of it
+    if first_pos < warmup:
+        ramp_end = first + math.ceil(warmup - first_pos)  # the step whose position finishes the warm-up
+        if ramp_end < last:
+            if step < ramp_end:
+                return first_pos + (step - first)
+            first, first_pos = ramp_end, first_pos + (ramp_end - first)
     return first_pos + (end - first_pos) * (step - first) / (last - first)
 
 

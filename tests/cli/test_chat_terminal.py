@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -20,12 +21,13 @@ TIMEOUT = 60
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory, tiny_tokenizer):
     """A tiny Llama with the usual small init (a tied random model of that kind repeats its last
-    token and never ends a reply on its own: a reply runs until Ctrl-C or max_new_tokens) and a
-    64-token context, so that a few exchanges outgrow it."""
+    token and never ends a reply on its own: a reply runs until Ctrl-C or max_new_tokens), wide
+    and deep enough that 400 new tokens take a good part of a second even on a fast CPU."""
     from llmkit.pipelines.init import init_model
 
     path = tmp_path_factory.mktemp("chat") / "model"
-    init_model("tiny-llama", path, tokenizer=tiny_tokenizer, seed=0, max_seq_len=96)
+    init_model("tiny-llama", path, tokenizer=tiny_tokenizer, seed=0, max_seq_len=512, dim=384, n_layers=8,
+               n_heads=6, n_kv_heads=2, hidden_dim=1024)
     return path
 
 
@@ -41,7 +43,7 @@ def spawn(model, home, *extra, env=None):
 
 def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(chat_model, tmp_path):
     home = tmp_path / "home"
-    child = spawn(chat_model, home, "--temperature", "0", "--max-new-tokens", "60", "--stats")
+    child = spawn(chat_model, home, "--temperature", "0", "--max-new-tokens", "400", "--stats")
     try:
         child.sendline("/help")  # answered by chat itself: the model never sees it
         child.expect("/save FILE")
@@ -52,6 +54,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(chat_model, tmp_path)
 
         child.sendline("def answer():")
         child.expect(r"\x1b\[36m")  # the reply starts (in its colour): the model is decoding now
+        time.sleep(0.3)  # some tokens out, far from the 400 asked for
         child.sendintr()  # Ctrl-C
         child.expect("reply stopped")
         child.expect(">>> ")  # the session goes on
@@ -85,8 +88,8 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(chat_model, tmp_path)
 def test_overflow_notice_and_slash_commands_over_a_small_context(chat_model, tmp_path):
     conversation = tmp_path / "in.jsonl"
     conversation.write_text(json.dumps({"messages": [
-        {"role": "user", "content": "first question about the old days " * 3},
-        {"role": "assistant", "content": "an answer about the old days " * 3}]}) + "\n")
+        {"role": "user", "content": "first question about the old days " * 40},
+        {"role": "assistant", "content": "an answer about the old days " * 40}]}) + "\n")
     child = spawn(chat_model, tmp_path / "home", "--temperature", "0", "--max-new-tokens", "4",
                   env={"NO_COLOR": "1"})
     try:
@@ -97,13 +100,13 @@ def test_overflow_notice_and_slash_commands_over_a_small_context(chat_model, tmp
         child.expect(r"max_new_tokens = 6")
         child.expect(">>> ")
         child.sendline("and now?")
-        child.expect("outgrew the 96-token context")
+        child.expect("outgrew the 512-token context")
         child.expect(">>> ")
         child.sendline("/stats")
         child.expect(r"generated (\d+) tokens")
         assert int(child.match.group(1)) == 6  # the /set value was used
-        child.expect(r"context (\d+) of 96 tokens")
-        assert int(child.match.group(1)) <= 96
+        child.expect(r"context (\d+) of 512 tokens")
+        assert int(child.match.group(1)) <= 512
         child.expect(">>> ")
         before = child.before
         child.sendline("/exit")

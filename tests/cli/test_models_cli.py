@@ -115,6 +115,9 @@ def test_model_not_found_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and err == "llmkit info: error: no such file or directory: ./models/tiny.gguf\n"
     code, _, err = run(capsys, "info", "--model", "someorg/somemodel")
     assert code == 2 and "`llmkit pull someorg/somemodel`" in err
+    (tmp_path / "runs").mkdir()  # a typo in a run directory's name is a path, not a hub id
+    code, _, err = run(capsys, "info", "--model", "runs/quickstrat")
+    assert code == 2 and err == "llmkit info: error: no such file or directory: runs/quickstrat\n"
 
 
 def test_pull_of_unknown_name_lists_what_can_be_pulled(tmp_path, monkeypatch, capsys):
@@ -135,3 +138,12 @@ def test_pull_of_hub_id_offline_says_the_hub_is_unreachable(tmp_path, monkeypatc
     code, _, err = run(capsys, "pull", "someorg/somemodel")
     assert code == 2 and "hub is not reachable" in err
     assert not (tmp_path / "models" / "someorg--somemodel").exists()
+
+
+def test_info_of_a_config_without_weights_still_describes_the_architecture(tmp_path, tiny_dir, capsys):
+    shutil.copy(tiny_dir / "config.json", tmp_path / "config.json")
+    code, out, err = run(capsys, "info", "-m", str(tmp_path))
+    assert code == 0, err
+    assert "not readable" in out and "no *.safetensors" in out
+    layers = json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]
+    assert re.search(rf"layers\s+{layers} x dim", out)

@@ -60,6 +60,12 @@ def test_the_library_and_the_cli_use_the_model_settings_for_what_is_unset(greedy
     # unset temperature: the model's do_sample false; unset max_new_tokens: its 12
     assert llm.generate(PROMPT, seed=1) == llm.generate(PROMPT, seed=2) == greedy
     assert len(llm.complete([PROMPT], seed=3)[0].token_ids) == 12
+    # a call that names a sampling option samples exactly as it says: the model's repetition
+    # penalty (here an absurd one) does not leak into a greedy evaluation
+    llm.generation_defaults = {"temperature": 0.0, "repetition_penalty": 1000.0}
+    assert llm.generate(PROMPT, temperature=0, max_new_tokens=12) == greedy
+    assert llm.generate(PROMPT, max_new_tokens=12) != greedy
+    llm.generation_defaults = {"temperature": 0.0, "top_k": 50, "max_new_tokens": 12}
 
     def cli(model, *extra):
         assert main(["generate", "-m", str(model), "-p", PROMPT, "--no-stream", *extra]) == 0
@@ -112,3 +118,12 @@ def test_serve_fills_what_a_request_leaves_out_and_lists_the_settings(greedy_dir
                                                          "temperature": 1.0}).json()["choices"][0]["text"]
                    for s in range(3)}
         assert len(sampled) > 1
+        # a request for greedy decoding (lm-eval's) gets the plain argmax, not the model's penalty
+        llm.generation_defaults = {"temperature": 0.0, "repetition_penalty": 1000.0, "max_new_tokens": 12}
+
+        def text(**fields):
+            body = {"model": "greedy", "prompt": PROMPT, **fields}
+            return client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+
+        assert text(temperature=0) == greedy
+        assert text() != greedy  # nothing asked: the model's own settings, penalty included

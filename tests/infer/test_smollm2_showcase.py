@@ -4,17 +4,33 @@ which the pull registry ships), answers it right in at least 18 of 20 seeds."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import llmkit
 
-QUESTION = "What is the capital of France?"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_showcase() -> tuple[str, str]:
+    """The question and the answer of the README's `llmkit chat --model smollm2-135m-instruct` line."""
+    line = re.search(r'llmkit chat --model smollm2-135m-instruct\s+# "([^"]+)" -> "([^"]+)"', README.read_text())
+    assert line, "README.md has no showcase line for llmkit chat --model smollm2-135m-instruct"
+    return line.group(1), line.group(2)
+
+
+def test_the_readme_has_a_showcase_question():
+    question, answer = readme_showcase()
+    assert question.endswith("?") and answer.rstrip(".").split()[-1]
 
 
 @pytest.mark.slow
 def test_smollm2_answers_the_readme_question_at_the_defaults(smollm2):
+    question, answer = readme_showcase()
+    key = answer.rstrip(".").split()[-1]  # "The capital of Japan is Tokyo." -> Tokyo
     llm = llmkit.load(smollm2.path)
-    messages = [{"role": "user", "content": QUESTION}]
-    replies = [llm.chat(messages, seed=seed, max_new_tokens=24) for seed in range(20)]
-    right = sum("Paris" in reply for reply in replies)
+    replies = [llm.chat([{"role": "user", "content": question}], seed=seed, max_new_tokens=24) for seed in range(20)]
+    right = sum(key in reply for reply in replies)
     assert right >= 18, replies

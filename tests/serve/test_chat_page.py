@@ -272,3 +272,30 @@ def test_the_key_placeholder_fits_its_input(browser, scripted):
     }""")
     assert 0 < text <= room
     page.close()
+
+
+def test_settings_left_empty_take_the_models_own(browser, tiny_dirs):
+    """Temperature and top p left empty stay out of the request, so the server samples as the
+    model says; the placeholders show what that is. Here the model says greedy."""
+    import llmkit
+    from llmkit.serve import ServedModel, create_app
+
+    llm = llmkit.load(tiny_dirs["tiny-llama"])
+    llm.generation_defaults = {"temperature": 0.0, "top_p": 0.9}
+    question = "Write a function that adds two numbers."
+    want = llm.chat([{"role": "user", "content": question}], max_new_tokens=16, temperature=0)
+    with Running(create_app(ServedModel("greedy", llm))) as server:
+        page = browser.new_page()
+        bodies = []
+        page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.get_attribute("#temperature", "placeholder") == "0 (model's)"
+        assert page.get_attribute("#top_p", "placeholder") == "0.9 (model's)"
+        page.fill("#max_tokens", "16")
+        page.fill("#prompt", question)
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('finished')", timeout=60_000)
+        assert "temperature" not in bodies[-1] and "top_p" not in bodies[-1]
+        assert page.locator(".assistant").last.inner_text().strip() == want.strip() != ""
+        page.close()

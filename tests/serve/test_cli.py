@@ -156,9 +156,9 @@ def test_serve_and_chat_call_a_cached_model_by_one_name(tiny_dirs, tmp_path):
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
         chat_says = greeting()
     lines = proc.stderr.read().splitlines()
-    assert "chatting with someorg--tiny-chat " in chat_says
-    assert [m["id"] for m in models["data"]] == ["someorg--tiny-chat"]
-    assert lines[0].startswith("serving someorg--tiny-chat (") and f"http://127.0.0.1:{port}/v1" in lines[0]
+    assert "chatting with someorg/tiny-chat " in chat_says
+    assert [m["id"] for m in models["data"]] == ["someorg/tiny-chat"]  # as `llmkit list` names it
+    assert lines[0].startswith("serving someorg/tiny-chat (") and f"http://127.0.0.1:{port}/v1" in lines[0]
     assert f"chat in your browser: http://127.0.0.1:{port}/" in lines
     assert "<title>llmkit chat</title>" in page
 

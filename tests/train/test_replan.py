@@ -184,11 +184,21 @@ def test_schedule_replan_is_continuous_and_ends_at_min_lr():
     s2.replan(40, 60)
     p = 30 / 89 + (1 - 30 / 89) * 5 / 19
     assert s2.lr_at(45) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * p)))
-    # a re-plan inside the warm-up shortens it without passing the peak
+    # a re-plan inside the warm-up keeps its pace (lr/warmup a step: a squeezed warm-up would leap
+    # towards the peak) and spreads only the decay over what is left; the quickstart's shape:
+    for to in (40, 86):
+        w = Schedule(lr=1.0, steps=307, warmup_steps=15)
+        w.replan(6, to)
+        lrs = [w.lr_at(i) for i in range(to)]
+        rises = [b - a for a, b in zip(lrs, lrs[1:])]
+        assert max(rises) <= 1 / 15 + 1e-12, (to, max(rises))
+        assert lrs[:15] == pytest.approx([(i + 1) / 15 for i in range(15)])  # the warm-up as first planned
+        assert lrs[-1] == pytest.approx(0.1)
+        assert all(b < a for a, b in zip(lrs[15:], lrs[16:]))  # then the decay, strictly down to its end
+    # fewer steps left than the warm-up needs: everything is spread evenly, still never past the peak
     w = Schedule(lr=1.0, steps=100, warmup_steps=10)
     w.replan(3, 12)
     ramp = [w.lr_at(i) for i in range(12)]
     assert ramp[3] == pytest.approx(0.4) and max(ramp) <= 1.0 and ramp[11] == pytest.approx(0.1)
-    assert all(b >= a for a, b in zip(ramp[:4], ramp[1:5]))
     with pytest.raises(ValueError):
         w.replan(5, 5)
