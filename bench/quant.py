@@ -5,7 +5,7 @@ fp32 against int8 (fused batch-1 kernel) and int4, same model, one run.
     python bench/quant.py --model runs/quickstart --tokens 128
 
 Target (issue 7): int8 batch-1 decode >= 1.5x llmkit's own fp32 decode, with the perplexity change
-reported (llama.cpp's q8_0 runs about 2x its f32 on this CPU, ../shared/PEERS.md).
+reported (llama.cpp's q8_0 runs about 2x its f32 on this CPU).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The house plan's room order (../shared/ARCHITECTURE.md): a room may import the rooms listed
+"""The house plan's room order (docs/ARCHITECTURE.md): a room may import the rooms listed
 before it, never after. Every module's imports are walked, lazy ones inside functions included."""
 
 from __future__ import annotations

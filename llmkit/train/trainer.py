@@ -92,7 +92,7 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen = state["step"], state["tokens"]
         self.schedule.load_state_dict(state.get("schedule", {}))
-        log.info("resumed from %s (step %d of %d)", path, self.step, self.schedule.total)
+        log.info("resumed from %s (step %d) of a %d-step plan", path, self.step, self.schedule.total)
         return self.step
 
     def _checkpoint(self) -> None:
