@@ -166,7 +166,9 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
     the model."""
     settings = settings or ServerSettings()
     if not isinstance(llm, LocalLLM):
-        raise ValueError(f"{llm!r} is a remote server: llmkit serve needs a local model")
+        where = getattr(llm, "base_url", None) or repr(llm)
+        raise ValueError(f"--model {where} is a server: llmkit serve serves a local model (HF directory, run "
+                         "directory, .gguf file or cached name); talk to that server directly instead")
     name = settings.name or llm.name or "model"
     options = settings.engine_options()
     models = with_adapters(name, llm, list(settings.adapters), **options) if settings.adapters \

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from llmkit.cli.main import main
 
 MESSAGE = "Write a function that adds two numbers."
@@ -36,3 +38,13 @@ def test_info_describes_a_served_model_from_its_card(server, served_llm, capsys)
     out = capsys.readouterr().out
     assert f"tiny at {server.url}/v1" in out
     assert f"context            {served_llm.config.context_window}" in out
+
+
+@pytest.mark.parametrize("verb, extra", [("convert", ["-o", "x"]), ("export", ["-o", "x.gguf"]),
+                                         ("quantize", ["--method", "int8", "-o", "q"]),
+                                         ("merge", ["-a", "adapter", "-o", "m"]), ("serve", ["--port", "0"])])
+def test_verbs_that_need_the_weights_say_so_for_a_url(server, verb, extra, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([verb, "-m", server.url + "/v1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmkit {verb}: error: --model {server.url}/v1 is a server") and err.count("\n") == 1
