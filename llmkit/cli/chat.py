@@ -162,8 +162,13 @@ class ChatSession:
         return [{"role": "system", "content": self.system}] if self.system else []
 
     def _restart(self, messages: list[dict[str, Any]]) -> None:
-        self.messages, self.sent, self.dropped = messages, [{"role": m["role"], "content": m["content"]}
-                                                            for m in messages], 0
+        self.messages = messages
+        self.sent = [{"role": m["role"], "content": m["content"]} for m in messages]
+        try:  # what the next turn will send of a loaded conversation (for /stats)
+            self.sent = self.llm.fit_history(self.sent, self.gen.max_new_tokens) if self.sent else []
+        except Exception:  # noqa: BLE001 - a count for /stats only; the next turn reports real errors
+            pass
+        self.dropped = len(messages) - len(self.sent)
 
     def note(self, text: str) -> None:
         self.err.write(self.style.dim(text) + "\n")
@@ -235,7 +240,13 @@ class ChatSession:
             window = self._window()
             if key == "max_new_tokens" and window and typed >= window:
                 raise ValueError(f"the context holds {window} tokens: ask for fewer new ones")
-            self.gen = self.gen.replace(**{key: typed})
+            before = getattr(self.args, key)
+            setattr(self.args, key, typed)  # as if given on the command line: the same layering applies
+            try:
+                self.gen = generation_config(self.args, self.llm)
+            except ValueError:
+                setattr(self.args, key, before)
+                raise
         except ValueError as e:
             self.note(f"(cannot set {key}: {e})")
             return
@@ -281,7 +292,6 @@ class ChatSession:
             if dropped > self.dropped:
                 self.note(f"(the conversation outgrew the {self._window()}-token context: the oldest {dropped} "
                           f"message{'s' if dropped > 1 else ''} are no longer sent)")
-            self.dropped, self.sent = dropped, sent
             pieces = self.llm.chat(sent, self.gen, stream=True, timings=timings)
             self.out.write(self.style.reply_start())
             try:
@@ -312,9 +322,9 @@ class ChatSession:
                       "(stopped before the reply began: the message was not kept)")
         if reply:
             self.messages.append({"role": "assistant", "content": reply, **({"cut": True} if cut else {})})
+            self.dropped, self.sent = dropped, sent + [{"role": "assistant", "content": reply}]
         else:  # nothing to remember: keep the history well-formed (user, assistant, user, ...)
             self.messages.pop()
-        self.sent = self.sent + ([{"role": "assistant", "content": reply}] if reply else [])
         self.last = timings
         if self.args.stats:
             self.note(format_timings(timings, self.load_s))
@@ -363,7 +373,8 @@ def run_chat(args: argparse.Namespace) -> None:
     if window and session.gen.max_new_tokens >= window:
         session.note(f"(max_new_tokens {session.gen.max_new_tokens} leaves no room in the {window}-token context: "
                      f"using {min(512, window // 4)})")
-        session.gen = session.gen.replace(max_new_tokens=min(512, window // 4))
+        args.max_new_tokens = min(512, window // 4)
+        session.gen = generation_config(args, llm)
     record = _readline(interactive)
     if interactive:
         session.note(f"chatting with {llm.name} — /help for commands, Ctrl-C stops a reply, Ctrl-D or /exit leaves")
@@ -384,8 +395,16 @@ def run_chat(args: argparse.Namespace) -> None:
         text = line.strip()
         if not text:
             continue
-        if text.startswith("/") and not text.startswith("//"):
-            if not session.command(text):
-                break
-            continue
-        session.reply(text[1:] if text.startswith("//") else line)
+        try:
+            if text.startswith("/") and not text.startswith("//"):
+                if not session.command(text):
+                    break
+                continue
+            session.reply(text[1:] if text.startswith("//") else line)
+        except KeyboardInterrupt:  # between the reply's tokens is handled in reply(); this is before them
+            if not interactive:
+                raise
+            if session.messages and session.messages[-1]["role"] == "user":
+                session.messages.pop()
+            out.write("\n")
+            session.note("(stopped)")

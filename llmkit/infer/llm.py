@@ -24,7 +24,7 @@ from ..models.resolve import is_url, load_local, resolve_model
 from ..models.sampling_defaults import sampling_defaults
 from ..models.transformer import Transformer
 from .generate import Completion, TextStream, Timings, TokenGeneration
-from .sampling import SAMPLING_OPTIONS, GenerationConfig
+from .sampling import SAMPLING_OPTIONS, GenerationConfig, valid_settings
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -158,7 +158,7 @@ class LocalLLM(TokenScoring):
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None,
                  generation_defaults: dict[str, Any] | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
-        self.generation_defaults = dict(generation_defaults or {})
+        self.generation_defaults = valid_settings(dict(generation_defaults or {}), f"{name or 'the model'}'s settings")
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "

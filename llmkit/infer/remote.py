@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .generate import Timings
 from .llm import LogLikelihood, TokenScoring, fit_history
-from .sampling import GenerationConfig
+from .sampling import GenerationConfig, valid_settings
 
 Messages = list[dict[str, Any]]
 
@@ -161,9 +161,10 @@ class RemoteLLM(TokenScoring):
     def generation_defaults(self) -> dict[str, Any]:
         """The served model's own sampling settings, as llmkit serve lists them ({} elsewhere)."""
         try:
-            return dict(self.card().get("generation_defaults") or {})
+            card = self.card()
         except ConnectionError:  # a server without /models: the request itself will say what is wrong
-            return {}
+            self._model_card = card = {}  # asked once, not before every request
+        return valid_settings(dict(card.get("generation_defaults") or {}), f"{self.base_url}'s model card")
 
     def chat_tokens(self, messages: Messages) -> int:
         """The tokens of `messages`' contents through the server's tokenizer, plus a few per

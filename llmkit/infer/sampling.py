@@ -10,6 +10,7 @@ draws from the softmax.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.logprobs import token_logprobs
+
+log = logging.getLogger(__name__)
 
 
 class GenerationConfigError(ValueError):
@@ -103,6 +106,21 @@ class GenerationConfig:
 
 # the options that make up a model's own sampling settings (`generation_defaults`, with max_new_tokens)
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def valid_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """The entries of a model's own settings that `GenerationConfig` accepts; the others are
+    dropped with a warning naming `where` (a file may hold values transformers takes and we do
+    not, e.g. top_p 0), so that they never fail a call that did not ask for them."""
+    out = {}
+    for name, value in settings.items():
+        try:
+            GenerationConfig(**{name: value})
+        except (GenerationConfigError, TypeError) as e:
+            log.warning("ignoring %s's %s=%r: %s", where, name, value, e)
+            continue
+        out[name] = value
+    return out
 
 
 def layered_sampling(given: dict[str, Any], own: dict[str, Any],

@@ -21,8 +21,8 @@ from pathlib import Path
 from ..quant.weight_only import QUANT_METHOD
 from .config import ModelConfig
 from .hf import CheckpointError
-from .resolve import (ModelNotFoundError, _cached_gguf, cache_name, did_you_mean, local_path, looks_like_path,
-                      models_dir, read_source)
+from .resolve import (ModelNotFoundError, _cached_gguf, cache_name, did_you_mean, is_hub_id, local_path,
+                      looks_like_path, models_dir, read_source)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ def remove_cached(name: str) -> tuple[Path, int]:
     """Delete a model from the cache by its name (or its folder's path inside the cache) and
     return (the folder, the bytes freed). Asks nothing; refuses anything outside the cache."""
     root = Path(os.path.abspath(models_dir()))
-    if looks_like_path(name) or os.path.isabs(name):
+    cached = root / cache_name(name)
+    if (looks_like_path(name) or os.path.isabs(name)) and not (is_hub_id(name) and cached.is_dir()):
         # abspath, not resolve: a cache entry that is a link is removed itself, not what it points to
         path = Path(os.path.abspath(Path(name).expanduser()))
         if not path.exists() and not path.is_symlink():

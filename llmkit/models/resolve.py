@@ -173,7 +173,8 @@ def resolve_model(name: str | os.PathLike) -> Path | str:
 def _not_found(text: str) -> str:
     """Why `text` names no model, and what to type instead: one line."""
     if looks_like_path(text):
-        return f"no such file or directory: {text}"
+        hub = f" (if it is a Hugging Face hub repo, fetch it with `llmkit pull {text}`)" if is_hub_id(text) else ""
+        return f"no such file or directory: {text}{hub}"
     cache = f"the model cache ({models_dir()})"
     known = cached_models()
     if text in packaged_names():

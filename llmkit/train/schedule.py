@@ -31,7 +31,7 @@ def lr_at(step: float, *, lr: float, total_steps: int, warmup_steps: int = 0, sc
     if schedule == "cosine":
         return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
     if schedule == "linear":
-        return lr - (lr - min_lr) * progress
+        return min_lr + (lr - min_lr) * (1 - progress)  # exactly min_lr at the end
     raise ValueError(f"schedule={schedule!r} is not supported: use {', '.join(SCHEDULES)}")
 
 
@@ -100,15 +100,15 @@ def _along(step: int, first: int, first_pos: float, last: int, end: float, warmu
     """Position of `step` on a segment that runs from step `first` (at `first_pos`) to step `last`
     (at `end`). A warm-up not yet finished keeps its pace of one position per step (squeezing it
     would make the learning rate leap), and only the decay after it is spread over the steps left;
-    when fewer steps are left than the warm-up needs, everything is spread evenly."""
+    when fewer steps are left than the warm-up needs, the warm-up goes on until the last step, which
+    takes the schedule's end value (a fall, never a leap up)."""
     if step >= last:
         return end  # exactly: the last step must get the schedule's end value, not a rounding of it
     if first_pos < warmup:
         ramp_end = first + math.ceil(warmup - first_pos)  # the step whose position finishes the warm-up
-        if ramp_end < last:
-            if step < ramp_end:
-                return first_pos + (step - first)
-            first, first_pos = ramp_end, first_pos + (ramp_end - first)
+        if step < ramp_end:
+            return first_pos + (step - first)  # when the run ends inside the warm-up, the last step still decays
+        first, first_pos = ramp_end, first_pos + (ramp_end - first)
     return first_pos + (end - first_pos) * (step - first) / (last - first)
 
 

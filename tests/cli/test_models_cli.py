@@ -106,7 +106,7 @@ def test_rm_unknown_and_outside(tiny_dir, tmp_path, monkeypatch, capsys):
     assert code == 2 and "not in the model cache" in err and (tiny_dir / "config.json").is_file()
 
 
-def test_model_not_found_errors(tmp_path, monkeypatch, capsys):
+def test_model_not_found_errors(tmp_path, monkeypatch, capsys, tiny_dir):
     monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     code, _, err = run(capsys, "info", "--model", "smollm2-135m-instrcut")
@@ -117,7 +117,13 @@ def test_model_not_found_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and "`llmkit pull someorg/somemodel`" in err
     (tmp_path / "runs").mkdir()  # a typo in a run directory's name is a path, not a hub id
     code, _, err = run(capsys, "info", "--model", "runs/quickstrat")
-    assert code == 2 and err == "llmkit info: error: no such file or directory: runs/quickstrat\n"
+    assert code == 2 and err.startswith("llmkit info: error: no such file or directory: runs/quickstrat")
+    assert len(err.splitlines()) == 1
+    # ... while a hub id that is cached is found, and removed, even beside a folder of its org's name
+    entry = tmp_path / "models" / "runs--tiny"
+    shutil.copytree(tiny_dir, entry)
+    code, out, err = run(capsys, "rm", "runs/tiny")
+    assert code == 0 and not entry.exists(), err
 
 
 def test_pull_of_unknown_name_lists_what_can_be_pulled(tmp_path, monkeypatch, capsys):

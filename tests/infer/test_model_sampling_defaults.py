@@ -127,3 +127,29 @@ def test_serve_fills_what_a_request_leaves_out_and_lists_the_settings(greedy_dir
 
         assert text(temperature=0) == greedy
         assert text() != greedy  # nothing asked: the model's own settings, penalty included
+
+
+def test_settings_generation_refuses_are_dropped_not_raised(tiny_dir, caplog):
+    llm = llmkit.load(tiny_dir)
+    bad = llmkit.LocalLLM(llm.model, llm.tokenizer, "odd", generation_defaults={"top_p": 0.0, "temperature": 0.0})
+    assert bad.generation_defaults == {"temperature": 0.0} and "top_p=0.0" in caplog.text
+    assert bad.generate(PROMPT, max_new_tokens=4) == llm.generate(PROMPT, max_new_tokens=4, temperature=0)
+
+
+def test_chat_set_layers_like_the_command_line(tiny_dir):
+    import io
+
+    from llmkit.cli.chat import ChatSession, Style
+    from llmkit.cli.main import build_parser
+
+    llm = llmkit.load(tiny_dir)
+    llm.generation_defaults = {"temperature": 0.5, "repetition_penalty": 1.3}
+    args = build_parser("chat").parse_args(["chat", "-m", str(tiny_dir)])
+    session = ChatSession(llm, args, io.StringIO(), io.StringIO(), Style(io.StringIO()), 0.0)
+    assert (session.gen.temperature, session.gen.repetition_penalty) == (0.5, 1.3)
+    session.command("/set temperature 0")  # greedy asked: the plain argmax, as --temperature 0 gives
+    assert (session.gen.temperature, session.gen.repetition_penalty) == (0.0, 1.0)
+    session.command("/set temperature 0.7")
+    assert (session.gen.temperature, session.gen.repetition_penalty) == (0.7, 1.3)
+    session.command("/set top_p 1.5")  # refused, and nothing changes
+    assert session.gen.top_p == 1.0 and args.top_p is None

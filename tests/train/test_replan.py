@@ -195,10 +195,13 @@ def test_schedule_replan_is_continuous_and_ends_at_min_lr():
         assert lrs[:15] == pytest.approx([(i + 1) / 15 for i in range(15)])  # the warm-up as first planned
         assert lrs[-1] == pytest.approx(0.1)
         assert all(b < a for a, b in zip(lrs[15:], lrs[16:]))  # then the decay, strictly down to its end
-    # fewer steps left than the warm-up needs: everything is spread evenly, still never past the peak
-    w = Schedule(lr=1.0, steps=100, warmup_steps=10)
-    w.replan(3, 12)
-    ramp = [w.lr_at(i) for i in range(12)]
-    assert ramp[3] == pytest.approx(0.4) and max(ramp) <= 1.0 and ramp[11] == pytest.approx(0.1)
+    # fewer steps left than the warm-up needs: it keeps its pace until the last step, which ends the schedule
+    for to in (6, 9, 11):
+        w = Schedule(lr=1.0, steps=100, warmup_steps=10)
+        w.replan(3, to)
+        ramp = [w.lr_at(i) for i in range(to)]
+        assert ramp[:-1] == pytest.approx([(i + 1) / 10 for i in range(to - 1)]) and ramp[-1] == 0.1, (to, ramp)
+    for kind in ("cosine", "linear"):  # the last step is the end value exactly, not a rounding of it
+        assert Schedule(lr=1.0, steps=100, warmup_steps=10, kind=kind).lr_at(99) == 0.1
     with pytest.raises(ValueError):
         w.replan(5, 5)
