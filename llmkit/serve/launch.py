@@ -167,7 +167,7 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
     settings = settings or ServerSettings()
     if not isinstance(llm, LocalLLM):
         where = getattr(llm, "base_url", None) or repr(llm)
-        raise ValueError(f"--model {where} is a server: llmkit serve serves a local model (HF directory, run "
+        raise ValueError(f"--model {where} is a server, but llmkit serve needs a local model (HF directory, run "
                          "directory, .gguf file or cached name); talk to that server directly instead")
     name = settings.name or llm.name or "model"
     options = settings.engine_options()
