@@ -28,6 +28,8 @@ PEERS: dict[str, tuple[str | None, str]] = {
     "openai": ("dev", "openai"),
     "playwright": ("dev", "playwright"),
     "jsonschema": ("dev", "jsonschema"),
+    "sklearn": ("dev", "scikit-learn"),
+    "gensim": ("dev", "gensim"),
     "gguf": ("gguf", "gguf"),
     "xgrammar": ("structured", "xgrammar"),
     "sacrebleu": ("eval", "sacrebleu"),

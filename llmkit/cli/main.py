@@ -13,7 +13,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from . import align_commands, commands, eval_commands, generate_commands, model_commands, serve_commands
+from . import (align_commands, commands, eval_commands, generate_commands, model_commands, serve_commands,
+               vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -33,6 +34,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "export": (model_commands.add_export_args, model_commands.run_export,
                "export a model as GGUF for llama.cpp: --type f32, f16, q8_0 or q4_0"),
     "data": (commands.add_data_args, commands.run_data, "prepare training data: `llmkit data prepare --help`"),
+    "vectors": (vector_commands.add_vectors_args, vector_commands.run_vectors,
+                "word vectors before the transformer: `llmkit vectors fit|neighbours|analogy` (bag-of-words, TF-IDF, word2vec)"),
     "pretrain": (commands.add_pretrain_args, commands.run_pretrain,
                  "pretrain a model from a YAML recipe plus key=value overrides (torchrun for DDP/FSDP)"),
     "finetune": (commands.add_finetune_args, commands.run_finetune,
@@ -148,7 +151,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if only is None or name == only:
             add_args(p)
-        if name not in ("data", "scale", "align"):
+        if name not in ("data", "scale", "align", "vectors"):
             p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
         p.set_defaults(run=run)
