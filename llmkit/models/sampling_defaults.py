@@ -41,13 +41,15 @@ def _typed(field: str, value: Any) -> int | float | None:
     return int(value) if field in _INTS else float(value)
 
 
+def _pick(raw: dict[str, Any], keys: dict[str, str]) -> dict[str, Any]:
+    """The entries of `raw` named in `keys` (file key -> field), typed, under their field names."""
+    typed = {field: _typed(field, raw.get(key)) for key, field in keys.items()}
+    return {field: value for field, value in typed.items() if value is not None}
+
+
 def from_hf(raw: dict[str, Any]) -> dict[str, Any]:
     """The sampling fields of a ``generation_config.json`` dict (see the module's note on do_sample)."""
-    out: dict[str, Any] = {}
-    for key, field in _HF_KEYS.items():
-        value = _typed(field, raw.get(key))
-        if value is not None:
-            out[field] = value
+    out = _pick(raw, _HF_KEYS)
     if raw.get("do_sample") is False:
         out["temperature"] = 0.0  # transformers decodes greedily whatever the temperature says
     return out
@@ -79,12 +81,8 @@ def read_generation_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def from_gguf_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, field in _GGUF_KEYS.items():
-        value = _typed(field, meta.get(key))
-        if value is not None:
-            out[field] = value
-    return out
+    """The sampling fields of a GGUF file's ``general.sampling.*`` metadata."""
+    return _pick(meta, _GGUF_KEYS)
 
 
 def to_gguf_meta(sampling: dict[str, Any]) -> dict[str, int | float]:

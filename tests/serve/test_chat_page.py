@@ -236,24 +236,23 @@ def test_a_new_reply_clears_the_last_ones_status(browser, scripted):
     page.wait_for_selector(".error")
     assert page.text_content(".error") == "the model is resting" and status() == "failed"
 
-    script.hold.clear()  # the next reply waits: the page shows this request's status, not the error's
-    try:
-        ask(page, "and now?")
-        page.wait_for_function("document.querySelectorAll('.user').length === 2")
-        assert status() == "generating…"
-    finally:
-        script.hold.set()
+    def status_while_held(text: str, turns: int) -> str:
+        """The status while the reply to `text` is held back by the stand-in API."""
+        script.hold.clear()
+        try:
+            ask(page, text)
+            page.wait_for_function(f"document.querySelectorAll('.user').length === {turns}")
+            return status()
+        finally:
+            script.hold.set()
+
+    # the next reply waits: the page shows this request's status, not the error's
+    assert status_while_held("and now?", 2) == "generating…"
     page.wait_for_function("document.querySelector('#status').textContent.includes('tokens')")
     assert status() == "finished: stop · 7 prompt + 11 completion tokens"
     assert page.locator(".assistant").last.inner_text() == "Fine, thanks."
 
-    script.hold.clear()  # and the next one drops these token counts
-    try:
-        ask(page, "once more")
-        page.wait_for_function("document.querySelectorAll('.user').length === 3")
-        assert status() == "generating…"
-    finally:
-        script.hold.set()
+    assert status_while_held("once more", 3) == "generating…"  # and the next one drops these token counts
     page.wait_for_function("document.querySelector('#status').textContent.includes('tokens')")
     assert page.locator(".assistant").last.inner_text() == "Again."
     page.close()
