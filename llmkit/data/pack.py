@@ -64,8 +64,10 @@ def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_chunk(tok, dtype: np.dtype, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens of every text each followed by eos, number of tokens per text including its eos)."""
-    eos = tok.eos_token_id
+    """(tokens of every text each followed by eos (or [SEP]), number of tokens per text including it)."""
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id  # BERT separates with [SEP]
+    if eos is None:
+        raise ValueError("the tokenizer has neither an eos nor a [SEP] token to separate packed documents")
     backend = tok.backend
     if hasattr(backend, "encode_batch_fast"):  # tokenizers >= 0.20: skips computing offsets, ~2-3x faster
         ids = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]

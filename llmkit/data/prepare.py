@@ -90,12 +90,12 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike, tokenizer: "Tok
     check_sources(config.sources)
     if tokenizer is not None:
         shard_dtype(tokenizer.vocab_size)
-        if tokenizer.eos_token_id is None:
-            raise DataError("the tokenizer has no eos token, which separates documents in the packed stream; "
-                            "give one with an eos_token (or no tokenizer, to train one)")
+        if tokenizer.eos_token_id is None and tokenizer.sep_token_id is None:
+            raise DataError("the tokenizer has no eos (or [SEP]) token, which separates documents in the packed "
+                            "stream; give one with an eos_token (or no tokenizer, to train one)")
     else:
         shard_dtype(config.vocab_size)
-        if config.vocab_size < MIN_TRAINED_VOCAB:
+        if config.tokenizer_kind == "bpe" and config.vocab_size < MIN_TRAINED_VOCAB:
             raise DataError(f"vocab_size={config.vocab_size} is too small for a byte-level BPE: use at least "
                             f"{MIN_TRAINED_VOCAB} (256 bytes + 3 special tokens), e.g. 8192")
     with _staging(out_dir) as tmp:
@@ -239,8 +239,9 @@ def _dedup(config: DataConfig, texts: list[list[str]]) -> tuple[list[list[str]],
 def _train_tokenizer(config: DataConfig, texts: list[str]) -> "Tokenizer":
     from llmkit.tokenizer import Tokenizer
 
-    logger.info("training a byte-level BPE tokenizer (vocab %d) on %d train documents", config.vocab_size, len(texts))
-    return Tokenizer.train(texts, vocab_size=config.vocab_size)
+    logger.info("training a %s tokenizer (vocab %d) on %d train documents", config.tokenizer_kind,
+                config.vocab_size, len(texts))
+    return Tokenizer.train(texts, vocab_size=config.vocab_size, kind=config.tokenizer_kind)
 
 
 def _pack_splits(config: DataConfig, out: Path, texts: list[list[str]], streams: dict[str, list[tuple[int, int]]],

@@ -50,6 +50,34 @@ def accuracy(predictions: Sequence, labels: Sequence) -> float:
     return sum(p == l for p, l in zip(predictions, labels)) / max(1, len(labels))
 
 
+def macro_f1(predictions: Sequence, labels: Sequence) -> float:
+    """Mean over classes of F1 (scikit-learn's ``f1_score(average="macro")``): a class that never
+    occurs and is never predicted does not count; one predicted but absent, or present but never
+    predicted, scores 0."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    classes = sorted(set(labels) | set(predictions), key=str)
+    if not classes:
+        return 0.0
+    scores = []
+    for c in classes:
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        fp = sum(p == c and y != c for p, y in zip(predictions, labels))
+        fn = sum(p != c and y == c for p, y in zip(predictions, labels))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(scores) / len(scores)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (better than the normal one near 0 and 1)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def _streams(references: Sequence[str | Sequence[str]]) -> list[list[str]]:
     """Per-prediction reference lists -> sacrebleu's reference streams."""
     per = [_refs(r) for r in references]

@@ -387,13 +387,3 @@ def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float
     tops: list[dict[int, float] | None] = [None]
     tops += top_logprobs(logits, top) if top else [None] * (len(ids) - 1)
     return values, tops
-
-
-@torch.inference_mode()
-def mean_pooled(model, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-    """One vector per input: the mean of the model's final (normed) hidden states."""
-    out = []
-    for ids in inputs:
-        h = model.hidden_states(torch.tensor([list(ids)], device=model.device))[0]
-        out.append(h.float().mean(0).tolist())
-    return out

@@ -6,28 +6,40 @@ Every method takes generation options either as a `GenerationConfig` or as keywo
 samples as the model's own settings say (`generation_defaults`: its ``generation_config.json``, or
 what a GGUF file or the pull registry recommends); otherwise `GenerationConfig`'s defaults fill the
 rest.
+
+Every model embeds too (`embed`: one float32 vector per text, pooled from the last hidden states
+as the model directory's sentence-transformers files say, else their mean). An encoder
+(``config.causal`` False, e.g. BERT) only embeds: the generating and scoring methods refuse it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..models.config import ModelConfig
 from ..models.hf import save_pretrained
 from ..models.logprobs import token_logprobs
-from ..models.resolve import is_url, load_local, resolve_model
+from ..models.resolve import is_url, load_local, local_path, resolve_model
 from ..models.sampling_defaults import sampling_defaults
+from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts
+from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
+from .embedding import Embedding
 from .generate import Completion, TextStream, Timings, TokenGeneration
 from .sampling import SAMPLING_OPTIONS, GenerationConfig, valid_settings
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
 
@@ -56,6 +68,33 @@ class LLM(Protocol):
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class EncoderError(ValueError):
+    """Generation or scoring asked of an encoder, which only embeds."""
+
+
+def encoder_message(name: str) -> str:
+    """Why an encoder cannot generate, and what to do instead: the one wording, local and served."""
+    return (f"{name} is an encoder (bidirectional attention): it embeds text (LLM.embed, `llmkit embed`) and "
+            "cannot generate; use a causal model for generation")
+
+
+def decoder_only(method: Callable) -> Callable:
+    """Refuse `method` on an encoder (`EncoderError`): the one check every generating and scoring
+    entry point of `LocalLLM` goes through."""
+    @functools.wraps(method)
+    def checked(self: "LocalLLM", *args: Any, **kwargs: Any) -> Any:
+        if not self.config.causal:
+            raise EncoderError(encoder_message(self.name or self.config.family))
+        if self.model.lm_head is None:
+            raise EncoderError(f"{self.name or self.config.family} is a classification model (no output head over the "
+                               "vocabulary): it classifies (LLM.classify) and embeds, and cannot generate")
+        return method(self, *args, **kwargs)
+
+    return checked
 
 
 class TokenScoring:
@@ -152,12 +191,15 @@ def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:
     return ids
 
 
-class LocalLLM(TokenScoring):
-    """A model and its tokenizer in this process."""
+class LocalLLM(TokenScoring, Embedding):
+    """A model and its tokenizer in this process. `embedding` says how it embeds (a
+    sentence-transformers directory's `EmbeddingSpec`; None: `default_spec`)."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str | None = None,
-                 generation_defaults: dict[str, Any] | None = None):
+                 generation_defaults: dict[str, Any] | None = None, embedding: EmbeddingSpec | None = None,
+                 classifier: Classifier | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.embedding, self.classifier = embedding, classifier
         self.generation_defaults = valid_settings(dict(generation_defaults or {}), f"{name or 'the model'}'s settings")
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(
@@ -200,6 +242,7 @@ class LocalLLM(TokenScoring):
         return self.tokenizer.padding_id
 
     # --------------------------------------------------------------- generation
+    @decoder_only
     def complete(self, prompts: Sequence[str] | Sequence[Sequence[int]], gen: GenerationConfig | None = None,
                  **kwargs: Any) -> list[Completion]:
         """Generate for a batch of prompts (text, or token ids) at once; full results."""
@@ -236,6 +279,7 @@ class LocalLLM(TokenScoring):
             return self.complete([prompt], gen, **kwargs)[0].text
         return [c.text for c in self.complete(prompt, gen, **kwargs)]
 
+    @decoder_only
     def stream(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None,
                timings: Timings | None = None, **kwargs: Any) -> Iterator[str]:
         """Text deltas as they are produced; their concatenation is `generate`'s text. Bad input
@@ -284,6 +328,7 @@ class LocalLLM(TokenScoring):
         `fit_history`)."""
         return fit_history(messages, self.config.context_window - max_new_tokens, self.chat_tokens)
 
+    @decoder_only
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
              timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
         """The assistant's reply to `messages` (a list of {"role", "content"} dicts)."""
@@ -293,6 +338,10 @@ class LocalLLM(TokenScoring):
         return self.complete([ids], gen, **kwargs)[0].text
 
     # ------------------------------------------------------------------ scoring
+    loglikelihood = decoder_only(TokenScoring.loglikelihood)
+    loglikelihood_rolling = decoder_only(TokenScoring.loglikelihood_rolling)
+
+    @decoder_only
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                              batch_size: int = 16, max_len: int | None = None) -> list[LogLikelihood]:
         """`loglikelihood` on token ids: (context ids, continuation ids) pairs. Each sequence keeps
@@ -377,10 +426,13 @@ class LocalLLM(TokenScoring):
 
     # --------------------------------------------------------------------- save
     def save(self, path: str | os.PathLike) -> Path:
-        """Write model and tokenizer in Hugging Face layout."""
+        """Write model and tokenizer in Hugging Face layout (and the sentence-transformers files of
+        a model that has an `embedding` spec)."""
         path = Path(path)
         save_pretrained(self.model, path, sampling=self.generation_defaults)
         self.tokenizer.save(path)
+        if self.embedding is not None:
+            write_embedding_spec(path, self.embedding, self.config.dim)
         return path
 
 
@@ -409,13 +461,29 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was asked for but this torch has no usable CUDA device: "
                            "use --device cpu (or leave it unset)")
+    # read before the weights: a sentence-transformers directory llmkit cannot embed with fails at once
+    embedding = read_embedding_spec(where) if where.is_dir() else None
+    folder = local_path(where)
+    if folder.is_dir() and is_classifier_dir(folder):  # the body embeds, the head classifies
+        from ..tokenizer import Tokenizer
+
+        body, classifier = load_classifier_parts(folder, device, dtype)
+        return LocalLLM(body, Tokenizer.from_dir(folder), name=_display_name(name, folder), embedding=embedding,
+                        classifier=classifier)
     path, model, tokenizer = load_local(where, device=device, dtype=dtype)
     defaults = sampling_defaults(path)
     if path.suffix == ".gguf":
         return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem,
                         generation_defaults=defaults)
     if _is_cached(path):  # a hub model in the cache: its repo id, as `llmkit list` shows it
-        return LocalLLM(model, tokenizer, name=path.name.replace("--", "/"), generation_defaults=defaults)
-    # a run directory's weights are in its model/ folder, but the run's name is the model's (chat and serve show it)
+        return LocalLLM(model, tokenizer, name=path.name.replace("--", "/"), generation_defaults=defaults,
+                        embedding=embedding)
+    return LocalLLM(model, tokenizer, name=_display_name(name, path), generation_defaults=defaults,
+                    embedding=embedding)
+
+
+def _display_name(name: str | os.PathLike, path: Path) -> str:
+    """A run directory's weights are in its model/ folder, but the run's name is the model's
+    (chat and serve show it)."""
     folder = path.parent if path == Path(str(name)).expanduser() / "model" else path
-    return LocalLLM(model, tokenizer, name=Path(os.path.abspath(folder)).name, generation_defaults=defaults)
+    return Path(os.path.abspath(folder)).name

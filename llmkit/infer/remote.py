@@ -7,6 +7,7 @@ the OpenAI API itself), spoken to with the standard library only.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -14,6 +15,9 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
+from ..models.sentence import check_texts
 from .generate import Timings
 from .llm import LogLikelihood, TokenScoring, fit_history
 from .sampling import GenerationConfig, valid_settings
@@ -26,7 +30,8 @@ class RemoteLLM(TokenScoring):
     from `api_key` or the ``OPENAI_API_KEY`` environment variable; `model` defaults to the first
     model the server lists. With a server that tokenises (``/tokenize``, as llmkit serve and vLLM
     have) and echoes prompt log-probabilities, scoring (`loglikelihood`, `loglikelihood_rolling`)
-    works as it does locally, so the evaluation harness runs multiple-choice tasks remotely."""
+    works as it does locally, so the evaluation harness runs multiple-choice tasks remotely.
+    `embed` goes through ``/embeddings``."""
 
     def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
@@ -179,6 +184,44 @@ class RemoteLLM(TokenScoring):
             return fit_history(messages, budget, self.chat_tokens)
         except NotImplementedError:
             return messages
+
+    # --------------------------------------------------------------- embeddings
+    def embed(self, texts: Sequence[str], batch_size: int = 64,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """float32 vectors (len(texts), dim) in input order, from ``POST /embeddings`` in requests
+        of `batch_size` texts (sent as base64: exact float32, a quarter of the JSON). The server
+        embeds as its model says (llmkit serve: the model's sentence-transformers spec) and refuses
+        texts longer than its model reads. `progress(n)` is called after each request."""
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0, self._embedding_dim()), dtype=np.float32)
+        parts = []
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            parts.append(self._embeddings(chunk))
+            if progress is not None:
+                progress(len(chunk))
+        return np.concatenate(parts)
+
+    def _embeddings(self, texts: list[str]) -> np.ndarray:
+        out = self._request("POST", "/embeddings", {"model": self.model, "input": texts, "encoding_format": "base64"})
+        data = sorted(out.get("data") or [], key=lambda d: d.get("index", 0))
+        if len(data) != len(texts):
+            raise ConnectionError(f"{self.base_url}/embeddings answered {len(data)} vectors for {len(texts)} texts")
+        rows = []
+        for d in data:
+            emb = d.get("embedding")
+            # a server that ignores encoding_format answers floats
+            rows.append(np.frombuffer(base64.b64decode(emb), dtype="<f4") if isinstance(emb, str)
+                        else np.asarray(emb, dtype=np.float32))
+        if len({len(r) for r in rows}) != 1:
+            raise ConnectionError(f"{self.base_url}/embeddings answered vectors of different lengths")
+        return np.stack(rows).astype(np.float32)
+
+    def _embedding_dim(self) -> int:
+        """The vectors' length: llmkit serve lists it on the model card; elsewhere one text tells."""
+        dim = self.card().get("embedding_dim")
+        return int(dim) if dim else self._embeddings(["dimension"]).shape[1]
 
     # ------------------------------------------------------------ tokens & scoring
     def card(self) -> dict[str, Any]:

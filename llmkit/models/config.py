@@ -1,8 +1,9 @@
 """`ModelConfig`: every family is a set of values, not a subclass; plus named presets.
 
 The fields cover decoder-only transformers of the GPT-2, Llama, Mistral, Qwen2 and SmolLM2
-families: norm kind, position scheme, attention heads and KV heads, MLP kind, biases, tying,
-sliding windows and RoPE scaling. Analytical counts (parameters, FLOPs, memory) live here too,
+families and BERT-style encoders: norm kind and placement, position scheme, token types,
+attention heads and KV heads, causal or bidirectional attention, MLP kind, biases, tying, sliding
+windows, RoPE scaling, pooler and output head. Analytical counts (parameters, FLOPs, memory) live here too,
 so that `llmkit info` can describe a 7B preset without allocating it.
 """
 
@@ -20,6 +21,7 @@ MLPS = ("swiglu", "gelu")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+HEADS = ("lm", "none")
 
 
 class ConfigError(ValueError):
@@ -30,7 +32,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Hyper-parameters of one `Transformer`. Names follow the papers; HF names are in comments."""
 
-    family: str = "llama"  # HF `model_type` written on export: llama | mistral | qwen2 | gpt2
+    family: str = "llama"  # HF `model_type` written on export: llama | mistral | qwen2 | gpt2 | bert
     vocab_size: int = 32000
     dim: int = 4096  # hidden_size / n_embd
     n_layers: int = 32  # num_hidden_layers / n_layer
@@ -51,6 +53,12 @@ class ModelConfig:
     mlp_bias: bool = False  # bias on MLP projections (GPT-2)
     tie_embeddings: bool = False
     causal: bool = True  # False: bidirectional attention (encoders)
+    type_vocab_size: int = 0  # token-type (segment) embeddings, BERT's sentence A/B; 0: none
+    post_norm: bool = False  # BERT's post-LayerNorm: norm after each residual add and on the embeddings, none at the end
+    pooler: bool = False  # BERT's pooler tanh(dense(h[:, 0])), read by sequence classification
+    head: str = "lm"  # "lm": logits over the vocabulary (next or masked token); "none": hidden states (HF BertModel)
+    head_transform: bool = False  # BERT's MLM head: dense + activation + norm before the output projection
+    head_bias: bool = False  # bias on the output projection (BERT's MLM decoder and classifier)
     sliding_window: int | None = None  # keys further than this many positions back are not attended
     layer_types: list[str] | None = None  # per layer "full_attention" | "sliding_attention" (None: all sliding if a window is set)
     dropout: float = 0.0  # embedding, attention-probability and residual dropout while training
@@ -69,12 +77,15 @@ class ModelConfig:
                     "choose dim as a multiple of n_heads, or set head_dim explicitly"
                 )
             self.head_dim = self.dim // self.n_heads
+        if self.head == "none":  # no output projection: nothing to transform, bias or tie
+            self.head_transform = self.head_bias = self.tie_embeddings = False
         self.validate()
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise `ConfigError` naming the field, the value and the fix for any inconsistent value."""
-        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS)):
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS),
+                              ("head", HEADS)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not supported: use one of {', '.join(allowed)}")
@@ -99,6 +110,10 @@ class ModelConfig:
             bad = [t for t in self.layer_types if t not in LAYER_TYPES]
             if bad:
                 raise ConfigError(f"layer_types contains {bad[0]!r}: use one of {', '.join(LAYER_TYPES)}")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size={self.type_vocab_size!r} must be 0 (no token types) or a positive integer")
+        if self.causal and self.head == "none":
+            raise ConfigError("head='none' (hidden states only) is for encoders: set causal=false, or use head='lm'")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if self.rope_scaling is not None:
@@ -111,6 +126,12 @@ class ModelConfig:
                 for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
                     if key not in self.rope_scaling:
                         raise ConfigError(f"rope_scaling of type 'llama3' needs {key!r}")
+
+    @property
+    def is_encoder(self) -> bool:
+        """Bidirectional attention: the model reads whole texts (embeddings, masked LM,
+        classification) and cannot generate."""
+        return not self.causal
 
     def sliding_window_for(self, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full causal attention)."""
@@ -174,14 +195,17 @@ class ModelConfig:
     def num_parameters(self, embeddings: bool = True) -> int:
         """Trainable parameters. `embeddings=False` leaves out token/position embeddings and the
         output head (Kaplan's N, the count that scaling laws and FLOP estimates use)."""
-        final_norm = self.dim if self.norm == "rmsnorm" else 2 * self.dim
-        n = self.n_layers * self.layer_parameters() + final_norm
+        norm = self.dim if self.norm == "rmsnorm" else 2 * self.dim
+        n = self.n_layers * self.layer_parameters() + norm  # the final norm, or post-norm's embedding norm
+        n += (self.dim * self.dim + self.dim) * self.pooler
+        if self.head == "lm" and self.head_transform:
+            n += self.dim * self.dim + self.dim + norm
         if embeddings:
-            n += self.vocab_size * self.dim
+            n += self.vocab_size * self.dim + self.type_vocab_size * self.dim
             if self.positions == "learned":
                 n += self.max_seq_len * self.dim
-            if not self.tie_embeddings:
-                n += self.vocab_size * self.dim
+            if self.head == "lm":
+                n += self.vocab_size * (self.head_bias + (not self.tie_embeddings) * self.dim)
         return n
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
@@ -189,7 +213,7 @@ class ModelConfig:
         (2·n_layers·seq_len·q_dim for QKᵀ and the weighted sum), plus the output head.
         Training (forward + backward) is three times that."""
         seq_len = self.max_seq_len if seq_len is None else seq_len
-        n = self.num_parameters(embeddings=False) + self.vocab_size * self.dim  # the head is a matmul too
+        n = self.num_parameters(embeddings=False) + self.vocab_size * self.dim * (self.head == "lm")  # the head too
         attn = sum(2 * min(seq_len, self.sliding_window_for(i) or seq_len) * self.q_dim for i in range(self.n_layers))
         forward = 2 * n + attn
         return 3 * forward if training else forward
@@ -229,6 +253,16 @@ def _gpt2(dim: int, layers: int, heads: int, **kw: Any) -> ModelConfig:
         activation="gelu_tanh", qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=True,
         bos_token_id=50256, eos_token_id=50256, **kw,
     )
+
+
+def _bert(dim: int, layers: int, heads: int, hidden: int, **kw: Any) -> ModelConfig:
+    base: dict[str, Any] = dict(
+        family="bert", vocab_size=30522, dim=dim, n_layers=layers, n_heads=heads, hidden_dim=hidden, max_seq_len=512,
+        norm="layernorm", norm_eps=1e-12, positions="learned", mlp="gelu", activation="gelu", qkv_bias=True,
+        o_bias=True, mlp_bias=True, tie_embeddings=True, causal=False, type_vocab_size=2, post_norm=True,
+        head="lm", head_transform=True, head_bias=True, pad_token_id=0)
+    base.update(kw)
+    return ModelConfig(**base)
 
 
 def _llama(**kw: Any) -> ModelConfig:
@@ -288,6 +322,10 @@ _PRESETS: dict[str, Any] = {
     "smollm2-1.7b": lambda: _llama(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
                                    hidden_dim=8192, max_seq_len=8192, rope_theta=130000.0, tie_embeddings=True,
                                    bos_token_id=1, eos_token_id=2),
+    # BERT (Devlin et al. 2018): post-norm encoder with token types and the masked-LM head
+    # (BertForMaskedLM's layout: a classifier made from it gets a fresh pooler, as in transformers)
+    "bert-base-uncased": lambda: _bert(768, 12, 12, 3072),
+    "bert-large-uncased": lambda: _bert(1024, 24, 16, 4096),
     # Tiny presets for tests and laptops: every family's features at a few hundred thousand parameters.
     "tiny-llama": lambda: _llama(vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176,
                                  max_seq_len=512, tie_embeddings=True),
@@ -295,6 +333,7 @@ _PRESETS: dict[str, Any] = {
                                                  eos_token_id=None),
     "tiny-mistral": lambda: _llama(family="mistral", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=1,
                                    hidden_dim=176, max_seq_len=512, sliding_window=32),
+    "tiny-bert": lambda: _bert(64, 2, 4, 176, vocab_size=2048, max_seq_len=512),
     "tiny-qwen2": lambda: _llama(family="qwen2", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                                  hidden_dim=176, max_seq_len=512, qkv_bias=True, norm_eps=1e-6,
                                  rope_theta=1_000_000.0, tie_embeddings=True),

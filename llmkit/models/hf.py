@@ -2,7 +2,10 @@
 
 Llama, Mistral and Qwen2 checkpoints already use our module names, so their key map is the
 identity. GPT-2 is translated: its fused ``c_attn`` (stored as Conv1D, i.e. transposed) is split
-into q/k/v on import and fused again on export. Only safetensors are read: nothing is unpickled.
+into q/k/v on import and fused again on export. BERT is renamed (``bert.encoder.layer.0.attention
+.self.query`` is our ``model.layers.0.self_attn.q_proj``) and read as `BertModel`,
+`BertForMaskedLM`, `BertForSequenceClassification` or `BertForTokenClassification`: which parts
+a checkpoint holds (pooler, masked-LM head) is read from its tensors. Only safetensors are read: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert")
+BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification")
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -81,6 +85,8 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
             positions="learned", mlp="gelu", activation=_ACTIVATIONS[act], qkv_bias=True, o_bias=True,
             mlp_bias=True, tie_embeddings=d.get("tie_word_embeddings", True), **common,
         )
+    if model_type == "bert":
+        return _bert_config(d, common)
     act = d.get("hidden_act", "silu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"hidden_act {act!r} is not supported: use one of {sorted(_ACTIVATIONS)}")
@@ -108,12 +114,51 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**kw)
 
 
+def _bert_config(d: dict[str, Any], common: dict[str, Any]) -> ModelConfig:
+    archs = [str(a) for a in d.get("architectures") or []]
+    unsupported = [a for a in archs if a not in BERT_ARCHITECTURES]
+    if unsupported:
+        raise CheckpointError(f"BERT variant {unsupported[0]} is not supported: llmkit reads {', '.join(BERT_ARCHITECTURES)}")
+    if d.get("is_decoder") or d.get("add_cross_attention"):
+        raise CheckpointError("a BERT with is_decoder/add_cross_attention (a causal BERT) is not supported: "
+                              f"llmkit reads the encoder ({', '.join(BERT_ARCHITECTURES)})")
+    kind = d.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise CheckpointError(f"position_embedding_type {kind!r} is not supported: llmkit reads absolute positions")
+    act = d.get("hidden_act", "gelu")
+    if act not in _ACTIVATIONS:
+        raise CheckpointError(f"hidden_act {act!r} is not supported: use one of {sorted(_ACTIVATIONS)}")
+    lm = not archs or "BertForMaskedLM" in archs  # refined from the tensors by `_load`
+    return ModelConfig(
+        family="bert", dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
+        hidden_dim=d["intermediate_size"], max_seq_len=d.get("max_position_embeddings", 512), norm="layernorm",
+        norm_eps=d.get("layer_norm_eps", 1e-12), positions="learned", mlp="gelu", activation=_ACTIVATIONS[act],
+        qkv_bias=True, o_bias=True, mlp_bias=True, causal=False, type_vocab_size=d.get("type_vocab_size", 2),
+        post_norm=True, pooler=not archs or any(a in ("BertModel", "BertForSequenceClassification") for a in archs),
+        head="lm" if lm else "none", head_transform=lm, head_bias=lm,
+        tie_embeddings=lm and bool(d.get("tie_word_embeddings", True)), **common,
+    )
+
+
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The HF ``config.json`` dict for `cfg` (readable by transformers 4.4x and 5.x)."""
     dtype_name = str(dtype).removeprefix("torch.")
     act = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new" if cfg.family == "gpt2" else "gelu_pytorch_tanh",
            "relu": "relu"}[cfg.activation]
     ids = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+    if cfg.family == "bert":
+        _require(cfg, norm="layernorm", positions="learned", mlp="gelu", qkv_bias=True, o_bias=True, mlp_bias=True,
+                 n_kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads, sliding_window=None, causal=False,
+                 post_norm=True, head_transform=cfg.head == "lm", head_bias=cfg.head == "lm")
+        return dict(architectures=["BertForMaskedLM" if cfg.head == "lm" else "BertModel"], model_type="bert",
+                    vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
+                    num_attention_heads=cfg.n_heads, intermediate_size=cfg.hidden_dim,
+                    max_position_embeddings=cfg.max_seq_len, layer_norm_eps=cfg.norm_eps,
+                    hidden_act={"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[cfg.activation],
+                    type_vocab_size=cfg.type_vocab_size, position_embedding_type="absolute",
+                    hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                    tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, torch_dtype=dtype_name,
+                    **ids)
     if cfg.family == "gpt2":
         _require(cfg, norm="layernorm", positions="learned", mlp="gelu", qkv_bias=True, o_bias=True, mlp_bias=True,
                  n_kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads, sliding_window=None, causal=True)
@@ -123,6 +168,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
                     activation_function=act, tie_word_embeddings=cfg.tie_embeddings,
                     resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                     initializer_range=cfg.init_std, torch_dtype=dtype_name, **ids)
+    _require(cfg, post_norm=False, type_vocab_size=0, pooler=False, head="lm", head_transform=False, head_bias=False)
     if cfg.family not in ("llama", "mistral", "qwen2"):
         raise ConfigError(f"family={cfg.family!r} cannot be exported: use one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     _require(cfg, norm="rmsnorm", positions="rope", mlp="swiglu", causal=True)
@@ -170,12 +216,70 @@ _GPT2_LAYER = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "a
                "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}
 _GPT2_TOP = {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.embed_positions.weight",
              "ln_f.weight": "model.norm.weight", "ln_f.bias": "model.norm.bias"}
-# HF tensors that are buffers or duplicates, not weights
-_IGNORED = re.compile(r"(rotary_emb\.inv_freq|(?:^|\.)attn\.bias|(?:^|\.)attn\.masked_bias)$")
+# HF tensors that are buffers or duplicates, not weights (BERT: its position-id buffer, the decoder
+# bias that is cls.predictions.bias again, the next-sentence head of BertForPreTraining files)
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|(?:^|\.)attn\.bias|(?:^|\.)attn\.masked_bias|embeddings\.position_ids"
+                      r"|cls\.predictions\.decoder\.bias|cls\.seq_relationship\.(?:weight|bias))$")
+# BERT's names -> ours (after the `bert.` prefix of its task models); {} is the layer index
+_BERT_KEYS = {
+    "embeddings.word_embeddings.weight": "model.embed_tokens.weight",
+    "embeddings.position_embeddings.weight": "model.embed_positions.weight",
+    "embeddings.token_type_embeddings.weight": "model.embed_types.weight",
+    "embeddings.LayerNorm.{}": "model.embed_norm.{}",
+    "encoder.layer.{}.attention.self.query.{}": "model.layers.{}.self_attn.q_proj.{}",
+    "encoder.layer.{}.attention.self.key.{}": "model.layers.{}.self_attn.k_proj.{}",
+    "encoder.layer.{}.attention.self.value.{}": "model.layers.{}.self_attn.v_proj.{}",
+    "encoder.layer.{}.attention.output.dense.{}": "model.layers.{}.self_attn.o_proj.{}",
+    "encoder.layer.{}.attention.output.LayerNorm.{}": "model.layers.{}.post_attention_layernorm.{}",
+    "encoder.layer.{}.intermediate.dense.{}": "model.layers.{}.mlp.up_proj.{}",
+    "encoder.layer.{}.output.dense.{}": "model.layers.{}.mlp.down_proj.{}",
+    "encoder.layer.{}.output.LayerNorm.{}": "model.layers.{}.post_feedforward_layernorm.{}",
+    "pooler.dense.{}": "model.pooler.{}",
+}
+_BERT_HEAD_KEYS = {  # outside the `bert.` prefix
+    "cls.predictions.transform.dense.{}": "head_transform.dense.{}",
+    "cls.predictions.transform.LayerNorm.{}": "head_transform.norm.{}",
+    "cls.predictions.decoder.weight": "lm_head.weight",
+    "cls.predictions.bias": "lm_head.bias",
+    "classifier.{}": "score.{}",
+}
+
+
+def _key_patterns(table: dict[str, str], src_prefix: str, dst_prefix: str) -> list[tuple[re.Pattern, str]]:
+    """(regex of a source name, destination template) pairs; each ``{}`` is one name part."""
+    return [(re.compile(re.escape(src_prefix + src).replace(r"\{\}", "([A-Za-z0-9_]+)") + "$"), dst_prefix + dst)
+            for src, dst in table.items()]
+
+
+def _rename(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, dst in patterns:
+        m = pattern.match(key)
+        if m:
+            for part in m.groups():
+                dst = dst.replace("{}", part, 1)
+            return dst
+    return None
+
+
+def _bert_maps(prefixed: bool) -> tuple[list, list]:
+    """(HF -> ours, ours -> HF) rename patterns for BERT; task models put the body under `bert.`."""
+    body = "bert." if prefixed else ""
+    to_ours = _key_patterns(_BERT_KEYS, body, "") + _key_patterns(_BERT_HEAD_KEYS, "", "")
+    reverse = {v: k for k, v in _BERT_KEYS.items()}
+    to_hf = _key_patterns(reverse, "", body) + _key_patterns({v: k for k, v in _BERT_HEAD_KEYS.items()}, "", "")
+    return to_ours, to_hf
 
 
 def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF tensor names and layouts -> ours."""
+    if cfg.family == "bert":
+        to_ours = _bert_maps(any(k.startswith("bert.") for k in hf))[0]
+        out = {}
+        for k, v in hf.items():
+            if _IGNORED.search(k) or (k == "cls.predictions.decoder.weight" and cfg.tie_embeddings):
+                continue
+            out[_rename(k, to_ours) or k] = v  # unknown keys surface in validation
+        return out
     if cfg.family != "gpt2":
         return {k: v for k, v in hf.items() if not _IGNORED.search(k)}
     out: dict[str, torch.Tensor] = {}
@@ -205,9 +309,13 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our tensor names and layouts -> HF's (a tied head is written once, as the embedding)."""
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool | None = None) -> dict[str, torch.Tensor]:
+    """Our tensor names and layouts -> HF's (a tied head is written once, as the embedding).
+    `prefix=False` leaves out the `bert.` prefix of BERT task models (default: as HF writes them)."""
     sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    if cfg.family == "bert":  # a task model (MLM head, classifier) keeps its body under `bert.`
+        to_hf = _bert_maps(cfg.head == "lm" or "score.weight" in sd if prefix is None else prefix)[1]
+        return {(_rename(k, to_hf) or k): v for k, v in sd.items()}
     if cfg.family != "gpt2":
         return sd
     top = {v: k for k, v in _GPT2_TOP.items()}
@@ -308,37 +416,28 @@ def load_pretrained(path: str | os.PathLike, device: torch.device | str | None =
     any weight is read; on error nothing is returned and the message names the tensor."""
     path = Path(path)
     archs = _config_json(path).get("architectures") or []
-    if any(str(a).endswith("ForSequenceClassification") for a in archs):
-        raise CheckpointError(f"{path} is a sequence-classification (reward) model ({archs[0]}), not a language "
-                              "model: load it with llmkit.align.load_reward_model")
+    if any(str(a).endswith(("ForSequenceClassification", "ForTokenClassification")) for a in archs):
+        raise CheckpointError(f"{path} is a classification model ({archs[0]}), not a language model: load it with "
+                              "llmkit.models.load_classifier (a reward model: llmkit.align.load_reward_model)")
     return _load(path, device, dtype)[0]
 
 
+def _score_key(cfg: ModelConfig, bias: bool = False) -> str:
+    """HF's name of a classification head's weight (or bias)."""
+    return ("classifier." if cfg.family == "bert" else "score.") + ("bias" if bias else "weight")
+
+
 def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtype | None,
-          score: bool = False) -> tuple[Transformer, torch.Tensor | None]:
-    """The model, and with `score` the (1, dim) `score.weight` of a reward model instead of an
-    output head (HF's *ForSequenceClassification with num_labels=1)."""
+          score: bool = False) -> tuple[Transformer, dict[str, torch.Tensor]]:
+    """The model, and with `score` the classification head of an HF *ForSequenceClassification /
+    *ForTokenClassification checkpoint instead of an output head: {"weight": (labels, dim),
+    "bias": (labels,) where it has one}. A BERT checkpoint's tensors say whether it has a pooler
+    and a masked-LM head."""
     cfg = read_config(path)
     quant = _quantization(path)
     device = torch.device(device or "cpu")
     dtype = parse_dtype(dtype, device)
-    with torch.device("meta"):
-        model = Transformer(cfg)
-        if quant is not None:  # llmkit's own names, layouts and quantised modules
-            try:
-                prepare_quantized(model, quant)
-            except ValueError as e:
-                raise CheckpointError(f"{path}/config.json: {e}") from e
     own_names = quant is not None
-    sd = model.state_dict()
-    if score:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    if own_names:
-        expected = {k: tuple(v.shape) for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
-    else:
-        expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg).items()}
-    if score:
-        expected["score.weight"] = (1, cfg.dim)
 
     files, _ = _weight_files(path)
     handles = [_open(f) for f in files]
@@ -348,10 +447,42 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
         for k in h.keys():
             where[k] = h
             found_shapes[k] = tuple(h.get_slice(k).get_shape())
-    prefixed = not own_names and cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in found_shapes)
-    if prefixed:  # original OpenAI GPT-2 files have no "transformer." prefix
-        found_shapes = {("transformer." + k if k != "lm_head.weight" else k): s for k, s in found_shapes.items()}
-        where = {("transformer." + k if k != "lm_head.weight" else k): h for k, h in where.items()}
+    raw_names = {k: k for k in found_shapes}
+    if not own_names and cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in found_shapes):
+        # original OpenAI GPT-2 files have no "transformer." prefix
+        raw_names = {("transformer." + k if k != "lm_head.weight" else k): k for k in found_shapes}
+    if not own_names and cfg.family == "bert":  # BertModel files have no "bert." prefix, its task models do
+        raw_names = {k.removeprefix("bert."): k for k in found_shapes}
+        lm = "cls.predictions.bias" in raw_names and not score
+        cfg = cfg.replace(pooler="pooler.dense.weight" in raw_names, head="lm" if lm else "none", head_transform=lm,
+                          head_bias=lm, tie_embeddings=lm and "cls.predictions.decoder.weight" not in raw_names)
+    found_shapes = {k: found_shapes[raw] for k, raw in raw_names.items()}
+    where = {k: where[raw] for k, raw in raw_names.items()}
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+        if quant is not None:  # llmkit's own names, layouts and quantised modules
+            try:
+                prepare_quantized(model, quant)
+            except ValueError as e:
+                raise CheckpointError(f"{path}/config.json: {e}") from e
+    sd = model.state_dict()
+    if score:
+        sd = {k: v for k, v in sd.items() if not k.startswith("lm_head.")}
+    if own_names:
+        expected = {k: tuple(v.shape) for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
+    else:
+        expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg, prefix=False).items()}
+    if score:
+        weight, bias = _score_key(cfg), _score_key(cfg, bias=True)
+        shape = found_shapes.get(weight)
+        if shape is None or len(shape) != 2 or shape[1] != cfg.dim:
+            raise CheckpointError(f"{path}: a classification checkpoint needs {weight} of shape [labels, {cfg.dim}], "
+                                  f"found {list(shape) if shape else 'none'}")
+        expected[weight] = shape
+        if bias in found_shapes:
+            expected[bias] = (shape[0],)
+
     missing = [k for k in expected if k not in found_shapes]
     if missing:
         raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' …' if len(missing) > 5 else ''} "
@@ -361,15 +492,14 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
             raise CheckpointError(f"{path}: tensor {k} has shape {list(found_shapes[k])} but config.json implies "
                                   f"{list(shape)}")
     extra = [k for k in found_shapes if k not in expected and not _IGNORED.search(k)
-             and not (k == "lm_head.weight" and cfg.tie_embeddings)]
+             and not (k in ("lm_head.weight", "cls.predictions.decoder.weight") and cfg.tie_embeddings)]
     if extra:
         raise CheckpointError(f"{path}: unexpected tensor(s) {extra[:5]} that config.json does not account for")
 
     ours: dict[str, torch.Tensor] = {}
     for k in expected:  # one tensor at a time, so the model is never held twice (GPT-2's transposes)
-        raw_key = k.removeprefix("transformer.") if prefixed and k != "lm_head.weight" else k
         try:
-            t = where[k].get_tensor(raw_key)
+            t = where[k].get_tensor(raw_names[k])
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read tensor {k} from {path}: the file is damaged ({e})") from e
         # copy=True: a fresh, 64-byte aligned buffer (safetensors' own is not, and MKL's matmuls
@@ -379,10 +509,11 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
         ours.update({k: t} if own_names else state_dict_from_hf({k: t}, cfg))
         del t
     del handles, where
-    score_weight = ours.pop("score.weight", None) if score else None
+    head = {name: ours.pop(f"score.{name}") for name in ("weight", "bias") if f"score.{name}" in ours}
     if score:
-        model.lm_head = torch.nn.Identity()  # a reward model has no output head
-    return finish_model(model, ours, cfg, device, path), score_weight
+        model.lm_head = None  # a classifier reads hidden states: no output head
+        model.head_transform = None
+    return finish_model(model, ours, cfg, device, path), head
 
 
 def finish_model(model: Transformer, state: dict[str, torch.Tensor], cfg: ModelConfig, device: torch.device,
@@ -394,7 +525,7 @@ def finish_model(model: Transformer, state: dict[str, torch.Tensor], cfg: ModelC
     if model.model.rotary is not None:
         from .layers import rope_inv_freq
         model.model.rotary.inv_freq = rope_inv_freq(cfg, device=device)
-    if cfg.tie_embeddings and type(model.lm_head) is torch.nn.Linear:
+    if cfg.tie_embeddings and model.lm_head is not None and type(model.lm_head) is torch.nn.Linear:
         model.lm_head.weight = model.model.embed_tokens.weight
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:

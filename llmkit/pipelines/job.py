@@ -187,7 +187,7 @@ class Job:
         if not self.recipe.model:
             raise ValueError("no base model: give --model (an HF directory, a run directory or a cached name)")
         self.base_path, model, tokenizer = load_local(self.recipe.model)
-        if tokenizer.chat_template is None:
+        if tokenizer.chat_template is None and not model.config.is_encoder:
             log.warning("%s has no chat template: using llmkit's default (ChatML)", self.base_path)
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         return model, tokenizer

@@ -1,6 +1,7 @@
 """`llmkit pretrain`: data → tokenizer → model → Trainer → run dir with `model/` in HF layout.
 
     llmkit pretrain --config recipes/pretrain-tiny.yaml train.steps=300 --out runs/p1
+    llmkit pretrain --config recipes/bert-mlm-tiny.yaml              # an encoder, masked-LM objective
     torchrun --nproc_per_node 2 -m llmkit pretrain --config ... train.distributed=fsdp
 """
 
@@ -23,7 +24,7 @@ from ..models.transformer import Transformer
 from ..tokenizer import Tokenizer
 from ..train import distributed as D
 from ..train.config import TrainConfig
-from ..train.objectives import CausalLM
+from ..train.objectives import CausalLM, MaskedLM
 from ..train.trainer import Trainer
 from .job import Job, RunDirError
 
@@ -43,7 +44,39 @@ class PretrainRecipe:
     data: DataConfig = field(default_factory=DataConfig)
     data_dir: str | None = None  # an already prepared data directory (skips preparation)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: str = "causal"  # causal (next token; decoders) | mlm (masked tokens; encoders)
+    mask_rate: float = 0.15  # mlm: the share of tokens selected (80% masked, 10% random, 10% kept)
     out: str = "runs/pretrain"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r} is not known: use one of {', '.join(OBJECTIVES)}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"mask_rate={self.mask_rate} must be in (0, 1), e.g. 0.15")
+
+
+OBJECTIVES = ("causal", "mlm")
+
+
+def objective_for(recipe: PretrainRecipe, model: Transformer, tokenizer: Tokenizer):
+    """The recipe's objective, refused where the model cannot learn it."""
+    cfg = model.config
+    if recipe.objective == "causal":
+        if cfg.is_encoder:
+            raise ValueError("objective=causal with a bidirectional model (causal=false): every position would see "
+                             "the token it predicts; use objective=mlm for an encoder, or a causal preset")
+        return CausalLM()
+    if not cfg.is_encoder:
+        raise ValueError("objective=mlm with a causal model: masked-token prediction needs bidirectional attention; "
+                         "use an encoder preset (e.g. model.preset=tiny-bert) or objective=causal")
+    if cfg.head != "lm":
+        raise ValueError(f"objective=mlm needs an output head over the vocabulary, but the model has head={cfg.head!r}")
+    if tokenizer.mask_token_id is None:
+        raise ValueError("objective=mlm needs a mask token, and the tokenizer has none: prepare the data with "
+                         "data.tokenizer_kind=wordpiece (BERT's [MASK]) or give a tokenizer with a mask_token")
+    special = [i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id,
+                           tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id) if i is not None]
+    return MaskedLM(tokenizer.mask_token_id, cfg.vocab_size, special, recipe.mask_rate, eval_seed=recipe.train.seed)
 
 
 def prepare_or_reuse_data(recipe: PretrainRecipe, run_dir: Path, info: D.DistInfo) -> Path:
@@ -142,11 +175,12 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[A
         train_set, val_set = PackedDataset(data_dir, "train"), PackedDataset(data_dir, "val")
         tokenizer = Tokenizer.from_dir(data_dir / "tokenizer")
         model = build_model(recipe, tokenizer, train_set.seq_len)
+        objective = objective_for(recipe, model, tokenizer)
         check_memory(model, recipe, train_set.seq_len, job.info)
         loader = BatchLoader(train_set, recipe.train.micro_batch, seed=recipe.train.seed, rank=job.info.rank,
                              world_size=job.info.world_size)
         compat = {"model": model.config.to_dict(), "seq_len": train_set.seq_len}
-        trainer = Trainer(model, CausalLM(), loader, recipe.train, job.run_dir, val_data=val_set, tokenizer=tokenizer,
+        trainer = Trainer(model, objective, loader, recipe.train, job.run_dir, val_data=val_set, tokenizer=tokenizer,
                           compat=compat, flops_per_token=model.config.flops_per_token(train_set.seq_len, training=True),
                           info=job.info, callbacks=job.callbacks)
     summary = trainer.fit(resume=resume)
@@ -154,8 +188,35 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[A
     summary["params_total"] = model.config.num_parameters()
     summary["seq_len"] = train_set.seq_len
     final = job.final_model(trainer, lambda: Transformer(model.config))
-    return job.finish(summary, f"Pretraining run {job.run_dir.name}",
+    rows = []
+    if isinstance(objective, MaskedLM) and job.is_main:
+        summary["masked_lm"] = masked_lm_scores(final, objective, train_set, val_set, tokenizer, recipe)
+        m = summary["masked_lm"]
+        rows = [("masked-token accuracy (val)", f"{m['accuracy']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]"),
+                ("most-frequent-token baseline", f"{m['baseline']['accuracy']:.3f} "
+                 f"[{m['baseline']['ci'][0]:.3f}, {m['baseline']['ci'][1]:.3f}]"),
+                ("beats the baseline", "yes" if m["beats_baseline"] else "no")]
+    return job.finish(summary, f"Pretraining run {job.run_dir.name}", rows,
                       save=lambda: job.save_model(final, tokenizer))
+
+
+def masked_lm_scores(model: Transformer, objective: MaskedLM, train_set: PackedDataset, val_set: PackedDataset,
+                     tokenizer: Tokenizer, recipe: PretrainRecipe, max_rows: int = 512) -> dict[str, Any]:
+    """Masked-token accuracy on (at most `max_rows` of) the validation split against always
+    answering the training split's most frequent token (`llmkit.eval.encoders`)."""
+    import numpy as np
+
+    from ..eval.encoders import masked_token_accuracy, most_frequent_token
+
+    sample = np.concatenate([train_set[i] for i in range(min(len(train_set), 2048))])
+    baseline = most_frequent_token(sample, objective.special_ids)
+    rows = min(len(val_set), max_rows)
+    size = recipe.train.micro_batch
+    batches = (torch.stack([torch.as_tensor(val_set[i]) for i in range(s, min(rows, s + size))])
+               for s in range(0, rows, size))
+    out = masked_token_accuracy(model, batches, objective, baseline, seed=recipe.train.seed)
+    out["baseline"]["text"] = tokenizer.decode([baseline])
+    return out
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

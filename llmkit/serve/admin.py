@@ -31,12 +31,14 @@ async def metrics(request: Request):
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [model_card(s) for s in _server(request).models.values()]}
+    server = _server(request)
+    return {"object": "list", "data": [model_card(s, server.embedding_model(s.name)) for s in server.models.values()]}
 
 
 @router.get("/v1/models/{name}")
 async def get_model(name: str, request: Request):
-    return model_card(_server(request).model(name))
+    server = _server(request)
+    return model_card(server.model(name), server.embedding_model(name))
 
 
 @router.post("/tokenize")

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over the continuous-batching engine.
 
     app = create_app([ServedModel("quickstart", llm)])      # uvicorn.run(app) — or `llmkit serve`
+    app = create_app([chat, minilm], embedder=minilm.name)  # minilm answers every /v1/embeddings
 
 Endpoints, one router per group: ``POST /v1/chat/completions`` (chat), ``POST /v1/completions``
 (completions), ``POST /v1/embeddings`` (embeddings), ``GET /v1/models``, ``GET /health``,
@@ -34,10 +35,13 @@ _GUARDED_ROOT = ("/tokenize", "/detokenize")
 
 
 def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MAX_BODY_BYTES,
-               start_engines: bool = True, gate: Gate | None = None, request_log: RequestLog | None = None) -> FastAPI:
+               start_engines: bool = True, gate: Gate | None = None, request_log: RequestLog | None = None,
+               embedder: str | None = None) -> FastAPI:
     """The FastAPI app; its engines start with the app (and stop with it). `gate` holds the API
-    keys and their limits (none: anyone may call, unlimited); `request_log` records every request."""
-    server = Server([models] if isinstance(models, ServedModel) else list(models), max_body_bytes, gate, request_log)
+    keys and their limits (none: anyone may call, unlimited); `request_log` records every request;
+    `embedder` names the served model that answers /v1/embeddings whatever model a request names."""
+    server = Server([models] if isinstance(models, ServedModel) else list(models), max_body_bytes, gate, request_log,
+                    embedder)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -30,7 +30,7 @@ def _prompt(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
 async def chat_completions(request: Request):
     server: Server = request.app.state.server
     req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, server.max_body_bytes)
-    served = server.model(req.model)
+    served = server.generator(req.model)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     prompt = _prompt(served, messages)
     top = req.top_logprobs or 0

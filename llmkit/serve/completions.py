@@ -28,7 +28,7 @@ Scores = tuple[list[float | None], list[dict[int, float] | None]]  # a prompt's 
 async def completions(request: Request):
     server: Server = request.app.state.server
     req: CompletionRequest = await parse_body(request, CompletionRequest, server.max_body_bytes)
-    served = server.model(req.model)
+    served = server.generator(req.model)
     for name, ok in (("suffix", req.suffix is None), ("best_of", req.best_of in (None, 1))):
         if not ok:
             raise APIError(400, f"{name} is not supported by llmkit serve", param=name, code="unsupported_field")

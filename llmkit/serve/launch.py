@@ -8,6 +8,8 @@ loaded model.
     server.run()                                          # until Ctrl-C
 
     serve([ServedModel("quickstart", llm)], port=8000)    # models you built yourself
+
+    build_server(llm, ServerSettings(embedder="all-minilm-l6-v2"))  # a second model answers /v1/embeddings
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Sequence
 
 from fastapi import FastAPI
 
-from ..infer.llm import LocalLLM
+from ..infer.llm import LocalLLM, load
 from ..models.catalog import stored_quantization
 from ..models.resolve import llmkit_home
 from .app import create_app
@@ -52,6 +54,9 @@ class ServerSettings:
     price_completion: float = 0.0
     log_level: str = "warning"  # uvicorn's
     model: str | os.PathLike | None = None  # what --model named: /v1/models reports its file's quantisation
+    # a second model (any name the resolver takes) that answers every /v1/embeddings request, served
+    # under its own name beside the model (see llmkit.serve.embeddings)
+    embedder: str | os.PathLike | None = None
 
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
@@ -147,12 +152,25 @@ class BuiltServer:
         s, first = self.settings, self.models[0]
         weights = f", {first.quantization} weights" if first.quantization else ""
         wildcard = f" (listening on {s.host or '0.0.0.0'}: every network interface)" if s.host in _WILDCARDS else ""
-        return (f"serving {', '.join(m.name for m in self.models)} ({first.llm.model.num_parameters():,} parameters, "
-                f"{first.llm.device}{weights}) at {self.url}/v1{wildcard} — KV cache "
-                f"{first.engine.pool.capacity_tokens} tokens, batch up to {s.max_batch}\n"
-                f"API keys: {self.keys or 'none required'}; request log: "
-                f"{self.request_log.path if self.request_log else 'off'}\n"
-                f"chat in your browser: {self.url}/")
+        names = [m.name for m in self.models if m.name != self.embedder]
+        lines = [f"serving {', '.join(names)} ({first.llm.model.num_parameters():,} parameters, "
+                 f"{first.llm.device}{weights}) at {self.url}/v1{wildcard} — KV cache "
+                 f"{first.engine.pool.capacity_tokens} tokens, batch up to {s.max_batch}"]
+        embeds = next((m for m in self.models if m.name == self.embedder), None)
+        if embeds is not None:
+            lines.append(f"embeddings: {embeds.name} ({embeds.llm.model.num_parameters():,} parameters, "
+                         f"{embeds.llm.embedding_spec.describe()}) for every model")
+        if not first.llm.config.causal:
+            lines.append(f"{first.name} is an encoder: it answers /v1/embeddings and refuses chat and completions")
+        lines += [f"API keys: {self.keys or 'none required'}; request log: "
+                  f"{self.request_log.path if self.request_log else 'off'}",
+                  f"chat in your browser: {self.url}/"]
+        return "\n".join(lines)
+
+    @property
+    def embedder(self) -> str | None:
+        """The served name of the model that answers /v1/embeddings for every model, if one was loaded."""
+        return self.app.state.server.embedder
 
     def run(self) -> None:
         """Listen until interrupted (binding first if `listen` was not called)."""
@@ -160,10 +178,12 @@ class BuiltServer:
         _run(self.app, self.sock, self.settings.log_level)
 
 
-def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.socket | None = None) -> BuiltServer:
+def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.socket | None = None,
+                 embedder: LocalLLM | None = None) -> BuiltServer:
     """The server `settings` describe around `llm`, a `LocalLLM` (with its adapters loaded); `sock`
     is the settings' host and port already bound (`bind`), as `llmkit serve` does before it loads
-    the model."""
+    the model. `embedder` is the model `settings.embedder` names, loaded already (default: loaded
+    here, on `llm`'s device)."""
     settings = settings or ServerSettings()
     if not isinstance(llm, LocalLLM):
         where = getattr(llm, "base_url", None) or repr(llm)
@@ -176,14 +196,34 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
     stored = stored_quantization(settings.model)  # a GGUF's Q4_1, which its dequantised weights no longer show
     for m in models:
         m.quantization = m.quantization or stored
+    if embedder is None and settings.embedder is not None:
+        embedder = load(settings.embedder, device=llm.device)
+    if embedder is not None:
+        models.append(_embedding_model(embedder, settings, [m.name for m in models]))
     keys = load_keys(settings.api_keys) if settings.api_keys else []
     gate = Gate(keys, requests_per_minute=settings.rate_limit, tokens_per_day=settings.token_budget)
     request_log = None
     if settings.log_requests:
         request_log = RequestLog(settings.request_log or llmkit_home() / "requests.sqlite", settings.price_prompt,
                                  settings.price_completion, log_text=settings.log_prompts)
-    app = create_app(models, settings.max_body_bytes, gate=gate, request_log=request_log)
+    app = create_app(models, settings.max_body_bytes, gate=gate, request_log=request_log,
+                     embedder=models[-1].name if embedder is not None else None)
     return BuiltServer(settings, app, models, len(keys), request_log, sock)
+
+
+def _embedding_model(embedder: Any, settings: ServerSettings, taken: list[str]) -> ServedModel:
+    """The embedder as a served model, under its own name; its engine only runs its embeddings
+    between steps, so it gets the smallest cache (one context window)."""
+    if not isinstance(embedder, LocalLLM):
+        where = getattr(embedder, "base_url", None) or repr(embedder)
+        raise ValueError(f"--embedder {where} is a server, but llmkit serve needs a local embedder (HF directory, "
+                         "run directory or cached name)")
+    name = embedder.name or "embedder"
+    if name in taken:
+        raise ValueError(f"--embedder {settings.embedder or name} is served as {name!r}, which the model already is: "
+                         "give the model another name with --name")
+    return ServedModel(name, embedder, engine_options={"max_batch": 1, "block_size": settings.block_size,
+                                                       "max_queue": settings.max_queue})
 
 
 def serve(models: ServedModel | list[ServedModel], host: str = "127.0.0.1", port: int = 8000,

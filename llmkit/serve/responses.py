@@ -45,14 +45,17 @@ def finish_reason(reason: str | None) -> str | None:
     return {"cancelled": "stop", "error": "stop"}.get(reason, reason) if reason else None
 
 
-def model_card(served: Any) -> dict[str, Any]:
+def model_card(served: Any, embedder: Any = None) -> dict[str, Any]:
     """A `ServedModel` in /v1/models; max_model_len as vLLM gives it, start_token_id (what an
-    empty context starts from), quantization and generation_defaults (the model's own sampling
-    settings, which fill what a request leaves out) are ours."""
+    empty context starts from), quantization, generation_defaults (the model's own sampling
+    settings, which fill what a request leaves out), embedding_dim (the length of the vectors
+    /v1/embeddings answers for it: those of `embedder`, the served model that embeds for it, if
+    not itself) and generates (false for an encoder, which only embeds) are ours."""
     return {"id": served.name, "object": "model", "created": served.created, "owned_by": "llmkit",
             "max_model_len": served.llm.config.context_window, "start_token_id": served.llm.start_token_id,
             "quantization": served.quantization,
-            "generation_defaults": dict(getattr(served.llm, "generation_defaults", {}))}
+            "generation_defaults": dict(getattr(served.llm, "generation_defaults", {})),
+            "embedding_dim": (embedder or served).llm.embedding_dim, "generates": bool(served.llm.config.causal)}
 
 
 # ----------------------------------------------------------------------------- chat

@@ -87,6 +87,7 @@ class EmbeddingRequest(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    truncate: bool = False  # llmkit extra: cut texts longer than the model embeds instead of refusing them
 
 
 class TokenizeRequest(_Strict):

@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError
+from ..infer.llm import encoder_message
 from ..infer.sampling import SAMPLING_OPTIONS, GenerationConfig, GenerationConfigError, layered_sampling
 from ..models.transformer import ContextLengthError
 from ..quant.weight_only import quantization_config
@@ -87,13 +88,17 @@ def _metrics(engines: list[Engine]) -> Metrics:
 
 class Server:
     """The served models, who may call (`gate`: anyone, unlimited, when None), the request log
-    (None: no log) and the metrics; one per app, at ``app.state.server``."""
+    (None: no log) and the metrics; one per app, at ``app.state.server``. `embedder` names the
+    model that answers /v1/embeddings for every model (see `embedding_model`)."""
 
     def __init__(self, models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, gate: Gate | None = None,
-                 request_log: RequestLog | None = None):
+                 request_log: RequestLog | None = None, embedder: str | None = None):
         if not models:
             raise ValueError("give at least one model to serve")
         self.models = {m.name: m for m in models}
+        if embedder is not None and embedder not in self.models:
+            raise ValueError(f"embedder={embedder!r} is not among the served models {sorted(self.models)}")
+        self.embedder = embedder
         self.max_body_bytes = max_body_bytes
         self.gate = gate or Gate()
         self.log = request_log
@@ -115,6 +120,22 @@ class Server:
             raise APIError(404, f"the model {name!r} does not exist: this server has {sorted(self.models)}",
                            param="model", code="model_not_found")
         return served
+
+    def generator(self, name: str) -> ServedModel:
+        """The model a chat or completions request names; an encoder is refused with a 400."""
+        served = self.model(name)
+        if not served.llm.config.causal:
+            raise APIError(400, encoder_message(served.name) + f" (POST /v1/embeddings with model {served.name!r})",
+                           param="model", code="model_not_generative")
+        return served
+
+    def embedding_model(self, name: str) -> ServedModel:
+        """The model that embeds for a request naming `name`: the `model` field picks among the
+        served models, except that with an embedder loaded (``--embedder``) every served name
+        embeds with it (the chat model's name too: the server has one way to embed, and the
+        response's `model` field says which)."""
+        served = self.model(name)
+        return self.models[self.embedder] if self.embedder is not None else served
 
     # ------------------------------------------------------------------ generation
     def generation(self, req: Any, served: ServedModel, prompt_len: int, max_tokens: int | None,

@@ -6,6 +6,9 @@
   the vocabulary, merges and post-processor from `tokenizer.json` and rebuilds the normalizer,
   pre-tokenizer and decoder in Python. For Llama-2 / Mistral files this changes the encoding: the
   `Prepend("▁")` normalizer becomes a `Metaspace(prepend_scheme="first")` pre-tokenizer.
+* `BertTokenizer` (and its aliases) keeps only the vocabulary and rebuilds everything else, the
+  post-processor included, from `tokenizer_config.json`; without a `tokenizer.json` it reads
+  `vocab.txt` (see `wordpiece`).
 * the special tokens named in `tokenizer_config.json` (and the added tokens listed there) are added
   to the vocabulary when `tokenizer.json` lacks them.
 * `add_bos_token` / `add_eos_token` in `tokenizer_config.json` are ignored when `tokenizer.json`
@@ -27,6 +30,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
+
+from llmkit.tokenizer import wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,8 @@ _REGISTERED: dict[str, tuple[str, bool]] = {
     "mistral": ("TokenizersBackend", False), "mixtral": ("TokenizersBackend", False),
     "phi3": ("TokenizersBackend", True), "olmo2": ("TokenizersBackend", False),
     "gemma": ("GemmaTokenizer", False), "gemma2": ("GemmaTokenizer", False), "gemma3": ("GemmaTokenizer", False),
-    "bert": ("BertTokenizer", False), "t5": ("T5Tokenizer", False), "gpt_neox": ("GPTNeoXTokenizer", False),
+    "bert": ("BertTokenizer", False), "distilbert": ("BertTokenizer", False), "electra": ("BertTokenizer", False),
+    "t5": ("T5Tokenizer", False), "gpt_neox": ("GPTNeoXTokenizer", False),
     "olmo": ("GPTNeoXTokenizer", False),
 }
 
@@ -63,6 +69,7 @@ _CLASS_DEFAULTS: dict[str, dict[str, str | None]] = {
     "LlamaTokenizer": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
     "GPT2Tokenizer": {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
     "Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    **{name: wordpiece.BERT_SPECIAL_TOKENS for name in wordpiece.WORDPIECE_CLASSES},
 }
 
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -74,11 +81,12 @@ class HFFiles:
     """The parsed contents of a tokenizer directory."""
 
     path: Path
-    tokenizer_json: str
+    tokenizer_json: str  # "" when the directory has only a vocab.txt (BERT's slow-tokenizer file)
     config: dict[str, Any] = field(default_factory=dict)       # tokenizer_config.json
     special_map: dict[str, Any] = field(default_factory=dict)  # special_tokens_map.json (legacy)
     model_config: dict[str, Any] = field(default_factory=dict)  # config.json, if the dir holds a model
     chat_templates: dict[str, str] = field(default_factory=dict)
+    vocab_txt: Path | None = None  # read only when tokenizer.json is absent
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -94,28 +102,42 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_hf_files(path: str | Path) -> HFFiles:
-    """Read tokenizer.json (required) and the optional config and chat-template files in `path`."""
+    """Read tokenizer.json (or, for BERT-style tokenizers, vocab.txt) and the optional config and
+    chat-template files in `path`."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist (or is not a directory)")
-    tok_file = path / TOKENIZER_FILE
-    if not tok_file.is_file():
-        present = sorted(p.name for p in path.iterdir())[:20]
-        hint = ""
-        if any(n in present for n in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")):
-            hint = (" It holds slow-tokenizer files; convert them once with transformers: "
-                    "`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)` writes tokenizer.json.")
-        raise FileNotFoundError(
-            f"no {TOKENIZER_FILE} in tokenizer directory {str(path)!r} (found: {', '.join(present) or 'nothing'}). "
-            f"llmkit needs the fast-tokenizer file {TOKENIZER_FILE}: point at the directory that has it, or "
-            f"write one with Tokenizer.train(...).save(dir).{hint}"
-        )
-    files = HFFiles(path=path, tokenizer_json=tok_file.read_text(encoding="utf-8"),
+    tok_file, vocab_txt = path / TOKENIZER_FILE, path / wordpiece.VOCAB_FILE
+    has_json = tok_file.is_file()
+    if not has_json and not vocab_txt.is_file():
+        raise FileNotFoundError(_no_tokenizer_message(path))
+    files = HFFiles(path=path, tokenizer_json=tok_file.read_text(encoding="utf-8") if has_json else "",
                     config=_read_json(path / TOKENIZER_CONFIG_FILE),
                     special_map=_read_json(path / SPECIAL_TOKENS_MAP_FILE),
-                    model_config=_read_json(path / "config.json"))
+                    model_config=_read_json(path / "config.json"),
+                    vocab_txt=None if has_json else vocab_txt)
+    if not has_json and transformers_class(files) not in wordpiece.WORDPIECE_CLASSES:
+        found = files.config.get("tokenizer_class") or files.model_config.get("model_type")
+        raise FileNotFoundError(
+            f"{str(path)!r} has a {wordpiece.VOCAB_FILE} but no {TOKENIZER_FILE}, and its {TOKENIZER_CONFIG_FILE} / "
+            f"config.json do not say it is a BERT WordPiece vocabulary (tokenizer_class or model_type: "
+            f"{found or 'none'}). llmkit builds a tokenizer from {wordpiece.VOCAB_FILE} alone only for "
+            f"{' / '.join(wordpiece.WORDPIECE_CLASSES)}: add {{\"tokenizer_class\": \"BertTokenizer\"}} to "
+            f"{TOKENIZER_CONFIG_FILE} if it is one, or write {TOKENIZER_FILE} with transformers' save_pretrained.")
     files.chat_templates = _read_chat_templates(path, files.config)
     return files
+
+
+def _no_tokenizer_message(path: Path) -> str:
+    present = sorted(p.name for p in path.iterdir())[:20]
+    hint = ""
+    if any(n in present for n in ("tokenizer.model", "vocab.json", "merges.txt")):
+        hint = (" It holds slow-tokenizer files; convert them once with transformers: "
+                "`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)` writes tokenizer.json.")
+    return (f"no {TOKENIZER_FILE} or {wordpiece.VOCAB_FILE} in tokenizer directory {str(path)!r} "
+            f"(found: {', '.join(present) or 'nothing'}). llmkit reads the fast-tokenizer file {TOKENIZER_FILE} "
+            f"(any family), or a BERT WordPiece {wordpiece.VOCAB_FILE} with its {TOKENIZER_CONFIG_FILE}: point at "
+            f"the directory that has one, or write one with Tokenizer.train(...).save(dir).{hint}")
 
 
 def _read_chat_templates(path: Path, config: dict[str, Any]) -> dict[str, str]:
@@ -230,9 +252,24 @@ class LoadedTokenizer:
 def load_backend(files: HFFiles) -> LoadedTokenizer:
     """Build the backend tokenizer and the special-token map exactly as transformers 5 would."""
     cls_name = transformers_class(files)
-    backend = None
-    if cls_name in _CLASS_DEFAULTS:  # parse the JSON in Python only when we must rebuild
+    config = dict(files.config)
+    legacy = "added_tokens_decoder" not in config
+    if legacy:  # no added-token list in the config: special_tokens_map.json's values win over the config's
+        for key, value in files.special_map.items():
+            if isinstance(value, dict) and key != "extra_special_tokens":
+                value = {**value, "special": True}
+            config[key] = value
+
+    backend, raw = None, None
+    if cls_name in _CLASS_DEFAULTS and files.tokenizer_json:  # parse the JSON in Python only when we must rebuild
         raw = json.loads(files.tokenizer_json)
+    if cls_name in wordpiece.WORDPIECE_CLASSES:
+        unk = config.get("unk_token", _CLASS_DEFAULTS[cls_name]["unk_token"])
+        vocab = (wordpiece.vocab_from_json(raw.get("model") or {}) if raw is not None
+                 else wordpiece.read_vocab_txt(files.vocab_txt))
+        backend = wordpiece.build_bert(vocab, unk_token=_added_token(unk).content if unk else str(unk),
+                                       **wordpiece.bert_options(config))
+    elif raw is not None:
         backend = _rebuild(cls_name, raw, files.config)
     elif cls_name != "TokenizersBackend":
         logger.debug("transformers rebuilds %s tokenizers in Python; llmkit uses tokenizer.json as is", cls_name)
@@ -241,20 +278,15 @@ def load_backend(files: HFFiles) -> LoadedTokenizer:
         backend = BackendTokenizer.from_str(files.tokenizer_json)
         json_added = backend.get_added_tokens_decoder()
     else:
-        json_added = {int(t["id"]): _added_token(t) for t in raw.get("added_tokens", [])}
+        json_added = {int(t["id"]): _added_token(t) for t in (raw or {}).get("added_tokens", [])}
     backend.no_truncation()  # transformers turns both off unless a call asks for them
     backend.no_padding()
 
-    config = dict(files.config)
-    # Added tokens: the config's list, else (legacy) special_tokens_map.json + tokenizer.json's list.
-    if "added_tokens_decoder" in config:
-        listed = {int(i): _added_token(t) for i, t in config["added_tokens_decoder"].items()}
-    else:
-        for key, value in files.special_map.items():  # legacy file: its values win over the config's
-            if isinstance(value, dict) and key != "extra_special_tokens":
-                value = {**value, "special": True}
-            config[key] = value
+    # Added tokens: the config's list, else (legacy) tokenizer.json's list.
+    if legacy:
         listed = dict(json_added)
+    else:
+        listed = {int(i): _added_token(t) for i, t in config["added_tokens_decoder"].items()}
     by_content = {t.content: t for t in listed.values()}
 
     named: dict[str, AddedToken] = {}
@@ -288,6 +320,9 @@ def load_backend(files: HFFiles) -> LoadedTokenizer:
     extra_str = [t.content for t in extra_tokens]
     if cls_name == "Qwen2Tokenizer":  # re-adds every special token with default flags
         backend.add_tokens([AddedToken(t, special=True) for t in dict.fromkeys([*specials_str.values(), *extra_str])])
+    if cls_name in wordpiece.WORDPIECE_CLASSES:  # set last, from the tokens now in the vocabulary
+        backend.post_processor = wordpiece.bert_post_processor(backend, specials_str.get("cls_token"),
+                                                               specials_str.get("sep_token"))
     backend.encode_special_tokens = bool(config.get("split_special_tokens", False))
     if rebuilt:
         logger.debug("%s: rebuilt the %s pipeline as transformers does", files.path, cls_name)

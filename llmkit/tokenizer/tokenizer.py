@@ -14,11 +14,11 @@ from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
 
-from llmkit.tokenizer import hf_files
+from llmkit.tokenizer import hf_files, wordpiece
 from llmkit.utils import write_text_atomic
 from llmkit.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from llmkit.tokenizer.stream import StreamDecoder, clean_up_tokenization
-from llmkit.tokenizer.train import ENDOFTEXT, train_byte_level_bpe
+from llmkit.tokenizer.train import ENDOFTEXT, train_byte_level_bpe, train_wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a Hugging Face tokenizer directory: tokenizer.json (required), tokenizer_config.json,
-        special_tokens_map.json, chat_template.jinja (all optional)."""
+        """Load a Hugging Face tokenizer directory: tokenizer.json (or, for BERT-style WordPiece
+        tokenizers, vocab.txt), tokenizer_config.json, special_tokens_map.json, chat_template.jinja."""
         files = hf_files.read_hf_files(path)
         loaded = hf_files.load_backend(files)
         cfg = files.config
@@ -92,13 +92,27 @@ class Tokenizer:
     @classmethod
     def train(cls, texts_or_files: Iterable[str] | Iterable[str | os.PathLike] | str | os.PathLike,
               vocab_size: int = 4096, special_tokens: list[str] | None = None, min_frequency: int = 2,
-              chat_template: str | None = None, model_max_length: int | None = None) -> Tokenizer:
-        """Train a byte-level BPE (GPT-2 style, all 256 bytes in the alphabet, so any text
-        round-trips) on an iterable of strings or a list of file paths.
+              chat_template: str | None = None, model_max_length: int | None = None,
+              kind: str = "bpe") -> Tokenizer:
+        """Train a tokenizer on an iterable of strings or a list of file paths.
 
-        Special tokens default to `<|endoftext|>` (eos, bos and pad; no bos is added when
-        encoding) and ChatML's `<|im_start|>` / `<|im_end|>`; the chat template defaults to ChatML.
+        ``kind="bpe"`` (default): a byte-level BPE (GPT-2 style, all 256 bytes in the alphabet, so
+        any text round-trips). Special tokens default to `<|endoftext|>` (eos, bos and pad; no bos
+        is added when encoding) and ChatML's `<|im_start|>` / `<|im_end|>`; the chat template
+        defaults to ChatML.
+
+        ``kind="wordpiece"``: a BERT-style uncased WordPiece for masked-LM encoders, with
+        [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4 (`special_tokens` may add more after them),
+        "[CLS] text [SEP]" when encoding, and no chat template unless one is given. It saves as a
+        `BertTokenizer` that transformers loads with the same encodings.
         """
+        if kind == "wordpiece":
+            backend, extra = train_wordpiece(texts_or_files, vocab_size, special_tokens, min_frequency)
+            return cls(backend, special_tokens=wordpiece.BERT_SPECIAL_TOKENS, extra_special_tokens=extra,
+                       chat_template=chat_template, model_max_length=model_max_length)
+        if kind != "bpe":
+            raise ValueError(f"kind={kind!r} is not a tokenizer llmkit trains: use 'bpe' (byte-level BPE, for "
+                             f"decoders) or 'wordpiece' (BERT-style, for masked-LM encoders)")
         backend = train_byte_level_bpe(texts_or_files, vocab_size, special_tokens, min_frequency)
         names = [t.content for _, t in sorted(backend.get_added_tokens_decoder().items())]
         eos = ENDOFTEXT if ENDOFTEXT in names else (names[0] if names else None)
@@ -120,6 +134,10 @@ class Tokenizer:
     eos_token = property(lambda self: self.special_tokens.get("eos_token"), doc="End-of-sequence token.")
     pad_token = property(lambda self: self.special_tokens.get("pad_token"), doc="Padding token.")
     unk_token = property(lambda self: self.special_tokens.get("unk_token"), doc="Unknown token.")
+    cls_token = property(lambda self: self.special_tokens.get("cls_token"), doc="Classifier token (BERT's [CLS]).")
+    sep_token = property(lambda self: self.special_tokens.get("sep_token"), doc="Separator token (BERT's [SEP]).")
+    mask_token = property(lambda self: self.special_tokens.get("mask_token"),
+                          doc="Mask token of masked-LM pretraining (BERT's [MASK]).")
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -148,6 +166,18 @@ class Tokenizer:
     @property
     def unk_token_id(self) -> int | None:
         return self._id(self.unk_token)
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self._id(self.cls_token)
+
+    @property
+    def sep_token_id(self) -> int | None:
+        return self._id(self.sep_token)
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._id(self.mask_token)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -194,6 +224,14 @@ class Tokenizer:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("encode_batch() takes a list of str")
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def encode_pair(self, a: str, b: str, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+        """(ids, token_type_ids) of a sentence pair, as `AutoTokenizer(a, b)` gives "input_ids" and
+        "token_type_ids" (for BERT: "[CLS] a [SEP] b [SEP]", types 0 up to the first [SEP], then 1)."""
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise TypeError(f"encode_pair() takes two str, got {type(a).__name__} and {type(b).__name__}")
+        encoding = self.backend.encode(a, b, add_special_tokens=add_special_tokens)
+        return encoding.ids, encoding.type_ids
 
     def decode(self, ids: Sequence[int] | Any, skip_special_tokens: bool = False) -> str:
         """Text of token ids, identical to transformers' `decode` (including its
@@ -259,8 +297,13 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         add_bos, add_eos = self._adds()
-        config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
-        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):  # null is explicit: no class default
+        # A BERT pipeline is saved as BertTokenizer (transformers then returns token_type_ids) only
+        # when that class rebuilds exactly this backend; anything else says "use tokenizer.json as is".
+        bert = wordpiece.bert_config(self.backend, self.special_tokens)
+        config: dict[str, Any] = {"tokenizer_class": "BertTokenizer" if bert else "PreTrainedTokenizerFast",
+                                  **(bert or {})}
+        named = hf_files.SPECIAL_TOKEN_ATTRS if bert else ("bos_token", "eos_token", "unk_token", "pad_token")
+        for key in named:  # null is explicit: no class default
             config[key] = self.special_tokens.get(key)
         config.update(self.special_tokens)
         if self.extra_special_tokens:

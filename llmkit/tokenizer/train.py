@@ -1,4 +1,5 @@
-"""Training a byte-level BPE tokenizer (GPT-2 style) with the `tokenizers` library."""
+"""Training tokenizers with the `tokenizers` library: byte-level BPE (GPT-2 style, for decoders)
+and BERT-style WordPiece (for masked-LM encoders)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from llmkit.tokenizer import wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,44 @@ def train_byte_level_bpe(texts_or_files: Iterable[str] | Iterable[str | os.PathL
         logger.info("training byte-level BPE (vocab %d) on an iterable of texts", vocab_size)
         tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
     return tok
+
+
+def train_wordpiece(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] | str | os.PathLike,
+                    vocab_size: int = 4096, special_tokens: list[str] | None = None,
+                    min_frequency: int = 2) -> tuple[BackendTokenizer, list[str]]:
+    """Train a BERT-style uncased WordPiece; returns (backend, extra special tokens).
+
+    [PAD] [UNK] [CLS] [SEP] [MASK] get ids 0-4; `special_tokens` may list them (in any order: the
+    ids stay 0-4) and more, which follow. The pipeline is `wordpiece.build_bert`'s, the one
+    transformers' BertTokenizer rebuilds from the saved files, so both encode alike.
+    """
+    given = list(special_tokens or [])
+    if len(set(given)) != len(given):
+        raise ValueError(f"special_tokens has duplicates: {given}")
+    bert = list(wordpiece.BERT_SPECIAL_TOKENS.values())
+    extra = [t for t in given if t not in bert]
+    specials = bert + extra
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed the {len(specials)} special tokens")
+    # Train with the same normalizer and pre-tokenizer that will encode, so the pieces fit the text.
+    tok = wordpiece.build_bert({}, unk_token=wordpiece.BERT_SPECIAL_TOKENS["unk_token"])
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                        continuing_subword_prefix="##", show_progress=False)
+    files = _as_files(texts_or_files)
+    logger.info("training WordPiece (vocab %d) on %s", vocab_size,
+                f"{len(files)} file(s)" if files is not None else "an iterable of texts")
+    if files is not None:
+        tok.train(files, trainer)
+    else:
+        tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
+    # Rebuild from the learnt vocabulary alone, then add the special tokens and the [CLS]/[SEP]
+    # template, in the order transformers does when it loads the saved files.
+    backend = wordpiece.build_bert(tok.get_vocab(with_added_tokens=False),
+                                   unk_token=wordpiece.BERT_SPECIAL_TOKENS["unk_token"])
+    backend.add_tokens([AddedToken(t, special=True) for t in specials])
+    backend.post_processor = wordpiece.bert_post_processor(backend, wordpiece.BERT_SPECIAL_TOKENS["cls_token"],
+                                                           wordpiece.BERT_SPECIAL_TOKENS["sep_token"])
+    return backend, extra
 
 
 def _checked_texts(texts: Iterable[object]) -> Iterable[str]:

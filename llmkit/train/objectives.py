@@ -3,13 +3,14 @@
 batch's items and `metrics` holds extra numbers to log (plain floats or 0-dim tensors).
 
 Here: next-token prediction (`CausalLM`, pretraining and SFT alike: SFT labels mask everything
-but the assistant's turns). The alignment objectives (reward model, DPO, PPO/GRPO) live in
+but the assistant's turns), masked-token prediction (`MaskedLM`, encoders) and classification
+(`Classify`, any `Classifier`). The alignment objectives (reward model, DPO, PPO/GRPO) live in
 `llmkit.align` and follow the same protocol.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -70,3 +71,85 @@ class CausalLM:
         return int((targets != IGNORE_INDEX).sum()) if not isinstance(batch, torch.Tensor) else targets.numel()
 
     units = tokens  # the loss is the mean over target tokens
+
+
+class MaskedLM:
+    """BERT's masked-token prediction (Devlin et al. 2018). Of each row's positions that are not
+    special tokens, `rate` (15%) are selected; of those 80% become the mask token, 10% a random
+    token and 10% stay as they are; the loss is the cross-entropy on the selected positions only.
+
+    A batch is a LongTensor of packed token rows (as `CausalLM` gets them; the last column, the
+    next-token target there, is dropped) or a dict with ``input_ids`` and an ``attention_mask``.
+    Training draws the masks from torch's RNG (so an exact resume replays them); evaluation uses
+    a fixed generator, so that validation losses of different steps compare the same masks."""
+
+    def __init__(self, mask_id: int, vocab_size: int, special_ids: Sequence[int] = (), rate: float = 0.15,
+                 eval_seed: int = 0):
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"mask rate={rate} must be in (0, 1), e.g. 0.15")
+        self.mask_id, self.vocab_size, self.rate, self.eval_seed = mask_id, vocab_size, rate, eval_seed
+        self.special_ids = sorted(set(special_ids) | {mask_id})
+
+    def split(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(batch, torch.Tensor):
+            return batch[:, :-1], None
+        return batch["input_ids"], batch.get("attention_mask")
+
+    def mask(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs with the selected positions replaced, labels: the original token there, -100 elsewhere)."""
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(shape, device=ids.device, generator=generator)
+
+        candidate = ~torch.isin(ids, torch.tensor(self.special_ids, device=ids.device))
+        if attention_mask is not None:
+            candidate &= attention_mask.bool()
+        selected = (rand(*ids.shape) < self.rate) & candidate
+        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+        roll = rand(*ids.shape)
+        inputs = torch.where(selected & (roll < 0.8), torch.full_like(ids, self.mask_id), ids)
+        random_tokens = (rand(*ids.shape) * self.vocab_size).long().clamp(max=self.vocab_size - 1)
+        inputs = torch.where(selected & (roll >= 0.8) & (roll < 0.9), random_tokens, inputs)
+        return inputs, labels
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        ids, attention_mask = self.split(batch)
+        generator = None
+        if not model.training:
+            generator = torch.Generator(device=ids.device).manual_seed(self.eval_seed)
+        inputs, labels = self.mask(ids, attention_mask, generator)
+        kwargs = {"attention_mask": attention_mask} if attention_mask is not None else {}
+        if not bool((labels != IGNORE_INDEX).any()):  # nothing selected (a tiny batch): a zero that keeps the graph
+            return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0, {}
+        if _fuses_loss(model):
+            return model(inputs, labels=labels, **kwargs), {}
+        return cross_entropy(model(inputs, **kwargs), labels), {}
+
+    def tokens(self, batch: Any) -> int:
+        ids, attention_mask = self.split(batch)
+        return int(attention_mask.sum()) if attention_mask is not None else ids.numel()
+
+    def units(self, batch: Any) -> int:
+        """The loss is a mean over selected positions: their expected number weighs micro-batches."""
+        return max(1, round(self.tokens(batch) * self.rate))
+
+
+class Classify:
+    """Cross-entropy of a `Classifier`'s logits against class labels: a batch holds
+    ``input_ids``, ``attention_mask`` and ``labels`` (batch,) — or (batch, seq) with -100 on
+    positions that do not count, for token classification."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        flat, targets = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        loss = torch.nn.functional.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX)
+        counted = targets != IGNORE_INDEX
+        accuracy = (flat.argmax(-1)[counted] == targets[counted]).float().mean()
+        return loss, {"classify/accuracy": accuracy.detach()}
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())

@@ -346,6 +346,8 @@ class Trainer:
         from ..infer.llm import LocalLLM
 
         model = D.unwrap(self.base_model)
+        if getattr(model, "config", None) is not None and model.config.is_encoder:
+            return []  # an encoder does not generate
         llm = LocalLLM(model, self.tokenizer)
         out = []
         with torch.no_grad():

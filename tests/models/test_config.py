@@ -17,7 +17,8 @@ REAL_PRESETS = [p for p in list_presets() if not p.startswith("tiny-")]
 def _hf_param_count(cfg: ModelConfig) -> int:
     hf_cfg = transformers.AutoConfig.for_model(**config_to_hf(cfg))
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+        auto = transformers.AutoModelForMaskedLM if cfg.is_encoder else transformers.AutoModelForCausalLM
+        model = auto.from_config(hf_cfg)
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
 

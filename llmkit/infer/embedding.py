@@ -1,0 +1,102 @@
+"""`Embedding`: what every local model does with whole texts — one vector per text (`embed`),
+pooled from the last hidden states as the model's sentence-transformers files say (else their
+mean) — and, for a classification model, a label per text (`classify`). `LocalLLM` mixes it in."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..models.sentence import EmbeddingSpec, check_texts, default_spec, embed_token_ids, truncate_ids
+from ..models.transformer import ContextLengthError
+
+if TYPE_CHECKING:
+    from ..models.classifier import Classifier
+
+log = logging.getLogger(__name__)
+
+
+class Embedding:
+    """Needs `model`, `config`, `tokenizer`, `name`, `context_window`, `tokenize`, `_pad_id`,
+    `embedding` (an `EmbeddingSpec` or None) and `classifier` (a `Classifier` or None)."""
+
+    embedding: EmbeddingSpec | None = None
+    classifier: Classifier | None = None
+
+    @property
+    def embedding_spec(self) -> EmbeddingSpec:
+        """How `embed` pools: the model directory's sentence-transformers spec, else the mean."""
+        return self.embedding or default_spec()
+
+    @property
+    def embedding_dim(self) -> int:
+        """The length of `embed`'s vectors."""
+        return self.config.dim * len(self.embedding_spec.pooling)
+
+    @property
+    def max_embed_tokens(self) -> int:
+        """Tokens `embed` reads per text, special tokens included: the spec's max_seq_length (what
+        the model was trained to embed), never more than the context window."""
+        limit = self.embedding_spec.max_seq_length
+        return min(limit, self.context_window) if limit else self.context_window
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """float32 vectors, shape (len(texts), `embedding_dim`), in input order: each text
+        tokenized with special tokens, cut at `max_embed_tokens` (one warning says how many were
+        cut; with ``truncate=False`` a `ContextLengthError` instead), and pooled from the model's
+        last hidden states as `embedding_spec` says. `progress(n)` is called after each batch."""
+        return self.embed_tokens(self.embedding_inputs(texts, truncate), batch_size, progress)
+
+    def embedding_inputs(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
+        """The token ids `embed` runs for `texts` (see `embed`)."""
+        texts = check_texts(texts)
+        if self.embedding_spec.lowercase:
+            texts = [t.lower() for t in texts]
+        inputs = [self.tokenize(t) for t in texts]
+        limit = self.max_embed_tokens
+        long = [i for i, ids in enumerate(inputs) if len(ids) > limit]
+        if long and not truncate:
+            raise ContextLengthError(
+                f"{len(long)} of {len(texts)} texts are longer than the {limit} tokens {self.name or 'the model'} "
+                f"embeds (texts[{long[0]}] has {len(inputs[long[0]])}): shorten them, or embed with truncation on "
+                f"(each is then cut at {limit} tokens)")
+        if long:
+            log.warning("%d of %d texts were longer than the %d tokens %s embeds and were cut to that (the longest "
+                        "had %d)", len(long), len(texts), limit, self.name or "the model",
+                        max(len(inputs[i]) for i in long))
+            for i in long:
+                inputs[i] = truncate_ids(inputs[i], self.tokenize(texts[i], add_special_tokens=False), limit)
+        return inputs
+
+    def embed_tokens(self, inputs: Sequence[Sequence[int]], batch_size: int = 32,
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """`embed` for token-id lists (special tokens already in place), none longer than
+        `max_embed_tokens` (`ContextLengthError`) or empty."""
+        inputs = [list(ids) for ids in inputs]
+        limit = self.max_embed_tokens
+        for i, ids in enumerate(inputs):
+            if not ids:
+                raise ValueError(f"input {i} has no tokens to embed: give it some text")
+            if len(ids) > limit:
+                raise ContextLengthError(f"input {i} has {len(ids)} tokens; {self.name or 'the model'} embeds at most "
+                                         f"{limit}: shorten it")
+        return embed_token_ids(self.model, inputs, self.embedding_spec, self._pad_id(), batch_size, progress)
+
+    # ---------------------------------------------------------- classification
+    def classify(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+        """The most likely label of each text (a classification model: `llmkit.load` of an HF
+        ``*ForSequenceClassification`` directory); texts are cut to the context window."""
+        return [self.classifier.labels[i] for i in self.classify_probs(texts, batch_size).argmax(-1).tolist()]
+
+    def classify_probs(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(len(texts), labels) probabilities, columns in the order of `classifier.labels`."""
+        if self.classifier is None or self.classifier.per_token:
+            kind = "a token classifier" if self.classifier is not None else "not a sequence classifier"
+            raise ValueError(f"{self.name or 'this model'} is {kind}: classify needs a model trained with "
+                             "`llmkit finetune ... objective=classify` (an HF *ForSequenceClassification directory)")
+        rows = [self.tokenize(t)[:self.context_window] for t in check_texts(texts)]
+        return self.classifier.classify_ids(rows, self._pad_id(), batch_size)

@@ -1,0 +1,91 @@
+"""Encoder jobs end to end: masked-LM pretraining beats the most-frequent-token baseline, a
+classifier fine-tuned with objective=classify beats the majority class, and both results are
+Hugging Face directories transformers reads the same way."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import llmkit
+from llmkit.pipelines.finetune import FinetuneRecipe, finetune
+from llmkit.pipelines.pretrain import PretrainRecipe, pretrain
+from llmkit.recipe import from_dict
+from tests.peers import peer
+
+transformers = peer("transformers")
+
+WORDS = "amber birch cedar dune ember fjord grove heath inlet jade kelp larch marsh nook oak pine quay reef sage tarn"
+
+
+def _mlm_recipe(tmp_path, steps: int, **changes) -> PretrainRecipe:
+    """Texts that each repeat one of 20 words: a masked word is its neighbours' word, which a model
+    reading both sides learns and the most frequent word (~1/20) does not give."""
+    words, rng = WORDS.split(), random.Random(0)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join([rng.choice(words)] * 40)}) + "\n" for _ in range(400)))
+    d = {"model": {"preset": "tiny-bert", "overrides": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}},
+         "objective": "mlm",
+         "data": {"sources": [{"path": str(corpus)}], "seq_len": 32, "vocab_size": 200, "tokenizer_kind": "wordpiece",
+                  "val_fraction": 0.2, "clean": {"quality": False, "boilerplate": False},
+                  "dedup": {"exact": False, "near": False}},
+         "train": {"steps": steps, "micro_batch": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": 0, "save_every": 0},
+         "out": str(tmp_path / "run")}
+    d.update(changes)
+    return from_dict(PretrainRecipe, d)
+
+
+def test_masked_lm_pretraining_beats_the_most_frequent_token(tmp_path):
+    summary = pretrain(_mlm_recipe(tmp_path, steps=120))
+    m = summary["masked_lm"]
+    assert m["n"] > 300
+    assert m["ci"][0] > m["baseline"]["ci"][1], m  # beyond both confidence intervals
+    assert m["beats_baseline"]
+    # the run's model is a BertForMaskedLM transformers reads with the same logits
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "model").eval()
+    ours = llmkit.load(tmp_path / "run").model
+    ids = torch.tensor([[2, 10, 11, 4, 12, 3]])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - ours(ids)).abs().max() < 1e-4
+
+
+def test_objectives_refuse_the_wrong_kind_of_model(tmp_path, tiny_dir, tiny_bert_dir):
+    with pytest.raises(ValueError, match="objective=causal with a bidirectional model"):
+        pretrain(_mlm_recipe(tmp_path / "a", steps=1, objective="causal"))
+    recipe = _mlm_recipe(tmp_path / "b", steps=1)
+    recipe.model.preset = "tiny-llama"
+    recipe.model.overrides = {}
+    with pytest.raises(ValueError, match="objective=mlm with a causal model"):
+        pretrain(recipe)
+    sft = from_dict(FinetuneRecipe, {"model": str(tiny_bert_dir), "method": "full", "out": str(tmp_path / "c")})
+    with pytest.raises(ValueError, match="is an encoder.*objective=classify"):
+        finetune(sft)
+
+
+def test_a_classifier_beats_the_majority_class_and_transformers_agrees(tmp_path, tiny_bert_dir):
+    recipe = from_dict(FinetuneRecipe, {
+        "model": str(tiny_bert_dir), "method": "full", "objective": "classify",
+        "data": {"path": "builtin:sentiment"},
+        "train": {"steps": 150, "lr": 1e-3, "eval_every": 0}, "out": str(tmp_path / "clf")})
+    summary = finetune(recipe)
+    c = summary["classify"]
+    assert c["n"] == 60 and c["majority"]["accuracy"] == pytest.approx(1 / 3)
+    assert c["ci"][0] > c["majority"]["accuracy"], c  # the whole interval above the majority class
+    assert c["macro_f1"] > 2 * c["majority"]["macro_f1"]
+    llm = llmkit.load(tmp_path / "clf")  # the right kind of model: it classifies, embeds, and does not generate
+    texts = ["Review: Awful. It broke on the first day and support never answered.\nSentiment:",
+             "Review: Wonderful staff, spotless rooms, we will be back.\nSentiment:"]
+    labels = llm.classify(texts)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf" / "model").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf" / "model")
+    with torch.no_grad():
+        logits = hf(**tok(texts, return_tensors="pt", padding=True)).logits
+    assert labels == [hf.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    assert torch.allclose(llm.classify_probs(texts), logits.softmax(-1), atol=1e-4)
+    assert llm.embed(texts).shape == (2, 64)
+    with pytest.raises(ValueError, match="encoder"):
+        llm.generate("Review:")
