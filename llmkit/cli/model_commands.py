@@ -77,9 +77,28 @@ def run_info(args: argparse.Namespace) -> None:
         else:
             cfg = stored.config or model_config(path)
             rows = [("model", str(path))] + describe_stored(stored) + describe(cfg, args.context)
+        rows += _embedding_rows(path)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def _embedding_rows(path: Path) -> list[tuple[str, str]]:
+    """How a model directory embeds (its sentence-transformers files) and classifies (its labels)."""
+    from ..models.classifier import is_classifier_dir
+    from ..models.hf import _config_json
+    from ..models.sentence import read_embedding_spec
+
+    if not path.is_dir():
+        return []
+    rows = []
+    spec = read_embedding_spec(path)
+    if spec is not None:
+        rows.append(("embeddings", spec.describe()))
+    if is_classifier_dir(path):
+        labels = (_config_json(path).get("id2label") or {}).values()
+        rows.append(("classifier", f"{_config_json(path)['architectures'][0]}: {', '.join(map(str, labels))}"))
+    return rows
 
 
 # ---------------------------------------------------------------------------------- pull

@@ -17,6 +17,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "answers every /v1/embeddings request, whichever served model it names (the chat model's "
                         "name too; the response's `model` field says which embedded); /v1/models lists it under "
                         "its own name beside the model")
+    p.add_argument("--embed-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="how /v1/embeddings computes: auto (default) uses bf16 where it is fast (a GPU, a CPU with "
+                        "AMX or AVX512-BF16; cosine to fp32's vectors about 0.99997), fp32 as the reference does")
     p.add_argument("--name", default=None,
                    help="the model's name in the API (the `model` field; default: the name `llmkit chat` shows: "
                         "the model folder's name, a .gguf file's stem, or the model cache's name)")
@@ -74,7 +77,7 @@ def run_serve(args: argparse.Namespace) -> None:
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,
         price_completion=args.price_completion, log_level="info" if args.verbose else "warning", model=args.model,
-        embedder=args.embedder)
+        embedder=args.embedder, embed_precision=args.embed_precision)
     # the port is taken before the model loads: a busy one is refused at once, not after minutes of
     # loading, and never after the server was announced
     sock = bind(settings.host, settings.port)

@@ -32,7 +32,7 @@ PRIMARY = {"multiple_choice": ("acc", True), "generation": ("exact_match", True)
            "perplexity": ("bits_per_byte", False), "code": ("pass@1", True)}
 # secondary metrics that are scores in [0, 1] where higher is better, so they share the primary's bars;
 # calibration_error (lower is better) and counts (n, tokens, no_answer) stay in the tables only
-SCORES = ("acc", "acc_norm", "exact_match", "f1")
+SCORES = ("acc", "acc_norm", "exact_match", "f1", "macro_f1")
 CHARTS = ("higher_is_better", "lower_is_better")
 
 
@@ -124,10 +124,14 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
              limit: int | None = None, data_dir: str | os.PathLike | None = None, batch_size: int = 16,
              chain_of_thought: bool = False, code_samples: int = 1, max_new_tokens: int | None = None,
              model_name: str | None = None, progress: bool = False, chat: bool = False) -> EvalRun:
-    """Evaluate `llm` (any `LLM`) on named tasks (see `llmkit.data.list_tasks`). Few-shot examples
-    come from the task's few-shot split, chosen with `seed`; `limit` keeps the first N examples.
-    `chat` asks each question as the user turn of the model's chat template (chat fine-tuned models)."""
+    """Evaluate `llm` (any `LLM`; a classification model's `LocalLLM` too) on named tasks (see `llmkit.data.list_tasks`).
+    Few-shot examples come from the task's few-shot split, chosen with `seed`; `limit` keeps the
+    first N examples. `chat` asks each question as the user turn of the model's chat template (chat
+    fine-tuned models). A classifier is scored by its predicted label on multiple-choice tasks over
+    its labels; what an encoder cannot be scored on is refused before any work
+    (`llmkit.eval.classify`)."""
     from ..data.tasks import get_task, load_task
+    from .classify import check_scorable, classifier_of, run_classification
 
     settings = EvalSettings(list(tasks), shots, seed, split, limit, str(data_dir) if data_dir else None, batch_size,
                             chain_of_thought, code_samples, max_new_tokens, chat)
@@ -140,6 +144,7 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
     for spec in specs:
         if spec.needs_data_dir and data_dir is None:
             raise ValueError(f"task {spec.name!r} reads local files: give data_dir (--data-dir) pointing to them")
+    check_scorable(llm, specs, split, data_dir, shots, chat)
     records = {}
     for spec in specs:
         start = time.perf_counter()
@@ -150,7 +155,9 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
             "multiple_choice", "generation") else []
         new_tokens = max_new_tokens or spec.max_new_tokens
         log.info("%s: %d examples (%s)", spec.name, len(examples), spec.kind)
-        if spec.kind == "multiple_choice":
+        if classifier_of(llm) is not None:  # check_scorable let through multiple choice over its labels only
+            result = run_classification(llm, spec.name, examples, batch_size, progress)
+        elif spec.kind == "multiple_choice":
             result = run_multiple_choice(llm, spec.name, examples, pool, shots, seed, batch_size, progress, chat)
         elif spec.kind == "generation":
             result = run_generation(llm, spec.name, examples, pool, shots, seed, new_tokens, spec.extract,

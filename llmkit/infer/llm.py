@@ -87,11 +87,7 @@ def decoder_only(method: Callable) -> Callable:
     entry point of `LocalLLM` goes through."""
     @functools.wraps(method)
     def checked(self: "LocalLLM", *args: Any, **kwargs: Any) -> Any:
-        if not self.config.causal:
-            raise EncoderError(encoder_message(self.name or self.config.family))
-        if self.model.lm_head is None:
-            raise EncoderError(f"{self.name or self.config.family} is a classification model (no output head over the "
-                               "vocabulary): it classifies (LLM.classify) and embeds, and cannot generate")
+        self.require_generation()
         return method(self, *args, **kwargs)
 
     return checked
@@ -210,6 +206,14 @@ class LocalLLM(TokenScoring, Embedding):
     @property
     def config(self) -> ModelConfig:
         return self.model.config
+
+    def require_generation(self) -> None:
+        """Raise `EncoderError` unless the model can generate (and score) text."""
+        if not self.config.causal:
+            raise EncoderError(encoder_message(self.name or self.config.family))
+        if self.model.lm_head is None:
+            raise EncoderError(f"{self.name or self.config.family} is a classification model (no output head over the "
+                               "vocabulary): it classifies (LLM.classify) and embeds, and cannot generate")
 
     @property
     def device(self) -> torch.device:

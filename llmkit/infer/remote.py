@@ -194,7 +194,7 @@ class RemoteLLM(TokenScoring):
         texts longer than its model reads. `progress(n)` is called after each request."""
         texts = check_texts(texts)
         if not texts:
-            return np.zeros((0, self._embedding_dim()), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         parts = []
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
@@ -218,8 +218,10 @@ class RemoteLLM(TokenScoring):
             raise ConnectionError(f"{self.base_url}/embeddings answered vectors of different lengths")
         return np.stack(rows).astype(np.float32)
 
-    def _embedding_dim(self) -> int:
-        """The vectors' length: llmkit serve lists it on the model card; elsewhere one text tells."""
+    @property
+    def embedding_dim(self) -> int:
+        """The length of `embed`'s vectors (as `LocalLLM.embedding_dim`, for checking an index
+        against its embedder): llmkit serve lists it on the model card; elsewhere one text tells."""
         dim = self.card().get("embedding_dim")
         return int(dim) if dim else self._embeddings(["dimension"]).shape[1]
 

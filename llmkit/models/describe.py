@@ -44,6 +44,13 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
         ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
         ("KV cache", f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
     ]
+    if cfg.is_encoder:  # what an encoder is instead: no cache, its own head and extras
+        rows[3] = ("attention", f"bidirectional (encoder): {cfg.n_heads} heads, head_dim {cfg.head_dim}")
+        rows[5] = ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g}), {'post' if cfg.post_norm else 'pre'}-norm")
+        head = "masked LM" if cfg.head == "lm" else "none (hidden states)"
+        extras = [f"{cfg.type_vocab_size} token types"] * bool(cfg.type_vocab_size) + ["pooler"] * cfg.pooler
+        rows[-1] = ("KV cache", "none: an encoder reads each text whole and does not generate")
+        rows.insert(7, ("head", head + "".join(f", {x}" for x in extras)))
     rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16")]
     rest = "embeddings and norms fp32, as `llmkit quantize` writes it"
     rows += [("weights int8", f"{_size(cfg.weight_bytes('int8'))} (fp32 scale per row; {rest})"),

@@ -12,6 +12,7 @@ sentence-transformers, which would import transformers and build its own model a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -206,11 +207,12 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, spec: EmbeddingSpec
 
 @torch.inference_mode()
 def embed_token_ids(model, inputs: list[list[int]], spec: EmbeddingSpec, pad_id: int, batch_size: int = 32,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+                    progress: Callable[[int], None] | None = None,
+                    autocast_dtype: torch.dtype | None = None) -> np.ndarray:
     """float32 vectors (len(inputs), dim) of token-id lists, in input order: batches of similar
     lengths (sorted longest first, so padding stays small), right-padded with an attention mask,
-    through ``model.hidden_states``, pooled per `spec`. `progress(n)` is called after each batch
-    with the number of inputs it held."""
+    through ``model.hidden_states`` (under autocast to `autocast_dtype` when given), pooled per
+    `spec` in float32. `progress(n)` is called after each batch with the number of inputs it held."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     dim = model.config.dim * len(spec.pooling)
@@ -224,7 +226,9 @@ def embed_token_ids(model, inputs: list[list[int]], spec: EmbeddingSpec, pad_id:
         for r, i in enumerate(rows):
             ids[r, :len(inputs[i])], mask[r, :len(inputs[i])] = torch.tensor(inputs[i]), 1
         ids, mask = ids.to(model.device), mask.to(model.device)
-        out[rows] = pool(model.hidden_states(ids, mask), mask, spec).cpu().numpy()
+        with torch.autocast(model.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+            hidden = model.hidden_states(ids, mask)
+        out[rows] = pool(hidden, mask, spec).cpu().numpy()
         if progress is not None:
             progress(len(rows))
     return out

@@ -7,6 +7,10 @@ adapters, prefix tuning and prompt tuning; adapter files PEFT reads; several ada
     save_adapter(model, "runs/x/adapter", base_model="runs/quickstart/model")
     load_adapter(other_model, "runs/x/adapter", name="sql")
     with adapter(model, "sql"): ...
+
+Targets are named our way (q_proj, …) on every family, BERT encoders and `Classifier`s included;
+the files carry each family's Hugging Face names (`llmkit.peft.names`), so PEFT loads them on the
+transformers model and llmkit loads PEFT's.
 """
 
 from __future__ import annotations

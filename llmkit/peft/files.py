@@ -6,10 +6,11 @@
                                                                           .lora_B.weight (out, r)
                                      prefix / prompt tuning: prompt_embeddings
 
-Module paths are Hugging Face's: for Llama, Mistral and Qwen2 they are ours; for GPT-2 our
-q/k/v/o/up/down map to its ``attn.c_attn`` (fused), ``attn.c_proj``, ``mlp.c_fc`` and ``mlp.c_proj``. A
-PEFT LoRA on ``c_attn`` (A: r×in, B: 3d×r) becomes three LoRAs sharing A (B split by rows); our
-q/k/v LoRAs go out as one block-diagonal ``c_attn`` LoRA of rank (number of targets)·r.
+Module paths are Hugging Face's (`llmkit.peft.names`): for Llama, Mistral and Qwen2 they are ours;
+GPT-2 and BERT are renamed. A PEFT LoRA on GPT-2's fused ``c_attn`` (A: r×in, B: 3d×r) becomes three
+LoRAs sharing A (B split by rows); our q/k/v LoRAs go out as one block-diagonal ``c_attn`` LoRA of
+rank (number of targets)·r. A classifier's adapter carries its head (and BERT's pooler) in full, as
+PEFT's ``modules_to_save`` of a SEQ_CLS / TOKEN_CLS model does.
 
 Bottleneck adapters, which PEFT lacks, use the same two files with ``peft_type: LLMKIT_BOTTLENECK``
 (see `llmkit.peft.bottleneck` for the keys).
@@ -30,50 +31,11 @@ from torch import nn
 
 from ..utils import atomic_path, write_json_atomic
 from .lora import LoRALinear, freeze, lora_layers
+from .names import (PREFIX, QKV, AdapterError, classifier_head, hf_module, linear_modules, our_modules,
+                    target_names)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-PREFIX = "base_model.model."
-
-# our module path (inside a layer) -> GPT-2's
-_GPT2_MODULES = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
-_QKV = ("q_proj", "k_proj", "v_proj")
-
-
-class AdapterError(ValueError):
-    """An adapter cannot be read or does not fit the model: the message says why and what to do."""
-
-
-# ----------------------------------------------------------------------------- module paths
-def _hf_path(path: str, family: str) -> str:
-    """Our module path -> HF's (GPT-2's q/k/v map to c_attn; callers fuse them)."""
-    if family != "gpt2":
-        return path
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", path)
-    if not m:
-        raise AdapterError(f"no GPT-2 name for module {path}")
-    i, part = m.groups()
-    if part.startswith("self_attn.") and part.split(".")[-1] in _QKV:
-        return f"transformer.h.{i}.attn.c_attn"
-    return f"transformer.h.{i}.{_GPT2_MODULES[part]}"
-
-
-def _our_paths(hf_path: str, family: str) -> list[str]:
-    """HF module path -> our module path(s) (c_attn -> the three of q/k/v)."""
-    hf_path = hf_path.removeprefix(PREFIX)
-    if family != "gpt2":
-        return [hf_path]
-    m = re.fullmatch(r"(?:transformer\.)?h\.(\d+)\.(.+)", hf_path)
-    if not m:
-        raise AdapterError(f"adapter module {hf_path} is not a GPT-2 layer module")
-    i, part = m.groups()
-    if part == "attn.c_attn":
-        return [f"model.layers.{i}.self_attn.{n}" for n in _QKV]
-    ours = {v: k for k, v in _GPT2_MODULES.items()}
-    if part not in ours:
-        raise AdapterError(f"adapter module {hf_path}: GPT-2 module {part!r} has no LoRA counterpart in llmkit "
-                           f"(supported: attn.c_attn, {', '.join(_GPT2_MODULES.values())})")
-    return [f"model.layers.{i}.{ours[part]}"]
 
 
 def _config(model: nn.Module):
@@ -95,9 +57,9 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
     alphas: dict[str, float] = {}
     fused: dict[str, list[tuple[int, LoRALinear]]] = {}
     for path, layer in layers.items():
-        hf = _hf_path(path, cfg.family)
+        hf = hf_module(path, model)
         if cfg.family == "gpt2" and hf.endswith("attn.c_attn"):
-            fused.setdefault(hf, []).append((_QKV.index(path.rsplit(".", 1)[1]), layer))
+            fused.setdefault(hf, []).append((QKV.index(path.rsplit(".", 1)[1]), layer))
             continue
         a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
         tensors[f"{PREFIX}{hf}.lora_A.weight"], tensors[f"{PREFIX}{hf}.lora_B.weight"] = a, b
@@ -125,12 +87,18 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
     # the most common (r, alpha) is the global one; the rest go to rank_pattern / alpha_pattern
     pairs = [(ranks[k], alphas[k]) for k in ranks]
     r, alpha = max(set(pairs), key=pairs.count)
-    suffix = (lambda hf: ".".join(hf.split(".")[-2:])) if cfg.family == "gpt2" else (lambda hf: hf.split(".")[-1])
-    targets = sorted({suffix(k) for k in ranks})
-    rank_pattern = {suffix(k): ranks[k] for k in ranks if ranks[k] != r}
-    alpha_pattern = {suffix(k): alphas[k] for k in ranks if alphas[k] != alpha}
-    modules_to_save = None
-    if getattr(model, "lora_trained_embeddings", None) == name:
+    short = target_names({k: (ranks[k], alphas[k]) for k in ranks}, linear_modules(model))
+    targets = sorted(set(short.values()))
+    rank_pattern = {short[k]: ranks[k] for k in ranks if ranks[k] != r}
+    alpha_pattern = {short[k]: alphas[k] for k in ranks if alphas[k] != alpha}
+    modules_to_save, head_params = classifier_head(model)
+    tensors.update({f"{PREFIX}{k}": p for k, p in head_params.items()})
+    modules_to_save = modules_to_save or None
+    embeddings = getattr(model, "lora_trained_embeddings", None) == name
+    if embeddings:
+        if head_params:
+            raise AdapterError("a classifier's LoRA that also trains the token embeddings cannot be saved in PEFT's "
+                               "format: merge it (merge_and_unload) and save the classifier")
         emb, head = _embedding_keys(cfg)
         tensors[f"{PREFIX}{emb}.weight"] = model.model.embed_tokens.weight
         # the head too: PEFT writes it beside a tied embedding (ensure_weight_tying) and needs it
@@ -139,18 +107,32 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
     any_layer = next(iter(layers.values()))
     dropout = any_layer.lora_dropout[name]
     fields = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(r), "lora_alpha": float(alpha),
+        "peft_type": "LORA", "task_type": _task_type(model), "r": int(r), "lora_alpha": float(alpha),
         "target_modules": targets, "lora_dropout": float(getattr(dropout, "p", 0.0)), "bias": "none",
         "fan_in_fan_out": cfg.family == "gpt2", "use_rslora": False, "use_dora": False,
-        "modules_to_save": modules_to_save, "ensure_weight_tying": bool(modules_to_save and cfg.tie_embeddings),
+        "modules_to_save": modules_to_save, "ensure_weight_tying": embeddings and cfg.tie_embeddings,
         "init_lora_weights": True, "layers_to_transform": None,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "inference_mode": True,
     }
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, fields
 
 
+def _task_type(model: nn.Module) -> str | None:
+    """PEFT's task type, which picks the PeftModel class that wraps the transformers model: a
+    classifier's; a bare BERT body (BertModel) is a feature extractor; PEFT has no masked-LM type
+    (None: the plain PeftModel, which passes every input through)."""
+    if classifier_head(model)[0]:
+        return "TOKEN_CLS" if model.per_token else "SEQ_CLS"
+    if model.config.family == "bert":
+        return None if model.config.head == "lm" else "FEATURE_EXTRACTION"
+    return "CAUSAL_LM"
+
+
 def _embedding_keys(cfg) -> tuple[str, str]:
     """HF module paths of the token embedding and the output head."""
+    if cfg.family == "bert":  # its MLM decoder shares a bias with the head: not written as PEFT would
+        raise AdapterError("a LoRA that trains BERT's token embeddings (train_embeddings, PEFT's modules_to_save) "
+                           "cannot be saved or loaded yet: train the LoRA alone, or fine-tune in full")
     return ("transformer.wte", "lm_head") if cfg.family == "gpt2" else ("model.embed_tokens", "lm_head")
 
 
@@ -174,6 +156,19 @@ def _load_embeddings(model: nn.Module, tensors: dict[str, torch.Tensor], source:
     model.lora_trained_embeddings = name
 
 
+def _load_head(params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy a classifier adapter's head tensors (HF name -> our parameter) out of `tensors`."""
+    for key, param in params.items():
+        t = tensors.pop(f"{PREFIX}{key}", None)
+        if t is None:  # an adapter without a head (made on the bare body) leaves the classifier's own
+            continue
+        if t.shape != param.shape:
+            raise AdapterError(f"{source}: {key} has shape {list(t.shape)} but this classifier's is "
+                               f"{list(param.shape)}: the adapter was trained for another set of labels")
+        with torch.no_grad():
+            param.copy_(t)
+
+
 def _scaling(conf: dict[str, Any], hf_path: str, r: int) -> float:
     def pattern(patterns: dict[str, Any], default):
         for key, value in (patterns or {}).items():
@@ -192,13 +187,21 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
     cfg = _config(model)
     if conf.get("use_dora"):
         raise AdapterError(f"{source}: DoRA adapters are not supported by llmkit yet (use_dora in {CONFIG_FILE})")
-    emb, head = _embedding_keys(cfg)
-    saved = [m for m in conf.get("modules_to_save") or [] if not (emb.endswith(m) or m in (emb, head))]
-    if saved:
-        raise AdapterError(f"{source}: modules_to_save {saved} are not supported (only the token embedding and "
-                           "output head)")
     tensors = dict(tensors)
-    if conf.get("modules_to_save"):
+    kept = conf.get("modules_to_save") or []
+    head_names, head_params = classifier_head(model)
+    if head_names:  # a classifier's adapter brings its head in full
+        unknown = [m for m in kept if m not in ("classifier", "score", "pooler")]
+        if unknown:
+            raise AdapterError(f"{source}: modules_to_save {unknown} are not supported on a classifier (only its "
+                               "head and pooler)")
+        _load_head(head_params, tensors, source)
+    elif kept:
+        emb, head = _embedding_keys(cfg)
+        saved = [m for m in kept if not (emb.endswith(m) or m in (emb, head))]
+        if saved:
+            raise AdapterError(f"{source}: modules_to_save {saved} are not supported (only the token embedding "
+                               "and output head)")
         _load_embeddings(model, tensors, source, name)
     if conf.get("bias", "none") != "none":
         raise AdapterError(f"{source}: bias={conf['bias']!r} LoRA adapters are not supported (only bias='none')")
@@ -220,7 +223,7 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
             raise AdapterError(f"{source}: {hf_path} has lora_A {list(a.shape)} and lora_B {list(b.shape)}: "
                                "their ranks differ")
         scaling = _scaling(conf, hf_path.removeprefix(PREFIX), r)
-        ours = _our_paths(hf_path, cfg.family)
+        ours = our_modules(hf_path, model)
         if len(ours) == 3:
             sizes = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]
             if b.shape[0] != sum(sizes):

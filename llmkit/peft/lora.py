@@ -165,8 +165,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None, name: str = "
 def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The token embedding, and the output head when it is not tied to it."""
     params = [model.model.embed_tokens.weight]
-    if model.lm_head.weight is not model.model.embed_tokens.weight:
-        params.append(model.lm_head.weight)
+    head = getattr(model, "lm_head", None)  # a classifier has none
+    if head is not None and head.weight is not model.model.embed_tokens.weight:
+        params.append(head.weight)
     return params
 
 

@@ -36,12 +36,14 @@ _GUARDED_ROOT = ("/tokenize", "/detokenize")
 
 def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MAX_BODY_BYTES,
                start_engines: bool = True, gate: Gate | None = None, request_log: RequestLog | None = None,
-               embedder: str | None = None) -> FastAPI:
+               embedder: str | None = None, embed_precision: str = "auto") -> FastAPI:
     """The FastAPI app; its engines start with the app (and stop with it). `gate` holds the API
     keys and their limits (none: anyone may call, unlimited); `request_log` records every request;
-    `embedder` names the served model that answers /v1/embeddings whatever model a request names."""
+    `embedder` names the served model that answers /v1/embeddings whatever model a request names,
+    computing at `embed_precision` (`LocalLLM.embed`'s precision)."""
     server = Server([models] if isinstance(models, ServedModel) else list(models), max_body_bytes, gate, request_log,
                     embedder)
+    server.embed_precision = embed_precision
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

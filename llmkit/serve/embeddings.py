@@ -43,7 +43,8 @@ async def embeddings(request: Request):
         else:
             inputs = token_inputs(llm, req.input, "input")  # token ids, checked against the vocabulary
         # `embed`'s own path from the token ids on, between two steps of the engine
-        vectors = await asyncio.wrap_future(served.engine.run_exclusive(lambda: llm.embed_tokens(inputs)))
+        vectors = await asyncio.wrap_future(served.engine.run_exclusive(
+            lambda: llm.embed_tokens(inputs, precision=server.embed_precision)))
     except ContextLengthError as e:
         hint = ' (send "truncate": true for that)' if texts and isinstance(texts[0], str) else ""
         raise APIError(400, f"{e}{hint}", param="input", code="context_length_exceeded") from None

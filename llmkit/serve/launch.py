@@ -57,6 +57,7 @@ class ServerSettings:
     # a second model (any name the resolver takes) that answers every /v1/embeddings request, served
     # under its own name beside the model (see llmkit.serve.embeddings)
     embedder: str | os.PathLike | None = None
+    embed_precision: str = "auto"  # /v1/embeddings' compute precision: auto (bf16 where fast) | fp32 | bf16
 
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
@@ -196,6 +197,11 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
     stored = stored_quantization(settings.model)  # a GGUF's Q4_1, which its dequantised weights no longer show
     for m in models:
         m.quantization = m.quantization or stored
+    from ..infer.embedding import EMBED_PRECISIONS
+
+    if settings.embed_precision not in EMBED_PRECISIONS:
+        raise ValueError(f"embed_precision={settings.embed_precision!r} is not supported: use one of "
+                         f"{', '.join(EMBED_PRECISIONS)}")
     if embedder is None and settings.embedder is not None:
         embedder = load(settings.embedder, device=llm.device)
     if embedder is not None:
@@ -207,7 +213,8 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
         request_log = RequestLog(settings.request_log or llmkit_home() / "requests.sqlite", settings.price_prompt,
                                  settings.price_completion, log_text=settings.log_prompts)
     app = create_app(models, settings.max_body_bytes, gate=gate, request_log=request_log,
-                     embedder=models[-1].name if embedder is not None else None)
+                     embedder=models[-1].name if embedder is not None else None,
+                     embed_precision=settings.embed_precision)
     return BuiltServer(settings, app, models, len(keys), request_log, sock)
 
 

@@ -99,6 +99,7 @@ class Server:
         if embedder is not None and embedder not in self.models:
             raise ValueError(f"embedder={embedder!r} is not among the served models {sorted(self.models)}")
         self.embedder = embedder
+        self.embed_precision = "auto"  # LocalLLM.embed's precision for /v1/embeddings
         self.max_body_bytes = max_body_bytes
         self.gate = gate or Gate()
         self.log = request_log

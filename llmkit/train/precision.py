@@ -3,30 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import time
 
 import torch
 
-
-@functools.lru_cache(maxsize=None)
-def matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024) -> float:
-    """Measured FLOP/s of an n×n matmul on `device` (best of a few), the MFU denominator."""
-    dev = torch.device(device)
-    # a private generator: probing must not move the global RNG that training relies on
-    gen = torch.Generator(device=dev).manual_seed(0)
-    a = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
-    best = float("inf")
-    for _ in range(6):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+from ..utils import fast_bf16, matmul_flops  # noqa: F401  (matmul_flops: the MFU denominator, imported from here)
 
 
 def choose_precision(requested: str, device: torch.device) -> str:
@@ -40,10 +20,7 @@ def choose_precision(requested: str, device: torch.device) -> str:
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        fast = matmul_flops("cpu", torch.bfloat16, 256) >= matmul_flops("cpu", torch.float32, 256)
-        return "bf16" if fast else "fp32"
-    return "fp32"
+    return "bf16" if fast_bf16(device) else "fp32"
 
 
 def autocast(precision: str, device: torch.device):

