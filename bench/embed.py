@@ -21,7 +21,6 @@ Run it on a quiet machine: on 2 cores a busy neighbour stalls the OpenMP threads
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -125,6 +124,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import llmkit
+    from llmkit.utils import write_json_atomic
     from sentence_transformers import SentenceTransformer
 
     path = model_dir(args.model)
@@ -168,7 +168,7 @@ def main() -> None:
               f"{figures['llmkit_default_sps']:8.1f} sentences/s   {figures['default_ratio']:.2f}x  "
               f"(largest cosine distance {figures['default_max_cosine_distance']:.2e})")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        write_json_atomic(args.json, figures)
     if args.profile:
         profile_llmkit(llm, texts, args.batch_size)
 

@@ -444,7 +444,10 @@ def run_finetune(args: argparse.Namespace) -> None:
               f"{c['macro_f1']:.3f} (majority class {m['label']!r}: accuracy {m['accuracy']:.3f}, "
               f"macro-F1 {m['macro_f1']:.3f})")
         print(f"report: {Path(recipe.out) / 'report.md'}")
-        print(f"try: llmkit classify --model {Path(recipe.out)} --input FILE")
+        task = recipe.data.path.split(":", 1)[1] if recipe.data.path.startswith("builtin:") else None
+        if task:
+            print(f"try: llmkit eval --model {Path(recipe.out)} --tasks {task}")
+        print(f"in Python: llmkit.load({str(Path(recipe.out))!r}).classify([\"some text\"])")
         return
     if summary["data"]["bad_rows"]:
         print(f"skipped {summary['data']['bad_rows']} bad row(s): " + "; ".join(summary["data"]["bad"][:5]))

@@ -63,8 +63,7 @@ def run_embed(args: argparse.Namespace) -> None:
     texts = read_lines(args.input)
     out = Path(args.out)
     llm = load_llm(args)
-    # a server refuses long texts and computes as it is set up to
-    options = {} if hasattr(llm, "base_url") else {"truncate": not args.no_truncate, "precision": args.precision}
+    options = {"truncate": not args.no_truncate, "precision": args.precision}  # a server refuses precision != auto
     with tqdm(total=len(texts), unit="text", desc="embedding", disable=True if len(texts) < PROGRESS_FROM else None,
               file=sys.stderr) as bar:
         vectors = llm.embed(texts, batch_size=args.batch_size, progress=bar.update, **options)

@@ -24,10 +24,12 @@ def most_frequent_token(tokens: np.ndarray, special_ids: Sequence[int] = ()) -> 
 @torch.no_grad()
 def masked_token_accuracy(model: torch.nn.Module, batches: Iterable[torch.Tensor], objective: Any,
                           baseline_token: int, seed: int = 0) -> dict[str, Any]:
-    """Accuracy of the model's argmax at the masked positions (`objective` is a `MaskedLM`; the
-    masks are drawn from a fixed generator), beside the accuracy of always answering
-    `baseline_token` at the same positions, each with its 95% Wilson interval. `beats_baseline`
-    holds when the model's interval lies wholly above the baseline's."""
+    """Accuracy of the model's argmax at the positions replaced by the mask token (`objective` is a
+    `MaskedLM`; masks from a fixed generator), beside the accuracy of always answering
+    `baseline_token` at the same positions, each with its 95% Wilson interval. The selected tokens
+    left as they were (10%) or replaced at random (10%) are not counted: a model that copied its
+    input would score there without reading any context. `beats_baseline` holds when the model's
+    interval lies wholly above the baseline's."""
     was = model.training
     model.eval()
     correct = base = n = 0
@@ -36,7 +38,7 @@ def masked_token_accuracy(model: torch.nn.Module, batches: Iterable[torch.Tensor
     for batch in batches:
         ids, attention_mask = objective.split(batch.to(device) if isinstance(batch, torch.Tensor) else batch)
         inputs, labels = objective.mask(ids, attention_mask, generator)
-        selected = labels != IGNORE_INDEX
+        selected = (labels != IGNORE_INDEX) & (inputs == objective.mask_id)
         if not bool(selected.any()):
             continue
         logits = model(inputs, attention_mask=attention_mask) if attention_mask is not None else model(inputs)

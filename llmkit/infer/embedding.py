@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 
-from ..models.sentence import EmbeddingSpec, check_texts, default_spec, embed_token_ids, truncate_ids
+from ..models.sentence import EmbeddingSpec, check_texts, default_spec, embed_token_ids
+from ..models.texts import fit_texts
 from ..models.transformer import ContextLengthError
 from ..utils import fast_bf16
 
@@ -70,21 +71,7 @@ class Embedding:
         texts = check_texts(texts)
         if self.embedding_spec.lowercase:
             texts = [t.lower() for t in texts]
-        inputs = [self.tokenize(t) for t in texts]
-        limit = self.max_embed_tokens
-        long = [i for i, ids in enumerate(inputs) if len(ids) > limit]
-        if long and not truncate:
-            raise ContextLengthError(
-                f"{len(long)} of {len(texts)} texts are longer than the {limit} tokens {self.name or 'the model'} "
-                f"embeds (texts[{long[0]}] has {len(inputs[long[0]])}): shorten them, or embed with truncation on "
-                f"(each is then cut at {limit} tokens)")
-        if long:
-            log.warning("%d of %d texts were longer than the %d tokens %s embeds and were cut to that (the longest "
-                        "had %d)", len(long), len(texts), limit, self.name or "the model",
-                        max(len(inputs[i]) for i in long))
-            for i in long:
-                inputs[i] = truncate_ids(inputs[i], self.tokenize(texts[i], add_special_tokens=False), limit)
-        return inputs
+        return fit_texts(self.tokenizer, texts, self.max_embed_tokens, truncate, self.name or "the model", "embeds")
 
     def embed_tokens(self, inputs: Sequence[Sequence[int]], batch_size: int = 32,
                      progress: Callable[[int], None] | None = None, precision: str = "auto") -> np.ndarray:
@@ -102,16 +89,19 @@ class Embedding:
                                self.embed_autocast(precision))
 
     # ---------------------------------------------------------- classification
-    def classify(self, texts: Sequence[str], batch_size: int = 32) -> list[str]:
+    def classify(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True) -> list[str]:
         """The most likely label of each text (a classification model: `llmkit.load` of an HF
-        ``*ForSequenceClassification`` directory); texts are cut to the context window."""
-        return [self.classifier.labels[i] for i in self.classify_probs(texts, batch_size).argmax(-1).tolist()]
+        ``*ForSequenceClassification`` directory). Texts longer than the context window are cut as
+        `embed` cuts them (one warning), or refused with ``truncate=False``."""
+        probs = self.classify_probs(texts, batch_size, truncate)
+        return [self.classifier.labels[i] for i in probs.argmax(-1).tolist()]
 
-    def classify_probs(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    def classify_probs(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True) -> torch.Tensor:
         """(len(texts), labels) probabilities, columns in the order of `classifier.labels`."""
         if self.classifier is None or self.classifier.per_token:
             kind = "a token classifier" if self.classifier is not None else "not a sequence classifier"
             raise ValueError(f"{self.name or 'this model'} is {kind}: classify needs a model trained with "
                              "`llmkit finetune ... objective=classify` (an HF *ForSequenceClassification directory)")
-        rows = [self.tokenize(t)[:self.context_window] for t in check_texts(texts)]
+        rows = fit_texts(self.tokenizer, check_texts(texts), self.context_window, truncate,
+                         self.name or "the model", "classifies")
         return self.classifier.classify_ids(rows, self._pad_id(), batch_size)

@@ -29,7 +29,7 @@ from ..models.hf import save_pretrained
 from ..models.logprobs import token_logprobs
 from ..models.resolve import is_url, load_local, local_path, resolve_model
 from ..models.sampling_defaults import sampling_defaults
-from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts
+from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts, save_classifier
 from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
 from .embedding import Embedding
@@ -207,8 +207,14 @@ class LocalLLM(TokenScoring, Embedding):
     def config(self) -> ModelConfig:
         return self.model.config
 
+    @property
+    def generates(self) -> bool:
+        """Whether the model can generate and score text: causal, with an output head over the
+        vocabulary (an encoder, or a classifier's body, has none)."""
+        return self.config.causal and self.model.lm_head is not None
+
     def require_generation(self) -> None:
-        """Raise `EncoderError` unless the model can generate (and score) text."""
+        """Raise `EncoderError` unless the model can generate (and score) text (`generates`)."""
         if not self.config.causal:
             raise EncoderError(encoder_message(self.name or self.config.family))
         if self.model.lm_head is None:
@@ -433,8 +439,11 @@ class LocalLLM(TokenScoring, Embedding):
         """Write model and tokenizer in Hugging Face layout (and the sentence-transformers files of
         a model that has an `embedding` spec)."""
         path = Path(path)
-        save_pretrained(self.model, path, sampling=self.generation_defaults)
-        self.tokenizer.save(path)
+        if self.classifier is not None:  # the head and its labels, in *For...Classification layout
+            save_classifier(self.classifier, path, self.tokenizer)
+        else:
+            save_pretrained(self.model, path, sampling=self.generation_defaults)
+            self.tokenizer.save(path)
         if self.embedding is not None:
             write_embedding_spec(path, self.embedding, self.config.dim)
         return path

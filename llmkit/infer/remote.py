@@ -25,6 +25,11 @@ from .sampling import GenerationConfig, valid_settings
 Messages = list[dict[str, Any]]
 
 
+class RequestRefused(ConnectionError, ValueError):
+    """The server understood the request and refused its content (HTTP 400, 413, 422): bad input,
+    not a broken connection (it is both, so callers that catch either keep working)."""
+
+
 class RemoteLLM(TokenScoring):
     """Chat and completion through ``/chat/completions`` and ``/completions``. The API key comes
     from `api_key` or the ``OPENAI_API_KEY`` environment variable; `model` defaults to the first
@@ -67,7 +72,8 @@ class RemoteLLM(TokenScoring):
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")[:500]
             hint = " (check --api-key)" if e.code in (401, 403) else ""
-            raise ConnectionError(f"{method} {self.base_url}{path} answered {e.code}{hint}: {detail}") from e
+            error = RequestRefused if e.code in (400, 413, 422) else ConnectionError
+            raise error(f"{method} {self.base_url}{path} answered {e.code}{hint}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:
             raise ConnectionError(f"cannot reach {self.base_url}{path}: {getattr(e, 'reason', e)}") from e
 
@@ -186,25 +192,34 @@ class RemoteLLM(TokenScoring):
             return messages
 
     # --------------------------------------------------------------- embeddings
-    def embed(self, texts: Sequence[str], batch_size: int = 64,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 64, truncate: bool = True,
+              progress: Callable[[int], None] | None = None, precision: str = "auto") -> np.ndarray:
         """float32 vectors (len(texts), dim) in input order, from ``POST /embeddings`` in requests
         of `batch_size` texts (sent as base64: exact float32, a quarter of the JSON). The server
-        embeds as its model says (llmkit serve: the model's sentence-transformers spec) and refuses
-        texts longer than its model reads. `progress(n)` is called after each request."""
+        embeds as its model says (llmkit serve: the model's sentence-transformers spec); texts
+        longer than its model reads are cut there (llmkit serve's ``"truncate"`` field; other
+        servers do as they do) or, with ``truncate=False``, refused (`RequestRefused`, a ValueError).
+        The server decides the precision: only "auto" is accepted. `progress(n)` is called after
+        each request."""
+        if precision != "auto":
+            raise ValueError(f"precision={precision!r}: a server embeds at the precision it was started with "
+                             "(llmkit serve --embed-precision); leave precision at auto")
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         parts = []
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            parts.append(self._embeddings(chunk))
+            parts.append(self._embeddings(chunk, truncate))
             if progress is not None:
                 progress(len(chunk))
         return np.concatenate(parts)
 
-    def _embeddings(self, texts: list[str]) -> np.ndarray:
-        out = self._request("POST", "/embeddings", {"model": self.model, "input": texts, "encoding_format": "base64"})
+    def _embeddings(self, texts: list[str], truncate: bool = True) -> np.ndarray:
+        body = {"model": self.model, "input": texts, "encoding_format": "base64"}
+        if truncate and "embedding_dim" in self.card():  # llmkit serve (its card says so) cuts as `embed` does;
+            body["truncate"] = True                      # OpenAI refuses fields it does not know
+        out = self._request("POST", "/embeddings", body)
         data = sorted(out.get("data") or [], key=lambda d: d.get("index", 0))
         if len(data) != len(texts):
             raise ConnectionError(f"{self.base_url}/embeddings answered {len(data)} vectors for {len(texts)} texts")

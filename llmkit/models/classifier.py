@@ -7,7 +7,7 @@ classifier (BERT read through its pooler at ``[CLS]``, or a decoder), and a toke
 
     clf = Classifier(load_pretrained("runs/bert/model"), num_labels=2)
     save_classifier(clf, "runs/clf/model", tokenizer, labels=["negative", "positive"])
-    clf = load_classifier("runs/clf/model"); clf.classify_texts(tokenizer, ["great film"])
+    llmkit.load("runs/clf").classify(["great film"])     # a LocalLLM over it, as any model is used
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..utils import atomic_path, write_json_atomic
 from .hf import CheckpointError, _config_json, _load, config_to_hf, state_dict_to_hf
+from .texts import pad_right
 from .transformer import Transformer
 
 # family -> HF class name prefix; token classification is offered where the head has one name
@@ -102,20 +103,10 @@ class Classifier(nn.Module):
         self.eval()
         out = []
         for start in range(0, len(rows), batch_size):
-            chunk = [list(r) for r in rows[start:start + batch_size]]
-            width = max(len(r) for r in chunk)
-            ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in chunk], device=self.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=self.device)
+            ids, mask = pad_right(rows[start:start + batch_size], pad_id, self.device)
             out.append(self(ids, mask).softmax(-1).cpu())
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0, self.num_labels)
-
-    def classify_texts(self, tokenizer, texts: Sequence[str], batch_size: int = 32) -> list[str]:
-        """The most likely label name of each text (truncated to the context window)."""
-        window = self.config.max_seq_len
-        rows = [tokenizer.encode(t)[:window] for t in texts]
-        probs = self.classify_ids(rows, tokenizer.padding_id, batch_size)
-        return [self.labels[i] for i in probs.argmax(-1).tolist()]
 
 
 def save_classifier(clf: Classifier, path: str | os.PathLike, tokenizer=None,

@@ -33,24 +33,32 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
     context_note = f", context {cfg.max_seq_len}"
     if cfg.context_window != cfg.max_seq_len:
         context_note += f" (extended to {cfg.context_window} by rope scaling)"
+    encoder = cfg.is_encoder
+    if encoder:
+        attention = f"bidirectional (encoder): {cfg.n_heads} heads, head_dim {cfg.head_dim}"
+    else:
+        attention = f"{attn}: {cfg.n_heads} heads, {cfg.n_kv_heads} KV heads, head_dim {cfg.head_dim}{window}"
+    norm = f"{cfg.norm} (eps {cfg.norm_eps:g})" + (f", {'post' if cfg.post_norm else 'pre'}-norm" if encoder else "")
+    if cfg.head == "none":
+        vocabulary = f"{cfg.vocab_size}, no output head"
+    else:
+        vocabulary = f"{cfg.vocab_size}, embeddings {'tied' if cfg.tie_embeddings else 'separate'}"
     rows = [
         ("family", cfg.family),
         ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
         ("layers", f"{cfg.n_layers} x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
-        ("attention", f"{attn}: {cfg.n_heads} heads, {cfg.n_kv_heads} KV heads, head_dim {cfg.head_dim}{window}"),
+        ("attention", attention),
         ("positions", f"{cfg.positions}{rope}{context_note}"),
-        ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g})"),
-        ("vocabulary", f"{cfg.vocab_size}, embeddings {'tied' if cfg.tie_embeddings else 'separate'}"),
-        ("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"),
-        ("KV cache", f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"),
+        ("norm", norm),
+        ("vocabulary", vocabulary),
     ]
-    if cfg.is_encoder:  # what an encoder is instead: no cache, its own head and extras
-        rows[3] = ("attention", f"bidirectional (encoder): {cfg.n_heads} heads, head_dim {cfg.head_dim}")
-        rows[5] = ("norm", f"{cfg.norm} (eps {cfg.norm_eps:g}), {'post' if cfg.post_norm else 'pre'}-norm")
-        head = "masked LM" if cfg.head == "lm" else "none (hidden states)"
+    if encoder:  # what an encoder has instead of a cache: its head and extras
         extras = [f"{cfg.type_vocab_size} token types"] * bool(cfg.type_vocab_size) + ["pooler"] * cfg.pooler
-        rows[-1] = ("KV cache", "none: an encoder reads each text whole and does not generate")
-        rows.insert(7, ("head", head + "".join(f", {x}" for x in extras)))
+        head = "masked LM" if cfg.head == "lm" else "none (hidden states)"
+        rows.append(("head", head + "".join(f", {x}" for x in extras)))
+    rows.append(("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"))
+    rows.append(("KV cache", "none: an encoder reads each text whole and does not generate" if encoder
+                 else f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"))
     rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16")]
     rest = "embeddings and norms fp32, as `llmkit quantize` writes it"
     rows += [("weights int8", f"{_size(cfg.weight_bytes('int8'))} (fp32 scale per row; {rest})"),

@@ -24,26 +24,21 @@ from safetensors.torch import save_file
 from ..quant.weight_only import QUANT_METHOD, prepare_quantized, quantization_config
 from ..utils import atomic_path, parse_dtype, write_json_atomic
 from .config import ConfigError, ModelConfig
+from .errors import HF_ACTIVATIONS as _ACTIVATIONS
+from .errors import CheckpointError, require as _require
+from .hf_bert import (bert_checkpoint_names, bert_config_from_hf, bert_config_to_hf, bert_parts,
+                      bert_state_dict_from_hf, bert_state_dict_to_hf)
 from .sampling_defaults import to_hf
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert")
-BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification")
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read: the message says which file or tensor and what to do."""
-
-
 # ------------------------------------------------------------------------------- config.json
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
-
-
 def _rope_from_hf(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     params = d.get("rope_parameters") or {}
     if "rope_theta" in params and not isinstance(params.get("rope_theta"), dict):
@@ -86,7 +81,7 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
             mlp_bias=True, tie_embeddings=d.get("tie_word_embeddings", True), **common,
         )
     if model_type == "bert":
-        return _bert_config(d, common)
+        return bert_config_from_hf(d, common)
     act = d.get("hidden_act", "silu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"hidden_act {act!r} is not supported: use one of {sorted(_ACTIVATIONS)}")
@@ -114,32 +109,6 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**kw)
 
 
-def _bert_config(d: dict[str, Any], common: dict[str, Any]) -> ModelConfig:
-    archs = [str(a) for a in d.get("architectures") or []]
-    unsupported = [a for a in archs if a not in BERT_ARCHITECTURES]
-    if unsupported:
-        raise CheckpointError(f"BERT variant {unsupported[0]} is not supported: llmkit reads {', '.join(BERT_ARCHITECTURES)}")
-    if d.get("is_decoder") or d.get("add_cross_attention"):
-        raise CheckpointError("a BERT with is_decoder/add_cross_attention (a causal BERT) is not supported: "
-                              f"llmkit reads the encoder ({', '.join(BERT_ARCHITECTURES)})")
-    kind = d.get("position_embedding_type", "absolute")
-    if kind != "absolute":
-        raise CheckpointError(f"position_embedding_type {kind!r} is not supported: llmkit reads absolute positions")
-    act = d.get("hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(f"hidden_act {act!r} is not supported: use one of {sorted(_ACTIVATIONS)}")
-    lm = not archs or "BertForMaskedLM" in archs  # refined from the tensors by `_load`
-    return ModelConfig(
-        family="bert", dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
-        hidden_dim=d["intermediate_size"], max_seq_len=d.get("max_position_embeddings", 512), norm="layernorm",
-        norm_eps=d.get("layer_norm_eps", 1e-12), positions="learned", mlp="gelu", activation=_ACTIVATIONS[act],
-        qkv_bias=True, o_bias=True, mlp_bias=True, causal=False, type_vocab_size=d.get("type_vocab_size", 2),
-        post_norm=True, pooler=not archs or any(a in ("BertModel", "BertForSequenceClassification") for a in archs),
-        head="lm" if lm else "none", head_transform=lm, head_bias=lm,
-        tie_embeddings=lm and bool(d.get("tie_word_embeddings", True)), **common,
-    )
-
-
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The HF ``config.json`` dict for `cfg` (readable by transformers 4.4x and 5.x)."""
     dtype_name = str(dtype).removeprefix("torch.")
@@ -147,18 +116,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
            "relu": "relu"}[cfg.activation]
     ids = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
     if cfg.family == "bert":
-        _require(cfg, norm="layernorm", positions="learned", mlp="gelu", qkv_bias=True, o_bias=True, mlp_bias=True,
-                 n_kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads, sliding_window=None, causal=False,
-                 post_norm=True, head_transform=cfg.head == "lm", head_bias=cfg.head == "lm")
-        return dict(architectures=["BertForMaskedLM" if cfg.head == "lm" else "BertModel"], model_type="bert",
-                    vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
-                    num_attention_heads=cfg.n_heads, intermediate_size=cfg.hidden_dim,
-                    max_position_embeddings=cfg.max_seq_len, layer_norm_eps=cfg.norm_eps,
-                    hidden_act={"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[cfg.activation],
-                    type_vocab_size=cfg.type_vocab_size, position_embedding_type="absolute",
-                    hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                    tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, torch_dtype=dtype_name,
-                    **ids)
+        return bert_config_to_hf(cfg, dtype_name, ids)
     if cfg.family == "gpt2":
         _require(cfg, norm="layernorm", positions="learned", mlp="gelu", qkv_bias=True, o_bias=True, mlp_bias=True,
                  n_kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads, sliding_window=None, causal=True)
@@ -204,13 +162,6 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
     return out
 
 
-def _require(cfg: ModelConfig, **expected: Any) -> None:
-    for name, value in expected.items():
-        if getattr(cfg, name) != value:
-            raise ConfigError(f"family={cfg.family!r} needs {name}={value!r} to be written in HF format, "
-                              f"but the config has {name}={getattr(cfg, name)!r}")
-
-
 # ------------------------------------------------------------------------------ key mapping
 _GPT2_LAYER = {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm", "attn.c_proj": "self_attn.o_proj",
                "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}
@@ -220,66 +171,10 @@ _GPT2_TOP = {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.emb
 # bias that is cls.predictions.bias again, the next-sentence head of BertForPreTraining files)
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|(?:^|\.)attn\.bias|(?:^|\.)attn\.masked_bias|embeddings\.position_ids"
                       r"|cls\.predictions\.decoder\.bias|cls\.seq_relationship\.(?:weight|bias))$")
-# BERT's names -> ours (after the `bert.` prefix of its task models); {} is the layer index
-_BERT_KEYS = {
-    "embeddings.word_embeddings.weight": "model.embed_tokens.weight",
-    "embeddings.position_embeddings.weight": "model.embed_positions.weight",
-    "embeddings.token_type_embeddings.weight": "model.embed_types.weight",
-    "embeddings.LayerNorm.{}": "model.embed_norm.{}",
-    "encoder.layer.{}.attention.self.query.{}": "model.layers.{}.self_attn.q_proj.{}",
-    "encoder.layer.{}.attention.self.key.{}": "model.layers.{}.self_attn.k_proj.{}",
-    "encoder.layer.{}.attention.self.value.{}": "model.layers.{}.self_attn.v_proj.{}",
-    "encoder.layer.{}.attention.output.dense.{}": "model.layers.{}.self_attn.o_proj.{}",
-    "encoder.layer.{}.attention.output.LayerNorm.{}": "model.layers.{}.post_attention_layernorm.{}",
-    "encoder.layer.{}.intermediate.dense.{}": "model.layers.{}.mlp.up_proj.{}",
-    "encoder.layer.{}.output.dense.{}": "model.layers.{}.mlp.down_proj.{}",
-    "encoder.layer.{}.output.LayerNorm.{}": "model.layers.{}.post_feedforward_layernorm.{}",
-    "pooler.dense.{}": "model.pooler.{}",
-}
-_BERT_HEAD_KEYS = {  # outside the `bert.` prefix
-    "cls.predictions.transform.dense.{}": "head_transform.dense.{}",
-    "cls.predictions.transform.LayerNorm.{}": "head_transform.norm.{}",
-    "cls.predictions.decoder.weight": "lm_head.weight",
-    "cls.predictions.bias": "lm_head.bias",
-    "classifier.{}": "score.{}",
-}
-
-
-def _key_patterns(table: dict[str, str], src_prefix: str, dst_prefix: str) -> list[tuple[re.Pattern, str]]:
-    """(regex of a source name, destination template) pairs; each ``{}`` is one name part."""
-    return [(re.compile(re.escape(src_prefix + src).replace(r"\{\}", "([A-Za-z0-9_]+)") + "$"), dst_prefix + dst)
-            for src, dst in table.items()]
-
-
-def _rename(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, dst in patterns:
-        m = pattern.match(key)
-        if m:
-            for part in m.groups():
-                dst = dst.replace("{}", part, 1)
-            return dst
-    return None
-
-
-def _bert_maps(prefixed: bool) -> tuple[list, list]:
-    """(HF -> ours, ours -> HF) rename patterns for BERT; task models put the body under `bert.`."""
-    body = "bert." if prefixed else ""
-    to_ours = _key_patterns(_BERT_KEYS, body, "") + _key_patterns(_BERT_HEAD_KEYS, "", "")
-    reverse = {v: k for k, v in _BERT_KEYS.items()}
-    to_hf = _key_patterns(reverse, "", body) + _key_patterns({v: k for k, v in _BERT_HEAD_KEYS.items()}, "", "")
-    return to_ours, to_hf
-
-
 def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF tensor names and layouts -> ours."""
     if cfg.family == "bert":
-        to_ours = _bert_maps(any(k.startswith("bert.") for k in hf))[0]
-        out = {}
-        for k, v in hf.items():
-            if _IGNORED.search(k) or (k == "cls.predictions.decoder.weight" and cfg.tie_embeddings):
-                continue
-            out[_rename(k, to_ours) or k] = v  # unknown keys surface in validation
-        return out
+        return bert_state_dict_from_hf(hf, cfg, _IGNORED)
     if cfg.family != "gpt2":
         return {k: v for k, v in hf.items() if not _IGNORED.search(k)}
     out: dict[str, torch.Tensor] = {}
@@ -314,8 +209,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool
     `prefix=False` leaves out the `bert.` prefix of BERT task models (default: as HF writes them)."""
     sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     if cfg.family == "bert":  # a task model (MLM head, classifier) keeps its body under `bert.`
-        to_hf = _bert_maps(cfg.head == "lm" or "score.weight" in sd if prefix is None else prefix)[1]
-        return {(_rename(k, to_hf) or k): v for k, v in sd.items()}
+        return bert_state_dict_to_hf(sd, cfg, prefix)
     if cfg.family != "gpt2":
         return sd
     top = {v: k for k, v in _GPT2_TOP.items()}
@@ -451,11 +345,9 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
     if not own_names and cfg.family == "gpt2" and not any(k.startswith("transformer.") for k in found_shapes):
         # original OpenAI GPT-2 files have no "transformer." prefix
         raw_names = {("transformer." + k if k != "lm_head.weight" else k): k for k in found_shapes}
-    if not own_names and cfg.family == "bert":  # BertModel files have no "bert." prefix, its task models do
-        raw_names = {k.removeprefix("bert."): k for k in found_shapes}
-        lm = "cls.predictions.bias" in raw_names and not score
-        cfg = cfg.replace(pooler="pooler.dense.weight" in raw_names, head="lm" if lm else "none", head_transform=lm,
-                          head_bias=lm, tie_embeddings=lm and "cls.predictions.decoder.weight" not in raw_names)
+    if not own_names and cfg.family == "bert":  # names as in BertModel; which parts the tensors hold
+        raw_names = bert_checkpoint_names(found_shapes)
+        cfg = bert_parts(cfg, raw_names, score)
     found_shapes = {k: found_shapes[raw] for k, raw in raw_names.items()}
     where = {k: where[raw] for k, raw in raw_names.items()}
 

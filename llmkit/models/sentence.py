@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .texts import pad_right, truncate_ids  # noqa: F401  (truncate_ids: where `embed` cuts, re-exported)
+
 log = logging.getLogger(__name__)
 
 MODULES_FILE = "modules.json"
@@ -166,17 +168,6 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def truncate_ids(ids: list[int], plain: list[int], limit: int) -> list[int]:
-    """`ids` (a text's tokens with special tokens; `plain`: without) cut to `limit` tokens as
-    Hugging Face tokenizers (and so sentence-transformers) truncate: the text's own tokens lose
-    their end, the special tokens the tokenizer puts around them ([CLS] … [SEP], a bos) stay."""
-    extra = len(ids) - len(plain)
-    start = next((p for p in range(max(extra, 0) + 1) if ids[p:p + len(plain)] == plain), None)
-    if start is None or extra >= limit:  # specials we cannot place, or nothing else fits: a plain cut
-        return ids[:limit]
-    return ids[:start] + plain[:limit - extra] + ids[start + len(plain):]
-
-
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, spec: EmbeddingSpec) -> torch.Tensor:
     """One vector per row of `hidden` (batch, seq, dim): the pooling `spec` names over the
     positions `attention_mask` (batch, seq) marks 1 (padding, left or right, never counts), modes
@@ -220,12 +211,7 @@ def embed_token_ids(model, inputs: list[list[int]], spec: EmbeddingSpec, pad_id:
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = len(inputs[rows[0]])
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(inputs[i])], mask[r, :len(inputs[i])] = torch.tensor(inputs[i]), 1
-        ids, mask = ids.to(model.device), mask.to(model.device)
+        ids, mask = pad_right([inputs[i] for i in rows], pad_id, model.device)
         with torch.autocast(model.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
             hidden = model.hidden_states(ids, mask)
         out[rows] = pool(hidden, mask, spec).cpu().numpy()

@@ -18,6 +18,7 @@ from ..data.instruct import SFTLoader
 from ..data.labelled import Labelled, read_labelled
 from ..eval.encoders import classification_scores
 from ..models.classifier import Classifier, save_classifier
+from ..models.texts import fit_texts, pad_right
 from ..models.transformer import Transformer
 from ..peft import merge_and_unload
 from ..train.objectives import Classify
@@ -36,16 +37,16 @@ class LabelledExample:
 
 
 def encode_labelled(tokenizer, rows: Sequence[Labelled], labels: Sequence[str], max_len: int) -> list[LabelledExample]:
-    """Token ids (cut to `max_len`, special tokens as the tokenizer adds them) and label indices."""
+    """Token ids (special tokens as the tokenizer adds them; longer texts cut to `max_len` as
+    classifying cuts them, with one warning) and label indices."""
     index = {name: i for i, name in enumerate(labels)}
-    return [LabelledExample(tokenizer.encode(r.text)[:max_len], index[r.label]) for r in rows]
+    ids = fit_texts(tokenizer, [r.text for r in rows], max_len, reader="data.max_len", verb="allows")
+    return [LabelledExample(x, index[r.label]) for x, r in zip(ids, rows)]
 
 
 def collate_labelled(examples: Sequence[LabelledExample], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.ids) for e in examples)
-    return {"input_ids": torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in examples]),
-            "attention_mask": torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in examples]),
-            "labels": torch.tensor([e.label for e in examples])}
+    ids, mask = pad_right([e.ids for e in examples], pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e.label for e in examples])}
 
 
 @dataclass

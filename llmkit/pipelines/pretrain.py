@@ -58,19 +58,28 @@ class PretrainRecipe:
 OBJECTIVES = ("causal", "mlm")
 
 
-def objective_for(recipe: PretrainRecipe, model: Transformer, tokenizer: Tokenizer):
-    """The recipe's objective, refused where the model cannot learn it."""
-    cfg = model.config
-    if recipe.objective == "causal":
-        if cfg.is_encoder:
-            raise ValueError("objective=causal with a bidirectional model (causal=false): every position would see "
-                             "the token it predicts; use objective=mlm for an encoder, or a causal preset")
-        return CausalLM()
-    if not cfg.is_encoder:
+def check_objective(objective: str, cfg) -> None:
+    """Refuse, before any data is prepared, an objective the model (`cfg`) cannot learn, or a
+    model whose result could not be saved in Hugging Face layout."""
+    from ..models.hf import config_to_hf
+
+    if objective == "causal" and cfg.is_encoder:
+        raise ValueError("objective=causal with a bidirectional model (causal=false): every position would see "
+                         "the token it predicts; use objective=mlm for an encoder, or a causal preset")
+    if objective == "mlm" and not cfg.is_encoder:
         raise ValueError("objective=mlm with a causal model: masked-token prediction needs bidirectional attention; "
                          "use an encoder preset (e.g. model.preset=tiny-bert) or objective=causal")
-    if cfg.head != "lm":
+    if objective == "mlm" and cfg.head != "lm":
         raise ValueError(f"objective=mlm needs an output head over the vocabulary, but the model has head={cfg.head!r}")
+    config_to_hf(cfg)  # a ConfigError names the field that RUN/model could not be written with
+
+
+def objective_for(recipe: PretrainRecipe, model: Transformer, tokenizer: Tokenizer):
+    """The recipe's objective, refused where the model or tokenizer cannot learn it."""
+    cfg = model.config
+    check_objective(recipe.objective, cfg)
+    if recipe.objective == "causal":
+        return CausalLM()
     if tokenizer.mask_token_id is None:
         raise ValueError("objective=mlm needs a mask token, and the tokenizer has none: prepare the data with "
                          "data.tokenizer_kind=wordpiece (BERT's [MASK]) or give a tokenizer with a mask_token")
@@ -167,7 +176,9 @@ def check_memory(model: Transformer, recipe: PretrainRecipe, seq_len: int, info:
 
 def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run (or resume) a pretraining job; returns its summary (also in RUN/summary.json)."""
-    preset(recipe.model.preset, **recipe.model.overrides)  # fail on a bad model section before writing
+    cfg = preset(recipe.model.preset, **recipe.model.overrides)  # fail on a bad model section before writing
+    if not recipe.model.init:  # ... or on one the objective cannot train
+        check_objective(recipe.objective, cfg)
     job = Job(recipe, resume, None, callbacks)
     with job.setting_up():
         data_dir = prepare_or_reuse_data(recipe, job.run_dir, job.info)

@@ -55,7 +55,7 @@ def model_card(served: Any, embedder: Any = None) -> dict[str, Any]:
             "max_model_len": served.llm.config.context_window, "start_token_id": served.llm.start_token_id,
             "quantization": served.quantization,
             "generation_defaults": dict(getattr(served.llm, "generation_defaults", {})),
-            "embedding_dim": (embedder or served).llm.embedding_dim, "generates": bool(served.llm.config.causal)}
+            "embedding_dim": (embedder or served).llm.embedding_dim, "generates": served.llm.generates}
 
 
 # ----------------------------------------------------------------------------- chat

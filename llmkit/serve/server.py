@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..infer.engine import Engine, Event, QueueFullError, RequestTooLargeError
-from ..infer.llm import encoder_message
+from ..infer.llm import EncoderError
 from ..infer.sampling import SAMPLING_OPTIONS, GenerationConfig, GenerationConfigError, layered_sampling
 from ..models.transformer import ContextLengthError
 from ..quant.weight_only import quantization_config
@@ -125,9 +125,11 @@ class Server:
     def generator(self, name: str) -> ServedModel:
         """The model a chat or completions request names; an encoder is refused with a 400."""
         served = self.model(name)
-        if not served.llm.config.causal:
-            raise APIError(400, encoder_message(served.name) + f" (POST /v1/embeddings with model {served.name!r})",
-                           param="model", code="model_not_generative")
+        try:
+            served.llm.require_generation()
+        except EncoderError as e:
+            raise APIError(400, f"{e} (POST /v1/embeddings with model {served.name!r})", param="model",
+                           code="model_not_generative") from None
         return served
 
     def embedding_model(self, name: str) -> ServedModel:

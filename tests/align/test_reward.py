@@ -12,6 +12,7 @@ import llmkit
 from llmkit.align.prefs import builtin_preferences, collate_pairs, encode_pairs
 from llmkit.align.reward import RewardModel, load_reward_model, save_reward_model
 from llmkit.cli.main import main
+from llmkit.infer.llm import EncoderError
 from llmkit.models.hf import CheckpointError, load_pretrained
 from tests.align.test_dpo import write_pairs
 from tests.peers import peer
@@ -37,7 +38,11 @@ def test_transformers_computes_the_same_rewards(tiny_dirs, tmp_path, preset):
     torch.testing.assert_close(back, ours, rtol=0, atol=0)
     assert ours.std() > 1e-3  # different sequences, different rewards
     with pytest.raises(CheckpointError, match="load_reward_model"):
-        llmkit.load(tmp_path / "rm")
+        load_pretrained(tmp_path / "rm")  # not a language model
+    llm = llmkit.load(tmp_path / "rm")  # a classifier with one label, which cannot generate
+    assert llm.classifier.num_labels == 1 and not llm.generates
+    with pytest.raises(EncoderError, match="classification model"):
+        llm.generate("hi")
 
 
 def test_align_reward_learns_to_rank_held_out_pairs(tiny_dirs, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """`llmkit eval` on encoders: a classifier is scored by its predicted label on the multiple-choice
-tasks over its labels (the same accuracy as computing it by hand from `classify_texts`, through the
+tasks over its labels (the same accuracy as transformers' own reading of its files, through the
 same results and report files), and everything an encoder cannot be scored on is refused before
 any work, naming the task and what would work."""
 
@@ -16,11 +16,12 @@ import llmkit
 from llmkit.eval.metrics import macro_f1
 from llmkit.eval.runner import evaluate, load_run
 from llmkit.infer.llm import EncoderError, load
-from llmkit.models.classifier import Classifier, load_classifier, save_classifier
+from llmkit.models.classifier import Classifier, save_classifier
 from llmkit.models.config import preset
 from llmkit.models.hf import save_pretrained
 from llmkit.models.transformer import Transformer
 from llmkit.tokenizer import Tokenizer
+from tests.peers import peer
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -58,10 +59,14 @@ def dirs(tmp_path_factory):
 
 
 def _expected(path) -> tuple[list[str], list[str]]:
-    """(predictions, answers) on sentiment's test split, straight from the classifier."""
-    clf, tok = load_classifier(path), Tokenizer.from_dir(path)
+    """(predictions, answers) on sentiment's test split, from transformers reading the same files."""
+    transformers = peer("transformers")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
     test = load_task("sentiment", "test")
-    return clf.classify_texts(tok, [ex.prompt for ex in test]), [ex.answer for ex in test]
+    with torch.no_grad():
+        logits = hf(**tok([ex.prompt for ex in test], return_tensors="pt", padding=True)).logits
+    return [hf.config.id2label[i] for i in logits.argmax(-1).tolist()], [ex.answer for ex in test]
 
 
 def test_classifier_is_scored_by_its_predicted_label(dirs, tmp_path):

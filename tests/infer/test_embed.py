@@ -54,7 +54,7 @@ def test_long_texts_are_cut_with_one_warning_or_refused(llm, caplog):
     limit = llm.max_embed_tokens
     long = "print('hello world')\n" * 400
     assert len(llm.tokenize(long)) > limit
-    with caplog.at_level(logging.WARNING, logger="llmkit.infer.llm"):
+    with caplog.at_level(logging.WARNING, logger="llmkit.models.texts"):
         got = llm.embed([long, "short", long + "x"], precision="fp32")
     cut = [r.message for r in caplog.records if "were cut" in r.message]
     assert len(cut) == 1 and cut[0].startswith(f"2 of 3 texts were longer than the {limit} tokens")

@@ -157,3 +157,24 @@ def test_a_classifier_from_a_masked_lm_gets_a_pooler_transformers_reads(tmp_path
     ids, mask, types = _batch()
     with torch.no_grad():
         assert (clf(ids, mask, types) - hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits).abs().max() < TOL
+
+
+def test_original_checkpoints_with_gamma_and_beta_load(tmp_path):
+    """Google's BERT checkpoints (bert-base-uncased on the hub) name LayerNorm parameters gamma and
+    beta; transformers reads them as weight and bias, and so does llmkit."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(7)
+    hf = transformers.BertForMaskedLM(_hf_config()).eval()
+    hf.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    renamed = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in tensors.items()}
+    assert sum("gamma" in k for k in renamed) == 6  # embeddings, two per layer, the MLM head
+    save_file(renamed, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    ids, mask, types = _batch()
+    with torch.no_grad():
+        expected = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()(
+            input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = load_pretrained(tmp_path)(ids, attention_mask=mask, token_type_ids=types)
+    assert (_real(got, mask) - _real(expected, mask)).abs().max() < TOL

@@ -14,6 +14,7 @@ import torch
 
 from llmkit.models.sentence import (POOLING_MODES, EmbeddingSpec, EmbeddingSpecError, pool, read_embedding_spec,
                                     truncate_ids, write_embedding_spec)
+from llmkit.models.texts import pad_right
 from tests.peers import peer
 
 # short, non-ASCII, empty, and longer than MiniLM's 256 tokens (cut, its [SEP] kept)
@@ -164,3 +165,20 @@ def test_llmkit_embeds_minilm_as_sentence_transformers_does(minilm, st_minilm, c
     assert [r.message for r in caplog.records if "were cut" in r.message] == [
         f"1 of {len(SENTENCES)} texts were longer than the 256 tokens all-minilm-l6-v2 embeds and were cut to that "
         f"(the longest had {len(llm.tokenize(SENTENCES[3]))})"]
+
+
+def test_real_minilm_hidden_states_equal_transformers_bert(minilm):
+    """llmkit's BERT on the real all-MiniLM-L6-v2 weights: last hidden states equal transformers'
+    BertModel's at every real position of a padded batch (≤ 1e-4)."""
+    import llmkit
+
+    transformers = peer("transformers")
+    hf = transformers.BertModel.from_pretrained(minilm.path).eval()
+    llm = llmkit.load(minilm.path)
+    rows = [llm.tokenize(t) for t in SENTENCES[:4]]
+    ids, mask = pad_right([r[:256] for r in rows], llm.tokenizer.padding_id)
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = llm.model.hidden_states(ids, mask)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4

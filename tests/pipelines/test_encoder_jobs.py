@@ -81,15 +81,16 @@ def test_a_classifier_beats_the_majority_class_and_transformers_agrees(tmp_path,
     assert c["macro_f1"] > 2 * c["majority"]["macro_f1"]
     llm = llmkit.load(tmp_path / "clf")  # the right kind of model: it classifies, embeds, and does not generate
     texts = ["Review: Awful. It broke on the first day and support never answered.\nSentiment:",
-             "Review: Wonderful staff, spotless rooms, we will be back.\nSentiment:"]
+             "Review: Wonderful staff, spotless rooms, we will be back.\nSentiment:",
+             "Review: " + "The room was fine and the staff were kind. " * 30 + "\nSentiment:"]  # > 128 tokens: cut
     labels = llm.classify(texts)
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf" / "model").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf" / "model")
-    with torch.no_grad():
-        logits = hf(**tok(texts, return_tensors="pt", padding=True)).logits
+    with torch.no_grad():  # truncated as transformers truncates: [SEP] kept at the end
+        logits = hf(**tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=128)).logits
     assert labels == [hf.config.id2label[i] for i in logits.argmax(-1).tolist()]
     assert torch.allclose(llm.classify_probs(texts), logits.softmax(-1), atol=1e-4)
-    assert llm.embed(texts).shape == (2, 64)
+    assert llm.embed(texts).shape == (3, 64)
     with pytest.raises(ValueError, match="encoder"):
         llm.generate("Review:")
 

@@ -43,7 +43,7 @@ def server(served_llm):
     from llmkit.serve import ServedModel, create_app
 
     app = create_app([ServedModel("tiny", served_llm, engine_options={"max_batch": 8, "block_size": 8})],
-                     max_body_bytes=64 * 1024)
+                     max_body_bytes=64 * 1024, embed_precision="fp32")  # vectors compared with fp32 references
     with Running(app) as running:
         running.app = app
         yield running

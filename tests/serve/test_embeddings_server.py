@@ -111,6 +111,12 @@ def test_remote_llm_embeds_through_the_server(pair, embedder):
     assert remote.embed([]).shape == (0, 384)
     with pytest.raises(TypeError, match=r"texts\[0\] is int"):
         remote.embed([1])
+    # used as a local model is: long texts cut the same way by default, refused when asked
+    np.testing.assert_allclose(remote.embed([LONG]), embedder.embed([LONG], precision="fp32"), atol=1e-5)
+    with pytest.raises(ValueError, match="answered 400.*longer than"):
+        remote.embed([LONG], truncate=False)
+    with pytest.raises(ValueError, match="precision='bf16': a server embeds at the precision it was started with"):
+        remote.embed(TEXTS, precision="bf16")
 
 
 def test_an_encoder_served_alone_embeds_and_refuses_generation(alone, embedder):
@@ -129,3 +135,22 @@ def test_the_embedder_cannot_take_the_models_name(served_llm, embedder):
 
     with pytest.raises(ValueError, match="--embedder .* is served as 'all-minilm-l6-v2', which the model already is"):
         build_server(served_llm, ServerSettings(name="all-minilm-l6-v2", log_requests=False), embedder=embedder)
+
+
+def test_a_served_reward_model_refuses_chat(tiny_dirs, tmp_path):
+    """A classifier's body has no output head: serving it must not sample hidden states as logits."""
+    import llmkit
+    from llmkit.align.reward import RewardModel, save_reward_model
+    from llmkit.models.hf import load_pretrained
+    from llmkit.serve import ServerSettings, build_server
+
+    save_reward_model(RewardModel(load_pretrained(tiny_dirs["tiny-llama"])), tmp_path / "rm",
+                      llmkit.load(tiny_dirs["tiny-llama"]).tokenizer)
+    built = build_server(llmkit.load(tmp_path / "rm"), ServerSettings(log_requests=False))
+    with Running(built.app) as running:
+        c = client(running)
+        card = c.models.list().data[0]
+        assert card.generates is False
+        with pytest.raises(openai.BadRequestError, match="classification model"):
+            c.chat.completions.create(model=card.id, messages=[{"role": "user", "content": "hi"}])
+        assert vectors(c.embeddings.create(model=card.id, input=["hi"])).shape == (1, 64)
