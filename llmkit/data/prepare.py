@@ -90,8 +90,8 @@ def prepare_data(config: DataConfig, out_dir: str | os.PathLike, tokenizer: "Tok
     check_sources(config.sources)
     if tokenizer is not None:
         shard_dtype(tokenizer.vocab_size)
-        if tokenizer.eos_token_id is None and tokenizer.sep_token_id is None:
-            raise DataError("the tokenizer has no eos (or [SEP]) token, which separates documents in the packed "
+        if tokenizer.eos_token_id is None and getattr(tokenizer, "sep_token_id", None) is None:
+            raise DataError("the tokenizer has no eos token (nor a [SEP]), which separates documents in the packed "
                             "stream; give one with an eos_token (or no tokenizer, to train one)")
     else:
         shard_dtype(config.vocab_size)

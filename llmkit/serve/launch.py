@@ -154,18 +154,22 @@ class BuiltServer:
         weights = f", {first.quantization} weights" if first.quantization else ""
         wildcard = f" (listening on {s.host or '0.0.0.0'}: every network interface)" if s.host in _WILDCARDS else ""
         names = [m.name for m in self.models if m.name != self.embedder]
+        cache = f" — KV cache {first.engine.pool.capacity_tokens} tokens, batch up to {s.max_batch}" \
+            if first.llm.generates else ""
         lines = [f"serving {', '.join(names)} ({first.llm.model.num_parameters():,} parameters, "
-                 f"{first.llm.device}{weights}) at {self.url}/v1{wildcard} — KV cache "
-                 f"{first.engine.pool.capacity_tokens} tokens, batch up to {s.max_batch}"]
+                 f"{first.llm.device}{weights}) at {self.url}/v1{wildcard}{cache}"]
         embeds = next((m for m in self.models if m.name == self.embedder), None)
         if embeds is not None:
             lines.append(f"embeddings: {embeds.name} ({embeds.llm.model.num_parameters():,} parameters, "
                          f"{embeds.llm.embedding_spec.describe()}) for every model")
         if not first.llm.config.causal:
             lines.append(f"{first.name} is an encoder: it answers /v1/embeddings and refuses chat and completions")
-        lines += [f"API keys: {self.keys or 'none required'}; request log: "
-                  f"{self.request_log.path if self.request_log else 'off'}",
-                  f"chat in your browser: {self.url}/"]
+        elif not first.llm.generates:
+            lines.append(f"{first.name} is a classifier: it answers /v1/embeddings and refuses chat and completions")
+        lines.append(f"API keys: {self.keys or 'none required'}; request log: "
+                     f"{self.request_log.path if self.request_log else 'off'}")
+        if first.llm.generates:
+            lines.append(f"chat in your browser: {self.url}/")
         return "\n".join(lines)
 
     @property

@@ -148,3 +148,20 @@ def test_the_bert_recipe_beats_its_baselines(tmp_path):
     assert c["ci"][0] > c["majority"]["accuracy"], c
     print(f"masked-token accuracy {m['accuracy']:.3f} {m['ci']} vs {m['baseline']['accuracy']:.3f}; "
           f"classifier accuracy {c['accuracy']:.3f} {c['ci']}, macro-F1 {c['macro_f1']:.3f}")
+
+
+def test_a_classifier_run_resumes_exactly(tmp_path, tiny_bert_dir):
+    def recipe():
+        return from_dict(FinetuneRecipe, {
+            "model": str(tiny_bert_dir), "method": "full", "objective": "classify", "data": {"path": "builtin:sentiment"},
+            "train": {"steps": 6, "save_every": 3, "eval_every": 0, "lr": 1e-3}, "out": str(tmp_path / name)})
+
+    name = "straight"
+    finetune(recipe())
+    name = "crashed"
+    with pytest.raises(_Crash):
+        finetune(recipe(), callbacks=[_CrashAt(3)])
+    summary = finetune(recipe(), resume=True)
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "crashed")
+    assert len(straight) == 6 and resumed[-3:] == straight[-3:]
+    assert summary["classify"]["n"] == 60

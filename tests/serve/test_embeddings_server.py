@@ -127,7 +127,9 @@ def test_an_encoder_served_alone_embeds_and_refuses_generation(alone, embedder):
         c.chat.completions.create(model="all-minilm-l6-v2", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="is an encoder"):
         c.completions.create(model="all-minilm-l6-v2", prompt="hi")
-    assert "all-minilm-l6-v2 is an encoder: it answers /v1/embeddings" in alone.built.summary()
+    summary = alone.built.summary()
+    assert "all-minilm-l6-v2 is an encoder: it answers /v1/embeddings" in summary
+    assert "KV cache" not in summary and "chat in your browser" not in summary  # nothing to chat with
 
 
 def test_the_embedder_cannot_take_the_models_name(served_llm, embedder):
