@@ -35,7 +35,7 @@ def run_init(args: argparse.Namespace) -> None:
                      overwrite=args.overwrite)
     n = llm.model.num_parameters()
     print(f"wrote {args.out}: preset {args.preset}, {n:,} parameters, vocabulary {llm.tokenizer.vocab_size}")
-    if llm.config.is_encoder:
+    if not llm.generates:
         print(f"try: llmkit embed --model {args.out} --input FILE --out vectors.npy")
     else:
         print(f"try: llmkit generate --model {args.out} --prompt 'def fib(n):' --max-new-tokens 32")

@@ -211,12 +211,16 @@ class LocalLLM(TokenScoring, Embedding):
     def generates(self) -> bool:
         """Whether the model can generate and score text: causal, with an output head over the
         vocabulary (an encoder, or a classifier's body, has none)."""
-        return self.config.causal and self.model.lm_head is not None
+        return self.config.causal and not self.config.is_seq2seq and self.model.lm_head is not None
 
     def require_generation(self) -> None:
         """Raise `EncoderError` unless the model can generate (and score) text (`generates`)."""
         if not self.config.causal:
             raise EncoderError(encoder_message(self.name or self.config.family))
+        if self.config.is_seq2seq:
+            raise EncoderError(f"{self.name or self.config.family} is an encoder-decoder (T5): llmkit reads, trains, "
+                               "embeds with and saves it, but does not generate with encoder-decoders yet; generate "
+                               "with transformers from its saved directory")
         if self.model.lm_head is None:
             raise EncoderError(f"{self.name or self.config.family} is a classification model (no output head over the "
                                "vocabulary): it classifies (LLM.classify) and embeds, and cannot generate")

@@ -16,7 +16,7 @@ from typing import Any
 from ..quant.layout import FULL_BYTES, INT4_GROUP_SIZE, WEIGHT_FORMATS, linear_bytes
 
 NORMS = ("rmsnorm", "layernorm")
-POSITIONS = ("rope", "learned", "sinusoidal", "none")
+POSITIONS = ("rope", "learned", "sinusoidal", "relative", "none")
 MLPS = ("swiglu", "gelu")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -59,6 +59,14 @@ class ModelConfig:
     head: str = "lm"  # "lm": logits over the vocabulary (next or masked token); "none": hidden states (HF BertModel)
     head_transform: bool = False  # BERT's MLM head: dense + activation + norm before the output projection
     head_bias: bool = False  # bias on the output projection (BERT's MLM decoder and classifier)
+    # encoder-decoder (T5): an encoder of this many bidirectional blocks; the n_layers decoder
+    # blocks then cross-attend to its output. 0: decoder-only (or encoder-only with causal=False)
+    n_encoder_layers: int = 0
+    relative_buckets: int = 32  # positions="relative" (T5): buckets of the learned per-head position bias
+    relative_max_distance: int = 128  # ... and the distance beyond which all share the last bucket
+    attn_scale: float | None = None  # scale of q·k; None: 1/sqrt(head_dim) (T5: 1, folded into its init)
+    scale_tied_head: bool = False  # T5: a tied head reads h * dim**-0.5
+    decoder_start_token_id: int | None = None  # the decoder's first input token (T5: the pad token)
     sliding_window: int | None = None  # keys further than this many positions back are not attended
     layer_types: list[str] | None = None  # per layer "full_attention" | "sliding_attention" (None: all sliding if a window is set)
     dropout: float = 0.0  # embedding, attention-probability and residual dropout while training
@@ -110,6 +118,14 @@ class ModelConfig:
             bad = [t for t in self.layer_types if t not in LAYER_TYPES]
             if bad:
                 raise ConfigError(f"layer_types contains {bad[0]!r}: use one of {', '.join(LAYER_TYPES)}")
+        if self.n_encoder_layers < 0:
+            raise ConfigError(f"n_encoder_layers={self.n_encoder_layers} must be 0 (no encoder) or positive")
+        if self.n_encoder_layers and not self.causal:
+            raise ConfigError("n_encoder_layers > 0 makes an encoder-decoder, whose decoder is causal: set causal=true "
+                              "(the encoder is bidirectional by construction)")
+        if self.positions == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 2):
+            raise ConfigError(f"relative_buckets={self.relative_buckets} and relative_max_distance="
+                              f"{self.relative_max_distance} must both be at least 2")
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size={self.type_vocab_size!r} must be 0 (no token types) or a positive integer")
         if self.causal and self.head == "none":
@@ -132,6 +148,19 @@ class ModelConfig:
         """Bidirectional attention: the model reads whole texts (embeddings, masked LM,
         classification) and cannot generate."""
         return not self.causal
+
+    @property
+    def is_seq2seq(self) -> bool:
+        """An encoder-decoder (T5): the encoder reads the source, the decoder generates the target."""
+        return self.n_encoder_layers > 0
+
+    def encoder_config(self) -> "ModelConfig":
+        """The encoder stack of an encoder-decoder as a config of its own: bidirectional blocks,
+        no cross-attention, no output head."""
+        if not self.is_seq2seq:
+            raise ConfigError("encoder_config() is for encoder-decoders (n_encoder_layers > 0)")
+        return self.replace(n_layers=self.n_encoder_layers, n_encoder_layers=0, causal=False, head="none",
+                            layer_types=None, sliding_window=None)
 
     def sliding_window_for(self, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full causal attention)."""
@@ -190,7 +219,8 @@ class ModelConfig:
         if self.mlp_bias:
             biases += (2 if self.mlp == "swiglu" else 1) * h + d
         norm = d if self.norm == "rmsnorm" else 2 * d
-        return weights + biases + 2 * norm
+        cross = (2 * self.q_dim * d + 2 * self.kv_dim * d + norm) if self.is_seq2seq else 0  # encoder_attn
+        return weights + biases + 2 * norm + cross
 
     def num_parameters(self, embeddings: bool = True) -> int:
         """Trainable parameters. `embeddings=False` leaves out token/position embeddings and the
@@ -198,6 +228,10 @@ class ModelConfig:
         norm = self.dim if self.norm == "rmsnorm" else 2 * self.dim
         n = self.n_layers * self.layer_parameters() + norm  # the final norm, or post-norm's embedding norm
         n += (self.dim * self.dim + self.dim) * self.pooler
+        if self.positions == "relative":
+            n += self.relative_buckets * self.n_heads
+        if self.is_seq2seq:  # the encoder stack (its embeddings are the decoder's)
+            n += self.encoder_config().num_parameters(embeddings=False)
         if self.head == "lm" and self.head_transform:
             n += self.dim * self.dim + self.dim + norm
         if embeddings:
@@ -265,6 +299,19 @@ def _bert(dim: int, layers: int, heads: int, hidden: int, **kw: Any) -> ModelCon
     return ModelConfig(**base)
 
 
+def _t5(dim: int, layers: int, heads: int, hidden: int, gated: bool = False, **kw: Any) -> ModelConfig:
+    """T5 v1.0 (ReLU MLP, the tied head reading h * dim**-0.5) or, `gated`, v1.1's gated-GELU MLP
+    without the scaling (tied, as transformers 5 always ties T5's head)."""
+    base: dict[str, Any] = dict(
+        family="t5", vocab_size=32128, dim=dim, n_layers=layers, n_encoder_layers=layers, n_heads=heads,
+        head_dim=dim // heads, hidden_dim=hidden, max_seq_len=512, norm="rmsnorm", norm_eps=1e-6,
+        positions="relative", mlp="swiglu" if gated else "gelu", activation="gelu_tanh" if gated else "relu",
+        attn_scale=1.0, tie_embeddings=True, scale_tied_head=not gated, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
 def _llama(**kw: Any) -> ModelConfig:
     base: dict[str, Any] = dict(family="llama", norm="rmsnorm", positions="rope", mlp="swiglu", activation="silu")
     base.update(kw)
@@ -322,6 +369,8 @@ _PRESETS: dict[str, Any] = {
     "smollm2-1.7b": lambda: _llama(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
                                    hidden_dim=8192, max_seq_len=8192, rope_theta=130000.0, tie_embeddings=True,
                                    bos_token_id=1, eos_token_id=2),
+    # T5 (Raffel et al. 2020): encoder-decoder with relative position buckets
+    "t5-small": lambda: _t5(512, 6, 8, 2048),
     # BERT (Devlin et al. 2018): post-norm encoder with token types and the masked-LM head
     # (BertForMaskedLM's layout: a classifier made from it gets a fresh pooler, as in transformers)
     "bert-base-uncased": lambda: _bert(768, 12, 12, 3072),
@@ -333,6 +382,7 @@ _PRESETS: dict[str, Any] = {
                                                  eos_token_id=None),
     "tiny-mistral": lambda: _llama(family="mistral", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=1,
                                    hidden_dim=176, max_seq_len=512, sliding_window=32),
+    "tiny-t5": lambda: _t5(64, 2, 4, 176, vocab_size=2048, gated=True),
     "tiny-bert": lambda: _bert(64, 2, 4, 176, vocab_size=2048, max_seq_len=512),
     "tiny-qwen2": lambda: _llama(family="qwen2", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                                  hidden_dim=176, max_seq_len=512, qkv_bias=True, norm_eps=1e-6,

@@ -46,7 +46,8 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
     rows = [
         ("family", cfg.family),
         ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
-        ("layers", f"{cfg.n_layers} x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
+        ("layers", (f"{cfg.n_encoder_layers} encoder + {cfg.n_layers} decoder (cross-attending)" if cfg.is_seq2seq
+                    else str(cfg.n_layers)) + f" x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
         ("attention", attention),
         ("positions", f"{cfg.positions}{rope}{context_note}"),
         ("norm", norm),

@@ -24,16 +24,17 @@ from safetensors.torch import save_file
 from ..quant.weight_only import QUANT_METHOD, prepare_quantized, quantization_config
 from ..utils import atomic_path, parse_dtype, write_json_atomic
 from .config import ConfigError, ModelConfig
-from .errors import HF_ACTIVATIONS as _ACTIVATIONS
-from .errors import CheckpointError, require as _require
+from .hf_common import HF_ACTIVATIONS as _ACTIVATIONS
+from .hf_common import CheckpointError, require as _require
 from .hf_bert import (bert_checkpoint_names, bert_config_from_hf, bert_config_to_hf, bert_parts,
                       bert_state_dict_from_hf, bert_state_dict_to_hf)
+from .hf_t5 import t5_config_from_hf, t5_config_to_hf, t5_state_dict_from_hf, t5_state_dict_to_hf
 from .sampling_defaults import to_hf
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert", "t5")
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -82,6 +83,8 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
         )
     if model_type == "bert":
         return bert_config_from_hf(d, common)
+    if model_type == "t5":
+        return t5_config_from_hf(d, common)
     act = d.get("hidden_act", "silu")
     if act not in _ACTIVATIONS:
         raise CheckpointError(f"hidden_act {act!r} is not supported: use one of {sorted(_ACTIVATIONS)}")
@@ -117,6 +120,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
     ids = dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
     if cfg.family == "bert":
         return bert_config_to_hf(cfg, dtype_name, ids)
+    if cfg.family == "t5":
+        return t5_config_to_hf(cfg, dtype_name, ids)
     if cfg.family == "gpt2":
         _require(cfg, norm="layernorm", positions="learned", mlp="gelu", qkv_bias=True, o_bias=True, mlp_bias=True,
                  n_kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads, sliding_window=None, causal=True)
@@ -126,7 +131,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
                     activation_function=act, tie_word_embeddings=cfg.tie_embeddings,
                     resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                     initializer_range=cfg.init_std, torch_dtype=dtype_name, **ids)
-    _require(cfg, post_norm=False, type_vocab_size=0, pooler=False, head="lm", head_transform=False, head_bias=False)
+    _require(cfg, post_norm=False, type_vocab_size=0, pooler=False, head="lm", head_transform=False, head_bias=False,
+             n_encoder_layers=0, attn_scale=None, scale_tied_head=False)
     if cfg.family not in ("llama", "mistral", "qwen2"):
         raise ConfigError(f"family={cfg.family!r} cannot be exported: use one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     _require(cfg, norm="rmsnorm", positions="rope", mlp="swiglu", causal=True)
@@ -170,11 +176,16 @@ _GPT2_TOP = {"wte.weight": "model.embed_tokens.weight", "wpe.weight": "model.emb
 # HF tensors that are buffers or duplicates, not weights (BERT: its position-id buffer, the decoder
 # bias that is cls.predictions.bias again, the next-sentence head of BertForPreTraining files)
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|(?:^|\.)attn\.bias|(?:^|\.)attn\.masked_bias|embeddings\.position_ids"
-                      r"|cls\.predictions\.decoder\.bias|cls\.seq_relationship\.(?:weight|bias))$")
+                      r"|cls\.predictions\.decoder\.bias|cls\.seq_relationship\.(?:weight|bias)"
+                      r"|^(?:en|de)coder\.embed_tokens\.weight)$")
+
+
 def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """HF tensor names and layouts -> ours."""
     if cfg.family == "bert":
         return bert_state_dict_from_hf(hf, cfg, _IGNORED)
+    if cfg.family == "t5":
+        return t5_state_dict_from_hf(hf, cfg)
     if cfg.family != "gpt2":
         return {k: v for k, v in hf.items() if not _IGNORED.search(k)}
     out: dict[str, torch.Tensor] = {}
@@ -210,6 +221,8 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool
     sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     if cfg.family == "bert":  # a task model (MLM head, classifier) keeps its body under `bert.`
         return bert_state_dict_to_hf(sd, cfg, prefix)
+    if cfg.family == "t5":
+        return t5_state_dict_to_hf(sd, cfg)
     if cfg.family != "gpt2":
         return sd
     top = {v: k for k, v in _GPT2_TOP.items()}
@@ -348,6 +361,8 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
     if not own_names and cfg.family == "bert":  # names as in BertModel; which parts the tensors hold
         raw_names = bert_checkpoint_names(found_shapes)
         cfg = bert_parts(cfg, raw_names, score)
+    if not own_names and cfg.family == "t5":  # transformers 5 always ties T5's head; older files may not
+        cfg = cfg.replace(tie_embeddings="lm_head.weight" not in found_shapes)
     found_shapes = {k: found_shapes[raw] for k, raw in raw_names.items()}
     where = {k: where[raw] for k, raw in raw_names.items()}
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from .config import ModelConfig
-from .errors import HF_ACTIVATIONS, CheckpointError, require
+from .hf_common import HF_ACTIVATIONS, CheckpointError, key_patterns, rename, require
 
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification")
 
@@ -90,28 +90,12 @@ def bert_config_to_hf(cfg: ModelConfig, dtype_name: str, ids: dict[str, Any]) ->
 
 
 # ------------------------------------------------------------------------------ tensor names
-def _patterns(table: dict[str, str], src_prefix: str, dst_prefix: str) -> list[tuple[re.Pattern, str]]:
-    """(regex of a source name, destination template) pairs; each ``{}`` is one name part."""
-    return [(re.compile(re.escape(src_prefix + src).replace(r"\{\}", "([A-Za-z0-9_]+)") + "$"), dst_prefix + dst)
-            for src, dst in table.items()]
-
-
-def _rename(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, dst in patterns:
-        m = pattern.match(key)
-        if m:
-            for part in m.groups():
-                dst = dst.replace("{}", part, 1)
-            return dst
-    return None
-
-
 def _maps(prefixed: bool) -> tuple[list, list]:
     """(HF -> ours, ours -> HF) rename patterns; task models put the body under `bert.`."""
     body = "bert." if prefixed else ""
-    to_ours = _patterns(BODY_KEYS, body, "") + _patterns(HEAD_KEYS, "", "")
-    to_hf = _patterns({v: k for k, v in BODY_KEYS.items()}, "", body) + \
-        _patterns({v: k for k, v in HEAD_KEYS.items()}, "", "")
+    to_ours = key_patterns(BODY_KEYS, body, "") + key_patterns(HEAD_KEYS, "", "")
+    to_hf = key_patterns({v: k for k, v in BODY_KEYS.items()}, "", body) + \
+        key_patterns({v: k for k, v in HEAD_KEYS.items()}, "", "")
     return to_ours, to_hf
 
 
@@ -123,14 +107,14 @@ def bert_state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig, ignor
         if ignored.search(k) or (k == "cls.predictions.decoder.weight" and cfg.tie_embeddings):
             continue
         k = _LEGACY_NORM.sub(lambda m: "LayerNorm." + {"gamma": "weight", "beta": "bias"}[m.group(1)], k)
-        out[_rename(k, to_ours) or k] = v
+        out[rename(k, to_ours) or k] = v
     return out
 
 
 def bert_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool | None = None) -> dict[str, torch.Tensor]:
     """Our names -> HF BERT's; `prefix` None: the `bert.` prefix when a head (MLM, classifier) is present."""
     to_hf = _maps(cfg.head == "lm" or "score.weight" in sd if prefix is None else prefix)[1]
-    return {(_rename(k, to_hf) or k): v for k, v in sd.items()}
+    return {(rename(k, to_hf) or k): v for k, v in sd.items()}
 
 
 def bert_checkpoint_names(keys: Iterable[str]) -> dict[str, str]:

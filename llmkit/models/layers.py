@@ -143,10 +143,48 @@ def linear_outputs(x: torch.Tensor, mods: tuple[nn.Module, ...]) -> list[torch.T
     return out if out is not None else [m(x) for m in mods]
 
 
-class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+def relative_position_buckets(relative: torch.Tensor, bidirectional: bool, buckets: int,
+                              max_distance: int) -> torch.Tensor:
+    """T5's bucket of each key-minus-query distance (Raffel et al. 2020): half the buckets for
+    exact small distances, the rest log-spaced up to `max_distance`; bidirectional attention
+    gives keys before and after the query separate halves, causal attention sees only the past."""
+    out = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        out += (relative > 0).long() * buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    exact = buckets // 2
+    far = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                   * (buckets - exact)).long()
+    return out + torch.where(distance < exact, distance, far.clamp(max=buckets - 1))
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned attention bias: one scalar per head and distance bucket, added to every
+    layer's attention logits (computed once per forward, shared by the stack's layers)."""
+
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.layer_idx = layer_idx
+        self.bidirectional = not config.causal
+        self.buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+        self.embed = nn.Embedding(config.relative_buckets, config.n_heads)
+
+    def forward(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        """(1, heads, queries, keys) bias for 1-D query and key positions."""
+        relative = key_pos[None, :] - query_pos[:, None]
+        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.embed(bucket).permute(2, 0, 1).unsqueeze(0)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with SDPA. `cross` makes it attend to another
+    sequence (an encoder's output) instead of its own input."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int, cross: bool = False):
+        super().__init__()
+        self.layer_idx, self.cross, self.scale = layer_idx, cross, config.attn_scale
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.q_proj = nn.Linear(config.dim, config.q_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(config.dim, config.kv_dim, bias=config.qkv_bias)
@@ -155,12 +193,17 @@ class Attention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: AttentionMask,
-                cache=None) -> torch.Tensor:
+                cache=None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """`memory` (batch, source, dim): the sequence a cross-attention reads its keys and values from."""
         b, t, _ = x.shape
-        q, k, v = linear_outputs(x, (self.q_proj, self.k_proj, self.v_proj))
+        if memory is None:
+            q, k, v = linear_outputs(x, (self.q_proj, self.k_proj, self.v_proj))
+        else:
+            q, (k, v) = self.q_proj(x), linear_outputs(memory, (self.k_proj, self.v_proj))
+        s = k.shape[1]
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -170,7 +213,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
             dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,
+            enable_gqa=self.n_kv_heads != self.n_heads, scale=self.scale,
         )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -197,7 +240,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A transformer block. Pre-norm (GPT-2 onwards): x + attn(norm(x)), then h + mlp(norm(h)).
     Post-norm (the original transformer, BERT): norm(x + attn(x)), then norm(h + mlp(h)); its
-    norms are named after where they sit, as Gemma 2 names its post-norms."""
+    norms are named after where they sit, as Gemma 2 names its post-norms. The decoder of an
+    encoder-decoder (T5) cross-attends to the encoder's output between the two, pre-norm
+    (``encoder_attn``, as BART and Whisper name it)."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -205,17 +250,23 @@ class Block(nn.Module):
         if not self.post_norm:
             self.input_layernorm = make_norm(config)
         self.self_attn = Attention(config, layer_idx)
+        if config.is_seq2seq:
+            self.encoder_attn_layernorm = make_norm(config)
+            self.encoder_attn = Attention(config, layer_idx, cross=True)
         self.post_attention_layernorm = make_norm(config)
         self.mlp = MLP(config)
         if self.post_norm:
             self.post_feedforward_layernorm = make_norm(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
-    def forward(self, x, rope, mask: AttentionMask, cache=None) -> torch.Tensor:
+    def forward(self, x, rope, mask: AttentionMask, cache=None, memory: torch.Tensor | None = None,
+                memory_mask: AttentionMask | None = None) -> torch.Tensor:
         if self.post_norm:
             h = self.post_attention_layernorm(x + self.drop(self.self_attn(x, rope, mask, cache)))
             return self.post_feedforward_layernorm(h + self.drop(self.mlp(h)))
         h = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
+        if memory is not None:
+            h = h + self.drop(self.encoder_attn(self.encoder_attn_layernorm(h), None, memory_mask, memory=memory))
         return h + self.drop(self.mlp(self.post_attention_layernorm(h)))
 
 

@@ -16,7 +16,8 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig
 from .loss import cross_entropy, linear_cross_entropy
-from .layers import AttentionMask, Block, HeadTransform, RotaryEmbedding, make_norm, sinusoidal_positions
+from .layers import (AttentionMask, Block, HeadTransform, RelativePositionBias, RotaryEmbedding, make_norm,
+                     sinusoidal_positions)
 
 
 class ContextLengthError(ValueError):
@@ -39,6 +40,7 @@ class Decoder(nn.Module):
         if config.post_norm:
             self.embed_norm = make_norm(config)
         self.rotary = RotaryEmbedding(config) if config.positions == "rope" else None
+        self.relative = RelativePositionBias(config) if config.positions == "relative" else None
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = nn.Identity() if config.post_norm else make_norm(config)
@@ -48,7 +50,11 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (batch, seq, dim). `memory` (batch, source, dim) is an encoder's output the
+        blocks cross-attend to (an encoder-decoder's decoder), `memory_mask` (batch, source) its
+        real tokens."""
         cfg = self.config
         b, t = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         past = cache.length if cache is not None else 0
@@ -103,6 +109,13 @@ class Decoder(nn.Module):
         x = self.drop(x)
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
 
+        bias = None
+        if self.relative is not None:  # one learned bias for every layer, from absolute positions as T5 does
+            bias = self.relative(torch.arange(past, total, device=device), torch.arange(total, device=device))
+        cross = None
+        if memory is not None:
+            cross = AttentionMask(mask=memory_mask.bool()[:, None, None, :] if memory_mask is not None
+                                  and not bool(memory_mask.all()) else None)
         masks: dict[int | None, AttentionMask] = {}
         for layer in self.layers:
             window = cfg.sliding_window_for(layer.self_attn.layer_idx)
@@ -113,7 +126,9 @@ class Decoder(nn.Module):
                     every = torch.ones(b, t, dtype=torch.bool, device=device)
                     same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
                     masks[window] = AttentionMask(mask=build_mask(t, 0, every, cfg.causal, window, device).mask & same)
-            x = layer(x, rope, masks[window], cache)
+                if bias is not None:
+                    masks[window] = with_bias(masks[window], bias.to(x.dtype), t, past)
+            x = layer(x, rope, masks[window], cache, memory, cross)
         if cache is not None:
             cache.advance(t)
         return self.norm(x)
@@ -149,6 +164,21 @@ def build_mask(t: int, past: int, key_valid: torch.Tensor | None, causal: bool, 
     return AttentionMask(mask=allowed)
 
 
+def with_bias(mask: AttentionMask, bias: torch.Tensor, t: int, past: int) -> AttentionMask:
+    """`mask` as an additive float mask carrying `bias` (1, heads, queries, keys): the bias where
+    attention is allowed, -inf where it is not (SDPA adds a float mask to the logits)."""
+    total = bias.shape[-1]
+    if mask.mask is not None:
+        allowed = mask.mask
+    else:
+        allowed = torch.ones(t, total, dtype=torch.bool, device=bias.device)
+        if mask.is_causal:
+            allowed = allowed.tril(diagonal=past)
+        allowed[:, :mask.key_start] = False
+        allowed = allowed[None, None]
+    return AttentionMask(mask=bias.masked_fill(~allowed, float("-inf")))
+
+
 class Transformer(nn.Module):
     """A language model: ``model`` (the `Decoder` stack) and ``lm_head``, which predicts the next
     token (causal) or the masked ones (an encoder with ``head_transform``, BERT's MLM head). With
@@ -158,6 +188,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
+        # an encoder-decoder's encoder: its own stack, the same token embeddings (T5's `shared`)
+        self.encoder = Decoder(config.encoder_config()) if config.is_seq2seq else None
+        if self.encoder is not None:
+            self.encoder.embed_tokens = self.model.embed_tokens
         self.head_transform = HeadTransform(config) if config.head == "lm" and config.head_transform else None
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.head_bias) if config.head == "lm" else None
         if config.tie_embeddings and self.lm_head is not None:
@@ -185,7 +219,9 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                encoder_input_ids: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab); hidden states (batch, seq, dim) for a model without a head. `attention_mask` (batch, seq) marks real tokens with 1 and
         (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only;
         `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself.
@@ -194,11 +230,19 @@ class Transformer(nn.Module):
         it returns the mean next-token cross-entropy instead, computed without ever holding the
         logits (`linear_cross_entropy`): training uses this, for next-token and masked-token
         prediction alike (the objective decides which positions count). `token_type_ids` are
-        BERT's segment ids (default all 0)."""
+        BERT's segment ids (default all 0). An encoder-decoder reads its source from
+        `encoder_input_ids` (with `encoder_attention_mask`), or from `memory`, the `encode`d source
+        computed once; `input_ids` are then the decoder's tokens."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
+        if self.encoder is not None and memory is None:
+            if encoder_input_ids is None:
+                raise ValueError("an encoder-decoder needs its source: give encoder_input_ids (or memory)")
+            memory = self.encode(encoder_input_ids, encoder_attention_mask)
         h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids,
-                       token_type_ids=token_type_ids)
+                       token_type_ids=token_type_ids, memory=memory, memory_mask=encoder_attention_mask)
+        if self.config.scale_tied_head:
+            h = h * self.config.dim ** -0.5
         if self.lm_head is None:
             if labels is not None:
                 raise ValueError("this model has no output head (head='none'): it gives hidden states, not a loss")
@@ -214,9 +258,18 @@ class Transformer(nn.Module):
             h = h[:, -logits_to_keep:]
         return self.lm_head(h)
 
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """An encoder-decoder's encoder output (batch, source, dim), which the decoder cross-attends to."""
+        if self.encoder is None:
+            raise ValueError("encode() is for encoder-decoders (n_encoder_layers > 0)")
+        return self.encoder(input_ids, attention_mask)
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: KVCache | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states (batch, seq, dim), for heads other than the LM head and for embeddings."""
+        """Final hidden states (batch, seq, dim), for heads other than the LM head and for embeddings
+        (an encoder-decoder's: its encoder's, which read the text whole)."""
+        if self.encoder is not None and cache is None:
+            return self.encode(input_ids, attention_mask)
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
         return self.model(input_ids, attention_mask, None, cache, token_type_ids=token_type_ids)

@@ -17,7 +17,8 @@ REAL_PRESETS = [p for p in list_presets() if not p.startswith("tiny-")]
 def _hf_param_count(cfg: ModelConfig) -> int:
     hf_cfg = transformers.AutoConfig.for_model(**config_to_hf(cfg))
     with torch.device("meta"):
-        auto = transformers.AutoModelForMaskedLM if cfg.is_encoder else transformers.AutoModelForCausalLM
+        auto = transformers.AutoModelForMaskedLM if cfg.is_encoder else \
+            transformers.AutoModelForSeq2SeqLM if cfg.is_seq2seq else transformers.AutoModelForCausalLM
         model = auto.from_config(hf_cfg)
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
@@ -35,7 +36,7 @@ def test_preset_parameter_count_equals_transformers(name):
 @pytest.mark.parametrize("name,billions", [("gpt2", 0.124), ("gpt2-xl", 1.56), ("llama-2-7b", 6.74),
                                            ("llama-3.2-1b", 1.24), ("llama-3.1-8b", 8.03), ("mistral-7b", 7.24),
                                            ("qwen2.5-0.5b", 0.494), ("qwen2.5-7b", 7.62), ("smollm2-135m", 0.1349),
-                                           ("smollm2-1.7b", 1.71)])
+                                           ("smollm2-1.7b", 1.71), ("t5-small", 0.0605)])
 def test_presets_have_published_sizes(name, billions):
     """Independent of transformers: the sizes the model cards publish."""
     assert preset(name).num_parameters() / 1e9 == pytest.approx(billions, rel=0.01)
