@@ -242,7 +242,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
             print(f"masked-token accuracy {masked['accuracy']:.3f} (most-frequent-token baseline "
                   f"{masked['baseline']['accuracy']:.3f})")
             print(f"try: llmkit embed --model {recipe.out} --input FILE --out vectors.npy")
-        else:
+        elif recipe.objective == "causal":
             print(f"try: llmkit generate --model {recipe.out} --prompt 'def ' --max-new-tokens 64")
 
 

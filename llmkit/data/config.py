@@ -121,7 +121,7 @@ class DataConfig:
     seed: int = 0
     workers: int = 0  # tokenizer processes; 0 or 1 tokenizes in this process
     vocab_size: int = 8192  # for the tokenizer trained when none is given
-    tokenizer_kind: str = "bpe"  # that tokenizer: bpe (byte-level, decoders) | wordpiece (BERT's, with [MASK])
+    tokenizer_kind: str = "bpe"  # that tokenizer: bpe (byte-level, decoders) | wordpiece (BERT's) | unigram (T5's)
     max_docs: int | None = None  # per source, for quick runs
     shard_tokens: int = 50_000_000  # tokens per shard file (rounded down to whole sequences)
 
@@ -137,8 +137,8 @@ class DataConfig:
         if self.vocab_size > MAX_VOCAB:
             raise DataError(f"vocab_size={self.vocab_size} is larger than the uint32 shards allow "
                              f"({MAX_VOCAB}); use a vocabulary of at most {MAX_VOCAB} tokens")
-        if self.tokenizer_kind not in ("bpe", "wordpiece"):
-            raise DataError(f"tokenizer_kind={self.tokenizer_kind!r} is not known: use bpe or wordpiece")
+        if self.tokenizer_kind not in ("bpe", "wordpiece", "unigram"):
+            raise DataError(f"tokenizer_kind={self.tokenizer_kind!r} is not known: use bpe, wordpiece or unigram")
         if self.workers < 0:
             raise DataError(f"workers={self.workers!r} must be >= 0")
         if self.max_docs is not None and self.max_docs < 1:

@@ -8,9 +8,10 @@ adapters, prefix tuning and prompt tuning; adapter files PEFT reads; several ada
     load_adapter(other_model, "runs/x/adapter", name="sql")
     with adapter(model, "sql"): ...
 
-Targets are named our way (q_proj, …) on every family, BERT encoders and `Classifier`s included;
-the files carry each family's Hugging Face names (`llmkit.peft.names`), so PEFT loads them on the
-transformers model and llmkit loads PEFT's.
+Targets are named our way (q_proj, …) on every family, BERT encoders, T5 and `Classifier`s included
+(qualified, as self_attn.q_proj or encoder_attn.q_proj, to pick one of T5's attentions); the files
+carry each family's Hugging Face names (`llmkit.peft.names`), so PEFT loads them on the transformers
+model and llmkit loads PEFT's.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
                                      prefix / prompt tuning: prompt_embeddings
 
 Module paths are Hugging Face's (`llmkit.peft.names`): for Llama, Mistral and Qwen2 they are ours;
-GPT-2 and BERT are renamed. A PEFT LoRA on GPT-2's fused ``c_attn`` (A: r×in, B: 3d×r) becomes three
+GPT-2, BERT and T5 are renamed. A PEFT LoRA on GPT-2's fused ``c_attn`` (A: r×in, B: 3d×r) becomes three
 LoRAs sharing A (B split by rows); our q/k/v LoRAs go out as one block-diagonal ``c_attn`` LoRA of
 rank (number of targets)·r. A classifier's adapter carries its head (and BERT's pooler) in full, as
 PEFT's ``modules_to_save`` of a SEQ_CLS / TOKEN_CLS model does.
@@ -120,9 +120,12 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
 def _task_type(model: nn.Module) -> str | None:
     """PEFT's task type, which picks the PeftModel class that wraps the transformers model: a
     classifier's; a bare BERT body (BertModel) is a feature extractor; PEFT has no masked-LM type
-    (None: the plain PeftModel, which passes every input through)."""
+    (None: the plain PeftModel, which passes every input through); an encoder-decoder (T5) is
+    SEQ_2_SEQ_LM."""
     if classifier_head(model)[0]:
         return "TOKEN_CLS" if model.per_token else "SEQ_CLS"
+    if model.config.is_seq2seq:
+        return "SEQ_2_SEQ_LM"
     if model.config.family == "bert":
         return None if model.config.head == "lm" else "FEATURE_EXTRACTION"
     return "CAUSAL_LM"
@@ -133,6 +136,9 @@ def _embedding_keys(cfg) -> tuple[str, str]:
     if cfg.family == "bert":  # its MLM decoder shares a bias with the head: not written as PEFT would
         raise AdapterError("a LoRA that trains BERT's token embeddings (train_embeddings, PEFT's modules_to_save) "
                            "cannot be saved or loaded yet: train the LoRA alone, or fine-tune in full")
+    if cfg.is_seq2seq:  # T5's `shared` is its encoder's and decoder's embed_tokens too: not mapped yet
+        raise AdapterError("a LoRA that trains an encoder-decoder's token embeddings (train_embeddings, PEFT's "
+                           "modules_to_save) cannot be saved or loaded yet: train the LoRA alone, or fine-tune in full")
     return ("transformer.wte", "lm_head") if cfg.family == "gpt2" else ("model.embed_tokens", "lm_head")
 
 

@@ -23,12 +23,20 @@ from ..quant.nf4 import NF4Linear
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def matches(path: str, target: str) -> bool:
+    """PEFT's rule: a target names the modules whose path is it or ends in ``.<target>``. So q_proj
+    is every attention's (an encoder-decoder's cross-attention ``encoder_attn.q_proj`` too),
+    ``self_attn.q_proj`` self-attention's alone, ``encoder.layers.0.self_attn.q_proj`` one layer's."""
+    return path == target or path.endswith("." + target)
+
+
 @dataclass
 class LoRAConfig:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # or ["all-linear"]
+    # or ["all-linear"]; a name may be qualified by its parents (self_attn.q_proj, encoder_attn.v_proj): `matches`
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     # also train the token embeddings (and an untied output head), as PEFT's modules_to_save: needed
     # when the chat template's special tokens were never seen in pretraining
     train_embeddings: bool = False
@@ -42,11 +50,12 @@ class LoRAConfig:
             raise ValueError(f"lora.alpha={self.alpha} must be positive")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"lora.dropout={self.dropout} must be in [0, 1)")
-        unknown = [t for t in self.targets if t not in LINEAR_NAMES and t != "all-linear"]
+        unknown = [t for t in self.targets if t.rsplit(".", 1)[-1] not in LINEAR_NAMES and t != "all-linear"]
         if unknown or not self.targets:
             raise ValueError(f"lora.targets={','.join(self.targets) or '(none)'}: "
                              f"{'unknown module name ' + repr(unknown[0]) if unknown else 'name at least one'}; "
-                             f"use some of {', '.join(LINEAR_NAMES)} or all-linear")
+                             f"use some of {', '.join(LINEAR_NAMES)} (qualified as self_attn.q_proj or "
+                             "encoder_attn.q_proj to pick an attention) or all-linear")
 
     def target_names(self) -> tuple[str, ...]:
         return LINEAR_NAMES if "all-linear" in self.targets else tuple(self.targets)
@@ -125,14 +134,15 @@ class LoRALinear(nn.Module):
 
 
 def _block_linears(model: nn.Module, names: tuple[str, ...]) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
-    """(path, parent, child name, child) of the Linear-like layers inside the blocks whose last
-    name is in `names` (LoRALinear counts, so that a second adapter lands on the same layer)."""
+    """(path, parent, child name, child) of the Linear-like layers inside the blocks that one of
+    `names` `matches` (LoRALinear counts, so that a second adapter lands on the same layer)."""
     for path, module in list(model.named_modules()):
         if ".layers." not in f".{path}.":
             continue
         for child_name, child in list(module.named_children()):
-            if child_name in names and isinstance(child, (nn.Linear, NF4Linear, LoRALinear)):
-                yield f"{path}.{child_name}", module, child_name, child
+            full = f"{path}.{child_name}"
+            if isinstance(child, (nn.Linear, NF4Linear, LoRALinear)) and any(matches(full, n) for n in names):
+                yield full, module, child_name, child
 
 
 def freeze(model: nn.Module) -> None:

@@ -12,6 +12,11 @@ are renamed here, so that a LoRA targeted our way (q_proj, v_proj, …) is saved
   ``output.dense``; a classifier's head is ``classifier``. transformers keeps the body under
   ``bert.`` in its task models (BertForMaskedLM, BertFor…Classification) but not in ``BertModel``,
   so the prefix follows the class llmkit saves the model as; both are read.
+- T5, through the same key map: ``encoder.layers.N.self_attn.q_proj`` -> ``encoder.block.N.layer.0.
+  SelfAttention.q``, the decoder's (``model.``) -> ``decoder.block.N.layer.0.SelfAttention.q``, its
+  cross-attention ``encoder_attn.q_proj`` -> ``layer.1.EncDecAttention.q``; gate/up/down ->
+  ``DenseReluDense.wi_0``/``wi_1`` (``wi`` ungated)/``wo``. A target ``q_proj`` catches self- and
+  cross-attention alike, as T5's ``q`` does; ``self_attn.q_proj`` is written ``SelfAttention.q``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ PREFIX = "base_model.model."
 # our module path (inside a layer) -> GPT-2's
 GPT2_MODULES = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
 QKV = ("q_proj", "k_proj", "v_proj")
+KEY_MAPPED = ("bert", "t5")  # families renamed module by module through `llmkit.models.hf`'s key map
 
 
 class AdapterError(ValueError):
@@ -42,9 +48,9 @@ def bert_prefixed(model: nn.Module) -> bool:
 
 
 def hf_key(key: str, model: nn.Module) -> str:
-    """Our tensor name -> HF's, for a BERT (other families: unchanged, as their heads are named
-    alike; GPT-2's layers go through `hf_module`)."""
-    if model.config.family != "bert":
+    """Our tensor name -> HF's, for a BERT or a T5 (other families: unchanged, as their heads are
+    named alike; GPT-2's layers go through `hf_module`)."""
+    if model.config.family not in KEY_MAPPED:
         return key
     renamed = state_dict_to_hf({key: None}, model.config, prefix=bert_prefixed(model))
     return next(iter(renamed), key)
@@ -53,7 +59,7 @@ def hf_key(key: str, model: nn.Module) -> str:
 def hf_module(path: str, model: nn.Module) -> str:
     """Our module path -> HF's (GPT-2's q/k/v all map to c_attn: callers fuse them)."""
     family = model.config.family
-    if family == "bert":
+    if family in KEY_MAPPED:
         return hf_key(f"{path}.weight", model).removesuffix(".weight")
     if family != "gpt2":
         return path
@@ -70,10 +76,11 @@ def our_modules(hf_path: str, model: nn.Module) -> list[str]:
     """HF module path (with or without PEFT's prefix) -> our module path(s) (c_attn -> q/k/v)."""
     hf_path = hf_path.removeprefix(PREFIX)
     family = model.config.family
-    if family == "bert":
+    if family in KEY_MAPPED:
         ours = state_dict_from_hf({f"{hf_path}.weight": None}, model.config)
-        if not ours:  # a buffer or a tied duplicate (the MLM decoder): nothing of its own to adapt
-            raise AdapterError(f"adapter module {hf_path}: BERT's {hf_path} has no weight of its own in llmkit")
+        if not ours:  # a buffer or a tied duplicate (BERT's MLM decoder, T5's head): nothing of its own to adapt
+            raise AdapterError(f"adapter module {hf_path}: {family.upper()}'s {hf_path} has no weight of its own "
+                               "in llmkit")
         return [next(iter(ours)).removesuffix(".weight")]
     if family != "gpt2":
         return [hf_path]

@@ -1,6 +1,6 @@
 """`llmkit init`: a random-weight model of a preset, with a small tokenizer trained on the embedded
 corpus (a byte-level BPE with a chat template for decoders, BERT's uncased WordPiece with [MASK]
-for encoders), saved in Hugging Face layout."""
+for encoders, T5's Unigram with its sentinels for encoder-decoders), saved in Hugging Face layout."""
 
 from __future__ import annotations
 
@@ -40,10 +40,10 @@ def init_model(preset_name: str, out: str | os.PathLike, vocab_size: int | None 
         target = vocab_size or config.vocab_size
         if target > 65536:
             raise ValueError(f"vocab_size={target} is too large to train here: give vocab_size <= 65536")
-        kind = "wordpiece" if config.is_encoder else "bpe"
+        kind = "wordpiece" if config.is_encoder else "unigram" if config.is_seq2seq else "bpe"
         log.info("training a %d-token %s tokenizer", target, kind)
         tokenizer = Tokenizer.train(texts if texts is not None else stdlib_texts(corpus_bytes), vocab_size=target,
-                                    special_tokens=None if config.is_encoder else INIT_SPECIAL_TOKENS, kind=kind)
+                                    special_tokens=INIT_SPECIAL_TOKENS if kind == "bpe" else None, kind=kind)
     config = config.replace(vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_token_id,
                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)

@@ -24,7 +24,7 @@ from ..models.transformer import Transformer
 from ..tokenizer import Tokenizer
 from ..train import distributed as D
 from ..train.config import TrainConfig
-from ..train.objectives import CausalLM, MaskedLM
+from ..train.objectives import CausalLM, MaskedLM, SpanCorruption
 from ..train.trainer import Trainer
 from .job import Job, RunDirError
 
@@ -44,7 +44,7 @@ class PretrainRecipe:
     data: DataConfig = field(default_factory=DataConfig)
     data_dir: str | None = None  # an already prepared data directory (skips preparation)
     train: TrainConfig = field(default_factory=TrainConfig)
-    objective: str = "causal"  # causal (next token; decoders) | mlm (masked tokens; encoders)
+    objective: str = "causal"  # causal (next token; decoders) | mlm (masked tokens; encoders) | span (T5)
     mask_rate: float = 0.15  # mlm: the share of tokens selected (80% masked, 10% random, 10% kept)
     out: str = "runs/pretrain"
 
@@ -55,7 +55,7 @@ class PretrainRecipe:
             raise ValueError(f"mask_rate={self.mask_rate} must be in (0, 1), e.g. 0.15")
 
 
-OBJECTIVES = ("causal", "mlm")
+OBJECTIVES = ("causal", "mlm", "span")
 
 
 def check_objective(objective: str, cfg) -> None:
@@ -63,6 +63,9 @@ def check_objective(objective: str, cfg) -> None:
     model whose result could not be saved in Hugging Face layout."""
     from ..models.hf import config_to_hf
 
+    if (objective == "span") != cfg.is_seq2seq:
+        raise ValueError("objective=span (T5's span corruption) is for encoder-decoders and an encoder-decoder "
+                         "trains with objective=span: use a preset such as tiny-t5 with objective=span")
     if objective == "causal" and cfg.is_encoder:
         raise ValueError("objective=causal with a bidirectional model (causal=false): every position would see "
                          "the token it predicts; use objective=mlm for an encoder, or a causal preset")
@@ -80,6 +83,13 @@ def objective_for(recipe: PretrainRecipe, model: Transformer, tokenizer: Tokeniz
     check_objective(recipe.objective, cfg)
     if recipe.objective == "causal":
         return CausalLM()
+    if recipe.objective == "span":
+        sentinels = getattr(tokenizer, "sentinel_ids", None) or []
+        if not sentinels or tokenizer.eos_token_id is None:
+            raise ValueError("objective=span needs sentinel tokens (<extra_id_0>, ...) and an eos token, which the "
+                             "tokenizer lacks: prepare the data with data.tokenizer_kind=unigram (T5's)")
+        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else tokenizer.padding_id
+        return SpanCorruption(sentinels, tokenizer.eos_token_id, start, eval_seed=recipe.train.seed)
     if tokenizer.mask_token_id is None:
         raise ValueError("objective=mlm needs a mask token, and the tokenizer has none: prepare the data with "
                          "data.tokenizer_kind=wordpiece (BERT's [MASK]) or give a tokenizer with a mask_token")
@@ -137,7 +147,8 @@ def build_model(recipe: PretrainRecipe, tokenizer: Tokenizer, seq_len: int) -> T
     cfg = preset(recipe.model.preset, **recipe.model.overrides)
     cfg = cfg.replace(vocab_size=tokenizer.vocab_size, max_seq_len=max(cfg.max_seq_len, seq_len),
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
+                      pad_token_id=tokenizer.pad_token_id,
+                      decoder_start_token_id=tokenizer.padding_id if cfg.is_seq2seq else cfg.decoder_start_token_id)
     torch.manual_seed(recipe.train.seed)
     return Transformer(cfg)
 

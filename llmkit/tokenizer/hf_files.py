@@ -9,6 +9,8 @@
 * `BertTokenizer` (and its aliases) keeps only the vocabulary and rebuilds everything else, the
   post-processor included, from `tokenizer_config.json`; without a `tokenizer.json` it reads
   `vocab.txt` (see `wordpiece`).
+* `T5Tokenizer` keeps only the Unigram vocabulary and a SentencePiece `Precompiled` normalizer,
+  rebuilds the rest, always appends `</s>`, and adds the `<extra_id_N>` sentinels (see `unigram`).
 * the special tokens named in `tokenizer_config.json` (and the added tokens listed there) are added
   to the vocabulary when `tokenizer.json` lacks them.
 * `add_bos_token` / `add_eos_token` in `tokenizer_config.json` are ignored when `tokenizer.json`
@@ -31,7 +33,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
-from llmkit.tokenizer import wordpiece
+from llmkit.tokenizer import unigram, wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ _REGISTERED: dict[str, tuple[str, bool]] = {
     "phi3": ("TokenizersBackend", True), "olmo2": ("TokenizersBackend", False),
     "gemma": ("GemmaTokenizer", False), "gemma2": ("GemmaTokenizer", False), "gemma3": ("GemmaTokenizer", False),
     "bert": ("BertTokenizer", False), "distilbert": ("BertTokenizer", False), "electra": ("BertTokenizer", False),
-    "t5": ("T5Tokenizer", False), "gpt_neox": ("GPTNeoXTokenizer", False),
+    "t5": ("T5Tokenizer", False), "mt5": ("T5Tokenizer", False), "switch_transformers": ("T5Tokenizer", False),
+    "gpt_neox": ("GPTNeoXTokenizer", False),
     "olmo": ("GPTNeoXTokenizer", False),
 }
 
@@ -70,6 +73,7 @@ _CLASS_DEFAULTS: dict[str, dict[str, str | None]] = {
     "GPT2Tokenizer": {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
     "Qwen2Tokenizer": {"unk_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
     **{name: wordpiece.BERT_SPECIAL_TOKENS for name in wordpiece.WORDPIECE_CLASSES},
+    **{name: unigram.T5_SPECIAL_TOKENS for name in unigram.T5_CLASSES},
 }
 
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -131,7 +135,7 @@ def read_hf_files(path: str | Path) -> HFFiles:
 def _no_tokenizer_message(path: Path) -> str:
     present = sorted(p.name for p in path.iterdir())[:20]
     hint = ""
-    if any(n in present for n in ("tokenizer.model", "vocab.json", "merges.txt")):
+    if any(n in present for n in ("tokenizer.model", "spiece.model", "vocab.json", "merges.txt")):
         hint = (" It holds slow-tokenizer files; convert them once with transformers: "
                 "`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)` writes tokenizer.json.")
     return (f"no {TOKENIZER_FILE} or {wordpiece.VOCAB_FILE} in tokenizer directory {str(path)!r} "
@@ -269,6 +273,10 @@ def load_backend(files: HFFiles) -> LoadedTokenizer:
                  else wordpiece.read_vocab_txt(files.vocab_txt))
         backend = wordpiece.build_bert(vocab, unk_token=_added_token(unk).content if unk else str(unk),
                                        **wordpiece.bert_options(config))
+    elif cls_name in unigram.T5_CLASSES and raw is not None:
+        backend = unigram.build_t5_from_json(raw)
+        if backend is None:
+            logger.debug("T5Tokenizer with a non-Unigram tokenizer.json: using it as is")
     elif raw is not None:
         backend = _rebuild(cls_name, raw, files.config)
     elif cls_name != "TokenizersBackend":
@@ -298,6 +306,8 @@ def load_backend(files: HFFiles) -> LoadedTokenizer:
             tok = _added_token(value)
             named[key] = by_content.get(tok.content, tok)
     extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    if cls_name in unigram.T5_CLASSES:  # T5Tokenizer adds its <extra_id_N> sentinels unless the config lists tokens
+        extra = unigram.t5_extra_tokens(files.config, files.special_map, legacy)
     if isinstance(extra, dict):  # {name: token}: model-specific named tokens, e.g. image_token
         named.update({k: by_content.get(_added_token(v).content, _added_token(v)) for k, v in extra.items()})
         extra = []
@@ -323,6 +333,8 @@ def load_backend(files: HFFiles) -> LoadedTokenizer:
     if cls_name in wordpiece.WORDPIECE_CLASSES:  # set last, from the tokens now in the vocabulary
         backend.post_processor = wordpiece.bert_post_processor(backend, specials_str.get("cls_token"),
                                                                specials_str.get("sep_token"))
+    if cls_name in unigram.T5_CLASSES and rebuilt:  # T5Tokenizer sets "$A </s>" last, whatever tokenizer.json says
+        backend.post_processor = unigram.t5_post_processor(backend.token_to_id(specials_str.get("eos_token") or ""))
     backend.encode_special_tokens = bool(config.get("split_special_tokens", False))
     if rebuilt:
         logger.debug("%s: rebuilt the %s pipeline as transformers does", files.path, cls_name)

@@ -14,11 +14,11 @@ from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
 
-from llmkit.tokenizer import hf_files, wordpiece
+from llmkit.tokenizer import hf_files, unigram, wordpiece
 from llmkit.utils import write_text_atomic
 from llmkit.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from llmkit.tokenizer.stream import StreamDecoder, clean_up_tokenization
-from llmkit.tokenizer.train import ENDOFTEXT, train_byte_level_bpe, train_wordpiece
+from llmkit.tokenizer.train import ENDOFTEXT, train_byte_level_bpe, train_t5_unigram, train_wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +105,26 @@ class Tokenizer:
         [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4 (`special_tokens` may add more after them),
         "[CLS] text [SEP]" when encoding, and no chat template unless one is given. It saves as a
         `BertTokenizer` that transformers loads with the same encodings.
+
+        ``kind="unigram"``: a T5-style SentencePiece Unigram for encoder-decoders, with <pad> </s>
+        <unk> as ids 0-2 (`special_tokens` may add more after them), the 100 span-corruption
+        sentinels `<extra_id_0>`... as the last ids (`sentinel_ids`), "text </s>" when encoding
+        and no chat template unless one is given. `vocab_size` counts the sentinels;
+        `min_frequency` does not apply. It saves as a `T5Tokenizer` that transformers loads with
+        the same encodings.
         """
         if kind == "wordpiece":
             backend, extra = train_wordpiece(texts_or_files, vocab_size, special_tokens, min_frequency)
             return cls(backend, special_tokens=wordpiece.BERT_SPECIAL_TOKENS, extra_special_tokens=extra,
                        chat_template=chat_template, model_max_length=model_max_length)
+        if kind == "unigram":
+            backend, extra = train_t5_unigram(texts_or_files, vocab_size, special_tokens)
+            return cls(backend, special_tokens=unigram.T5_SPECIAL_TOKENS, extra_special_tokens=extra,
+                       chat_template=chat_template, model_max_length=model_max_length)
         if kind != "bpe":
             raise ValueError(f"kind={kind!r} is not a tokenizer llmkit trains: use 'bpe' (byte-level BPE, for "
-                             f"decoders) or 'wordpiece' (BERT-style, for masked-LM encoders)")
+                             f"decoders), 'wordpiece' (BERT-style, for masked-LM encoders) or 'unigram' "
+                             f"(T5-style, for encoder-decoders)")
         backend = train_byte_level_bpe(texts_or_files, vocab_size, special_tokens, min_frequency)
         names = [t.content for _, t in sorted(backend.get_added_tokens_decoder().items())]
         eos = ENDOFTEXT if ENDOFTEXT in names else (names[0] if names else None)
@@ -190,6 +202,16 @@ class Tokenizer:
     def all_special_ids(self) -> list[int]:
         """Ids of the added tokens marked special (what `skip_special_tokens` drops)."""
         return sorted(i for i, t in self.backend.get_added_tokens_decoder().items() if t.special)
+
+    @property
+    def sentinel_ids(self) -> list[int]:
+        """Ids of the span-corruption sentinels `<extra_id_0>`, `<extra_id_1>`, ... in that order, as
+        far as the vocabulary has them without a gap (T5: 100, counting down from the last id);
+        empty when it has none."""
+        ids: list[int] = []
+        while (i := self.backend.token_to_id(unigram.sentinel_token(len(ids)))) is not None:
+            ids.append(i)
+        return ids
 
     @property
     def chat_template(self) -> str | None:
@@ -299,9 +321,11 @@ class Tokenizer:
         add_bos, add_eos = self._adds()
         # A BERT pipeline is saved as BertTokenizer (transformers then returns token_type_ids) only
         # when that class rebuilds exactly this backend; anything else says "use tokenizer.json as is".
+        # Likewise a T5 pipeline as T5Tokenizer (which rebuilds it and appends "</s>").
         bert = wordpiece.bert_config(self.backend, self.special_tokens)
-        config: dict[str, Any] = {"tokenizer_class": "BertTokenizer" if bert else "PreTrainedTokenizerFast",
-                                  **(bert or {})}
+        t5 = None if bert else unigram.t5_config(self.backend, self.special_tokens, self.extra_special_tokens)
+        cls_name = "BertTokenizer" if bert else "T5Tokenizer" if t5 else "PreTrainedTokenizerFast"
+        config: dict[str, Any] = {"tokenizer_class": cls_name, **(bert or t5 or {})}
         named = hf_files.SPECIAL_TOKEN_ATTRS if bert else ("bos_token", "eos_token", "unk_token", "pad_token")
         for key in named:  # null is explicit: no class default
             config[key] = self.special_tokens.get(key)

@@ -1,8 +1,9 @@
-"""Training tokenizers with the `tokenizers` library: byte-level BPE (GPT-2 style, for decoders)
-and BERT-style WordPiece (for masked-LM encoders)."""
+"""Training tokenizers with the `tokenizers` library: byte-level BPE (GPT-2 style, for decoders),
+BERT-style WordPiece (for masked-LM encoders) and T5-style Unigram (for encoder-decoders)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as BackendTokenizer
 
-from llmkit.tokenizer import wordpiece
+from llmkit.tokenizer import unigram, wordpiece
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,56 @@ def train_wordpiece(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] 
     backend.post_processor = wordpiece.bert_post_processor(backend, wordpiece.BERT_SPECIAL_TOKENS["cls_token"],
                                                            wordpiece.BERT_SPECIAL_TOKENS["sep_token"])
     return backend, extra
+
+
+def train_t5_unigram(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] | str | os.PathLike,
+                     vocab_size: int = 4096, special_tokens: list[str] | None = None,
+                     extra_ids: int = unigram.DEFAULT_EXTRA_IDS) -> tuple[BackendTokenizer, list[str]]:
+    """Train a T5-style SentencePiece Unigram; returns (backend, extra special tokens: the
+    `extra_ids` sentinels, then the other `special_tokens`).
+
+    The vocabulary is laid out as T5's: <pad> </s> <unk> as ids 0-2, the other `special_tokens`
+    next, the learnt pieces, then `<extra_id_{extra_ids-1}>` ... `<extra_id_0>`, so `<extra_id_0>`
+    is the last id. `vocab_size` counts all of them (the trainer may learn fewer pieces on a small
+    corpus). The pipeline is `unigram.build_t5`'s, the one transformers' T5Tokenizer rebuilds from
+    the saved files: no normalizer (we have no SentencePiece charsmap to ship), whitespace runs
+    collapsed into "▁", "</s>" appended.
+    """
+    given = list(special_tokens or [])
+    if len(set(given)) != len(given):
+        raise ValueError(f"special_tokens has duplicates: {given}")
+    t5 = list(unigram.T5_SPECIAL_TOKENS.values())
+    sentinels = unigram.sentinel_tokens(extra_ids)
+    extra = [t for t in given if t not in t5 and t not in sentinels]
+    specials = t5 + extra
+    if vocab_size <= len(specials) + extra_ids:
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed the {len(specials)} special tokens "
+                         f"+ {extra_ids} sentinels = {len(specials) + extra_ids}")
+    # Train with the pre-tokenizer that will encode, so the pieces fit the words T5 sees.
+    tok = unigram.build_t5([(t, 0.0) for t in specials])
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, special_tokens=specials,
+                                      unk_token=unigram.T5_SPECIAL_TOKENS["unk_token"], show_progress=False)
+    files = _as_files(texts_or_files)
+    logger.info("training T5 Unigram (vocab %d) on %s", vocab_size,
+                f"{len(files)} file(s)" if files is not None else "an iterable of texts")
+    if files is not None:
+        tok.train(files, trainer)
+    else:
+        tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
+    # Rebuild from the learnt pieces plus the sentinels (score 0, last, reversed, as in T5's
+    # spiece vocabulary), then add the special tokens and "</s>" template as transformers does.
+    pieces = [(p, s) for p, s in json.loads(tok.model.__getstate__())["vocab"]]
+    if [p for p, _ in pieces[:len(specials)]] != specials:  # T5Tokenizer hard-codes <unk> as id 2
+        raise RuntimeError(f"the Unigram trainer did not put {specials} first: {pieces[:len(specials)]}")
+    # A corpus that holds a special token or a sentinel as text may have learnt it as a piece too:
+    # keep one entry per string, or the vocabulary would give it two ids.
+    reserved = set(sentinels)
+    learnt = [(p, s) for i, (p, s) in enumerate(pieces)
+              if i < len(specials) or (p not in reserved and p not in specials)]
+    backend = unigram.build_t5(learnt + [(t, 0.0) for t in reversed(sentinels)])
+    backend.add_tokens([AddedToken(t, special=True) for t in specials + sentinels])
+    backend.post_processor = unigram.t5_post_processor(backend.token_to_id(unigram.T5_SPECIAL_TOKENS["eos_token"]))
+    return backend, sentinels + extra
 
 
 def _checked_texts(texts: Iterable[object]) -> Iterable[str]:

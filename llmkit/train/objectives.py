@@ -4,7 +4,7 @@ batch's items and `metrics` holds extra numbers to log (plain floats or 0-dim te
 
 Here: next-token prediction (`CausalLM`, pretraining and SFT alike: SFT labels mask everything
 but the assistant's turns), masked-token prediction (`MaskedLM`, encoders) and classification
-(`Classify`, any `Classifier`). The alignment objectives (reward model, DPO, PPO/GRPO) live in
+(`Classify`, any `Classifier`) and T5's span corruption (`SpanCorruption`, encoder-decoders). The alignment objectives (reward model, DPO, PPO/GRPO) live in
 `llmkit.align` and follow the same protocol.
 """
 
@@ -153,3 +153,84 @@ class Classify:
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
+class SpanCorruption:
+    """T5's span corruption (Raffel et al. 2020, §3.1.4): in each row `density` (15%) of the
+    tokens, in spans of mean length `mean_span` (3), are dropped from the encoder's input, each
+    span replaced by one sentinel (<extra_id_0>, <extra_id_1>, …); the decoder learns to write
+    every dropped span after its sentinel. Inputs and targets end with eos, and every row of a
+    batch gets the same lengths (fixed counts of noise tokens and spans), so nothing is padded.
+
+    A batch is a LongTensor of packed rows (the last column, a next-token target for `CausalLM`,
+    is dropped). Training draws the spans from torch's RNG (an exact resume replays them);
+    evaluation uses a fixed generator."""
+
+    def __init__(self, sentinel_ids: Sequence[int], eos_id: int, start_id: int, density: float = 0.15,
+                 mean_span: float = 3.0, eval_seed: int = 0):
+        if not 0.0 < density < 1.0:
+            raise ValueError(f"noise density={density} must be in (0, 1), e.g. 0.15")
+        if mean_span < 1:
+            raise ValueError(f"mean_span={mean_span} must be at least 1, e.g. 3")
+        if not sentinel_ids:
+            raise ValueError("span corruption needs sentinel tokens (<extra_id_0>, ...): the tokenizer has none")
+        self.sentinel_ids, self.eos_id, self.start_id = list(sentinel_ids), eos_id, start_id
+        self.density, self.mean_span, self.eval_seed = density, mean_span, eval_seed
+
+    def counts(self, length: int) -> tuple[int, int]:
+        """(noise tokens, spans) of a row of `length` tokens."""
+        noise = min(max(round(length * self.density), 1), length - 1)
+        spans = min(max(round(noise / self.mean_span), 1), noise, length - noise, len(self.sentinel_ids))
+        return noise, spans
+
+    def noise_mask(self, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(length,) bool: the dropped tokens, in spans alternating with kept stretches (kept first)."""
+        noise, spans = self.counts(length)
+
+        def lengths(items: int) -> torch.Tensor:  # `items` split into `spans` non-empty parts at random
+            cuts = torch.randperm(items - 1, generator=generator)[:spans - 1] + 1
+            bounds = torch.cat([torch.tensor([0]), cuts.sort().values, torch.tensor([items])])
+            return bounds.diff()
+
+        mask = torch.zeros(length, dtype=torch.bool)
+        pos = 0
+        for keep, drop in zip(lengths(length - noise).tolist(), lengths(noise).tolist()):
+            pos += keep
+            mask[pos:pos + drop] = True
+            pos += drop
+        return mask
+
+    def corrupt(self, row: torch.Tensor, generator: torch.Generator | None = None) -> tuple[list[int], list[int]]:
+        """(encoder input, decoder target) of one row of token ids, each ending with eos."""
+        mask = self.noise_mask(len(row), generator).tolist()
+        ids = row.tolist()
+        source, target, span = [], [], -1
+        for i, (tok, dropped) in enumerate(zip(ids, mask)):
+            if dropped and (i == 0 or not mask[i - 1]):
+                span += 1
+                source.append(self.sentinel_ids[span])
+                target.append(self.sentinel_ids[span])
+            (target if dropped else source).append(tok)
+        return source + [self.eos_id], target + [self.eos_id]
+
+    def batch(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        pairs = [self.corrupt(r, generator) for r in rows[:, :-1].cpu()]
+        source = torch.tensor([s for s, _ in pairs], device=rows.device)
+        labels = torch.tensor([t for _, t in pairs], device=rows.device)
+        start = torch.full((len(pairs), 1), self.start_id, device=rows.device)
+        return {"encoder_input_ids": source, "input_ids": torch.cat([start, labels[:, :-1]], 1), "labels": labels}
+
+    def loss(self, model: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        generator = None if model.training else torch.Generator().manual_seed(self.eval_seed)
+        b = self.batch(batch, generator)
+        if _fuses_loss(model):
+            return model(b["input_ids"], encoder_input_ids=b["encoder_input_ids"], labels=b["labels"]), {}
+        return cross_entropy(model(b["input_ids"], encoder_input_ids=b["encoder_input_ids"]), b["labels"]), {}
+
+    def tokens(self, batch: torch.Tensor) -> int:
+        return batch[:, :-1].numel()
+
+    def units(self, batch: torch.Tensor) -> int:
+        """The loss is a mean over target tokens: sentinels, dropped tokens and eos of every row."""
+        noise, spans = self.counts(batch.shape[1] - 1)
+        return batch.shape[0] * (noise + spans + 1)

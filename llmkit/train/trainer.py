@@ -346,8 +346,9 @@ class Trainer:
         from ..infer.llm import LocalLLM
 
         model = D.unwrap(self.base_model)
-        if getattr(model, "config", None) is not None and model.config.is_encoder:
-            return []  # an encoder does not generate
+        cfg = getattr(model, "config", None)
+        if cfg is not None and (cfg.is_encoder or cfg.is_seq2seq):
+            return []  # an encoder does not generate; an encoder-decoder does not yet
         llm = LocalLLM(model, self.tokenizer)
         out = []
         with torch.no_grad():
