@@ -64,14 +64,18 @@ def train_byte_level_bpe(texts_or_files: Iterable[str] | Iterable[str | os.PathL
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=alphabet, show_progress=False)
+    _fit(tok, trainer, texts_or_files, f"byte-level BPE (vocab {vocab_size})")
+    return tok
+
+
+def _fit(tok: BackendTokenizer, trainer, texts_or_files, what: str) -> None:
+    """Train `tok` with `trainer` on file paths or an iterable of texts."""
     files = _as_files(texts_or_files)
+    logger.info("training %s on %s", what, f"{len(files)} file(s)" if files is not None else "an iterable of texts")
     if files is not None:
-        logger.info("training byte-level BPE (vocab %d) on %d file(s)", vocab_size, len(files))
         tok.train(files, trainer)
     else:
-        logger.info("training byte-level BPE (vocab %d) on an iterable of texts", vocab_size)
         tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
-    return tok
 
 
 def train_wordpiece(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] | str | os.PathLike,
@@ -95,13 +99,7 @@ def train_wordpiece(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] 
     tok = wordpiece.build_bert({}, unk_token=wordpiece.BERT_SPECIAL_TOKENS["unk_token"])
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                         continuing_subword_prefix="##", show_progress=False)
-    files = _as_files(texts_or_files)
-    logger.info("training WordPiece (vocab %d) on %s", vocab_size,
-                f"{len(files)} file(s)" if files is not None else "an iterable of texts")
-    if files is not None:
-        tok.train(files, trainer)
-    else:
-        tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
+    _fit(tok, trainer, texts_or_files, f"WordPiece (vocab {vocab_size})")
     # Rebuild from the learnt vocabulary alone, then add the special tokens and the [CLS]/[SEP]
     # template, in the order transformers does when it loads the saved files.
     backend = wordpiece.build_bert(tok.get_vocab(with_added_tokens=False),
@@ -139,13 +137,7 @@ def train_t5_unigram(texts_or_files: Iterable[str] | Iterable[str | os.PathLike]
     tok = unigram.build_t5([(t, 0.0) for t in specials])
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, special_tokens=specials,
                                       unk_token=unigram.T5_SPECIAL_TOKENS["unk_token"], show_progress=False)
-    files = _as_files(texts_or_files)
-    logger.info("training T5 Unigram (vocab %d) on %s", vocab_size,
-                f"{len(files)} file(s)" if files is not None else "an iterable of texts")
-    if files is not None:
-        tok.train(files, trainer)
-    else:
-        tok.train_from_iterator(_checked_texts(texts_or_files), trainer)
+    _fit(tok, trainer, texts_or_files, f"T5 Unigram (vocab {vocab_size})")
     # Rebuild from the learnt pieces plus the sentinels (score 0, last, reversed, as in T5's
     # spiece vocabulary), then add the special tokens and "</s>" template as transformers does.
     pieces = [(p, s) for p, s in json.loads(tok.model.__getstate__())["vocab"]]

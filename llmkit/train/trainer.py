@@ -346,8 +346,8 @@ class Trainer:
         from ..infer.llm import LocalLLM
 
         model = D.unwrap(self.base_model)
-        cfg = getattr(model, "config", None)
-        if cfg is not None and (cfg.is_encoder or cfg.is_seq2seq):
+        model_cfg = getattr(model, "config", None)
+        if model_cfg is not None and (model_cfg.is_encoder or model_cfg.is_seq2seq):
             return []  # an encoder does not generate; an encoder-decoder does not yet
         llm = LocalLLM(model, self.tokenizer)
         out = []
