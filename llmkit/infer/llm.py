@@ -32,6 +32,7 @@ from ..models.sampling_defaults import sampling_defaults
 from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts, save_classifier
 from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
+from ..tokenizer.chat import fit_history  # noqa: F401  (RemoteLLM and callers import it from here)
 from .embedding import Embedding
 from .generate import Completion, TextStream, Timings, TokenGeneration
 from .sampling import SAMPLING_OPTIONS, GenerationConfig, valid_settings
@@ -166,17 +167,6 @@ class TokenScoring:
             totals[owner][0] += res.logprob
             totals[owner][1] += res.n_tokens
         return [(lp, n) for lp, n in totals]
-
-
-def fit_history(messages: Messages, budget: int, count: Callable[[Messages], int]) -> Messages:
-    """Drop the oldest turns (never a leading system message, never the last message) until
-    `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count
-    differently."""
-    head = messages[:1] if messages and messages[0].get("role") == "system" else []
-    rest = list(messages[len(head):])
-    while len(rest) > 1 and count(head + rest) > budget:
-        rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
-    return head + rest
 
 
 def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:

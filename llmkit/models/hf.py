@@ -2,15 +2,13 @@
 
 Llama, Mistral and Qwen2 checkpoints already use our module names, so their key map is the
 identity. GPT-2 is translated: its fused ``c_attn`` (stored as Conv1D, i.e. transposed) is split
-into q/k/v on import and fused again on export. BERT is renamed (``bert.encoder.layer.0.attention
-.self.query`` is our ``model.layers.0.self_attn.q_proj``) and read as `BertModel`,
-`BertForMaskedLM`, `BertForSequenceClassification` or `BertForTokenClassification`: which parts
-a checkpoint holds (pooler, masked-LM head) is read from its tensors. Only safetensors are read: nothing is unpickled.
+into q/k/v on import and fused again on export. BERT and T5 have naming modules of their own
+(`hf_bert`, `hf_t5`); which parts a BERT checkpoint holds (pooler, masked-LM head) and whether a
+T5 head is tied are read from its tensors. Only safetensors are read: nothing is unpickled.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ..quant.weight_only import QUANT_METHOD, prepare_quantized, quantization_config
 from ..utils import atomic_path, parse_dtype, write_json_atomic
 from .config import ConfigError, ModelConfig
 from .hf_common import HF_ACTIVATIONS as _ACTIVATIONS
-from .hf_common import CheckpointError, require as _require
+from .hf_common import (INDEX_FILE, SINGLE_FILE, CheckpointError, _config_json, _open, _weight_files,
+                        require as _require)
 from .hf_bert import (bert_checkpoint_names, bert_config_from_hf, bert_config_to_hf, bert_parts,
                       bert_state_dict_from_hf, bert_state_dict_to_hf)
 from .hf_t5 import t5_config_from_hf, t5_config_to_hf, t5_state_dict_from_hf, t5_state_dict_to_hf
@@ -35,8 +34,6 @@ from .transformer import Transformer
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert", "t5")
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 
 
 # ------------------------------------------------------------------------------- config.json
@@ -251,48 +248,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool
     return out
 
 
-# ------------------------------------------------------------------------------- file access
-def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
-    index = path / INDEX_FILE
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise CheckpointError(f"{index} names shard(s) {missing} that are not in {path}: copy the missing shards")
-        return files, weight_map
-    if (path / SINGLE_FILE).exists():
-        return [path / SINGLE_FILE], None
-    found = sorted(p.name for p in path.glob("*.safetensors"))
-    if found:
-        return [path / f for f in found], None
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise CheckpointError(
-            f"{path} holds only pickled PyTorch weights (*.bin/*.pt); llmkit reads safetensors only, since "
-            "unpickling can run arbitrary code. Convert once with transformers: "
-            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
-        )
-    raise CheckpointError(f"no *.safetensors weights in {path}: is this a Hugging Face model directory?")
-
-
-def _open(file: Path):
-    try:
-        return safe_open(str(file), framework="pt")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {file}: it is truncated or not a safetensors file ({e}); "
-                              "copy or download it again") from e
-
-
-def _config_json(path: Path) -> dict[str, Any]:
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{path} has no config.json: a Hugging Face model directory needs one")
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e
-
-
+# --------------------------------------------------------------------------------- loading
 def read_config(path: str | os.PathLike) -> ModelConfig:
     path = Path(path)
     d = _config_json(path)

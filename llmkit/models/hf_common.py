@@ -3,10 +3,18 @@ understands, the check that a config can be written, and tensor renaming by name
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from .config import ConfigError, ModelConfig
+
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -42,3 +50,45 @@ def rename(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
                 dst = dst.replace("{}", part, 1)
             return dst
     return None
+
+
+# ------------------------------------------------------------------------------- file access
+def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None]:
+    index = path / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) {missing} that are not in {path}: copy the missing shards")
+        return files, weight_map
+    if (path / SINGLE_FILE).exists():
+        return [path / SINGLE_FILE], None
+    found = sorted(p.name for p in path.glob("*.safetensors"))
+    if found:
+        return [path / f for f in found], None
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise CheckpointError(
+            f"{path} holds only pickled PyTorch weights (*.bin/*.pt); llmkit reads safetensors only, since "
+            "unpickling can run arbitrary code. Convert once with transformers: "
+            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+        )
+    raise CheckpointError(f"no *.safetensors weights in {path}: is this a Hugging Face model directory?")
+
+
+def _open(file: Path):
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {file}: it is truncated or not a safetensors file ({e}); "
+                              "copy or download it again") from e
+
+
+def _config_json(path: Path) -> dict[str, Any]:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} has no config.json: a Hugging Face model directory needs one")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from e

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 from jinja2 import nodes
@@ -185,3 +185,14 @@ def render_chat(template: str, messages: list[Mapping[str, Any]], *, add_generat
         at = text.rindex(tag)
         text = text[:at] if text[at: at + len(_CONTINUE_TAG)] == _CONTINUE_TAG else text[:at].rstrip()
     return text
+
+
+def fit_history(messages: list[dict], budget: int, count: Callable[[list[dict]], int]) -> list[dict]:
+    """Drop the oldest turns (never a leading system message, never the last message) until
+    `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count
+    differently."""
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    rest = list(messages[len(head):])
+    while len(rest) > 1 and count(head + rest) > budget:
+        rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
+    return head + rest

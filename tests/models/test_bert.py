@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llmkit.models.classifier import Classifier, load_classifier, save_classifier
+from llmkit.models.classifier import Classifier, load_classifier, load_classifier_parts, save_classifier
 from llmkit.models.config import ConfigError, preset
 from llmkit.models.hf import CheckpointError, load_pretrained, save_pretrained
 from llmkit.models.transformer import Transformer
@@ -92,32 +92,25 @@ def test_bert_classifiers_match_transformers_both_ways(tmp_path, per_token):
     hf.save_pretrained(tmp_path / "hf")
     clf = load_classifier(tmp_path / "hf")
     assert clf.per_token == per_token and clf.num_labels == 3
-    ids, mask, types = _batch()
-    with torch.no_grad():
-        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        got = clf(ids, mask, types)
-    if per_token:
-        got, expected = _real(got, mask), _real(expected, mask)
-    assert (got - expected).abs().max() < TOL
+    _assert_same_logits(clf, hf, per_token)
     # ours out: a fresh head on the loaded body, written and read back by transformers
-    fresh = Classifier(load_pretrained_body(tmp_path / "hf"), num_labels=2, per_token=per_token,
+    fresh = Classifier(load_classifier_parts(tmp_path / "hf")[0], num_labels=2, per_token=per_token,
                        labels=["neg", "pos"], seed=4).eval()
     save_classifier(fresh, tmp_path / "ours")
     again = cls.from_pretrained(tmp_path / "ours").eval()
     assert again.config.id2label == {0: "neg", 1: "pos"}
+    _assert_same_logits(fresh, again, per_token)
+
+
+def _assert_same_logits(ours, hf, per_token: bool) -> None:
+    """Our classifier's logits equal transformers' on `_batch()` (per token: at real positions)."""
+    ids, mask, types = _batch()
     with torch.no_grad():
-        expected = again(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-        got = fresh(ids, mask, types)
+        expected = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours(ids, mask, types)
     if per_token:
         got, expected = _real(got, mask), _real(expected, mask)
     assert (got - expected).abs().max() < TOL
-
-
-def load_pretrained_body(path):
-    """The body of a classification checkpoint, as a `Transformer` without a head."""
-    from llmkit.models.hf import _load
-
-    return _load(path, None, torch.float32, score=True)[0]
 
 
 def test_unsupported_bert_variants_are_named(tmp_path):
