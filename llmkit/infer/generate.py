@@ -8,6 +8,7 @@ string. The `LLM` classes combine the two.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -15,6 +16,8 @@ import torch
 
 from ..models.transformer import ContextLengthError, Transformer
 from .sampling import GenerationConfig, Sampler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,13 +32,18 @@ class Step:
 
 
 def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq_len: int,
-                vocab_size: int | None = None) -> list[list[int]]:
+                vocab_size: int | None = None, source: bool = False) -> list[list[int]]:
     """Check that every prompt plus `max_new_tokens` fits the context window; drop the oldest
     prompt tokens when `gen.truncate_prompt`, else raise `ContextLengthError`. Token ids must
-    lie in the vocabulary."""
+    lie in the vocabulary. An encoder-decoder's prompts are its sources (`source=True`): each
+    must fit the encoder's positions on its own, and truncation keeps their start (where T5's task
+    prefix sits), with a warning."""
     if len(prompts) == 0:
         raise ValueError("no prompts given: pass at least one prompt")
-    budget = max_seq_len - gen.max_new_tokens
+    budget = max_seq_len - (0 if source else gen.max_new_tokens)
+    if source and gen.max_new_tokens >= max_seq_len:
+        raise ContextLengthError(f"max_new_tokens={gen.max_new_tokens} exceeds the decoder's {max_seq_len} "
+                                 f"positions: ask for at most {max_seq_len - 1} new tokens")
     if budget < 1:
         raise ContextLengthError(
             f"max_new_tokens={gen.max_new_tokens} leaves no room for a prompt in the context window of "
@@ -50,26 +58,54 @@ def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq
             bad = next(t for t in p if t < 0 or t >= vocab_size)
             raise ValueError(f"prompt {i} holds token id {bad}, outside the model's vocabulary of {vocab_size}")
         if len(p) > budget:
+            if source and not gen.truncate_prompt:
+                raise ContextLengthError(
+                    f"source {i} has {len(p)} tokens but the encoder reads at most {budget}: shorten it, or set "
+                    "truncate_prompt=True to keep its first tokens")
             if not gen.truncate_prompt:
                 raise ContextLengthError(
                     f"prompt {i} has {len(p)} tokens; with max_new_tokens={gen.max_new_tokens} that exceeds "
                     f"the context window of {max_seq_len} tokens. Shorten the prompt, lower max_new_tokens, "
                     "or set truncate_prompt=True to drop the oldest tokens"
                 )
-            p = p[len(p) - budget:]
+            if source:
+                log.warning("source %d has %d tokens; keeping the first %d the encoder reads", i, len(p), budget)
+                p = p[:budget - 1] + p[-1:]  # keep the end-of-source token the model was trained with
+            else:
+                p = p[len(p) - budget:]
         out.append(p)
     return out
+
+
+def decoder_start(model: Transformer, pad_token_id: int) -> int:
+    """The token an encoder-decoder's decoder starts from (T5: the pad token)."""
+    start = model.config.decoder_start_token_id
+    return pad_token_id if start is None else start
+
+
+def encode_sources(model: Transformer, sources: Sequence[Sequence[int]], pad_token_id: int):
+    """The `EncoderMemory` of a batch of sources (right-padded, masked)."""
+    longest = max(len(p) for p in sources)
+    ids = torch.full((len(sources), longest), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(sources):
+        ids[row, :len(p)] = torch.tensor(p)
+        mask[row, :len(p)] = 1
+    return model.memory(ids.to(model.device), mask.to(model.device))
 
 
 class TokenGeneration:
     """Iterate over the decoding steps of a batch. Call `stop(row)` to end a row early (e.g. on a
     stop string); `finish_reasons[row]` is "stop" or "length" once the row has ended. A JSON
-    `gen.response_format` needs the `tokenizer` (its grammar is built over the vocabulary)."""
+    `gen.response_format` needs the `tokenizer` (its grammar is built over the vocabulary). An
+    encoder-decoder's prompts are its sources: they are encoded once, and every row's decoder
+    starts from the decoder start token, cross-attending to its source."""
 
     def __init__(self, model: Transformer, prompts: Sequence[Sequence[int]], gen: GenerationConfig,
                  eos_token_ids: set[int] | None = None, pad_token_id: int = 0, tokenizer=None):
         self.model, self.gen = model, gen
-        self.prompts = fit_prompts(prompts, gen, model.config.context_window, model.config.vocab_size)
+        self.seq2seq = model.config.is_seq2seq  # then the prompts are sources, and the decoder starts afresh
+        self.prompts = fit_prompts(prompts, gen, model.config.context_window, model.config.vocab_size, self.seq2seq)
         self.sampler = Sampler(gen, model.config.vocab_size, model.device, len(self.prompts), eos_token_ids or (),
                                tokenizer)
         self.pad_token_id = pad_token_id
@@ -92,26 +128,32 @@ class TokenGeneration:
                 self.stop(row, "length")
             return
         device = model.device
-        longest = max(len(p) for p in self.prompts)
-        ids = torch.full((len(self.prompts), longest), self.pad_token_id, dtype=torch.long)
+        memory = None
+        with torch.inference_mode():
+            if self.seq2seq:
+                memory = encode_sources(model, self.prompts, self.pad_token_id)
+        prompts = [[decoder_start(model, self.pad_token_id)]] * len(self.prompts) if self.seq2seq else self.prompts
+        longest = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, p in enumerate(self.prompts):  # left padding: every row's last token is aligned
+        for row, p in enumerate(prompts):  # left padding: every row's last token is aligned
             ids[row, longest - len(p):] = torch.tensor(p)
             mask[row, longest - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
         padded = not bool(mask.all())
-        cache = model.new_cache(len(self.prompts), longest + gen.max_new_tokens)
+        cache = model.new_cache(len(prompts), longest + gen.max_new_tokens)
         self.sampler.add_prompt(ids, mask if padded else None)
 
         with torch.inference_mode():
-            logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1)[:, -1]
+            logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1,
+                           memory=memory)[:, -1]
         for _ in range(gen.max_new_tokens):
             step, tokens = self._choose(logits)
             yield step
             if all(self.finished):
                 return
             with torch.inference_mode():
-                logits = model(tokens[:, None], cache=cache)[:, -1]
+                logits = model(tokens[:, None], cache=cache, memory=memory)[:, -1]
 
     def _choose(self, logits: torch.Tensor) -> tuple[Step, torch.Tensor]:
         with torch.inference_mode():

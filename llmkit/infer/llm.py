@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,8 +34,11 @@ from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embeddin
 from ..models.transformer import Transformer
 from ..tokenizer.chat import fit_history  # noqa: F401  (RemoteLLM and callers import it from here)
 from .embedding import Embedding
+from .beam import beam_completions, beam_search
 from .generate import Completion, TextStream, Timings, TokenGeneration
-from .sampling import SAMPLING_OPTIONS, GenerationConfig, valid_settings
+from .seq2seq import seq2seq_loglikelihood
+from .sampling import GenerationConfig, valid_settings
+from .scoring import LogLikelihood, TokenScoring
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -43,12 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
-
-
-class LogLikelihood(NamedTuple):
-    logprob: float  # sum of log p(continuation tokens | context)
-    is_greedy: bool  # whether every continuation token is the argmax
-    n_tokens: int
 
 
 @runtime_checkable
@@ -94,81 +91,6 @@ def decoder_only(method: Callable) -> Callable:
     return checked
 
 
-class TokenScoring:
-    """`loglikelihood` and `loglikelihood_rolling` for any LLM that can tokenize and score token
-    ids (`loglikelihood_tokens`), local or remote: both tokenise the same way; and the one place
-    generation options meet the model's own sampling settings (`generation`)."""
-
-    context_window: int
-    start_token_id: int
-    generation_defaults: dict[str, Any] = {}
-
-    def generation(self, gen: GenerationConfig | None = None, **kwargs: Any) -> GenerationConfig:
-        """`gen` with `kwargs` merged in. A call that names no sampling option (no `gen`, none of
-        `SAMPLING_OPTIONS` in `kwargs`) samples as the model's own settings say
-        (`generation_defaults`); one that names any samples exactly as it says, so that
-        ``temperature=0`` (evaluation, judges) stays plain greedy whatever the model ships."""
-        if gen is None and not set(SAMPLING_OPTIONS) & kwargs.keys():
-            gen = GenerationConfig(**self.generation_defaults)
-        return GenerationConfig.from_kwargs(gen, **kwargs)
-
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        raise NotImplementedError
-
-    def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                             batch_size: int = 16) -> list[LogLikelihood]:
-        raise NotImplementedError
-
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int = 16) -> list[LogLikelihood]:
-        """log p(continuation | context) for (context, continuation) pairs, batched.
-
-        Tokenised as lm-eval does: trailing spaces of the context move to the continuation, the
-        continuation's tokens are those of context+continuation after the context's tokens, and an
-        empty context starts from the bos (or end-of-text) token. Over-long inputs lose their
-        oldest context tokens."""
-        pairs = []
-        for context, continuation in requests:
-            spaces = len(context) - len(context.rstrip(" "))
-            if spaces:
-                context, continuation = context[:-spaces], context[-spaces:] + continuation
-            if context:
-                ctx = self.tokenize(context)
-                cont = self.tokenize(context + continuation)[len(ctx):]
-            else:
-                ctx = [self.start_token_id]
-                cont = self.tokenize(continuation, add_special_tokens=False)
-            if not cont:
-                raise ValueError(f"continuation {continuation!r} has no tokens to score")
-            pairs.append((ctx, cont))
-        return self.loglikelihood_tokens(pairs, batch_size)
-
-    def loglikelihood_rolling(self, texts: Sequence[str], batch_size: int = 16,
-                              stride: int | None = None) -> list[tuple[float, int]]:
-        """(sum of log p, number of tokens) of each whole text, for perplexity. Texts longer than
-        the context window are scored with a sliding window: every window after the first scores
-        `stride` new tokens (default half the window) with the tokens before them as context.
-        The first token is predicted from bos (or end-of-text)."""
-        window = self.context_window
-        stride = stride or max(1, window // 2)
-        start = self.start_token_id
-        pairs, owners = [], []
-        for i, text in enumerate(texts):
-            tokens = self.tokenize(text, add_special_tokens=False)
-            full = [start] + tokens  # full[j + 1] is tokens[j]
-            pos = 0
-            while pos < len(tokens):
-                end = min(len(tokens), pos + (window if pos == 0 else stride))
-                first = max(0, end - window)  # the model sees full[first:end], predicting full[first+1:end+1]
-                pairs.append((full[first:pos + 1], full[pos + 1:end + 1]))
-                owners.append(i)
-                pos = end
-        totals = [[0.0, 0] for _ in texts]
-        for owner, res in zip(owners, self.loglikelihood_tokens(pairs, batch_size) if pairs else []):
-            totals[owner][0] += res.logprob
-            totals[owner][1] += res.n_tokens
-        return [(lp, n) for lp, n in totals]
-
-
 def eos_token_ids(tokenizer: Tokenizer, config: ModelConfig) -> set[int]:
     """The tokens that end a generation: the tokenizer's end tokens and the config's eos id(s)."""
     ids = set(tokenizer.eos_token_ids)
@@ -201,19 +123,20 @@ class LocalLLM(TokenScoring, Embedding):
     def generates(self) -> bool:
         """Whether the model can generate and score text: causal, with an output head over the
         vocabulary (an encoder, or a classifier's body, has none)."""
-        return self.config.causal and not self.config.is_seq2seq and self.model.lm_head is not None
+        return self.config.causal and self.model.lm_head is not None
 
     def require_generation(self) -> None:
         """Raise `EncoderError` unless the model can generate (and score) text (`generates`)."""
         if not self.config.causal:
             raise EncoderError(encoder_message(self.name or self.config.family))
-        if self.config.is_seq2seq:
-            raise EncoderError(f"{self.name or self.config.family} is an encoder-decoder (T5): llmkit reads, trains, "
-                               "embeds with and saves it, but does not generate with encoder-decoders yet; generate "
-                               "with transformers from its saved directory")
         if self.model.lm_head is None:
             raise EncoderError(f"{self.name or self.config.family} is a classification model (no output head over the "
                                "vocabulary): it classifies (LLM.classify) and embeds, and cannot generate")
+
+    @property
+    def seq2seq(self) -> bool:
+        """An encoder-decoder (T5): prompts are its sources, and it scores targets given sources."""
+        return self.config.is_seq2seq
 
     @property
     def device(self) -> torch.device:
@@ -252,6 +175,8 @@ class LocalLLM(TokenScoring, Embedding):
         """Generate for a batch of prompts (text, or token ids) at once; full results."""
         gen = self.generation(gen, **kwargs)
         token_prompts = [self.tokenize(p) if isinstance(p, str) else list(p) for p in prompts]
+        if gen.num_beams > 1:
+            return [self._beams(p, gen)[0] for p in token_prompts]
         run = TokenGeneration(self.model, token_prompts, gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         texts = [TextStream(self.tokenizer.stream_decoder(), gen.stop) for _ in token_prompts]
         logprobs: list[list[float]] = [[] for _ in token_prompts]
@@ -277,6 +202,18 @@ class LocalLLM(TokenScoring, Embedding):
             ))
         return out
 
+    @decoder_only
+    def beams(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None, **kwargs: Any) -> list[Completion]:
+        """Beam search (`num_beams`, default 4): every finished beam of one prompt, best first (their
+        scores: log-probability / length ** length_penalty, as transformers ranks them)."""
+        kwargs.setdefault("num_beams", 4)
+        gen = self.generation(gen, **kwargs)
+        return self._beams(self.tokenize(prompt) if isinstance(prompt, str) else list(prompt), gen)
+
+    def _beams(self, ids: list[int], gen: GenerationConfig) -> list[Completion]:
+        found = beam_search(self.model, ids, gen, self.eos_token_ids(), self._pad_id())
+        return beam_completions(found, self.tokenizer, gen, len(ids))
+
     def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
         """The generated text of one prompt (str), or of each prompt of a list, batched."""
         if isinstance(prompt, str):
@@ -292,8 +229,17 @@ class LocalLLM(TokenScoring, Embedding):
         over it) stops the generation."""
         gen = self.generation(gen, **kwargs)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if gen.num_beams > 1:  # a search settles its output only at the end: one delta
+            return self._beam_stream(ids, gen, timings or Timings())
         run = TokenGeneration(self.model, [ids], gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         return self._stream(run, TextStream(self.tokenizer.stream_decoder(), gen.stop), timings or Timings())
+
+    def _beam_stream(self, ids: list[int], gen: GenerationConfig, timings: Timings) -> Iterator[str]:
+        timings.prompt_tokens, start = len(ids), time.perf_counter()
+        best = self._beams(ids, gen)[0]
+        timings.prefill_s, timings.generated_tokens = time.perf_counter() - start, len(best.token_ids)
+        if best.text:
+            yield best.text
 
     @staticmethod
     def _stream(run: TokenGeneration, text: TextStream, timings: Timings) -> Iterator[str]:
@@ -320,7 +266,10 @@ class LocalLLM(TokenScoring, Embedding):
             timings.decode_s = max(0.0, last - start - timings.prefill_s)
 
     def chat_prompt(self, messages: Messages) -> list[int]:
-        """Token ids of `messages` rendered with the chat template, ready for the assistant's turn."""
+        """Token ids of `messages` rendered with the chat template, ready for the assistant's turn.
+        An encoder-decoder without a template reads the messages' text, one per line, as its source."""
+        if self.seq2seq and self.tokenizer.chat_template is None:
+            return self.tokenize("\n".join(str(m.get("content") or "") for m in messages))
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
     def chat_tokens(self, messages: Messages) -> int:
@@ -350,6 +299,9 @@ class LocalLLM(TokenScoring, Embedding):
                              batch_size: int = 16, max_len: int | None = None) -> list[LogLikelihood]:
         """`loglikelihood` on token ids: (context ids, continuation ids) pairs. Each sequence keeps
         at most its last `max_len` (default: the context window) input tokens."""
+        if self.seq2seq:
+            found = seq2seq_loglikelihood(self.model, pairs, self._pad_id(), batch_size)
+            return [LogLikelihood(*r) for r in found]
         max_len = min(max_len or self.config.context_window, self.config.context_window)
         for i, (ctx, cont) in enumerate(pairs):
             if not ctx:

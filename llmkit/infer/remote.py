@@ -19,7 +19,8 @@ import numpy as np
 
 from ..models.sentence import check_texts
 from .generate import Timings
-from .llm import LogLikelihood, TokenScoring, fit_history
+from .llm import fit_history
+from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
 
 Messages = list[dict[str, Any]]

@@ -47,6 +47,10 @@ class GenerationConfig:
     truncate_prompt: bool = False  # drop the oldest prompt tokens instead of failing when too long
     # OpenAI's shapes: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema"}}
     response_format: dict[str, Any] | None = None
+    # beam search (num_beams > 1): deterministic, scored as transformers scores it
+    num_beams: int = 1
+    length_penalty: float = 1.0  # a finished beam scores sum(log p) / length ** length_penalty
+    early_stopping: bool | str = False  # True: stop once num_beams beams finished; "never": canonical search
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +93,17 @@ class GenerationConfig:
             raise bad("stop", "stop strings must be non-empty strings")
         if self.response_format is not None:
             _check_response_format(self.response_format, bad)
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise bad("num_beams", "use a positive integer; 1 turns beam search off")
+        if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
+            raise bad("length_penalty", "use a number (1 divides a beam's log-probability by its length, 0 not at all)")
+        if self.early_stopping not in (True, False, "never"):
+            raise bad("early_stopping", 'use True, False or "never"')
+        if self.num_beams > 1:
+            for name, off, meaning in BEAM_CONFLICTS:
+                if getattr(self, name) not in off:
+                    raise bad(name, f"beam search (num_beams={self.num_beams}) is deterministic and takes no "
+                                    f"{meaning}: leave {name} at {off[0]!r} or set num_beams=1")
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)
@@ -103,6 +118,20 @@ class GenerationConfig:
         base = gen if gen is not None else cls()
         return base.replace(**kwargs) if kwargs else base
 
+
+# options beam search refuses: (name, values that leave it off, what it is)
+BEAM_CONFLICTS = (
+    ("temperature", (0, 0.0, 1, 1.0), "sampling temperature"),
+    ("top_k", (0,), "top-k sampling"),
+    ("top_p", (1, 1.0), "nucleus sampling"),
+    ("min_p", (0, 0.0), "min-p sampling"),
+    ("repetition_penalty", (1, 1.0), "repetition penalty"),
+    ("presence_penalty", (0, 0.0), "presence penalty"),
+    ("frequency_penalty", (0, 0.0), "frequency penalty"),
+    ("response_format", (None,), "grammar constraint (response_format)"),
+    ("logprobs", (False,), "per-token log-probabilities"),
+    ("top_logprobs", (0,), "top log-probabilities"),
+)
 
 # the options that make up a model's own sampling settings (`generation_defaults`, with max_new_tokens)
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -129,6 +158,8 @@ def layered_sampling(given: dict[str, Any], own: dict[str, Any],
     (None = left out) wins, then the model's `own` setting, then `fallbacks` (as vLLM and Ollama
     layer them). One exception: a caller who asks for greedy decoding (temperature 0) and names no
     repetition penalty gets none — greedy then means the plain argmax, as evaluation expects."""
+    if (given.get("num_beams") or 1) > 1:  # beam search samples nothing: only what the caller named
+        return {name: given[name] for name in SAMPLING_OPTIONS if given.get(name) is not None}
     greedy = given.get("temperature") == 0
     out: dict[str, Any] = {}
     for name in SAMPLING_OPTIONS:

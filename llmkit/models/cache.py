@@ -74,3 +74,63 @@ class KVCache:
         if self.valid is not None:
             self.valid = self.valid[rows]
         self.batch_size = len(rows)
+
+
+class EncoderMemory:
+    """An encoder's output as a decoder's cross-attention reads it: the states (batch, source, dim),
+    which of them are real tokens (`mask`, batch × source, None when all are), and each layer's
+    keys and values, projected on first use and reused by every later decoding step (they depend
+    on the source alone)."""
+
+    def __init__(self, states: torch.Tensor, mask: torch.Tensor | None = None):
+        self.states = states
+        self.mask = mask.bool() if mask is not None and not bool(mask.all()) else None
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    def attention_mask(self) -> torch.Tensor | None:
+        """(batch, 1, 1, source) "may attend" mask for SDPA, None when no token is padding."""
+        return None if self.mask is None else self.mask[:, None, None, :]
+
+    def keys_values(self, layer: int, project) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s keys and values, `project(states)` computed once."""
+        if layer not in self.kv:
+            self.kv[layer] = project(self.states)
+        return self.kv[layer]
+
+    def select(self, rows: torch.Tensor | list[int]) -> "EncoderMemory":
+        """A memory of some rows (repeated rows allowed: beams of one source), keeping the projections."""
+        rows = torch.as_tensor(rows, device=self.states.device)
+        out = EncoderMemory(self.states[rows])
+        out.mask = self.mask[rows] if self.mask is not None else None
+        out.kv = {i: (k[rows], v[rows]) for i, (k, v) in self.kv.items()}
+        return out
+
+    @staticmethod
+    def stack(memories: list["EncoderMemory"]) -> "EncoderMemory":
+        """One batch of single-row memories of different source lengths (right-padded, masked);
+        every projection present in all of them is carried over."""
+        longest = max(m.states.shape[1] for m in memories)
+
+        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            short = longest - t.shape[dim]
+            if not short:
+                return t
+            shape = list(t.shape)
+            shape[dim] = short
+            return torch.cat([t, t.new_zeros(shape)], dim)
+
+        out = EncoderMemory(torch.cat([pad(m.states, 1) for m in memories]))
+        lengths = [m.states.shape[1] for m in memories]
+        if any(n != longest for n in lengths) or any(m.mask is not None for m in memories):
+            mask = torch.zeros(len(memories), longest, dtype=torch.bool, device=out.states.device)
+            for i, m in enumerate(memories):
+                mask[i, :lengths[i]] = True if m.mask is None else m.mask[0]
+            out.mask = mask
+        shared = set.intersection(*(set(m.kv) for m in memories))
+        out.kv = {i: (torch.cat([pad(m.kv[i][0], 2) for m in memories]), torch.cat([pad(m.kv[i][1], 2) for m in memories]))
+                  for i in shared}
+        return out

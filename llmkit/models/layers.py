@@ -193,29 +193,38 @@ class Attention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: AttentionMask,
-                cache=None, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """`memory` (batch, source, dim): the sequence a cross-attention reads its keys and values from."""
+                cache=None, memory=None) -> torch.Tensor:
+        """`memory` (an `EncoderMemory`): the encoder output a cross-attention reads its keys and
+        values from, projected once per source and kept there."""
         b, t, _ = x.shape
-        if memory is None:
-            q, k, v = linear_outputs(x, (self.q_proj, self.k_proj, self.v_proj))
+        if memory is not None:
+            q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k, v = memory.keys_values(self.layer_idx, self._source_keys_values)
+            attn_mask, is_causal = memory.attention_mask(), False
         else:
-            q, (k, v) = self.q_proj(x), linear_outputs(memory, (self.k_proj, self.v_proj))
-        s = k.shape[1]
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        if mask.key_start:
-            k, v = k[:, :, mask.key_start:], v[:, :, mask.key_start:]
+            q, k, v = linear_outputs(x, (self.q_proj, self.k_proj, self.v_proj))
+            q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+            if mask.key_start:
+                k, v = k[:, :, mask.key_start:], v[:, :, mask.key_start:]
+            attn_mask, is_causal = mask.mask, mask.is_causal
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.mask, is_causal=mask.is_causal,
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads, scale=self.scale,
         )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+    def _source_keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, _ = states.shape
+        k, v = linear_outputs(states, (self.k_proj, self.v_proj))
+        return (k.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2),
+                v.view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2))
 
 
 class MLP(nn.Module):
@@ -259,14 +268,13 @@ class Block(nn.Module):
             self.post_feedforward_layernorm = make_norm(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
-    def forward(self, x, rope, mask: AttentionMask, cache=None, memory: torch.Tensor | None = None,
-                memory_mask: AttentionMask | None = None) -> torch.Tensor:
+    def forward(self, x, rope, mask: AttentionMask, cache=None, memory=None) -> torch.Tensor:
         if self.post_norm:
             h = self.post_attention_layernorm(x + self.drop(self.self_attn(x, rope, mask, cache)))
             return self.post_feedforward_layernorm(h + self.drop(self.mlp(h)))
         h = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
         if memory is not None:
-            h = h + self.drop(self.encoder_attn(self.encoder_attn_layernorm(h), None, memory_mask, memory=memory))
+            h = h + self.drop(self.encoder_attn(self.encoder_attn_layernorm(h), None, mask, memory=memory))
         return h + self.drop(self.mlp(self.post_attention_layernorm(h)))
 
 

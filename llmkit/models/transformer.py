@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .cache import KVCache
+from .cache import EncoderMemory, KVCache
 from .config import ModelConfig
 from .loss import cross_entropy, linear_cross_entropy
 from .layers import (AttentionMask, Block, HeadTransform, RelativePositionBias, RotaryEmbedding, make_norm,
@@ -50,11 +50,9 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (batch, seq, dim). `memory` (batch, source, dim) is an encoder's output the
-        blocks cross-attend to (an encoder-decoder's decoder), `memory_mask` (batch, source) its
-        real tokens."""
+                token_type_ids: torch.Tensor | None = None, memory: EncoderMemory | None = None) -> torch.Tensor:
+        """Hidden states (batch, seq, dim). `memory` is an encoder's output the blocks cross-attend
+        to (an encoder-decoder's decoder)."""
         cfg = self.config
         b, t = input_ids.shape if inputs_embeds is None else inputs_embeds.shape[:2]
         past = cache.length if cache is not None else 0
@@ -112,10 +110,6 @@ class Decoder(nn.Module):
         bias = None
         if self.relative is not None:  # one learned bias for every layer, from absolute positions as T5 does
             bias = self.relative(torch.arange(past, total, device=device), torch.arange(total, device=device))
-        cross = None
-        if memory is not None:
-            cross = AttentionMask(mask=memory_mask.bool()[:, None, None, :] if memory_mask is not None
-                                  and not bool(memory_mask.all()) else None)
         masks: dict[int | None, AttentionMask] = {}
         for layer in self.layers:
             window = cfg.sliding_window_for(layer.self_attn.layer_idx)
@@ -128,7 +122,7 @@ class Decoder(nn.Module):
                     masks[window] = AttentionMask(mask=build_mask(t, 0, every, cfg.causal, window, device).mask & same)
                 if bias is not None:
                     masks[window] = with_bias(masks[window], bias.to(x.dtype), t, past)
-            x = layer(x, rope, masks[window], cache, memory, cross)
+            x = layer(x, rope, masks[window], cache, memory)
         if cache is not None:
             cache.advance(t)
         return self.norm(x)
@@ -221,7 +215,7 @@ class Transformer(nn.Module):
                 logits_to_keep: int = 0, segment_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 encoder_input_ids: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
-                memory: torch.Tensor | None = None) -> torch.Tensor:
+                memory: EncoderMemory | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab); hidden states (batch, seq, dim) for a model without a head. `attention_mask` (batch, seq) marks real tokens with 1 and
         (left) padding with 0; `logits_to_keep=k` computes the head for the last k positions only;
         `segment_ids` (batch, seq) packs several examples in a row, each attending only to itself.
@@ -232,15 +226,16 @@ class Transformer(nn.Module):
         prediction alike (the objective decides which positions count). `token_type_ids` are
         BERT's segment ids (default all 0). An encoder-decoder reads its source from
         `encoder_input_ids` (with `encoder_attention_mask`), or from `memory`, the `encode`d source
-        computed once; `input_ids` are then the decoder's tokens."""
+        computed once (an `EncoderMemory` from `memory()`, which also keeps the cross-attention
+        keys and values between decoding steps); `input_ids` are then the decoder's tokens."""
         if cache is None and self.virtual_tokens is not None:
             cache = self.virtual_tokens.training_cache(self, input_ids.shape[0])
         if self.encoder is not None and memory is None:
             if encoder_input_ids is None:
                 raise ValueError("an encoder-decoder needs its source: give encoder_input_ids (or memory)")
-            memory = self.encode(encoder_input_ids, encoder_attention_mask)
+            memory = self.memory(encoder_input_ids, encoder_attention_mask)
         h = self.model(input_ids, attention_mask, position_ids, cache, segment_ids=segment_ids,
-                       token_type_ids=token_type_ids, memory=memory, memory_mask=encoder_attention_mask)
+                       token_type_ids=token_type_ids, memory=memory)
         if self.config.scale_tied_head:
             h = h * self.config.dim ** -0.5
         if self.lm_head is None:
@@ -263,6 +258,10 @@ class Transformer(nn.Module):
         if self.encoder is None:
             raise ValueError("encode() is for encoder-decoders (n_encoder_layers > 0)")
         return self.encoder(input_ids, attention_mask)
+
+    def memory(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderMemory:
+        """The encoded source as the decoder reads it, to pass as `memory=` at every decoding step."""
+        return EncoderMemory(self.encode(input_ids, attention_mask), attention_mask)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       cache: KVCache | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

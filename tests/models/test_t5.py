@@ -51,10 +51,12 @@ def test_hf_t5_loads_and_saves_with_the_same_logits(tmp_path, proj, scale):
     with torch.no_grad():
         expected = hf(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         got = ours(tgt, encoder_input_ids=src, encoder_attention_mask=mask)
-        memory = ours.encode(src, mask)  # the source encoded once, read by the decoder as often as needed
-        again = ours(tgt, memory=memory, encoder_attention_mask=mask)
+        memory = ours.memory(src, mask)  # the source encoded once, read by the decoder as often as needed
+        again = ours(tgt, memory=memory)
+        assert len(memory.kv) == ours.config.n_layers  # every layer's cross keys/values kept
+        cached = ours(tgt, memory=memory)
     assert (got - expected).abs().max() < TOL
-    assert torch.equal(got, again)
+    assert torch.equal(got, again) and torch.equal(got, cached)
     save_pretrained(ours, tmp_path / "ours")
     written = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert written["architectures"] == ["T5ForConditionalGeneration"] and written["scale_decoder_outputs"] is scale
