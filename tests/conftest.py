@@ -56,6 +56,17 @@ def tiny_bert_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    """A random-weight tiny T5 (init_std 0.3, so its greedy outputs vary) with a 400-token Unigram
+    tokenizer trained on a slice of the standard library."""
+    from llmkit.pipelines.init import init_model
+
+    path = tmp_path_factory.mktemp("t5") / "tiny-t5"
+    init_model("tiny-t5", path, vocab_size=400, texts=stdlib_texts(200_000), seed=0, init_std=0.3)
+    return path
+
+
+@pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """`llmkit quickstart --minutes 1`, run once: (run dir, the finished process)."""
     import subprocess

@@ -72,6 +72,14 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -
     g.add_argument("--frequency-penalty", type=float, default=0.0)
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--num-beams", type=int, default=1,
+                   help="beam search over this many beams (deterministic; default 1 = off): the most likely "
+                        "output as transformers' num_beams finds it; sampling options do not apply")
+    g.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search: a finished beam scores log p / length ** this (default 1; > 1 favours longer)")
+    g.add_argument("--early-stopping", choices=["true", "false", "never"], default="false",
+                   help="beam search: stop once num_beams beams finished (true), when no running beam can win "
+                        "(false, the default), or only at the budget's end (never)")
     g.add_argument("--truncate-prompt", action="store_true",
                    help="drop the oldest prompt tokens instead of failing when the prompt is too long")
     g.add_argument("--stats", action="store_true",
@@ -85,12 +93,16 @@ def generation_config(args: argparse.Namespace, llm=None):
     from ..infer.sampling import GenerationConfig, layered_sampling
 
     own = dict(getattr(llm, "generation_defaults", None) or {})
-    sampling = layered_sampling({name: getattr(args, name) for name in SAMPLING_FALLBACKS}, own, SAMPLING_FALLBACKS)
+    beams = getattr(args, "num_beams", 1)
+    given = {name: getattr(args, name) for name in SAMPLING_FALLBACKS} | {"num_beams": beams}
+    sampling = layered_sampling(given, own, SAMPLING_FALLBACKS)
     max_new = args.max_new_tokens if args.max_new_tokens is not None else own.get(
         "max_new_tokens", getattr(args, "default_max_new_tokens", 256))
     return GenerationConfig(
         max_new_tokens=max_new, **sampling, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, stop=args.stop, seed=args.seed, truncate_prompt=args.truncate_prompt,
+        num_beams=beams, length_penalty=getattr(args, "length_penalty", 1.0),
+        early_stopping={"true": True, "false": False}.get(getattr(args, "early_stopping", "false"), "never"),
     )
 
 

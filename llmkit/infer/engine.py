@@ -21,6 +21,7 @@ reason ("stop", "length" or "cancelled") and token counts.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -34,7 +35,8 @@ import torch
 
 from ..models.logprobs import token_logprobs
 from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence
-from .generate import Completion, TextStream, fit_prompts
+from ..models.cache import EncoderMemory
+from .generate import Completion, TextStream, decoder_start, encode_sources, fit_prompts
 from .sampling import GenerationConfig, Sampler, top_logprobs
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ class Request:
     first_token_at: float | None = None
     finished_at: float | None = None
     cache: CacheSequence = field(default_factory=CacheSequence)
+    # an encoder-decoder's request: `prompt` is its source, encoded once into `memory`; the decoder
+    # starts from `decoder_prompt` (the start token)
+    decoder_prompt: list[int] | None = None
+    memory: Any = field(default=None, repr=False)
     pending: int | None = None  # the sampled token not yet in the cache
     done: threading.Event = field(default_factory=threading.Event)
     # text and sampling machinery, set up by `Engine.submit`
@@ -117,6 +123,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.eos = llm.eos_token_ids()
+        self._batched_memory: tuple[list[Any], EncoderMemory] | None = None
         # counters for /metrics and tests
         self.steps = 0
         self.batch_sizes: list[int] = []  # running batch size of each decoding step (last 10000)
@@ -134,18 +141,23 @@ class Engine:
         gen = gen or GenerationConfig()
         if adapter is not None and self.use_adapter is None:
             raise ValueError(f"adapter {adapter!r} asked for, but this engine serves no adapters")
-        ids = fit_prompts([prompt], gen, self.model.config.context_window, self.model.config.vocab_size)[0]
-        need = len(ids) + gen.max_new_tokens
+        cfg = self.model.config
+        if gen.num_beams > 1:
+            raise ValueError(f"num_beams={gen.num_beams}: the engine streams one output per request; run beam search "
+                             "with LocalLLM.beams (the server runs it between engine steps)")
+        ids = fit_prompts([prompt], gen, cfg.context_window, cfg.vocab_size, cfg.is_seq2seq)[0]
+        start = [decoder_start(self.model, self.tokenizer.padding_id)] if cfg.is_seq2seq else None
+        need = len(start or ids) + gen.max_new_tokens
         if need > self.pool.capacity_tokens:
             raise RequestTooLargeError(f"the request needs {need} cache tokens (prompt {len(ids)} + max_tokens "
                                        f"{gen.max_new_tokens}) but the engine's KV cache holds "
                                        f"{self.pool.capacity_tokens}: lower max_tokens")
         req = Request(id=request_id or f"req-{next(self._ids)}", prompt=ids, gen=gen, on_event=on_event,
-                      adapter=adapter)
+                      adapter=adapter, decoder_prompt=start)
         req.stream = TextStream(self.tokenizer.stream_decoder(), gen.stop)
         req.sampler = Sampler(gen, self.model.config.vocab_size, self.model.device, 1, self.eos, self.tokenizer,
                               [constraint] if constraint is not None else None)
-        req.sampler.add_prompt(torch.tensor([ids], device=self.model.device))
+        req.sampler.add_prompt(torch.tensor([start or ids], device=self.model.device))
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue}): "
@@ -221,12 +233,16 @@ class Engine:
                     self._finish(req, "length")
                     continue
                 # the prompt (and, after a preemption, the tokens so far) plus one more token
-                resumed = req.prompt + req.generated[:-1] if req.generated else req.prompt
+                first = req.decoder_prompt or req.prompt
+                resumed = first + req.generated[:-1] if req.generated else first
                 try:
                     self.pool.reserve(req.cache, len(resumed) + 1)
                 except CacheExhaustedError:
                     return  # wait for blocks to come back
                 self.waiting.popleft()
+            if req.decoder_prompt is not None and req.memory is None:  # kept across preemptions
+                with self._adapter(req.adapter):
+                    req.memory = encode_sources(self.model, [req.prompt], self.tokenizer.padding_id)
             logits = self._forward([req], torch.tensor([resumed], device=self.model.device))[0]
             self.running.append(req)
             if req.generated:  # recomputed after a preemption: its next token is already chosen
@@ -260,13 +276,30 @@ class Engine:
             groups.setdefault(r.adapter, []).append(i)
         if len(groups) == 1 and (self.use_adapter is None):
             step = PagedStep(self.pool, [r.cache for r in rows], tokens.shape[1])
-            return self.model(tokens, cache=step, logits_to_keep=1)[:, -1].float()
+            return self.model(tokens, cache=step, logits_to_keep=1, memory=self._memory(rows))[:, -1].float()
         out = torch.empty(len(rows), self.model.config.vocab_size, device=tokens.device)
         for name, idx in groups.items():
             step = PagedStep(self.pool, [rows[i].cache for i in idx], tokens.shape[1])
             with self.use_adapter(name):
-                out[idx] = self.model(tokens[idx], cache=step, logits_to_keep=1)[:, -1].float()
+                out[idx] = self.model(tokens[idx], cache=step, logits_to_keep=1,
+                                      memory=self._memory([rows[i] for i in idx]))[:, -1].float()
         return out
+
+    def _adapter(self, name: str | None):
+        return self.use_adapter(name) if self.use_adapter is not None else contextlib.nullcontext()
+
+    def _memory(self, rows: list[Request]):
+        """The encoder outputs of `rows` as one batch (None for a decoder-only model); the batch of
+        the previous step is reused while the running rows stay the same."""
+        if rows[0].memory is None:
+            return None
+        parts = [r.memory for r in rows]
+        if len(parts) == 1:
+            return parts[0]
+        held = self._batched_memory
+        if held is None or len(held[0]) != len(parts) or any(a is not b for a, b in zip(held[0], parts)):
+            self._batched_memory = held = (parts, EncoderMemory.stack(parts))
+        return held[1]
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
@@ -314,7 +347,7 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
         self.pool.release(req.cache)
-        req.finish_reason, req.finished_at, req.pending = reason, time.perf_counter(), None
+        req.finish_reason, req.finished_at, req.pending, req.memory = reason, time.perf_counter(), None, None
         tail = req.stream.flush() if reason != "cancelled" else ""
         self._emit(req, Event(req.id, tail, finish_reason=reason, prompt_tokens=len(req.prompt),
                               completion_tokens=len(req.generated)))

@@ -111,6 +111,9 @@ def _check(gen: GenerationConfig, k: int) -> None:
                                "for a JSON response_format")
     if k < 1:
         raise SpeculativeError(f"k={k}: propose at least one token per step")
+    if gen.num_beams > 1:
+        raise SpeculativeError(f"num_beams={gen.num_beams}: speculative decoding samples one output; beam search "
+                               "runs without a draft")
 
 
 def _propose(sampler: Sampler, draft, dcache, context: list[int], kk: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -170,6 +173,9 @@ def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig
     or ``"prompt-lookup"``."""
     gen = gen or GenerationConfig()
     _check(gen, k)
+    if llm.config.is_seq2seq:
+        raise SpeculativeError("speculative decoding is for decoder-only models; generate from an encoder-decoder "
+                               "without a draft")
     draft = load_draft(draft, llm)
     start_time = time.perf_counter()
     lookup = isinstance(draft, str)

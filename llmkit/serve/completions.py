@@ -29,10 +29,14 @@ async def completions(request: Request):
     server: Server = request.app.state.server
     req: CompletionRequest = await parse_body(request, CompletionRequest, server.max_body_bytes)
     served = server.generator(req.model)
-    for name, ok in (("suffix", req.suffix is None), ("best_of", req.best_of in (None, 1))):
-        if not ok:
-            raise APIError(400, f"{name} is not supported by llmkit serve", param=name, code="unsupported_field")
+    if req.suffix is not None:
+        raise APIError(400, "suffix is not supported by llmkit serve", param="suffix", code="unsupported_field")
+    if req.echo and served.llm.config.is_seq2seq:
+        raise APIError(400, "echo continues the prompt's text, but an encoder-decoder's prompt is its source: "
+                            "leave echo off", param="echo")
     prompts = token_inputs(served.llm, req.prompt, "prompt")
+    if (req.best_of or 1) > 1:
+        return await _beam_search(server, request, served, req, prompts)
     queue: asyncio.Queue = asyncio.Queue()
     groups = _submit(server, served, req, prompts, queue)
     flat = [r for g in groups for r in g]
@@ -60,6 +64,32 @@ async def completions(request: Request):
     server.account(request, served.name, prompt_tokens, completion_tokens, prompt_text,
                    "\n".join(c["text"] for c in choices))
     return text_completion(env, choices, prompt_tokens, completion_tokens)
+
+
+async def _beam_search(server: Server, request: Request, served: ServedModel, req: CompletionRequest,
+                       prompts: list[list[int]]):
+    """best_of > 1: beam search of width best_of per prompt, answering its n best beams (OpenAI's
+    best_of returns the n best of best_of candidates; beam search finds them deterministically)."""
+    if req.n > req.best_of:
+        raise APIError(400, f"n={req.n} exceeds best_of={req.best_of}: best_of is how many candidates are "
+                            "searched, n how many come back", param="n")
+    if req.stream:
+        raise APIError(400, "best_of cannot be streamed (the best beams are known only at the end)", param="stream")
+    if req.echo or req.logprobs is not None:
+        raise APIError(400, "best_of (beam search) answers text only: leave echo and logprobs off", param="best_of")
+    choices: list[dict[str, Any]] = []
+    completion_tokens = 0
+    for p in prompts:
+        gen = server.generation(req, served, len(p), req.max_tokens, DEFAULT_MAX_TOKENS, False, 0, req.best_of)
+        found = await server.beams(served, p, gen)
+        for c in found[:req.n]:
+            choices.append({"index": len(choices), "text": c.text, "logprobs": None,
+                            "finish_reason": finish_reason(c.finish_reason)})
+            completion_tokens += len(c.token_ids)
+    prompt_tokens = sum(len(p) for p in prompts)
+    server.account(request, served.name, prompt_tokens, completion_tokens,
+                   "\n".join(served.llm.detokenize(p) for p in prompts), "\n".join(c["text"] for c in choices))
+    return text_completion(Envelope.new("cmpl", served.name), choices, prompt_tokens, completion_tokens)
 
 
 def _submit(server: Server, served: ServedModel, req: CompletionRequest, prompts: list[list[int]],

@@ -5,6 +5,7 @@ request takes — its sampling settings, its engine requests, their events, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -142,12 +143,18 @@ class Server:
 
     # ------------------------------------------------------------------ generation
     def generation(self, req: Any, served: ServedModel, prompt_len: int, max_tokens: int | None,
-                   default_max: int | None, logprobs: bool, top_logprobs: int) -> GenerationConfig:
-        """The sampling settings of a chat or completions request, checked against the context."""
+                   default_max: int | None, logprobs: bool, top_logprobs: int, num_beams: int = 1) -> GenerationConfig:
+        """The sampling settings of a chat or completions request, checked against the context (an
+        encoder-decoder's: the prompt is its source, and the decoder's positions bound max_tokens)."""
         if req.logit_bias:
             raise APIError(400, "logit_bias is not supported by llmkit serve", param="logit_bias",
                            code="unsupported_field")
         ctx = served.llm.config.context_window
+        if served.llm.config.is_seq2seq:
+            if prompt_len > ctx:
+                raise APIError(400, f"the source has {prompt_len} tokens but this model's encoder reads at most {ctx}: "
+                                    "shorten the prompt", param="prompt", code="context_length_exceeded")
+            prompt_len = 1  # the decoder starts from its start token
         own = getattr(served.llm, "generation_defaults", {})  # the model's settings fill what the request leaves out
         default_max = own.get("max_new_tokens") or default_max
         if max_tokens is None:
@@ -161,11 +168,12 @@ class Server:
             raise APIError(400, f"stop has {len(stop)} strings; at most {MAX_STOP} are allowed", param="stop")
         try:
             # each field left out takes the served model's own setting, then GenerationConfig's (OpenAI's)
-            sampling = layered_sampling({k: getattr(req, k) for k in SAMPLING_OPTIONS}, own)
+            given = {k: getattr(req, k) for k in SAMPLING_OPTIONS} | {"num_beams": num_beams}
+            sampling = layered_sampling(given, own)
             return GenerationConfig(
                 max_new_tokens=max_tokens, **sampling, presence_penalty=req.presence_penalty,
-                frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed, logprobs=logprobs,
-                top_logprobs=top_logprobs, ignore_eos=req.ignore_eos)
+                frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed if num_beams == 1 else None,
+                logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos, num_beams=num_beams)
         except GenerationConfigError as e:
             raise APIError(400, str(e), param=str(e).split("=")[0]) from None
 
@@ -209,6 +217,15 @@ class Server:
         except ValueError as e:
             raise APIError(400, str(e), param="prompt") from None
         return reqs
+
+    async def beams(self, served: ServedModel, prompt: list[int], gen: GenerationConfig) -> list:
+        """Beam search for one prompt (its `Completion`s, best first), run between two engine steps
+        (under the served adapter) so that it never races a decoding step."""
+        def search():
+            with served.engine.use_adapter(served.adapter) if served.engine.use_adapter else contextlib.nullcontext():
+                return served.llm.beams(prompt, gen)
+
+        return await asyncio.wrap_future(served.engine.run_exclusive(search))
 
     def cancel(self, served: ServedModel, reqs: list) -> None:
         for r in reqs:

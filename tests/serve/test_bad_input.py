@@ -65,7 +65,10 @@ COMPLETION_CASES = [
     ("empty prompt list", {"model": "tiny", "prompt": []}, 400, "prompt"),
     ("empty token list", {"model": "tiny", "prompt": [[]]}, 400, "prompt"),
     ("suffix", {"model": "tiny", "prompt": "x", "suffix": "y"}, 400, "suffix"),
-    ("best_of", {"model": "tiny", "prompt": "x", "best_of": 3}, 400, "best_of"),
+    ("n above best_of", {"model": "tiny", "prompt": "x", "best_of": 3, "n": 4}, 400, "n"),
+    ("best_of streamed", {"model": "tiny", "prompt": "x", "best_of": 3, "stream": True}, 400, "stream"),
+    ("best_of with sampling", {"model": "tiny", "prompt": "x", "best_of": 3, "top_p": 0.5}, 400, "top_p"),
+    ("best_of with logprobs", {"model": "tiny", "prompt": "x", "best_of": 2, "logprobs": 1}, 400, "best_of"),
     ("logprobs too many", {"model": "tiny", "prompt": "x", "logprobs": 50}, 400, "logprobs"),
     ("prompt as number", {"model": "tiny", "prompt": 5}, 400, "prompt"),
 ]
