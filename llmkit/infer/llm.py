@@ -10,6 +10,8 @@ rest.
 Every model embeds too (`embed`: one float32 vector per text, pooled from the last hidden states
 as the model directory's sentence-transformers files say, else their mean). An encoder
 (``config.causal`` False, e.g. BERT) only embeds: the generating and scoring methods refuse it.
+An encoder-decoder (T5) reads each prompt as its source and generates the target; it scores a
+target given a source, and has no perplexity.
 """
 
 from __future__ import annotations

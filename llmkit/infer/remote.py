@@ -105,7 +105,18 @@ class RemoteLLM(TokenScoring):
         for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
             if getattr(gen, name) != off or name in own:
                 body[name] = getattr(gen, name)
+        if gen.num_beams > 1:  # beam search is /v1/completions' best_of (llmkit serve and vLLM)
+            body["best_of"] = gen.num_beams
+            for name, off in (("length_penalty", 1.0), ("early_stopping", False)):
+                if getattr(gen, name) != off:
+                    body[name] = getattr(gen, name)
         return body
+
+    @staticmethod
+    def _no_beams(gen: GenerationConfig, what: str) -> None:
+        if gen.num_beams > 1:
+            raise ValueError(f"num_beams={gen.num_beams}: through a server beam search runs on /v1/completions "
+                             f"(best_of), which {what} does not use; call generate")
 
     def _events(self, path: str, body: dict) -> Iterator[dict]:
         """Server-sent events of a streaming request, as parsed JSON chunks."""
@@ -132,12 +143,14 @@ class RemoteLLM(TokenScoring):
     def stream(self, prompt: str, gen: GenerationConfig | None = None, timings: Timings | None = None,
                **kwargs: Any) -> Iterator[str]:
         gen = self.generation(gen, **kwargs)
+        self._no_beams(gen, "stream")
         body = {**self._body(gen), "prompt": prompt}
         return self._deltas("/completions", body, lambda choice: choice.get("text", ""), timings)
 
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
              timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
         gen = self.generation(gen, **kwargs)
+        self._no_beams(gen, "chat")
         body = {**self._body(gen), "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
         if stream:
             return self._deltas("/chat/completions", body,

@@ -76,7 +76,9 @@ class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1)  # > 1: beam search of this width
+    length_penalty: float = 1.0  # beam search (vLLM's names): log p / length ** length_penalty
+    early_stopping: Union[bool, Literal["never"]] = False
     suffix: str | None = None
     response_format: ResponseFormat | None = None
 

@@ -173,7 +173,8 @@ class Server:
             return GenerationConfig(
                 max_new_tokens=max_tokens, **sampling, presence_penalty=req.presence_penalty,
                 frequency_penalty=req.frequency_penalty, stop=stop, seed=req.seed if num_beams == 1 else None,
-                logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos, num_beams=num_beams)
+                logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos, num_beams=num_beams,
+                length_penalty=getattr(req, "length_penalty", 1.0), early_stopping=getattr(req, "early_stopping", False))
         except GenerationConfigError as e:
             raise APIError(400, str(e), param=str(e).split("=")[0]) from None
 

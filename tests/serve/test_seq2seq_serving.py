@@ -42,6 +42,18 @@ def test_best_of_is_beam_search_returning_the_n_best(t5_server):
     beams = llm.beams("def fib(n):", num_beams=4, max_new_tokens=8)
     reply = client.completions.create(model="t5", prompt="def fib(n):", best_of=4, n=2, max_tokens=8)
     assert [c.text for c in reply.choices] == [b.text for b in beams[:2]] and len(beams) >= 2
+    remote = llmkit.connect(running.url + "/v1", model="t5")  # num_beams travels as best_of
+    searched = llm.generate("import os", num_beams=3, max_new_tokens=8)
+    assert searched != llm.generate("import os", temperature=0, max_new_tokens=8)  # the search changes the answer
+    assert remote.generate("import os", num_beams=3, max_new_tokens=8) == searched
+    body = remote._body(llmkit.GenerationConfig(num_beams=3, length_penalty=-2.0, early_stopping="never"))
+    assert (body["best_of"], body["length_penalty"], body["early_stopping"]) == (3, -2.0, "never")
+    reply = client.completions.create(model="t5", prompt="import os", best_of=3, max_tokens=8,
+                                      extra_body={"length_penalty": -2.0, "early_stopping": "never"})
+    assert reply.choices[0].text == llm.generate("import os", num_beams=3, max_new_tokens=8, length_penalty=-2.0,
+                                                 early_stopping="never")
+    with pytest.raises(ValueError, match="num_beams=3: through a server beam search runs on /v1/completions"):
+        remote.chat([{"role": "user", "content": "x"}], num_beams=3)
     with pytest.raises(openai.BadRequestError, match="temperature=0.7 .*beam search"):
         client.completions.create(model="t5", prompt="x", best_of=2, temperature=0.7, max_tokens=4)
     with pytest.raises(openai.BadRequestError, match="echo continues the prompt's text"):
