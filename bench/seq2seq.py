@@ -8,9 +8,11 @@ The model is built from transformers' T5Config with t5-small's sizes (60M parame
 v1.1 feed-forward) and random weights, saved, and loaded by llmkit: nothing is downloaded. Both run
 fp32 on the CPU with the same thread count, each warmed up first; the passes alternate between the
 two and the best of `--repeats` counts. Every row generates exactly `--new-tokens` tokens (the end
-token is suppressed on both sides: transformers' `min_new_tokens`, llmkit's `ignore_eos`), and the
-outputs are checked equal before anything is timed. Prints new tokens/s and the ratio
-(llmkit / transformers).
+token is suppressed on both sides: transformers' `min_new_tokens`, llmkit's `ignore_eos`); greedy
+outputs are checked equal before anything is timed. The beam case is timed only: transformers masks
+the end token after the log-softmax, llmkit's `ignore_eos` lets it be chosen and run on, so the two
+searches may differ in a token (their equality with the end token allowed is
+`tests/infer/test_seq2seq_generation.py`'s). Prints new tokens/s and the ratio (llmkit / transformers).
 
 Run it on a quiet machine: on 2 cores a busy neighbour stalls both libraries' threads.
 """

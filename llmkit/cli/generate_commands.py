@@ -51,7 +51,7 @@ def run_generate(args: argparse.Namespace) -> None:
         pieces = llm.chat([{"role": "user", "content": prompt}], gen, stream=True, timings=timings)
     else:
         pieces = llm.stream(prompt, gen, timings=timings)  # validates before anything is printed
-    echo = "" if args.chat or llm.config.is_seq2seq else prompt  # a T5's output follows no prompt
+    echo = "" if args.chat or getattr(llm, "seq2seq", False) else prompt  # a T5's output follows no prompt
     if args.no_stream:
         print(echo + "".join(pieces))
     else:

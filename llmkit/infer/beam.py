@@ -7,8 +7,9 @@ the best `num_beams` that end (an end token, or the token budget) to the finishe
 ``sum log p / length ** length_penalty``, and runs the best unfinished ones on. The search stops when
 no running beam can beat the worst finished one (`early_stopping=False`: judged at the current
 length; "never": at the longest possible length when the penalty favours length), when
-`num_beams` have finished (`early_stopping=True`), or at the token budget. Beams share one KV
-cache whose rows follow their beams; an encoder-decoder's source is encoded once.
+`num_beams` have finished (`early_stopping=True`), or at the token budget. A beam whose text
+reaches a stop string ends there, inside the search (as transformers' `stop_strings` end one).
+Beams share one KV cache whose rows follow their beams; an encoder-decoder's source is encoded once.
 """
 
 from __future__ import annotations
@@ -37,14 +38,21 @@ class Beam:
 
 @torch.inference_mode()
 def beam_search(model: Transformer, prompt: Sequence[int], gen: GenerationConfig, eos_ids: Sequence[int] | set[int] = (),
-                pad_token_id: int = 0) -> list[Beam]:
+                pad_token_id: int = 0, tokenizer=None) -> list[Beam]:
     """The finished beams of one prompt (a source, for an encoder-decoder), best first: up to
-    `gen.num_beams` of them."""
+    `gen.num_beams` of them. Stop strings (`gen.stop`) need the `tokenizer`."""
+    if gen.stop and tokenizer is None:
+        raise ValueError("stop strings need the tokenizer: pass tokenizer= to beam_search")
     k, budget = gen.num_beams, gen.max_new_tokens
     seq2seq = model.config.is_seq2seq
     prompt = fit_prompts([prompt], gen, model.config.context_window, model.config.vocab_size, seq2seq)[0]
     if budget == 0:
-        return [Beam([], 0.0, "length")]
+        return [Beam([], 0.0, "length") for _ in range(k)]
+
+    def stopped(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(s in text for s in gen.stop)
+
     stops = stop_token_ids(gen, eos_ids)
     memory = encode_sources(model, [prompt], pad_token_id).select([0] * k) if seq2seq else None
     start = [decoder_start(model, pad_token_id)] if seq2seq else prompt
@@ -69,6 +77,8 @@ def beam_search(model: Transformer, prompt: Sequence[int], gen: GenerationConfig
         source_beam, tokens = top_idx // vocab, top_idx % vocab
         ends = torch.isin(tokens, stop_tensor) | (length >= budget)
         candidates = [running[b] + [t] for b, t in zip(source_beam.tolist(), tokens.tolist())]
+        if gen.stop:
+            ends |= torch.tensor([stopped(c) for c in candidates], device=device)
 
         # the best unfinished candidates run on
         runnable = top_scores + ends.float() * NEG
@@ -110,7 +120,8 @@ def beam_search(model: Transformer, prompt: Sequence[int], gen: GenerationConfig
         if not done:
             continue
         ended = bool(tokens) and tokens[-1] in stops
-        out.append(Beam(tokens[:-1] if ended else tokens, score, "stop" if ended else "length"))
+        reason = "stop" if ended or (gen.stop and stopped(tokens)) else "length"
+        out.append(Beam(tokens[:-1] if ended else tokens, score, reason))
     return out
 
 

@@ -149,7 +149,8 @@ class Engine:
         start = [decoder_start(self.model, self.tokenizer.padding_id)] if cfg.is_seq2seq else None
         need = len(start or ids) + gen.max_new_tokens
         if need > self.pool.capacity_tokens:
-            raise RequestTooLargeError(f"the request needs {need} cache tokens (prompt {len(ids)} + max_tokens "
+            first = "the decoder's start token 1" if start else f"prompt {len(ids)}"
+            raise RequestTooLargeError(f"the request needs {need} cache tokens ({first} + max_tokens "
                                        f"{gen.max_new_tokens}) but the engine's KV cache holds "
                                        f"{self.pool.capacity_tokens}: lower max_tokens")
         req = Request(id=request_id or f"req-{next(self._ids)}", prompt=ids, gen=gen, on_event=on_event,
@@ -347,6 +348,9 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
         self.pool.release(req.cache)
+        held = self._batched_memory
+        if held is not None and any(m is req.memory for m in held[0]):  # let the batch's memory go with it
+            self._batched_memory = None
         req.finish_reason, req.finished_at, req.pending, req.memory = reason, time.perf_counter(), None, None
         tail = req.stream.flush() if reason != "cancelled" else ""
         self._emit(req, Event(req.id, tail, finish_reason=reason, prompt_tokens=len(req.prompt),

@@ -208,12 +208,13 @@ class LocalLLM(TokenScoring, Embedding):
     def beams(self, prompt: str | Sequence[int], gen: GenerationConfig | None = None, **kwargs: Any) -> list[Completion]:
         """Beam search (`num_beams`, default 4): every finished beam of one prompt, best first (their
         scores: log-probability / length ** length_penalty, as transformers ranks them)."""
-        kwargs.setdefault("num_beams", 4)
+        if gen is None and "num_beams" not in kwargs:
+            kwargs["num_beams"] = 4
         gen = self.generation(gen, **kwargs)
         return self._beams(self.tokenize(prompt) if isinstance(prompt, str) else list(prompt), gen)
 
     def _beams(self, ids: list[int], gen: GenerationConfig) -> list[Completion]:
-        found = beam_search(self.model, ids, gen, self.eos_token_ids(), self._pad_id())
+        found = beam_search(self.model, ids, gen, self.eos_token_ids(), self._pad_id(), self.tokenizer)
         return beam_completions(found, self.tokenizer, gen, len(ids))
 
     def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
@@ -280,8 +281,9 @@ class LocalLLM(TokenScoring, Embedding):
 
     def fit_history(self, messages: Messages, max_new_tokens: int) -> Messages:
         """Drop the oldest turns until the conversation leaves room for `max_new_tokens` (see
-        `fit_history`)."""
-        return fit_history(messages, self.config.context_window - max_new_tokens, self.chat_tokens)
+        `fit_history`); an encoder-decoder's conversation is its source, which has the whole window."""
+        budget = self.config.context_window - (0 if self.seq2seq else max_new_tokens)
+        return fit_history(messages, budget, self.chat_tokens)
 
     @decoder_only
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,

@@ -105,8 +105,8 @@ class RemoteLLM(TokenScoring):
         for name, off in (("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0)):
             if getattr(gen, name) != off or name in own:
                 body[name] = getattr(gen, name)
-        if gen.num_beams > 1:  # beam search is /v1/completions' best_of (llmkit serve and vLLM)
-            body["best_of"] = gen.num_beams
+        if gen.num_beams > 1:  # beam search is /v1/completions' best_of (vLLM: with use_beam_search)
+            body["best_of"], body["use_beam_search"] = gen.num_beams, True
             for name, off in (("length_penalty", 1.0), ("early_stopping", False)):
                 if getattr(gen, name) != off:
                     body[name] = getattr(gen, name)
@@ -294,9 +294,21 @@ class RemoteLLM(TokenScoring):
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._tokenizer_call("/detokenize", {"tokens": [int(i) for i in ids]})["prompt"]
 
+    @property
+    def seq2seq(self) -> bool:
+        """Whether the served model is an encoder-decoder (its model card says so)."""
+        try:
+            return bool(self.card().get("encoder_decoder"))
+        except ConnectionError:
+            return False
+
     def loglikelihood_tokens(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                              batch_size: int = 16) -> list[LogLikelihood]:
         """Scored by the server: token-id prompts with ``echo``, ``logprobs: 1`` and no new tokens."""
+        if self.seq2seq:
+            raise NotImplementedError(f"{self.model} at {self.base_url} is an encoder-decoder: the OpenAI API scores "
+                                      "a prompt's own tokens (echo), not a target given a source; score it with "
+                                      "the model loaded locally (llmkit.load)")
         out: list[LogLikelihood] = []
         for i in range(0, len(pairs), batch_size):
             chunk = [(list(c), list(x)) for c, x in pairs[i:i + batch_size]]

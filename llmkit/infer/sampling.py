@@ -97,8 +97,12 @@ class GenerationConfig:
             raise bad("num_beams", "use a positive integer; 1 turns beam search off")
         if isinstance(self.length_penalty, bool) or not isinstance(self.length_penalty, (int, float)):
             raise bad("length_penalty", "use a number (1 divides a beam's log-probability by its length, 0 not at all)")
-        if self.early_stopping not in (True, False, "never"):
+        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
             raise bad("early_stopping", 'use True, False or "never"')
+        if self.num_beams == 1:
+            for name, off in (("length_penalty", 1.0), ("early_stopping", False)):
+                if getattr(self, name) != off:
+                    raise bad(name, "it shapes beam search only: set num_beams > 1, or leave it out")
         if self.num_beams > 1:
             for name, off, meaning in BEAM_CONFLICTS:
                 if getattr(self, name) not in off:

@@ -4,12 +4,16 @@ this way (as lm-eval's seq2seq backend does); perplexity of a text on its own ha
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
 
 from ..models.logprobs import token_logprobs
 from .generate import decoder_start, encode_sources
+
+
+log = logging.getLogger(__name__)
 
 
 class Seq2SeqScoringError(ValueError):
@@ -33,10 +37,15 @@ def seq2seq_loglikelihood(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
         if len(tgt) > window:
             raise ValueError(f"pair {i}: a target of {len(tgt)} tokens exceeds the decoder's {window} positions")
     start = decoder_start(model, pad_token_id)
+    long = sum(len(s) > window for s, _ in pairs)
+    if long:
+        log.warning("%d source(s) longer than the encoder's %d positions: keeping their first tokens", long, window)
     out: list[tuple[float, bool, int]] = []
     for b in range(0, len(pairs), batch_size):
         chunk = pairs[b:b + batch_size]
-        memory = encode_sources(model, [list(s)[:window] for s, _ in chunk], pad_token_id)
+        # as generation truncates: the first tokens, then the source's own last (end) token
+        memory = encode_sources(model, [list(s) if len(s) <= window else list(s)[:window - 1] + list(s)[-1:]
+                                        for s, _ in chunk], pad_token_id)
         width = max(len(t) for _, t in chunk)
         ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         for r, (_, tgt) in enumerate(chunk):  # right padding: causal attention never looks at it

@@ -96,7 +96,10 @@ class EncoderMemory:
         return None if self.mask is None else self.mask[:, None, None, :]
 
     def keys_values(self, layer: int, project) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s keys and values, `project(states)` computed once."""
+        """Layer `layer`'s keys and values, `project(states)` computed once. While gradients are on
+        (training) nothing is kept: activation checkpointing recomputes the projection in backward."""
+        if torch.is_grad_enabled() and self.states.requires_grad:
+            return project(self.states)
         if layer not in self.kv:
             self.kv[layer] = project(self.states)
         return self.kv[layer]

@@ -35,6 +35,8 @@ async def completions(request: Request):
         raise APIError(400, "echo continues the prompt's text, but an encoder-decoder's prompt is its source: "
                             "leave echo off", param="echo")
     prompts = token_inputs(served.llm, req.prompt, "prompt")
+    if req.use_beam_search and (req.best_of or 1) < 2:
+        raise APIError(400, "use_beam_search needs best_of > 1, the beam width", param="best_of")
     if (req.best_of or 1) > 1:
         return await _beam_search(server, request, served, req, prompts)
     queue: asyncio.Queue = asyncio.Queue()
@@ -77,6 +79,9 @@ async def _beam_search(server: Server, request: Request, served: ServedModel, re
         raise APIError(400, "best_of cannot be streamed (the best beams are known only at the end)", param="stream")
     if req.echo or req.logprobs is not None:
         raise APIError(400, "best_of (beam search) answers text only: leave echo and logprobs off", param="best_of")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise APIError(400, "best_of (beam search) does not constrain its output: leave response_format out, or "
+                            "best_of at 1", param="response_format")
     choices: list[dict[str, Any]] = []
     completion_tokens = 0
     for p in prompts:

@@ -50,12 +50,14 @@ def model_card(served: Any, embedder: Any = None) -> dict[str, Any]:
     empty context starts from), quantization, generation_defaults (the model's own sampling
     settings, which fill what a request leaves out), embedding_dim (the length of the vectors
     /v1/embeddings answers for it: those of `embedder`, the served model that embeds for it, if
-    not itself) and generates (false for an encoder, which only embeds) are ours."""
+    not itself), generates (false for an encoder, which only embeds) and encoder_decoder (true for
+    T5: prompts are sources, and there is no echo scoring) are ours."""
     return {"id": served.name, "object": "model", "created": served.created, "owned_by": "llmkit",
             "max_model_len": served.llm.config.context_window, "start_token_id": served.llm.start_token_id,
             "quantization": served.quantization,
             "generation_defaults": dict(getattr(served.llm, "generation_defaults", {})),
-            "embedding_dim": (embedder or served).llm.embedding_dim, "generates": served.llm.generates}
+            "embedding_dim": (embedder or served).llm.embedding_dim, "generates": served.llm.generates,
+            "encoder_decoder": served.llm.config.is_seq2seq}
 
 
 # ----------------------------------------------------------------------------- chat

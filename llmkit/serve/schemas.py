@@ -79,6 +79,7 @@ class CompletionRequest(_Sampling):
     best_of: int | None = Field(default=None, ge=1)  # > 1: beam search of this width
     length_penalty: float = 1.0  # beam search (vLLM's names): log p / length ** length_penalty
     early_stopping: Union[bool, Literal["never"]] = False
+    use_beam_search: bool = False  # vLLM's switch; llmkit's best_of > 1 is always beam search
     suffix: str | None = None
     response_format: ResponseFormat | None = None
 

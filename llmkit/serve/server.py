@@ -176,7 +176,10 @@ class Server:
                 logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos, num_beams=num_beams,
                 length_penalty=getattr(req, "length_penalty", 1.0), early_stopping=getattr(req, "early_stopping", False))
         except GenerationConfigError as e:
-            raise APIError(400, str(e), param=str(e).split("=")[0]) from None
+            message = str(e)
+            if num_beams > 1:  # the request's word for the beam width
+                message = message.replace("num_beams", "best_of").replace("best_of=1", "best_of=1 (no beam search)")
+            raise APIError(400, message, param=message.split("=")[0]) from None
 
     def constraint(self, served: ServedModel, response_format: Any, gen: GenerationConfig):
         """A factory of per-choice JSON constraints for `response_format` (None for plain text),

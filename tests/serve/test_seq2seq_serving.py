@@ -39,22 +39,41 @@ def test_served_t5_greedy_equals_local(t5_server):
 
 def test_best_of_is_beam_search_returning_the_n_best(t5_server):
     running, llm, client = t5_server
-    beams = llm.beams("def fib(n):", num_beams=4, max_new_tokens=8)
-    reply = client.completions.create(model="t5", prompt="def fib(n):", best_of=4, n=2, max_tokens=8)
-    assert [c.text for c in reply.choices] == [b.text for b in beams[:2]] and len(beams) >= 2
+    prompt = "import os"
+    widths = {w: llm.beams(prompt, num_beams=w, max_new_tokens=8) for w in (2, 4)}
+    assert widths[2][0].text != widths[4][0].text  # the width changes the answer here
+    for w, beams in widths.items():
+        reply = client.completions.create(model="t5", prompt=prompt, best_of=w, n=w, max_tokens=8)
+        assert [c.text for c in reply.choices] == [b.text for b in beams] and len(beams) == w
+    assert llm.generate(prompt, temperature=0, max_new_tokens=8) != widths[4][0].text  # not greedy either
+
+
+def test_beam_options_travel_from_remote_llm_to_the_search(t5_server):
+    running, llm, client = t5_server
     remote = llmkit.connect(running.url + "/v1", model="t5")  # num_beams travels as best_of
-    searched = llm.generate("import os", num_beams=3, max_new_tokens=8)
-    assert searched != llm.generate("import os", temperature=0, max_new_tokens=8)  # the search changes the answer
-    assert remote.generate("import os", num_beams=3, max_new_tokens=8) == searched
-    body = remote._body(llmkit.GenerationConfig(num_beams=3, length_penalty=-2.0, early_stopping="never"))
-    assert (body["best_of"], body["length_penalty"], body["early_stopping"]) == (3, -2.0, "never")
-    reply = client.completions.create(model="t5", prompt="import os", best_of=3, max_tokens=8,
+    # a stop string ends beams at different lengths inside the search, so the length penalty decides
+    options = dict(num_beams=3, max_new_tokens=10, stop=["e"])
+    short, long = (llm.generate("import os", length_penalty=p, **options) for p in (-2.0, 2.0))
+    assert short != long and len(short) < len(long)
+    assert remote.generate("import os", length_penalty=-2.0, **options) == short
+    assert remote.generate("import os", length_penalty=2.0, **options) == long
+    reply = client.completions.create(model="t5", prompt="import os", best_of=3, max_tokens=10, stop=["e"],
                                       extra_body={"length_penalty": -2.0, "early_stopping": "never"})
-    assert reply.choices[0].text == llm.generate("import os", num_beams=3, max_new_tokens=8, length_penalty=-2.0,
-                                                 early_stopping="never")
+    assert reply.choices[0].text == llm.generate("import os", length_penalty=-2.0, early_stopping="never", **options)
     with pytest.raises(ValueError, match="num_beams=3: through a server beam search runs on /v1/completions"):
         remote.chat([{"role": "user", "content": "x"}], num_beams=3)
-    with pytest.raises(openai.BadRequestError, match="temperature=0.7 .*beam search"):
+    with pytest.raises(NotImplementedError, match="is an encoder-decoder: the OpenAI API scores"):
+        remote.loglikelihood([("x", " y")])
+
+
+def test_beam_requests_that_contradict_themselves_are_refused(t5_server):
+    running, llm, client = t5_server
+    with pytest.raises(openai.BadRequestError, match=r"temperature=0.7 .*beam search \(best_of=2\)"):
         client.completions.create(model="t5", prompt="x", best_of=2, temperature=0.7, max_tokens=4)
+    with pytest.raises(openai.BadRequestError, match="does not constrain its output"):
+        client.completions.create(model="t5", prompt="x", best_of=2, max_tokens=4,
+                                  extra_body={"response_format": {"type": "json_object"}})
+    with pytest.raises(openai.BadRequestError, match="length_penalty=2.0 is invalid: it shapes beam search only"):
+        client.completions.create(model="t5", prompt="x", max_tokens=4, extra_body={"length_penalty": 2.0})
     with pytest.raises(openai.BadRequestError, match="echo continues the prompt's text"):
         client.completions.create(model="t5", prompt="x", echo=True, max_tokens=4)
