@@ -37,6 +37,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="samples per code problem: 1 is greedy pass@1; 10 or more also gives pass@10")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
                    help="generation budget (default: each task's own)")
+    p.add_argument("--num-beams", type=positive_int, default=1,
+                   help="answer generation tasks by beam search with this many beams (default 1: greedy)")
     p.add_argument("--out", default=None, help="output folder (default runs/eval-DATE-TIME)")
 
 
@@ -61,7 +63,7 @@ def run_eval(args: argparse.Namespace) -> None:
     run = evaluate(llm, args.tasks, shots=args.shots, seed=args.seed, split=args.split, limit=args.limit,
                    data_dir=args.data_dir, batch_size=args.batch_size, chain_of_thought=args.cot,
                    code_samples=args.code_samples, max_new_tokens=args.max_new_tokens, model_name=str(args.model),
-                   progress=sys.stderr.isatty(), chat=args.chat)
+                   progress=sys.stderr.isatty(), chat=args.chat, num_beams=args.num_beams)
     out = Path(args.out or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     run.write(out)
     print(format_summary(run))

@@ -12,6 +12,10 @@ and user turns, on the template's role headers and on padding. Token boundaries 
 tokenizer's character offsets on the whole rendered text, so the mask follows exactly the tokens
 the model sees. The built-in tasks (arith, sorting, stdlib-qa, sentiment) are an embedded
 instruction set with their fixed splits: ``builtin`` or ``builtin:arith,sorting`` as the data path.
+
+An encoder-decoder (T5) learns each assistant turn as a target given a source (`encode_pairs`,
+`collate_pairs`): the conversation before the turn as `llm.chat` would give it to the model, so a
+prompt/completion row's source is its prompt, as `llm.generate(prompt)` encodes it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from ..models.loss import IGNORE_INDEX
+from ..tokenizer.chat import plain_source
 from .dataset import DataError
 from .jsonl import BadRow, read_jsonl  # noqa: F401 (BadRow: part of this module's API)
 
@@ -198,7 +203,66 @@ def encode_all(tokenizer, conversations: Sequence[Messages], max_len: int) -> tu
     return out, dropped
 
 
+@dataclass
+class Seq2SeqExample:
+    source: np.ndarray  # the encoder's tokens, as `llm.tokenize(source)` gives them (T5: ending with eos)
+    target: np.ndarray  # the decoder's targets, ending with eos (what ends a generation)
+
+
+def conversation_pairs(tokenizer, messages: Messages) -> list[tuple[str, str]]:
+    """(source, target) texts of a conversation, one per assistant turn, the source being the
+    conversation before the turn as `llm.chat` gives it to an encoder-decoder: rendered by the chat
+    template ready for the answer, or without one the turns' text one per line (`plain_source`;
+    a prompt/completion row's source is its prompt as is)."""
+    def source(history: Messages) -> str:
+        if tokenizer.chat_template is None:
+            return plain_source(history)
+        return tokenizer.apply_chat_template(history, add_generation_prompt=True)
+
+    return [(source(messages[:i]), m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def _cut(ids: list[int], max_len: int) -> list[int]:
+    """At most `max_len` tokens, keeping the last (eos), as transformers' T5 truncation does."""
+    return ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:]
+
+
+def encode_pairs(tokenizer, conversations: Sequence[Messages], max_len: int) -> tuple[list[Seq2SeqExample], int]:
+    """Encoder-decoder examples of conversations (`conversation_pairs`): source and target each
+    cut to `max_len` tokens keeping their final eos; and how many were dropped (none: every
+    target keeps its eos, which the model must learn to write)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos token, which ends an encoder-decoder's targets: use a tokenizer "
+                        "with one (T5's </s>)")
+    out = []
+    for messages in conversations:
+        for source, target in conversation_pairs(tokenizer, messages):
+            src = _cut(tokenizer.encode(source), max_len)
+            tgt = _cut(tokenizer.encode(target, add_special_tokens=False) + [eos], max_len)
+            out.append(Seq2SeqExample(np.asarray(src, dtype=np.int64), np.asarray(tgt, dtype=np.int64)))
+    return out, 0
+
+
 # ---------------------------------------------------------------------------------- batches
+def collate_pairs(examples: Sequence[Seq2SeqExample], pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """A batch for `Seq2SeqLM`: sources right-padded with `pad_id` (encoder_attention_mask 0
+    there), labels the targets (-100 on padding) and the decoder's input_ids `start_id` then the
+    target shifted right."""
+    n = len(examples)
+    src_width, tgt_width = max(len(e.source) for e in examples), max(len(e.target) for e in examples)
+    source = torch.full((n, src_width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, src_width), dtype=torch.long)
+    decoder = torch.full((n, tgt_width), pad_id, dtype=torch.long)
+    labels = torch.full((n, tgt_width), IGNORE_INDEX, dtype=torch.long)
+    for r, e in enumerate(examples):
+        source[r, :len(e.source)], mask[r, :len(e.source)] = torch.from_numpy(e.source), 1
+        labels[r, :len(e.target)] = torch.from_numpy(e.target)
+        decoder[r, 0] = start_id
+        decoder[r, 1:len(e.target)] = torch.from_numpy(e.target[:-1])
+    return {"encoder_input_ids": source, "encoder_attention_mask": mask, "input_ids": decoder, "labels": labels}
+
+
 def collate(examples: Sequence[SFTExample], pad_id: int, packed_len: int | None = None) -> dict[str, torch.Tensor]:
     """A batch for `CausalLM`: inputs ids[:-1], labels labels[1:] (aligned), right padding with
     labels -100 and attention mask 0. With `packed_len`, examples are concatenated into rows of
@@ -288,10 +352,13 @@ class SFTLoader:
 
 
 class SFTValidation:
-    """Held-out examples for the Trainer's validation loss, in fixed batches."""
+    """Held-out examples for the Trainer's validation loss, in fixed batches (made by
+    `collate_fn(examples)` when given, else `collate`)."""
 
-    def __init__(self, examples: list[SFTExample], pad_id: int):
+    def __init__(self, examples: list[Any], pad_id: int,
+                 collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]] | None = None):
         self.examples, self.pad_id = examples, pad_id
+        self.collate_fn = collate_fn or (lambda chunk: collate(chunk, pad_id))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -300,5 +367,5 @@ class SFTValidation:
         n = min(len(self.examples), limit)
         for start in range(0, n, batch_size):
             chunk = self.examples[start:min(n, start + batch_size)]
-            batch = collate(chunk, self.pad_id)
+            batch = self.collate_fn(chunk)
             yield batch, int((batch["labels"] != IGNORE_INDEX).sum())

@@ -36,8 +36,9 @@ def check_scorable(llm: Any, specs: Sequence[Any], split: str, data_dir: str | o
                    shots: int = 0, chat: bool = False) -> None:
     """Refuse, before any work, the tasks an encoder cannot be scored on (`EncoderError`): every
     task for an encoder that is not a classifier; for a classifier, every task but multiple choice
-    over its own labels (few-shot and chat prompts too: it reads each text alone). Nothing for a
-    decoder."""
+    over its own labels (few-shot and chat prompts too: it reads each text alone). For an
+    encoder-decoder, perplexity tasks and chat prompts without a chat template (ValueError).
+    Nothing for a decoder."""
     from ..data.labelled import classification_tasks
     from ..data.tasks import load_task
 
@@ -65,6 +66,15 @@ def check_scorable(llm: Any, specs: Sequence[Any], split: str, data_dir: str | o
                                    "are its labels, or fine-tune a classifier on this task (objective=classify)")
         return
     config = getattr(llm, "config", None)
+    if config is not None and getattr(config, "is_seq2seq", False):
+        name = getattr(llm, "name", None) or config.family
+        texts = [spec for spec in specs if spec.kind == "perplexity"]
+        if texts:
+            raise ValueError(f"{_tasks(texts)}: {name} is an encoder-decoder, which scores a target given a source, "
+                             "not a text on its own: leave perplexity tasks out (generation and multiple choice apply)")
+        if chat and getattr(getattr(llm, "tokenizer", None), "chat_template", None) is None:
+            raise ValueError(f"--chat: {name} is an encoder-decoder without a chat template, whose source is the task "
+                             "prompt as is: leave --chat out (or give its tokenizer a chat template)")
     if config is not None and not getattr(config, "causal", True):
         name = getattr(llm, "name", None) or config.family
         raise EncoderError(

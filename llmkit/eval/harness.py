@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .metrics import exact_match, expected_calibration_error, mean_pass_at_k, token_f1
+from .metrics import exact_match, expected_calibration_error, mean_pass_at_k, rouge_l, token_f1
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -119,16 +119,19 @@ def _prompts(examples: Sequence[Any], pool: Sequence[Any], shots: int, seed: int
 def run_generation(llm: Any, name: str, examples: Sequence[Any], pool: Sequence[Any] = (), shots: int = 0,
                    seed: int = 0, max_new_tokens: int = 32, extract: str = "last_number",
                    chain_of_thought: bool = False, batch_size: int = 16, progress: bool = False,
-                   chat: bool = False) -> TaskResult:
-    """Greedy generation up to a blank line; the extracted answer is scored by EM and token F1.
-    Outputs where the extractor finds nothing score 0 and are counted in `no_answer`. With
-    `chat`, each prompt is the user turn of the chat template."""
+                   chat: bool = False, num_beams: int = 1) -> TaskResult:
+    """Greedy generation (beam search with `num_beams` > 1) up to a blank line; the extracted
+    answer is scored by EM and token F1, and by ROUGE-L where answers are word sequences
+    (`metrics.rouge_l`). Outputs where the extractor finds nothing score 0 and are counted in
+    `no_answer`. With `chat`, each prompt is the user turn of the chat template; an encoder-decoder
+    reads each prompt as its source."""
     extract_answer("", extract)  # a bad extractor fails before any generation
     prompts = _prompts(examples, pool, shots, seed, chain_of_thought, llm, chat)
+    beams = {"num_beams": num_beams} if num_beams > 1 else {}  # a server without beam search still answers greedily
     outputs: list[str] = []
     for i in _chunks(len(prompts), batch_size, progress, name):
         outputs += llm.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens, temperature=0,
-                                stop=["\n\n"], truncate_prompt=True)
+                                stop=["\n\n"], truncate_prompt=True, **beams)
     samples, em, f1, missing = [], 0.0, 0.0, 0
     for ex, prompt, out in zip(examples, prompts, outputs):
         pred = extract_answer(out, extract)
@@ -141,7 +144,11 @@ def run_generation(llm: Any, name: str, examples: Sequence[Any], pool: Sequence[
         samples.append({"id": ex.id, "prompt": prompt, "output": out, "prediction": pred, "answer": ex.answer,
                         "score": e})
     n = max(1, len(examples))
-    return TaskResult(name, {"exact_match": em / n, "f1": f1 / n, "no_answer": missing, "n": len(examples)}, samples)
+    metrics = {"exact_match": em / n, "f1": f1 / n, "no_answer": missing, "n": len(examples)}
+    rouge = rouge_l([s["prediction"] or "" for s in samples], [ex.answer for ex in examples])
+    if rouge is not None:
+        metrics["rougeL"] = rouge
+    return TaskResult(name, metrics, samples)
 
 
 CODE_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]

@@ -119,6 +119,18 @@ def rouge(predictions: Sequence[str], references: Sequence[str | Sequence[str]])
     return {k: v / n for k, v in totals.items()}
 
 
+def rouge_l(predictions: Sequence[str], answers: Sequence[str]) -> float | None:
+    """Mean ROUGE-L F-measure where it tells more than exact match: when some answer is a word
+    sequence (sorting), whose longest common subsequence with the prediction credits a partly
+    right order; None for one-word answers, or without rouge-score (the eval extra)."""
+    if not any(len(a.split()) > 1 for a in answers):
+        return None
+    try:
+        return rouge(predictions, answers)["rougeL"]
+    except ImportError:
+        return None
+
+
 def _edits(a: Sequence[str], b: Sequence[str]) -> int:
     prev = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):

@@ -32,7 +32,7 @@ PRIMARY = {"multiple_choice": ("acc", True), "generation": ("exact_match", True)
            "perplexity": ("bits_per_byte", False), "code": ("pass@1", True)}
 # secondary metrics that are scores in [0, 1] where higher is better, so they share the primary's bars;
 # calibration_error (lower is better) and counts (n, tokens, no_answer) stay in the tables only
-SCORES = ("acc", "acc_norm", "exact_match", "f1", "macro_f1")
+SCORES = ("acc", "acc_norm", "exact_match", "f1", "macro_f1", "rougeL")
 CHARTS = ("higher_is_better", "lower_is_better")
 
 
@@ -49,6 +49,7 @@ class EvalSettings:
     code_samples: int = 1
     max_new_tokens: int | None = None
     chat: bool = False
+    num_beams: int = 1
 
 
 @dataclass
@@ -66,6 +67,9 @@ class TaskRecord:
     # the primary metric of a know-nothing guess (see `task_chance`); None where chance has no
     # meaning, and in results.json files written before chance was recorded
     chance: float | None = None
+    # trivial answers scored like the model: {"copy": {"exact_match", "ci" (Wilson 95%), "n", and
+    # "rougeL" where it applies}} for generation tasks (`llmkit.eval.baselines.copy_input`)
+    baselines: dict[str, dict[str, Any]] | None = None
 
     @property
     def value(self) -> float:
@@ -123,23 +127,27 @@ def load_run(path: str | os.PathLike) -> EvalRun:
 def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, split: str = "test",
              limit: int | None = None, data_dir: str | os.PathLike | None = None, batch_size: int = 16,
              chain_of_thought: bool = False, code_samples: int = 1, max_new_tokens: int | None = None,
-             model_name: str | None = None, progress: bool = False, chat: bool = False) -> EvalRun:
+             model_name: str | None = None, progress: bool = False, chat: bool = False,
+             num_beams: int = 1) -> EvalRun:
     """Evaluate `llm` (any `LLM`; a classification model's `LocalLLM` too) on named tasks (see `llmkit.data.list_tasks`).
     Few-shot examples come from the task's few-shot split, chosen with `seed`; `limit` keeps the
     first N examples. `chat` asks each question as the user turn of the model's chat template (chat
-    fine-tuned models). A classifier is scored by its predicted label on multiple-choice tasks over
-    its labels; what an encoder cannot be scored on is refused before any work
-    (`llmkit.eval.classify`)."""
+    fine-tuned models); an encoder-decoder reads each prompt as its source. `num_beams` > 1 answers
+    generation tasks by beam search. Generation tasks also score the copy-the-input baseline on the
+    same examples (`TaskRecord.baselines`). A classifier is scored by its predicted label on
+    multiple-choice tasks over its labels; what an encoder cannot be scored on is refused before
+    any work (`llmkit.eval.classify`)."""
     from ..data.tasks import get_task, load_task
+    from .baselines import copy_input
     from .classify import check_scorable, classifier_of, run_classification
 
     settings = EvalSettings(list(tasks), shots, seed, split, limit, str(data_dir) if data_dir else None, batch_size,
-                            chain_of_thought, code_samples, max_new_tokens, chat)
+                            chain_of_thought, code_samples, max_new_tokens, chat, num_beams)
     if not tasks:
         raise ValueError("no tasks given: name at least one (llmkit eval --list shows them)")
-    if shots < 0 or batch_size < 1 or (limit is not None and limit < 1) or code_samples < 1:
-        raise ValueError(f"shots must be >= 0, batch_size, limit and code_samples >= 1; got shots={shots}, "
-                         f"batch_size={batch_size}, limit={limit}, code_samples={code_samples}")
+    if shots < 0 or batch_size < 1 or (limit is not None and limit < 1) or code_samples < 1 or num_beams < 1:
+        raise ValueError(f"shots must be >= 0, batch_size, limit, code_samples and num_beams >= 1; got shots={shots}, "
+                         f"batch_size={batch_size}, limit={limit}, code_samples={code_samples}, num_beams={num_beams}")
     specs = [get_task(name) for name in tasks]  # every name checked before any work
     for spec in specs:
         if spec.needs_data_dir and data_dir is None:
@@ -161,7 +169,7 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
             result = run_multiple_choice(llm, spec.name, examples, pool, shots, seed, batch_size, progress, chat)
         elif spec.kind == "generation":
             result = run_generation(llm, spec.name, examples, pool, shots, seed, new_tokens, spec.extract,
-                                    chain_of_thought, batch_size, progress, chat)
+                                    chain_of_thought, batch_size, progress, chat, num_beams)
         elif spec.kind == "perplexity":
             result = run_perplexity(llm, spec.name, [ex.prompt for ex in examples], batch_size,
                                     ids=[ex.id for ex in examples])
@@ -174,6 +182,9 @@ def evaluate(llm: Any, tasks: Sequence[str], shots: int = 0, seed: int = 0, spli
         vocab_size = getattr(getattr(llm, "config", None), "vocab_size", None)
         records[spec.name] = _record(spec.kind, result, time.perf_counter() - start, seed,
                                      task_chance(spec.kind, examples, result.metrics, vocab_size))
+        if spec.kind == "generation" and classifier_of(llm) is None:
+            copied = copy_input(spec.name, examples, spec.extract)
+            records[spec.name].baselines = {"copy": {k: v for k, v in copied.items() if k != "answers"}}
     name = model_name or getattr(llm, "name", None) or type(llm).__name__
     return EvalRun(str(name), settings, records, datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -275,17 +286,29 @@ def _fmt(v: Any) -> str:
 
 CHANCE_NOTE = ("chance: the primary metric of a guess that knows nothing: 1 / number of choices for multiple "
                "choice (averaged over the questions), a uniform guess over the model's vocabulary for bits per "
-               "byte; — where chance has no meaning (open answers, code, a remote model's perplexity).")
+               "byte; — where chance has no meaning (open answers, code, a remote model's perplexity). "
+               "copy input: the exact match (with its 95% Wilson interval) of answering with the input itself, "
+               "read by the task's answer extractor (for sorting: the given numbers in the given order).")
+
+
+def _baseline(rec: TaskRecord) -> str:
+    """The copy-the-input baseline's cell: exact match [Wilson 95% interval], and ROUGE-L where it applies."""
+    copy = (rec.baselines or {}).get("copy")
+    if not copy:
+        return "—"
+    rouge = f", rougeL {copy['rougeL']:.4f}" if "rougeL" in copy else ""
+    return f"{copy['exact_match']:.4f} [{copy['ci'][0]:.4f}, {copy['ci'][1]:.4f}]{rouge}"
 
 
 def format_summary(run: EvalRun) -> str:
-    """One markdown table: task, kind, primary metric with its interval and chance level, the other metrics."""
-    lines = ["| task | kind | metric | value | 95% CI | chance | n | other metrics | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One markdown table: task, kind, primary metric with its interval, chance level and the
+    copy-the-input baseline (generation tasks), the other metrics."""
+    lines = ["| task | kind | metric | value | 95% CI | chance | copy input [95% CI] | n | other metrics | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rec in run.tasks.items():
         others = ", ".join(f"{k} {_fmt(v)}" for k, v in rec.metrics.items() if k not in (rec.primary, "n"))
         lines.append(f"| {name} | {rec.kind} | {rec.primary}{'' if rec.higher_is_better else ' (lower is better)'} "
-                     f"| {rec.value:.4f} | [{rec.ci[0]:.4f}, {rec.ci[1]:.4f}] | {_fmt(rec.chance)} "
+                     f"| {rec.value:.4f} | [{rec.ci[0]:.4f}, {rec.ci[1]:.4f}] | {_fmt(rec.chance)} | {_baseline(rec)} "
                      f"| {int(rec.metrics.get('n', 0))} | {others} | {rec.seconds:.1f} |")
     return "\n".join(lines)
 
@@ -305,7 +328,9 @@ def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples:
     s = run.settings
     parts = [f"# Evaluation of {run.model}", "",
              f"{run.created} · split `{s.split}` · {s.shots}-shot (seed {s.seed})"
-             + (f" · first {s.limit} examples" if s.limit else "") + (" · chain of thought" if s.chain_of_thought else ""),
+             + (f" · first {s.limit} examples" if s.limit else "")
+             + (" · chain of thought" if s.chain_of_thought else "")
+             + (f" · beam search ({s.num_beams} beams)" if s.num_beams > 1 else ""),
              "", format_summary(run), "", CHANCE_NOTE, ""]
     for kind, path in (charts or {}).items():
         parts += [f"![{kind.replace('_', ' ')}]({Path(path).as_posix()})", "", CHART_CAPTIONS.get(kind, ""), ""]

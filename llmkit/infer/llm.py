@@ -34,7 +34,7 @@ from ..models.sampling_defaults import sampling_defaults
 from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts, save_classifier
 from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
-from ..tokenizer.chat import fit_history  # noqa: F401  (RemoteLLM and callers import it from here)
+from ..tokenizer.chat import fit_history, plain_source  # noqa: F401  (RemoteLLM and callers import fit_history from here)
 from .embedding import Embedding
 from .beam import beam_completions, beam_search
 from .generate import Completion, TextStream, Timings, TokenGeneration
@@ -272,7 +272,7 @@ class LocalLLM(TokenScoring, Embedding):
         """Token ids of `messages` rendered with the chat template, ready for the assistant's turn.
         An encoder-decoder without a template reads the messages' text, one per line, as its source."""
         if self.seq2seq and self.tokenizer.chat_template is None:
-            return self.tokenize("\n".join(str(m.get("content") or "") for m in messages))
+            return self.tokenize(plain_source(messages))
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
     def chat_tokens(self, messages: Messages) -> int:

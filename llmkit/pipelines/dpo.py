@@ -124,7 +124,7 @@ def dpo(recipe: DPORecipe, resume: bool = False, callbacks: Sequence[Any] = ()) 
     job = Job(recipe, resume, DEFAULT_LR, callbacks)
     cfg = job.train
     with job.setting_up():
-        model, tokenizer = job.load_base()
+        model, tokenizer = job.load_base(decoder_job="DPO")
         train_pairs, val_pairs, data_info = read_pairs(recipe, cfg.seed)
         max_len = min(recipe.data.max_len, model.config.context_window - 1)
         train_ex, dropped = encode_pairs(tokenizer, train_pairs, max_len)

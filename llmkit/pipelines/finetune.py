@@ -6,20 +6,26 @@
 The run dir holds config.yaml, metrics.jsonl, checkpoints/, report.md with the curves and the
 before/after table, summary.json, and the result: `adapter/` (PEFT files) for the PEFT methods,
 and `model/` (HF layout) for full fine-tuning and for LoRA / QLoRA (merged into the base).
+
+An encoder-decoder (T5) learns the same rows as targets given sources: a row's prompt is the
+encoder's input and its completion the decoder's target (a chat: each assistant turn given the
+turns before it), through the same loader and Trainer with the `Seq2SeqLM` objective
+(`llmkit.data.instruct.encode_pairs`); the held-out tasks ask it their prompts as sources.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, builtin_instructions, builtin_tasks,
-                             encode_all, is_builtin, read_instructions, split_validation)
+                             collate_pairs, encode_all, encode_pairs, is_builtin, read_instructions, split_validation)
 from ..data.tasks import get_task
 from ..peft import METHODS, LoRAConfig
 from ..train.config import TrainConfig
-from ..train.objectives import CausalLM
+from ..train.objectives import CausalLM, Seq2SeqLM
 from ..train.trainer import Trainer
 from .job import EvalSection, Job, RunDirError, eval_tasks, rebuild_with_method
 from .report import task_table
@@ -121,6 +127,22 @@ def read_data(recipe: FinetuneRecipe, seed: int):
     return train, val, bad
 
 
+# what an encoder-decoder can be fine-tuned with: the methods that are module surgery on its Linear
+# layers (prefix and prompt tuning prepend to the decoder alone here, unlike PEFT's T5, so their
+# adapters would not mean the same there)
+SEQ2SEQ_METHODS = ("full", "lora", "qlora", "adapter")
+
+
+def check_seq2seq(recipe: FinetuneRecipe) -> None:
+    """Refuse, before any work, what an encoder-decoder's fine-tuning does not do."""
+    if recipe.method not in SEQ2SEQ_METHODS:
+        raise ValueError(f"method={recipe.method} is not supported on {recipe.model}, an encoder-decoder: use one of "
+                         f"{', '.join(SEQ2SEQ_METHODS)}")
+    if recipe.data.packing:
+        raise ValueError(f"data.packing=true packs decoder-only rows; {recipe.model} is an encoder-decoder, whose "
+                         "examples are (source, target) pairs padded per batch: set data.packing=false")
+
+
 def virtual_tokens(recipe: FinetuneRecipe) -> int:
     """Positions a prefix or prompt takes from the context window."""
     return {"prefix": recipe.prefix.num_tokens, "prompt": recipe.prompt.num_tokens}.get(recipe.method, 0)
@@ -139,10 +161,14 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
         if model.config.is_encoder:
             raise ValueError(f"{recipe.model} is an encoder (bidirectional attention) and objective=sft predicts next "
                              "tokens, which an encoder cannot learn: use objective=classify, or a causal model")
+        seq2seq = model.config.is_seq2seq
+        if seq2seq:
+            check_seq2seq(recipe)
         train_rows, val_rows, bad = read_data(recipe, cfg.seed)
         max_len = min(recipe.data.max_len, model.config.context_window - virtual_tokens(recipe) - 1)
-        train_ex, dropped = encode_all(tokenizer, train_rows, max_len)
-        val_ex, _ = encode_all(tokenizer, val_rows, max_len)
+        encode = encode_pairs if seq2seq else encode_all
+        train_ex, dropped = encode(tokenizer, train_rows, max_len)
+        val_ex, _ = encode(tokenizer, val_rows, max_len)
         tasks = eval_tasks(recipe.eval, recipe.data.path, builtin_tasks)
         for name in tasks:
             get_task(name)  # an unknown task fails before any training
@@ -151,11 +177,16 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
     before = job.evaluate_before(model, tokenizer, tasks)
     job.apply_method(model, tokenizer)
     pad = tokenizer.padding_id
+    objective, collate_fn = CausalLM(), None
+    if seq2seq:  # the same loader and Trainer; only the batches' shape and the loss differ
+        start = model.config.decoder_start_token_id
+        objective = Seq2SeqLM()
+        collate_fn = functools.partial(collate_pairs, pad_id=pad, start_id=pad if start is None else start)
     loader = SFTLoader(train_ex, cfg.micro_batch, pad, seed=cfg.seed,
                        packed_len=max_len if recipe.data.packing else None, rank=job.info.rank,
-                       world_size=job.info.world_size)
+                       world_size=job.info.world_size, collate_fn=collate_fn)
     compat = {"model": model.config.to_dict(), "method": recipe.method, "max_len": max_len}
-    trainer = Trainer(model, CausalLM(), loader, cfg, job.run_dir, val_data=SFTValidation(val_ex, pad),
+    trainer = Trainer(model, objective, loader, cfg, job.run_dir, val_data=SFTValidation(val_ex, pad, collate_fn),
                       compat=compat, info=job.info, callbacks=job.callbacks)
     summary = job.fit(trainer)
     summary["data"] = {"train": len(train_ex), "val": len(val_ex), "bad_rows": len(bad), "dropped": dropped,
@@ -170,8 +201,10 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
     d = summary["data"]
     rows = [("training conversations", d["train"]), ("validation conversations", d["val"]),
             ("bad rows skipped", d["bad_rows"]), ("cut to nothing", d["dropped"])]
+    asked = "chat prompts" if tokenizer.chat_template is not None else "task prompts as sources"
     return job.finish(summary, f"Fine-tuning run {job.run_dir.name} ({recipe.method})", rows,
-                      [task_table(summary)], save=lambda: job.save_model(final, tokenizer))
+                      [task_table(summary, f"Held-out results (test split, {asked})")],
+                      save=lambda: job.save_model(final, tokenizer))
 
 
 __all__ = ["DEFAULT_LR", "FinetuneRecipe", "RunDirError", "finetune"]

@@ -80,8 +80,10 @@ def eval_tasks(section: EvalSection, data_path: str, tasks_of: Callable[[str], S
 
 
 def held_out(model: nn.Module, tokenizer: Tokenizer, tasks: Sequence[str], section: EvalSection) -> dict[str, Any]:
-    """Held-out scores in chat form (test split), and base-corpus perplexity (raw text). The
-    per-example scores of the tasks stay under "samples" ({id: score}), for paired comparisons."""
+    """Held-out scores (test split) asked as the model was trained: in chat form, or as plain
+    sources for an encoder-decoder without a chat template; and base-corpus perplexity (raw text;
+    a decoder's only). The per-example scores of the tasks stay under "samples" ({id: score}), for
+    paired comparisons."""
     from ..eval.runner import evaluate
     from ..infer.llm import LocalLLM
 
@@ -89,11 +91,13 @@ def held_out(model: nn.Module, tokenizer: Tokenizer, tasks: Sequence[str], secti
     out: dict[str, Any] = {}
     was_training = model.training
     if tasks:
-        run = evaluate(llm, list(tasks), limit=section.limit, chat=True, batch_size=32)
+        run = evaluate(llm, list(tasks), limit=section.limit, chat=tokenizer.chat_template is not None, batch_size=32)
         out.update({name: {"metric": rec.primary, "value": rec.value, "ci": list(rec.ci), "higher_is_better":
                            rec.higher_is_better, "samples": {s["id"]: s["score"] for s in rec.samples}}
                     for name, rec in run.tasks.items()})
-    if section.perplexity:
+    if section.perplexity and model.config.is_seq2seq:
+        log.info("eval.perplexity: an encoder-decoder scores targets given sources, not text alone; skipped")
+    elif section.perplexity:
         rec = evaluate(llm, ["perplexity"], batch_size=8).tasks["perplexity"]
         out["perplexity"] = {"metric": rec.primary, "value": rec.value, "ci": list(rec.ci)}
     model.train(was_training)
@@ -181,13 +185,18 @@ class Job:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
-    def load_base(self) -> tuple[nn.Module, Tokenizer]:
+    def load_base(self, decoder_job: str | None = None) -> tuple[nn.Module, Tokenizer]:
         """The recipe's `model`: weights (a .gguf is dequantised to fp32) and tokenizer, with
-        llmkit's default chat template (ChatML) when the model has none."""
+        llmkit's default chat template (ChatML) when a decoder has none. A `decoder_job` (its name)
+        refuses an encoder-decoder before any work."""
         if not self.recipe.model:
             raise ValueError("no base model: give --model (an HF directory, a run directory or a cached name)")
         self.base_path, model, tokenizer = load_local(self.recipe.model)
-        if tokenizer.chat_template is None and not model.config.is_encoder:
+        if decoder_job and model.config.is_seq2seq:
+            raise ValueError(f"{decoder_job} trains decoder-only models, and {self.recipe.model} is an encoder-decoder "
+                             "(T5): fine-tune it with `llmkit finetune` instead")
+        # an encoder-decoder without a template reads plain sources (T5 is asked "question: ..." as is)
+        if tokenizer.chat_template is None and not (model.config.is_encoder or model.config.is_seq2seq):
             log.warning("%s has no chat template: using llmkit's default (ChatML)", self.base_path)
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         return model, tokenizer

@@ -102,9 +102,10 @@ def task_table(summary: dict[str, Any], title: str = "Held-out results (test spl
     if not after:
         return []
     change, baselines = summary.get("change") or {}, summary.get("baselines") or {}
+    copies = any("copy" in bl for bl in baselines.values())
     lines = [f"## {title}", "", "| task | metric | before | after | 95% CI after | change (paired 95% CI) |"
-             + (" majority class | format only |" if baselines else ""),
-             "|---|---|---|---|---|---|" + ("---|---|" if baselines else "")]
+             + (" majority class | format only |" if baselines else "") + (" copy input [95% CI] |" if copies else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if baselines else "") + ("---|" if copies else "")]
 
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, (int, float)) else ""
@@ -117,6 +118,11 @@ def task_table(summary: dict[str, Any], title: str = "Held-out results (test spl
         if baselines:
             bl = baselines.get(name, {})
             row += f" {fmt(bl.get('majority'))} | {fmt(bl.get('format_only'))} |"
+            if copies:
+                ci = bl.get("copy_ci") or ["", ""]
+                row += f" {fmt(bl['copy'])} [{fmt(ci[0])}, {fmt(ci[1])}] |" if "copy" in bl else " |"
         lines.append(row)
+    note = (" copy input: the exact match of answering with the input itself (sorting: the given numbers in the "
+            "given order), with its Wilson interval." if copies else "")
     return lines + ["", "`perplexity` is the base-corpus perplexity (lower is better): how much was forgotten. "
-                    "The change is after minus before on the same examples, with a paired bootstrap interval.", ""]
+                    "The change is after minus before on the same examples, with a paired bootstrap interval." + note, ""]

@@ -44,7 +44,7 @@ def reward(recipe: RewardRecipe, resume: bool = False, callbacks: Sequence[Any] 
     job = Job(recipe, resume, DEFAULT_LR, callbacks)
     cfg = job.train
     with job.setting_up():
-        backbone, tokenizer = job.load_base()
+        backbone, tokenizer = job.load_base(decoder_job="reward modelling")
         train_pairs, val_pairs, data_info = read_pairs(recipe, cfg.seed)
         max_len = min(recipe.data.max_len, backbone.config.context_window)
         train_ex, dropped = encode_pairs(tokenizer, train_pairs, max_len - 1)

@@ -247,7 +247,7 @@ def rl(recipe: RLRecipe, resume: bool = False, callbacks: Sequence[Any] = ()) ->
         raise ValueError("train.distributed=fsdp: rollouts sample from the whole model on each rank; use ddp")
     ppo = isinstance(recipe, PPORecipe)
     with job.setting_up():
-        model, tokenizer = job.load_base()
+        model, tokenizer = job.load_base(decoder_job="PPO" if ppo else "GRPO")
         builtin = is_builtin(recipe.prompts.path)
         reward_fn = parse_reward(recipe.reward, builtin_prompt_tasks(recipe.prompts.path)[0] if builtin else None,
                                  info.device)

@@ -187,6 +187,13 @@ def render_chat(template: str, messages: list[Mapping[str, Any]], *, add_generat
     return text
 
 
+def plain_source(messages: list[Mapping[str, Any]]) -> str:
+    """What an encoder-decoder without a chat template reads for `messages`: their contents, one
+    per line (so a single user turn is its text as is). Chat asks it this way and fine-tuning
+    trains it this way."""
+    return "\n".join(str(m.get("content") or "") for m in messages)
+
+
 def fit_history(messages: list[dict], budget: int, count: Callable[[list[dict]], int]) -> list[dict]:
     """Drop the oldest turns (never a leading system message, never the last message) until
     `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count

@@ -3,9 +3,11 @@
 batch's items and `metrics` holds extra numbers to log (plain floats or 0-dim tensors).
 
 Here: next-token prediction (`CausalLM`, pretraining and SFT alike: SFT labels mask everything
-but the assistant's turns), masked-token prediction (`MaskedLM`, encoders) and classification
-(`Classify`, any `Classifier`) and T5's span corruption (`SpanCorruption`, encoder-decoders). The alignment objectives (reward model, DPO, PPO/GRPO) live in
-`llmkit.align` and follow the same protocol.
+but the assistant's turns), masked-token prediction (`MaskedLM`, encoders), classification
+(`Classify`, any `Classifier`), and for encoder-decoders a target given its source (`Seq2SeqLM`,
+fine-tuning T5) and T5's span corruption (`SpanCorruption`, whose batches `Seq2SeqLM` scores).
+The alignment objectives (reward model, DPO, PPO/GRPO) live in `llmkit.align` and follow the same
+protocol.
 """
 
 from __future__ import annotations
@@ -155,6 +157,31 @@ class Classify:
         return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
+class Seq2SeqLM:
+    """An encoder-decoder's target given its source: the cross-entropy of each target token given
+    the source and the target before it. A batch is a dict with ``encoder_input_ids`` (and an
+    optional ``encoder_attention_mask``, 0 on padding), the decoder's ``input_ids`` (the decoder
+    start token, then the target shifted right) and ``labels`` (the target; -100 where a position
+    does not count, e.g. padding)."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        source = {"encoder_input_ids": batch["encoder_input_ids"],
+                  "encoder_attention_mask": batch.get("encoder_attention_mask")}
+        if _fuses_loss(model):
+            return model(batch["input_ids"], labels=batch["labels"], **source), {}
+        return cross_entropy(model(batch["input_ids"], **source), batch["labels"]), {}
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Source and target tokens: the encoder reads the one as the decoder learns the other."""
+        mask = batch.get("encoder_attention_mask")
+        source = int(mask.sum()) if mask is not None else batch["encoder_input_ids"].numel()
+        return source + self.units(batch)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        """The loss is the mean over target tokens."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+
 class SpanCorruption:
     """T5's span corruption (Raffel et al. 2020, §3.1.4): in each row `density` (15%) of the
     tokens, in spans of mean length `mean_span` (3), are dropped from the encoder's input, each
@@ -222,10 +249,7 @@ class SpanCorruption:
 
     def loss(self, model: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         generator = None if model.training else torch.Generator().manual_seed(self.eval_seed)
-        b = self.batch(batch, generator)
-        if _fuses_loss(model):
-            return model(b["input_ids"], encoder_input_ids=b["encoder_input_ids"], labels=b["labels"]), {}
-        return cross_entropy(model(b["input_ids"], encoder_input_ids=b["encoder_input_ids"]), b["labels"]), {}
+        return Seq2SeqLM().loss(model, self.batch(batch, generator))
 
     def tokens(self, batch: torch.Tensor) -> int:
         return batch[:, :-1].numel()

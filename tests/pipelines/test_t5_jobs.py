@@ -50,3 +50,17 @@ def test_span_corruption_needs_an_encoder_decoder_and_sentinels(tmp_path):
     with pytest.raises(ValueError, match="an encoder-decoder trains with objective=span"):
         pretrain(from_dict(PretrainRecipe, {"model": {"preset": "tiny-t5"}, "out": str(tmp_path / "b")}))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("job", ["dpo", "reward", "grpo"])
+def test_decoder_only_jobs_refuse_an_encoder_decoder_before_any_work(tiny_t5_dir, tmp_path, job):
+    from llmkit.pipelines import dpo, reward, rl
+
+    run, cls, section, name = {
+        "dpo": (dpo.dpo, dpo.DPORecipe, {"data": {"path": "builtin:arith"}}, "DPO"),
+        "reward": (reward.reward, reward.RewardRecipe, {"data": {"path": "builtin:arith"}}, "reward modelling"),
+        "grpo": (rl.grpo, rl.GRPORecipe, {"prompts": {"path": "builtin:arith"}, "reward": "builtin"}, "GRPO"),
+    }[job]
+    with pytest.raises(ValueError, match=f"{name} trains decoder-only models, and .* is an encoder-decoder"):
+        run(from_dict(cls, {"model": str(tiny_t5_dir), **section, "out": str(tmp_path / job)}))
+    assert not (tmp_path / job).exists()
