@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..models.loss import IGNORE_INDEX
-from ..tokenizer.chat import plain_source
+from ..models.texts import cut_keeping_end
+from ..tokenizer.chat import fit_history, source_ids
 from .dataset import DataError
 from .jsonl import BadRow, read_jsonl  # noqa: F401 (BadRow: part of this module's API)
 
@@ -209,39 +210,44 @@ class Seq2SeqExample:
     target: np.ndarray  # the decoder's targets, ending with eos (what ends a generation)
 
 
-def conversation_pairs(tokenizer, messages: Messages) -> list[tuple[str, str]]:
-    """(source, target) texts of a conversation, one per assistant turn, the source being the
-    conversation before the turn as `llm.chat` gives it to an encoder-decoder: rendered by the chat
-    template ready for the answer, or without one the turns' text one per line (`plain_source`;
-    a prompt/completion row's source is its prompt as is)."""
-    def source(history: Messages) -> str:
-        if tokenizer.chat_template is None:
-            return plain_source(history)
-        return tokenizer.apply_chat_template(history, add_generation_prompt=True)
-
-    return [(source(messages[:i]), m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"]
-
-
-def _cut(ids: list[int], max_len: int) -> list[int]:
-    """At most `max_len` tokens, keeping the last (eos), as transformers' T5 truncation does."""
-    return ids if len(ids) <= max_len else ids[:max_len - 1] + ids[-1:]
+def conversation_pairs(tokenizer, messages: Messages, max_len: int | None = None) -> list[tuple[list[int], str]]:
+    """(source ids, target text) of a conversation, one per assistant turn, the source being the
+    conversation before the turn exactly as `llm.chat` gives it to an encoder-decoder
+    (`source_ids`: the chat template ready for the answer, or the turns' text one per line; a
+    prompt/completion row's source is its prompt as is). Past `max_len` tokens the oldest turns go
+    first, as chat fits a long history (`fit_history`), then the source's first tokens stay."""
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        history = list(messages[:i])
+        if max_len is not None:
+            history = fit_history(history, max_len, lambda h: len(source_ids(tokenizer, h)))
+        ids = source_ids(tokenizer, history)
+        out.append((cut_keeping_end(ids, max_len) if max_len is not None else ids, m["content"]))
+    return out
 
 
 def encode_pairs(tokenizer, conversations: Sequence[Messages], max_len: int) -> tuple[list[Seq2SeqExample], int]:
-    """Encoder-decoder examples of conversations (`conversation_pairs`): source and target each
-    cut to `max_len` tokens keeping their final eos; and how many were dropped (none: every
-    target keeps its eos, which the model must learn to write)."""
+    """Encoder-decoder examples of conversations (`conversation_pairs`), sources fitted to `max_len`
+    tokens; and how many assistant turns were dropped because their target (with its eos) does not
+    fit (cut, the model would learn to stop mid-answer)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos token, which ends an encoder-decoder's targets: use a tokenizer "
                         "with one (T5's </s>)")
-    out = []
+    out, dropped = [], 0
     for messages in conversations:
-        for source, target in conversation_pairs(tokenizer, messages):
-            src = _cut(tokenizer.encode(source), max_len)
-            tgt = _cut(tokenizer.encode(target, add_special_tokens=False) + [eos], max_len)
+        for src, target in conversation_pairs(tokenizer, messages, max_len):
+            tgt = tokenizer.encode(target, add_special_tokens=False) + [eos]
+            if len(tgt) > max_len:
+                dropped += 1
+                continue
             out.append(Seq2SeqExample(np.asarray(src, dtype=np.int64), np.asarray(tgt, dtype=np.int64)))
-    return out, 0
+    if dropped:
+        log.warning("%d target(s) longer than data.max_len=%d tokens dropped: raise data.max_len to keep them",
+                    dropped, max_len)
+    return out, dropped
 
 
 # ---------------------------------------------------------------------------------- batches

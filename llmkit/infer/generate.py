@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..models.texts import cut_keeping_end
 from ..models.transformer import ContextLengthError, Transformer
 from .sampling import GenerationConfig, Sampler
 
@@ -70,7 +71,7 @@ def fit_prompts(prompts: Sequence[Sequence[int]], gen: GenerationConfig, max_seq
                 )
             if source:
                 log.warning("source %d has %d tokens; keeping the first %d the encoder reads", i, len(p), budget)
-                p = p[:budget - 1] + p[-1:]  # keep the end-of-source token the model was trained with
+                p = cut_keeping_end(p, budget)  # the end-of-source token the model was trained with stays
             else:
                 p = p[len(p) - budget:]
         out.append(p)

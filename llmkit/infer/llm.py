@@ -34,7 +34,7 @@ from ..models.sampling_defaults import sampling_defaults
 from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts, save_classifier
 from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
-from ..tokenizer.chat import fit_history, plain_source  # noqa: F401  (RemoteLLM and callers import fit_history from here)
+from ..tokenizer.chat import fit_history, source_ids  # noqa: F401  (RemoteLLM and callers import fit_history from here)
 from .embedding import Embedding
 from .beam import beam_completions, beam_search
 from .generate import Completion, TextStream, Timings, TokenGeneration
@@ -270,9 +270,10 @@ class LocalLLM(TokenScoring, Embedding):
 
     def chat_prompt(self, messages: Messages) -> list[int]:
         """Token ids of `messages` rendered with the chat template, ready for the assistant's turn.
-        An encoder-decoder without a template reads the messages' text, one per line, as its source."""
-        if self.seq2seq and self.tokenizer.chat_template is None:
-            return self.tokenize(plain_source(messages))
+        An encoder-decoder reads them as `source_ids` gives them (without a template: their text, one per
+        line)."""
+        if self.seq2seq:
+            return source_ids(self.tokenizer, messages)
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
     def chat_tokens(self, messages: Messages) -> int:

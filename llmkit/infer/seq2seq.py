@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from ..models.logprobs import token_logprobs
+from ..models.texts import cut_keeping_end
 from .generate import decoder_start, encode_sources
 
 
@@ -44,8 +45,7 @@ def seq2seq_loglikelihood(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
     for b in range(0, len(pairs), batch_size):
         chunk = pairs[b:b + batch_size]
         # as generation truncates: the first tokens, then the source's own last (end) token
-        memory = encode_sources(model, [list(s) if len(s) <= window else list(s)[:window - 1] + list(s)[-1:]
-                                        for s, _ in chunk], pad_token_id)
+        memory = encode_sources(model, [cut_keeping_end(s, window) for s, _ in chunk], pad_token_id)
         width = max(len(t) for _, t in chunk)
         ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         for r, (_, tgt) in enumerate(chunk):  # right padding: causal attention never looks at it

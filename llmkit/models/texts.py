@@ -25,6 +25,12 @@ def truncate_ids(ids: list[int], plain: list[int], limit: int) -> list[int]:
     return ids[:start] + plain[:limit - extra] + ids[start + len(plain):]
 
 
+def cut_keeping_end(ids: list[int], limit: int) -> list[int]:
+    """At most `limit` tokens: the first ones and the sequence's own last (T5's </s>), as transformers
+    truncates an encoder-decoder's source."""
+    return list(ids) if len(ids) <= limit else list(ids[:limit - 1]) + list(ids[-1:])
+
+
 def fit_texts(tokenizer, texts: Sequence[str], limit: int, truncate: bool = True, reader: str = "the model",
               verb: str = "reads") -> list[list[int]]:
     """Token ids of `texts` (special tokens added), each at most `limit` long: longer ones are cut

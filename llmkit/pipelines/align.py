@@ -217,6 +217,11 @@ def align_recipe(model: str, out: str | os.PathLike = "runs/align", task: str = 
         raise ValueError(f"stage {unknown[0]!r} is not known: choose from {', '.join(STAGES)}")
     if task not in ("arith", "sorting"):
         raise ValueError(f"task={task!r}: the recipe needs a generated, checkable task (arith or sorting)")
+    from ..models.resolve import model_config
+
+    if set(stages) - {"sft"} and model_config(model).is_seq2seq:  # refused now, not after the SFT stage
+        raise ValueError(f"the alignment stages do not train encoder-decoders, and {model} is one (T5): "
+                         "fine-tune it with `llmkit finetune` instead")
     root = Path(out)
     extra = _stage_overrides(overrides)
     dev = [f"train.device={device}"] if device else []

@@ -80,7 +80,7 @@ def classify(recipe: Any, resume: bool = False, callbacks: Sequence[Any] = ()) -
     job = Job(recipe, resume, CLASSIFY_LR, callbacks)
     cfg = job.train
     with job.setting_up():
-        backbone, tokenizer = job.load_base()
+        backbone, tokenizer = job.load_base(decoder_job="objective=classify")
         train_rows, val_rows, held_rows, labels = read_labelled(recipe.data.path, recipe.data.val_path, recipe.data.val_fraction,
                                                       cfg.seed, recipe.data.skip_bad_rows)
         max_len = min(recipe.data.max_len, backbone.config.max_seq_len)

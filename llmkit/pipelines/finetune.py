@@ -24,6 +24,7 @@ from ..data.instruct import (BUILTIN_INSTRUCT_TASKS, SFTLoader, SFTValidation, b
                              collate_pairs, encode_all, encode_pairs, is_builtin, read_instructions, split_validation)
 from ..data.tasks import get_task
 from ..peft import METHODS, LoRAConfig
+from ..infer.generate import decoder_start
 from ..train.config import TrainConfig
 from ..train.objectives import CausalLM, Seq2SeqLM
 from ..train.trainer import Trainer
@@ -138,6 +139,9 @@ def check_seq2seq(recipe: FinetuneRecipe) -> None:
     if recipe.method not in SEQ2SEQ_METHODS:
         raise ValueError(f"method={recipe.method} is not supported on {recipe.model}, an encoder-decoder: use one of "
                          f"{', '.join(SEQ2SEQ_METHODS)}")
+    if recipe.method in ("lora", "qlora") and recipe.lora.train_embeddings:
+        raise ValueError(f"lora.train_embeddings=true: an encoder-decoder's shared embeddings cannot be saved in "
+                         f"PEFT's format here yet; set lora.train_embeddings=false for {recipe.model}")
     if recipe.data.packing:
         raise ValueError(f"data.packing=true packs decoder-only rows; {recipe.model} is an encoder-decoder, whose "
                          "examples are (source, target) pairs padded per batch: set data.packing=false")
@@ -179,9 +183,8 @@ def finetune(recipe: FinetuneRecipe, resume: bool = False, callbacks: Sequence[A
     pad = tokenizer.padding_id
     objective, collate_fn = CausalLM(), None
     if seq2seq:  # the same loader and Trainer; only the batches' shape and the loss differ
-        start = model.config.decoder_start_token_id
         objective = Seq2SeqLM()
-        collate_fn = functools.partial(collate_pairs, pad_id=pad, start_id=pad if start is None else start)
+        collate_fn = functools.partial(collate_pairs, pad_id=pad, start_id=decoder_start(model, pad))
     loader = SFTLoader(train_ex, cfg.micro_batch, pad, seed=cfg.seed,
                        packed_len=max_len if recipe.data.packing else None, rank=job.info.rank,
                        world_size=job.info.world_size, collate_fn=collate_fn)

@@ -193,8 +193,8 @@ class Job:
             raise ValueError("no base model: give --model (an HF directory, a run directory or a cached name)")
         self.base_path, model, tokenizer = load_local(self.recipe.model)
         if decoder_job and model.config.is_seq2seq:
-            raise ValueError(f"{decoder_job} trains decoder-only models, and {self.recipe.model} is an encoder-decoder "
-                             "(T5): fine-tune it with `llmkit finetune` instead")
+            raise ValueError(f"{decoder_job} does not train encoder-decoders, and {self.recipe.model} is one (T5): "
+                             "fine-tune it with `llmkit finetune` (objective=sft) instead")
         # an encoder-decoder without a template reads plain sources (T5 is asked "question: ..." as is)
         if tokenizer.chat_template is None and not (model.config.is_encoder or model.config.is_seq2seq):
             log.warning("%s has no chat template: using llmkit's default (ChatML)", self.base_path)

@@ -124,5 +124,7 @@ def task_table(summary: dict[str, Any], title: str = "Held-out results (test spl
         lines.append(row)
     note = (" copy input: the exact match of answering with the input itself (sorting: the given numbers in the "
             "given order), with its Wilson interval." if copies else "")
-    return lines + ["", "`perplexity` is the base-corpus perplexity (lower is better): how much was forgotten. "
-                    "The change is after minus before on the same examples, with a paired bootstrap interval." + note, ""]
+    forgotten = ("`perplexity` is the base-corpus perplexity (lower is better): how much was forgotten. "
+                 if "perplexity" in after else "")
+    return lines + ["", forgotten + "The change is after minus before on the same examples, with a paired bootstrap "
+                    "interval." + note, ""]

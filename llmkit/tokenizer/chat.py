@@ -194,6 +194,15 @@ def plain_source(messages: list[Mapping[str, Any]]) -> str:
     return "\n".join(str(m.get("content") or "") for m in messages)
 
 
+def source_ids(tokenizer, messages: list[Mapping[str, Any]]) -> list[int]:
+    """The token ids an encoder-decoder reads for `messages`, in chat and fine-tuning alike: the
+    chat template's rendering ready for the answer, else `plain_source`; encoded as any source is,
+    with the tokenizer's special tokens (T5: ending with </s>)."""
+    if tokenizer.chat_template is None:
+        return tokenizer.encode(plain_source(messages))
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+
 def fit_history(messages: list[dict], budget: int, count: Callable[[list[dict]], int]) -> list[dict]:
     """Drop the oldest turns (never a leading system message, never the last message) until
     `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count

@@ -65,12 +65,15 @@ def t5_dir(tmp_path_factory):
     return path
 
 
+# two rows whose sources differ in length, so that a batch of them pads one
+ROWS = [[{"role": "user", "content": "Sort these numbers in ascending order: 9 2 40 17 3 88\nAnswer:"},
+         {"role": "assistant", "content": "2 3 9 17 40 88"}],
+        [{"role": "user", "content": "Question: What is 3 + 4?\nAnswer:"}, {"role": "assistant", "content": "7"}]]
+
+
 def test_pairs_become_sources_targets_and_shifted_decoder_inputs(t5_dir):
-    llm = llmkit.load(t5_dir)
-    tok = llm.tokenizer
-    rows = [[{"role": "user", "content": "Sort these numbers in ascending order: 9 2 40\nAnswer:"},
-             {"role": "assistant", "content": "2 9 40"}],
-            [{"role": "user", "content": "Question: What is 3 + 4?\nAnswer:"}, {"role": "assistant", "content": "7"}]]
+    tok = llmkit.load(t5_dir).tokenizer
+    rows = ROWS
     examples, dropped = encode_pairs(tok, rows, max_len=64)
     start, eos, pad = 0, tok.eos_token_id, tok.padding_id
     batch = collate_pairs(examples, pad_id=pad, start_id=start)
@@ -87,6 +90,21 @@ def test_pairs_become_sources_targets_and_shifted_decoder_inputs(t5_dir):
         assert batch["input_ids"][r, :m].tolist() == [start] + target[:-1]
 
 
+def test_a_padded_batch_loses_what_each_pair_scores_alone(t5_dir):
+    from llmkit.train.objectives import Seq2SeqLM
+
+    llm = llmkit.load(t5_dir)
+    tok = llm.tokenizer
+    examples, _ = encode_pairs(tok, ROWS, max_len=64)
+    assert len({len(e.source) for e in examples}) == 2  # the shorter source is padded in the batch
+    batch = collate_pairs(examples, pad_id=tok.padding_id, start_id=0)
+    with torch.no_grad():
+        loss, _ = Seq2SeqLM().loss(llm.model, batch)
+    alone = [llm.loglikelihood_tokens([(e.source.tolist(), e.target.tolist())])[0] for e in examples]
+    expected = -sum(s.logprob for s in alone) / sum(s.n_tokens for s in alone)
+    assert abs(float(loss) - expected) < 1e-5
+
+
 def test_each_assistant_turn_is_a_target_given_the_source_chat_would_give(t5_dir):
     llm = llmkit.load(t5_dir)
     chat = [{"role": "system", "content": "Sort."}, {"role": "user", "content": "3 1"},
@@ -97,6 +115,24 @@ def test_each_assistant_turn_is_a_target_given_the_source_chat_would_give(t5_dir
     for example, turn in zip(examples, (2, 4)):
         assert example.source.tolist() == llm.chat_prompt(chat[:turn])  # the turns, one per line, without a template
         assert llm.detokenize(example.target) == chat[turn]["content"]
+
+
+def test_sources_match_chat_with_a_template_and_long_rows_are_fitted_not_cut(t5_dir):
+    llm = llmkit.load(t5_dir)
+    tok = llm.tokenizer
+    from llmkit.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
+
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE  # (a copy: llmkit.load gives each caller its own tokenizer)
+    chat = [{"role": "user", "content": "once upon a time " * 60}, {"role": "assistant", "content": "1 3"},
+            {"role": "user", "content": "9 4 7"}, {"role": "assistant", "content": "4 7 9"}]
+    examples, dropped = encode_pairs(tok, [chat], max_len=100)
+    assert len(llm.chat_prompt(chat[:3])) > 100 >= len(llm.chat_prompt(chat[2:3]))
+    # the oldest exchange went first, as chat fits a history
+    assert dropped == 0 and examples[1].source.tolist() == llm.chat_prompt(chat[2:3])
+    assert len(examples[0].source) == 100 and examples[0].source[-1] == tok.eos_token_id  # first tokens and </s>
+    long = [{"role": "user", "content": "count"}, {"role": "assistant", "content": " ".join(map(str, range(150)))}]
+    kept, dropped = encode_pairs(tok, [long, chat[2:]], max_len=100)
+    assert dropped == 1 and len(kept) == 1  # a target cut short would teach the model to stop mid-answer
 
 
 def count_sorted(examples) -> int:
@@ -146,6 +182,10 @@ def test_a_fine_tuned_t5_sorts_beyond_copying_its_input(t5_dir, tmp_path):
      r"data.packing=true .* encoder-decoder.*data.packing=false"),
     ({"method": "prefix", "data": {"path": "builtin:sorting"}}, r"method=prefix is not supported .* encoder-decoder"),
     ({"method": "prompt", "data": {"path": "builtin:sorting"}}, r"method=prompt is not supported .* encoder-decoder"),
+    ({"method": "lora", "lora": {"train_embeddings": True}, "data": {"path": "builtin:sorting"}},
+     r"lora.train_embeddings=true: an encoder-decoder's shared embeddings"),
+    ({"objective": "classify", "data": {"path": "builtin:sentiment"}},
+     r"objective=classify does not train encoder-decoders"),
 ])
 def test_what_does_not_apply_to_an_encoder_decoder_is_refused(t5_dir, tmp_path, setting, error):
     recipe = from_dict(FinetuneRecipe, {"model": str(t5_dir), "out": str(tmp_path / "run"), **setting})

@@ -61,6 +61,14 @@ def test_decoder_only_jobs_refuse_an_encoder_decoder_before_any_work(tiny_t5_dir
         "reward": (reward.reward, reward.RewardRecipe, {"data": {"path": "builtin:arith"}}, "reward modelling"),
         "grpo": (rl.grpo, rl.GRPORecipe, {"prompts": {"path": "builtin:arith"}, "reward": "builtin"}, "GRPO"),
     }[job]
-    with pytest.raises(ValueError, match=f"{name} trains decoder-only models, and .* is an encoder-decoder"):
+    with pytest.raises(ValueError, match=f"{name} does not train encoder-decoders, and .* is one"):
         run(from_dict(cls, {"model": str(tiny_t5_dir), **section, "out": str(tmp_path / job)}))
     assert not (tmp_path / job).exists()
+
+
+def test_the_alignment_recipe_refuses_an_encoder_decoder_before_its_sft_stage(tiny_t5_dir, tmp_path):
+    from llmkit.pipelines.align import align_recipe
+
+    with pytest.raises(ValueError, match="alignment stages do not train encoder-decoders"):
+        align_recipe(str(tiny_t5_dir), out=tmp_path / "align", stages=("sft", "rm"))
+    assert not (tmp_path / "align").exists()
