@@ -31,11 +31,11 @@ from tests.peers import peer
 RECIPE = Path(__file__).parents[2] / "recipes" / "t5-sft-tiny.yaml"
 
 
-def llmkit_cli(*args: str) -> None:
-    """Run `llmkit ARGS` on one thread (a tiny model's steps gain nothing from more, and lose much
-    when other work shares the cores)."""
-    r = subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+def llmkit_cli(*args: str, threads: str = "1", timeout: int = 600) -> None:
+    """Run `llmkit ARGS` on one thread by default (a tiny model's steps gain nothing from more, and
+    lose much when other work shares the cores)."""
+    r = subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "OMP_NUM_THREADS": threads})
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -250,3 +250,23 @@ def test_a_t5_lora_adapter_computes_the_same_in_peft(t5_dir, lora_run):
         ours = tuned.model(dec, encoder_input_ids=src, encoder_attention_mask=mask)
         theirs = hf(input_ids=src, attention_mask=mask, decoder_input_ids=dec).logits
     assert (ours - theirs).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_the_shipped_t5_recipes_pretrain_then_sort_beyond_copying(tmp_path):
+    """The full-size proof: recipes/t5-span-tiny.yaml then recipes/t5-sft-tiny.yaml as shipped (but
+    for their output folders), scored on the whole test split."""
+    span, sft = tmp_path / "t5", tmp_path / "t5-sft"
+    cores = str(os.cpu_count() or 1)
+    llmkit_cli("pretrain", "--config", str(RECIPE.parent / "t5-span-tiny.yaml"), "--out", str(span), threads=cores,
+               timeout=1800)
+    llmkit_cli("finetune", "--config", str(RECIPE), "--model", str(span), "--out", str(sft), threads=cores,
+               timeout=3600)
+    test = load_task("sorting", "test")
+    outputs = llmkit.load(sft).generate([ex.prompt for ex in test], max_new_tokens=32, temperature=0)
+    hits, copied = sum(o.strip() == ex.answer for o, ex in zip(outputs, test)), count_sorted(test)
+    low, _ = wilson(hits, len(test))
+    _, high = wilson(copied, len(test))
+    print(f"sorting test split: exact match {hits}/{len(test)}, Wilson low {low:.3f}; copy {copied}/{len(test)}, "
+          f"Wilson high {high:.3f}")
+    assert low > high
