@@ -452,7 +452,8 @@ def save_pretrained(model: Transformer, path: str | os.PathLike, max_shard_bytes
     for old in stale - set(written) - ({path / INDEX_FILE} if len(shards) > 1 else set()):
         old.unlink(missing_ok=True)  # shards of an earlier save, removed only once the new ones exist
     gen = {k: v for k, v in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_token_id),
-                             ("pad_token_id", cfg.pad_token_id)) if v is not None}
+                             ("pad_token_id", cfg.pad_token_id),
+                             ("decoder_start_token_id", cfg.decoder_start_token_id)) if v is not None}
     write_json_atomic(path / "generation_config.json", {**gen, **to_hf(sampling or {})})
     log.info("saved %s (%d shard(s))", path, len(shards))
     return written

@@ -11,7 +11,7 @@ import torch
 from llmkit.infer.beam import beam_search
 from llmkit.infer.generate import TokenGeneration
 from llmkit.infer.sampling import GenerationConfig, GenerationConfigError
-from llmkit.models.hf import load_pretrained
+from llmkit.models.hf import load_pretrained, save_pretrained
 from tests.peers import peer
 
 transformers = peer("transformers")
@@ -52,7 +52,7 @@ def llama_pair(tmp_path_factory):
     return hf, load_pretrained(path).eval()
 
 
-def test_greedy_t5_generation_equals_transformers_on_a_padded_batch(t5_pair):
+def test_greedy_t5_generation_equals_transformers_on_a_padded_batch(t5_pair, tmp_path):
     hf, ours = t5_pair
     g = torch.Generator().manual_seed(3)
     src = torch.randint(2, 50, (3, 9), generator=g)
@@ -76,6 +76,10 @@ def test_greedy_t5_generation_equals_transformers_on_a_padded_batch(t5_pair):
     assert run.finish_reasons.count("stop") == 2
     assert len(set(map(tuple, expected.tolist()))) == 3 and got == expected.tolist()
     assert len(calls) == 1  # the source's cross-attention keys/values: once, not once per step
+    save_pretrained(ours, tmp_path / "ours")  # and the other way: what llmkit writes generates the same there
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    assert torch.equal(back.generate(input_ids=src, attention_mask=mask, max_new_tokens=15, do_sample=False),
+                       hf.generate(input_ids=src, attention_mask=mask, max_new_tokens=15, do_sample=False))
 
 
 def _compare_beams(hf, ours, prompt: torch.Tensor, prefix: int, eos: int, cases) -> int:
