@@ -87,10 +87,6 @@ class EncoderMemory:
         self.mask = mask.bool() if mask is not None and not bool(mask.all()) else None
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    @property
-    def batch_size(self) -> int:
-        return self.states.shape[0]
-
     def attention_mask(self) -> torch.Tensor | None:
         """(batch, 1, 1, source) "may attend" mask for SDPA, None when no token is padding."""
         return None if self.mask is None else self.mask[:, None, None, :]
