@@ -36,6 +36,13 @@ def hf_configs() -> dict:
         # per-layer sliding window (layers >= max_window_layers)
         "qwen2-window": tf.Qwen2Config(**{**small, "num_hidden_layers": 3}, num_key_value_heads=2,
                                        use_sliding_window=True, sliding_window=10, max_window_layers=1),
+        # mixtures of experts: Mixtral (top-2 of 4, renormalised, a sliding window) and Qwen2-MoE
+        # (top-2 of 4 not renormalised, a shared expert behind its sigmoid gate, tied embeddings)
+        "mixtral": tf.MixtralConfig(**small, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                    sliding_window=12),
+        "qwen2-moe": tf.Qwen2MoeConfig(**small, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                       moe_intermediate_size=48, shared_expert_intermediate_size=80,
+                                       tie_word_embeddings=True),
     }
 
 

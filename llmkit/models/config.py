@@ -1,9 +1,9 @@
 """`ModelConfig`: every family is a set of values, not a subclass; plus named presets.
 
 The fields cover decoder-only transformers of the GPT-2, Llama, Mistral, Qwen2 and SmolLM2
-families and BERT-style encoders: norm kind and placement, position scheme, token types,
-attention heads and KV heads, causal or bidirectional attention, MLP kind, biases, tying, sliding
-windows, RoPE scaling, pooler and output head. Analytical counts (parameters, FLOPs, memory) live here too,
+families, mixtures of experts (Mixtral, Qwen2-MoE), BERT-style encoders and T5: norm kind and
+placement, position scheme, token types, attention heads and KV heads, causal or bidirectional
+attention, MLP kind and experts, biases, tying, sliding windows, RoPE scaling, pooler and output head. Analytical counts (parameters, FLOPs, memory) live here too,
 so that `llmkit info` can describe a 7B preset without allocating it.
 """
 
@@ -67,6 +67,15 @@ class ModelConfig:
     attn_scale: float | None = None  # scale of q·k; None: 1/sqrt(head_dim) (T5: 1, folded into its init)
     scale_tied_head: bool = False  # T5: a tied head reads h * dim**-0.5
     decoder_start_token_id: int | None = None  # the decoder's first input token (T5: the pad token)
+    # mixture of experts (Mixtral, Qwen2-MoE): each block's MLP becomes n_experts MLPs of which a
+    # router picks experts_per_token for every token. 0: one dense MLP
+    n_experts: int = 0  # num_local_experts (Mixtral) / num_experts (Qwen2-MoE)
+    experts_per_token: int = 2  # num_experts_per_tok: the router's top-k
+    expert_hidden_dim: int | None = None  # moe_intermediate_size; None: hidden_dim (Mixtral's experts)
+    shared_expert_hidden_dim: int = 0  # Qwen2-MoE's shared expert, seen by every token behind a sigmoid gate; 0: none
+    router_renormalize: bool = True  # top-k probabilities divided by their sum (Mixtral; Qwen2-MoE's norm_topk_prob)
+    router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss while training (Switch, Mixtral)
+    router_z_loss_coef: float = 0.0  # weight of the router z-loss while training (ST-MoE)
     sliding_window: int | None = None  # keys further than this many positions back are not attended
     layer_types: list[str] | None = None  # per layer "full_attention" | "sliding_attention" (None: all sliding if a window is set)
     dropout: float = 0.0  # embedding, attention-probability and residual dropout while training
@@ -85,6 +94,8 @@ class ModelConfig:
                     "choose dim as a multiple of n_heads, or set head_dim explicitly"
                 )
             self.head_dim = self.dim // self.n_heads
+        if self.n_experts and self.expert_hidden_dim is None:
+            self.expert_hidden_dim = self.hidden_dim
         if self.head == "none":  # no output projection: nothing to transform, bias or tie
             self.head_transform = self.head_bias = self.tie_embeddings = False
         self.validate()
@@ -130,6 +141,7 @@ class ModelConfig:
             raise ConfigError(f"type_vocab_size={self.type_vocab_size!r} must be 0 (no token types) or a positive integer")
         if self.causal and self.head == "none":
             raise ConfigError("head='none' (hidden states only) is for encoders: set causal=false, or use head='lm'")
+        self._validate_experts()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if self.rope_scaling is not None:
@@ -142,6 +154,41 @@ class ModelConfig:
                 for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
                     if key not in self.rope_scaling:
                         raise ConfigError(f"rope_scaling of type 'llama3' needs {key!r}")
+
+    def _validate_experts(self) -> None:
+        if not isinstance(self.n_experts, int) or self.n_experts < 0:
+            raise ConfigError(f"n_experts={self.n_experts!r} must be 0 (a dense MLP) or a positive number of experts")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name}={value!r} must be a weight >= 0")
+            if value and not self.n_experts:
+                raise ConfigError(f"{name}={value} weighs a router loss, but the model is dense (n_experts=0): set "
+                                  f"n_experts (and experts_per_token) to make its MLPs a mixture of experts, or "
+                                  f"{name}=0")
+        if not self.n_experts:
+            if self.shared_expert_hidden_dim:
+                raise ConfigError(f"shared_expert_hidden_dim={self.shared_expert_hidden_dim} needs experts: set "
+                                  "n_experts, or shared_expert_hidden_dim=0")
+            return
+        if not isinstance(self.experts_per_token, int) or not 1 <= self.experts_per_token <= self.n_experts:
+            raise ConfigError(f"experts_per_token={self.experts_per_token!r} must be between 1 and n_experts="
+                              f"{self.n_experts}: the router picks that many of the experts for each token")
+        if not isinstance(self.expert_hidden_dim, int) or self.expert_hidden_dim <= 0:
+            raise ConfigError(f"expert_hidden_dim={self.expert_hidden_dim!r} must be a positive integer")
+        if self.mlp != "swiglu" or self.mlp_bias:
+            raise ConfigError(f"n_experts={self.n_experts} with mlp={self.mlp!r}, mlp_bias={self.mlp_bias}: experts are "
+                              "SwiGLU MLPs without biases here (Mixtral, Qwen2-MoE); set mlp=swiglu, mlp_bias=false")
+        if self.is_encoder or self.is_seq2seq or self.post_norm:
+            raise ConfigError("n_experts > 0 is for pre-norm decoders (Mixtral, Qwen2-MoE): not for encoders, "
+                              "encoder-decoders or post-norm blocks")
+        if self.shared_expert_hidden_dim < 0:
+            raise ConfigError(f"shared_expert_hidden_dim={self.shared_expert_hidden_dim} must be 0 (none) or positive")
+
+    @property
+    def is_moe(self) -> bool:
+        """Each block's MLP is a mixture of experts."""
+        return self.n_experts > 0
 
     @property
     def is_encoder(self) -> bool:
@@ -211,22 +258,28 @@ class ModelConfig:
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
 
-    def layer_parameters(self) -> int:
-        """Parameters of one transformer block."""
+    def layer_parameters(self, active: bool = False) -> int:
+        """Parameters of one transformer block; `active`: only those one token passes through (a
+        mixture of experts' router, shared expert and `experts_per_token` of its experts)."""
         d, h = self.dim, self.hidden_dim
         weights = sum(out * inp for out, inp in self.linear_shapes())
+        if active and self.is_moe:
+            idle = (self.n_experts - self.experts_per_token) * 3 * d * self.expert_hidden_dim
+            weights -= idle
         biases = (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + d * self.o_bias
-        if self.mlp_bias:
+        if self.mlp_bias:  # (experts have none: validate() refuses them)
             biases += (2 if self.mlp == "swiglu" else 1) * h + d
         norm = d if self.norm == "rmsnorm" else 2 * d
         cross = (2 * self.q_dim * d + 2 * self.kv_dim * d + norm) if self.is_seq2seq else 0  # encoder_attn
         return weights + biases + 2 * norm + cross
 
-    def num_parameters(self, embeddings: bool = True) -> int:
+    def num_parameters(self, embeddings: bool = True, active: bool = False) -> int:
         """Trainable parameters. `embeddings=False` leaves out token/position embeddings and the
-        output head (Kaplan's N, the count that scaling laws and FLOP estimates use)."""
+        output head (Kaplan's N, the count that scaling laws and FLOP estimates use). `active`
+        counts what one token passes through: for a mixture of experts, the shared layers plus
+        `experts_per_token` experts (the same as the total for a dense model)."""
         norm = self.dim if self.norm == "rmsnorm" else 2 * self.dim
-        n = self.n_layers * self.layer_parameters() + norm  # the final norm, or post-norm's embedding norm
+        n = self.n_layers * self.layer_parameters(active) + norm  # the final norm, or post-norm's embedding norm
         n += (self.dim * self.dim + self.dim) * self.pooler
         if self.positions == "relative":
             n += self.relative_buckets * self.n_heads
@@ -244,18 +297,25 @@ class ModelConfig:
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> int:
         """Forward FLOPs per token (Kaplan et al.): 2·N plus attention over the context
-        (2·n_layers·seq_len·q_dim for QKᵀ and the weighted sum), plus the output head.
+        (2·n_layers·seq_len·q_dim for QKᵀ and the weighted sum), plus the output head. N counts
+        the parameters a token passes through (a mixture of experts: its active ones).
         Training (forward + backward) is three times that."""
         seq_len = self.max_seq_len if seq_len is None else seq_len
-        n = self.num_parameters(embeddings=False) + self.vocab_size * self.dim * (self.head == "lm")  # the head too
+        n = self.num_parameters(embeddings=False, active=True) + self.vocab_size * self.dim * (self.head == "lm")  # the head too
         attn = sum(2 * min(seq_len, self.sliding_window_for(i) or seq_len) * self.q_dim for i in range(self.n_layers))
         forward = 2 * n + attn
         return 3 * forward if training else forward
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(out, in) features of one block's Linear weights: q, k, v, o, then the MLP's."""
+        """(out, in) features of one block's Linear weights: q, k, v, o, then the MLP's (a mixture
+        of experts: the router, every expert's gate/up/down, the shared expert and its gate)."""
         d, h = self.dim, self.hidden_dim
         mlp = [(h, d), (h, d), (d, h)] if self.mlp == "swiglu" else [(h, d), (d, h)]
+        if self.is_moe:
+            e, s = self.expert_hidden_dim, self.shared_expert_hidden_dim
+            mlp = [(self.n_experts, d)] + [(e, d), (e, d), (d, e)] * self.n_experts
+            if s:
+                mlp += [(s, d), (s, d), (d, s), (1, d)]
         return [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)] + mlp
 
     def weight_bytes(self, dtype: str = "fp32", group_size: int = INT4_GROUP_SIZE) -> int:
@@ -369,6 +429,16 @@ _PRESETS: dict[str, Any] = {
     "smollm2-1.7b": lambda: _llama(vocab_size=49152, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32,
                                    hidden_dim=8192, max_seq_len=8192, rope_theta=130000.0, tie_embeddings=True,
                                    bos_token_id=1, eos_token_id=2),
+    # Mixtures of experts: Mixtral 8x7B (Jiang et al. 2024; 8 experts, top 2) and Qwen1.5-MoE-A2.7B
+    # (60 experts, top 4, a shared expert behind a sigmoid gate)
+    "mixtral-8x7b": lambda: _llama(family="mixtral", vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                                   hidden_dim=14336, max_seq_len=32768, rope_theta=1_000_000.0, n_experts=8,
+                                   experts_per_token=2, bos_token_id=1, eos_token_id=2),
+    "qwen1.5-moe-a2.7b": lambda: _llama(family="qwen2_moe", vocab_size=151936, dim=2048, n_layers=24, n_heads=16,
+                                        hidden_dim=5632, max_seq_len=8192, qkv_bias=True, norm_eps=1e-6,
+                                        rope_theta=1_000_000.0, n_experts=60, experts_per_token=4,
+                                        expert_hidden_dim=1408, shared_expert_hidden_dim=5632,
+                                        router_renormalize=False, bos_token_id=151643, eos_token_id=151643),
     # T5 (Raffel et al. 2020): encoder-decoder with relative position buckets
     "t5-small": lambda: _t5(512, 6, 8, 2048),
     # BERT (Devlin et al. 2018): post-norm encoder with token types and the masked-LM head
@@ -384,6 +454,13 @@ _PRESETS: dict[str, Any] = {
                                    hidden_dim=176, max_seq_len=512, sliding_window=32),
     "tiny-t5": lambda: _t5(64, 2, 4, 176, vocab_size=2048, gated=True),
     "tiny-bert": lambda: _bert(64, 2, 4, 176, vocab_size=2048, max_seq_len=512),
+    "tiny-mixtral": lambda: _llama(family="mixtral", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                   hidden_dim=88, max_seq_len=512, tie_embeddings=True, n_experts=4,
+                                   experts_per_token=2),
+    "tiny-qwen2-moe": lambda: _llama(family="qwen2_moe", vocab_size=2048, dim=64, n_layers=2, n_heads=4,
+                                     n_kv_heads=2, hidden_dim=176, max_seq_len=512, qkv_bias=True, norm_eps=1e-6,
+                                     rope_theta=1_000_000.0, tie_embeddings=True, n_experts=4, experts_per_token=2,
+                                     expert_hidden_dim=48, shared_expert_hidden_dim=80, router_renormalize=False),
     "tiny-qwen2": lambda: _llama(family="qwen2", vocab_size=2048, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
                                  hidden_dim=176, max_seq_len=512, qkv_bias=True, norm_eps=1e-6,
                                  rope_theta=1_000_000.0, tie_embeddings=True),

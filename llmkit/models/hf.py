@@ -1,7 +1,7 @@
 """Hugging Face checkpoints in and out: config.json, single or sharded *.safetensors.
 
 Llama, Mistral and Qwen2 checkpoints already use our module names, so their key map is the
-identity. GPT-2 is translated: its fused ``c_attn`` (stored as Conv1D, i.e. transposed) is split
+identity; Mixtral and Qwen2-MoE add experts, named in `hf_moe`. GPT-2 is translated: its fused ``c_attn`` (stored as Conv1D, i.e. transposed) is split
 into q/k/v on import and fused again on export. BERT and T5 have naming modules of their own
 (`hf_bert`, `hf_t5`); which parts a BERT checkpoint holds (pooler, masked-LM head) and whether a
 T5 head is tied are read from its tensors. Only safetensors are read: nothing is unpickled.
@@ -27,13 +27,17 @@ from .hf_common import (INDEX_FILE, SINGLE_FILE, CheckpointError, _config_json, 
                         require as _require)
 from .hf_bert import (bert_checkpoint_names, bert_config_from_hf, bert_config_to_hf, bert_parts,
                       bert_state_dict_from_hf, bert_state_dict_to_hf)
+from .hf_moe import (MOE_MODEL_TYPES, experts_from_hf, experts_to_hf, is_fused, moe_config_fields,
+                     moe_config_to_hf, refuse_unsupported_moe)
 from .hf_t5 import t5_config_from_hf, t5_config_to_hf, t5_state_dict_from_hf, t5_state_dict_to_hf
 from .sampling_defaults import to_hf
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "bert", "t5")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "bert", "t5")
+_CAUSAL_LM = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
 
 
 # ------------------------------------------------------------------------------- config.json
@@ -58,6 +62,7 @@ def _rope_from_hf(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 def config_from_hf(d: dict[str, Any]) -> ModelConfig:
     """`ModelConfig` from the dict of an HF ``config.json``."""
     model_type = d.get("model_type")
+    refuse_unsupported_moe(model_type, SUPPORTED_MODEL_TYPES)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
             f"model_type {model_type!r} is not supported: llmkit reads {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -97,10 +102,12 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
         mlp_bias=bool(d.get("mlp_bias", False)), tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         **common,
     )
-    if model_type == "mistral":
+    if model_type in MOE_MODEL_TYPES:
+        kw.update(moe_config_fields(d, model_type))
+    if model_type in ("mistral", "mixtral"):
         kw["sliding_window"] = d.get("sliding_window")
-    elif model_type == "qwen2":
-        kw["qkv_bias"], kw["o_bias"] = True, False
+    elif model_type in ("qwen2", "qwen2_moe"):
+        kw["qkv_bias"], kw["o_bias"] = bool(d.get("qkv_bias", True)), False
         if d.get("use_sliding_window") and d.get("sliding_window"):
             kw["sliding_window"] = d["sliding_window"]
             n, first = d["num_hidden_layers"], d.get("max_window_layers", d["num_hidden_layers"])
@@ -130,18 +137,23 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
                     initializer_range=cfg.init_std, torch_dtype=dtype_name, **ids)
     _require(cfg, post_norm=False, type_vocab_size=0, pooler=False, head="lm", head_transform=False, head_bias=False,
              n_encoder_layers=0, attn_scale=None, scale_tied_head=False)
-    if cfg.family not in ("llama", "mistral", "qwen2"):
+    if cfg.family not in _CAUSAL_LM:
         raise ConfigError(f"family={cfg.family!r} cannot be exported: use one of {', '.join(SUPPORTED_MODEL_TYPES)}")
     _require(cfg, norm="rmsnorm", positions="rope", mlp="swiglu", causal=True)
+    if cfg.is_moe and cfg.family not in MOE_MODEL_TYPES:
+        raise ConfigError(f"family={cfg.family!r} has no experts in Hugging Face's layout, but n_experts="
+                          f"{cfg.n_experts}: use family='mixtral' (or 'qwen2_moe' with a shared expert)")
     if cfg.family == "qwen2":
         _require(cfg, qkv_bias=True, o_bias=False)
+    elif cfg.family == "qwen2_moe":
+        _require(cfg, o_bias=False)
     elif cfg.qkv_bias != cfg.o_bias:
         raise ConfigError(f"family={cfg.family!r} has one attention_bias flag for q/k/v and o: "
                           f"qkv_bias={cfg.qkv_bias} and o_bias={cfg.o_bias} differ (use family='qwen2' for q/k/v bias only)")
     if cfg.family == "llama" and cfg.sliding_window is not None:
         raise ConfigError("family='llama' has no sliding window: use family='mistral' (or 'qwen2')")
     out: dict[str, Any] = dict(
-        architectures=[{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[cfg.family]],
+        architectures=[_CAUSAL_LM[cfg.family]],
         model_type=cfg.family, vocab_size=cfg.vocab_size, hidden_size=cfg.dim, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
         intermediate_size=cfg.hidden_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
@@ -153,11 +165,15 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[s
         out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
     else:
         _require(cfg, mlp_bias=False)
-    if cfg.family == "mistral":
+    if cfg.family in MOE_MODEL_TYPES:
+        out.update(moe_config_to_hf(cfg))
+    if cfg.family == "qwen2_moe":
+        out["qkv_bias"] = cfg.qkv_bias
+    if cfg.family in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
         if cfg.layer_types is not None and "full_attention" in cfg.layer_types:
-            raise ConfigError("family='mistral' applies its sliding window to every layer: set layer_types=None")
-    if cfg.family == "qwen2":
+            raise ConfigError(f"family={cfg.family!r} applies its sliding window to every layer: set layer_types=None")
+    if cfg.family in ("qwen2", "qwen2_moe"):
         layer_types = cfg.layer_types or ["sliding_attention" if cfg.sliding_window else "full_attention"] * cfg.n_layers
         out.update(use_sliding_window=cfg.sliding_window is not None, sliding_window=cfg.sliding_window,
                    max_window_layers=layer_types.index("sliding_attention") if "sliding_attention" in layer_types
@@ -184,7 +200,8 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     if cfg.family == "t5":
         return t5_state_dict_from_hf(hf, cfg)
     if cfg.family != "gpt2":
-        return {k: v for k, v in hf.items() if not _IGNORED.search(k)}
+        kept = {k: v for k, v in hf.items() if not _IGNORED.search(k)}
+        return experts_from_hf(kept, cfg) if cfg.is_moe else kept
     out: dict[str, torch.Tensor] = {}
     splits = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]
     for key, t in hf.items():
@@ -212,10 +229,14 @@ def state_dict_from_hf(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool | None = None) -> dict[str, torch.Tensor]:
+def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, prefix: bool | None = None,
+                     fused_experts: bool = False) -> dict[str, torch.Tensor]:
     """Our tensor names and layouts -> HF's (a tied head is written once, as the embedding).
-    `prefix=False` leaves out the `bert.` prefix of BERT task models (default: as HF writes them)."""
+    `prefix=False` leaves out the `bert.` prefix of BERT task models (default: as HF writes them);
+    `fused_experts` writes a mixture of experts in transformers 5's fused in-memory layout."""
     sd = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    if cfg.is_moe:
+        return experts_to_hf(sd, cfg, fused_experts)
     if cfg.family == "bert":  # a task model (MLM head, classifier) keeps its body under `bert.`
         return bert_state_dict_to_hf(sd, cfg, prefix)
     if cfg.family == "t5":
@@ -319,6 +340,7 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
         cfg = bert_parts(cfg, raw_names, score)
     if not own_names and cfg.family == "t5":  # transformers 5 always ties T5's head; older files may not
         cfg = cfg.replace(tie_embeddings="lm_head.weight" not in found_shapes)
+    fused = not own_names and cfg.is_moe and is_fused(found_shapes)  # transformers 5's in-memory expert layout
     found_shapes = {k: found_shapes[raw] for k, raw in raw_names.items()}
     where = {k: where[raw] for k, raw in raw_names.items()}
 
@@ -335,7 +357,7 @@ def _load(path: Path, device: torch.device | str | None, dtype: str | torch.dtyp
     if own_names:
         expected = {k: tuple(v.shape) for k, v in sd.items() if not (k == "lm_head.weight" and cfg.tie_embeddings)}
     else:
-        expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg, prefix=False).items()}
+        expected = {k: tuple(v.shape) for k, v in state_dict_to_hf(sd, cfg, prefix=False, fused_experts=fused).items()}
     if score:
         weight, bias = _score_key(cfg), _score_key(cfg, bias=True)
         shape = found_shapes.get(weight)

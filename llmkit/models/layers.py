@@ -228,7 +228,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU (down(act(gate(x)) * up(x))) or the classic two-layer GELU MLP (down(act(up(x))))."""
+    """SwiGLU (down(act(gate(x)) * up(x))) or the classic two-layer GELU MLP (down(act(up(x)))).
+    A block of a mixture-of-experts model holds `moe.MoE` instead, whose experts are these."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -263,7 +264,12 @@ class Block(nn.Module):
             self.encoder_attn_layernorm = make_norm(config)
             self.encoder_attn = Attention(config, layer_idx, cross=True)
         self.post_attention_layernorm = make_norm(config)
-        self.mlp = MLP(config)
+        if config.is_moe:
+            from .moe import MoE  # moe builds its experts from MLP, defined here
+
+            self.mlp = MoE(config)
+        else:
+            self.mlp = MLP(config)
         if self.post_norm:
             self.post_feedforward_layernorm = make_norm(config)
         self.drop = nn.Dropout(config.dropout) if config.dropout else nn.Identity()

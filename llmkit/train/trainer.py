@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from ..models.moe import clear_router, record_router, router_losses
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .logger import MetricsLogger
@@ -72,6 +73,10 @@ class Trainer:
         self.base_model = model.to(self.device)
         if config.activation_checkpointing:
             enable_activation_checkpointing(self.base_model)
+        # a mixture of experts: its routers' losses join the objective's, and their statistics are logged
+        self.router = record_router(self.base_model)
+        model_cfg = getattr(self.base_model, "config", None)
+        self.router_coefs = (getattr(model_cfg, "router_aux_loss_coef", 0.0), getattr(model_cfg, "router_z_loss_coef", 0.0))
         self.model = D.wrap_model(self.base_model, config.distributed, self.info)
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.betas)
         self.forward_model = torch.compile(self.model) if config.compile else self.model
@@ -243,16 +248,27 @@ class Trainer:
         weights = self._weights(batches)
         total = torch.zeros((), device=self.device)
         tokens = 0
-        extra: dict[str, float] = {}  # the objective's own metrics (DPO's reward margins, ...), averaged
+        extra: dict[str, Any] = {}  # the objective's own metrics (DPO's reward margins, ...), averaged
         for micro, (batch, weight) in enumerate(zip(batches, weights)):
             with D.no_sync(self.model, micro < cfg.grad_accum - 1), autocast(self.precision, self.device):
                 loss, metrics = self.objective.loss(self.forward_model, batch)
-            scaled = loss * weight
+                minimised = loss
+                if self.router:
+                    router = router_losses(self.base_model, *self.router_coefs)
+                    if router is not None:
+                        minimised = loss + router.penalty.to(loss.dtype)
+                        metrics = {**metrics, **router.metrics()}
+            scaled = minimised * weight
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if self.router:
+                clear_router(self.base_model)  # what an activation-checkpointing recompute recorded
             total += loss.detach() * weight
             tokens += self.objective.tokens(batch)
             for k, v in metrics.items():
-                extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
+                if isinstance(v, list):  # per-expert shares: averaged element by element
+                    extra[k] = [a + b / cfg.grad_accum for a, b in zip(extra.get(k, [0.0] * len(v)), v)]
+                else:
+                    extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
