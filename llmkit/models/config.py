@@ -331,6 +331,10 @@ class ModelConfig:
             raise ConfigError(f"dtype={dtype!r} is not supported: use fp32, fp16, bf16, int8 or int4")
         head = (self.vocab_size, self.dim)
         linears = self.linear_shapes() * self.n_layers + [head]
+        if self.is_moe:  # routers stay in full precision (`quant.weight_only` keeps them)
+            routers = [(self.n_experts, self.dim)] + [(1, self.dim)] * bool(self.shared_expert_hidden_dim)
+            for shape in routers * self.n_layers:
+                linears.remove(shape)
         quantised = sum(linear_bytes(out, inp, dtype, group_size) for out, inp in linears)
         counted = sum(out * inp for out, inp in linears) - (head[0] * head[1] if self.tie_embeddings else 0)
         return quantised + FULL_BYTES * (n - counted)

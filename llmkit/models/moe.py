@@ -123,7 +123,7 @@ class RouterLosses:
 
     def metrics(self) -> dict[str, float | list[float]]:
         share = self.tokens_per_expert
-        return {"moe_aux_loss": float(self.aux_loss), "moe_z_loss": float(self.z_loss),
+        return {"moe_aux_loss": float(self.aux_loss.detach()), "moe_z_loss": float(self.z_loss.detach()),
                 "moe_router_entropy": self.entropy,
                 "moe_load_max": max(share) * len(share),  # the busiest expert's load over an even share (1 = even)
                 "moe_tokens_per_expert": [round(s, 4) for s in share]}

@@ -264,15 +264,19 @@ class Int4Linear(_QuantLinear):
 
 
 # ------------------------------------------------------------------------------- whole models
+ROUTERS = ("mlp.gate", "mlp.shared_expert_gate")  # a block's MoE router and shared-expert gate (`models.moe`)
+
+
 def _linears(model: nn.Module, head: bool) -> list[tuple[str, nn.Linear]]:
     """(qualified name, Linear) of every block Linear, plus the head when `head`. The small
     matrices of attached adapters (LoRA A/B, bottlenecks) stay as they are; a LoRA's base layer
-    is quantised under it."""
+    is quantised under it. A mixture of experts' routers stay too, as llama.cpp keeps them: a
+    rounded router would send tokens to other experts."""
     found = []
     for i, block in enumerate(model.model.layers):
         for name, mod in block.named_modules():
             peft = any(part.startswith("lora_") or part.endswith("_adapter") for part in name.split("."))
-            if type(mod) is nn.Linear and not peft:
+            if type(mod) is nn.Linear and not peft and name not in ROUTERS:
                 found.append((f"model.layers.{i}.{name}", mod))
     if head and type(model.lm_head) is nn.Linear:
         found.append(("lm_head", model.lm_head))

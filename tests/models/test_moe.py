@@ -181,3 +181,24 @@ def test_refusals_name_the_field_and_the_fix(tmp_path):
     (tmp_path / "mixed" / "config.json").write_text(json.dumps(mixed))
     with pytest.raises(CheckpointError, match=r"decoder_sparse_step=2 .* every layer has experts"):
         read_config(tmp_path / "mixed")
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantised_moe_keeps_its_routers_and_round_trips(method, tmp_path):
+    """Experts quantise like any Linear; routers stay in full precision (as llama.cpp keeps
+    `ffn_gate_inp`); the saved checkpoint reloads to the same logits and weighs what
+    `weight_bytes` predicts."""
+    from llmkit.quant.weight_only import quantize_model
+
+    model = _random_moe("tiny-qwen2-moe")
+    quantize_model(model, method)
+    mlp = model.model.layers[0].mlp
+    assert type(mlp.gate) is torch.nn.Linear and type(mlp.shared_expert_gate) is torch.nn.Linear
+    assert type(mlp.experts[0].gate_proj).__name__ == {"int8": "Int8Linear", "int4": "Int4Linear"}[method]
+    save_pretrained(model, tmp_path / "q")
+    back = load_pretrained(tmp_path / "q")
+    x = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    stored = sum(t.numel() * t.element_size() for t in back.state_dict().values())
+    assert model.config.weight_bytes(method) == stored
