@@ -26,7 +26,8 @@ from .texts import pad_right
 from .transformer import Transformer
 
 # family -> HF class name prefix; token classification is offered where the head has one name
-_HF_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt2": "GPT2", "bert": "Bert"}
+_HF_PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt2": "GPT2", "bert": "Bert", "mixtral": "Mixtral",
+              "qwen2_moe": "Qwen2Moe"}
 
 
 class Classifier(nn.Module):

@@ -83,8 +83,11 @@ def dispatch(x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor, exper
     counts = torch.bincount(flat, minlength=len(experts)).tolist()  # one host sync per layer
     gathered = x.index_select(0, token)
     outputs = []
+    training = torch.is_grad_enabled()
     for expert, part in zip(experts, gathered.split(counts)):
-        if part.shape[0]:
+        # while training an idle expert still runs (on no rows), so that it has a (zero) gradient:
+        # DDP waits for a gradient from every parameter
+        if part.shape[0] or training:
             outputs.append(expert(part))
     y = torch.cat(outputs) * weights.reshape(-1, 1).index_select(0, order)
     return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))

@@ -202,3 +202,19 @@ def test_quantised_moe_keeps_its_routers_and_round_trips(method, tmp_path):
         assert torch.equal(back(x), model(x))
     stored = sum(t.numel() * t.element_size() for t in back.state_dict().values())
     assert model.config.weight_bytes(method) == stored
+
+
+def test_moe_classifier_scores_as_transformers(tmp_path):
+    """A reward model or classifier on a mixture of experts is saved as
+    `MixtralForSequenceClassification` and scores the same there."""
+    from llmkit.models.classifier import Classifier, load_classifier, save_classifier
+
+    clf = Classifier(_random_moe("tiny-mixtral"), num_labels=3).eval()
+    save_classifier(clf, tmp_path / "clf")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
+    assert type(hf).__name__ == "MixtralForSequenceClassification"
+    ids = torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = clf(ids)
+        assert (hf(ids).logits - ours).abs().max().item() <= 1e-4
+        assert torch.equal(load_classifier(tmp_path / "clf")(ids), ours)
