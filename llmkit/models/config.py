@@ -240,13 +240,17 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed (validated again). A head_dim that was derived from
-        dim // n_heads is derived again when dim or n_heads change, and a multi-head model keeps
-        n_kv_heads = n_heads."""
+        dim // n_heads is derived again when dim or n_heads change, a multi-head model keeps
+        n_kv_heads = n_heads, and experts as wide as the MLP (Mixtral) follow a new hidden_dim."""
         derived = self.head_dim == self.dim // self.n_heads
         if derived and "head_dim" not in changes and ({"dim", "n_heads"} & set(changes)):
             changes["head_dim"] = None
         if self.n_kv_heads == self.n_heads and "n_heads" in changes and "n_kv_heads" not in changes:
             changes["n_kv_heads"] = None  # multi-head attention stays multi-head
+        if self.expert_hidden_dim == self.hidden_dim and "hidden_dim" in changes and "expert_hidden_dim" not in changes:
+            changes["expert_hidden_dim"] = None  # Mixtral's experts keep the MLP width
+        if "n_experts" in changes and not changes["n_experts"] and "expert_hidden_dim" not in changes:
+            changes["expert_hidden_dim"] = None  # a dense model has no expert width
         return dataclasses.replace(self, **changes)
 
     # ---------------------------------------------------------- analytical sizes

@@ -15,8 +15,19 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
+def mlp_text(cfg: ModelConfig) -> str:
+    """The MLP of each block in words: kind and width, or a mixture's experts, top-k and shared expert."""
+    if not cfg.is_moe:
+        return f"MLP {cfg.mlp} {cfg.hidden_dim}"
+    renorm = " (renormalised)" if cfg.router_renormalize else ""
+    shared = f"; shared expert {cfg.shared_expert_hidden_dim}" if cfg.shared_expert_hidden_dim else ""
+    return (f"MLP: mixture of {cfg.n_experts} experts x {cfg.expert_hidden_dim}, top {cfg.experts_per_token}"
+            f"{renorm}{shared}")
+
+
 def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, str]]:
-    """Family, parameters, layers, attention, positions, FLOPs, KV cache and weight memory by dtype."""
+    """Family, parameters (a mixture of experts: total and active per token), layers, attention,
+    positions, FLOPs, KV cache and weight memory by dtype."""
     ctx = context or cfg.context_window
     if ctx < 1:
         raise ValueError(f"context={ctx} must be a positive number of tokens")
@@ -46,8 +57,15 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
     rows = [
         ("family", cfg.family),
         ("parameters", f"{cfg.num_parameters():,} ({cfg.num_parameters(embeddings=False):,} without embeddings)"),
+    ]
+    if cfg.is_moe:  # what a token passes through: what FLOPs and activations follow, not memory
+        rows.append(("active parameters", f"{cfg.num_parameters(active=True):,} per token "
+                     f"({cfg.num_parameters(embeddings=False, active=True):,} without embeddings): "
+                     f"{cfg.experts_per_token} of {cfg.n_experts} experts"
+                     + " and the shared expert" * bool(cfg.shared_expert_hidden_dim)))
+    rows += [
         ("layers", (f"{cfg.n_encoder_layers} encoder + {cfg.n_layers} decoder (cross-attending)" if cfg.is_seq2seq
-                    else str(cfg.n_layers)) + f" x dim {cfg.dim}, MLP {cfg.mlp} {cfg.hidden_dim}"),
+                    else str(cfg.n_layers)) + f" x dim {cfg.dim}, {mlp_text(cfg)}"),
         ("attention", attention),
         ("positions", f"{cfg.positions}{rope}{context_note}"),
         ("norm", norm),
@@ -57,7 +75,8 @@ def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, st
         extras = [f"{cfg.type_vocab_size} token types"] * bool(cfg.type_vocab_size) + ["pooler"] * cfg.pooler
         head = "masked LM" if cfg.head == "lm" else "none (hidden states)"
         rows.append(("head", head + "".join(f", {x}" for x in extras)))
-    rows.append(("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"))
+    rows.append(("FLOPs/token", f"{cfg.flops_per_token(ctx) / 1e9:.3f} GFLOP forward at context {ctx}"
+                 + " (active parameters)" * cfg.is_moe))
     rows.append(("KV cache", "none: an encoder reads each text whole and does not generate" if encoder
                  else f"{_size(cfg.kv_cache_bytes(ctx, 1, 2))} at context {ctx} (bf16, batch 1)"))
     rows += [(f"weights {dtype}", _size(cfg.weight_bytes(dtype))) for dtype in ("fp32", "bf16")]

@@ -9,6 +9,10 @@ parameters and tokens grow together, D ≈ 20·N, so
 Kaplan et al. put most extra compute into parameters (N_opt ∝ C^0.73); `kaplan_optimal` gives their
 answer for comparison. `ScalingLaw` is the Chinchilla parametric loss L(N, D) = E + A/N^α + B/D^β
 and its own compute-optimal allocation; `llmkit.scaling.fit` fits one to your runs.
+
+For a mixture of experts, N in C ≈ 6·N·D is the parameters one token passes through (its active
+count, as `ModelConfig.flops_per_token` counts them), not all of its experts: `choose_model_size`
+sizes such a candidate by its active parameters. Memory (`llmkit.scaling.memory`) needs the total.
 """
 
 from __future__ import annotations
@@ -151,8 +155,9 @@ def chinchilla_loss(params: Any, tokens: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """What `choose_model_size` picked: the `candidate`, its `params` N and the `tokens` D it can
-    train on in the budget (`flops`), beside the Chinchilla `optimal` plan for that budget."""
+    """What `choose_model_size` picked: the `candidate`, its `params` N (a mixture of experts: the
+    active ones) and the `tokens` D it can train on in the budget (`flops`), beside the Chinchilla
+    `optimal` plan for that budget."""
 
     candidate: Any
     params: int
@@ -166,9 +171,11 @@ class ModelChoice:
 
 
 def _count(candidate: Any, embeddings: bool | None) -> int:
-    if embeddings is None:
-        return int(candidate.num_parameters())
-    return int(candidate.num_parameters(embeddings=embeddings))
+    """N of C = 6·N·D: a mixture of experts' active parameters (its FLOPs per token follow them)."""
+    kw: dict[str, Any] = {} if embeddings is None else {"embeddings": embeddings}
+    if getattr(candidate, "is_moe", False):
+        kw["active"] = True
+    return int(candidate.num_parameters(**kw))
 
 
 def choose_model_size(budget_seconds: float, throughput: float | Callable[[Any], float],
@@ -183,7 +190,8 @@ def choose_model_size(budget_seconds: float, throughput: float | Callable[[Any],
     candidate (then D = tokens/s × seconds and C = 6·N·D for that candidate). Either way the choice
     is the candidate whose N is nearest, in log space, to the Chinchilla optimum for its compute —
     equivalently, whose D/N is nearest `tokens_per_param`. `embeddings` is passed to
-    ``num_parameters`` when set (``False`` gives Kaplan's non-embedding count).
+    ``num_parameters`` when set (``False`` gives Kaplan's non-embedding count). N of a mixture of
+    experts (a candidate whose ``is_moe`` is true) is its active count, what sets its compute.
     """
     seconds = _positive("budget_seconds", budget_seconds)
     if not candidates:

@@ -31,6 +31,9 @@ the tensors llmkit's block saves for backward, in values per token:
 
     attention: c·d + d + 2·q + 2·kv + (q with fused SDPA/flash attention | a·s softmax probabilities)
     MLP:       c·d + d + 4·f (SwiGLU: gate, up, act(gate), product) | 2·f (GELU)
+    MoE MLP:   c·d + d + 3·k·d + 4·k·e + k  (+ 4·g + d + 1 with a shared expert)
+               + 3·E + 1 (+ k + 1 when renormalised) router values, fp32 at any precision
+               + 3·k int64 indices (8 bytes each)
 
 where d = dim, q = n_heads·head_dim, kv = n_kv_heads·head_dim, f = hidden_dim, a = n_heads,
 s = seq_len, and c = values a norm saves (2 for llmkit's RMSNorm: input and normalised; 1 for
@@ -43,11 +46,24 @@ the two gradient buffers of its backward). Activation checkpointing of every blo
 block's input (d values per token and layer, Korthikanti's 2·s·b·h bytes) plus one block's
 activations while it is recomputed.
 
+A mixture of experts (`llmkit.models.moe`; E = n_experts, k = experts_per_token, e =
+expert_hidden_dim, g = shared_expert_hidden_dim) keeps what its sorted dispatch saves for backward:
+each token's k gathered copies (the experts' input), the k expert outputs concatenated (kept by
+the multiply with the routing weights) and the weighted outputs (kept by ``index_add_``), 3·k·d;
+the SwiGLU values of the k experts the token is routed to, 4·k·e; its k routing weights in sorted
+order; a shared expert's SwiGLU values, output and sigmoid gate. The router keeps its softmax
+probabilities (E), the Trainer's router losses a copy of the logits and their softmax (2·E + 1 with
+the z-loss's logsumexp), renormalisation the top-k weights and their sum; the top-k choices, each
+assignment's token and the sort order are int64. So weights, gradients and optimizer state count
+every expert (N is all parameters), activations only the experts a token passes through
+(``tests/scaling/test_memory.py`` checks the MoE terms against the bytes autograd saves).
+
 All terms are added as if alive at once: the usual textbook sum. It is exact when gradients
 persist across steps (gradient accumulation, ``zero_grad(set_to_none=False)``); when they are freed
 after every step the true peak (at the start of backward) lacks most of the gradients, and the
 estimate is high by up to their size. Measured peaks of fp32 AdamW steps of 10M and 42M-parameter
-llmkit models are 0.83–0.95 of the estimate (``tests/scaling/test_memory.py``).
+llmkit models are 0.83–0.95 of the estimate, of 24M and 27M-parameter mixtures of experts (10M and
+13M active) 0.88–1.00 (``tests/scaling/test_memory.py``).
 """
 
 from __future__ import annotations
@@ -84,18 +100,49 @@ class _Shape:
     # the configuration's own count of int8 / int4 weight bytes (`ModelConfig.weight_bytes`, which
     # follows llmkit.quant's layout: this room sits below quant and asks the config instead)
     stored_bytes: Callable[[str], int] | None = None
+    # a mixture of experts (n_experts = 0: a dense MLP) and the parameters one token passes through
+    n_experts: int = 0
+    experts_per_token: int = 0
+    expert_hidden_dim: int = 0
+    shared_hidden_dim: int = 0
+    router_renormalize: bool = False
+    active_params: int = 0
 
     @property
     def matrices(self) -> list[tuple[int, int]]:
-        """(out, in) features of each block projection: q, k, v, o, up, down (+ gate). These are
-        what int8/int4/NF4 quantise and what LoRA adapts (QLoRA's "all linear layers")."""
+        """(out, in) features of each block Linear: q, k, v, o, up, down (+ gate); a mixture's router,
+        every expert's gate/up/down and the shared expert's with its gate. These are what NF4
+        quantises and what LoRA adapts (QLoRA's "all linear layers", PEFT's all-linear); int8/int4
+        keep a mixture's routers, as `ModelConfig.weight_bytes` counts."""
         d, f = self.dim, self.hidden_dim
-        mats = [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim), (f, d), (d, f)]
-        return mats + [(f, d)] if self.swiglu else mats
+        mats = [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)]
+        if self.n_experts:
+            e, s = self.expert_hidden_dim, self.shared_hidden_dim
+            shared = [(s, d), (s, d), (d, s), (1, d)] if s else []
+            return mats + [(self.n_experts, d)] + [(e, d), (e, d), (d, e)] * self.n_experts + shared
+        return mats + [(f, d), (d, f)] + [(f, d)] * self.swiglu
+
+    @property
+    def adapted_per_token(self) -> int:
+        """How many of `matrices` one token passes through (a mixture: the router, k experts, the shared one)."""
+        if self.n_experts:
+            return 5 + 3 * self.experts_per_token + 4 * bool(self.shared_hidden_dim)
+        return len(self.matrices)
 
     @property
     def linear_params(self) -> int:
         return self.n_layers * sum(o * i for o, i in self.matrices)
+
+    def mlp_activation_bytes(self, p: float) -> float:
+        """Bytes per token that one block's MLP saves for backward beyond its norm and input (the
+        "MLP" and "MoE MLP" lines of the module docstring past c·d + d), at `p` bytes a value."""
+        if not self.n_experts:
+            return (4 if self.swiglu else 2) * self.hidden_dim * p
+        d, k, e, s = self.dim, self.experts_per_token, self.expert_hidden_dim, self.shared_hidden_dim
+        experts = (3 * k * d + 4 * k * e + k) * p
+        shared = (4 * s + d + 1) * p if s else 0.0
+        router = 4.0 * (3 * self.n_experts + 1 + (k + 1) * self.router_renormalize)  # fp32 whatever p is
+        return experts + shared + router + 8.0 * 3 * k
 
 
 def _shape(model: Any) -> _Shape | None:
@@ -105,17 +152,27 @@ def _shape(model: Any) -> _Shape | None:
     try:
         head_dim = cfg.head_dim or cfg.dim // cfg.n_heads
         n_kv = cfg.n_kv_heads or cfg.n_heads
+        params = int(cfg.num_parameters(embeddings=True))
+        n_experts = int(getattr(cfg, "n_experts", 0) or 0)
+        moe: dict[str, Any] = {}
+        if n_experts:
+            moe = dict(n_experts=n_experts, experts_per_token=cfg.experts_per_token,
+                       expert_hidden_dim=cfg.expert_hidden_dim or cfg.hidden_dim,
+                       shared_hidden_dim=cfg.shared_expert_hidden_dim or 0, router_renormalize=cfg.router_renormalize,
+                       active_params=int(cfg.num_parameters(embeddings=True, active=True)))
         return _Shape(
-            params=int(cfg.num_parameters(embeddings=True)), n_layers=cfg.n_layers, dim=cfg.dim,
+            params=params, n_layers=cfg.n_layers, dim=cfg.dim,
             n_heads=cfg.n_heads, q_dim=cfg.n_heads * head_dim, kv_dim=n_kv * head_dim, hidden_dim=cfg.hidden_dim,
             vocab_size=cfg.vocab_size, max_seq_len=cfg.max_seq_len, swiglu=cfg.mlp == "swiglu",
             norm_values=1 if getattr(cfg, "norm", "rmsnorm") == "layernorm" else 2,
             dropout=float(getattr(cfg, "dropout", 0.0) or 0.0), stored_bytes=getattr(cfg, "weight_bytes", None),
+            **moe,
         )
     except AttributeError as e:
         raise ScalingError(
             f"cannot size {type(model).__name__}: need a parameter count (int) or a model configuration "
-            f"with num_parameters(), n_layers, dim, n_heads, hidden_dim, vocab_size ... ({e})"
+            f"with num_parameters(), n_layers, dim, n_heads, hidden_dim, vocab_size ... (a mixture of experts: "
+            f"experts_per_token, expert_hidden_dim, shared_expert_hidden_dim, router_renormalize) ({e})"
         ) from None
 
 
@@ -133,6 +190,11 @@ class MemoryEstimate:
     activations: float = 0.0
     kv_cache: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    active: int = 0  # parameters one token passes through (a mixture of experts); 0: all of them
+
+    @property
+    def active_params(self) -> int:
+        return self.active or self.params
 
     @property
     def states(self) -> float:
@@ -151,7 +213,8 @@ class MemoryEstimate:
         """A small text table of the components, in GB (1e9 bytes)."""
         rows = [("weights", self.weights), ("gradients", self.gradients), ("optimizer", self.optimizer),
                 ("activations", self.activations), ("kv_cache", self.kv_cache), ("total", self.total)]
-        lines = [f"{self.method} · {self.dtype} · {self.params:,} params ({self.trainable:,} trainable)"]
+        active = f"{self.active:,} active per token, " if self.active and self.active != self.params else ""
+        lines = [f"{self.method} · {self.dtype} · {self.params:,} params ({active}{self.trainable:,} trainable)"]
         lines += [f"  {name:<12}{_fmt(value):>12}  {value / self.params:6.2f} B/param" for name, value in rows]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -166,7 +229,7 @@ def _fmt(n: float) -> str:
 
 def _weight_bytes(shape: _Shape | None, params: int, dtype: str) -> float:
     """Weights stored as `dtype`. int8 / int4 of a configuration: its layout (scales, what stays
-    unquantised); of a bare count, the codes alone. NF4 (QLoRA) quantises the block projections
+    unquantised); of a bare count, the codes alone. NF4 (QLoRA) quantises the block Linears
     and keeps embeddings, norms and head in 16-bit."""
     per = NF4_BYTES if dtype == "nf4" else BYTES_PER_VALUE[dtype]
     if shape is not None and dtype in ("int8", "int4") and shape.stored_bytes is not None:
@@ -182,8 +245,8 @@ def _training_activations(s: _Shape, batch: int, seq: int, p: float, flash: bool
     """The activation formula of the module docstring, in bytes."""
     d, c = s.dim, s.norm_values
     attn = c * d + d + 2 * s.q_dim + 2 * s.kv_dim + (s.q_dim if flash else s.n_heads * seq)
-    mlp = c * d + d + (4 if s.swiglu else 2) * s.hidden_dim
-    layer = (attn + mlp + adapter_rank * len(s.matrices)) * p + (2 * d if s.dropout > 0 else 0)
+    layer = (attn + c * d + d + adapter_rank * s.adapted_per_token) * p + s.mlp_activation_bytes(p)
+    layer += 2 * d if s.dropout > 0 else 0
     tokens = batch * seq
     body = s.n_layers * d * p + layer if ckpt else s.n_layers * layer
     head = (c + 1) * d * p + s.vocab_size * (p + 12.0)
@@ -221,6 +284,9 @@ def estimate_memory(model: Any, *, method: str = "inference", dtype: str = "fp32
         raise ScalingError(f"the model has {params} parameters: give a positive count")
     seq = seq_len or (shape.max_seq_len if shape is not None else 2048)
     notes: list[str] = []
+    active = shape.active_params if shape is not None else 0
+    if active:
+        notes.append(_moe_note(shape, method))
     if method == "inference":
         return _inference(shape, params, dtype, batch_size, seq, notes)
 
@@ -247,7 +313,7 @@ def estimate_memory(model: Any, *, method: str = "inference", dtype: str = "fp32
         weights = _weight_bytes(shape, params, base) + 4.0 * trainable
         grads = 4.0 * trainable
         opt = 4.0 * n_states * trainable
-        notes.append(f"{method}: frozen {base} base, rank-{lora_rank} adapters on every block projection in fp32")
+        notes.append(f"{method}: frozen {base} base, rank-{lora_rank} adapters on every block Linear in fp32")
     if shape is not None:
         acts = _training_activations(shape, batch_size, seq, act_bytes, flash_attention, activation_checkpointing,
                                      lora_rank if method != "full" else 0)
@@ -257,7 +323,16 @@ def estimate_memory(model: Any, *, method: str = "inference", dtype: str = "fp32
         notes.append(f"activations: allowance of {allowance:g} B/param (no shape given; pass a config for a "
                      "batch- and sequence-based estimate)")
     label = "nf4" if method == "qlora" else dtype
-    return MemoryEstimate(method, label, params, trainable, weights, grads, opt, acts, 0.0, tuple(notes))
+    return MemoryEstimate(method, label, params, trainable, weights, grads, opt, acts, 0.0, tuple(notes), active)
+
+
+def _moe_note(s: _Shape, method: str) -> str:
+    renorm = " (renormalised)" if s.router_renormalize else ""
+    shared = f"; shared expert {s.shared_hidden_dim}" if s.shared_hidden_dim else ""
+    states = "weights, gradients and optimizer state" if method == "full" else "weights"
+    return (f"mixture of {s.n_experts} experts x {s.expert_hidden_dim}, top {s.experts_per_token}{renorm}{shared}: "
+            f"{states} count all {s.params:,} parameters; activations only the experts each token is routed to "
+            f"({s.active_params:,} parameters active per token)")
 
 
 def _inference(shape: _Shape | None, params: int, dtype: str, batch: int, seq: int,
@@ -268,8 +343,13 @@ def _inference(shape: _Shape | None, params: int, dtype: str, batch: int, seq: i
         return MemoryEstimate("inference", dtype, params, 0, weights, notes=tuple(notes))
     p = 4.0 if dtype == "fp32" else 2.0  # quantised weights compute in 16-bit
     kv = 2.0 * shape.n_layers * batch * seq * shape.kv_dim * p
-    # prefill working set of one block (residual, normed input, MLP intermediates) + last-token logits
-    acts = batch * seq * (2 * shape.dim + (3 if shape.swiglu else 2) * shape.hidden_dim) * p
-    acts += batch * shape.vocab_size * 4.0
+    # prefill working set of one block (residual, normed input, MLP intermediates) + last-token logits;
+    # a mixture's intermediates are those of each token's k experts, on gathered copies of the tokens
+    if shape.n_experts:
+        mlp = shape.experts_per_token * (2 * shape.dim + 3 * shape.expert_hidden_dim) + 3 * shape.shared_hidden_dim
+    else:
+        mlp = (3 if shape.swiglu else 2) * shape.hidden_dim
+    acts = batch * seq * (2 * shape.dim + mlp) * p + batch * shape.vocab_size * 4.0
     notes.append(f"KV cache for {batch}×{seq} tokens; activations: one block's prefill working set")
-    return MemoryEstimate("inference", dtype, params, 0, weights, 0.0, 0.0, acts, kv, tuple(notes))
+    return MemoryEstimate("inference", dtype, params, 0, weights, 0.0, 0.0, acts, kv, tuple(notes),
+                          shape.active_params)

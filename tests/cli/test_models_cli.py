@@ -149,3 +149,33 @@ def test_info_of_a_config_without_weights_still_describes_the_architecture(tmp_p
     assert "not readable" in out and "no *.safetensors" in out
     layers = json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]
     assert re.search(rf"layers\s+{layers} x dim", out)
+
+
+# Mixtral 8x7B and Qwen1.5-MoE-A2.7B counted by hand from their config.json files.
+# Mixtral: 32 layers of attention 2·4096² + 2·1024·4096 = 41,943,040, 8 experts of 3·4096·14336 = 176,160,768,
+# a router 8·4096 and two norms 2·4096; embeddings and an untied head 2·32000·4096; a final norm 4096
+MIXTRAL_LAYER_SHARED = 41_943_040 + 8 * 4096 + 2 * 4096
+MIXTRAL_TOTAL = 32 * (MIXTRAL_LAYER_SHARED + 8 * 176_160_768) + 2 * 32000 * 4096 + 4096
+MIXTRAL_ACTIVE = 32 * (MIXTRAL_LAYER_SHARED + 2 * 176_160_768) + 2 * 32000 * 4096 + 4096
+# Qwen1.5-MoE: 24 layers of attention 4·2048² + the q/k/v biases 3·2048, 60 experts of 3·2048·1408 =
+# 8,650,752, a router 60·2048, a shared expert 3·2048·5632 with its gate 2048, two norms; untied 151936·2048
+QWEN_LAYER_SHARED = 4 * 2048**2 + 3 * 2048 + 60 * 2048 + 3 * 2048 * 5632 + 2048 + 2 * 2048
+QWEN_TOTAL = 24 * (QWEN_LAYER_SHARED + 60 * 8_650_752) + 2 * 151936 * 2048 + 2048
+QWEN_ACTIVE = 24 * (QWEN_LAYER_SHARED + 4 * 8_650_752) + 2 * 151936 * 2048 + 2048
+
+
+def test_info_of_a_mixture_of_experts_shows_total_and_active_parameters_and_the_experts(capsys):
+    assert MIXTRAL_TOTAL == 46_702_792_704  # the figure published for Mixtral-8x7B-v0.1 (~12.9B active)
+    code, out, err = run(capsys, "info", "--preset", "mixtral-8x7b")
+    assert code == 0, err
+    assert re.search(rf"parameters\s+{MIXTRAL_TOTAL:,} ", out)
+    assert re.search(rf"active parameters\s+{MIXTRAL_ACTIVE:,} per token .*2 of 8 experts", out)
+    assert re.search(r"layers\s+32 x dim 4096, MLP: mixture of 8 experts x 14336, top 2 \(renormalised\)\n", out)
+    assert f"{MIXTRAL_TOTAL * 4 / 2**30:.2f} GiB" in out  # the weights are all the experts'
+    assert "FLOPs/token" in out and "(active parameters)" in out
+    code, out, err = run(capsys, "info", "--preset", "qwen1.5-moe-a2.7b")
+    assert code == 0, err
+    assert re.search(rf"parameters\s+{QWEN_TOTAL:,} ", out) and f"{QWEN_ACTIVE:,} per token" in out
+    assert "MLP: mixture of 60 experts x 1408, top 4; shared expert 5632" in out  # Qwen2-MoE: raw top-k weights
+    code, out, err = run(capsys, "info", "--preset", "llama-2-7b")  # a dense model has no active row
+    assert code == 0 and "active parameters" not in out and "mixture" not in out and "MLP swiglu 11008" in out

@@ -52,6 +52,23 @@ def test_scale_memory_of_full_adamw_training(capsys):
     assert acts > 0 and rows["total"][0] == pytest.approx(16 * n + acts, abs=0.02e9)
 
 
+def test_scale_memory_of_a_mixture_of_experts_counts_every_expert(capsys):
+    """Mixtral 8x7B's 46,702,792,704 parameters (by hand in tests/cli/test_models_cli.py) all take
+    weights, gradients and AdamW state; the 12,879,925,248 a token passes through are shown beside them."""
+    from tests.cli.test_models_cli import MIXTRAL_ACTIVE, MIXTRAL_TOTAL
+
+    assert main(["scale", "memory", "--preset", "mixtral-8x7b", "--method", "full", "--dtype", "fp32",
+                 "--seq-len", "512"]) == 0
+    out = capsys.readouterr().out
+    rows = memory_rows(out)
+    for name, per in (("weights", 4), ("gradients", 4), ("optimizer", 8)):
+        assert rows[name][0] == pytest.approx(per * MIXTRAL_TOTAL, abs=0.006e9), name
+    assert f"{MIXTRAL_TOTAL:,} params ({MIXTRAL_ACTIVE:,} active per token" in out
+    assert "mixture of 8 experts x 14336, top 2 (renormalised)" in out
+    assert main(["scale", "memory", "--preset", "mixtral-8x7b", "--dtype", "bf16"]) == 0
+    assert memory_rows(capsys.readouterr().out)["weights"][0] == pytest.approx(2 * MIXTRAL_TOTAL, abs=0.006e9)
+
+
 def test_scale_fit_on_runs(tmp_path, capsys):
     E, A, B, a, b = 1.8, 400.0, 400.0, 0.34, 0.28
     runs = []

@@ -153,6 +153,9 @@ def test_parameter_counts_total_and_active():
     mixtral, qwen = preset("mixtral-8x7b"), preset("qwen1.5-moe-a2.7b")
     assert round(mixtral.num_parameters() / 1e9, 1) == 46.7 and round(mixtral.num_parameters(active=True) / 1e9, 1) == 12.9
     assert round(qwen.num_parameters() / 1e9, 1) == 14.3 and round(qwen.num_parameters(active=True) / 1e9, 1) == 2.7
+    # Mixtral's experts are as wide as hidden_dim and follow it; Qwen2-MoE's have their own width
+    assert preset("tiny-mixtral", hidden_dim=128).expert_hidden_dim == 128
+    assert preset("tiny-qwen2-moe", hidden_dim=128).expert_hidden_dim == 48
     # FLOPs follow the active parameters: the MoE costs what its dense twin of equal active width costs
     dense = preset("tiny-llama", hidden_dim=176)
     moe = preset("tiny-mixtral", hidden_dim=88, tie_embeddings=True)

@@ -1,7 +1,8 @@
 """Run a few AdamW training steps of an llmkit model in a fresh process and record peak memory.
 
 Usage: python peak_memory_probe.py '<json spec>' OUT.json, where the spec holds ModelConfig overrides
-of the "tiny-llama" preset ("config"), "batch_size", "seq_len" and "steps".
+("config") of a preset ("preset", default "tiny-llama"), "batch_size", "seq_len" and "steps". A
+mixture of experts trains as the Trainer trains it: its router losses are added to the loss.
 
 Peak memory is the kernel's resident-set high-water mark (VmHWM in /proc/self/status), reset just
 before the model is built by writing 5 to /proc/self/clear_refs, minus the resident set at that
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.models import Transformer, preset
+from llmkit.models.moe import record_router, router_losses
 
 
 def _rss() -> int:
@@ -58,12 +60,15 @@ def _peak(reset: bool) -> int:
 
 def _train(model: Transformer, batch: int, seq: int, steps: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    vocab = model.config.vocab_size
+    cfg = model.config
+    router = record_router(model)  # as the Trainer does: the router losses keep their own activations
     loss = torch.zeros(())
     for _ in range(steps):
-        ids = torch.randint(vocab, (batch, seq + 1))
+        ids = torch.randint(cfg.vocab_size, (batch, seq + 1))
         logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        if router:
+            loss = loss + router_losses(model, cfg.router_aux_loss_coef, cfg.router_z_loss_coef).penalty
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -78,11 +83,11 @@ def main() -> None:
         fixed = bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024))
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
     torch.manual_seed(0)
-    _train(Transformer(preset("tiny-llama", vocab_size=512)), 2, 32, 2)  # warm-up
+    _train(Transformer(preset(spec.get("preset", "tiny-llama"), vocab_size=512)), 2, 32, 2)  # warm-up
     gc.collect()
     base = _rss()
     reset = _reset_peak()
-    model = Transformer(preset("tiny-llama", **spec["config"]))
+    model = Transformer(preset(spec.get("preset", "tiny-llama"), **spec["config"]))
     loss = _train(model, spec["batch_size"], spec["seq_len"], spec["steps"])
     result = {"peak_bytes": _peak(reset) - base, "baseline_bytes": base, "loss": loss,
               "params": model.num_parameters(), "hwm_reset": reset,

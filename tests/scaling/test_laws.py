@@ -134,6 +134,24 @@ def test_choose_model_size_from_tokens_per_second_and_real_configs():
         choose_model_size(300, rate, [])
 
 
+def test_choose_model_size_sizes_a_mixture_of_experts_by_its_active_parameters():
+    """C = 6·N·D holds for the parameters a token passes through: a mixture of experts gets the tokens
+    its compute buys (its FLOPs per token follow its active count), not those of all its experts."""
+    from llmkit.models import Transformer, preset
+    from llmkit.models.moe import MoE
+
+    moe = preset("tiny-mixtral", n_experts=8, experts_per_token=2)
+    model = Transformer(moe)
+    expert = next(m for m in model.modules() if isinstance(m, MoE)).experts[0]
+    active = sum(p.numel() for p in model.parameters()) - moe.n_layers * 6 * sum(p.numel() for p in expert.parameters())
+    choice = choose_model_size(600, 1e12, [moe])
+    assert choice.params == active
+    assert choice.tokens == pytest.approx(6e14 / (6 * active))
+    # tokens/s measured from the FLOPs per token, as quickstart does: the same D either way
+    rate = choose_model_size(600, lambda c: 1e12 / (6 * c.num_parameters(active=True)), [moe])
+    assert rate.tokens == pytest.approx(choice.tokens) and rate.flops == pytest.approx(6e14)
+
+
 def test_scaling_imports_no_other_room_and_no_torch():
     code = ("import sys, llmkit.scaling; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib') "
