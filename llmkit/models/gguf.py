@@ -5,7 +5,8 @@ Import: metadata -> an HF-style config -> `ModelConfig`; every tensor dequantise
 Q8_0, Q4_0/1, Q5_0/1 and the K-quants the package knows) one at a time into the model, under our
 own tensor names. llama.cpp's converter permutes the query and key rows of `llama` models for its
 rotary layout (interleaved pairs); that permutation is undone here (`qwen2` keeps the NeoX layout
-and is not permuted). A missing ``output.weight`` means a tied head.
+and is not permuted). A missing ``output.weight`` means a tied head. Mixtures of experts (Mixtral
+as ``llama`` with experts, ``qwen2moe``) keep their layout in `gguf_moe`.
 
 Export: `save_gguf` writes GGUF v3 with the architecture metadata, the permutation, the
 tokenizer (see `llmkit.tokenizer.gguf`) and F32 / F16 / Q8_0 / Q4_0 tensors.
@@ -27,7 +28,7 @@ from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("llama", "qwen2", "gpt2")
+ARCHITECTURES = ("llama", "qwen2", "gpt2", "qwen2moe")
 VERSIONS = (2, 3)
 EXPORT_TYPES = ("f32", "f16", "q8_0", "q4_0")
 
@@ -71,7 +72,11 @@ _TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output
 _BLOCK = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
           "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
           "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-          "attn_qkv": "self_attn.qkv"}  # GPT-2's fused projection, split on import
+          "attn_qkv": "self_attn.qkv",  # GPT-2's fused projection, split on import
+          "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.gate_proj",  # experts: see gguf_moe
+          "ffn_up_exps": "mlp.experts.up_proj", "ffn_down_exps": "mlp.experts.down_proj",
+          "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+          "ffn_down_shexp": "mlp.shared_expert.down_proj", "ffn_gate_inp_shexp": "mlp.shared_expert_gate"}
 _OURS_TOP = {v: k for k, v in _TOP.items()}
 _OURS_BLOCK = {v: k for k, v in _BLOCK.items()}
 
@@ -148,12 +153,19 @@ class GGUFFile:
             if end > size or t.data.nbytes != int(t.n_bytes):
                 raise GGUFError(f"{path} is truncated: tensor {t.name} ends at byte {end} of a {size}-byte file; "
                                 "copy or download it again")
-        self.architecture = self.meta.get("general.architecture")
-        if self.architecture not in ARCHITECTURES:
-            raise GGUFError(f"{path}: architecture {self.architecture!r} is not supported; llmkit reads "
-                            f"{', '.join(ARCHITECTURES)}")
+        self.architecture = arch = self.meta.get("general.architecture")
+        if arch not in ARCHITECTURES:
+            experts = self.meta.get(f"{arch}.expert_count")
+            kind = f" (a mixture of experts: {arch}.expert_count={experts})" if experts else ""
+            raise GGUFError(f"{path}: architecture {arch!r}{kind} is not supported; llmkit reads "
+                            f"{', '.join(ARCHITECTURES)} (mixtures of experts: llama with experts, i.e. Mixtral, "
+                            "and qwen2moe)")
         self._check_types()
         self.reader = reader
+        from .gguf_moe import is_head_copy
+
+        self.head_copy = is_head_copy(self)  # a tied qwen2moe head, written out for llama.cpp
+        self.names = [n for n in self.tensors if not (self.head_copy and n == "output.weight")]
 
     def _check_types(self) -> None:
         import numpy as np
@@ -200,7 +212,7 @@ class GGUFFile:
         if "token_embd.weight" not in self.tensors:
             raise GGUFError(f"{self.path}: no token_embd.weight tensor; this is not a language model checkpoint")
         vocab = self.shape("token_embd.weight")[0]
-        tied = "output.weight" not in self.tensors
+        tied = "output.weight" not in self.tensors or self.head_copy
         ids = {k: self.meta.get(f"tokenizer.ggml.{g}_token_id") for k, g in
                (("bos_token_id", "bos"), ("eos_token_id", "eos"), ("pad_token_id", "padding"))}
         ids = {k: int(v) if v is not None else None for k, v in ids.items()}
@@ -235,11 +247,16 @@ class GGUFFile:
         if arch == "llama":
             out["attention_bias"] = "blk.0.attn_q.bias" in self.tensors
             out["mlp_bias"] = "blk.0.ffn_up.bias" in self.tensors
+        from .gguf_moe import moe_hf_config
+
+        out.update(moe_hf_config(self))  # model_type mixtral / qwen2_moe and the expert fields
         return out
 
     def config(self) -> ModelConfig:
         try:
             return config_from_hf(self.hf_config())
+        except GGUFError:
+            raise  # it names the file already
         except (ValueError, KeyError) as e:
             raise GGUFError(f"{self.path}: {e}") from e
 
@@ -249,7 +266,7 @@ class GGUFFile:
         package dequantises in numpy, which releases the GIL: a thread per core (1.7x on 2 cores)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        names = list(self.tensors)
+        names = self.names
         for name in names:
             if our_name(name) is None:
                 raise GGUFError(f"{self.path}: tensor {name} is not part of a {self.architecture} model llmkit knows")
@@ -258,7 +275,13 @@ class GGUFFile:
                 yield from self._ours(name, t, cfg)
 
     def _ours(self, name: str, t: torch.Tensor, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        from .gguf_moe import split
+
         ours = our_name(name)
+        experts = split(ours, t, cfg)
+        if experts is not None:
+            yield from experts
+            return
         if ours.endswith(("self_attn.qkv.weight", "self_attn.qkv.bias")):
             prefix, kind = ours.rsplit(".qkv.", 1)
             for part, piece in zip(("q_proj", "k_proj", "v_proj"), t.split([cfg.q_dim, cfg.kv_dim, cfg.kv_dim])):
@@ -294,12 +317,18 @@ def load_gguf(path: str | os.PathLike, device: torch.device | str | None = None,
         model = Transformer(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
                 if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    from .gguf_moe import check_expert_tensors, stacked_shapes
+
+    check_expert_tensors(f, cfg)
+    expected = stacked_shapes(expected)  # the experts of a block as the file holds them: one tensor each kind
     found = {}
-    for name in f.tensors:
+    for name in f.names:
         ours = our_name(name)
         if ours is None:
             raise GGUFError(f"{f.path}: tensor {name} is not part of a {f.architecture} model llmkit knows")
         found[ours] = f.shape(name)
+        if ours.endswith("mlp.shared_expert_gate.weight") and found[ours] == (cfg.dim,):
+            found[ours] = (1, cfg.dim)  # llama.cpp reads it as a vector: either shape is the same gate
     if f.architecture == "gpt2":  # the fused projection stands for its three parts
         for key in [k for k in found if ".self_attn.qkv." in k]:
             prefix, kind = key.rsplit(".qkv.", 1)
@@ -349,7 +378,11 @@ def save_gguf(model: Transformer, tokenizer: Any, path: str | os.PathLike, type:
                         "(llama.cpp quantises with its own block types: --type q8_0 or q4_0)")
     cfg = model.config
     arch = cfg.family
-    if arch == "mistral":
+    if cfg.is_moe:
+        from .gguf_moe import export_arch
+
+        arch = export_arch(cfg)
+    elif arch == "mistral":
         arch = "llama"  # llama.cpp reads Mistral as llama (no sliding window there)
         if cfg.sliding_window is not None:
             raise GGUFError("a sliding-window model cannot be exported to GGUF's llama architecture")
@@ -392,11 +425,19 @@ def save_gguf(model: Transformer, tokenizer: Any, path: str | os.PathLike, type:
                 w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
                 w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
         w.add_vocab_size(cfg.vocab_size)
+        if cfg.is_moe:
+            from .gguf_moe import KEEP_F32, add_moe_metadata, export_experts
+
+            add_moe_metadata(w, cfg, arch)
         _add_tokenizer(w, tok_meta)
-        sd = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+        # (qwen2moe: a tied head is written as a copy of the embedding, which llama.cpp requires there)
+        sd = {k: v for k, v in model.state_dict().items()
+              if not (cfg.tie_embeddings and k == "lm_head.weight" and arch != "qwen2moe")}
+        if cfg.is_moe:
+            sd = export_experts(sd)
         for ours, t in _export_tensors(sd, cfg, arch):
             arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
-            if arr.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+            if arr.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32 or (cfg.is_moe and ours.endswith(KEEP_F32)):
                 w.add_tensor(gguf_name(ours), arr)
                 continue
             if qtype == gguf.GGMLQuantizationType.F16:

@@ -208,6 +208,7 @@ def pretrain(recipe: PretrainRecipe, resume: bool = False, callbacks: Sequence[A
     summary = trainer.fit(resume=resume)
     summary["params"] = model.config.num_parameters(embeddings=False)
     summary["params_total"] = model.config.num_parameters()
+    summary["params_active"] = model.config.num_parameters(embeddings=False, active=True)  # = params when dense
     summary["seq_len"] = train_set.seq_len
     final = job.final_model(trainer, lambda: Transformer(model.config))
     rows = []
