@@ -66,7 +66,8 @@ def trainable_parameters(model: nn.Module) -> ParamReport:
 def apply_qlora(model: nn.Module, config: LoRAConfig | None = None, name: str = "default",
                 double_quant: bool = True, **kwargs) -> list[str]:
     """QLoRA: store the frozen Linear weights of the blocks in NF4 (embeddings and output head
-    stay), then add LoRA in full precision on the targets."""
+    stay), then add LoRA in full precision on the targets. A mixture of experts keeps its routers
+    in full precision, as `quant.weight_only` does: a rounded router sends tokens to other experts."""
     from ..quant.nf4 import quantize_model_nf4
 
     quantize_model_nf4(model, double_quant=double_quant)
@@ -129,15 +130,17 @@ def adapter(model: nn.Module, names: str | list[str] | None) -> Iterator[nn.Modu
 
 # --------------------------------------------------------------------------------- files
 def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default",
-                 base_model: str | None = None) -> Path:
+                 base_model: str | None = None, expert_layout: str = "fused") -> Path:
     """Write adapter `name` to `path`: PEFT's format for LoRA, prefix and prompt tuning, ours
-    (documented in `llmkit.peft.bottleneck`) for bottleneck adapters."""
+    (documented in `llmkit.peft.bottleneck`) for bottleneck adapters. A mixture of experts' expert
+    and router LoRAs are written as transformers 5's PEFT parameter targets, or with
+    `expert_layout="per_expert"` under transformers 4's per-expert names (`llmkit.peft.moe`)."""
     kind = adapter_names(model).get(name)
     if kind is None:
         raise AdapterError(f"the model has no adapter named {name!r} to save")
     cfg = model.config
     if kind == "lora":
-        tensors, fields = lora_tensors(model, name)
+        tensors, fields = lora_tensors(model, name, expert_layout)
     elif kind == "adapter":
         tensors, fields = bottleneck_tensors(model, name)
     else:

@@ -19,6 +19,7 @@ Bottleneck adapters, which PEFT lacks, use the same two files with ``peft_type: 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -31,8 +32,12 @@ from torch import nn
 
 from ..utils import atomic_path, write_json_atomic
 from .lora import LoRALinear, freeze, lora_layers
+from .moe import (attach_fused_lora, check_layout, fused_lora_tensors, is_expert_or_router, moe_parameter_keys,
+                  param_targeted, parameter_targets, per_expert_name, pop_fused_tensors)
 from .names import (PREFIX, QKV, AdapterError, classifier_head, hf_module, linear_modules, our_modules,
-                    target_names)
+                    pattern_value, target_names)
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -46,18 +51,35 @@ def _config(model: nn.Module):
 
 
 # ------------------------------------------------------------------------------------- LoRA
-def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The adapter `name` as PEFT tensors and the adapter_config fields that describe them."""
+def lora_tensors(model: nn.Module, name: str = "default",
+                 expert_layout: str = "fused") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adapter `name` as PEFT tensors and the adapter_config fields that describe them. A
+    mixture of experts' expert and router LoRAs go out as transformers 5's parameter targets
+    (`expert_layout="fused"`) or under transformers 4's per-expert names ("per_expert"): see
+    `llmkit.peft.moe`."""
     cfg = _config(model)
+    check_layout(expert_layout)
     layers = {path: layer for path, layer in lora_layers(model) if name in layer.lora_A}
     if not layers:
         raise AdapterError(f"the model has no LoRA adapter named {name!r}")
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     alphas: dict[str, float] = {}
+    params: dict[str, tuple[int, float]] = {}  # transformers 5 parameter name -> (rank, alpha)
+    written: set[str] = set()
     fused: dict[str, list[tuple[int, LoRALinear]]] = {}
+    as_params = cfg.is_moe and expert_layout == "fused"
+    per_expert = cfg.is_moe and not as_params
+    if as_params:
+        tensors, params, written = fused_lora_tensors(model, layers, name)
+    elif per_expert and cfg.family == "qwen2_moe" and any(is_expert_or_router(p) for p in layers):
+        log.warning("Qwen2-MoE expert and router LoRAs in transformers 4's per-expert layout: PEFT reads them on "
+                    "transformers 4 models, but PEFT 0.21 on transformers 5 leaves them out (save with "
+                    "expert_layout='fused' for that)")
     for path, layer in layers.items():
-        hf = hf_module(path, model)
+        if path in written:
+            continue
+        hf = per_expert_name(hf_module(path, model), model) if per_expert else hf_module(path, model)
         if cfg.family == "gpt2" and hf.endswith("attn.c_attn"):
             fused.setdefault(hf, []).append((QKV.index(path.rsplit(".", 1)[1]), layer))
             continue
@@ -85,12 +107,19 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
         tensors[f"{PREFIX}{hf}.lora_A.weight"], tensors[f"{PREFIX}{hf}.lora_B.weight"] = a_full, b_full
         ranks[hf], alphas[hf] = rank, scale * rank
     # the most common (r, alpha) is the global one; the rest go to rank_pattern / alpha_pattern
-    pairs = [(ranks[k], alphas[k]) for k in ranks]
+    pairs = [(ranks[k], alphas[k]) for k in ranks] + list(params.values())
     r, alpha = max(set(pairs), key=pairs.count)
-    short = target_names({k: (ranks[k], alphas[k]) for k in ranks}, linear_modules(model))
-    targets = sorted(set(short.values()))
-    rank_pattern = {short[k]: ranks[k] for k in ranks if ranks[k] != r}
-    alpha_pattern = {short[k]: alphas[k] for k in ranks if alphas[k] != alpha}
+    universe = linear_modules(model)  # what PEFT's matching sees in the transformers model
+    if as_params:
+        universe = {m for m in universe if not is_expert_or_router(m)} | set(moe_parameter_keys(model))
+    elif per_expert:
+        universe = {per_expert_name(m, model) for m in universe}
+    groups = {**{k: (ranks[k], alphas[k]) for k in ranks}, **params}
+    short = target_names(groups, universe)
+    targets = sorted({short[k] for k in ranks})
+    short.update(parameter_targets(params, model))
+    rank_pattern = {short[k]: g[0] for k, g in groups.items() if g[0] != r}
+    alpha_pattern = {short[k]: g[1] for k, g in groups.items() if g[1] != alpha}
     modules_to_save, head_params = classifier_head(model)
     tensors.update({f"{PREFIX}{k}": p for k, p in head_params.items()})
     modules_to_save = modules_to_save or None
@@ -104,16 +133,21 @@ def lora_tensors(model: nn.Module, name: str = "default") -> tuple[dict[str, tor
         # the head too: PEFT writes it beside a tied embedding (ensure_weight_tying) and needs it
         tensors[f"{PREFIX}{head}.weight"] = model.lm_head.weight.detach().clone()
         modules_to_save = [emb.rsplit(".", 1)[-1]] + ([] if cfg.tie_embeddings else [head])
-    any_layer = next(iter(layers.values()))
-    dropout = any_layer.lora_dropout[name]
+    dropout = float(getattr(next(iter(layers.values())).lora_dropout[name], "p", 0.0))
+    if params and dropout:  # PEFT's ParamWrapper refuses dropout; it only regularises training
+        log.warning("lora_dropout=%s is written as 0: PEFT refuses dropout on parameter targets (the experts "
+                    "and router); the weights are unaffected", dropout)
+        dropout = 0.0
     fields = {
         "peft_type": "LORA", "task_type": _task_type(model), "r": int(r), "lora_alpha": float(alpha),
-        "target_modules": targets, "lora_dropout": float(getattr(dropout, "p", 0.0)), "bias": "none",
+        "target_modules": targets, "lora_dropout": dropout, "bias": "none",
         "fan_in_fan_out": cfg.family == "gpt2", "use_rslora": False, "use_dora": False,
         "modules_to_save": modules_to_save, "ensure_weight_tying": embeddings and cfg.tie_embeddings,
         "init_lora_weights": True, "layers_to_transform": None,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern, "inference_mode": True,
     }
+    if params:
+        fields["target_parameters"] = sorted({short[k] for k in params})
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, fields
 
 
@@ -176,12 +210,7 @@ def _load_head(params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor]
 
 
 def _scaling(conf: dict[str, Any], hf_path: str, r: int) -> float:
-    def pattern(patterns: dict[str, Any], default):
-        for key, value in (patterns or {}).items():
-            if re.match(rf"(.*\.)?({key})$", hf_path):
-                return value
-        return default
-    alpha = pattern(conf.get("alpha_pattern"), conf.get("lora_alpha", 8))
+    alpha = pattern_value(conf.get("alpha_pattern"), hf_path, conf.get("lora_alpha", 8))
     return alpha / (r ** 0.5) if conf.get("use_rslora") else alpha / r
 
 
@@ -211,6 +240,7 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
         _load_embeddings(model, tensors, source, name)
     if conf.get("bias", "none") != "none":
         raise AdapterError(f"{source}: bias={conf['bias']!r} LoRA adapters are not supported (only bias='none')")
+    experts = pop_fused_tensors(tensors)  # transformers 5's fused experts (PEFT's target_parameters)
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         m = re.fullmatch(r"(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight", key)
@@ -219,7 +249,8 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
                                "magnitudes and biases are not supported)")
         modules.setdefault(m.group(1), {})[m.group(2)] = t
     freeze(model)
-    attached = []
+    attached = attach_fused_lora(model, experts, conf, name, source, lambda key, r: _scaling(conf, key, r)) \
+        if experts else []
     for hf_path, ab in sorted(modules.items()):
         if set(ab) != {"lora_A", "lora_B"}:
             raise AdapterError(f"{source}: module {hf_path} has {', '.join(ab)} but not both lora_A and lora_B")
@@ -228,7 +259,9 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
         if b.shape[1] != r:
             raise AdapterError(f"{source}: {hf_path} has lora_A {list(a.shape)} and lora_B {list(b.shape)}: "
                                "their ranks differ")
-        scaling = _scaling(conf, hf_path.removeprefix(PREFIX), r)
+        bare = hf_path.removeprefix(PREFIX)
+        # a router targeted as a parameter (transformers 5) takes its patterns by the parameter's name
+        scaling = _scaling(conf, f"{bare}.weight" if param_targeted(conf, f"{bare}.weight") else bare, r)
         ours = our_modules(hf_path, model)
         if len(ours) == 3:
             sizes = [cfg.q_dim, cfg.kv_dim, cfg.kv_dim]

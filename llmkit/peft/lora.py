@@ -11,6 +11,7 @@ LoRA'd model's state dict reads like a PEFT model's. One module can hold several
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -19,15 +20,25 @@ from torch import nn
 
 from ..quant.nf4 import NF4Linear
 
-# module names (the last part of the path) that LoRA can target, as llmkit (= HF Llama) names them
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# module names (the last part of the path) that LoRA can target, as llmkit (= HF Llama) names them;
+# a mixture of experts adds its router `gate` and Qwen2-MoE's `shared_expert_gate` (`models.moe`)
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate",
+                "shared_expert_gate")
+_EXPERT_INDEX = re.compile(r"\.experts\.\d+\.")
 
 
 def matches(path: str, target: str) -> bool:
     """PEFT's rule: a target names the modules whose path is it or ends in ``.<target>``. So q_proj
     is every attention's (an encoder-decoder's cross-attention ``encoder_attn.q_proj`` too),
-    ``self_attn.q_proj`` self-attention's alone, ``encoder.layers.0.self_attn.q_proj`` one layer's."""
-    return path == target or path.endswith("." + target)
+    ``self_attn.q_proj`` self-attention's alone, ``encoder.layers.0.self_attn.q_proj`` one layer's.
+    In a mixture of experts gate_proj is every expert's and the shared expert's, ``gate`` the
+    router alone (not gate_proj, not shared_expert_gate), ``shared_expert.gate_proj`` the shared
+    expert's; one addition to PEFT's rule: the expert number may be left out, so that
+    ``experts.gate_proj`` names the routed experts' (``experts.3.gate_proj`` names one)."""
+    if path == target or path.endswith("." + target):
+        return True
+    any_expert = _EXPERT_INDEX.sub(".experts.", f".{path}")
+    return any_expert != f".{path}" and any_expert.endswith("." + target)
 
 
 @dataclass
@@ -55,7 +66,8 @@ class LoRAConfig:
             raise ValueError(f"lora.targets={','.join(self.targets) or '(none)'}: "
                              f"{'unknown module name ' + repr(unknown[0]) if unknown else 'name at least one'}; "
                              f"use some of {', '.join(LINEAR_NAMES)} (qualified as self_attn.q_proj or "
-                             "encoder_attn.q_proj to pick an attention) or all-linear")
+                             "encoder_attn.q_proj to pick an attention, experts.gate_proj or shared_expert.gate_proj "
+                             "to pick a mixture's experts; gate is its router) or all-linear")
 
     def target_names(self) -> tuple[str, ...]:
         return LINEAR_NAMES if "all-linear" in self.targets else tuple(self.targets)

@@ -17,17 +17,21 @@ are renamed here, so that a LoRA targeted our way (q_proj, v_proj, …) is saved
   cross-attention ``encoder_attn.q_proj`` -> ``layer.1.EncDecAttention.q``; gate/up/down ->
   ``DenseReluDense.wi_0``/``wi_1`` (``wi`` ungated)/``wo``. A target ``q_proj`` catches self- and
   cross-attention alike, as T5's ``q`` does; ``self_attn.q_proj`` is written ``SelfAttention.q``.
+- Mixtral and Qwen2-MoE: ours (transformers 5's); their experts and router go out as PEFT's
+  parameter targets (`llmkit.peft.moe`), and transformers 4's per-expert names
+  (``block_sparse_moe.experts.N.w1``) are read as well.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable
 
 from torch import nn
 
 from ..models.classifier import Classifier
 from ..models.hf import state_dict_from_hf, state_dict_to_hf
+from ..models.hf_moe import experts_from_hf
 
 PREFIX = "base_model.model."
 
@@ -82,6 +86,8 @@ def our_modules(hf_path: str, model: nn.Module) -> list[str]:
             raise AdapterError(f"adapter module {hf_path}: {family.upper()}'s {hf_path} has no weight of its own "
                                "in llmkit")
         return [next(iter(ours)).removesuffix(".weight")]
+    if model.config.is_moe:  # transformers 4's per-expert names (Mixtral's block_sparse_moe.experts.N.w1) too
+        return [next(iter(experts_from_hf({f"{hf_path}.weight": None}, model.config))).removesuffix(".weight")]
     if family != "gpt2":
         return [hf_path]
     m = re.fullmatch(r"(?:transformer\.)?h\.(\d+)\.(.+)", hf_path)
@@ -111,6 +117,15 @@ def linear_modules(model: nn.Module) -> set[str]:
             except AdapterError:  # outside GPT-2's blocks (its head): named alike in HF
                 out.add(path)
     return out
+
+
+def pattern_value(patterns: dict[str, Any] | None, path: str, default: Any) -> Any:
+    """PEFT's lookup in rank_pattern / alpha_pattern: the first key (a regex) that the end of
+    `path` matches after a dot or at its start."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
 
 
 def _suffixes(path: str) -> Iterable[str]:

@@ -111,9 +111,9 @@ class _Shape:
     @property
     def matrices(self) -> list[tuple[int, int]]:
         """(out, in) features of each block Linear: q, k, v, o, up, down (+ gate); a mixture's router,
-        every expert's gate/up/down and the shared expert's with its gate. These are what NF4
-        quantises and what LoRA adapts (QLoRA's "all linear layers", PEFT's all-linear); int8/int4
-        keep a mixture's routers, as `ModelConfig.weight_bytes` counts."""
+        every expert's gate/up/down and the shared expert's with its gate. These are what LoRA
+        adapts (QLoRA's "all linear layers", PEFT's all-linear) and, but for a mixture's routers,
+        what NF4, int8 and int4 quantise."""
         d, f = self.dim, self.hidden_dim
         mats = [(self.q_dim, d), (self.kv_dim, d), (self.kv_dim, d), (d, self.q_dim)]
         if self.n_experts:
@@ -132,6 +132,11 @@ class _Shape:
     @property
     def linear_params(self) -> int:
         return self.n_layers * sum(o * i for o, i in self.matrices)
+
+    @property
+    def router_params(self) -> int:
+        """A mixture's routers (and shared-expert gates), which every quantisation keeps unquantised."""
+        return self.n_layers * self.dim * (self.n_experts + bool(self.shared_hidden_dim)) if self.n_experts else 0
 
     def mlp_activation_bytes(self, p: float) -> float:
         """Bytes per token that one block's MLP saves for backward beyond its norm and input (the
@@ -236,7 +241,7 @@ def _weight_bytes(shape: _Shape | None, params: int, dtype: str) -> float:
         return float(shape.stored_bytes(dtype))
     if shape is None or dtype != "nf4":
         return params * per
-    lin = shape.linear_params
+    lin = shape.linear_params - shape.router_params
     return lin * per + 2.0 * (params - lin)
 
 
