@@ -43,6 +43,10 @@ def hf_configs() -> dict:
         "qwen2-moe": tf.Qwen2MoeConfig(**small, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
                                        moe_intermediate_size=48, shared_expert_intermediate_size=80,
                                        tie_word_embeddings=True),
+        # renormalised top-3, no q/k/v bias, an untied head
+        "qwen2-moe-norm": tf.Qwen2MoeConfig(**small, num_key_value_heads=4, num_experts=6, num_experts_per_tok=3,
+                                            moe_intermediate_size=32, shared_expert_intermediate_size=40,
+                                            norm_topk_prob=True, qkv_bias=False, tie_word_embeddings=False),
     }
 
 

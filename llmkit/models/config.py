@@ -156,7 +156,7 @@ class ModelConfig:
                         raise ConfigError(f"rope_scaling of type 'llama3' needs {key!r}")
 
     def _validate_experts(self) -> None:
-        if not isinstance(self.n_experts, int) or self.n_experts < 0:
+        if not isinstance(self.n_experts, int) or isinstance(self.n_experts, bool) or self.n_experts < 0:
             raise ConfigError(f"n_experts={self.n_experts!r} must be 0 (a dense MLP) or a positive number of experts")
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             value = getattr(self, name)
@@ -167,11 +167,14 @@ class ModelConfig:
                                   f"n_experts (and experts_per_token) to make its MLPs a mixture of experts, or "
                                   f"{name}=0")
         if not self.n_experts:
-            if self.shared_expert_hidden_dim:
-                raise ConfigError(f"shared_expert_hidden_dim={self.shared_expert_hidden_dim} needs experts: set "
-                                  "n_experts, or shared_expert_hidden_dim=0")
+            for name in EXPERT_FIELDS:
+                if getattr(self, name) != _DEFAULTS[name]:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} describes experts, but the model is dense "
+                                      f"(n_experts=0): set n_experts to make its MLPs a mixture of experts, or leave "
+                                      f"{name} at its default ({_DEFAULTS[name]!r})")
             return
-        if not isinstance(self.experts_per_token, int) or not 1 <= self.experts_per_token <= self.n_experts:
+        if not isinstance(self.experts_per_token, int) or isinstance(self.experts_per_token, bool) \
+                or not 1 <= self.experts_per_token <= self.n_experts:
             raise ConfigError(f"experts_per_token={self.experts_per_token!r} must be between 1 and n_experts="
                               f"{self.n_experts}: the router picks that many of the experts for each token")
         if not isinstance(self.expert_hidden_dim, int) or self.expert_hidden_dim <= 0:
@@ -249,8 +252,9 @@ class ModelConfig:
             changes["n_kv_heads"] = None  # multi-head attention stays multi-head
         if self.expert_hidden_dim == self.hidden_dim and "hidden_dim" in changes and "expert_hidden_dim" not in changes:
             changes["expert_hidden_dim"] = None  # Mixtral's experts keep the MLP width
-        if "n_experts" in changes and not changes["n_experts"] and "expert_hidden_dim" not in changes:
-            changes["expert_hidden_dim"] = None  # a dense model has no expert width
+        if self.n_experts and "n_experts" in changes and not changes["n_experts"]:
+            for name in EXPERT_FIELDS + ("router_aux_loss_coef", "router_z_loss_coef"):  # a dense model keeps none
+                changes.setdefault(name, _DEFAULTS[name])
         return dataclasses.replace(self, **changes)
 
     # ---------------------------------------------------------- analytical sizes
@@ -345,6 +349,11 @@ class ModelConfig:
 
     def kv_cache_bytes(self, seq_len: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
         return 2 * self.n_layers * batch_size * seq_len * self.kv_dim * bytes_per_value
+
+
+# fields that only a mixture of experts may set (the router-loss weights are refused by name above)
+EXPERT_FIELDS = ("experts_per_token", "expert_hidden_dim", "shared_expert_hidden_dim", "router_renormalize")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 # ---------------------------------------------------------------------------------- presets

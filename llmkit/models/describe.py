@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..quant.layout import INT4_GROUP_SIZE
+from ..scaling.memory import experts_phrase
 from .config import ModelConfig
 
 if TYPE_CHECKING:
@@ -19,10 +20,8 @@ def mlp_text(cfg: ModelConfig) -> str:
     """The MLP of each block in words: kind and width, or a mixture's experts, top-k and shared expert."""
     if not cfg.is_moe:
         return f"MLP {cfg.mlp} {cfg.hidden_dim}"
-    renorm = " (renormalised)" if cfg.router_renormalize else ""
-    shared = f"; shared expert {cfg.shared_expert_hidden_dim}" if cfg.shared_expert_hidden_dim else ""
-    return (f"MLP: mixture of {cfg.n_experts} experts x {cfg.expert_hidden_dim}, top {cfg.experts_per_token}"
-            f"{renorm}{shared}")
+    return "MLP: " + experts_phrase(cfg.n_experts, cfg.expert_hidden_dim, cfg.experts_per_token,
+                                    cfg.router_renormalize, cfg.shared_expert_hidden_dim)
 
 
 def describe(cfg: ModelConfig, context: int | None = None) -> list[tuple[str, str]]:

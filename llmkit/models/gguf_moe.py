@@ -22,22 +22,19 @@ is split into the experts' own Linears on import and stacked again on export.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from .config import ModelConfig
 from .gguf import GGUFError
+from .hf_moe import STACKED, collapse
 
 ARCHITECTURES = ("llama", "qwen2moe")  # the GGUF architectures whose experts llmkit reads and writes
 # routers stay F32 at every export type, as the converter keeps them (they are small and decide the routing)
 KEEP_F32 = (".mlp.gate.weight", ".mlp.shared_expert_gate.weight")
 
-_STACK = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)\.weight$")
-_ONE = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-T = TypeVar("T")
 
 
 def moe_hf_config(f: Any) -> dict[str, Any]:
@@ -106,26 +103,6 @@ def check_expert_tensors(f: Any, cfg: ModelConfig) -> None:
                         "llmkit needs it (and expert_used_count) to route tokens")
 
 
-def collapse(named: dict[str, T], stack: Callable[[list[T]], T]) -> dict[str, T]:
-    """Our per-expert entries (``…experts.3.up_proj.weight``) replaced, in place of the first, by
-    one entry per stack (``…experts.up_proj.weight``) holding `stack` of them in expert order."""
-    groups: dict[str, dict[int, T]] = {}
-    for name, value in named.items():
-        m = _ONE.match(name)
-        if m:
-            groups.setdefault(f"{m.group(1)}.{m.group(3)}.weight", {})[int(m.group(2))] = value
-    out: dict[str, T] = {}
-    for name, value in named.items():
-        m = _ONE.match(name)
-        if m is None:
-            out[name] = value
-            continue
-        key = f"{m.group(1)}.{m.group(3)}.weight"
-        if key not in out:
-            out[key] = stack([groups[key][i] for i in sorted(groups[key])])
-    return out
-
-
 def stacked_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     return collapse(shapes, lambda parts: (len(parts), *parts[0]))
 
@@ -140,7 +117,7 @@ def export_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def split(ours: str, t: torch.Tensor, cfg: ModelConfig) -> Iterator[tuple[str, torch.Tensor]] | None:
     """A stacked expert tensor as the experts' own weights, or the shared expert's gate in our
     (1, dim) shape (llama.cpp reads it as a vector; a converter may write it so); None otherwise."""
-    m = _STACK.match(ours)
+    m = STACKED.match(ours)
     if m:
         return ((f"{m.group(1)}.{i}.{m.group(2)}.weight", w) for i, w in enumerate(t.unbind(0)))
     if ours.endswith(".mlp.shared_expert_gate.weight"):

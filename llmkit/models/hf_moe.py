@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -35,7 +36,9 @@ OTHER_MOE_TYPES = ("qwen3_moe", "qwen3_next", "deepseek_v2", "deepseek_v3", "olm
 
 _MIXTRAL = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 _FUSED = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+STACKED = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)\.weight$")
+T = TypeVar("T")
 
 
 def refuse_unsupported_moe(model_type: Any, supported: tuple[str, ...]) -> None:
@@ -47,11 +50,12 @@ def refuse_unsupported_moe(model_type: Any, supported: tuple[str, ...]) -> None:
 def moe_config_fields(d: dict[str, Any], model_type: str) -> dict[str, Any]:
     """The expert fields of a Mixtral or Qwen2-MoE config.json (the rest is read as for Llama)."""
     aux = float(d.get("router_aux_loss_coef") or 0.0) if d.get("output_router_logits") else 0.0
+    z = float(d.get("router_z_loss_coef") or 0.0)  # written by llmkit (transformers' Switch reads the same key)
     if d.get("router_jitter_noise"):
         log.info("router_jitter_noise=%s is not applied by llmkit (it only perturbs training)", d["router_jitter_noise"])
     if model_type == "mixtral":
         return dict(n_experts=d["num_local_experts"], experts_per_token=d["num_experts_per_tok"],
-                    router_renormalize=True, router_aux_loss_coef=aux)
+                    router_renormalize=True, router_aux_loss_coef=aux, router_z_loss_coef=z)
     step, dense_layers = d.get("decoder_sparse_step", 1), d.get("mlp_only_layers") or []
     if step != 1 or dense_layers:
         raise CheckpointError(f"qwen2_moe with decoder_sparse_step={step} and mlp_only_layers={dense_layers} mixes "
@@ -60,7 +64,8 @@ def moe_config_fields(d: dict[str, Any], model_type: str) -> dict[str, Any]:
     return dict(n_experts=d["num_experts"], experts_per_token=d["num_experts_per_tok"],
                 expert_hidden_dim=d["moe_intermediate_size"],
                 shared_expert_hidden_dim=d.get("shared_expert_intermediate_size") or 0,
-                router_renormalize=bool(d.get("norm_topk_prob", False)), router_aux_loss_coef=aux)
+                router_renormalize=bool(d.get("norm_topk_prob", False)), router_aux_loss_coef=aux,
+                router_z_loss_coef=z)
 
 
 def moe_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -69,20 +74,21 @@ def moe_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         raise ConfigError(f"family={cfg.family!r} is a mixture of experts: set n_experts (e.g. 8) and "
                           "experts_per_token, or use a dense family (llama, mistral, qwen2)")
     common = dict(num_experts_per_tok=cfg.experts_per_token, router_aux_loss_coef=cfg.router_aux_loss_coef,
-                  output_router_logits=cfg.router_aux_loss_coef > 0)
-    if cfg.router_z_loss_coef:
-        log.info("router_z_loss_coef=%s has no place in %s's config.json: it is not saved", cfg.router_z_loss_coef,
-                 cfg.family)
+                  output_router_logits=cfg.router_aux_loss_coef > 0, router_z_loss_coef=cfg.router_z_loss_coef)
+    if not cfg.shared_expert_hidden_dim and not cfg.router_renormalize:
+        raise ConfigError("no Hugging Face family has experts without a shared expert whose top-k weights are not "
+                          "renormalised: set router_renormalize=true (Mixtral), or give a shared expert with "
+                          "shared_expert_hidden_dim and family='qwen2_moe'")
     if cfg.family == "mixtral":
-        if cfg.expert_hidden_dim != cfg.hidden_dim or cfg.shared_expert_hidden_dim or not cfg.router_renormalize:
-            raise ConfigError("family='mixtral' has experts of width hidden_dim, renormalised top-k weights and no "
-                              f"shared expert, but the config has expert_hidden_dim={cfg.expert_hidden_dim}, "
-                              f"shared_expert_hidden_dim={cfg.shared_expert_hidden_dim}, router_renormalize="
-                              f"{cfg.router_renormalize}: use family='qwen2_moe' for those")
-        return dict(num_local_experts=cfg.n_experts, **common)
+        if cfg.shared_expert_hidden_dim or not cfg.router_renormalize:
+            raise ConfigError(f"family='mixtral' has no shared expert and renormalises its top-k weights, but the "
+                              f"config has shared_expert_hidden_dim={cfg.shared_expert_hidden_dim}, router_renormalize="
+                              f"{cfg.router_renormalize}: use family='qwen2_moe' for a shared expert")
+        # Mixtral has no dense MLP: its intermediate_size is the experts' width
+        return dict(num_local_experts=cfg.n_experts, intermediate_size=cfg.expert_hidden_dim, **common)
     if not cfg.shared_expert_hidden_dim:
         raise ConfigError("family='qwen2_moe' always has a shared expert: set shared_expert_hidden_dim, or use "
-                          "family='mixtral' for experts alone")
+                          "family='mixtral' for renormalised experts alone")
     return dict(num_experts=cfg.n_experts, moe_intermediate_size=cfg.expert_hidden_dim,
                 shared_expert_intermediate_size=cfg.shared_expert_hidden_dim, norm_topk_prob=cfg.router_renormalize,
                 decoder_sparse_step=1, mlp_only_layers=[], **common)
@@ -121,7 +127,7 @@ def experts_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, fused: bool = F
     out: dict[str, torch.Tensor] = {}
     back = {v: k for k, v in _MIXTRAL.items()}
     for key, t in sd.items():
-        m = _PER_EXPERT.match(key)
+        m = PER_EXPERT.match(key)
         if m:
             key = f"{m.group(1)}.{m.group(2)}.{back[m.group(3)]}.weight"
         if ".mlp.gate." in key or ".mlp.experts." in key:
@@ -130,19 +136,38 @@ def experts_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig, fused: bool = F
     return out
 
 
+def collapse(named: dict[str, T], stack: Callable[[list[T]], T]) -> dict[str, T]:
+    """Our per-expert entries (``…experts.3.up_proj.weight``) replaced, in place of the first, by
+    one entry per stack (``…experts.up_proj.weight``) holding `stack` of them in expert order."""
+    groups: dict[str, dict[int, T]] = {}
+    for name, value in named.items():
+        m = PER_EXPERT.match(name)
+        if m:
+            groups.setdefault(f"{m.group(1)}.{m.group(3)}.weight", {})[int(m.group(2))] = value
+    out: dict[str, T] = {}
+    for name, value in named.items():
+        m = PER_EXPERT.match(name)
+        if m is None:
+            out[name] = value
+            continue
+        key = f"{m.group(1)}.{m.group(3)}.weight"
+        if key not in out:
+            out[key] = stack([groups[key][i] for i in sorted(groups[key])])
+    return out
+
+
 def _fuse(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    groups: dict[str, dict[str, dict[int, torch.Tensor]]] = {}
+    """transformers 5's layout: each layer's stacked gate and up as one ``gate_up_proj`` (gate rows first)."""
+    stacked = collapse(sd, torch.stack)
     out: dict[str, torch.Tensor] = {}
-    for key, t in sd.items():
-        m = _PER_EXPERT.match(key)
+    for key, t in stacked.items():
+        m = STACKED.match(key)
         if m is None:
             out[key] = t
-            continue
-        groups.setdefault(m.group(1), {}).setdefault(m.group(3), {})[int(m.group(2))] = t
-    for prefix, parts in groups.items():
-        stack = {name: torch.stack([by_index[i] for i in sorted(by_index)]) for name, by_index in parts.items()}
-        out[f"{prefix}.gate_up_proj"] = torch.cat([stack["gate_proj"], stack["up_proj"]], dim=1)
-        out[f"{prefix}.down_proj"] = stack["down_proj"]
+        elif m.group(2) == "gate_proj":
+            out[f"{m.group(1)}.gate_up_proj"] = torch.cat([t, stacked[f"{m.group(1)}.up_proj.weight"]], dim=1)
+        elif m.group(2) == "down_proj":
+            out[f"{m.group(1)}.down_proj"] = t
     return out
 
 

@@ -126,12 +126,15 @@ def sinusoidal_positions(position_ids: torch.Tensor, dim: int, dtype: torch.dtyp
 class AttentionMask:
     """How one forward pass masks attention: either SDPA's own causal flag, no mask at all
     (a single query that may see every key from `key_start` on), or an explicit boolean mask
-    of shape (batch or 1, 1, queries, keys) where True means "may attend"."""
+    of shape (batch or 1, 1, queries, keys) where True means "may attend". `tokens` (batch,
+    queries; True = a real token, None = all are) tells a mixture of experts which rows are
+    padding, to leave them out of its router losses."""
 
-    __slots__ = ("mask", "is_causal", "key_start")
+    __slots__ = ("mask", "is_causal", "key_start", "tokens")
 
-    def __init__(self, mask: torch.Tensor | None = None, is_causal: bool = False, key_start: int = 0):
-        self.mask, self.is_causal, self.key_start = mask, is_causal, key_start
+    def __init__(self, mask: torch.Tensor | None = None, is_causal: bool = False, key_start: int = 0,
+                 tokens: torch.Tensor | None = None):
+        self.mask, self.is_causal, self.key_start, self.tokens = mask, is_causal, key_start, tokens
 
 
 def linear_outputs(x: torch.Tensor, mods: tuple[nn.Module, ...]) -> list[torch.Tensor]:
@@ -264,7 +267,8 @@ class Block(nn.Module):
             self.encoder_attn_layernorm = make_norm(config)
             self.encoder_attn = Attention(config, layer_idx, cross=True)
         self.post_attention_layernorm = make_norm(config)
-        if config.is_moe:
+        self.moe = config.is_moe
+        if self.moe:
             from .moe import MoE  # moe builds its experts from MLP, defined here
 
             self.mlp = MoE(config)
@@ -281,6 +285,8 @@ class Block(nn.Module):
         h = x + self.drop(self.self_attn(self.input_layernorm(x), rope, mask, cache))
         if memory is not None:
             h = h + self.drop(self.encoder_attn(self.encoder_attn_layernorm(h), None, mask, memory=memory))
+        if self.moe:
+            return h + self.drop(self.mlp(self.post_attention_layernorm(h), mask.tokens))
         return h + self.drop(self.mlp(self.post_attention_layernorm(h)))
 
 

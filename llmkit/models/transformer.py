@@ -111,6 +111,8 @@ class Decoder(nn.Module):
         if self.relative is not None:  # one learned bias for every layer, from absolute positions as T5 does
             bias = self.relative(torch.arange(past, total, device=device), torch.arange(total, device=device))
         masks: dict[int | None, AttentionMask] = {}
+        # which new tokens are real, for a mixture of experts' router losses (padding left out)
+        tokens = attention_mask.bool() if cfg.is_moe and attention_mask is not None else None
         for layer in self.layers:
             window = cfg.sliding_window_for(layer.self_attn.layer_idx)
             if window not in masks:
@@ -122,6 +124,7 @@ class Decoder(nn.Module):
                     masks[window] = AttentionMask(mask=build_mask(t, 0, every, cfg.causal, window, device).mask & same)
                 if bias is not None:
                     masks[window] = with_bias(masks[window], bias.to(x.dtype), t, past)
+                masks[window].tokens = tokens
             x = layer(x, rope, masks[window], cache, memory)
         if cache is not None:
             cache.advance(t)

@@ -175,14 +175,13 @@ def quantize_model_nf4(model: nn.Module, double_quant: bool = True, skip: tuple[
     """Replace every nn.Linear inside the transformer blocks by an NF4Linear (embeddings and the
     output head stay as they are, and a mixture of experts' routers, as in `weight_only`); returns
     how many were replaced."""
-    from .weight_only import ROUTERS
+    from .weight_only import is_router
 
-    routers = tuple("." + r for r in ROUTERS)
     count = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if full.endswith(routers):
+            if is_router(full):
                 continue
             if isinstance(child, nn.Linear) and not any(s in full for s in skip) and child.weight.numel() % BLOCK == 0:
                 setattr(module, child_name, NF4Linear.from_linear(child, double_quant))

@@ -267,6 +267,13 @@ class Int4Linear(_QuantLinear):
 ROUTERS = ("mlp.gate", "mlp.shared_expert_gate")  # a block's MoE router and shared-expert gate (`models.moe`)
 
 
+def is_router(name: str) -> bool:
+    """Whether the module `name` (relative to a block, or qualified) is a mixture of experts'
+    router or shared-expert gate, or the frozen base of a LoRA on one."""
+    name = name.removesuffix(".base_layer")
+    return name in ROUTERS or name.endswith(tuple("." + r for r in ROUTERS))
+
+
 def _linears(model: nn.Module, head: bool) -> list[tuple[str, nn.Linear]]:
     """(qualified name, Linear) of every block Linear, plus the head when `head`. The small
     matrices of attached adapters (LoRA A/B, bottlenecks) stay as they are; a LoRA's base layer
@@ -276,7 +283,7 @@ def _linears(model: nn.Module, head: bool) -> list[tuple[str, nn.Linear]]:
     for i, block in enumerate(model.model.layers):
         for name, mod in block.named_modules():
             peft = any(part.startswith("lora_") or part.endswith("_adapter") for part in name.split("."))
-            if type(mod) is nn.Linear and not peft and name not in ROUTERS:
+            if type(mod) is nn.Linear and not peft and not is_router(name):
                 found.append((f"model.layers.{i}.{name}", mod))
     if head and type(model.lm_head) is nn.Linear:
         found.append(("lm_head", model.lm_head))

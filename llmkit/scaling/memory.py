@@ -32,7 +32,8 @@ the tensors llmkit's block saves for backward, in values per token:
     attention: c·d + d + 2·q + 2·kv + (q with fused SDPA/flash attention | a·s softmax probabilities)
     MLP:       c·d + d + 4·f (SwiGLU: gate, up, act(gate), product) | 2·f (GELU)
     MoE MLP:   c·d + d + 3·k·d + 4·k·e + k  (+ 4·g + d + 1 with a shared expert)
-               + 3·E + 1 (+ k + 1 when renormalised) router values, fp32 at any precision
+               + E (+ 2·E + 1 with weighted router losses, + k + 1 when renormalised) router values,
+                 fp32 at any precision
                + 3·k int64 indices (8 bytes each)
 
 where d = dim, q = n_heads·head_dim, kv = n_kv_heads·head_dim, f = hidden_dim, a = n_heads,
@@ -52,8 +53,8 @@ each token's k gathered copies (the experts' input), the k expert outputs concat
 the multiply with the routing weights) and the weighted outputs (kept by ``index_add_``), 3·k·d;
 the SwiGLU values of the k experts the token is routed to, 4·k·e; its k routing weights in sorted
 order; a shared expert's SwiGLU values, output and sigmoid gate. The router keeps its softmax
-probabilities (E), the Trainer's router losses a copy of the logits and their softmax (2·E + 1 with
-the z-loss's logsumexp), renormalisation the top-k weights and their sum; the top-k choices, each
+probabilities (E), the Trainer's router losses, when weighted, a copy of the logits and their
+softmax (2·E + 1 with the z-loss's logsumexp; unweighted they are only logged, without a graph), renormalisation the top-k weights and their sum; the top-k choices, each
 assignment's token and the sort order are int64. So weights, gradients and optimizer state count
 every expert (N is all parameters), activations only the experts a token passes through
 (``tests/scaling/test_memory.py`` checks the MoE terms against the bytes autograd saves).
@@ -106,6 +107,7 @@ class _Shape:
     expert_hidden_dim: int = 0
     shared_hidden_dim: int = 0
     router_renormalize: bool = False
+    router_weighted: bool = False  # router losses with a weight: their logits and softmax are kept for backward
     active_params: int = 0
 
     @property
@@ -146,7 +148,8 @@ class _Shape:
         d, k, e, s = self.dim, self.experts_per_token, self.expert_hidden_dim, self.shared_hidden_dim
         experts = (3 * k * d + 4 * k * e + k) * p
         shared = (4 * s + d + 1) * p if s else 0.0
-        router = 4.0 * (3 * self.n_experts + 1 + (k + 1) * self.router_renormalize)  # fp32 whatever p is
+        losses = (2 * self.n_experts + 1) * self.router_weighted
+        router = 4.0 * (self.n_experts + losses + (k + 1) * self.router_renormalize)  # fp32 whatever p is
         return experts + shared + router + 8.0 * 3 * k
 
 
@@ -164,6 +167,7 @@ def _shape(model: Any) -> _Shape | None:
             moe = dict(n_experts=n_experts, experts_per_token=cfg.experts_per_token,
                        expert_hidden_dim=cfg.expert_hidden_dim or cfg.hidden_dim,
                        shared_hidden_dim=cfg.shared_expert_hidden_dim or 0, router_renormalize=cfg.router_renormalize,
+                       router_weighted=bool(getattr(cfg, "router_aux_loss_coef", 0) or getattr(cfg, "router_z_loss_coef", 0)),
                        active_params=int(cfg.num_parameters(embeddings=True, active=True)))
         return _Shape(
             params=params, n_layers=cfg.n_layers, dim=cfg.dim,
@@ -331,12 +335,19 @@ def estimate_memory(model: Any, *, method: str = "inference", dtype: str = "fp32
     return MemoryEstimate(method, label, params, trainable, weights, grads, opt, acts, 0.0, tuple(notes), active)
 
 
+def experts_phrase(n_experts: int, width: int, top_k: int, renormalize: bool, shared: int) -> str:
+    """A mixture of experts' MLP in words ("mixture of 8 experts x 14336, top 2 (renormalised)"),
+    as `llmkit info` and the memory estimate name it."""
+    renorm = " (renormalised)" if renormalize else ""
+    shared_text = f"; shared expert {shared}" if shared else ""
+    return f"mixture of {n_experts} experts x {width}, top {top_k}{renorm}{shared_text}"
+
+
 def _moe_note(s: _Shape, method: str) -> str:
-    renorm = " (renormalised)" if s.router_renormalize else ""
-    shared = f"; shared expert {s.shared_hidden_dim}" if s.shared_hidden_dim else ""
     states = "weights, gradients and optimizer state" if method == "full" else "weights"
-    return (f"mixture of {s.n_experts} experts x {s.expert_hidden_dim}, top {s.experts_per_token}{renorm}{shared}: "
-            f"{states} count all {s.params:,} parameters; activations only the experts each token is routed to "
+    phrase = experts_phrase(s.n_experts, s.expert_hidden_dim, s.experts_per_token, s.router_renormalize,
+                            s.shared_hidden_dim)
+    return (f"{phrase}: {states} count all {s.params:,} parameters; activations only the experts each token is routed to "
             f"({s.active_params:,} parameters active per token)")
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from ..models.moe import clear_router, record_router, router_losses
+from ..models.moe import clear_router, moe_layers, record_router, router_losses
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .logger import MetricsLogger
@@ -74,9 +74,7 @@ class Trainer:
         if config.activation_checkpointing:
             enable_activation_checkpointing(self.base_model)
         # a mixture of experts: its routers' losses join the objective's, and their statistics are logged
-        self.router = record_router(self.base_model)
-        model_cfg = getattr(self.base_model, "config", None)
-        self.router_coefs = (getattr(model_cfg, "router_aux_loss_coef", 0.0), getattr(model_cfg, "router_z_loss_coef", 0.0))
+        self.router = bool(moe_layers(self.base_model))
         self.model = D.wrap_model(self.base_model, config.distributed, self.info)
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.betas)
         self.forward_model = torch.compile(self.model) if config.compile else self.model
@@ -122,6 +120,7 @@ class Trainer:
         bar = tqdm(total=schedule.total, initial=start, disable=not info.is_main or None, dynamic_ncols=True,
                    desc="train")
         t0 = clock()
+        record_router(self.base_model, self.router)  # on for this fit only: the logits hold graphs
         window_t, window_tokens = t0, 0
         step_times: list[float] = []  # seconds of each optimizer step of this session
         pauses = 0.0  # seconds of this session's evaluations, samples and checkpoints
@@ -184,6 +183,7 @@ class Trainer:
             samples = self._samples(logger)
             self._checkpoint()
         finally:
+            record_router(self.base_model, False)
             bar.close()
             logger.close()
         return {"steps": self.step, "tokens": self.tokens_seen, "train_loss": last.get("loss"),
@@ -254,9 +254,10 @@ class Trainer:
                 loss, metrics = self.objective.loss(self.forward_model, batch)
                 minimised = loss
                 if self.router:
-                    router = router_losses(self.base_model, *self.router_coefs)
+                    router = router_losses(self.base_model)
                     if router is not None:
-                        minimised = loss + router.penalty.to(loss.dtype)
+                        if router.penalty is not None:
+                            minimised = loss + router.penalty.to(loss.dtype)
                         metrics = {**metrics, **router.metrics()}
             scaled = minimised * weight
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()

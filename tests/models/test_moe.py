@@ -63,24 +63,42 @@ def test_load_balancing_loss_equals_transformers():
         assert int(counts.sum()) == 3 * 24 * k
 
 
-def test_router_losses_of_a_model_equal_transformers_aux_loss(tmp_path):
-    """The loss llmkit trains with is the one MixtralForCausalLM reports (output_router_logits)."""
-    path = build_hf_model("mixtral", tmp_path / "m")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path).train()
-    ours = load_pretrained(path).train()
-    assert record_router(ours)
+def test_router_losses_and_their_gradients_equal_transformers(tmp_path):
+    """What llmkit trains with is what MixtralForCausalLM minimises (output_router_logits): the
+    load-balancing loss over real tokens only (a right-padded row), its weight read from
+    config.json, and the routers' gradients of cross-entropy plus the weighted loss."""
+    import torch.nn.functional as F
+
+    cfg = transformers.MixtralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, initializer_range=0.1, router_aux_loss_coef=0.3,
+                                     output_router_logits=True)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").train()
+    ours = load_pretrained(tmp_path / "m").train()
+    assert ours.config.router_aux_loss_coef == 0.3 and record_router(ours)
     x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
-    out = hf(x, output_router_logits=True)
-    ours(x)
-    router = router_losses(ours, 0.02, 0.001)
+    mask = torch.ones_like(x)
+    mask[1, 11:] = 0  # five padding tokens, which transformers leaves out of the aux loss
+    labels = x.masked_fill(mask == 0, -100)
+    out = hf(x, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    logits = ours(x, attention_mask=mask)
+    router = router_losses(ours)
     assert abs(float(router.aux_loss) - float(out.aux_loss)) < 1e-5
-    every = torch.cat(out.router_logits)
-    z = torch.logsumexp(every, -1).square().mean()  # ST-MoE's z-loss, computed here from transformers' logits
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    (ce + router.penalty).backward()
+    assert abs(float(ce + router.penalty) - float(out.loss)) < 1e-5
+    for i in range(2):
+        theirs, mine = hf.model.layers[i].mlp.gate.weight.grad, ours.model.layers[i].mlp.gate.weight.grad
+        assert (theirs - mine).abs().max() <= 1e-5 * theirs.abs().max()
+    real = torch.cat([t[mask.reshape(-1).bool()] for t in out.router_logits])
+    z = torch.logsumexp(real, -1).square().mean()  # ST-MoE's z-loss, from transformers' logits of real tokens
     assert abs(float(router.z_loss) - float(z)) < 1e-4
-    assert torch.allclose(router.penalty, 0.02 * router.aux_loss + 0.001 * router.z_loss)
     assert sum(router.tokens_per_expert) == pytest.approx(1.0) and len(router.tokens_per_expert) == 4
     assert 0.0 < router.entropy < torch.log(torch.tensor(4.0)).item()
-    assert router_losses(ours, 0.02, 0.0) is None  # the recording was consumed
+    assert router_losses(ours) is None  # the recording was consumed
 
 
 @pytest.mark.parametrize("name", ["mixtral", "qwen2-moe"])
@@ -126,12 +144,20 @@ def test_llmkit_moe_generates_the_same_in_transformers(name, tmp_path):
                                           ours.config.router_renormalize)
 
 
-def test_aux_loss_weight_round_trips_through_config_json(tmp_path):
-    model = Transformer(preset("tiny-mixtral", router_aux_loss_coef=0.02))
+def test_router_loss_weights_and_expert_width_round_trip_through_config_json(tmp_path):
+    # Mixtral has no dense MLP: experts narrower than hidden_dim are written as its intermediate_size
+    model = Transformer(preset("tiny-mixtral", router_aux_loss_coef=0.02, router_z_loss_coef=0.001,
+                               expert_hidden_dim=40))
     save_pretrained(model, tmp_path / "m")
     written = json.loads((tmp_path / "m" / "config.json").read_text())
     assert written["router_aux_loss_coef"] == 0.02 and written["output_router_logits"] is True
-    assert read_config(tmp_path / "m").router_aux_loss_coef == 0.02
+    assert written["intermediate_size"] == 40
+    back = read_config(tmp_path / "m")
+    assert (back.router_aux_loss_coef, back.router_z_loss_coef, back.expert_hidden_dim) == (0.02, 0.001, 40)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    x = torch.randint(0, 2048, (1, 10), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert (hf(x).logits - model.eval()(x)).abs().max().item() <= 1e-4
     # a Hub config whose aux loss transformers would not apply (output_router_logits false) trains without it
     written["output_router_logits"] = False
     (tmp_path / "m" / "config.json").write_text(json.dumps(written))
@@ -173,6 +199,16 @@ def test_refusals_name_the_field_and_the_fix(tmp_path):
         from llmkit.models.hf import config_to_hf
 
         config_to_hf(preset("tiny-llama", n_experts=4, hidden_dim=88))
+    from llmkit.models.hf import config_to_hf
+
+    with pytest.raises(ConfigError, match=r"no Hugging Face family has experts without a shared expert"):
+        config_to_hf(preset("tiny-mixtral", router_renormalize=False))
+    with pytest.raises(ConfigError, match=r"family='mixtral' .* shared_expert_hidden_dim=80"):
+        config_to_hf(preset("tiny-qwen2-moe", family="mixtral", router_renormalize=True, qkv_bias=False))
+    with pytest.raises(ConfigError, match=r"expert_hidden_dim=48 describes experts, but the model is dense"):
+        preset("tiny-llama", expert_hidden_dim=48)
+    with pytest.raises(ConfigError, match=r"n_experts=True must be"):
+        preset("tiny-llama", n_experts=True)
     for model_type, fix in (("qwen3_moe", "mixture of experts that llmkit does not read"),
                             ("deepseek_v3", "mixtral, qwen2_moe")):
         (tmp_path / model_type).mkdir()
@@ -200,6 +236,17 @@ def test_quantised_moe_keeps_its_routers_and_round_trips(method, tmp_path):
     assert type(mlp.experts[0].gate_proj).__name__ == {"int8": "Int8Linear", "int4": "Int4Linear"}[method]
     save_pretrained(model, tmp_path / "q")
     back = load_pretrained(tmp_path / "q")
+    # a router carrying a LoRA keeps its frozen base in full precision too, with every quantiser
+    from llmkit.peft import apply_lora
+    from llmkit.quant.nf4 import quantize_model_nf4
+
+    for quantise in (lambda m: quantize_model(m, method), quantize_model_nf4):
+        adapted = _random_moe("tiny-qwen2-moe")
+        apply_lora(adapted, targets=["gate", "shared_expert_gate", "up_proj"])
+        quantise(adapted)
+        mlp = adapted.model.layers[1].mlp
+        assert type(mlp.gate.base_layer) is type(mlp.shared_expert_gate.base_layer) is torch.nn.Linear
+        assert type(mlp.experts[2].up_proj.base_layer) is not torch.nn.Linear
     x = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(back(x), model(x))

@@ -67,8 +67,9 @@ def _train(model: Transformer, batch: int, seq: int, steps: int) -> float:
         ids = torch.randint(cfg.vocab_size, (batch, seq + 1))
         logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        if router:
-            loss = loss + router_losses(model, cfg.router_aux_loss_coef, cfg.router_z_loss_coef).penalty
+        penalty = router_losses(model).penalty if router else None
+        if penalty is not None:  # the router-loss weights are 0 in the warm-up model
+            loss = loss + penalty
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -9,18 +9,22 @@ import json
 import pytest
 import torch
 
+import numpy as np
+
 from llmkit.models import Transformer, preset
+from llmkit.models.moe import moe_layers
 from llmkit.train import CausalLM, TrainConfig, Trainer
 from tests.train.test_trainer import ToyLoader
 
 
-def _trainer(tmp_path, name, steps=1, checkpointing=False, **model_kw):
+def _trainer(tmp_path, name, steps=1, checkpointing=False, loader=None, micro_batch=4, grad_accum=1, **model_kw):
     torch.manual_seed(0)
     model = Transformer(preset("tiny-mixtral", **model_kw)).double()  # float64: compare weights exactly
     # grad_clip=0: clipping scales every gradient by the global norm, which the router losses change
-    cfg = TrainConfig(steps=steps, micro_batch=4, warmup_steps=0, lr=1e-2, grad_clip=0.0, save_every=0, eval_every=0,
+    cfg = TrainConfig(steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, warmup_steps=0, lr=1e-2,
+                      grad_clip=0.0, save_every=0, eval_every=0,
                       sample_prompts=[], device="cpu", precision="fp32", activation_checkpointing=checkpointing)
-    return Trainer(model, CausalLM(), ToyLoader(), cfg, tmp_path / name)
+    return Trainer(model, CausalLM(), loader or ToyLoader(), cfg, tmp_path / name)
 
 
 def test_the_aux_loss_moves_the_router_and_not_the_last_experts(tmp_path):
@@ -52,9 +56,41 @@ def test_activation_checkpointing_keeps_the_router_losses(tmp_path):
     assert [h["moe_aux_loss"] for h in a.history] == pytest.approx([h["moe_aux_loss"] for h in b.history], abs=1e-10)
 
 
-def test_router_statistics_are_logged(tmp_path):
+def test_router_losses_are_weighted_like_the_loss_over_micro_batches(tmp_path):
+    """Two micro-batches holding the same rows minimise what one of them does: the router losses
+    are averaged over the accumulation like the objective's loss, not added once per micro-batch."""
+
+    class Twice(ToyLoader):  # rows of step i at positions 2i and 2i + 1
+        def __next__(self):
+            rows = np.random.default_rng([0, self.pos // 2]).integers(0, len(self.data), self.batch)
+            self.pos += 1
+            return torch.as_tensor(self.data[rows])
+
+    kw = dict(steps=3, router_aux_loss_coef=1.0, router_z_loss_coef=0.1)
+
+    class Once(ToyLoader):
+        def __next__(self):
+            rows = np.random.default_rng([0, self.pos]).integers(0, len(self.data), self.batch)
+            self.pos += 1
+            return torch.as_tensor(self.data[rows])
+
+    once = _trainer(tmp_path, "once", loader=Once(), **kw)
+    twice = _trainer(tmp_path, "twice", loader=Twice(), grad_accum=2, **kw)
+    once.fit()
+    twice.fit()
+    for (n, p), q in zip(once.base_model.named_parameters(), twice.base_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-10), n
+
+
+def test_router_statistics_are_logged_and_recording_stops_after_fit(tmp_path):
     t = _trainer(tmp_path, "log", steps=2)
     t.fit()
+    # after the run nothing is recorded any more: a user's own training loop holds no router graphs
+    layers = moe_layers(t.base_model)
+    assert layers and not any(m.recording for m in layers)
+    t.base_model.train()
+    t.base_model(torch.randint(0, 2048, (1, 8))).sum().backward()
+    assert all(m.router_logits == [] for m in layers)
     rows = [json.loads(line) for line in (tmp_path / "log" / "metrics.jsonl").read_text().splitlines()]
     row = next(r for r in rows if "moe_tokens_per_expert" in r)
     shares = row["moe_tokens_per_expert"]

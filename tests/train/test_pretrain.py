@@ -146,6 +146,29 @@ def test_two_processes_match_one(data_dir, tmp_path, strategy):
     assert (two / "model" / "model.safetensors").exists()
 
 
+def test_two_processes_train_a_mixture_of_experts(data_dir, tmp_path):
+    """DDP with a mixture of experts whose experts are often idle on a rank (16 experts, top 1, one
+    row of 32 tokens per rank): every expert must still hand DDP a gradient, and step 1's loss (the
+    objective's, without the per-rank router losses) equals one process reading both rows."""
+    moe = ["model.preset=tiny-mixtral", "model.overrides={dim: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, "
+           "hidden_dim: 32, n_experts: 16, experts_per_token: 1, router_aux_loss_coef: 0.01}",
+           "train.lr=1e-2", "train.warmup_steps=1", "train.sample_prompts=[]", "train.device=cpu",
+           "train.steps=3", "train.save_every=0", "train.eval_every=0", "train.precision=fp32"]
+    one = tmp_path / "one"
+    r = pretrain("--data", str(data_dir), *moe, "train.micro_batch=2", "--out", str(one))
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = tmp_path / "two"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(29500 + os.getpid() % 1000 + 13)]
+    r = pretrain("--data", str(data_dir), *moe, "train.micro_batch=1", "train.distributed=ddp", "--out", str(two),
+                 launcher=launcher)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert list(a) == list(b) == [1, 2, 3]
+    assert abs(a[1] - b[1]) <= 1e-5, (a[1], b[1])
+    assert "moe_tokens_per_expert" in read_metrics(two)[0]
+
+
 def test_a_micro_batch_that_cannot_fit_is_refused(data_dir, tmp_path):
     out = tmp_path / "run"
     r = pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.micro_batch=2000000")
