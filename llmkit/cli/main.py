@@ -13,8 +13,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from . import (align_commands, commands, embed_commands, eval_commands, generate_commands, model_commands,
-               serve_commands, vector_commands)
+from . import (ablate_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
+               model_commands, serve_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -41,6 +41,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                 "word vectors before the transformer: `llmkit vectors fit|neighbours|analogy` (bag-of-words, TF-IDF, word2vec)"),
     "pretrain": (commands.add_pretrain_args, commands.run_pretrain,
                  "pretrain a model from a YAML recipe plus key=value overrides (torchrun for DDP/FSDP)"),
+    "ablate": (ablate_commands.add_ablate_args, ablate_commands.run_ablate,
+               "train variants of a pretraining recipe over several seeds on the same data; compare them with intervals"),
     "finetune": (commands.add_finetune_args, commands.run_finetune,
                  "fine-tune a model on chat / instruction data: full, lora, qlora, adapter, prefix or prompt"),
     "merge": (model_commands.add_merge_args, model_commands.run_merge,
