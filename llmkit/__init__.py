@@ -31,6 +31,8 @@ _EXPORTS = {
     "quantize_model": "llmkit.quant.weight_only",
     "PretrainRecipe": "llmkit.pipelines.pretrain",
     "pretrain": "llmkit.pipelines.pretrain",
+    "AblationRecipe": "llmkit.pipelines.ablate",
+    "ablate": "llmkit.pipelines.ablate",
     "FinetuneRecipe": "llmkit.pipelines.finetune",
     "finetune": "llmkit.pipelines.finetune",
     "DPORecipe": "llmkit.pipelines.dpo",

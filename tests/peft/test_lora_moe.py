@@ -5,6 +5,8 @@ and llmkit compute the same logits from either side's adapter; merging and QLoRA
 
 from __future__ import annotations
 
+from functools import partial
+
 import json
 
 import pytest
@@ -19,6 +21,7 @@ from llmkit.peft import (AdapterError, LoRALinear, apply_lora, apply_qlora, load
 from llmkit.quant import NF4Linear
 from tests.hf_models import VOCAB, build_hf_model
 from tests.peers import peer
+from tests.peft.test_methods import randomise as randomise_weights
 
 TOL = 1e-4
 E, D = 4, 64  # experts and width of tests/hf_models.py's mixtral and qwen2-moe
@@ -40,12 +43,8 @@ def hf_model(path):
     return peer("transformers").AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
 
 
-def randomise(params, seed=0, std=0.2):
-    """Trained-looking adapter weights (B = 0 at init would make every comparison trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+# trained-looking adapter weights (B = 0 at init would make every comparison trivial)
+randomise = partial(randomise_weights, std=0.2)
 
 
 def lora_paths(model):
