@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import string
 from collections import Counter
 from typing import Callable, Sequence
@@ -194,3 +195,46 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[Sequence[float]], floa
     rng = np.random.default_rng(seed)
     draws = [stat(data[rng.integers(0, data.size, data.size)]) for _ in range(n_resamples)]
     return float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2))
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with `df` degrees of freedom: the two-sided
+    probability P(|T| <= t) in closed form for integer df (Abramowitz & Stegun 26.7.3-4),
+    inverted by bisection. Written here because scipy is not a core dependency."""
+    if not (0.5 < p < 1 and df >= 1):
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+
+    def two_sided(t: float) -> float:
+        theta = math.atan(t / math.sqrt(df))
+        s, c2 = math.sin(theta), math.cos(theta) ** 2
+        if df % 2:
+            term, total = math.cos(theta), 0.0
+            for j in range(1, (df - 1) // 2 + 1):  # cos θ + (2/3) cos³θ + ... up to cos^(df-2) θ
+                total += term
+                term *= c2 * (2 * j) / (2 * j + 1)
+            return 2 / math.pi * (theta + s * total)
+        term, total = 1.0, 0.0
+        for j in range(df // 2):  # 1 + (1/2) cos²θ + (1·3)/(2·4) cos⁴θ + ... up to cos^(df-2) θ
+            total += term
+            term *= c2 * (2 * j + 1) / (2 * j + 2)
+        return s * total
+
+    target, lo, hi = 2 * p - 1, 0.0, 1.0
+    while two_sided(hi) < target:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if two_sided(mid) < target else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return (lo + hi) / 2
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` with its Student-t interval (n - 1 degrees of freedom)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half

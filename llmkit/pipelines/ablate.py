@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from ..eval.metrics import mean_ci, t_quantile
 from ..recipe import RecipeError, dump_yaml, from_dict, load_recipe, read_yaml
 from ..utils import new_figure, save_figure, write_json_atomic
 from .pretrain import PretrainRecipe
@@ -174,49 +175,6 @@ def run_or_reuse(recipe: PretrainRecipe) -> tuple[dict[str, Any], str]:
 
 
 # ---------------------------------------------------------------------------- statistics
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile (p > 0.5) of Student's t with `df` degrees of freedom: the two-sided
-    probability P(|T| <= t) in closed form for integer df (Abramowitz & Stegun 26.7.3-4),
-    inverted by bisection. Written here because scipy is not a core dependency."""
-    if not (0.5 < p < 1 and df >= 1):
-        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
-
-    def two_sided(t: float) -> float:
-        theta = math.atan(t / math.sqrt(df))
-        s, c2 = math.sin(theta), math.cos(theta) ** 2
-        if df % 2:
-            term, total = math.cos(theta), 0.0
-            for j in range(1, (df - 1) // 2 + 1):  # cos θ + (2/3) cos³θ + ... up to cos^(df-2) θ
-                total += term
-                term *= c2 * (2 * j) / (2 * j + 1)
-            return 2 / math.pi * (theta + s * total)
-        term, total = 1.0, 0.0
-        for j in range(df // 2):  # 1 + (1/2) cos²θ + (1·3)/(2·4) cos⁴θ + ... up to cos^(df-2) θ
-            total += term
-            term *= c2 * (2 * j + 1) / (2 * j + 2)
-        return s * total
-
-    target, lo, hi = 2 * p - 1, 0.0, 1.0
-    while two_sided(hi) < target:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if two_sided(mid) < target else (lo, mid)
-        if hi - lo < 1e-12 * hi:
-            break
-    return (lo + hi) / 2
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of `values` with its Student-t interval (n - 1 degrees of freedom)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = t_quantile(0.5 + level / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def verdict(name: str, first: str, low: float, high: float, lower_is_better: bool = True) -> str:
     """Which variant is better when the interval of `name` − `first` excludes 0; else no difference."""
     if low <= 0 <= high or math.isnan(low):
@@ -412,4 +370,4 @@ def read_results(out: str | Path) -> dict[str, Any]:
     return json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
 
 
-__all__ = ["AblationRecipe", "ablate", "mean_ci", "read_results", "t_quantile", "variant_recipes"]
+__all__ = ["AblationRecipe", "ablate", "read_results", "variant_recipes"]

@@ -25,7 +25,7 @@ import yaml
 from scipy import stats
 
 from llmkit.cli.main import main
-from llmkit.pipelines.ablate import t_quantile
+from llmkit.eval.metrics import t_quantile
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"model": {"preset": "tiny-llama"},
