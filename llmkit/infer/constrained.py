@@ -14,6 +14,7 @@ budget with spaces and newlines and never close the object.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -100,9 +101,41 @@ def json_constraint(tokenizer, vocab_size: int, schema: dict | str | None = None
         compiled = compiler.compile_json_schema(json.dumps(spec) if isinstance(spec, dict) else spec,
                                                 any_whitespace=False)
     except Exception as e:  # xgrammar raises RuntimeError / ValueError for bad schemas
-        reason = re.sub(r"\[[\d:]+\] \S+:\d+: ", "", str(e)).strip()  # without its C++ source location
-        raise ConstraintError(f"the JSON schema cannot be used: {reason}") from None
+        raise ConstraintError(f"the JSON schema cannot be used: {_reason(e)}") from None
     return JSONConstraint(compiled, vocab_size, stop, banned)
+
+
+def _reason(error: Exception) -> str:
+    """xgrammar's message without its C++ source location."""
+    return re.sub(r"\[[\d:]+\] \S+:\d+: ", "", str(error)).strip()
+
+
+@functools.lru_cache(maxsize=8)
+def _newline_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Tokens whose only control characters are newlines (and that hold no stray byte)."""
+    keep = torch.zeros(vocab_size, dtype=torch.bool)
+    for i in range(tokenizer.vocab_size):
+        text = tokenizer.decode([i])
+        if "\n" in text and all(ch == "\n" or (ord(ch) >= 0x20 and ch != "\ufffd") for ch in text):
+            keep[i] = True
+    return keep
+
+
+def structural_constraint(tokenizer, vocab_size: int, fmt: dict, stop_ids: set[int] | list[int]) -> JSONConstraint:
+    """A constraint for an xgrammar structural tag (`fmt` is its ``format``): free text and tagged
+    JSON, as tool calls need (see `llmkit.infer.tool_calls`)."""
+    stop = sorted(set(stop_ids))
+    if not stop:
+        raise ConstraintError("a grammar constraint needs an end token to finish with: the tokenizer has none")
+    compiler, banned = _compiler(tokenizer, vocab_size, stop)
+    try:
+        compiled = compiler.compile_structural_tag({"type": "structural_tag", "format": fmt})
+    except Exception as e:
+        raise ConstraintError(f"the grammar cannot be built: {_reason(e)}") from None
+    if fmt.get("type") in ("triggered_tags", "any_text"):
+        return JSONConstraint(compiled, vocab_size, stop)  # free text may hold any character
+    # tags only (tool calls): the JSON ban, but the markers' newlines stay allowed
+    return JSONConstraint(compiled, vocab_size, stop, banned & ~_newline_tokens(tokenizer, vocab_size))
 
 
 def response_constraint(response_format: dict[str, Any] | None, tokenizer, vocab_size: int,
@@ -114,5 +147,7 @@ def response_constraint(response_format: dict[str, Any] | None, tokenizer, vocab
         return None
     if tokenizer is None:
         raise ConstraintError(f"response_format {kind!r} needs the tokenizer to build its grammar")
+    if kind == "structural_tag":
+        return structural_constraint(tokenizer, vocab_size, response_format["format"], stop_ids)
     schema = response_format["json_schema"]["schema"] if kind == "json_schema" else None
     return json_constraint(tokenizer, vocab_size, schema, stop_ids)

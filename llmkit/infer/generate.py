@@ -246,6 +246,7 @@ class Timings:
     generated_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    finish_reason: str | None = None  # "stop" or "length", once the generation has ended
 
     @property
     def prefill_tokens_per_s(self) -> float:

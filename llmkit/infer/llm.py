@@ -41,6 +41,7 @@ from .generate import Completion, TextStream, Timings, TokenGeneration
 from .seq2seq import seq2seq_loglikelihood
 from .sampling import GenerationConfig, valid_settings
 from .scoring import LogLikelihood, TokenScoring
+from .tool_calls import ChatReply, ToolCallError, parse_tool_calls, tool_events, tool_prompt
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -266,6 +267,7 @@ class LocalLLM(TokenScoring, Embedding):
                 yield tail
         finally:  # also when the reader stops early: what was made so far is counted
             timings.generated_tokens = len(run.generated[0])
+            timings.finish_reason = run.finish_reasons[0]
             timings.decode_s = max(0.0, last - start - timings.prefill_s)
 
     def chat_prompt(self, messages: Messages) -> list[int]:
@@ -288,12 +290,39 @@ class LocalLLM(TokenScoring, Embedding):
 
     @decoder_only
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
-             timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
-        """The assistant's reply to `messages` (a list of {"role", "content"} dicts)."""
+             timings: Timings | None = None, tools: Sequence[Any] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = True, **kwargs: Any) -> str | Iterator[str] | ChatReply | Iterator[Any]:
+        """The assistant's reply to `messages` (a list of {"role", "content"} dicts).
+
+        With `tools` (`llmkit.apps.Tool`s or OpenAI ``tools`` entries) the reply is a `ChatReply`
+        (content, tool calls, finish reason) whose calls' arguments are generated under their
+        schemas' grammar; `tool_choice` and `parallel_tool_calls` mean what they mean in OpenAI's
+        API, and the conversation may hold assistant ``tool_calls`` and ``tool`` results (see
+        `llmkit.infer.tool_calls`). Streamed, it yields `ContentDelta`, `CallStart`,
+        `ArgumentsDelta` events and a last `Finish`."""
+        if tools is not None or tool_choice is not None:
+            return self._tool_chat(messages, gen, stream, timings, tools, tool_choice, parallel_tool_calls, kwargs)
         ids = self.chat_prompt(messages)
         if stream:
             return self.stream(ids, gen, timings=timings, **kwargs)
         return self.complete([ids], gen, **kwargs)[0].text
+
+    def _tool_chat(self, messages: Messages, gen: GenerationConfig | None, stream: bool, timings: Timings | None,
+                   tools: Sequence[Any] | None, tool_choice: Any, parallel: bool, kwargs: dict[str, Any]):
+        if self.seq2seq:
+            raise ToolCallError(f"{self.name or self.config.family} is an encoder-decoder: tool calling needs a "
+                                "decoder with a chat template")
+        gen = self.generation(gen, **kwargs)
+        if gen.response_format and gen.response_format.get("type", "text") != "text":
+            raise ToolCallError("response_format cannot be combined with tools: the tool calls' grammar shapes "
+                                "the answer", "response_format")
+        ids, grammar = tool_prompt(self.tokenizer, messages, tools, tool_choice, parallel)
+        gen = gen.replace(response_format=grammar)
+        if stream:
+            timings = timings or Timings()
+            return tool_events(self.stream(ids, gen, timings=timings), timings)
+        done = self.complete([ids], gen)[0]
+        return parse_tool_calls(done.text, done.finish_reason)
 
     # ------------------------------------------------------------------ scoring
     loglikelihood = decoder_only(TokenScoring.loglikelihood)

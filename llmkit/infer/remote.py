@@ -13,7 +13,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .generate import Timings
 from .llm import fit_history
 from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
+from .tool_calls import ArgumentsDelta, CallStart, ChatReply, ContentDelta, Finish, ToolCall, tool_mode, tool_specs
 
 Messages = list[dict[str, Any]]
 
@@ -148,10 +149,15 @@ class RemoteLLM(TokenScoring):
         return self._deltas("/completions", body, lambda choice: choice.get("text", ""), timings)
 
     def chat(self, messages: Messages, gen: GenerationConfig | None = None, stream: bool = False,
-             timings: Timings | None = None, **kwargs: Any) -> str | Iterator[str]:
+             timings: Timings | None = None, tools: Sequence[Any] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = True, **kwargs: Any) -> Any:
+        """As `LocalLLM.chat`: text, or with `tools` a `ChatReply` (streamed: its events), the
+        server generating and parsing the calls."""
         gen = self.generation(gen, **kwargs)
         self._no_beams(gen, "chat")
-        body = {**self._body(gen), "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+        body = {**self._body(gen), "messages": [_message(m) for m in messages]}
+        if tools is not None or tool_choice is not None:
+            return self._tool_chat(body, stream, timings, tools, tool_choice, parallel_tool_calls)
         if stream:
             return self._deltas("/chat/completions", body,
                                 lambda choice: choice.get("delta", {}).get("content") or "", timings)
@@ -161,10 +167,49 @@ class RemoteLLM(TokenScoring):
         except (KeyError, IndexError, TypeError) as e:
             raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
 
-    def _deltas(self, path: str, body: dict, text: Callable[[dict], str], timings: Timings | None) -> Iterator[str]:
-        """The text deltas of a streaming request; `timings` from the clock and the usage chunk
-        (asked for with ``stream_options.include_usage``)."""
-        timings = timings or Timings()
+    def _tool_chat(self, body: dict, stream: bool, timings: Timings | None, tools: Sequence[Any] | None,
+                   tool_choice: Any, parallel: bool) -> Any:
+        specs = tool_specs(tools or [])
+        tool_mode(tool_choice, specs)  # a bad choice fails here, as it does locally
+        if specs:
+            body["tools"] = specs
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        if not parallel:
+            body["parallel_tool_calls"] = False
+        if stream:
+            return self._tool_events(body, timings or Timings())
+        out = self._request("POST", "/chat/completions", body)
+        try:
+            choice = out["choices"][0]
+            message = choice["message"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
+        calls = [ToolCall.from_openai(c) for c in message.get("tool_calls") or []]
+        content = message.get("content")
+        return ChatReply(content if content or not calls else None, calls, choice.get("finish_reason") or "stop")
+
+    def _tool_events(self, body: dict, timings: Timings) -> Iterator[Any]:
+        """A streamed reply with tools as the events `LocalLLM.chat` yields."""
+        reason = "stop"
+        for chunk in self._chunks("/chat/completions", body, timings):
+            choice = chunk["choices"][0]
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                yield ContentDelta(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                if call.get("id"):
+                    yield CallStart(int(call.get("index", 0)), call["id"], fn.get("name", ""))
+                if fn.get("arguments"):
+                    yield ArgumentsDelta(int(call.get("index", 0)), fn["arguments"])
+            reason = choice.get("finish_reason") or reason
+        timings.finish_reason = reason
+        yield Finish(reason)
+
+    def _chunks(self, path: str, body: dict, timings: Timings) -> Iterator[dict]:
+        """The chunks of a streaming request that carry choices; `timings` from the clock and the
+        usage chunk (asked for with ``stream_options.include_usage``)."""
         start = last = time.perf_counter()
         try:
             for chunk in self._events(path, {**body, "stream_options": {"include_usage": True}}):
@@ -175,11 +220,20 @@ class RemoteLLM(TokenScoring):
                 timings.prompt_tokens = usage.get("prompt_tokens", timings.prompt_tokens)
                 timings.generated_tokens = usage.get("completion_tokens", timings.generated_tokens)
                 if chunk.get("choices"):
-                    delta = text(chunk["choices"][0])
-                    if delta:
-                        yield delta
+                    yield chunk
         finally:
             timings.decode_s = max(0.0, last - start - timings.prefill_s)
+
+    def _deltas(self, path: str, body: dict, text: Callable[[dict], str], timings: Timings | None) -> Iterator[str]:
+        """The text deltas of a streaming request; `timings` from the clock and the usage chunk
+        (asked for with ``stream_options.include_usage``)."""
+        timings = timings or Timings()
+        for chunk in self._chunks(path, body, timings):
+            choice = chunk["choices"][0]
+            timings.finish_reason = choice.get("finish_reason") or timings.finish_reason
+            delta = text(choice)
+            if delta:
+                yield delta
 
     # --------------------------------------------------------------- the model's settings
     @property
@@ -329,6 +383,15 @@ class RemoteLLM(TokenScoring):
                                                           for v, t in zip(values, tops))
                 out.append(LogLikelihood(float(sum(values)), greedy, len(cont)))
         return out
+
+
+def _message(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A message as the API takes it: role and content, and a tool call's or a tool result's fields."""
+    out = {"role": m["role"], "content": m.get("content")}
+    for key in ("tool_calls", "tool_call_id", "name"):
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
 
 
 def connect(base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0) -> RemoteLLM:

@@ -306,9 +306,12 @@ def stop_token_ids(gen: GenerationConfig, eos_ids: Sequence[int] | set[int] = ()
 
 def _check_response_format(fmt: Any, bad: Callable[[str, str], Exception]) -> None:
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind not in ("text", "json_object", "json_schema"):
+    if kind not in ("text", "json_object", "json_schema", "structural_tag"):
         raise bad("response_format", 'use {"type": "json_object"}, {"type": "json_schema", "json_schema": '
-                                     '{"name": ..., "schema": {...}}} or {"type": "text"}')
+                                     '{"name": ..., "schema": {...}}}, {"type": "structural_tag", "format": {...}} '
+                                     'or {"type": "text"}')
+    if kind == "structural_tag" and not isinstance(fmt.get("format"), dict):
+        raise bad("response_format", 'a structural_tag format needs {"format": {...}}, an xgrammar structural tag')
     spec = fmt.get("json_schema")
     if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
         raise bad("response_format", 'a json_schema format needs {"json_schema": {"name": ..., "schema": {...}}} '

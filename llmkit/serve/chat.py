@@ -1,5 +1,7 @@
 """``POST /v1/chat/completions``: the conversation through the model's chat template, `n`
-choices on the engine, streamed as chunks or answered whole."""
+choices on the engine, streamed as chunks or answered whole. With `tools` the answer is generated
+under the calls' grammar and read back into ``tool_calls`` (streamed as deltas of their arguments),
+as `llmkit.infer.tool_calls` describes."""
 
 from __future__ import annotations
 
@@ -9,19 +11,37 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ..infer.tool_calls import ContentDelta, ToolCallError, ToolCallParser, openai_delta, parse_tool_calls, tool_prompt
 from .errors import APIError
 from .inputs import parse_body
-from .responses import (DONE, Envelope, TokenText, chat_completion, chat_event_chunk, chat_logprob, chat_role_chunks,
-                        chat_usage_chunk)
+from .responses import (DONE, Envelope, TokenText, chat_completion, chat_delta_chunk, chat_event_chunk, chat_logprob,
+                        chat_role_chunks, chat_usage_chunk, finish_reason)
 from .schemas import ChatCompletionRequest
 from .server import ServedModel, Server
 
 router = APIRouter()
 
 
-def _prompt(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
+def _prompt(served: ServedModel, req: ChatCompletionRequest, messages: list[dict]) -> tuple[list[int], dict | None]:
+    """The prompt ids, and with tools the grammar of the calls (as a response_format)."""
     try:
-        return served.llm.chat_prompt(messages)
+        if not req.uses_tools():
+            return served.llm.chat_prompt(messages), None
+        if served.llm.config.is_seq2seq:
+            raise APIError(400, f"{served.name} is an encoder-decoder: tool calling needs a decoder with a chat "
+                                "template", param="tools")
+        if req.response_format is not None and req.response_format.type != "text":
+            raise APIError(400, "response_format cannot be combined with tools: the tool calls' grammar shapes the "
+                                "answer", param="response_format")
+        if req.logprobs:
+            raise APIError(400, "logprobs are not supported with tools by llmkit serve", param="logprobs")
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        choice = req.tool_choice.model_dump() if hasattr(req.tool_choice, "model_dump") else req.tool_choice
+        return tool_prompt(served.llm.tokenizer, messages, tools, choice, req.parallel_tool_calls)
+    except ToolCallError as e:
+        raise APIError(400, str(e), param=e.param) from None
+    except APIError:
+        raise
     except Exception as e:  # a template that rejects the conversation (e.g. roles out of order)
         raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from None
 
@@ -31,14 +51,15 @@ async def chat_completions(request: Request):
     server: Server = request.app.state.server
     req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, server.max_body_bytes)
     served = server.generator(req.model)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    prompt = _prompt(served, messages)
+    messages = [m.as_dict() for m in req.messages]
+    prompt, grammar = _prompt(served, req, messages)
     top = req.top_logprobs or 0
     if top and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     gen = server.generation(req, served, len(prompt), max_tokens, None, req.logprobs, top)
-    make = server.constraint(served, req.response_format, gen)
+    make = server.constraint(served, grammar or req.response_format, gen)
+    tools = req.uses_tools()
     queue: asyncio.Queue = asyncio.Queue()
     reqs = server.submit(served, prompt, gen, req.n, queue, constraint=make)
     env = Envelope.new("chatcmpl", served.name)
@@ -51,7 +72,7 @@ async def chat_completions(request: Request):
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return server.stream(request, _chunks(server, request, served, reqs, queue, env, text, include_usage,
-                                              len(prompt)), account)
+                                              len(prompt), tools), account)
     logprobs: list[list[dict]] = [[] for _ in reqs]
     async for i, event in server.events(request, served, reqs, queue):
         if text is not None and event.token_id is not None:
@@ -59,17 +80,31 @@ async def chat_completions(request: Request):
     if any(r.finish_reason is None for r in reqs):
         return Response(status_code=499)  # the client left; nobody reads this
     account()
-    return chat_completion(env, reqs, logprobs if req.logprobs else None, len(prompt))
+    replies = [parse_tool_calls(r.text, finish_reason(r.finish_reason)) for r in reqs] if tools else None
+    return chat_completion(env, reqs, logprobs if req.logprobs else None, len(prompt), replies)
 
 
 async def _chunks(server: Server, request: Request, served: ServedModel, reqs: list, queue: asyncio.Queue,
-                  env: Envelope, text: TokenText | None, include_usage: bool, prompt_len: int) -> AsyncIterator[str]:
+                  env: Envelope, text: TokenText | None, include_usage: bool, prompt_len: int,
+                  tools: bool) -> AsyncIterator[str]:
     for chunk in chat_role_chunks(env, len(reqs)):
         yield chunk
+    parsers = [ToolCallParser() for _ in reqs] if tools else None
     async for i, event in server.events(request, served, reqs, queue):
-        chunk = chat_event_chunk(env, i, event, text)
-        if chunk is not None:
-            yield chunk
+        if parsers is None:
+            chunk = chat_event_chunk(env, i, event, text)
+            if chunk is not None:
+                yield chunk
+            continue
+        # with tools the text goes through the call parser: content and call deltas come out
+        found = parsers[i].feed(event.text or "")
+        if event.finish_reason is not None:
+            found += parsers[i].close()
+        for e in found:
+            if not (isinstance(e, ContentDelta) and not e.text):
+                yield chat_delta_chunk(env, i, openai_delta(e))
+        if event.finish_reason is not None:
+            yield chat_delta_chunk(env, i, {}, parsers[i].reply(finish_reason(event.finish_reason)).finish_reason)
     if include_usage:
         yield chat_usage_chunk(env, prompt_len, sum(len(r.generated) for r in reqs))
     yield DONE

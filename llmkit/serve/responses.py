@@ -92,15 +92,25 @@ def chat_event_chunk(env: Envelope, index: int, event: Event, text: TokenText | 
     return sse(env.body("chat.completion.chunk", choices=[choice]))
 
 
+def chat_delta_chunk(env: Envelope, index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    """A chunk of a reply read through the tool-call parser: a content or tool-call delta, or the end."""
+    return sse(env.body("chat.completion.chunk", choices=[
+        {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]))
+
+
 def chat_usage_chunk(env: Envelope, prompt: int, completion: int) -> str:
     return sse(env.body("chat.completion.chunk", choices=[], usage=usage(prompt, completion)))
 
 
-def chat_completion(env: Envelope, reqs: list, logprobs: list[list[dict]] | None, prompt: int) -> dict[str, Any]:
-    """The whole chat reply of finished engine requests (one per choice)."""
+def chat_completion(env: Envelope, reqs: list, logprobs: list[list[dict]] | None, prompt: int,
+                    replies: list | None = None) -> dict[str, Any]:
+    """The whole chat reply of finished engine requests (one per choice); `replies` (`ChatReply`s)
+    when tools were offered, whose calls become ``tool_calls``."""
     choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
                 "logprobs": {"content": logprobs[i]} if logprobs is not None else None,
                 "finish_reason": finish_reason(r.finish_reason)} for i, r in enumerate(reqs)]
+    for choice, reply in zip(choices, replies or []):
+        choice["message"], choice["finish_reason"] = reply.message(), reply.finish_reason
     return env.body("chat.completion", choices=choices, usage=usage(prompt, sum(len(r.generated) for r in reqs)))
 
 

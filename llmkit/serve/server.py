@@ -182,14 +182,16 @@ class Server:
             raise APIError(400, message, param=message.split("=")[0]) from None
 
     def constraint(self, served: ServedModel, response_format: Any, gen: GenerationConfig):
-        """A factory of per-choice JSON constraints for `response_format` (None for plain text),
-        compiled once now so that a schema that cannot compile is a 400."""
-        if response_format is None or response_format.type == "text":
+        """A factory of per-choice grammar constraints for `response_format` (the request's, or a
+        dict such as the tool calls' structural tag; None for plain text), compiled once now so
+        that a schema that cannot compile is a 400."""
+        fmt = response_format if isinstance(response_format, dict) or response_format is None \
+            else response_format.model_dump()
+        if fmt is None or fmt["type"] == "text":
             return None
         from ..infer.constrained import ConstraintError, response_constraint
         from ..infer.sampling import stop_token_ids
 
-        fmt = response_format.model_dump()
         spec = fmt.get("json_schema")
         if fmt["type"] == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
             raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
