@@ -28,6 +28,7 @@ PEERS: dict[str, tuple[str | None, str]] = {
     "openai": ("dev", "openai"),
     "playwright": ("dev", "playwright"),
     "jsonschema": ("dev", "jsonschema"),
+    "bm25s": ("apps", "bm25s"),
     "sklearn": ("dev", "scikit-learn"),
     "gensim": ("dev", "gensim"),
     "sentence_transformers": ("dev", "sentence-transformers"),

@@ -2,7 +2,10 @@
 call, and next prompting strategies, agents, chains and memory, retrieval and production guards.
 It may import every room below it (`infer`'s `LLM` protocol, `eval`'s sandbox)."""
 
+from .toolbox import BUILTIN_TOOLS, builtin_tools
 from .calculator import CalculatorError, calculate
+from .docs_search import DocsSearchError, Hit, KeywordIndex, stdlib_docs_index
 from .tools import Tool, ToolArgumentError, ToolError
 
-__all__ = ["CalculatorError", "Tool", "ToolArgumentError", "ToolError", "calculate"]
+__all__ = ["BUILTIN_TOOLS", "CalculatorError", "DocsSearchError", "Hit", "KeywordIndex", "Tool", "ToolArgumentError",
+           "ToolError", "builtin_tools", "calculate", "stdlib_docs_index"]
