@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import (ablate_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
-               model_commands, serve_commands, tools_commands, vector_commands)
+               model_commands, sandbox_commands, serve_commands, tools_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -63,6 +63,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
               "serve a model over an OpenAI-compatible HTTP API with continuous batching and streaming"),
     "tools": (tools_commands.add_tools_args, tools_commands.run_tools,
               "the built-in tools for agents: `llmkit tools list|run|docs` (calculator, python, datetime, stdlib-docs)"),
+    "sandbox": (sandbox_commands.add_sandbox_args, sandbox_commands.run_sandbox,
+                "run untrusted Python confined: `llmkit sandbox check|run --help` (the layers active here; run a file)"),
     "judge": (eval_commands.add_judge_args, eval_commands.run_judge,
               "judge two models with an LLM: win rate of model B over model A on your prompts, position-swapped"),
 }

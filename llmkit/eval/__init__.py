@@ -6,7 +6,7 @@ their baselines (`encoders`), trivial baselines (`baselines`), LLM-as-judge and 
 when asked for: it needs lm-eval)."""
 
 from .harness import TaskResult, extract_answer, fewshot_prefix, run_generation, run_multiple_choice, run_perplexity
-from .sandbox import SandboxResult, run_code
+from .sandbox import SandboxResult, run_code, sandbox_layers
 
-__all__ = ["SandboxResult", "TaskResult", "extract_answer", "fewshot_prefix", "run_code", "run_generation",
+__all__ = ["SandboxResult", "TaskResult", "extract_answer", "fewshot_prefix", "run_code", "run_generation", "sandbox_layers",
            "run_multiple_choice", "run_perplexity"]
