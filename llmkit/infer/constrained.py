@@ -30,6 +30,84 @@ class ConstraintError(ValueError):
     pass
 
 
+# JSON Schema keywords xgrammar accepts but does not enforce (it treats oneOf as anyOf and drops the
+# others), so an answer under the grammar could still fail validation: refused, as OpenAI's strict
+# mode refuses what it cannot guarantee
+UNENFORCED = {"not": "use enum or a pattern instead", "if": "list the cases with anyOf", "then": "list the cases with anyOf",
+              "else": "list the cases with anyOf", "oneOf": "use anyOf", "dependentRequired": "list the cases with anyOf",
+              "dependentSchemas": "list the cases with anyOf", "dependencies": "list the cases with anyOf"}
+MAX_REPEAT, MAX_NESTED_REPEAT = 4096, 64  # bounds on a pattern's counted repetitions: compiling them unrolls them
+
+
+def unenforceable(schema: Any, path: str = "") -> str | None:
+    """Why a grammar built from `schema` could accept an invalid answer, or take too long to build
+    (counted repetitions nested in a pattern grow exponentially): the first offending place and a
+    fix, or None."""
+    if isinstance(schema, list):
+        return next((r for i, v in enumerate(schema) if (r := unenforceable(v, f"{path}[{i}]"))), None)
+    if not isinstance(schema, dict):
+        return None
+    for key, value in schema.items():
+        where = f"{path}.{key}" if path else key
+        if key in UNENFORCED and isinstance(value, (dict, list)):
+            return f"{where}: '{key}' cannot be enforced by the grammar ({UNENFORCED[key]})"
+        if key == "allOf" and isinstance(value, list) and len(value) > 1:
+            return f"{where}: 'allOf' over several schemas cannot be enforced by the grammar (merge them into one)"
+        if key == "uniqueItems" and value is True:
+            return f"{where}: 'uniqueItems' cannot be enforced by the grammar (use an enum of the allowed items)"
+        patterns = [value] if key == "pattern" and isinstance(value, str) else \
+            list(value) if key == "patternProperties" and isinstance(value, dict) else []
+        for pattern in patterns:
+            reason = _pattern_problem(pattern)
+            if reason:
+                return f"{where}: the pattern {pattern!r} {reason}"
+        if key in ("properties", "patternProperties", "$defs", "definitions") and isinstance(value, dict):
+            found = next((r for name, sub in value.items() if (r := unenforceable(sub, f"{where}.{name}"))), None)
+        elif key in ("enum", "const", "default", "examples", "pattern", "required"):
+            found = None  # values, not schemas
+        else:
+            found = unenforceable(value, where)
+        if found:
+            return found
+    return None
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    import re._parser as parser  # the standard library's own regex parser, for the pattern's structure
+
+    try:
+        tree = parser.parse(pattern)
+    except re.error as e:
+        return f"is not a valid regular expression ({e})"
+
+    def worst(items, depth: int, product: int) -> str | None:
+        for op, arg in items:
+            name = str(op)
+            if name in ("ASSERT", "ASSERT_NOT"):
+                return "uses a lookaround, which the grammar cannot enforce"
+            if name in ("GROUPREF", "GROUPREF_EXISTS"):
+                return "uses a backreference, which the grammar cannot enforce"
+            if name in ("MAX_REPEAT", "MIN_REPEAT"):
+                low, high, sub = arg
+                bounded = high != parser.MAXREPEAT
+                size = product * (high if bounded else 4)
+                if bounded and (size > MAX_REPEAT or depth >= 1 and size > MAX_NESTED_REPEAT):
+                    return (f"nests counted repetitions ({size} expansions; at most {MAX_NESTED_REPEAT} nested, "
+                            f"{MAX_REPEAT} alone): building its grammar would take too long")
+                found = worst(sub, depth + 1, size)
+            elif name == "SUBPATTERN":
+                found = worst(arg[-1], depth, product)
+            elif name == "BRANCH":
+                found = next((r for b in arg[1] if (r := worst(b, depth, product))), None)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    return worst(tree, 0, 1)
+
+
 def _xgrammar():
     try:
         import xgrammar
@@ -95,6 +173,9 @@ def json_constraint(tokenizer, vocab_size: int, schema: dict | str | None = None
     stop = sorted(set(stop_ids))
     if not stop:
         raise ConstraintError("a JSON constraint needs an end token to finish with: the tokenizer has none")
+    problem = unenforceable(json.loads(schema) if isinstance(schema, str) else schema)
+    if problem:
+        raise ConstraintError(f"the JSON schema cannot be used: {problem}")
     compiler, banned = _compiler(tokenizer, vocab_size, stop)
     try:
         spec = schema if schema is not None else {"type": "object"}

@@ -41,7 +41,8 @@ from .generate import Completion, TextStream, Timings, TokenGeneration
 from .seq2seq import seq2seq_loglikelihood
 from .sampling import GenerationConfig, valid_settings
 from .scoring import LogLikelihood, TokenScoring
-from .tool_calls import ChatReply, ToolCallError, parse_tool_calls, tool_events, tool_prompt
+from .tool_calls import (ChatReply, ContentDelta, ToolCallError, has_tool_turns, parse_tool_calls, tool_events,
+                         tool_prompt)
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -303,6 +304,9 @@ class LocalLLM(TokenScoring, Embedding):
         `ArgumentsDelta` events and a last `Finish`."""
         if tools is not None or tool_choice is not None:
             return self._tool_chat(messages, gen, stream, timings, tools, tool_choice, parallel_tool_calls, kwargs)
+        if has_tool_turns(messages):  # earlier calls and results, written as the tool format says; text back
+            reply = self._tool_chat(messages, gen, stream, timings, None, "none", True, kwargs)
+            return (e.text for e in reply if isinstance(e, ContentDelta)) if stream else reply.content or ""
         ids = self.chat_prompt(messages)
         if stream:
             return self.stream(ids, gen, timings=timings, **kwargs)

@@ -132,21 +132,30 @@ def tool_specs(tools: Iterable[Any]) -> list[dict[str, Any]]:
         if fn.get("description"):
             entry["description"] = str(fn["description"])
         entry["parameters"] = dict(params)  # OpenAI's order, which templates render as given
+        if "strict" in fn:  # what OpenAI's own API reads; kept for remote servers
+            entry["strict"] = bool(fn["strict"])
         specs.append({"type": "function", "function": entry})
     return specs
 
 
 def check_schema(schema: Mapping[str, Any], where: str) -> None:
-    """Refuse a schema that is not JSON Schema (by its meta-schema), naming where it was given."""
+    """Refuse a schema that is not JSON Schema (by its meta-schema), or that a grammar cannot
+    enforce or build in good time (`constrained.unenforceable`), naming where it was given."""
+    from .constrained import unenforceable
+
     try:
         import jsonschema
     except ImportError:  # xgrammar still refuses what it cannot compile
-        return
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        path = "".join(f"[{p!r}]" for p in e.absolute_path)
-        raise ToolCallError(f"{where}{path} is not valid JSON Schema: {e.message}", where) from None
+        jsonschema = None
+    if jsonschema is not None:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as e:
+            path = "".join(f"[{p!r}]" for p in e.absolute_path)
+            raise ToolCallError(f"{where}{path} is not valid JSON Schema: {e.message}", where) from None
+    problem = unenforceable(schema)
+    if problem:
+        raise ToolCallError(f"{where}.{problem}", where)
 
 
 def tool_mode(tool_choice: Any, specs: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -291,10 +300,16 @@ def _described(messages: list[dict[str, Any]], specs: Sequence[Mapping[str, Any]
     return out
 
 
+def has_tool_turns(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a conversation holds tool calls or tool results (then only the tool format renders it)."""
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages if isinstance(m, Mapping))
+
+
 def tool_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Iterable[Any] | None,
                 tool_choice: Any = None, parallel_tool_calls: bool = True) -> tuple[list[int], dict[str, Any] | None]:
-    """The prompt ids of a conversation with tools, and the `response_format` that constrains the
-    answer (its structural tag; None when no tools are offered and none are needed)."""
+    """The prompt ids of a conversation with tools (or with earlier calls and their results), and
+    the `response_format` that constrains the answer: its structural tag (without tools, or with
+    "none", text that never starts a call)."""
     specs = tool_specs(tools or [])
     mode, functions = tool_mode(tool_choice, specs)
     template = tokenizer._pick_template(None, specs or None) if tokenizer.chat_templates else None
@@ -302,8 +317,7 @@ def tool_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: It
     chat = tool_messages(messages, specs, native)
     ids = tokenizer.apply_chat_template(copy.deepcopy(chat), add_generation_prompt=True, tokenize=True,
                                         tools=specs if native and specs else None)
-    grammar = tool_grammar(mode, functions, parallel_tool_calls) if specs else None
-    return ids, grammar
+    return ids, tool_grammar(mode, functions, parallel_tool_calls)
 
 
 # ----------------------------------------------------------------------------- reading calls back
@@ -353,32 +367,39 @@ class ToolCallParser:
 
     def close(self) -> list[Any]:
         events = self.feed("")
-        if self.state == "text" and self.buffer:
-            events.append(self._content(self.buffer))
+        if self.state == "text" and self.buffer.rstrip():  # trailing whitespace is dropped, as before a marker
+            events.append(self._content(self.buffer.rstrip()))
         self.buffer = ""
         return [e for e in events if not (isinstance(e, ContentDelta) and not e.text)]
 
     def reply(self, finish_reason: str) -> ChatReply:
-        text = "".join(self.content).strip()
-        reason = "tool_calls" if self.calls and finish_reason == "stop" else finish_reason
-        return ChatReply(text or (None if self.calls else ""), self.calls, reason)
+        """The reply so far; "tool_calls" is its reason only when it ended normally after whole
+        calls (a stop string inside a call leaves "stop" and arguments that do not parse)."""
+        whole = self.state == "text" and all(_parses(c.arguments) for c in self.calls)
+        reason = "tool_calls" if self.calls and finish_reason == "stop" and whole else finish_reason
+        return ChatReply(_content("".join(self.content), self.calls), self.calls, reason)
 
     # the states: text → head (after the marker) → arguments → tail (the call's end) → text
     def _content(self, text: str) -> ContentDelta:
-        if self._after_call:  # the newline between calls, or after the last, is no content
+        if self._after_call:  # the whitespace after a call is the format's, not content
             text = text.lstrip()
             self._after_call = not text
+            if text and any(self.content):  # text on both sides of calls: one line break between
+                text = "\n" + text
         self.content.append(text)
         return ContentDelta(text)
 
     def _text(self, events: list[Any]) -> None:
         at = self.buffer.find(OPEN)
-        if at >= 0:
-            events.append(self._content(self.buffer[:at]))
+        if at >= 0:  # the whitespace before a marker is the format's too (as Qwen's template writes it)
+            events.append(self._content(self.buffer[:at].rstrip()))
             self.buffer, self.state = self.buffer[at + len(OPEN):], "head"
             return
-        keep = next((n for n in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1)
-                     if OPEN.startswith(self.buffer[-n:])), 0)
+        # held back: what may begin a marker, and the whitespace before it
+        partial = next((n for n in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1)
+                        if OPEN.startswith(self.buffer[-n:])), 0)
+        rest = self.buffer[:len(self.buffer) - partial]
+        keep = partial + len(rest) - len(rest.rstrip())
         if len(self.buffer) > keep:
             events.append(self._content(self.buffer[:len(self.buffer) - keep]))
             self.buffer = self.buffer[len(self.buffer) - keep:]
@@ -476,5 +497,17 @@ def reply_from_events(events: Iterable[Any]) -> ChatReply:
             calls[e.index].arguments += e.text
         elif isinstance(e, Finish):
             reason = e.reason
-    text = "".join(content).strip()
-    return ChatReply(text or (None if calls else ""), calls, reason)
+    return ChatReply(_content("".join(content), calls), calls, reason)
+
+
+def _content(text: str, calls: list[ToolCall]) -> str | None:
+    """A reply's content: its text as written, None when it only called tools (as OpenAI's)."""
+    return None if calls and not text.strip() else text
+
+
+def _parses(arguments: str) -> bool:
+    try:
+        json.loads(arguments)
+        return True
+    except json.JSONDecodeError:
+        return False

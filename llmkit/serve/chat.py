@@ -58,7 +58,8 @@ async def chat_completions(request: Request):
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     gen = server.generation(req, served, len(prompt), max_tokens, None, req.logprobs, top)
-    make = server.constraint(served, grammar or req.response_format, gen)
+    # compiled off the event loop: a large grammar must not stall every other request
+    make = await asyncio.to_thread(server.constraint, served, grammar or req.response_format, gen)
     tools = req.uses_tools()
     queue: asyncio.Queue = asyncio.Queue()
     reqs = server.submit(served, prompt, gen, req.n, queue, constraint=make)
@@ -87,7 +88,7 @@ async def chat_completions(request: Request):
 async def _chunks(server: Server, request: Request, served: ServedModel, reqs: list, queue: asyncio.Queue,
                   env: Envelope, text: TokenText | None, include_usage: bool, prompt_len: int,
                   tools: bool) -> AsyncIterator[str]:
-    for chunk in chat_role_chunks(env, len(reqs)):
+    for chunk in chat_role_chunks(env, len(reqs), content=None if tools else ""):
         yield chunk
     parsers = [ToolCallParser() for _ in reqs] if tools else None
     async for i, event in server.events(request, served, reqs, queue):

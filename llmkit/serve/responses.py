@@ -72,10 +72,11 @@ def chat_logprob(text: TokenText, event: Event) -> dict[str, Any]:
             "top_logprobs": [entry(t, lp) for t, lp in (event.top_logprobs or {}).items()]}
 
 
-def chat_role_chunks(env: Envelope, n: int) -> list[str]:
-    """The chunks that open a chat stream: each choice speaks as the assistant."""
+def chat_role_chunks(env: Envelope, n: int, content: str | None = "") -> list[str]:
+    """The chunks that open a chat stream: each choice speaks as the assistant (with tools its
+    content starts as null, as a reply of calls only stays)."""
     return [sse(env.body("chat.completion.chunk", choices=[
-        {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]))
+        {"index": i, "delta": {"role": "assistant", "content": content}, "logprobs": None, "finish_reason": None}]))
         for i in range(n)]
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..infer.tool_calls import has_tool_turns
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -119,8 +121,7 @@ class ChatCompletionRequest(_Sampling):
 
     def uses_tools(self) -> bool:
         """Tools offered, a tool choice, or a conversation that holds tool calls or results."""
-        return bool(self.tools) or self.tool_choice is not None or any(
-            m.role == "tool" or m.tool_calls for m in self.messages)
+        return bool(self.tools) or self.tool_choice is not None or has_tool_turns([m.as_dict() for m in self.messages])
 
 
 class CompletionRequest(_Sampling):

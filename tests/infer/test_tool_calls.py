@@ -34,7 +34,7 @@ def test_parse_content_and_parallel_calls():
     text = ("Let me check.\n" + call_text("get_weather", {"city": "Lisbon", "unit": "celsius"}) + "\n"
             + call_text("add", '{"a": 2, "b": 3}'))
     reply = parse_tool_calls(text)
-    assert reply.content == "Let me check."
+    assert reply.content == "Let me check."  # the line break before a call is the format's
     assert [(c.name, c.parsed_arguments()) for c in reply.tool_calls] == [
         ("get_weather", {"city": "Lisbon", "unit": "celsius"}), ("add", {"a": 2, "b": 3})]
     assert reply.tool_calls[1].arguments == '{"a": 2, "b": 3}'  # the text as written, not re-serialised
@@ -55,6 +55,13 @@ def test_calls_with_braces_and_escapes_inside_strings():
     args = {"code": 'print("}{")\nx = {"a": [1, 2]}', "path": "C:\\dir\\}"}
     reply = parse_tool_calls(call_text("run", args))
     assert reply.tool_calls[0].parsed_arguments() == args and reply.content is None
+
+
+def test_a_call_ended_inside_its_arguments_is_not_reported_as_tool_calls():
+    """A stop string (or an error) that ends the text inside a call: the reason stays "stop"."""
+    reply = parse_tool_calls('<tool_call>\n{"name": "add", "arguments": {"a": ', "stop")
+    assert reply.finish_reason == "stop" and reply.tool_calls[0].arguments == '{"a": '
+    assert parse_tool_calls(call_text("add", {"a": 1}), "stop").finish_reason == "tool_calls"
 
 
 def test_a_call_cut_off_keeps_what_was_written_and_a_cut_marker_is_dropped():
@@ -126,6 +133,8 @@ def test_tool_specs_accept_tools_openai_entries_and_bare_functions():
     specs = tool_specs([Tool.from_function(add), WEATHER, {"name": "ping", "parameters": {"type": "object"}}])
     assert [s["function"]["name"] for s in specs] == ["add", "get_weather", "ping"]
     assert specs[0]["function"]["parameters"]["required"] == ["a", "b"]
+    strict = tool_specs([{"type": "function", "function": {**ADD["function"], "strict": True}}])
+    assert strict[0]["function"]["strict"] is True  # what OpenAI's API reads, kept for remote servers
 
 
 @pytest.mark.parametrize("tools, choice, fragment, param", [
@@ -134,6 +143,17 @@ def test_tool_specs_accept_tools_openai_entries_and_bare_functions():
     ([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}], None,
      "is not valid JSON Schema", "tools[0].function.parameters"),
     ([{"name": "f", "parameters": {"type": "array"}}], None, "of type 'object'", "tools[0].function.parameters"),
+    ([{"name": "f", "parameters": {"type": "object", "properties": {"c": {"type": "string", "not": {"enum": ["x"]}}}}}],
+     None, "properties.c.not: 'not' cannot be enforced", "tools[0].function.parameters"),
+    ([{"name": "f", "parameters": {"type": "object", "properties": {"c": {"oneOf": [{"type": "integer"}]}}}}],
+     None, "'oneOf' cannot be enforced by the grammar (use anyOf)", "tools[0].function.parameters"),
+    ([{"name": "f", "parameters": {"type": "object", "properties": {"c": {"type": "array", "uniqueItems": True}}}}],
+     None, "'uniqueItems' cannot be enforced", "tools[0].function.parameters"),
+    ([{"name": "f", "parameters": {"type": "object", "properties": {"c": {"type": "string", "pattern": "(?=a)a"}}}}],
+     None, "uses a lookaround", "tools[0].function.parameters"),
+    ([{"name": "f", "parameters": {"type": "object", "properties": {
+        "c": {"type": "string", "pattern": "(([a-z]{1,10}){1,10}){1,10}"}}}}], None,
+     "nests counted repetitions (100 expansions", "tools[0].function.parameters"),
     (TOOLS, {"type": "function", "function": {"name": "nope"}}, "'nope', which is not among the tools", "tool_choice"),
     (TOOLS, "sometimes", "tool_choice 'sometimes' must be", "tool_choice"),
     ([], "required", "needs tools", "tool_choice"),
@@ -180,9 +200,9 @@ def test_native_template_renders_as_transformers_does(tiny_tokenizer):
     """A template that speaks the format (Qwen2.5's, from trl) renders tools, calls and results
     itself: the prompt equals transformers' apply_chat_template with arguments as objects."""
     transformers = peer("transformers")
-    tok = tiny_tokenizer.copy() if hasattr(tiny_tokenizer, "copy") else tiny_tokenizer
-    template = _qwen_template()
-    ours_ids, grammar = tool_prompt(_with_template(tok, template), CONVERSATION, TOOLS, "auto")
+    tok = _with_template(tiny_tokenizer, _qwen_template())
+    template = tok.chat_template
+    ours_ids, grammar = tool_prompt(tok, CONVERSATION, TOOLS, "auto")
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.backend)
     expected_chat = [dict(m) for m in CONVERSATION]
     expected_chat[2] = {**CONVERSATION[2], "tool_calls": [
@@ -199,6 +219,7 @@ def _with_template(tok, template):
     import copy
 
     tok = copy.copy(tok)
+    tok.chat_templates = dict(tok.chat_templates)  # the session's tokenizer keeps its own
     tok.chat_template = template
     return tok
 
@@ -276,3 +297,58 @@ def test_tools_refuse_response_format_and_encoder_decoders(tiny_llm, tiny_dirs):
     t5 = llmkit.load(tiny_dirs["tiny-t5"])
     with pytest.raises(ToolCallError, match="encoder-decoder"):
         t5.chat([{"role": "user", "content": "hi"}], tools=TOOLS)
+
+
+def _accepts(response_format: dict, text: str) -> bool:
+    xgr = peer("xgrammar")
+    grammar = xgr.Grammar.from_structural_tag(json.dumps(response_format))
+    return xgr.testing._is_grammar_accept_string(grammar, text)
+
+
+def test_the_grammars_accept_exactly_what_each_choice_allows():
+    specs = tool_specs(TOOLS)
+    call = call_text("add", {"a": 2, "b": 3})
+    bad_args = call_text("add", {"a": 2, "b": 300})  # maximum 99
+    other = call_text("get_weather", {"city": "Lisbon", "unit": "celsius"})
+    none = tool_prompt_grammar("none", specs)
+    assert _accepts(none, "just text") and not _accepts(none, "text " + call)
+    auto = tool_prompt_grammar("auto", specs)
+    assert _accepts(auto, "text") and _accepts(auto, "Sure.\n" + call) and not _accepts(auto, bad_args)
+    required = tool_prompt_grammar("required", specs)
+    assert not _accepts(required, "text") and _accepts(required, call + "\n" + other)
+    assert not _accepts(tool_prompt_grammar("required", specs, parallel=False), call + "\n" + other)
+    named = tool_prompt_grammar({"type": "function", "function": {"name": "add"}}, specs)
+    assert _accepts(named, call) and not _accepts(named, other) and not _accepts(named, call + "\n" + call)
+
+
+def tool_prompt_grammar(choice, specs, parallel=True):
+    from llmkit.infer.tool_calls import tool_grammar
+
+    mode, functions = tool_mode(choice, specs)
+    return tool_grammar(mode, functions, parallel)
+
+
+def test_a_conversation_with_calls_but_no_tools_forbids_new_calls(tiny_tokenizer):
+    conversation = CONVERSATION[1:]
+    ids, grammar = tool_prompt(tiny_tokenizer, conversation, None)
+    assert not _accepts(grammar, call_text("add", {"a": 1, "b": 1})) and _accepts(grammar, "It is sunny.")
+    text = tiny_tokenizer.decode(ids, skip_special_tokens=False)
+    assert '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>' in text
+    assert "# Tools" not in text  # no tools to describe
+
+
+def test_chat_without_tools_renders_earlier_calls_and_answers_text(tiny_llm):
+    conversation = CONVERSATION[1:]
+    answer = tiny_llm.chat(conversation, temperature=0, max_new_tokens=8, truncate_prompt=True)
+    assert isinstance(answer, str) and "<tool_call>" not in answer
+    pieces = list(tiny_llm.chat(conversation, temperature=0, max_new_tokens=8, truncate_prompt=True, stream=True))
+    assert "".join(pieces) == answer and all(isinstance(p, str) for p in pieces)
+
+
+def test_response_format_refuses_what_its_grammar_cannot_enforce(tiny_llm):
+    from llmkit.infer.constrained import ConstraintError
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "not": {"const": 3}}}}
+    with pytest.raises(ConstraintError, match="properties.n.not: 'not' cannot be enforced"):
+        tiny_llm.generate("x", max_new_tokens=4, response_format={"type": "json_schema",
+                                                                  "json_schema": {"name": "n", "schema": schema}})

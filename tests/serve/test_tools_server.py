@@ -184,3 +184,37 @@ def test_a_tool_result_turn_is_accepted(server):
     status, out = _post(server, {"model": "tiny", "messages": messages, "max_tokens": 3, "tools": [ADD],
                                  "tool_choice": "none"})
     assert status == 200 and out["choices"][0]["message"].get("tool_calls") is None
+
+
+ZQ = {"type": "function", "function": {"name": "zq_tool", "parameters": {
+    "type": "object", "properties": {"qx": {"type": "boolean"}}, "required": ["qx"], "additionalProperties": False}}}
+
+
+def test_a_stop_string_inside_a_call_is_no_tool_calls_finish(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 64, "tools": [ZQ],
+            "tool_choice": "required", "stop": ["qx"]}
+    status, out = _post(server, body)
+    assert status == 200, out
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["tool_calls"][0]["function"]["arguments"] == '{"'
+
+
+def test_streamed_tool_replies_open_with_null_content_and_no_tools_means_no_calls(server):
+    import urllib.request
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 40, "tools": [ZQ],
+            "tool_choice": "required", "stream": True}
+    req = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        chunks = [json.loads(line[5:]) for line in r.read().decode().splitlines()
+                  if line.startswith("data:") and "[DONE]" not in line]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    # a conversation holding a call and its result, sent without tools: the answer cannot call again
+    messages = [{"role": "user", "content": "1?"}, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "1"}]
+    for seed in range(3):
+        status, out = _post(server, {"model": "tiny", "messages": messages, "max_tokens": 30, "temperature": 1.0,
+                                     "seed": seed})
+        assert status == 200 and out["choices"][0]["message"].get("tool_calls") is None
+        assert "<tool_call>" not in out["choices"][0]["message"]["content"]
