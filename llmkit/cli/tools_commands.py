@@ -21,7 +21,8 @@ def add_tools_args(p: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", help="run one tool on JSON arguments and print what the model would read",
                          description="Run the built-in tool NAME on ARGUMENTS (a JSON object) and print its "
                                      "observation: the result, or the error text the model would read (then the "
-                                     "exit status is 1). Example: llmkit tools run days_between "
+                                     "exit status is 1: a line of it starts with 'error: ', e.g. after a failed "
+                                     "program's output). Example: llmkit tools run days_between "
                                      "'{\"start\": \"2024-02-03\", \"end\": \"2024-11-23\"}'")
     run.add_argument("name", help="a tool's name, e.g. calculator, python, now, days_between, stdlib_docs")
     run.add_argument("arguments", nargs="?", default="{}", help="its arguments as a JSON object (default {})")
@@ -70,7 +71,7 @@ def run_tools(args: argparse.Namespace) -> int:
                              "run one of them")
         observation = tools[0].run(args.arguments)
         print(observation)
-        return 1 if observation.startswith("error:") else 0
+        return 1 if any(line.startswith("error: ") for line in observation.splitlines()) else 0
     from ..apps.docs_search import stdlib_cache_dir, stdlib_docs_index
 
     if args.rebuild or not (stdlib_cache_dir() / "manifest.json").exists():

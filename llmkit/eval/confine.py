@@ -5,15 +5,19 @@
 network, PID and mount namespaces. It then:
 
 1. builds a private root in its mount namespace (a read-only tmpfs holding read-only bind mounts of
-   the Python installation, /usr, /lib*, a few /dev nodes and a fresh /proc, plus the read-write work
-   directory) and moves into it with pivot_root; a mount namespace is needed anyway because a Python
-   installed under a private home (pyenv in /root, mode 0700) is unreachable for another uid, and a
-   root of fresh 0755 directories fixes that without touching the host;
-2. forks the program's process, which drops every group and switches to the run's private uid (no
+   the Python installation, /usr, /lib*, a few /dev nodes and a fresh /proc, plus the work directory:
+   a tmpfs of its own, bounded in bytes and inodes, into which main.py is copied) and moves into it
+   with pivot_root; a mount namespace is needed anyway because a Python installed under a private
+   home (pyenv in /root, mode 0700) is unreachable for another uid, and a root of fresh 0755
+   directories fixes that without touching the host;
+2. forks the program's process, which moves itself into the run's cgroups (made by the parent, see
+   `llmkit.eval.cgroups`), drops every group and switches to the run's private uid (no
    capabilities are left; without root, unshare adds ``--user --map-root-user`` and a nested user
    namespace does the same), sets rlimits and no_new_privs, adds Landlock rules (read and execute
    the same read-only paths, read and write only the work directory, no TCP when the network is
-   off, no signals or abstract sockets beyond its own domain) and execs ``python -I main.py``;
+   off, no signals or abstract sockets beyond its own domain), installs the system-call filter of
+   `llmkit.eval.seccomp` (no namespaces, mounts, ptrace, keyring, bpf, ...) and execs
+   ``python -I main.py``;
 3. stays as the namespace's init, reaping orphans, and reports the program's exit status as one
    JSON line on the status descriptor; its exit tears the namespace down, killing every process
    the program left behind.
@@ -31,6 +35,7 @@ imported by the parent for `landlock_abi` and `landlock_restrict`; being run as 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import os
 import platform
@@ -67,6 +72,14 @@ DEVICE_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0", "/d
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+
+if __package__:
+    from . import seccomp
+else:  # run as a script (-I: its directory is not on sys.path): load the sibling module by its path
+    _spec = importlib.util.spec_from_file_location("llmkit_sandbox_seccomp",
+                                                   os.path.join(os.path.dirname(__file__), "seccomp.py"))
+    seccomp = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(seccomp)
 
 
 def _check(result: int, what: str) -> int:
@@ -146,21 +159,26 @@ def _bind(source: str, target: str, flags: int) -> None:
     _mount(None, target, None, MS_REMOUNT | MS_BIND | flags | _locked_flags(source))
 
 
-def private_root(new_root: str, read_only: list[str], read_write: list[str], links: dict[str, str],
-                 proc: bool) -> None:
+def private_root(new_root: str, read_only: list[str], workdir: str, work_options: str, owner: tuple[int, int] | None,
+                 links: dict[str, str], proc: bool) -> None:
     """Make `new_root` (an empty directory) this mount namespace's root: a read-only tmpfs holding
-    read-only, nosuid, nodev binds of `read_only`, nosuid, nodev binds of `read_write`, the symlinks
-    `links` (/bin -> usr/bin on merged-/usr systems), a few device nodes and, with `proc` (in a new
-    PID namespace, so the program sees only its own processes), a fresh /proc. The host's root is
-    detached afterwards."""
+    read-only, nosuid, nodev binds of `read_only`, at `workdir` a nosuid, nodev, noexec tmpfs mounted
+    with `work_options` (its size and inode bounds) holding a copy of the host's `workdir`/main.py
+    (both owned by `owner`, uid and gid, where given), the symlinks `links` (/bin -> usr/bin on
+    merged-/usr systems), a few device nodes and, with `proc` (in a new PID namespace, so the program
+    sees only its own processes), a fresh /proc. The host's root is detached afterwards."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here propagates back to the host
     _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
     for link, target in links.items():
         os.symlink(target, new_root + link)
     for path in read_only:
         _bind(path, new_root + path, MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for path in read_write:
-        _bind(path, new_root + path, MS_NOSUID | MS_NODEV)
+    os.makedirs(new_root + workdir)
+    _mount("tmpfs", new_root + workdir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, work_options)
+    with open(os.path.join(workdir, "main.py"), "rb") as src, open(new_root + workdir + "/main.py", "xb") as dst:
+        dst.write(src.read())
+    if owner is not None:
+        os.chown(new_root + workdir + "/main.py", *owner)
     for dev in DEVICES:
         if os.path.exists(dev):
             _bind(dev, new_root + dev, MS_NOSUID | MS_NOEXEC)
@@ -195,8 +213,12 @@ def _drop_to_user_namespace(uid: int, gid: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the launcher
-def _child(cfg: dict, abi: int) -> None:
-    """In the program's process: identity, rlimits, no_new_privs, Landlock, then exec. Never returns."""
+def _child(cfg: dict, abi: int, cgroups: list[int]) -> None:
+    """In the program's process: cgroups, identity, rlimits, no_new_privs, Landlock, the system-call
+    filter, then exec. Never returns."""
+    for fd in cgroups:  # while still root (the files were opened before the host's tree went away)
+        os.write(fd, b"0")
+        os.close(fd)
     if cfg["uid"] is not None and cfg["switch_uid"]:
         os.setgroups([])
         os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
@@ -205,7 +227,8 @@ def _child(cfg: dict, abi: int) -> None:
         _drop_to_user_namespace(cfg["uid"], cfg["gid"])
     limits = {resource.RLIMIT_CPU: (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1),
               resource.RLIMIT_AS: (cfg["memory_bytes"],) * 2, resource.RLIMIT_FSIZE: (cfg["file_bytes"],) * 2,
-              resource.RLIMIT_CORE: (0, 0), resource.RLIMIT_NPROC: (cfg["max_processes"],) * 2}
+              resource.RLIMIT_CORE: (0, 0), resource.RLIMIT_NPROC: (cfg["max_processes"],) * 2,
+              resource.RLIMIT_NOFILE: (cfg["max_open_files"],) * 2}
     for which, value in limits.items():
         resource.setrlimit(which, value)
     no_new_privs()
@@ -213,6 +236,8 @@ def _child(cfg: dict, abi: int) -> None:
         # /proc only where it is our own (a fresh mount for this PID namespace), not the host's
         landlock_restrict(abi, cfg["read_only"] + list(DEVICES) + (["/proc"] if cfg["proc"] else []),
                           cfg["read_write"] + ["/dev/null"], deny_tcp=not cfg["network"])
+    if cfg["seccomp"]:
+        seccomp.install(_libc)
     os.chdir(cfg["workdir"])
     os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
 
@@ -228,8 +253,11 @@ def main(argv: list[str]) -> None:
 
     try:
         abi = landlock_abi() if cfg["landlock"] else 0
+        cgroups = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cfg["cgroups"]]
         if cfg["new_root"]:
-            private_root(cfg["new_root"], cfg["read_only"], cfg["read_write"], cfg["links"], cfg["proc"])
+            owner = (cfg["uid"], cfg["gid"]) if cfg["switch_uid"] else None
+            private_root(cfg["new_root"], cfg["read_only"], cfg["workdir"], cfg["work_options"], owner, cfg["links"],
+                         cfg["proc"])
         report(ready={"landlock": abi, "new_root": bool(cfg["new_root"]), "pid": os.getpid()})
     except Exception as e:  # noqa: BLE001 - any failure to confine must stop the run, not run unconfined
         report(error=f"sandbox set-up failed: {type(e).__name__}: {e}")
@@ -240,7 +268,7 @@ def main(argv: list[str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _child(cfg, abi)
+            _child(cfg, abi, cgroups)
         except BaseException as e:  # noqa: BLE001
             report(error=f"sandbox set-up failed in the program's process: {type(e).__name__}: {e}")
         os._exit(125)

@@ -1,9 +1,10 @@
 """Which layers of the code sandbox are active on this machine, found by a probe that looks from inside.
 
 `sandbox_layers()` runs one small program in the sandbox (once per process) that reports its uid and
-capabilities, its namespaces, its rlimits, and whether it can read a world-readable file, write
-into a world-writable directory, or list / outside its work directory; each layer is called active
-only when the probe saw it work. `check_layers()`, called by `run_code`, logs a warning for a missing
+capabilities, its namespaces, its rlimits, its cgroups, its seccomp mode and whether a raw
+``unshare(CLONE_NEWUSER)`` is refused, the size of its work directory, and whether it can read a
+world-readable file, write into a world-writable directory, or list / outside its work directory;
+each layer is called active only when the probe saw it work. `check_layers()`, called by `run_code`, logs a warning for a missing
 layer, or raises under ``CI=true`` (where a machine that cannot confine code is a failed build).
 """
 
@@ -17,13 +18,13 @@ import socket
 import tempfile
 from dataclasses import dataclass
 
-from . import sandbox
+from . import cgroups, sandbox
 from .sandbox import MAX_OUTPUT_BYTES, UID_BASE, UID_SPAN, _Plan
 
 log = logging.getLogger(__name__)
 
 LAYERS = ("unprivileged uid", "process group", "resource limits", "network namespace", "filesystem confinement",
-          "process limit")
+          "process limit", "IPC namespace", "memory cgroup", "system-call filter")
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,32 @@ class Layer:
 
 
 _PROBE = '''
-import json, os, resource
+import ctypes, errno, json, os, resource
 facts = {"uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups()}
 try:
     with open("/proc/self/status") as f:
-        facts["cap_eff"] = int(next(l for l in f if l.startswith("CapEff:")).split()[1], 16)
-except (OSError, StopIteration) as e:
-    facts["cap_eff"] = None
-for space in ("net", "pid"):
+        status = dict(l.split(":", 1) for l in f if ":" in l)
+    facts["cap_eff"], facts["seccomp"] = int(status["CapEff"], 16), int(status["Seccomp"])
+except (OSError, KeyError, ValueError) as e:
+    facts["cap_eff"] = facts["seccomp"] = None
+for space in ("net", "pid", "ipc", "uts"):
     try:
         facts[space] = os.readlink(f"/proc/self/ns/{space}")
     except OSError:
         facts[space] = None
-facts["rlimits"] = [resource.getrlimit(getattr(resource, n))[0] for n in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC")]
+try:
+    with open("/proc/self/cgroup") as f:
+        facts["cgroups"] = dict(l.rstrip("\\n").split(":", 2)[1:] for l in f)
+except OSError:
+    facts["cgroups"] = {}
+facts["rlimits"] = [resource.getrlimit(getattr(resource, n))[0]
+                    for n in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_NOFILE")]
+libc = ctypes.CDLL(None, use_errno=True)
+number = {"x86_64": 272, "aarch64": 97}.get(os.uname().machine)  # unshare, raw: glibc's wrapper is not needed
+done = libc.syscall(number, 0x10000000) if number else -1  # CLONE_NEWUSER
+facts["unshare_user"] = "allowed" if done == 0 else errno.errorcode.get(ctypes.get_errno(), "?") if number else "?"
+disk = os.statvfs(".")
+facts["work"] = [disk.f_blocks * disk.f_frsize, disk.f_files]
 def attempt(fn):
     try:
         fn()
@@ -63,7 +77,8 @@ facts["interfaces"] = sorted(name for _, name in socket.if_nameindex())  # seen 
 facts["tcp"] = attempt(lambda: socket.create_connection(("127.0.0.1", 9), timeout=2))  # EACCES: Landlock
 print(json.dumps(facts))
 '''
-_PROBE_LIMITS = {"timeout": 20.0, "memory_mb": 512, "cpu_seconds": 7, "max_processes": 13, "max_file_mb": 3}
+_PROBE_LIMITS = {"timeout": 20.0, "memory_mb": 512, "cpu_seconds": 7, "max_processes": 13, "max_file_mb": 3,
+                 "max_disk_mb": 5, "max_open_files": 97}
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,7 +105,8 @@ def sandbox_layers() -> tuple[Layer, ...]:
     return (_uid_layer(plan, facts), Layer("process group", True, "own session and process group (setsid), "
                                                                   "SIGKILLed as a whole at the wall-clock timeout"),
             _limits_layer(facts), _network_layer(plan, facts), _filesystem_layer(plan, facts),
-            _process_layer(plan, facts))
+            _process_layer(plan, facts), _ipc_layer(plan, facts), _cgroup_layer(plan, facts),
+            _filter_layer(plan, facts))
 
 
 def _uid_layer(plan: _Plan, facts: dict) -> Layer:
@@ -106,10 +122,11 @@ def _uid_layer(plan: _Plan, facts: dict) -> Layer:
 
 def _limits_layer(facts: dict) -> Layer:
     want = [_PROBE_LIMITS["cpu_seconds"], _PROBE_LIMITS["memory_mb"] * 2**20, _PROBE_LIMITS["max_file_mb"] * 2**20,
-            _PROBE_LIMITS["max_processes"]]
+            _PROBE_LIMITS["max_processes"], _PROBE_LIMITS["max_open_files"]]
     if facts["rlimits"] != want:
-        return Layer("resource limits", False, f"asked for CPU, AS, FSIZE, NPROC {want}, got {facts['rlimits']}")
-    return Layer("resource limits", True, "RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_CORE=0")
+        return Layer("resource limits", False, f"asked for CPU, AS, FSIZE, NPROC, NOFILE {want}, got {facts['rlimits']}")
+    return Layer("resource limits", True, "RLIMIT_CPU, RLIMIT_AS (memory per process), RLIMIT_FSIZE, RLIMIT_NOFILE, "
+                                          "RLIMIT_CORE=0")
 
 
 def _host_namespace(space: str) -> str:
@@ -132,7 +149,12 @@ def _filesystem_layer(plan: _Plan, facts: dict) -> Layer:
         why = "; ".join(plan.why[k] for k in ("landlock", "namespaces") if k in plan.why)
         return Layer("filesystem confinement", False, f"the probe could read {facts['read'] == 'allowed'}, write "
                                                       f"{facts['write'] == 'allowed'} outside its directory: {why}")
-    return Layer("filesystem confinement", True, " + ".join(parts) + "; writable: only the work directory")
+    size, inodes = facts["work"]
+    if size <= _PROBE_LIMITS["max_disk_mb"] * 2**20 and inodes <= sandbox.WORK_INODES:
+        work = f"a tmpfs of max_disk_mb (default 64 MiB) and {sandbox.WORK_INODES} inodes"
+    else:
+        work = "on the host's disk, bounded per file only (no private root)"
+    return Layer("filesystem confinement", True, " + ".join(parts) + f"; writable: only the work directory, {work}")
 
 
 def _process_layer(plan: _Plan, facts: dict) -> Layer:
@@ -162,3 +184,36 @@ def _checked() -> bool:
 def check_layers() -> None:
     """Warn once per process about missing layers; under CI=true, raise (on every call)."""
     _checked()
+
+
+def _ipc_layer(plan: _Plan, facts: dict) -> Layer:
+    if facts["ipc"] is None or facts["ipc"] == _host_namespace("ipc"):
+        return Layer("IPC namespace", False, plan.why.get("namespaces", "the program shares the host's SysV IPC"))
+    uts = "a fresh UTS namespace too" if facts["uts"] not in (None, _host_namespace("uts")) else "no UTS namespace"
+    return Layer("IPC namespace", True, "a fresh one (unshare --ipc): SysV shared memory, semaphores and message "
+                                        f"queues end with the run, unseen by other runs; {uts}")
+
+
+def _cgroup_layer(plan: _Plan, facts: dict) -> Layer:
+    support = cgroups.support()
+    found = {key for key, path in facts["cgroups"].items() if path.rsplit("/", 1)[-1].startswith("llmkit-sandbox-")}
+    if not plan.cgroup or not ({"memory"} <= found or plan.cgroup == 2 and "" in found):
+        return Layer("memory cgroup", False, plan.why.get("cgroup", f"the probe ran in no cgroup of its own: "
+                                                                    f"{facts['cgroups']}"))
+    if plan.cgroup == 2:
+        how = "cgroup v2: memory.max = memory_mb, memory.swap.max = 0, pids.max = max_processes"
+    else:
+        how = ("cgroup v1: memory.limit_in_bytes (and memsw) = memory_mb, "
+               + ("pids.max = max_processes" if "pids" in found else f"no pids cgroup ({support.why})"))
+    return Layer("memory cgroup", True, f"one per run, removed after it ({how}): children, memfds, shared memory "
+                                        "and the work directory's files all count; an OOM kill is status memory")
+
+
+def _filter_layer(plan: _Plan, facts: dict) -> Layer:
+    if facts["seccomp"] != 2 or facts["unshare_user"] != "EPERM":
+        why = plan.why.get("seccomp", f"seccomp mode {facts['seccomp']}, unshare(CLONE_NEWUSER): "
+                                      f"{facts['unshare_user']}")
+        return Layer("system-call filter", False, why)
+    return Layer("system-call filter", True, "seccomp BPF (x86_64, aarch64; other ABIs killed): EPERM for "
+                                             "namespaces (unshare, setns, clone with CLONE_NEW*), mounts, ptrace, "
+                                             "keyrings, bpf, perf_event_open, userfaultfd, io_uring, modules, kexec")

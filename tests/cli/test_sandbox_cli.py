@@ -33,9 +33,10 @@ def test_check_prints_every_layer_with_its_state(capsys):
         assert row.split("  ")[0].strip() == layer.name
         assert ("active " if layer.active else "MISSING") in row and layer.detail in row
     active = sum(layer.active for layer in layers)
-    assert rows[len(layers)] == "" and rows[len(layers) + 1].startswith(f"{active} of 6 layers active")
-    assert code == (0 if active == 6 else 1)
-    if active < 6:
+    assert len(layers) == 9 and rows[len(layers)] == ""
+    assert rows[len(layers) + 1].startswith(f"{active} of {len(layers)} layers active")
+    assert code == (0 if active == len(layers) else 1)
+    if active < len(layers):
         missing(f"sandbox layers missing here: {out}")
 
 
@@ -64,6 +65,11 @@ def test_run_limits_come_from_the_flags(tmp_path, capsys):
     code, out, _ = run(capsys, "sandbox", "run", hog, "--memory-mb", "128")
     assert code == 1 and out.startswith("status: memory") and "MemoryError" in out
     assert run(capsys, "sandbox", "run", hog, "--memory-mb", "1024")[0] == 0
+    disk = tmp_path / "disk.py"
+    disk.write_text("open('big.bin', 'wb').write(b'x' * (3 * 2**20))\n")
+    code, out, _ = run(capsys, "sandbox", "run", disk, "--max-disk-mb", "2")
+    assert code == 1 and "No space left on device" in out
+    assert run(capsys, "sandbox", "run", disk, "--max-disk-mb", "4")[0] == 0
     loud = tmp_path / "loud.py"
     loud.write_text("print('x' * 100000)\n")
     code, out, _ = run(capsys, "sandbox", "run", loud, "--max-output-bytes", "1000")

@@ -40,6 +40,8 @@ def test_run_prints_the_observation(capsys):
     assert (code, out) == (0, "294\n")
     code, out, _ = run(capsys, "tools", "run", "python", '{"code": "print(6 * 7)"}')
     assert (code, out) == (0, "42\n")
+    code, out, _ = run(capsys, "tools", "run", "python", json.dumps({"code": 'print("partial")\nraise SystemExit(3)'}))
+    assert code == 1 and out.startswith("partial\nerror: the program failed (exit status 3)"), out
     code, out, _ = run(capsys, "tools", "run", "calculator", '{"expression": "1 / 0"}')
     assert code == 1 and out.startswith("error: calculator raised CalculatorError:") and "division by zero" in out
     code, out, _ = run(capsys, "tools", "run", "now", "{timezone: UTC}")

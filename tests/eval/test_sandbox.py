@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from llmkit.eval import confine, sandbox, sandbox_probe
+from llmkit.eval import cgroups, confine, sandbox, sandbox_probe
 from llmkit.eval.sandbox import (
     MAX_OUTPUT_BYTES,
     UID_BASE,
@@ -126,7 +126,7 @@ def test_every_layer_is_active_on_this_machine():
     layers = sandbox_layers()
     assert [layer.name for layer in layers] == list(sandbox_probe.LAYERS) == [
         "unprivileged uid", "process group", "resource limits", "network namespace", "filesystem confinement",
-        "process limit"]
+        "process limit", "IPC namespace", "memory cgroup", "system-call filter"]
     off = [f"{layer.name}: {layer.detail}" for layer in layers if not layer.active]
     if off:
         missing("sandbox layers missing on this machine: " + "; ".join(off))
@@ -412,3 +412,184 @@ def test_without_a_pid_namespace_leftovers_are_killed_by_uid(monkeypatch):
                            "    libc.pause()\nprint('parent done')\n", timeout=20)  # a daemon, holding no pipe
     assert bomb.status == "timeout" and processes_of(bomb.uid) == []
     assert left.passed and left.stdout == "parent done\n" and left.seconds < 10 and processes_of(left.uid) == []
+
+
+
+# ---------------------------------------------------------------------------- the system-call filter
+RAW = ("import errno\n"
+       "def raw(nr, *args):\n"
+       "    r = libc.syscall(nr, *args)\n"
+       "    if r == 0 and nr == CLONE:\n"
+       "        os._exit(0)\n"  # a child clone made: it must not go on to print too
+       "    if r > 0 and nr == CLONE:\n"
+       "        os.waitpid(r, 0)\n"
+       "    return 'allowed' if r >= 0 else errno.errorcode[ctypes.get_errno()]\n"
+       "UNSHARE, CLONE, KEYCTL, PTRACE = {'x86_64': (272, 56, 250, 101), 'aarch64': (97, 220, 219, 117)}"
+       "[os.uname().machine]\n")
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+
+
+def test_no_user_namespace_and_no_kernel_doors_inside():
+    """Without the filter an unprivileged program may make a user namespace and hold every
+    capability in it (then bring up a nested network namespace's loopback, open netfilter sockets,
+    mount): unshare and clone with CLONE_NEW* flags, the keyring and ptrace are refused with EPERM."""
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        missing(f"the system-call filter knows x86_64 and aarch64, not {os.uname().machine}")
+    f = facts(RAW + f"print(json.dumps(dict(clone=raw(CLONE, {CLONE_NEWUSER | SIGCHLD}, 0, 0, 0, 0),"
+                    f" unshare_net=raw(UNSHARE, {CLONE_NEWUSER | CLONE_NEWNET}),"
+                    f" unshare=raw(UNSHARE, {CLONE_NEWUSER}),"
+                    "  keyctl=raw(KEYCTL, 0, -2, 1), traceme=raw(PTRACE, 0, 0, 0, 0),"
+                    "  x32=raw(0x40000000 | 39) if UNSHARE == 272 else 'EPERM',"  # x32's getpid
+                    "  seccomp=[l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')])))\n")
+    assert f == {"unshare": "EPERM", "unshare_net": "EPERM", "clone": "EPERM", "keyctl": "EPERM", "traceme": "EPERM",
+                 "x32": "EPERM", "seccomp": ["2"]}, f
+
+
+def test_threads_forks_and_subprocesses_still_work_under_the_filter():
+    """clone3 answers ENOSYS, so glibc falls back to clone (threads, posix_spawn); fork and vfork
+    make no namespace and pass; /bin/true and /bin/sh are in the private root (/usr, read-only)."""
+    f = facts("import subprocess, threading\n"
+              "seen = []\n"
+              "threads = [threading.Thread(target=seen.append, args=(i,)) for i in range(4)]\n"
+              "[t.start() for t in threads]; [t.join() for t in threads]\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n    os._exit(7)\n"
+              "forked = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+              "true = subprocess.run(['/bin/true']).returncode\n"
+              "sh = subprocess.run(['/bin/sh', '-c', 'echo $((6 * 7))'], capture_output=True, text=True).stdout\n"
+              "print(json.dumps(dict(threads=sorted(seen), forked=forked, true=true, sh=sh)))\n")
+    assert f == {"threads": [0, 1, 2, 3], "forked": 7, "true": 0, "sh": "42\n"}, f
+
+
+# ---------------------------------------------------------------------------- SysV IPC
+def _sysv(kind: str, key: int) -> list[dict]:
+    """The host's SysV objects of `kind` (shm, msg) with `key`, from /proc/sysvipc (this test's IPC namespace)."""
+    with open(f"/proc/sysvipc/{kind}") as f:
+        head, *rows = [line.split() for line in f]
+    return [row for row in (dict(zip(head, r)) for r in rows) if int(row["key"]) == key]
+
+
+def _remove_sysv(key: int) -> None:
+    """Remove what an unconfined run would have left on the host (only the old sandbox did)."""
+    libc = __import__("ctypes").CDLL(None, use_errno=True)
+    for row in _sysv("shm", key):
+        libc.shmctl(int(row["shmid"]), 0, None)  # IPC_RMID
+    for row in _sysv("msg", key):
+        libc.msgctl(int(row["msqid"]), 0, None)
+
+
+def test_sysv_shared_memory_and_queues_end_with_the_run():
+    key = 0x4C4C0000 | int.from_bytes(os.urandom(2), "big")
+    make = ("import errno\n"
+            f"shm = libc.shmget({key}, 1 << 20, 0o1600); shm_err = ctypes.get_errno()\n"  # IPC_CREAT | 0600
+            f"msg = libc.msgget({key}, 0o1600); msg_err = ctypes.get_errno()\n"
+            "print(json.dumps(dict(shm=shm, msg=msg, errs=[errno.errorcode.get(e) for e in (shm_err, msg_err)])))\n")
+    look = ("import errno\n"
+            f"found = [libc.shmget({key}, 0, 0), ctypes.get_errno(), libc.msgget({key}, 0), ctypes.get_errno()]\n"
+            "print(json.dumps([found[0], errno.errorcode[found[1]], found[2], errno.errorcode[found[3]]]))\n")
+    try:
+        made = facts(make)
+        assert made["shm"] >= 0 and made["msg"] >= 0, made  # it may make them, in its own namespace
+        assert _sysv("shm", key) == [] and _sysv("msg", key) == []  # nothing of it outlives the run on the host
+        assert facts(look) == [-1, "ENOENT", -1, "ENOENT"]  # nor does a later run find them
+    finally:
+        _remove_sysv(key)
+
+
+# ---------------------------------------------------------------------------- memory for the whole run
+def _leftover_cgroups() -> list[str]:
+    support = cgroups.support()
+    mine = f"llmkit-sandbox-{os.getpid()}-"
+    return [os.path.join(d, n) for d in (support.memory, support.pids) if d for n in os.listdir(d) if n.startswith(mine)]
+
+
+def _needs_cgroup() -> None:
+    if not sandbox._plan().cgroup:
+        missing(f"no memory cgroup per run here: {sandbox._plan().why.get('cgroup')}")
+
+
+def test_forked_children_share_one_memory_limit():
+    """RLIMIT_AS is per process: six children of 200 MiB each fit it; the run's cgroup holds them to
+    512 MiB together, and an OOM kill there is status "memory"."""
+    _needs_cgroup()
+    r = run_code(LIBC + "import time\n"
+                        "kids = []\n"
+                        "for _ in range(6):\n"
+                        "    pid = os.fork()\n"
+                        "    if pid == 0:\n"
+                        "        block = b'x' * (200 << 20)\n"
+                        "        time.sleep(1)\n"
+                        "        os._exit(0)\n"
+                        "    kids.append(pid)\n"
+                        "codes = [os.waitpid(p, 0)[1] for p in kids]\n"
+                        "print(json.dumps([os.WTERMSIG(c) if os.WIFSIGNALED(c) else None for c in codes]))\n"
+                        "sys.exit(1 if any(codes) else 0)\n", memory_mb=512, timeout=30)
+    assert r.status == "memory", (r.status, r.stdout, r.stderr)
+    if r.stdout.strip():  # the parent, the smallest, normally outlives its children
+        assert json.loads(r.stdout).count(signal.SIGKILL) >= 1, r.stdout
+    assert _leftover_cgroups() == []
+
+
+def test_memfds_count_against_the_memory_limit():
+    """memfd pages are no address space, so RLIMIT_AS lets any number of them be filled (each as
+    large as RLIMIT_FSIZE allows): the cgroup stops them at memory_mb. And descriptors are few."""
+    _needs_cgroup()
+    r = run_code(LIBC + "chunk = b'm' * (8 << 20)\n"
+                        "for i in range(80):\n"  # 640 MiB, in memfds of 8 MiB
+                        "    fd = libc.memfd_create(b'hold', 0)\n"
+                        "    assert fd >= 0, ctypes.get_errno()\n"
+                        "    assert os.write(fd, chunk) == len(chunk)\n"
+                        "print('filled')\n", memory_mb=256, timeout=30)
+    assert r.status == "memory" and "filled" not in r.stdout, (r.status, r.stdout, r.stderr[-500:])
+    assert _leftover_cgroups() == []
+
+
+def test_open_files_are_few():
+    source = "import resource\nprint(json.dumps(resource.getrlimit(resource.RLIMIT_NOFILE)))\n"
+    assert facts(source) == [256, 256]
+    assert facts(source, max_open_files=64) == [64, 64]
+
+
+# ---------------------------------------------------------------------------- the work directory's size
+def test_the_work_directory_is_a_bounded_tmpfs(tmp_path, monkeypatch):
+    """max_file_mb bounds each file only: max_disk_mb bounds them all (ENOSPC), and inodes too, in
+    a tmpfs in the private root, so nothing the program writes lands on the host's disk."""
+    if "--mount" not in sandbox._plan().namespaces:
+        missing(f"no mount namespace here: {sandbox._plan().why.get('namespaces')}")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where run_code makes its directory
+    seen, done = [0], threading.Event()
+
+    def watch() -> None:  # the host's view of the sandbox's directory, while the program runs
+        while not done.is_set():
+            seen[0] = max(seen[0], sum(os.lstat(os.path.join(d, n)).st_blocks * 512
+                                       for d, _, names in os.walk(tmp_path) for n in names))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        f = facts("import time\n"
+                  "chunk, written, err = b'd' * (1 << 20), 0, 0\n"
+                  "for i in range(64):\n"  # files of 3 MiB (max_file_mb is 4): the total runs out first
+                  "    fd = os.open(f'data{i}.bin', os.O_WRONLY | os.O_CREAT, 0o600)\n"
+                  "    for _ in range(3):\n"
+                  "        n = libc.write(fd, chunk, len(chunk))\n"
+                  "        if n < 0:\n            err = ctypes.get_errno()\n            break\n"
+                  "        written += n\n"
+                  "    os.close(fd)\n"
+                  "    if err:\n        break\n"
+                  "time.sleep(0.5)\n"  # the host looks meanwhile
+                  "[os.unlink(f'data{j}.bin') for j in range(i + 1)]\n"
+                  "files = 0\n"
+                  "while files < 100000:\n"
+                  "    fd = libc.open(f'f{files}'.encode(), os.O_WRONLY | os.O_CREAT, 0o600)\n"
+                  "    if fd < 0:\n        break\n"
+                  "    libc.close(fd)\n    files += 1\n"
+                  "print(json.dumps(dict(err=err, written=written, files=files, files_err=ctypes.get_errno())))\n",
+                  max_disk_mb=8, max_file_mb=4, timeout=30)
+    finally:
+        done.set()
+        watcher.join()
+    assert f["err"] == errno.ENOSPC and 6 << 20 <= f["written"] <= 8 << 20, f
+    assert f["files_err"] == errno.ENOSPC and f["files"] < sandbox.WORK_INODES, f
+    assert seen[0] < 1 << 20  # main.py only
