@@ -14,7 +14,8 @@ import sys
 from typing import Callable, Sequence
 
 from . import (ablate_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
-               model_commands, sandbox_commands, serve_commands, tools_commands, vector_commands)
+               model_commands, sandbox_commands, serve_commands, structured_commands, tools_commands,
+               vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -63,6 +64,10 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
               "serve a model over an OpenAI-compatible HTTP API with continuous batching and streaming"),
     "tools": (tools_commands.add_tools_args, tools_commands.run_tools,
               "the built-in tools for agents: `llmkit tools list|run|docs` (calculator, python, datetime, stdlib-docs)"),
+    "json": (structured_commands.add_json_args, structured_commands.run_json,
+             "answer a prompt with JSON that validates against a JSON Schema (grammar-constrained; repaired if need be)"),
+    "json-suite": (structured_commands.add_structured_args, structured_commands.run_structured,
+                   "measure how often a model answers the structured-output suite with valid JSON; writes results.json and report.md"),
     "sandbox": (sandbox_commands.add_sandbox_args, sandbox_commands.run_sandbox,
                 "run untrusted Python confined: `llmkit sandbox check|run --help` (the layers active here; run a file)"),
     "judge": (eval_commands.add_judge_args, eval_commands.run_judge,
