@@ -41,8 +41,8 @@ from .generate import Completion, TextStream, Timings, TokenGeneration
 from .seq2seq import seq2seq_loglikelihood
 from .sampling import GenerationConfig, valid_settings
 from .scoring import LogLikelihood, TokenScoring
-from .tool_calls import (ChatReply, ContentDelta, ToolCallError, has_tool_turns, parse_tool_calls, tool_events,
-                         tool_prompt)
+from .tool_calls import ChatReply, ToolCallError, has_tool_turns, tool_prompt
+from .tool_parse import ContentDelta, parse_tool_calls, tool_events
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer

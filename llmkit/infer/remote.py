@@ -22,7 +22,8 @@ from .generate import Timings
 from .llm import fit_history
 from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
-from .tool_calls import ArgumentsDelta, CallStart, ChatReply, ContentDelta, Finish, ToolCall, tool_mode, tool_specs
+from .tool_calls import ChatReply, ToolCall, tool_mode, tool_specs
+from .tool_parse import ArgumentsDelta, CallStart, ContentDelta, Finish
 
 Messages = list[dict[str, Any]]
 

@@ -11,7 +11,8 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..infer.tool_calls import ContentDelta, ToolCallError, ToolCallParser, openai_delta, parse_tool_calls, tool_prompt
+from ..infer.tool_calls import ToolCallError, tool_prompt
+from ..infer.tool_parse import ContentDelta, ToolCallParser, openai_delta, parse_tool_calls
 from .errors import APIError
 from .inputs import parse_body
 from .responses import (DONE, Envelope, TokenText, chat_completion, chat_delta_chunk, chat_event_chunk, chat_logprob,

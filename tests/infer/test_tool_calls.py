@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.infer.tool_calls import (ArgumentsDelta, CallStart, ContentDelta, Finish, ToolCallError, ToolCallParser,
-                                     call_text, parse_tool_calls, reply_from_events, tool_events, tool_messages,
-                                     tool_mode, tool_prompt, tool_specs)
+from llmkit.infer.tool_calls import (ToolCallError, call_text, tool_messages, tool_mode, tool_prompt,
+                                     tool_specs)
+from llmkit.infer.tool_parse import (ArgumentsDelta, CallStart, ContentDelta, Finish, ToolCallParser, parse_tool_calls,
+                                     reply_from_events, tool_events)
 from tests.peers import peer
 
 WEATHER = {"type": "function", "function": {

@@ -122,7 +122,7 @@ def test_streamed_tool_call_deltas_add_up_to_the_whole_reply(client):
 def test_local_and_remote_chat_return_the_same_calls(smol, smol_server):
     import llmkit
 
-    from llmkit.infer.tool_calls import reply_from_events
+    from llmkit.infer.tool_parse import reply_from_events
 
     remote = llmkit.load(smol_server.url + "/v1")
     messages = [{"role": "user", "content": QUESTIONS[1]}]
