@@ -192,6 +192,9 @@ def run_json_suite(llm: Any, cases: Sequence[JSONCase] | None = None, retries: i
             result = JSONCaseResult(case.id, True, found.attempts, found.value)
         except StructuredOutputError as e:
             result = JSONCaseResult(case.id, False, e.attempts)
+        except Exception as e:  # noqa: BLE001 - one broken case (a refused schema, a server error) fails alone
+            log.warning("%s: %s", case.id, e)
+            result = JSONCaseResult(case.id, False, [JSONAttempt("", f"{type(e).__name__}: {e}", 0.0)])
         log.info("%s: %s after %d attempt(s)", case.id, "valid" if result.valid else "INVALID", len(result.attempts))
         report.results.append(result)
         if progress is not None:

@@ -12,32 +12,53 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 MAX_STARTS = 64  # positions of '{' / '[' tried when looking for JSON inside free text
 FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 
 
-def json_candidates(text: str) -> Iterator[Any]:
-    """Every JSON value found in `text`, most likely first: the whole text, each ```json fenced
-    block, then the value starting at each '{' or '[' (the first balanced one first)."""
-    decoder = json.JSONDecoder()
-    stripped = text.strip()
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; JSON has neither
+
+
+DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _loads(text: str) -> Any:
     try:
-        yield json.loads(stripped)
+        return DECODER.decode(text)
+    except ValueError as e:  # JSONDecodeError is one; NaN / Infinity the other
+        raise json.JSONDecodeError(str(e), text, 0) from None if not isinstance(e, json.JSONDecodeError) else e
+
+
+def json_candidates(text: str) -> Iterator[Any]:
+    """Every top-level JSON value found in `text`, most likely first: the whole text, each ```json
+    fenced block, then the values found scanning for '{' or '[' outside the ones already read — a
+    value nested inside another is never offered on its own (the whole answer must validate)."""
+    try:
+        yield _loads(text.strip())
         return
     except json.JSONDecodeError:
         pass
-    for block in FENCE.findall(text):
+    fenced = []
+    for m in FENCE.finditer(text):
+        fenced.append((m.start(), m.end()))
         try:
-            yield json.loads(block.strip())
+            yield _loads(m.group(1).strip())
         except json.JSONDecodeError:
             pass
-    starts = [m.start() for m in re.finditer(r"[{\[]", text)][:MAX_STARTS]
-    for i in starts:
+    tried, end = 0, 0
+    for m in re.finditer(r"[{\[]", text):
+        i = m.start()
+        if i < end or any(a <= i < b for a, b in fenced) or tried >= MAX_STARTS:
+            continue
+        tried += 1
         try:
-            yield decoder.raw_decode(text, i)[0]
-        except json.JSONDecodeError:
-            pass
+            value, end = DECODER.raw_decode(text, i)
+        except ValueError:
+            continue
+        yield value
 
 
 def parse_error(text: str) -> str | None:
@@ -50,17 +71,19 @@ def parse_error(text: str) -> str | None:
     start = re.search(r"[{\[]", text)
     if not blocks and not start:
         try:
-            json.loads(stripped)
+            _loads(stripped)
             return None
         except json.JSONDecodeError:
             return "it is not JSON: the answer holds no JSON object or array"
     try:
         if blocks:
-            json.loads(blocks[0].strip())
+            _loads(blocks[0].strip())
         else:
-            json.JSONDecoder().raw_decode(text, start.start())
+            DECODER.raw_decode(text, start.start())
     except json.JSONDecodeError as e:
         return f"it is not JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    except ValueError as e:  # NaN, Infinity
+        return f"it is not JSON: {e}"
     return None
 
 
@@ -118,7 +141,7 @@ def resolve_ref(ref: str, root: dict[str, Any]) -> Any:
     if not ref.startswith("#"):
         return None
     for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
+        part = unquote(part).replace("~1", "/").replace("~0", "~")  # a URI fragment, then a JSON pointer
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:

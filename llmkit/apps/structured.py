@@ -23,13 +23,13 @@ the exact error, asking for a corrected one, at most `retries` times. When every
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..infer.constrained import unenforceable
 from ..infer.generate import Timings
 from .json_text import describe_schema, json_candidates, parse_error, resolve_ref
 
@@ -138,7 +138,10 @@ def check_schema(schema: dict[str, Any] | type) -> Schema:
         if not hasattr(schema, "model_json_schema"):
             raise JSONSchemaError(f"schema={schema.__name__} is a class but not a pydantic model: give a JSON "
                                   "Schema dict or a pydantic BaseModel subclass")
-        model, schema = schema, schema.model_json_schema()
+        try:
+            model, schema = schema, schema.model_json_schema()
+        except Exception as e:  # pydantic's errors for fields that have no JSON Schema
+            raise JSONSchemaError(f"schema={schema.__name__}: pydantic cannot give its JSON Schema: {e}") from None
     if not isinstance(schema, dict):
         raise JSONSchemaError(f"schema must be a JSON Schema object (a dict) or a pydantic model, got "
                               f"{type(schema).__name__}")
@@ -226,6 +229,8 @@ def _ask(llm: Any, messages: Messages, options: dict[str, Any]) -> JSONAttempt:
         text = "".join(llm.chat(messages, stream=True, timings=timings, **options))
     else:
         text = llm.chat(messages, **options)
+    if not isinstance(text, str):
+        raise TypeError(f"{type(llm).__name__}.chat answered {type(text).__name__}, not text")
     seconds = time.perf_counter() - start
     if timings is None or not timings.generated_tokens:
         return JSONAttempt(text, None, seconds)
@@ -246,7 +251,10 @@ def generate_json_with_info(llm: Any, prompt: str | Messages, schema: dict[str, 
             raise TypeError(f"generate_json takes {use}, not {name}")
     checked = check_schema(schema)
     options = {"max_new_tokens": max_tokens, "temperature": temperature, **gen}
-    if constrain:
+    unenforced = unenforceable(checked.schema)
+    if constrain and unenforced:  # validation still guarantees the result; only the grammar is left out
+        log.info("the schema is asked for without a grammar: %s", unenforced)
+    if constrain and not unenforced:
         options["response_format"] = {"type": "json_schema",
                                       "json_schema": {"name": checked.name, "schema": checked.schema}}
     messages = schema_messages(prompt, checked, system)
@@ -256,9 +264,11 @@ def generate_json_with_info(llm: Any, prompt: str | Messages, schema: dict[str, 
     for _ in range(retries + 1):
         attempt = _ask(llm, conversation, options)
         value, attempt.error = read_answer(attempt.text, checked)
-        if attempt.error is not None and attempt.completion_tokens is not None \
-                and attempt.completion_tokens >= max_tokens:
-            attempt.error = f"the answer was cut off at max_tokens={max_tokens} ({attempt.error})"
+        cut = attempt.completion_tokens is not None and attempt.completion_tokens >= max_tokens
+        if cut and (attempt.error is not None or parse_error(attempt.text) is not None):
+            # a cut answer whose main JSON is broken fails, even when a whole piece of it validates
+            why = attempt.error or parse_error(attempt.text)
+            attempt.error = f"the answer was cut off at max_tokens={max_tokens} ({why})"
         attempts.append(attempt)
         if attempt.error is None:
             return JSONResult(value, attempts)
@@ -276,7 +286,8 @@ def generate_json(llm: Any, prompt: str | Messages, schema: dict[str, Any] | typ
                   **gen: Any) -> Any:
     """The model's answer to `prompt` (a user message, or a list of chat messages) as JSON that
     validates against `schema` (a JSON Schema dict), or as an instance of `schema` (a pydantic
-    model). `constrain` sends ``response_format`` (a grammar where the `LLM` enforces it);
+    model). `constrain` sends ``response_format`` (a grammar where the `LLM` enforces it; not for a
+    schema with keywords no grammar enforces, such as ``oneOf`` or ``not``, which is validated only);
     answers that fail are repaired by asking again, at most `retries` times, after which
     `StructuredOutputError` is raised. Other keyword arguments are generation options (seed,
     top_p, ...). A schema that is not JSON Schema raises `JSONSchemaError`."""

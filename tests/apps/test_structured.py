@@ -391,3 +391,70 @@ def test_the_whole_suite_validates_locally_at_the_first_attempt(smol, tmp_path):
     assert failed == {} and report.valid_rate == 1.0
     cases = {c.id: c for c in load_json_suite()}
     assert all(validates(r.value, cases[r.id].schema) for r in report.results)
+
+
+# ------------------------------------------------------------------ review fixes
+def test_a_piece_nested_in_an_invalid_answer_is_never_the_answer():
+    """The whole answer must validate: an inner object that happens to fit the schema is not it."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    for answer in ['Here it is:\n{"person": {"name": "Maria", "age": "thirty"}, "child": {"name": "Ana", "age": 3}}',
+                   '```json\n{"name": "Maria", "age": "34", "friend": {"name": "Bob", "age": 40}}\n```']:
+        with pytest.raises(StructuredOutputError):
+            generate_json(Scripted(answer), "Extract Maria", schema, retries=0)
+    # two top-level values side by side are still both candidates
+    assert generate_json(Scripted('no: {"x": 1} yes: {"name": "Ana", "age": 3}'), "q", schema, retries=0) == \
+        {"name": "Ana", "age": 3}
+
+
+def test_a_cut_answer_fails_even_when_a_whole_piece_of_it_validates():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    llm = ScriptedWithTimings(('{"items": [{"a": 1}, {"a": 2}, {"a', 16))
+    with pytest.raises(StructuredOutputError, match="cut off at max_tokens=16"):
+        generate_json(llm, "q", schema, max_tokens=16, retries=0)
+
+
+@pytest.mark.parametrize("answer", ['{"score": NaN}', '{"score": Infinity}', 'so {"score": -Infinity}'])
+def test_nan_and_infinity_are_not_json(answer):
+    schema = {"type": "object", "properties": {"score": {"type": "number", "minimum": 0, "maximum": 10}}}
+    with pytest.raises(StructuredOutputError, match="is not JSON"):
+        generate_json(Scripted(answer), "q", schema, retries=0)
+
+
+def test_percent_encoded_refs_resolve_and_odd_inputs_are_named():
+    from pydantic import BaseModel
+    from typing import Callable
+
+    schema = {"$defs": {"a b": {"type": "string"}}, "type": "object", "properties": {"x": {"$ref": "#/$defs/a%20b"}}}
+    assert generate_json(Scripted('{"x": "hi"}'), "q", schema, retries=0) == {"x": "hi"}
+
+    class Bad(BaseModel):
+        f: Callable[[int], int]
+
+    with pytest.raises(JSONSchemaError, match="schema=Bad: pydantic cannot give its JSON Schema"):
+        generate_json(Scripted("{}"), "q", Bad)
+    with pytest.raises(TypeError, match="Scripted.chat answered NoneType, not text"):
+        generate_json(Scripted(None), "q", {"type": "object"})
+
+
+def test_a_schema_no_grammar_enforces_is_validated_without_one():
+    schema = {"type": "object", "properties": {"x": {"oneOf": [{"type": "integer"}, {"type": "string"}]}},
+              "required": ["x"]}
+    llm = Scripted('{"x": 3}')
+    assert generate_json(llm, "q", schema, retries=0) == {"x": 3}
+    assert "response_format" not in llm.requests[0][1]  # asked without the grammar that could not hold it
+
+
+def test_a_suite_case_that_raises_fails_alone():
+    from llmkit.apps import JSONCase, run_json_suite
+
+    class Broken(Scripted):
+        def chat(self, messages, **options):
+            if "boom" in messages[-1]["content"]:
+                raise ConnectionError("the server went away")
+            return super().chat(messages, **options)
+
+    cases = [JSONCase("boom", "boom", {"type": "object"}, 16), JSONCase("fine", "fine", {"type": "object"}, 16)]
+    report = run_json_suite(Broken('{"a": 1}'), cases, retries=0)
+    assert [r.valid for r in report.results] == [False, True]
+    assert "ConnectionError: the server went away" in report.results[0].attempts[0].error
