@@ -22,14 +22,22 @@ def version() -> str:
 
 
 # ---------------------------------------------------------------------------- shared options
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, wording: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be {wording}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "0 or more")
 
 
 def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

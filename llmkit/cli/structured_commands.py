@@ -9,17 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .commands import add_model_arg, load_llm, positive_int
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+from .commands import add_model_arg, load_llm, non_negative_int, positive_int
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
