@@ -4,6 +4,8 @@ Ctrl-C stops the reply (the part already shown stays in the conversation, marked
 Ctrl-C at an empty prompt says how to leave; Ctrl-D or /exit leaves. Lines are edited with
 readline, with a history kept in the llmkit home across sessions. Slash commands never reach
 the model. With stdin piped, each line is one message and only the replies are printed.
+With ``--memory`` the conversation goes through an `llmkit.apps.memory` class (a token window, or
+a window with a running summary of what fell out of it) instead of the plain fitting to the context.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .commands import generation_config, load_llm
+from .commands import generation_config, load_llm, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,39 @@ class Style:
 
     def dim(self, text: str) -> str:
         return self._wrap("2", text)
+
+
+MEMORY_HELP = ("how the conversation is remembered: buffer (everything that fits the context), window (the newest "
+               "turns within --memory-tokens), summary (that window, and a running summary of older turns written "
+               "by the model, in the system message); without it, the oldest turns are dropped when the context is "
+               "full")
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    """`llmkit chat`'s --memory and --memory-tokens."""
+    p.add_argument("--memory", choices=("buffer", "window", "summary"), default=None, help=MEMORY_HELP)
+    p.add_argument("--memory-tokens", type=positive_int, default=None, metavar="N",
+                   help="the prompt budget of --memory window or summary, system message and summary included "
+                        "(default: half the context left after max_new_tokens)")
+
+
+def make_memory(args: argparse.Namespace, llm, max_new_tokens: int):
+    """The `Memory` that --memory names (None without it)."""
+    kind, tokens = getattr(args, "memory", None), getattr(args, "memory_tokens", None)
+    if kind is None:
+        if tokens is not None:
+            raise ValueError("--memory-tokens sets the budget of --memory window or summary: add --memory")
+        return None
+    from ..apps.memory import BufferMemory, SummaryMemory, WindowMemory
+
+    if kind == "buffer":
+        return BufferMemory()
+    if tokens is None:
+        try:
+            tokens = max(64, (llm.context_window - max_new_tokens) // 2)
+        except (NotImplementedError, ConnectionError):  # a server that does not say its window
+            tokens = 1024
+    return WindowMemory(tokens) if kind == "window" else SummaryMemory(llm, tokens)
 
 
 def history_file() -> Path:
@@ -157,12 +192,19 @@ class ChatSession:
         self.sent: list[dict[str, Any]] = list(self.messages)  # what the model saw last: the part that fit
         self.dropped = 0  # how many of the oldest messages no longer fit the context
         self.last = None  # Timings of the last reply
+        self.memory = make_memory(args, llm, self.gen.max_new_tokens)  # None: fit_history, as without --memory
 
     def _start(self) -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.system}] if self.system else []
 
     def _restart(self, messages: list[dict[str, Any]]) -> None:
         self.messages = messages
+        if self.memory is not None:  # the memory decides what the next turn sends
+            self.sent, self.dropped = [], 0
+            self.memory.clear()
+            for m in messages[1:] if messages and messages[0]["role"] == "system" else messages:
+                self.memory.add(m)
+            return
         self.sent = [{"role": m["role"], "content": m["content"]} for m in messages]
         try:  # what the next turn will send of a loaded conversation (for /stats)
             self.sent = self.llm.fit_history(self.sent, self.gen.max_new_tokens) if self.sent else []
@@ -278,6 +320,7 @@ class ChatSession:
         """Send `text`, stream the reply. The whole conversation stays in `messages` (what /save
         writes); what is sent is its most recent part that fits the context. A failure (too long a
         message, a server gone) is one line, and the conversation goes on without that message."""
+        from ..apps.context import ContextOverflow
         from ..infer.generate import Timings
         from ..models.transformer import ContextLengthError
 
@@ -286,10 +329,10 @@ class ChatSession:
         parts: list[str] = []
         cut = False
         try:
-            sent = self.llm.fit_history([{"role": m["role"], "content": m["content"]} for m in self.messages],
-                                        self.gen.max_new_tokens)
-            dropped = len(self.messages) - len(sent)
-            if dropped > self.dropped:
+            if self.memory is not None:
+                self.memory.add({"role": "user", "content": text})
+            sent, dropped = self._fit()
+            if dropped > self.dropped and self.memory is None:
                 self.note(f"(the conversation outgrew the {self._window()}-token context: the oldest {dropped} "
                           f"message{'s' if dropped > 1 else ''} are no longer sent)")
             pieces = self.llm.chat(sent, self.gen, stream=True, timings=timings)
@@ -305,14 +348,18 @@ class ChatSession:
             finally:
                 self.out.write(self.style.reply_end() + ("\n" if parts or cut else ""))
                 self.out.flush()
+        except ContextOverflow as e:  # --memory: over the memory's budget, which may be under the context
+            self._forget_turn()
+            self.note(f"(this message does not fit: {e}; it was not kept)")
+            return
         except ContextLengthError:
-            self.messages.pop()
+            self._forget_turn()
             self.note(f"(this message does not fit the {self._window()}-token context with {self.gen.max_new_tokens} "
                       "new tokens: shorten it, or /set max_new_tokens lower; it was not kept)")
             return
         except Exception as e:  # noqa: BLE001 - the session must outlive one failed turn
             log.debug("the turn failed", exc_info=True)
-            self.messages.pop()
+            self._forget_turn()
             # option names as /set spells them, which is how they reach a chat user
             self.note(f"(error: {str(e).splitlines()[0] if str(e) else type(e).__name__}; the message was not kept)")
             return
@@ -322,12 +369,40 @@ class ChatSession:
                       "(stopped before the reply began: the message was not kept)")
         if reply:
             self.messages.append({"role": "assistant", "content": reply, **({"cut": True} if cut else {})})
+            if self.memory is not None:
+                self.memory.add({"role": "assistant", "content": reply})
             self.dropped, self.sent = dropped, sent + [{"role": "assistant", "content": reply}]
         else:  # nothing to remember: keep the history well-formed (user, assistant, user, ...)
-            self.messages.pop()
+            self._forget_turn()
         self.last = timings
         if self.args.stats:
             self.note(format_timings(timings, self.load_s))
+
+    def _fit(self) -> tuple[list[dict[str, Any]], int]:
+        """What to send for the turn just added, and how many of the oldest messages are not sent:
+        with --memory as the memory assembles it (a notice when it summarises or its window
+        slides), else the most recent part that fits the context."""
+        if self.memory is None:
+            sent = self.llm.fit_history([{"role": m["role"], "content": m["content"]} for m in self.messages],
+                                        self.gen.max_new_tokens)
+            return sent, len(self.messages) - len(sent)
+        sent = self.memory.context(self.llm, self.system, self.gen.max_new_tokens)
+        made = getattr(self.memory, "summarized_now", 0)
+        if made:
+            self.note(f"(memory: {made} earlier message{'s' if made > 1 else ''} summarised into the system message)")
+        dropped = len(self.memory.last.dropped_turns)
+        if dropped > self.dropped:
+            self.note(f"(memory: the oldest {dropped} message{'s' if dropped > 1 else ''} are no longer sent)")
+        return sent, dropped
+
+    def _forget_turn(self) -> None:
+        """Undo the user message of a turn that got no reply (the conversation and the memory)."""
+        self.messages.pop()
+        if self.memory is not None and self.memory.messages and self.memory.messages[-1]["role"] == "user":
+            try:
+                self.memory.pop()
+            except IndexError:  # already in a summary: nothing to undo
+                pass
 
 
 def read_message(style: Style, interactive: bool) -> str:
@@ -406,6 +481,6 @@ def run_chat(args: argparse.Namespace) -> None:
             if not interactive:
                 raise
             if session.messages and session.messages[-1]["role"] == "user":
-                session.messages.pop()
+                session._forget_turn()
             out.write("\n")
             session.note("(stopped)")

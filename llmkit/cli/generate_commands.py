@@ -73,7 +73,7 @@ def print_stream(pieces) -> str:
 
 # ---------------------------------------------------------------------------------- chat
 def add_chat_args(p: argparse.ArgumentParser) -> None:
-    from .chat import HELP, history_file
+    from .chat import HELP, add_memory_args, history_file
 
     p.description = ("Chat interactively using the model's chat template. Ctrl-C stops a reply and keeps the "
                      "conversation; Ctrl-D or /exit leaves. With stdin piped, each line is one message.")
@@ -82,6 +82,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     add_model_arg(p)
     p.add_argument("--system", default=None, help="system message")
     add_generation_args(p, max_new_tokens=0)
+    add_memory_args(p)
 
 
 def run_chat(args: argparse.Namespace) -> None:

@@ -13,9 +13,9 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from . import (ablate_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
-               model_commands, sandbox_commands, serve_commands, structured_commands, tools_commands,
-               vector_commands)
+from . import (ablate_commands, agent_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
+               model_commands, prompt_commands, sandbox_commands, serve_commands, structured_commands,
+               tools_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -70,6 +70,11 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                    "measure how often a model answers the structured-output suite with valid JSON; writes results.json and report.md"),
     "sandbox": (sandbox_commands.add_sandbox_args, sandbox_commands.run_sandbox,
                 "run untrusted Python confined: `llmkit sandbox check|run --help` (the layers active here; run a file)"),
+    "agent": (agent_commands.add_agent_args, agent_commands.run_agent,
+              "answer a question with a ReAct agent and the built-in tools, or with a program (--pal); prints each step"),
+    "prompt-eval": (prompt_commands.add_prompt_eval_args, prompt_commands.run_prompt_eval,
+                    "measure prompting strategies side by side (zero-shot, few-shot, cot, self-consistency, "
+                    "least-to-most) with paired intervals; writes results.json, report.md and charts"),
     "judge": (eval_commands.add_judge_args, eval_commands.run_judge,
               "judge two models with an LLM: win rate of model B over model A on your prompts, position-swapped"),
 }

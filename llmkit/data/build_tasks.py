@@ -1,4 +1,4 @@
-"""Regenerate the generated built-in tasks (arith, sorting, stdlib-qa) into `builtin/`:
+"""Regenerate the generated built-in tasks (arith, arith-small, sorting, stdlib-qa) into `builtin/`:
 
     python -m llmkit.data.build_tasks            # or only some: python -m llmkit.data.build_tasks arith
 
@@ -41,7 +41,7 @@ STDLIB_MODULES = [
 # arith's fourth split, heldout, is 1600 more questions drawn as dev and test were (the same seeded
 # stream, continued): with dev and test, 2000 questions that no training ever sees, for measuring
 # changes of a few points (a paired interval at 2000 questions is about 0.02 wide each side)
-SPLIT_SIZES = {"arith": (2000, 200, 200, 1600), "sorting": (1000, 100, 100)}
+SPLIT_SIZES = {"arith": (2000, 200, 200, 1600), "sorting": (1000, 100, 100), "arith-small": (250, 150, 350)}
 SPLIT_NAMES = ("train", "dev", "test", "heldout")
 PER_MODULE = 50  # at most this many questions about one module (os alone would give 130)
 
@@ -59,14 +59,25 @@ def _arith_item(rng: random.Random) -> dict:
     return {"prompt": f"Question: What is {a} {op} {b}?\nAnswer:", "answer": str(value)}
 
 
+def _arith_small_item(rng: random.Random) -> dict:
+    # the difficulty was set on dev for SmolLM2-135M-Instruct asked zero-shot through its chat template:
+    # arith's two-digit questions gave 4%, a two-digit number +/- a digit 16%, these 34% (between 20% and 80%,
+    # where a prompting strategy's gain or loss can show)
+    op = rng.choice("+-x")
+    a, b = rng.randint(0, 12 if op == "x" else 30), rng.randint(0, 9)
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    return {"prompt": f"Question: What is {a} {op} {b}?\nAnswer:", "answer": str(value)}
+
+
 def _sorting_item(rng: random.Random) -> dict:
     nums = tuple(rng.randint(0, 99) for _ in range(rng.randint(3, 7)))
     return {"prompt": f"Sort these numbers in ascending order: {' '.join(map(str, nums))}\nAnswer:",
             "answer": " ".join(map(str, sorted(nums)))}
 
 
-GENERATORS = {"arith": _arith_item, "sorting": _sorting_item}
-CAPACITY = {"arith": 100 * 100 * 2 + 100 * 21}  # distinct questions; sorting's space is vast
+GENERATORS = {"arith": _arith_item, "sorting": _sorting_item, "arith-small": _arith_small_item}
+# distinct questions; sorting's space is vast
+CAPACITY = {"arith": 100 * 100 * 2 + 100 * 21, "arith-small": 31 * 10 * 2 + 13 * 10}
 
 
 def _unique(draw, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[dict]:
@@ -84,6 +95,12 @@ def _unique(draw, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> l
 def arith(sizes=SPLIT_SIZES["arith"], seed=0) -> dict[str, list[dict]]:
     """Unique questions a op b with a, b in [0, 99] (x up to 20), split without overlap."""
     return _split("arith", _unique(_arith_item, sum(sizes), seed), sizes)
+
+
+def arith_small(sizes=SPLIT_SIZES["arith-small"], seed=3) -> dict[str, list[dict]]:
+    """Every question a +/- b with a in [0, 30], b in [0, 9] and a x b with a in [0, 12], b in [0, 9]
+    (750 in all), in a seeded order, split without overlap: test 350, dev 150, train 250."""
+    return _split("arith-small", _unique(_arith_small_item, sum(sizes), seed), sizes)
 
 
 def sorting(sizes=SPLIT_SIZES["sorting"], seed=1) -> dict[str, list[dict]]:
@@ -215,7 +232,7 @@ def stdlib_qa(seed=2) -> dict[str, list[dict]]:
 
 def main(tasks: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    builders = {"arith": arith, "sorting": sorting, "stdlib-qa": stdlib_qa}
+    builders = {"arith": arith, "arith-small": arith_small, "sorting": sorting, "stdlib-qa": stdlib_qa}
     unknown = sorted(set(tasks or ()) - set(builders))
     if unknown:
         raise SystemExit(f"not a generated task: {', '.join(unknown)} (generated: {', '.join(builders)})")

@@ -54,6 +54,8 @@ class TaskSpec:
 
 _SPECS = [
     TaskSpec("arith", "generation", "integer +, - and x of two numbers; exact match of the last number"),
+    TaskSpec("arith-small", "generation", "+ and - of a number up to 30 and a digit, x of a number up to 12 and a "
+             "digit (every such question, 750); for weak models: exact match of the last number"),
     TaskSpec("sorting", "generation", "sort 3-7 numbers ascending; exact match of the first line",
              extract="first_line"),
     TaskSpec("stdlib-qa", "multiple_choice",

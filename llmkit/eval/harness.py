@@ -23,14 +23,23 @@ class TaskResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def fewshot_prefix(pool: Sequence[Any], k: int, seed: int, avoid: str | None = None) -> str:
-    """`k` solved examples drawn from `pool` (a separate split) with a seeded RNG, one per block."""
+# what chain-of-thought prompting appends to a question (Kojima et al., 2022)
+COT_SUFFIX = " Let's think step by step."
+
+
+def fewshot_examples(pool: Sequence[Any], k: int, seed: int, avoid: str | None = None) -> list[Any]:
+    """`k` examples drawn from `pool` (a separate split) with an RNG seeded by `seed` and the
+    question's id `avoid` (never drawn itself): each question gets its own, reproducible shots."""
     if k <= 0 or not pool:
-        return ""
+        return []
     rng = random.Random(f"{seed}-{avoid}")
     candidates = [ex for ex in pool if getattr(ex, "id", None) != avoid]
-    shots = rng.sample(candidates, min(k, len(candidates)))
-    return "".join(f"{ex.prompt} {ex.answer}\n\n" for ex in shots)
+    return rng.sample(candidates, min(k, len(candidates)))
+
+
+def fewshot_prefix(pool: Sequence[Any], k: int, seed: int, avoid: str | None = None) -> str:
+    """`k` solved examples drawn from `pool` (see `fewshot_examples`), one per block."""
+    return "".join(f"{ex.prompt} {ex.answer}\n\n" for ex in fewshot_examples(pool, k, seed, avoid))
 
 
 def extract_answer(text: str, how: str = "last_number") -> str | None:
@@ -111,7 +120,7 @@ def _prompts(examples: Sequence[Any], pool: Sequence[Any], shots: int, seed: int
     for ex in examples:
         prompt = fewshot_prefix(pool, shots, seed, ex.id) + ex.prompt
         if chain_of_thought:
-            prompt += " Let's think step by step."
+            prompt += COT_SUFFIX
         prompts.append(chat_wrap(llm, prompt) if chat else prompt)
     return prompts
 

@@ -50,6 +50,7 @@ class EvalSettings:
     max_new_tokens: int | None = None
     chat: bool = False
     num_beams: int = 1
+    strategies: list[str] | None = None  # prompting strategies (llmkit prompt-eval): records are task/strategy
 
 
 @dataclass
@@ -92,7 +93,7 @@ class EvalRun:
         tasks = {name: TaskRecord(**{**rec, "ci": tuple(rec["ci"])}) for name, rec in obj["tasks"].items()}
         return cls(obj["model"], EvalSettings(**obj["settings"]), tasks, obj.get("created", ""))
 
-    def write(self, out: str | os.PathLike) -> Path:
+    def write(self, out: str | os.PathLike, notes: str = "") -> Path:
         """`results.json` (every sample, and under "charts" which metrics each chart draws),
         `report.md` (tables) and `charts/higher_is_better.png` / `charts/lower_is_better.png`, each
         only when some task has a metric of its kind; all atomic."""
@@ -108,7 +109,7 @@ class EvalRun:
             elif (out / "charts" / f"{kind}.png").is_file():
                 # a chart left by an earlier run into this folder would contradict this run's results
                 (out / "charts" / f"{kind}.png").unlink()
-        write_text_atomic(out / "report.md", format_report(self, files))
+        write_text_atomic(out / "report.md", format_report(self, files, notes=notes))
         return out
 
 
@@ -321,7 +322,7 @@ CHART_CAPTIONS = {
 }
 
 
-def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples: int = 3) -> str:
+def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples: int = 3, notes: str = "") -> str:
     """The run as markdown: settings, the summary table with chance levels, the charts written
     (`charts`: {"higher_is_better" | "lower_is_better": path relative to the report}) and a few
     samples per task."""
@@ -330,8 +331,9 @@ def format_report(run: EvalRun, charts: dict[str, Path] | None = None, examples:
              f"{run.created} · split `{s.split}` · {s.shots}-shot (seed {s.seed})"
              + (f" · first {s.limit} examples" if s.limit else "")
              + (" · chain of thought" if s.chain_of_thought else "")
-             + (f" · beam search ({s.num_beams} beams)" if s.num_beams > 1 else ""),
-             "", format_summary(run), "", CHANCE_NOTE, ""]
+             + (f" · beam search ({s.num_beams} beams)" if s.num_beams > 1 else "")
+             + (f" · strategies {', '.join(s.strategies)}" if s.strategies else ""),
+             "", format_summary(run), "", CHANCE_NOTE, ""] + ([notes, ""] if notes else [])
     for kind, path in (charts or {}).items():
         parts += [f"![{kind.replace('_', ' ')}]({Path(path).as_posix()})", "", CHART_CAPTIONS.get(kind, ""), ""]
     for name, rec in run.tasks.items():

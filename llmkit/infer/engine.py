@@ -358,12 +358,18 @@ class Engine:
         req.done.set()
 
     # --------------------------------------------------------------- use it
-    def generate(self, prompts: Sequence[str | Sequence[int]], gen: GenerationConfig | None = None,
-                 **kwargs: Any) -> list[Completion]:
+    def generate(self, prompts: Sequence[str | Sequence[int]],
+                 gen: GenerationConfig | Sequence[GenerationConfig] | None = None, **kwargs: Any) -> list[Completion]:
         """Run `prompts` through the engine in this thread (no background loop) and return their
-        completions in order."""
-        gen = GenerationConfig.from_kwargs(gen, **kwargs)
-        reqs = [self.submit(self.llm.tokenize(p) if isinstance(p, str) else list(p), gen) for p in prompts]
+        completions in order. `gen` may be one setting per prompt (e.g. a seed each, so that samples
+        of the same prompt differ)."""
+        if isinstance(gen, (list, tuple)):
+            if len(gen) != len(prompts):
+                raise ValueError(f"{len(gen)} generation settings for {len(prompts)} prompts: give one per prompt")
+            gens = [GenerationConfig.from_kwargs(g, **kwargs) for g in gen]
+        else:
+            gens = [GenerationConfig.from_kwargs(gen, **kwargs)] * len(prompts)
+        reqs = [self.submit(self.llm.tokenize(p) if isinstance(p, str) else list(p), g) for p, g in zip(prompts, gens)]
         while not all(r.done.is_set() for r in reqs):
             self.step()
         return [completion(r) for r in reqs]

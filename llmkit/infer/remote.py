@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -18,12 +19,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..models.sentence import check_texts
+from ..tokenizer.chat import estimate_chat_tokens
 from .generate import Timings
 from .llm import fit_history
 from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
 from .tool_calls import ChatReply, ToolCall, tool_mode, tool_specs
 from .tool_parse import ArgumentsDelta, CallStart, ContentDelta, Finish
+
+log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
 
@@ -247,9 +251,28 @@ class RemoteLLM(TokenScoring):
         return valid_settings(dict(card.get("generation_defaults") or {}), f"{self.base_url}'s model card")
 
     def chat_tokens(self, messages: Messages) -> int:
-        """The tokens of `messages`' contents through the server's tokenizer, plus a few per
-        message for the chat template's markers (the template itself stays on the server)."""
-        return sum(len(self.tokenize(str(m.get("content") or ""), add_special_tokens=False)) + 8 for m in messages)
+        """How many tokens `messages` take in the context, ready for the assistant's turn: exact from
+        a server that renders the chat template in ``/tokenize`` (llmkit serve and vLLM take
+        ``messages`` there); elsewhere `estimate_chat_tokens`, an upper bound (``chat_tokens_exact``
+        says which the last count was)."""
+        if getattr(self, "_tokenize_messages", True):
+            try:
+                out = self._tokenizer_call("/tokenize", {"messages": [_message(m) for m in messages],
+                                                         "add_generation_prompt": True})
+                self.chat_tokens_exact = True
+                return int(out["count"]) if "count" in out else len(out["tokens"])
+            except NotImplementedError:  # no /tokenize at all: no use asking again
+                self._tokenize_messages = False
+                log.info("%s has no /tokenize: chat token counts are upper-bound estimates", self.base_url)
+            except RequestRefused as e:
+                # a server whose /tokenize takes only `prompt` says so once and for all; any other refusal
+                # (a template that rejects these messages) is about this conversation only
+                if any(sign in str(e) for sign in ("unsupported field", "extra_forbidden", "Extra inputs")):
+                    self._tokenize_messages = False
+                log.info("%s does not count chat messages (%s): estimating an upper bound", self.base_url,
+                         str(e)[:200])
+        self.chat_tokens_exact = False
+        return estimate_chat_tokens(messages)
 
     def fit_history(self, messages: Messages, max_new_tokens: int) -> Messages:
         """Drop the oldest turns to leave room for `max_new_tokens`, when the server gives its

@@ -146,9 +146,16 @@ class EmbeddingRequest(_Strict):
 
 
 class TokenizeRequest(_Strict):
+    """vLLM's two forms: a `prompt`, or a conversation (`messages`) rendered with the chat template
+    as chat completions render it (`add_generation_prompt`: ready for the assistant's turn).
+    `add_special_tokens` defaults to True for a prompt and to False for messages (the template
+    writes them), as in vLLM."""
+
     model: str
-    prompt: str
-    add_special_tokens: bool = True
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = None
 
 
 class DetokenizeRequest(_Strict):

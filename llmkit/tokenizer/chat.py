@@ -203,12 +203,75 @@ def source_ids(tokenizer, messages: list[Mapping[str, Any]]) -> list[int]:
     return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
 
+def exchange_starts(messages: list[Mapping[str, Any]]) -> list[int]:
+    """Where the oldest turns of a conversation (no leading system message) may be cut: its start,
+    the start of each later exchange (a user message), and its last message alone. Cutting only
+    there drops whole user/assistant exchanges (a tool call and its result go with their exchange)."""
+    if not messages:
+        return [0]
+    last = len(messages) - 1
+    return sorted({0, last, *(i for i, m in enumerate(messages) if m.get("role") == "user" and i < last)})
+
+
+def first_fit(n: int, fits: Callable[[int], bool]) -> int | None:
+    """The smallest `i` in ``range(n)`` with ``fits(i)``, for a `fits` that, once true, stays true
+    (each candidate holds less than the one before); None when none fits. Tries 0 first (the
+    common case: everything fits, one call), then bisects: about log2(n) calls, not n - a count
+    may be an HTTP request to a server's tokenizer."""
+    if n <= 0:
+        return None
+    if fits(0):
+        return 0
+    lo, hi = 1, n - 1  # the answer, if any, is in [lo, hi]; fits(hi) is not known yet
+    if lo > hi or not fits(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def fit_history(messages: list[dict], budget: int, count: Callable[[list[dict]], int]) -> list[dict]:
-    """Drop the oldest turns (never a leading system message, never the last message) until
-    `count(messages)` (tokens) is at most `budget`. Shared by local and remote models, which count
-    differently."""
-    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    """Drop the oldest exchanges (never a leading system message, never the last message) until
+    `count(messages)` (tokens) is at most `budget`; when even the last message alone is over, it is
+    returned with the system message and the caller's model refuses it. Shared by local and
+    remote models, which count differently, and by `llmkit.apps.context.assemble` (the same cut
+    points, `exchange_starts`, and the same search, `first_fit`)."""
+    head = list(messages[:1]) if messages and messages[0].get("role") == "system" else []
     rest = list(messages[len(head):])
-    while len(rest) > 1 and count(head + rest) > budget:
-        rest = rest[2:] if len(rest) > 2 else rest[1:]  # one user/assistant exchange at a time
-    return head + rest
+    cuts = exchange_starts(rest)
+    at = first_fit(len(cuts), lambda i: count(head + rest[cuts[i]:]) <= budget)
+    return head + rest[cuts[-1 if at is None else at]:]
+
+
+# What an unknown chat template may add around the messages: a BOS token, a default system
+# preamble (Llama 3.1's dates: about 25 tokens) and the assistant's generation prompt.
+ESTIMATE_FRAME_TOKENS = 32
+# Per message: the template's start/end markers and separators around the role and content.
+ESTIMATE_MESSAGE_TOKENS = 8
+
+
+def estimate_chat_tokens(messages: list[Mapping[str, Any]]) -> int:
+    """An upper bound on the tokens `messages` take with a chat template this process cannot see
+    (a server without a tokenizer endpoint): one token per UTF-8 byte of each message's role,
+    content and tool calls, plus `ESTIMATE_MESSAGE_TOKENS` per message and
+    `ESTIMATE_FRAME_TOKENS` per conversation.
+
+    Why bytes: a byte-level BPE token (GPT-2, Llama 3, Qwen, Mistral's byte fallback) covers at
+    least one byte, so no text takes more tokens than it has bytes; anything tighter (bytes / 4 is
+    typical of English with a large vocabulary) under-counts digits, code, or a small vocabulary
+    (the test tokenizer needs 0.65 tokens a byte for English, 1.0 for digits). An over-count only
+    drops context early; an under-count sends a prompt the server refuses."""
+    total = ESTIMATE_FRAME_TOKENS
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):  # content parts
+            content = "".join(str(p.get("text") or "") if isinstance(p, Mapping) else str(p) for p in content)
+        text = str(m.get("role") or "") + str(content or "")
+        if m.get("tool_calls"):
+            text += json.dumps(_plain(m["tool_calls"]), ensure_ascii=False)
+        total += len(text.encode("utf-8", "surrogatepass")) + ESTIMATE_MESSAGE_TOKENS
+    return total

@@ -13,10 +13,10 @@ from llmkit.data import DataError, TaskExample, get_task, list_tasks, load_task,
 from llmkit.data import build_tasks
 from llmkit.eval.sandbox import run_code
 
-BUILTIN = ["arith", "sorting", "stdlib-qa", "sentiment", "perplexity", "code"]
+BUILTIN = ["arith", "arith-small", "sorting", "stdlib-qa", "sentiment", "perplexity", "code"]
 LOADERS = ["mmlu", "hellaswag", "arc-easy", "arc-challenge", "gsm8k", "corpus"]
 SPLITS = ("train", "dev", "test")
-SIZES = {"arith": [2000, 200, 200], "sorting": [1000, 100, 100], "stdlib-qa": [518, 90, 152],
+SIZES = {"arith": [2000, 200, 200], "arith-small": [250, 150, 350], "sorting": [1000, 100, 100], "stdlib-qa": [518, 90, 152],
          "sentiment": [210, 30, 60], "perplexity": [24, 8, 16], "code": [10, 5, 15]}
 
 
@@ -60,7 +60,8 @@ def fingerprint(name):
 
 def test_generated_tasks_regenerate_identically():
     """arith and sorting come from seeded generators: the shipped files are exactly what they make."""
-    for name, build in (("arith", build_tasks.arith), ("sorting", build_tasks.sorting)):
+    for name, build in (("arith", build_tasks.arith), ("sorting", build_tasks.sorting),
+                        ("arith-small", build_tasks.arith_small)):
         made = build()
         assert sorted(made) == sorted(task_splits(name))  # arith also ships heldout
         for split in task_splits(name):
@@ -99,7 +100,7 @@ def test_shipped_splits_do_not_drift():
     """A change to any built-in task (a regenerated stdlib-qa, an edited review) must be deliberate:
     update these fingerprints in the same commit."""
     assert {name: fingerprint(name) for name in BUILTIN} == {
-        "arith": "4233b768c570caf1", "sorting": "6e6c78be23c683d4", "stdlib-qa": "2fd7f3f05f67014f",
+        "arith": "4233b768c570caf1", "arith-small": "dab2739983fe6cef", "sorting": "6e6c78be23c683d4", "stdlib-qa": "2fd7f3f05f67014f",
         "sentiment": "82c6016f433c1dfc", "perplexity": "5f25471d0dc50f04", "code": "46283cd4de035267"}
 
 
@@ -110,6 +111,12 @@ def test_arith_and_sorting_answers_are_right():
         assert int(ex.answer) == {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b)}[op], ex.id
         ops[op] += 1
     assert min(ops.values()) > 500  # all three operations are well represented
+    small = {ex.prompt: ex.answer for ex in all_examples("arith-small")}
+    assert len(small) == 31 * 10 * 2 + 13 * 10  # every question of its kind, each once
+    for prompt, answer in small.items():
+        a, op, b = re.fullmatch(r"Question: What is (\d+) ([-+x]) (\d+)\?\nAnswer:", prompt).groups()
+        assert int(answer) == {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b)}[op], prompt
+        assert int(b) <= 9 and int(a) <= (12 if op == "x" else 30)
     for ex in all_examples("sorting"):
         nums = re.fullmatch(r"Sort these numbers in ascending order: ([\d ]+)\nAnswer:", ex.prompt).group(1).split()
         assert 3 <= len(nums) <= 7
@@ -184,11 +191,11 @@ def test_code_reference_solutions_pass_and_wrong_ones_fail():
 
 def test_registry_and_errors():
     assert list_tasks() == BUILTIN + LOADERS
-    assert [get_task(n).needs_data_dir for n in list_tasks()] == [False] * 6 + [True] * 6
+    assert [get_task(n).needs_data_dir for n in list_tasks()] == [False] * 7 + [True] * 6
     assert get_task("code").kind == "code" and get_task("code").max_new_tokens == 128
     assert get_task("sorting").extract == "first_line" and get_task("gsm8k").max_new_tokens == 256
     assert get_task("mmlu").fewshot_split == "train"
-    with pytest.raises(DataError, match="unknown task 'sentimnet': known tasks are arith, sorting, .*, gsm8k, corpus$"):
+    with pytest.raises(DataError, match="unknown task 'sentimnet': known tasks are arith, arith-small, sorting, .*, gsm8k, corpus$"):
         get_task("sentimnet")
     with pytest.raises(DataError, match="unknown task 'nope'"):
         load_task("nope")

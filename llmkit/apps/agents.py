@@ -1,0 +1,267 @@
+"""ReAct agents: a model thinks, calls a tool, reads what came back, and repeats until it answers.
+
+    from llmkit.apps import ReActAgent, builtin_tools
+
+    agent = ReActAgent(llm, builtin_tools("calculator,datetime"), trace="runs/agent/trace.jsonl")
+    result = agent.run("How many days are there between 2024-02-03 and 2024-11-23?")
+    result.status, result.answer    # "answered", "294 days"
+
+Two ways to call tools, one loop:
+
+- ``mode="text"`` (Yao et al., 2022): the model writes ``Thought:``, ``Action:``, ``Action Input:``
+  and is stopped before ``Observation:``, which the agent writes (`llmkit.apps.react_format`);
+  works with any chat model, local or remote.
+- ``mode="native"``: the model's own function calling (``llm.chat(messages, tools=...)``): a reply
+  with a tool call runs it and sends a ``tool`` message back; a reply with text and no call is the
+  answer.
+
+A run ends with a `status`: "answered", "step_limit" (`max_steps` steps without an answer),
+"token_budget" (the next step could pass `max_tokens`, counted over every step's prompt and
+completion with the model's tokenizer), "loop" (the same action with the same input `loop_after`
+times in a row: at temperature 0 it would never end) or "model_error" (the model failed, e.g. its
+server is down). `run` never raises for what the model or a tool does: a failing tool's error is
+the next observation, and a reply that does not parse gets the format back as its observation.
+Every step is a ``step`` event for `callbacks` (`llmkit.apps.callbacks`); ``trace=`` writes the
+events to a JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from ..infer.tool_calls import call_text, tool_specs
+from .callbacks import Callbacks, JsonlTrace, chat_call, tool_call
+from .react_format import (FORMAT_REMINDER, STOP, Step, action_arguments, find_tool, native_transcript,
+                           parse_react, react_transcript)
+from .tools import Tool
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("answered", "step_limit", "token_budget", "loop", "model_error")
+MESSAGE_OVERHEAD = 4  # tokens a chat template adds around each message's content (role markers)
+NATIVE_REMINDER = "Call one of the tools, or answer the question in plain text."
+
+
+@dataclass
+class AgentResult:
+    """How a run ended: the `answer` (None unless `status` is "answered"), the `steps` (the last one
+    holds the answer when there is one), the tokens used (prompt and completion, every step) and
+    the seconds taken; `error` explains any status but "answered"."""
+
+    question: str
+    answer: str | None
+    status: str
+    steps: list[Step] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "answered"
+
+
+class _Budget:
+    """Counts tokens with the model's tokenizer (`llm.tokenize`) where it has one, else estimates
+    4 characters a token; each distinct text is tokenised once (a remote tokenizer is an HTTP call)."""
+
+    def __init__(self, llm: Any, limit: int | None):
+        self.llm, self.limit, self.used = llm, limit, 0
+        self._cache: dict[str, int] = {}
+        self._exact = callable(getattr(llm, "tokenize", None))
+
+    def text(self, text: str) -> int:
+        if not text:
+            return 0
+        if text not in self._cache:
+            n = None
+            if self._exact:
+                try:
+                    n = len(self.llm.tokenize(text, add_special_tokens=False))
+                except (NotImplementedError, AttributeError, TypeError):  # no tokenizer after all: estimate
+                    self._exact = False
+            self._cache[text] = n if n is not None else max(1, len(text) // 4)
+        return self._cache[text]
+
+    def messages(self, messages: Sequence[dict[str, Any]], extra: str = "") -> int:
+        total = self.text(extra)
+        for m in messages:
+            total += MESSAGE_OVERHEAD + self.text(str(m.get("content") or ""))
+            for call in m.get("tool_calls") or []:
+                total += self.text(call_text(call["function"]["name"], call["function"]["arguments"]))
+        return total
+
+    def room(self, prompt: int) -> int | None:
+        """How many new tokens the next step may make after a prompt of `prompt` tokens; None without a limit."""
+        return None if self.limit is None else self.limit - self.used - prompt
+
+
+class _Stop(Exception):
+    """Ends a run early with a status and its explanation."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ReActAgent:
+    """An agent that answers a question with `tools` (`llmkit.apps.Tool`s) over any `LLM`.
+
+    `mode` is "text" (the ReAct format, any chat model) or "native" (the model's function calling).
+    Each step generates at most `max_new_tokens` at `temperature`; a run takes at most `max_steps`
+    steps and `max_tokens` tokens in all (None: no budget). `tool_choice` (native mode) is OpenAI's:
+    "required" or a named function apply until the model has made its first call (it must call
+    before it answers), then "auto". `system` replaces the instructions at the top of the system
+    message (text mode) or is the system message (native). `callbacks` are callables taking an
+    `Event`; `trace` a path to which each run appends its events as JSON lines."""
+
+    def __init__(self, llm: Any, tools: Sequence[Tool], mode: str = "text", max_steps: int = 8,
+                 max_tokens: int | None = 32_000, max_new_tokens: int = 256, temperature: float = 0.0,
+                 system: str | None = None, callbacks: Iterable[Callable] | Callbacks | None = None,
+                 trace: str | os.PathLike | None = None, tool_choice: Any = "auto", loop_after: int = 2):
+        if mode not in ("text", "native"):
+            raise ValueError(f"mode={mode!r} must be 'text' (the ReAct format) or 'native' (function calling)")
+        for name, value, low in (("max_steps", max_steps, 1), ("max_new_tokens", max_new_tokens, 1),
+                                 ("loop_after", loop_after, 2)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens} must be positive, or None for no token budget")
+        self.tools = list(tools)
+        if not all(isinstance(t, Tool) for t in self.tools):
+            raise TypeError("tools must be llmkit.apps.Tool objects (Tool.from_function(f), or builtin_tools(...))")
+        self.llm, self.mode, self.max_steps, self.max_tokens = llm, mode, max_steps, max_tokens
+        self.max_new_tokens, self.temperature, self.system = max_new_tokens, temperature, system
+        self.callbacks = Callbacks(callbacks)
+        self.trace, self.tool_choice, self.loop_after = trace, tool_choice, loop_after
+        # the tool descriptions a template adds to every native prompt, counted against the budget
+        self._spec_text = "\n".join(json.dumps(s, ensure_ascii=False) for s in tool_specs(self.tools))
+
+    # ------------------------------------------------------------------ public
+    def messages(self, question: str, steps: Sequence[Step] = ()) -> list[dict[str, Any]]:
+        """The prompt of the next step after `steps` (the transcript the model is given)."""
+        if self.mode == "text":
+            return react_transcript(question, steps, tools=self.tools, system=self.system)
+        return native_transcript(question, steps, system=self.system)
+
+    def run(self, question: str) -> AgentResult:
+        """Answer `question`; never raises for what the model or the tools do (see `AgentResult`)."""
+        trace = JsonlTrace(self.trace) if self.trace is not None else None
+        callbacks = Callbacks(self.callbacks.callbacks + ([trace] if trace else []))
+        start, steps = time.perf_counter(), []
+        budget = _Budget(self.llm, self.max_tokens)
+        status, answer, error = "step_limit", None, None
+        try:
+            for index in range(self.max_steps):
+                step = self._step(question, steps, budget, callbacks)
+                steps.append(step)
+                looping = self._loop(steps)
+                if step.action is not None and step.observation is None and not looping:
+                    step.observation = self._run_tool(step, callbacks)
+                callbacks.emit("step", f"react-{self.mode}", index=index, **step.to_json())
+                if looping:
+                    raise _Stop("loop", looping)
+                if step.answer is not None:
+                    status, answer = "answered", step.answer
+                    break
+            else:
+                error = (f"no final answer after {self.max_steps} steps (max_steps={self.max_steps}): raise "
+                         "max_steps, or ask a simpler question")
+        except _Stop as stop:
+            status, error = stop.status, str(stop)
+        except Exception as e:  # a model that fails (a server down, a prompt too long) ends the run, not the caller
+            log.warning("the model failed at step %d: %s: %s", len(steps) + 1, type(e).__name__, e)
+            status, error = "model_error", f"the model failed at step {len(steps) + 1}: {type(e).__name__}: {e}"
+        finally:
+            if trace:
+                trace.close()
+        if status != "answered":
+            log.info("agent run ended: %s: %s", status, error)
+        return AgentResult(question, answer, status, steps, budget.used, round(time.perf_counter() - start, 4), error)
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, question: str, steps: list[Step], budget: _Budget, callbacks: Callbacks) -> Step:
+        messages = self.messages(question, steps)
+        native = self.mode == "native"
+        prompt = budget.messages(messages, self._spec_text if native else "")
+        room = budget.room(prompt)
+        if room is not None and room < min(self.max_new_tokens, 16):  # too little left for a useful reply
+            raise _Stop("token_budget", f"the next step needs {prompt} prompt tokens and room to answer, but only "
+                                        f"{self.max_tokens - budget.used} of max_tokens={self.max_tokens} are left "
+                                        f"({budget.used} used in {len(steps)} steps): raise max_tokens")
+        max_new = self.max_new_tokens if room is None else min(self.max_new_tokens, room)
+        options = {"max_new_tokens": max_new, "temperature": self.temperature}
+        if native:
+            called = any(s.action is not None for s in steps)
+            reply = chat_call(self.llm, messages, callbacks, tools=self.tools, parallel_tool_calls=False,
+                              tool_choice=self.tool_choice if not called else "auto", **options)
+            step, completion = self._native_step(reply, budget)
+        else:
+            reply = chat_call(self.llm, messages, callbacks, stop=list(STOP), **options)
+            text = (reply if isinstance(reply, str) else getattr(reply, "content", None) or "").strip()
+            step, completion = self._text_step(text), budget.text(text)
+        step.tokens = prompt + completion
+        budget.used += step.tokens
+        return step
+
+    def _text_step(self, text: str) -> Step:
+        parsed = parse_react(text)
+        names = ", ".join(t.name for t in self.tools)
+        if parsed.answer is not None:
+            return Step(parsed.thought, answer=parsed.answer, text=text)
+        if parsed.error is not None:
+            return Step(parsed.thought, parsed.action, None, f"{FORMAT_REMINDER.format(names=names)}\n"
+                        f"({parsed.error})", text=text)
+        tool = find_tool(self.tools, parsed.action or "")
+        if tool is None:
+            return Step(parsed.thought, parsed.action, parsed.action_input, self._no_tool(parsed.action), text=text)
+        return Step(parsed.thought, tool.name, action_arguments(tool, parsed.action_input or ""), text=text)
+
+    def _native_step(self, reply: Any, budget: _Budget) -> tuple[Step, int]:
+        if isinstance(reply, str):  # a model without tools support answered in text
+            return Step(answer=reply.strip(), text=reply), budget.text(reply)
+        content = (reply.content or "").strip()
+        calls = list(reply.tool_calls or [])
+        completion = budget.text(reply.content or "") + sum(budget.text(call_text(c.name, c.arguments)) for c in calls)
+        if not calls:
+            if content:
+                return Step(answer=content, text=reply.content), completion
+            return Step(text="", observation=NATIVE_REMINDER), completion
+        if len(calls) > 1:  # one call a step, so a step is one (action, observation) pair
+            log.warning("the model made %d tool calls in one reply; only the first (%s) is run",
+                        len(calls), calls[0].name)
+        call = calls[0]
+        try:
+            arguments: Any = json.loads(call.arguments)
+        except json.JSONDecodeError:
+            arguments = call.arguments
+        return Step(content, call.name, arguments), completion
+
+    def _run_tool(self, step: Step, callbacks: Callbacks) -> str:
+        tool = find_tool(self.tools, step.action or "")
+        if tool is None:
+            return self._no_tool(step.action)
+        step.action = tool.name
+        observation, _ = tool_call(tool, step.action_input if step.action_input is not None else {}, callbacks)
+        return observation
+
+    def _no_tool(self, name: str | None) -> str:
+        return f"error: there is no tool named {name!r}: the tools are {', '.join(t.name for t in self.tools)}"
+
+    def _loop(self, steps: list[Step]) -> str | None:
+        """Why to stop when the last `loop_after` steps made the same call (at temperature 0 the same
+        prompt would follow forever; the repeated call is not run again); None otherwise."""
+        recent = steps[-self.loop_after:]
+        if len(recent) < self.loop_after or any(s.action is None for s in recent):
+            return None
+        if len({(s.action, json.dumps(s.action_input, sort_keys=True)) for s in recent}) > 1:
+            return None
+        step = recent[-1]
+        return (f"the model made the same call {self.loop_after} times in a row: {step.action}"
+                f"({json.dumps(step.action_input, ensure_ascii=False)}); stopped (raise loop_after, or sample "
+                "with a temperature above 0)")
