@@ -3,7 +3,10 @@ call, prompting strategies, agents (ReAct, PAL), chains, conversation memory and
 assembler, and next retrieval and production guards. It may import every room below it (`infer`'s
 `LLM` protocol, `eval`'s harness and sandbox)."""
 
+from .agent_strategies import PALStrategy, ReActStrategy
+from .agent_traces import TraceError, agent_traces, check_pal, write_traces
 from .agents import AgentResult, ReActAgent
+from .batching import Reply, complete_chats
 from .callbacks import Callbacks, Event, JsonlTrace, Recorder, read_trace
 from .chains import Chain, ChainResult, ParseError
 from .chains import Step as ChainStep
@@ -28,7 +31,9 @@ __all__ = ["AgentResult", "Answer", "Assembled", "BufferMemory", "Callbacks", "C
            "PromptError", "ReActAgent", "Recorder", "STRATEGIES", "Shot", "Strategy", "SummaryMemory", "WindowMemory",
            "assemble", "chain_of_thought", "count_tokens", "extract_program", "few_shot", "least_to_most",
            "native_transcript", "pal", "pal_batch", "pal_messages", "parse_react", "prompt_eval", "react_transcript",
-           "read_trace", "render_step", "self_consistency", "write_prompt_eval", "zero_shot",
+           "read_trace", "render_step", "self_consistency", "write_prompt_eval", "zero_shot", "TraceError", "agent_traces",
+           "check_pal", "write_traces",
+           "PALStrategy", "ReActStrategy", "Reply", "complete_chats",
            "BUILTIN_TOOLS", "CalculatorError", "DocsSearchError", "Hit", "JSONAttempt", "JSONCase", "JSONResult",
            "JSONSchemaError", "JSONSuiteReport", "KeywordIndex", "StructuredOutputError", "Tool", "ToolArgumentError",
            "ToolError", "builtin_tools", "calculate", "generate_json", "generate_json_with_info", "load_json_suite",

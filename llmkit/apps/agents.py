@@ -17,12 +17,16 @@ Two ways to call tools, one loop:
 
 A run ends with a `status`: "answered", "step_limit" (`max_steps` steps without an answer),
 "token_budget" (the next step could pass `max_tokens`, counted over every step's prompt and
-completion with the model's tokenizer), "loop" (the same action with the same input `loop_after`
-times in a row: at temperature 0 it would never end) or "model_error" (the model failed, e.g. its
+completion with the model's tokenizer), "loop" (the same action with the same input, or the same
+reply without an action, `loop_after` times in a row: at temperature 0 it would never end) or "model_error" (the model failed, e.g. its
 server is down). `run` never raises for what the model or a tool does: a failing tool's error is
 the next observation, and a reply that does not parse gets the format back as its observation.
 Every step is a ``step`` event for `callbacks` (`llmkit.apps.callbacks`); ``trace=`` writes the
 events to a JSONL file.
+
+`run_all(questions)` answers many questions with the same rules; in text mode they advance in
+lockstep, each round's prompts decoded together by a local model's inference engine
+(`llmkit.apps.batching.complete_chats`). `run(q)` is `run_all([q])[0]`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ..infer.tool_calls import call_text, tool_specs
+from .batching import Reply, complete_chats
 from .callbacks import Callbacks, JsonlTrace, chat_call, tool_call
 from .react_format import (FORMAT_REMINDER, STOP, Step, action_arguments, find_tool, native_transcript,
                            parse_react, react_transcript)
@@ -50,8 +55,9 @@ NATIVE_REMINDER = "Call one of the tools, or answer the question in plain text."
 @dataclass
 class AgentResult:
     """How a run ended: the `answer` (None unless `status` is "answered"), the `steps` (the last one
-    holds the answer when there is one), the tokens used (prompt and completion, every step) and
-    the seconds taken; `error` explains any status but "answered"."""
+    holds the answer when there is one), the tokens used (prompt and completion, every step; the
+    completion's share in `completion_tokens`) and the seconds taken; `error` explains any status
+    but "answered"."""
 
     question: str
     answer: str | None
@@ -60,6 +66,7 @@ class AgentResult:
     tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    completion_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -109,6 +116,49 @@ class _Stop(Exception):
         self.status = status
 
 
+@dataclass
+class _Ask:
+    """One step's request: the prompt, its token count, and the new tokens it may make."""
+
+    messages: list[dict[str, Any]]
+    prompt: int
+    max_new: int
+
+
+@dataclass
+class _Run:
+    """One question's run in progress: its steps, its budget and callbacks, and how it ended
+    (`status` None while it goes on)."""
+
+    question: str
+    callbacks: Callbacks
+    budget: _Budget
+    steps: list[Step] = field(default_factory=list)
+    status: str | None = None
+    answer: str | None = None
+    error: str | None = None
+    start: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    completion: int = 0  # of budget.used, the tokens the model generated
+
+    def end(self, status: str, answer: str | None, error: str | None) -> None:
+        self.status, self.answer, self.error = status, answer, error
+        self.seconds = time.perf_counter() - self.start
+
+    def fail(self, step: int, error: str) -> None:
+        log.warning("the model failed at step %d: %s", step + 1, error)
+        self.end("model_error", None, f"the model failed at step {step + 1}: {error}")
+
+    def result(self, max_steps: int) -> AgentResult:
+        if self.status is None:
+            self.end("step_limit", None, f"no final answer after {max_steps} steps (max_steps={max_steps}): raise "
+                                         "max_steps, or ask a simpler question")
+        if self.status != "answered":
+            log.info("agent run ended: %s: %s", self.status, self.error)
+        return AgentResult(self.question, self.answer, self.status, self.steps, self.budget.used,
+                           round(self.seconds, 4), self.error, self.completion)
+
+
 class ReActAgent:
     """An agent that answers a question with `tools` (`llmkit.apps.Tool`s) over any `LLM`.
 
@@ -151,63 +201,116 @@ class ReActAgent:
 
     def run(self, question: str) -> AgentResult:
         """Answer `question`; never raises for what the model or the tools do (see `AgentResult`)."""
+        return self.run_all([question])[0]
+
+    def run_all(self, questions: Sequence[str], batch_size: int = 16, progress: bool = False) -> list[AgentResult]:
+        """Answer every question, in order, each a separate run (its own run id in the events, its
+        own limits) with exactly `run`'s rules. Text mode advances the questions in lockstep: each
+        round, every unfinished question's next prompt goes into one `complete_chats` call, so a
+        local model decodes them together through the inference engine (`batch_size` at a time)
+        and a server is asked one by one. Native mode runs the questions one after the other:
+        batching the tool-call grammar is not supported."""
         trace = JsonlTrace(self.trace) if self.trace is not None else None
-        callbacks = Callbacks(self.callbacks.callbacks + ([trace] if trace else []))
-        start, steps = time.perf_counter(), []
-        budget = _Budget(self.llm, self.max_tokens)
-        status, answer, error = "step_limit", None, None
+        observers = self.callbacks.callbacks + ([trace] if trace else [])
+        runs = [_Run(q, Callbacks(observers), _Budget(self.llm, self.max_tokens)) for q in questions]
         try:
-            for index in range(self.max_steps):
-                step = self._step(question, steps, budget, callbacks)
-                steps.append(step)
-                looping = self._loop(steps)
-                if step.action is not None and step.observation is None and not looping:
-                    step.observation = self._run_tool(step, callbacks)
-                callbacks.emit("step", f"react-{self.mode}", index=index, **step.to_json())
-                if looping:
-                    raise _Stop("loop", looping)
-                if step.answer is not None:
-                    status, answer = "answered", step.answer
-                    break
+            if self.mode == "text":
+                self._lockstep(runs, batch_size, progress)
             else:
-                error = (f"no final answer after {self.max_steps} steps (max_steps={self.max_steps}): raise "
-                         "max_steps, or ask a simpler question")
-        except _Stop as stop:
-            status, error = stop.status, str(stop)
-        except Exception as e:  # a model that fails (a server down, a prompt too long) ends the run, not the caller
-            log.warning("the model failed at step %d: %s: %s", len(steps) + 1, type(e).__name__, e)
-            status, error = "model_error", f"the model failed at step {len(steps) + 1}: {type(e).__name__}: {e}"
+                for run in runs:
+                    self._alone(run)
         finally:
             if trace:
                 trace.close()
-        if status != "answered":
-            log.info("agent run ended: %s: %s", status, error)
-        return AgentResult(question, answer, status, steps, budget.used, round(time.perf_counter() - start, 4), error)
+        return [run.result(self.max_steps) for run in runs]
+
+    # ------------------------------------------------------------------ the loops
+    def _lockstep(self, runs: list[_Run], batch_size: int, progress: bool) -> None:
+        for index in range(self.max_steps):
+            asks = []
+            for run in (r for r in runs if r.status is None):
+                ask = self._guard(run, lambda: self._prompt(run))
+                if ask is not None:
+                    asks.append((run, ask))
+            if not asks:
+                return
+            replies = complete_chats(self.llm, [a.messages for _, a in asks],
+                                     gens=[{"max_new_tokens": a.max_new} for _, a in asks], batch_size=batch_size,
+                                     callbacks=[r.callbacks for r, _ in asks], progress=progress,
+                                     desc=f"react step {index + 1}", errors="return", stop=list(STOP),
+                                     temperature=self.temperature)
+            for (run, ask), reply in zip(asks, replies):
+                if reply.error is not None:  # as `run` would have seen it: the model call raised
+                    run.fail(len(run.steps), reply.error)
+                    continue
+                self._guard(run, lambda: self._advance(run, self._text_reply(reply, ask, run)))
+
+    def _alone(self, run: _Run) -> None:
+        while run.status is None and len(run.steps) < self.max_steps:
+            self._guard(run, lambda: self._advance(run, self._native_call(run, self._prompt(run))))
+
+    def _guard(self, run: _Run, work: Callable[[], Any]) -> Any:
+        """`work()` for one question; what ends its run (a `_Stop`, a model that failed) ends that
+        question only, and None is returned."""
+        try:
+            return work()
+        except _Stop as stop:
+            run.end(stop.status, None, str(stop))
+        except Exception as e:  # a model that fails (a server down, a prompt too long) ends the run, not the caller
+            run.fail(len(run.steps), f"{type(e).__name__}: {e}")
+            # the trace says why the run ended, also when it failed before any model call (counting the
+            # prompt's tokens through a server that is down)
+            run.callbacks.emit("error", f"react-{self.mode}", where="agent", error=run.error)
+        return None
 
     # ------------------------------------------------------------------ one step
-    def _step(self, question: str, steps: list[Step], budget: _Budget, callbacks: Callbacks) -> Step:
-        messages = self.messages(question, steps)
-        native = self.mode == "native"
-        prompt = budget.messages(messages, self._spec_text if native else "")
+    def _prompt(self, run: _Run) -> _Ask:
+        """The next step's prompt, its token count and how many new tokens it may make; raises
+        `_Stop` when the token budget leaves no room for a useful reply."""
+        budget, steps = run.budget, run.steps
+        messages = self.messages(run.question, steps)
+        prompt = budget.messages(messages, self._spec_text if self.mode == "native" else "")
         room = budget.room(prompt)
         if room is not None and room < min(self.max_new_tokens, 16):  # too little left for a useful reply
             raise _Stop("token_budget", f"the next step needs {prompt} prompt tokens and room to answer, but only "
                                         f"{self.max_tokens - budget.used} of max_tokens={self.max_tokens} are left "
                                         f"({budget.used} used in {len(steps)} steps): raise max_tokens")
-        max_new = self.max_new_tokens if room is None else min(self.max_new_tokens, room)
-        options = {"max_new_tokens": max_new, "temperature": self.temperature}
-        if native:
-            called = any(s.action is not None for s in steps)
-            reply = chat_call(self.llm, messages, callbacks, tools=self.tools, parallel_tool_calls=False,
-                              tool_choice=self.tool_choice if not called else "auto", **options)
-            step, completion = self._native_step(reply, budget)
-        else:
-            reply = chat_call(self.llm, messages, callbacks, stop=list(STOP), **options)
-            text = (reply if isinstance(reply, str) else getattr(reply, "content", None) or "").strip()
-            step, completion = self._text_step(text), budget.text(text)
+        return _Ask(messages, prompt, self.max_new_tokens if room is None else min(self.max_new_tokens, room))
+
+    def _text_reply(self, reply: Reply, ask: _Ask, run: _Run) -> Step:
+        text = reply.text.strip()
+        step = self._text_step(text)
+        # the model's own counts where it gives them (the engine's, a server's usage): exact, as every other
+        # strategy's tokens are; the estimate only for a model that does not count
+        prompt = ask.prompt if reply.prompt_tokens is None else reply.prompt_tokens
+        completion = run.budget.text(text) if reply.completion_tokens is None else reply.completion_tokens
         step.tokens = prompt + completion
-        budget.used += step.tokens
+        run.budget.used += step.tokens
+        run.completion += completion
         return step
+
+    def _native_call(self, run: _Run, ask: _Ask) -> Step:
+        called = any(s.action is not None for s in run.steps)
+        reply = chat_call(self.llm, ask.messages, run.callbacks, tools=self.tools, parallel_tool_calls=False,
+                          tool_choice=self.tool_choice if not called else "auto", max_new_tokens=ask.max_new,
+                          temperature=self.temperature)
+        step, completion = self._native_step(reply, run.budget)
+        step.tokens = ask.prompt + completion
+        run.budget.used += step.tokens
+        run.completion += completion
+        return step
+
+    def _advance(self, run: _Run, step: Step) -> None:
+        """Take `step` into the run: stop a loop, run the tool, emit the step, note an answer."""
+        run.steps.append(step)
+        looping = self._loop(run.steps)
+        if step.action is not None and step.observation is None and not looping:
+            step.observation = self._run_tool(step, run.callbacks)
+        run.callbacks.emit("step", f"react-{self.mode}", index=len(run.steps) - 1, **step.to_json())
+        if looping:
+            raise _Stop("loop", looping)
+        if step.answer is not None:
+            run.end("answered", step.answer, None)
 
     def _text_step(self, text: str) -> Step:
         parsed = parse_react(text)
@@ -257,7 +360,14 @@ class ReActAgent:
         """Why to stop when the last `loop_after` steps made the same call (at temperature 0 the same
         prompt would follow forever; the repeated call is not run again); None otherwise."""
         recent = steps[-self.loop_after:]
-        if len(recent) < self.loop_after or any(s.action is None for s in recent):
+        if len(recent) < self.loop_after or any(s.answer is not None for s in recent):
+            return None
+        if all(s.action is None for s in recent):  # the same reply that is no action, again and again
+            if len({(s.text or "").strip() for s in recent}) > 1:
+                return None
+            return (f"the model wrote the same reply without an action {self.loop_after} times in a row; stopped "
+                    "(it does not follow the format: a model tuned on agent traces does)")
+        if any(s.action is None for s in recent):
             return None
         if len({(s.action, json.dumps(s.action_input, sort_keys=True)) for s in recent}) > 1:
             return None

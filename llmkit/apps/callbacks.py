@@ -121,7 +121,12 @@ class Recorder:
 
 
 def model_name(llm: Any) -> str:
-    return str(getattr(llm, "name", None) or type(llm).__name__)
+    """The model's name for events; its class name where it has none, or where asking fails (a
+    server's name comes from its /models list, and an event about a server that is down must not raise)."""
+    try:
+        return str(getattr(llm, "name", None) or type(llm).__name__)
+    except Exception:
+        return type(llm).__name__
 
 
 def chat_call(llm: Any, messages: Sequence[dict[str, Any]], callbacks: Callbacks, **kwargs: Any) -> Any:

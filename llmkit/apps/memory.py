@@ -122,7 +122,12 @@ class WindowMemory(Memory):
         self.max_tokens = max_tokens
 
     def budget(self, llm: Any, max_new_tokens: int) -> int:
-        return min(self.max_tokens, default_budget(llm, max_new_tokens))
+        """`max_tokens`, or less where the model's context (less `max_new_tokens`) is smaller; a
+        model that does not say its window (a server without max_model_len) gets `max_tokens`."""
+        try:
+            return min(self.max_tokens, default_budget(llm, max_new_tokens))
+        except ValueError:  # the window is unknown: the memory's own budget is the only one there is
+            return self.max_tokens
 
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "max_tokens": self.max_tokens}

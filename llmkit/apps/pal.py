@@ -11,9 +11,10 @@ status says how it went: "answered", "no_program" (nothing that looks like code)
 "error" (it raised; `error` holds the traceback's end), "timeout", "memory", "no_output" (it
 printed nothing), "no_answer" (the `extract` rule found nothing in the output) or "model_error".
 
-`pal_batch` asks many questions with one batched `generate` call where the model is local (the
-chat-rendered prompts, each ending in the opening fence so that the model starts with code) and
-one chat call per question through a server.
+`pal_batch` asks many questions through `llmkit.apps.batching.complete_chats`: a local model
+decodes them together in the inference engine, each assistant turn prefilled with the opening
+fence (so that even a weak model starts with code) and stopped at the closing one; a server is
+asked one question at a time, without the prefill (its reply is read as it comes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..eval.harness import extract_answer
 from ..eval.sandbox import run_code
-from .callbacks import Callbacks, chat_call, model_name
+from .batching import Reply, complete_chats, engine_capable
+from .callbacks import Callbacks
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,9 @@ PAL_EXAMPLES: list[tuple[str, str]] = [
 @dataclass
 class PALResult:
     """One question's outcome: the `answer` (None unless `status` is "answered"), the `program` run,
-    what it printed (`output`), the model's reply as written (`text`), and `error` for any other status."""
+    what it printed (`output`), the model's reply as written (`text`), and `error` for any other
+    status. Through `pal_batch` the tokens are the model call's (as the model counts them: 0 where it
+    does not) and `seconds` its share of the batch's time plus the program's."""
 
     question: str
     answer: str | None
@@ -63,6 +67,8 @@ class PALResult:
     text: str = ""
     error: str | None = None
     seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -144,29 +150,36 @@ def pal(llm: Any, question: str, timeout: float = 10.0, callbacks: Iterable[Call
 def pal_batch(llm: Any, questions: Sequence[str], timeout: float = 10.0,
               callbacks: Iterable[Callable] | Callbacks | None = None, max_new_tokens: int = 384,
               temperature: float = 0.0, memory_mb: int = 512, extract: str = "last_line", system: str | None = None,
-              workers: int = 4) -> list[PALResult]:
-    """`pal` for many questions, in order: one batched `llm.generate` call when the model has a chat
-    template here (`llm.tokenizer`), else one chat call per question; then the programs run in the
-    sandbox, `workers` at a time. Events: a ``model`` event per question (or one per batch), a
-    ``tool`` event ("sandbox") and a ``step`` event ("pal") per question."""
+              workers: int = 4, batch_size: int = 16, progress: bool = False) -> list[PALResult]:
+    """`pal` for many questions, in order: the programs are written through `complete_chats`
+    (see the module docstring; `batch_size` requests decode together), then run in the sandbox,
+    `workers` at a time. A question whose model call fails is "model_error"; the others go on.
+    Events: a ``model`` event per question, a ``tool`` event ("sandbox") and a ``step`` event
+    ("pal") per question."""
     cb = Callbacks(callbacks)
     start = time.perf_counter()
-    try:
-        texts = _generate(llm, list(questions), cb, max_new_tokens, temperature, system)
-    except Exception as e:  # the model failed (a server down): every question says so
-        log.warning("PAL: the model failed: %s: %s", type(e).__name__, e)
-        error = f"the model failed: {type(e).__name__}: {e}"
-        return [PALResult(q, None, "", "", "model_error", error=error) for q in questions]
+    texts, replies = _generate(llm, list(questions), cb, max_new_tokens, temperature, system, batch_size, progress)
     programs = [extract_program(t) for t in texts]
+    errors = [r.error for r in replies]
 
     def run_one(i: int) -> PALResult:
+        if errors[i] is not None:
+            return PALResult(questions[i], None, "", "", "model_error", error=f"the model failed: {errors[i]}")
         result = run_program(questions[i], programs[i], timeout, memory_mb, extract, texts[i])
         cb.emit("tool", "sandbox", arguments={"program": programs[i]}, observation=result.output,
                 ok=result.status == "answered", status=result.status, seconds=result.seconds)
         return result
 
+    def counted(result: PALResult, reply: Reply) -> PALResult:
+        result.prompt_tokens, result.completion_tokens = reply.prompt_tokens or 0, reply.completion_tokens or 0
+        result.seconds = round(result.seconds + reply.seconds, 4)
+        return result
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(questions)))) as pool:
-        results = list(pool.map(run_one, range(len(questions))))
+        results = [counted(r, reply) for r, reply in zip(pool.map(run_one, range(len(questions))), replies)]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        log.warning("PAL: the model failed on %d of %d question(s): %s", len(failed), len(questions), failed[0])
     for i, result in enumerate(results):
         cb.emit("step", "pal", index=i, question=result.question, program=result.program, output=result.output,
                 answer=result.answer, status=result.status, error=result.error)
@@ -175,21 +188,14 @@ def pal_batch(llm: Any, questions: Sequence[str], timeout: float = 10.0,
 
 
 def _generate(llm: Any, questions: list[str], cb: Callbacks, max_new_tokens: int, temperature: float,
-              system: str | None) -> list[str]:
-    """The replies, each starting with the opening fence where the model was prompted with it."""
-    tokenizer = getattr(llm, "tokenizer", None)
-    if tokenizer is None or not getattr(tokenizer, "chat_templates", True):  # a server: it renders the chat itself
-        return [_text(chat_call(llm, pal_messages(q, system=system), cb, max_new_tokens=max_new_tokens,
-                                temperature=temperature)) for q in questions]
-    # the assistant turn starts with the fence, so even a weak model begins with code; the closing fence stops it
-    prompts = [tokenizer.apply_chat_template(pal_messages(q, system=system), add_generation_prompt=True) + FENCE
-               for q in questions]
-    began = time.perf_counter()
-    outs = llm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=["```"])
-    cb.emit("model", model_name(llm), prompts=prompts, texts=outs, seconds=round(time.perf_counter() - began, 4),
-            temperature=temperature, max_new_tokens=max_new_tokens)
-    return [FENCE + out.rstrip() + "\n```" for out in outs]
-
-
-def _text(reply: Any) -> str:
-    return reply if isinstance(reply, str) else getattr(reply, "content", None) or ""
+              system: str | None, batch_size: int, progress: bool) -> tuple[list[str], list[Reply]]:
+    """Each question's text (the reply with the opening fence in front where it was prefilled, and
+    the closing fence after it) and its `Reply` (tokens, seconds, error)."""
+    prefilled = engine_capable(llm)
+    # the closing fence ends a prefilled program; an unprefilled reply opens with a fence, so no stop there
+    replies = complete_chats(llm, [pal_messages(q, system=system) for q in questions], batch_size=batch_size,
+                             callbacks=cb, progress=progress, desc="pal", prefill=FENCE if prefilled else None,
+                             errors="return", max_new_tokens=max_new_tokens, temperature=temperature,
+                             **({"stop": ["```"]} if prefilled else {}))
+    texts = [r.prefill + r.text.rstrip() + "\n```" if r.prefill else r.text for r in replies]
+    return texts, replies

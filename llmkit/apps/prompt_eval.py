@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from ..eval.harness import TaskResult
 from ..eval.metrics import exact_match
 from ..eval.runner import EvalRun, EvalSettings, _record, score_change
+from .agent_strategies import PALStrategy, ReActStrategy
 from .callbacks import Callbacks
 from .prompting import STRATEGIES, Strategy, chain_of_thought, few_shot, least_to_most, question_text, \
     self_consistency, zero_shot
@@ -33,8 +34,10 @@ log = logging.getLogger(__name__)
 
 def make_strategy(name: str, pool: Sequence[Any] = (), shots: int = 3, select: str = "random", k: int = 5,
                   temperature: float = 0.7, seed: int = 0, embedder: Any = None, extract: str = "last_number",
-                  max_new_tokens: int | None = None) -> Strategy:
-    """A strategy by its name (one of `STRATEGIES`); few-shot draws its examples from `pool`."""
+                  max_new_tokens: int | None = None, tools: str | Sequence[Any] | None = None) -> Strategy:
+    """A strategy by its name (one of `STRATEGIES`); few-shot draws its examples from `pool`; the
+    ReAct agent calls `tools` (built-in names, e.g. "calculator,datetime", or `Tool`s; default the
+    calculator)."""
     room = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if name == "zero-shot":
         return zero_shot(extract=extract, **room)
@@ -48,6 +51,10 @@ def make_strategy(name: str, pool: Sequence[Any] = (), shots: int = 3, select: s
         return self_consistency(k=k, temperature=temperature, base=chain_of_thought(extract=extract, **room), seed=seed)
     if name == "least-to-most":
         return least_to_most(extract=extract, **room)
+    if name == "react":
+        return ReActStrategy(tools, extract=extract, **room)
+    if name == "pal":
+        return PALStrategy(extract=extract, **room)
     raise ValueError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
 
 
@@ -55,9 +62,10 @@ def prompt_eval(llm: Any, tasks: Sequence[str], strategies: Sequence[str | Strat
                 limit: int | None = None, shots: int = 3, select: str = "random", k: int = 5,
                 temperature: float = 0.7, seed: int = 0, batch_size: int = 16, embedder: Any = None,
                 max_new_tokens: int | None = None, model_name: str | None = None, progress: bool = False,
-                callbacks: Callbacks | None = None) -> EvalRun:
+                callbacks: Callbacks | None = None, tools: str | Sequence[Any] | None = None) -> EvalRun:
     """Every strategy on every task's `split` (generation tasks: their answers are extracted and
-    matched exactly). `limit` keeps the first N questions. Names are checked before any work."""
+    matched exactly). `limit` keeps the first N questions. `tools` are the ReAct agent's (default
+    the calculator). Names are checked before any work."""
     from ..data.tasks import get_task, load_task
 
     if not tasks or not strategies:
@@ -83,7 +91,7 @@ def prompt_eval(llm: Any, tasks: Sequence[str], strategies: Sequence[str | Strat
         questions, ids = [question_text(ex) for ex in examples], [ex.id for ex in examples]
         for name, given in zip(names, strategies):
             strategy = given if isinstance(given, Strategy) else make_strategy(
-                name, pool, shots, select, k, temperature, seed, embedder, spec.extract, max_new_tokens)
+                name, pool, shots, select, k, temperature, seed, embedder, spec.extract, max_new_tokens, tools)
             log.info("%s / %s: %d questions", spec.name, name, len(examples))
             start = time.perf_counter()
             answers = strategy.answer_all(llm, questions, ids, batch_size=batch_size, callbacks=callbacks,
@@ -111,12 +119,17 @@ def _result(task: str, strategy: str, examples: Sequence[Any], questions: Sequen
             sample.update(votes=a.votes, margin=a.margin)
         if a.steps:
             sample["steps"] = a.steps
+        if a.status is not None:
+            sample["status"] = a.status
         samples.append(sample)
     n = max(1, len(examples))
     metrics = {"exact_match": correct / n, "no_answer": missing, "n": len(examples),
                "tokens_per_question": sum(a.tokens for a in answers) / n,
                "completion_tokens_per_question": sum(a.completion_tokens for a in answers) / n,
                "seconds_per_question": seconds / n}
+    statuses = [a.status for a in answers if a.status is not None]
+    if statuses:  # an agent: the share of questions it carried to an answer (not a step limit, a crash, ...)
+        metrics["completed"] = sum(s == "answered" for s in statuses) / n
     margins = [a.margin for a in answers if a.margin is not None]
     if margins:
         metrics["vote_margin"] = sum(margins) / len(margins)
@@ -125,7 +138,7 @@ def _result(task: str, strategy: str, examples: Sequence[Any], questions: Sequen
 
 def strategy_rows(run: EvalRun, seed: int = 0) -> list[dict[str, Any]]:
     """Per task, each strategy against the run's first strategy on the same questions: the change
-    in accuracy with its paired bootstrap interval and verdict ("within noise" when it holds 0)."""
+    in accuracy with its paired bootstrap interval and verdict ("better", "worse", or "no difference" when it holds 0)."""
     rows = []
     by_task: dict[str, list[str]] = {}
     for key in run.tasks:
@@ -138,6 +151,7 @@ def strategy_rows(run: EvalRun, seed: int = 0) -> list[dict[str, Any]]:
             rec = run.tasks[f"{task}/{strategy}"]
             sb = {s["id"]: s["score"] for s in rec.samples}
             ci, verdict, paired = score_change(sa, sb, True, seed=seed)
+            verdict = {"improvement": "better", "regression": "worse"}.get(verdict, "no difference")
             rows.append({"task": task, "strategy": strategy, "baseline": strategies[0], "accuracy": rec.value,
                          "ci": rec.ci, "delta": rec.value - base.value, "delta_ci": ci,
                          "verdict": "—" if strategy == strategies[0] else verdict, "paired": paired,

@@ -33,7 +33,9 @@ SELECTIONS = ("fixed", "random", "nearest")
 class Answer:
     """A strategy's answer to one question: the extracted `answer` (None when the extractor
     found nothing), the model's last `output`, and for self-consistency the `votes` and the
-    `margin` (top votes minus runner-up votes, over k). Tokens count every call made for it."""
+    `margin` (top votes minus runner-up votes, over k). Tokens count every call made for it. An
+    agent's answer (ReAct, PAL: `llmkit.apps.agent_strategies`) has the `status` its run ended with
+    ("answered", "step_limit", "syntax_error", ...) and a short trace in `steps`."""
 
     answer: str | None
     output: str
@@ -42,7 +44,8 @@ class Answer:
     seconds: float = 0.0
     votes: dict[str, int] = field(default_factory=dict)
     margin: float | None = None
-    steps: list[str] = field(default_factory=list)  # least-to-most's sub-questions
+    steps: list[str] = field(default_factory=list)  # least-to-most's sub-questions, an agent's trace
+    status: str | None = None  # how an agent's run ended; None for a plain prompting strategy
 
     @property
     def tokens(self) -> int:
@@ -240,7 +243,7 @@ class LeastToMost(Strategy):
         used = [[p.prompt_tokens or 0, p.completion_tokens or 0, p.seconds] for p in plans]
         talks: list[Messages] = [list(head) for _ in questions]
         last: list[Reply | None] = [None] * len(questions)
-        for r in range(max(len(s) for s in steps)):
+        for r in range(max((len(s) for s in steps), default=0)):  # no questions: no rounds
             active = [n for n, s in enumerate(steps) if r < len(s)]
             for n in active:
                 talks[n].append({"role": "user", "content": steps[n][r]})
@@ -320,4 +323,5 @@ def least_to_most(max_steps: int = 3, **kwargs: Any) -> LeastToMost:
     return LeastToMost(max_steps, **kwargs)
 
 
-STRATEGIES = ("zero-shot", "few-shot", "cot", "self-consistency", "least-to-most")
+# "react" and "pal" are agents: llmkit.apps.agent_strategies (prompt_eval's make_strategy builds them)
+STRATEGIES = ("zero-shot", "few-shot", "cot", "self-consistency", "least-to-most", "react", "pal")

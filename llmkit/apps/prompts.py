@@ -82,11 +82,11 @@ class Prompt:
     def render(self, **values: Any) -> str:
         """The user turn's text."""
         self.check(values)
-        return self._compiled[0].render(**values)
+        return _render(self._compiled[0], values, "user")
 
     def render_system(self, **values: Any) -> str | None:
         self.check(values)
-        return None if self._compiled[1] is None else self._compiled[1].render(**values)
+        return None if self._compiled[1] is None else _render(self._compiled[1], values, "system")
 
     def messages(self, history: Messages = (), **values: Any) -> Messages:
         """The chat messages: the system turn (if any), then `history` (earlier turns), then the
@@ -99,6 +99,17 @@ class Prompt:
         """The prompt as the model reads it: through its chat template when it has one (a local
         model), else the system and user text joined by blank lines (a plain completion model)."""
         return render_messages(llm, self.messages(history, **values))
+
+
+def _render(template: Any, values: dict[str, Any], where: str) -> str:
+    """`template` rendered; a value without the attribute or key the template reads (``{{ user.name }}``
+    with no name) is a `PromptError` that names it, as a missing variable is."""
+    import jinja2
+
+    try:
+        return template.render(**values)
+    except jinja2.UndefinedError as e:
+        raise PromptError(f"the {where} template reads something its values do not have: {e.message}") from None
 
 
 def has_chat_template(llm: Any) -> bool:

@@ -40,6 +40,11 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "0 or more")
 
 
+def comma_list(text: str) -> list[str]:
+    """The names of a comma-separated option ("a, b,,c" -> ["a", "b", "c"])."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def add_model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", required=required,
                    help="HF model directory, .gguf file, run directory, or a name in the model cache")

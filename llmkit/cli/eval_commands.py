@@ -7,17 +7,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .commands import add_model_arg, load_llm, positive_int
-
-
-def _task_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from .commands import add_model_arg, comma_list, load_llm, positive_int
 
 
 # ---------------------------------------------------------------------------------------- eval
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     add_model_arg(p, required=False)
-    p.add_argument("--tasks", type=_task_list, default=None,
+    p.add_argument("--tasks", type=comma_list, default=None,
                    help="comma-separated task names, e.g. arith,stdlib-qa,sentiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the known tasks and exit")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt, drawn from the task's "

@@ -73,7 +73,8 @@ def print_stream(pieces) -> str:
 
 # ---------------------------------------------------------------------------------- chat
 def add_chat_args(p: argparse.ArgumentParser) -> None:
-    from .chat import HELP, add_memory_args, history_file
+    from .chat import HELP, history_file
+    from .chat_memory import add_memory_args
 
     p.description = ("Chat interactively using the model's chat template. Ctrl-C stops a reply and keeps the "
                      "conversation; Ctrl-D or /exit leaves. With stdin piped, each line is one message.")

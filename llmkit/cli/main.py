@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from . import (ablate_commands, agent_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
                model_commands, prompt_commands, sandbox_commands, serve_commands, structured_commands,
-               tools_commands, vector_commands)
+               tools_commands, trace_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -72,6 +72,8 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
                 "run untrusted Python confined: `llmkit sandbox check|run --help` (the layers active here; run a file)"),
     "agent": (agent_commands.add_agent_args, agent_commands.run_agent,
               "answer a question with a ReAct agent and the built-in tools, or with a program (--pal); prints each step"),
+    "agent-traces": (trace_commands.add_agent_traces_args, trace_commands.run_agent_traces,
+                     "write ReAct and PAL training traces for the arithmetic tasks: a chat JSONL for `llmkit finetune`"),
     "prompt-eval": (prompt_commands.add_prompt_eval_args, prompt_commands.run_prompt_eval,
                     "measure prompting strategies side by side (zero-shot, few-shot, cot, self-consistency, "
                     "least-to-most) with paired intervals; writes results.json, report.md and charts"),

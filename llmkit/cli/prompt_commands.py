@@ -7,20 +7,16 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .commands import add_model_arg, load_llm, positive_int
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from .commands import add_model_arg, comma_list, load_llm, positive_int
 
 
 def add_prompt_eval_args(p: argparse.ArgumentParser) -> None:
     from ..apps.prompting import SELECTIONS, STRATEGIES
 
     add_model_arg(p)
-    p.add_argument("--tasks", type=_names, required=True,
+    p.add_argument("--tasks", type=comma_list, required=True,
                    help="comma-separated generation tasks, e.g. arith-small,arith (llmkit eval --list shows them)")
-    p.add_argument("--strategies", type=_names, default=["zero-shot", "few-shot", "cot"],
+    p.add_argument("--strategies", type=comma_list, default=["zero-shot", "few-shot", "cot"],
                    help=f"comma-separated, from {', '.join(STRATEGIES)}; the first is the baseline the others are "
                         "compared with (default zero-shot,few-shot,cot)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test", "heldout"],
@@ -36,7 +32,11 @@ def add_prompt_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="self-consistency's sampling temperature (0.7)")
     p.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw, samples and bootstrap (default 0)")
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="generation budget per model call (default: each strategy's own; cot 192)")
+                   help="generation budget per model call (default: each strategy's own; cot and pal 192, "
+                        "react 128 per step)")
+    p.add_argument("--tools", default="calculator", metavar="NAMES",
+                   help="comma-separated built-in tools of the react strategy (default calculator; llmkit agent "
+                        "--help lists them)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="requests decoded together by the inference engine (default 16)")
     p.add_argument("--out", default=None, help="output folder (default runs/prompt-eval-DATE-TIME)")
@@ -54,6 +54,10 @@ def run_prompt_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature {args.temperature}: self-consistency samples, so give a temperature > 0")
     for name in args.tasks:
         get_task(name)  # unknown names fail before the model loads
+    if "react" in args.strategies:
+        from ..apps.toolbox import builtin_tools
+
+        builtin_tools(args.tools)  # so do unknown tools
     embedder = None
     if args.select == "nearest":
         if not args.embedder:
@@ -66,7 +70,7 @@ def run_prompt_eval(args: argparse.Namespace) -> None:
     run = prompt_eval(llm, args.tasks, args.strategies, split=args.split, limit=args.limit, shots=args.shots,
                       select=args.select, k=args.k, temperature=args.temperature, seed=args.seed,
                       batch_size=args.batch_size, embedder=embedder, max_new_tokens=args.max_new_tokens,
-                      model_name=str(args.model), progress=sys.stderr.isatty())
+                      model_name=str(args.model), progress=sys.stderr.isatty(), tools=args.tools)
     out = Path(args.out or f"runs/prompt-eval-{datetime.now():%Y%m%d-%H%M%S}")
     write_prompt_eval(run, out)
     logging.getLogger(__name__).info("prompt-eval took %.0f s", time.perf_counter() - start)

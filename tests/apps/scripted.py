@@ -1,4 +1,4 @@
-"""Stand-ins for the agent and PAL tests: a scripted LLM that answers with canned replies (control
+"""Stand-ins for the agent and PAL tests: scripted LLMs that answer with canned replies (control
 flow only: no model runs), and the real SmolLM2 loaded once per test session."""
 
 from __future__ import annotations
@@ -34,28 +34,18 @@ class ScriptedLLM:
         return list(range(len(text.split())))
 
 
-class TemplateTokenizer:
-    """A chat template in one line: each message as ROLE: content, then 'ASSISTANT:'."""
+class QuestionLLM(ScriptedLLM):
+    """A scripted model with a script per question (the text after "Question: " in the first user
+    turn), so that questions asked in any interleaving get their own replies in order."""
 
-    chat_templates = {"default": "(stand-in)"}
-
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs: Any) -> str:
-        text = "".join(f"{m['role'].upper()}: {m['content']}\n" for m in messages)
-        return text + ("ASSISTANT: " if add_generation_prompt else "")
-
-
-class BatchLLM(ScriptedLLM):
-    """A scripted local model: it has a tokenizer, so PAL batches its prompts into one `generate`."""
-
-    def __init__(self, outputs: list[str]):
+    def __init__(self, scripts: dict[str, list[Any]]):
         super().__init__([])
-        self.tokenizer = TemplateTokenizer()
-        self.outputs = outputs
-        self.generated: list[tuple[list[str], dict]] = []
+        self.scripts = {q: list(replies) for q, replies in scripts.items()}
 
-    def generate(self, prompt: Any, **kwargs: Any) -> Any:
-        self.generated.append((list(prompt), kwargs))
-        return list(self.outputs)
+    def chat(self, messages: list[dict], **kwargs: Any) -> Any:
+        question = next(m["content"] for m in messages if m["role"] == "user").removeprefix("Question: ")
+        self.replies = self.scripts[question]
+        return super().chat(messages, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)

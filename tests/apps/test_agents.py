@@ -178,6 +178,18 @@ def test_the_same_call_twice_in_a_row_is_a_loop_and_is_not_run_again():
     assert 'the same call 2 times in a row: calculator({"expression": "1 + 1"})' in result.error
 
 
+def test_the_same_reply_without_an_action_twice_is_a_loop():
+    """A model that ignores the format repeats itself at temperature 0: two identical unparsed
+    replies end the run (a different one in between does not)."""
+    llm = ScriptedLLM(["The answer is 192.", "The answer is 192.", "Final Answer: 2"])
+    result = ReActAgent(llm, TOOLS, max_steps=5).run("1 + 1?")
+    assert result.status == "loop" and len(result.steps) == 2 and len(llm.calls) == 2
+    assert "same reply without an action 2 times" in result.error
+    llm = ScriptedLLM(["The answer is 192.", "It is 2.", "The answer is 192.", "Final Answer: 2"])
+    result = ReActAgent(llm, TOOLS, max_steps=5).run("1 + 1?")
+    assert result.status == "answered" and result.answer == "2"
+
+
 def test_token_budget_stops_before_a_step_would_pass_it():
     llm = ScriptedLLM([act("calculator", '{"expression": "1 + 1"}'), "Final Answer: 2"])
     open_run = ReActAgent(ScriptedLLM(list(llm.replies)), TOOLS, max_tokens=None).run("1 + 1?")
@@ -256,6 +268,65 @@ def test_bad_settings_fail_at_construction():
         ReActAgent(ScriptedLLM([]), TOOLS, max_steps=0)
     with pytest.raises(ValueError, match="two tools are named 'calculator'"):
         ReActAgent(ScriptedLLM([]), [CALC, CALC])
+
+
+# ----------------------------------------------------------------------------- many questions at once
+SCRIPTS = {
+    "17 * 23?": [act("multiply", '{"a": 17, "b": 23}'), "Final Answer: 391"],
+    "2?": ["Thought: easy\nFinal Answer: 2"],
+    "loop?": [act("calculator", '{"expression": "1 + 1"}'), act("calculator", '{"expression": "1 + 1"}')],
+    "down?": ["no format", ConnectionError("the server went away")],
+    "count?": [act("calculator", f'{{"expression": "{i} + 1"}}') for i in range(3)],
+    "big?": [act("calculator", "9 * 9"), "Final Answer: 81"],
+}
+
+
+def outcome(result: AgentResult) -> tuple:
+    return (result.question, result.status, result.answer, result.error, result.tokens,
+            [s.to_json() for s in result.steps])
+
+
+def test_run_all_advances_in_lockstep_with_the_rules_of_run():
+    from tests.apps.scripted import QuestionLLM
+
+    questions = list(SCRIPTS)
+    recorder = Recorder()
+    llm = QuestionLLM(SCRIPTS)
+    agent = ReActAgent(llm, TOOLS, max_steps=3, callbacks=[recorder], max_tokens=2_000)
+    together = agent.run_all(questions, batch_size=4)
+    alone = [ReActAgent(QuestionLLM(SCRIPTS), TOOLS, max_steps=3, max_tokens=2_000).run(q) for q in questions]
+    assert [outcome(r) for r in together] == [outcome(r) for r in alone]
+    assert [r.status for r in together] == ["answered", "answered", "loop", "model_error", "step_limit", "answered"]
+    # round by round: every unfinished question is asked once per round, in order
+    asked = [m[1]["content"].removeprefix("Question: ") for m, _ in llm.calls]
+    assert asked == questions + ["17 * 23?", "loop?", "down?", "count?", "big?"] + ["count?"]
+    # each question is its own run: its events in the order a single run makes them
+    runs: dict[str, list[str]] = {}
+    for e in recorder.events:
+        runs.setdefault(e.run, []).append(e.kind)
+    assert len(runs) == len(questions)
+    assert list(runs.values())[0] == ["model", "tool", "step", "model", "step"]
+    assert list(runs.values())[3] == ["model", "step", "error"]
+    # the token budget is per question too
+    tight = ReActAgent(QuestionLLM(SCRIPTS), TOOLS, max_tokens=alone[0].steps[0].tokens + 20).run_all(questions[:2])
+    assert [r.status for r in tight] == ["token_budget", "answered"]
+
+
+def test_run_all_on_a_real_model_equals_run_one_by_one(tiny_dir):
+    """The engine's batched decoding gives each question what it gets alone at temperature 0. The
+    tiny model reads 512 tokens: no tools and a short system keep two steps in its window, and the
+    longest question overflows at its second step (a model error of its own, the others go on)."""
+    import llmkit
+
+    llm = llmkit.load(tiny_dir)
+    agent = ReActAgent(llm, [], system="Answer.", max_steps=2, max_new_tokens=6)
+    questions = ["What is 1 + 1?", "Why " * 30 + "?", "What is 2 + 3?"]
+    together = agent.run_all(questions, batch_size=3)
+    assert [outcome(r) for r in together] == [outcome(agent.run(q)) for q in questions]
+    assert [r.status for r in together] == ["step_limit", "model_error", "step_limit"]
+    assert "ContextLengthError" in together[1].error and len(together[1].steps) == 1
+    first = llm.chat(agent.messages(questions[0]), max_new_tokens=6, temperature=0, stop=["Observation:"])
+    assert together[0].steps[0].text == first.strip()  # the engine's reply is the plain chat's
 
 
 # ----------------------------------------------------------------------------- SmolLM2

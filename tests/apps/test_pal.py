@@ -8,7 +8,7 @@ import pytest
 
 from llmkit.apps.callbacks import Recorder
 from llmkit.apps.pal import FENCE, PAL_EXAMPLES, STATUSES, extract_program, pal, pal_batch, pal_messages, run_program
-from tests.apps.scripted import BatchLLM, ScriptedLLM, closed_port, smol_llm
+from tests.apps.scripted import ScriptedLLM, closed_port, smol_llm
 
 QUESTION = "A box holds 6 rows of 7 eggs. How many eggs is that?"
 
@@ -62,17 +62,34 @@ def test_extract_rules_of_the_harness_apply_to_the_output():
     assert (missing.status, missing.answer) == ("no_answer", None)
 
 
-def test_pal_batch_generates_every_program_in_one_call_when_the_model_is_local():
-    llm = BatchLLM(["print(6 * 7)\n", "print(1 +)", "x = 2"])
-    results = pal_batch(llm, ["q1", "q2", "q3"], max_new_tokens=50)
-    assert len(llm.generated) == 1 and not llm.calls
-    prompts, options = llm.generated[0]
-    assert prompts == [llm.tokenizer.apply_chat_template(pal_messages(q), add_generation_prompt=True) + FENCE
-                       for q in ["q1", "q2", "q3"]]
-    assert options == {"max_new_tokens": 50, "temperature": 0.0, "stop": ["```"]}
+def test_pal_batch_through_a_server_asks_each_question_without_the_prefill():
+    llm = ScriptedLLM(["```python\nprint(6 * 7)\n```", "print(1 +)", "x = 2", ConnectionError("gone")])
+    results = pal_batch(llm, ["q1", "q2", "q3", "q4"], max_new_tokens=50)
+    assert [m for m, _ in llm.calls] == [pal_messages(q) for q in ["q1", "q2", "q3", "q4"]]
+    assert all("stop" not in kw and kw["max_new_tokens"] == 50 for _, kw in llm.calls)  # a fence opens the reply
     assert [(r.question, r.status, r.answer) for r in results] == [
-        ("q1", "answered", "42"), ("q2", "syntax_error", None), ("q3", "no_output", None)]
+        ("q1", "answered", "42"), ("q2", "syntax_error", None), ("q3", "no_output", None), ("q4", "model_error", None)]
     assert results[0].text == "```python\nprint(6 * 7)\n```"
+    assert results[3].error == "the model failed: ConnectionError: gone"
+
+
+def test_pal_batch_on_a_local_model_prefills_the_fence_in_the_engine(tiny_dir):
+    """One batching path: the engine decodes every question with the assistant turn prefilled by the
+    fence; each reply is what generating from (chat prompt + fence tokens) alone gives at temperature 0."""
+    import llmkit
+
+    llm = llmkit.load(tiny_dir)
+    recorder = Recorder()
+    questions = ["q one", "q two"]
+    results = pal_batch(llm, questions, max_new_tokens=6, timeout=5, callbacks=[recorder], batch_size=2)
+    fence = llm.tokenize(FENCE, add_special_tokens=False)
+    models = recorder.of("model")
+    assert [e.data["prefill"] for e in models] == [FENCE] * 2
+    for q, r, e in zip(questions, results, models):
+        ids = llm.chat_prompt(pal_messages(q)) + fence
+        alone = llm.complete([ids], max_new_tokens=6, temperature=0, stop=["```"])[0].text
+        assert r.text == FENCE + alone.rstrip() + "\n```" and e.data["prompt_tokens"] == len(ids)
+        assert r.status in STATUSES
 
 
 def test_a_server_that_is_down_is_a_model_error_for_every_question():

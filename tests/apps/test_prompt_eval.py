@@ -40,7 +40,7 @@ def test_strategies_are_scored_and_compared_paired(tmp_path):
     assert [s["id"] for s in zero.samples] == [ex.id for ex in gold]
     assert zero.metrics["tokens_per_question"] > 0 and zero.metrics["n"] == 40
     rows = {r["strategy"]: r for r in strategy_rows(run)}
-    assert rows["cot"]["verdict"] == "improvement" and rows["cot"]["paired"]
+    assert rows["cot"]["verdict"] == "better" and rows["cot"]["paired"]
     assert rows["cot"]["delta"] == pytest.approx(1.0 - plus) and rows["cot"]["delta_ci"][0] > 0
 
     out = write_prompt_eval(run, tmp_path / "pe")
@@ -69,7 +69,7 @@ def test_a_difference_inside_the_noise_is_no_difference():
     run.tasks["arith-small/cot"].metrics["exact_match"] = 57 / 60
     row = {r["strategy"]: r for r in strategy_rows(run)}["cot"]
     assert row["delta"] == pytest.approx(-3 / 60) and row["delta_ci"][0] < 0 <= row["delta_ci"][1]
-    assert row["verdict"] == "within noise"
+    assert row["verdict"] == "no difference"
 
 
 def test_bad_names_fail_before_any_work():
