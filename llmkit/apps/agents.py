@@ -90,12 +90,18 @@ class _Budget:
             if self._exact:
                 try:
                     n = len(self.llm.tokenize(text, add_special_tokens=False))
-                except (NotImplementedError, AttributeError, TypeError):  # no tokenizer after all: estimate
+                except (NotImplementedError, AttributeError, TypeError, ValueError):  # no usable tokenizer: estimate
                     self._exact = False
             self._cache[text] = n if n is not None else max(1, len(text) // 4)
         return self._cache[text]
 
     def messages(self, messages: Sequence[dict[str, Any]], extra: str = "") -> int:
+        counter = getattr(self.llm, "chat_tokens", None)
+        if not extra and self._exact and callable(counter):  # the model's own count: the chat template included
+            try:
+                return int(counter(list(messages)))
+            except (NotImplementedError, AttributeError, TypeError, ValueError):
+                pass  # e.g. a server that refuses the request: count the contents below
         total = self.text(extra)
         for m in messages:
             total += MESSAGE_OVERHEAD + self.text(str(m.get("content") or ""))

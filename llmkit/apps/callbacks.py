@@ -131,8 +131,9 @@ def model_name(llm: Any) -> str:
 
 def chat_call(llm: Any, messages: Sequence[dict[str, Any]], callbacks: Callbacks, **kwargs: Any) -> Any:
     """`llm.chat(messages, **kwargs)` (not streamed) with a ``model`` event: the messages, the reply
-    (text, or a ChatReply's content and tool calls), prompt tokens where the model counts them,
-    and seconds. An exception is reported as an ``error`` event and raised again."""
+    (text, or a ChatReply's content and tool calls) and seconds (batched calls through
+    `complete_chats` also report their token counts). An exception is reported as an ``error``
+    event and raised again."""
     start = time.perf_counter()
     try:
         reply = llm.chat(list(messages), **kwargs)
@@ -157,7 +158,9 @@ def tool_call(tool: Any, arguments: str | dict[str, Any], callbacks: Callbacks) 
     A failing tool gives its error as the observation (ok False), as `Tool.run` does."""
     start = time.perf_counter()
     observation = tool.run(arguments)
-    ok = not observation.startswith("error:")
+    from .tools import failed
+
+    ok = not failed(observation)
     callbacks.emit("tool", tool.name, arguments=arguments, observation=observation, ok=ok,
                    seconds=round(time.perf_counter() - start, 4))
     return observation, ok

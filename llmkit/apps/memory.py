@@ -29,6 +29,7 @@ SUMMARY_PREFIX = "Summary of the earlier conversation: "
 SUMMARY_INSTRUCTION = ("Summarise the conversation below for the assistant who continues it: keep names, facts, "
                        "decisions and open questions; write at most {words} words, no preamble.")
 _ROLES = ("user", "assistant", "tool")
+UNLIMITED = 2**62  # the budget of a memory for a model whose context window is unknown
 
 
 class Memory:
@@ -69,8 +70,13 @@ class Memory:
         self.last = None
 
     def budget(self, llm: Any, max_new_tokens: int) -> int:
-        """The most tokens the prompt may take: the model's context less `max_new_tokens`."""
-        return default_budget(llm, max_new_tokens)
+        """The most tokens the prompt may take: the model's context less `max_new_tokens`; for a
+        model that does not say its window, no limit (everything is sent and the server refuses
+        what it cannot hold, as `RemoteLLM.fit_history` does)."""
+        try:
+            return default_budget(llm, max_new_tokens)
+        except ValueError:
+            return UNLIMITED
 
     def context(self, llm: Any, system: str | None = None, max_new_tokens: int = 256,
                 retrieved: Any = ()) -> Messages:

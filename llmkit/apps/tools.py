@@ -138,6 +138,12 @@ class Tool:
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
+def failed(observation: str) -> bool:
+    """Whether a tool's observation reports a failure: a line of it starts with "error: " (bad
+    arguments, a raising function, or a program that printed and then failed)."""
+    return any(line.startswith("error: ") for line in observation.splitlines())
+
+
 def json_type(hint: Any, where: str = "") -> dict[str, Any]:
     """The JSON Schema of a Python type annotation."""
     if hint in _SCALARS:

@@ -71,7 +71,9 @@ def run_tools(args: argparse.Namespace) -> int:
                              "run one of them")
         observation = tools[0].run(args.arguments)
         print(observation)
-        return 1 if any(line.startswith("error: ") for line in observation.splitlines()) else 0
+        from ..apps.tools import failed
+
+        return 1 if failed(observation) else 0
     from ..apps.docs_search import stdlib_cache_dir, stdlib_docs_index
 
     if args.rebuild or not (stdlib_cache_dir() / "manifest.json").exists():

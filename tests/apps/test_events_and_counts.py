@@ -10,7 +10,7 @@ import pytest
 from llmkit.apps.agents import ReActAgent
 from llmkit.apps.batching import complete_chats
 from llmkit.apps.callbacks import Callbacks, Recorder
-from llmkit.apps.memory import WindowMemory
+from llmkit.apps.memory import BufferMemory, WindowMemory
 from llmkit.apps.prompting import least_to_most
 from llmkit.apps.prompts import Prompt, PromptError
 from llmkit.apps.toolbox import builtin_tools
@@ -90,7 +90,31 @@ def test_a_window_memory_works_with_a_model_that_does_not_say_its_window():
     sent = memory.context(NoWindow(), system="Be brief.")
     assert memory.last.budget == 200 and memory.last.tokens <= 200
     assert 1 < len(sent) < 22 and sent[-1] == {"role": "user", "content": "now?"}
+    # a buffer memory sends everything there (the server refuses what it cannot hold)
+    buffer = BufferMemory()
+    for m in memory.messages:
+        buffer.add(m)
+    assert buffer.context(NoWindow(), system="Be brief.")[1:] == memory.messages
 
 
 def test_least_to_most_with_no_questions_answers_none():
     assert least_to_most().answer_all(object(), []) == []
+
+
+def test_a_tool_event_is_not_ok_when_any_line_of_the_observation_reports_a_failure():
+    from llmkit.apps import Tool
+    from llmkit.apps.callbacks import Callbacks, Recorder, tool_call
+
+    def program(code: str) -> str:
+        """Pretend to run a program that printed, then failed."""
+        return "partial output\nerror: the program exited with status 1"
+
+    rec = Recorder()
+    observation, ok = tool_call(Tool.from_function(program), {"code": "x"}, Callbacks([rec]))
+    assert not ok and rec.of("tool")[0].data["ok"] is False and observation.startswith("partial")
+
+    def fine(code: str) -> str:
+        """Pretend to run a program that worked."""
+        return "4"
+
+    assert tool_call(Tool.from_function(fine), {"code": "x"}, Callbacks([rec])) == ("4", True)

@@ -175,7 +175,7 @@ def smol_pair(smollm2):
 def test_local_and_remote_give_the_same_answers_at_temperature_zero(smol_pair):
     local, remote = smol_pair
     questions = ["What is 7 + 5?", "What is 9 x 3?"]
-    for strategy in (zero_shot(max_new_tokens=16), chain_of_thought(max_new_tokens=48)):
+    for strategy in (zero_shot(max_new_tokens=16), chain_of_thought(max_new_tokens=32)):
         here = strategy.answer_all(local, questions)
         there = strategy.answer_all(remote, questions)
         assert [a.output for a in here] == [a.output for a in there]
