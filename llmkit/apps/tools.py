@@ -50,6 +50,8 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any] | None = field(default=None, repr=False)
+    # the checked validator and the schema it was built from (rebuilt if `parameters` is replaced)
+    _checked: tuple[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name or ""):
@@ -57,7 +59,7 @@ class Tool:
         if self.parameters.get("type") != "object":
             raise ToolError(f"tool {self.name!r}: parameters must be a JSON Schema of type 'object', got "
                             f"{self.parameters.get('type')!r}")
-        _validator(self.parameters, self.name)  # refuses a schema that is not JSON Schema
+        self._validator()  # refuses a schema that is not JSON Schema
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], name: str | None = None,
@@ -103,13 +105,20 @@ class Tool:
                     from None
         if not isinstance(arguments, dict):
             raise ToolArgumentError(f"{self.name}: the arguments must be a JSON object, got {type(arguments).__name__}")
-        errors = sorted(_validator(self.parameters, self.name).iter_errors(arguments), key=lambda e: list(e.path))
+        errors = sorted(self._validator().iter_errors(arguments), key=lambda e: list(e.path))
         if errors:
             first = errors[0]
             where = "/".join(str(p) for p in first.path) or "(the arguments)"
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise ToolArgumentError(f"{self.name}: argument {where}: {first.message}{more}")
         return arguments
+
+    def _validator(self) -> Any:
+        """The schema's validator, checked once: an agent calls its tools many times."""
+        key = json.dumps(self.parameters, sort_keys=True, default=str)
+        if self._checked is None or self._checked[0] != key:
+            self._checked = (key, _validator(self.parameters, self.name))
+        return self._checked[1]
 
     def __call__(self, **arguments: Any) -> Any:
         if self.fn is None:
