@@ -22,6 +22,7 @@ Arguments are validated with `jsonschema` (the `apps` extra) before the function
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -50,8 +51,6 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any] | None = field(default=None, repr=False)
-    # the checked validator and the schema it was built from (rebuilt if `parameters` is replaced)
-    _checked: tuple[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name or ""):
@@ -114,11 +113,12 @@ class Tool:
         return arguments
 
     def _validator(self) -> Any:
-        """The schema's validator, checked once: an agent calls its tools many times."""
-        key = json.dumps(self.parameters, sort_keys=True, default=str)
-        if self._checked is None or self._checked[0] != key:
-            self._checked = (key, _validator(self.parameters, self.name))
-        return self._checked[1]
+        """The schema's validator, checked once per distinct schema (an agent calls its tools many
+        times); kept outside the Tool, so a Tool stays plain data (it pickles and copies)."""
+        try:
+            return _cached_validator(json.dumps(self.parameters, sort_keys=True))
+        except (TypeError, ToolError):  # not JSON (a set as a default, ...), or refused: say it with the tool's name
+            return _validator(self.parameters, self.name)
 
     def __call__(self, **arguments: Any) -> Any:
         if self.fn is None:
@@ -200,6 +200,13 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     if summary.startswith((":param", "Args:")):
         summary = ""
     return summary, described
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_validator(schema_json: str):
+    """The validator of a schema given as sorted JSON (raises `ToolError` naming no tool: `Tool`
+    checks its schema in __post_init__ first, which names it)."""
+    return _validator(json.loads(schema_json), "(cached)")
 
 
 def _validator(schema: dict[str, Any], name: str):

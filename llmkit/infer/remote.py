@@ -43,12 +43,23 @@ class RemoteLLM(TokenScoring):
     model the server lists. With a server that tokenises (``/tokenize``, as llmkit serve and vLLM
     have) and echoes prompt log-probabilities, scoring (`loglikelihood`, `loglikelihood_rolling`)
     works as it does locally, so the evaluation harness runs multiple-choice tasks remotely.
-    `embed` goes through ``/embeddings``."""
+    `embed` goes through ``/embeddings``.
 
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
+    A request the server could not take is sent again up to `retries` times, after `backoff`,
+    2 × `backoff`, ... seconds (or the server's ``Retry-After``, at most `max_wait`): a refused or
+    reset connection, 429, 502, 503 and 504. Only the opening of a request is retried, so a stream
+    never repeats what it yielded; a timeout is not retried (the server may still be working)."""
+
+    RETRY_STATUS = (429, 502, 503, 504)
+
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0,
+                 retries: int = 2, backoff: float = 0.25, max_wait: float = 30.0):
+        if retries < 0:
+            raise ValueError(f"retries={retries} must be 0 or more")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
+        self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
         self._model = model
 
     @property
@@ -73,16 +84,40 @@ class RemoteLLM(TokenScoring):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
-        try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode("utf-8", "replace")[:500]
-            hint = " (check --api-key)" if e.code in (401, 403) else ""
-            error = RequestRefused if e.code in (400, 413, 422) else ConnectionError
-            raise error(f"{method} {self.base_url}{path} answered {e.code}{hint}: {detail}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise ConnectionError(f"cannot reach {self.base_url}{path}: {getattr(e, 'reason', e)}") from e
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
+            tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+            try:
+                return urllib.request.urlopen(req, timeout=self.timeout)
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", "replace")[:500]
+                if e.code in self.RETRY_STATUS and attempt < attempts:
+                    self._wait(attempt, e.headers.get("Retry-After"), f"{e.code}")
+                    continue
+                hint = " (check --api-key)" if e.code in (401, 403) else ""
+                error = RequestRefused if e.code in (400, 413, 422) else ConnectionError
+                raise error(f"{method} {self.base_url}{path} answered {e.code}{hint}{tried}: {detail}") from e
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                if attempt < attempts and isinstance(reason, (ConnectionRefusedError, ConnectionResetError)):
+                    self._wait(attempt, None, str(reason))
+                    continue
+                raise ConnectionError(f"cannot reach {self.base_url}{path}{tried}: {reason}") from e
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+        """Sleep before attempt `attempt` + 1: the server's Retry-After (seconds) or the backoff."""
+        delay = self.backoff * 2 ** (attempt - 1)
+        if retry_after:
+            try:
+                delay = float(retry_after)
+            except ValueError:
+                pass  # an HTTP date: keep the backoff
+        delay = min(max(delay, 0.0), self.max_wait)
+        log.info("%s: %s; trying again in %.2f s (attempt %d of %d)", self.base_url, why, delay, attempt + 1,
+                 self.retries + 1)
+        time.sleep(delay)
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         with self._open(method, path, body) as resp:

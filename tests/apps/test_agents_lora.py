@@ -8,6 +8,7 @@ questions are read by the agents' own parsers before and after. The slow case ru
 from __future__ import annotations
 
 
+
 import pytest
 
 from llmkit.apps.agents import ReActAgent
@@ -30,12 +31,13 @@ def react_calls(llm, questions) -> int:
     return sum(p.error is None and p.action == "calculator" and bool(p.thought) and bool(p.action_input) for p in parsed)
 
 
-def pal_programs(llm, questions) -> int:
-    """How many PAL replies close their fence after a program whose last line prints (the
-    format the runner reads; the program may still be wrong)."""
-    results = pal_batch(llm, questions, max_new_tokens=128)
-    return sum(r.text.rstrip().endswith("```") and (r.program or "").strip().splitlines()[-1:] != [] and
-               (r.program or "").strip().splitlines()[-1].startswith("print(") for r in results)
+def pal_programs(llm, questions, max_new_tokens: int = 128) -> int:
+    """How many PAL replies stop at the closing fence, before the token limit, after a program whose
+    last line prints (the format the runner reads; whether the program runs is not counted)."""
+    results = pal_batch(llm, questions, max_new_tokens=max_new_tokens)
+    lines = [(r.program or "").strip().splitlines() for r in results]
+    return sum(r.completion_tokens < max_new_tokens and bool(last) and last[-1].startswith("print(")
+               for r, last in zip(results, lines))
 
 
 def test_a_lora_on_code_written_traces_teaches_a_tiny_model_the_react_and_pal_formats(tmp_path, tiny_tokenizer):
@@ -77,10 +79,10 @@ def test_the_shipped_recipe_teaches_smollm2_react_and_pal_on_held_out_questions(
     for strategy in ("react", "pal"):
         key = f"arith/{strategy}"
         base, tuned = runs["base"].tasks[key], runs["tuned"].tasks[key]
-        ci, verdict, _ = score_change({s["id"]: s["score"] for s in base.samples},
+        ci, verdict, paired = score_change({s["id"]: s["score"] for s in base.samples},
                                       {s["id"]: s["score"] for s in tuned.samples}, True, seed=0)
         print(f"{strategy}: base {base.value:.3f} {base.ci}, tuned {tuned.value:.3f} {tuned.ci}, "
               f"change [{ci[0]:+.3f}, {ci[1]:+.3f}] {verdict}")
-        assert verdict == "improvement", (strategy, base.value, tuned.value, ci)
+        assert paired and verdict == "improvement", (strategy, base.value, tuned.value, ci)
     # the measured table: ReAct 0.000 -> 0.997, PAL 0.597 -> 0.877 on 300 questions
     assert runs["tuned"].tasks["arith/react"].value >= 0.9

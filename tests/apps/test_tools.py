@@ -104,3 +104,30 @@ def test_calculator_evaluates_arithmetic(expression, value):
 def test_calculator_refuses_what_is_not_safe_arithmetic(expression, said):
     with pytest.raises(CalculatorError, match=said):
         calculate(expression)
+
+
+def test_a_tool_checks_its_schema_once_follows_edits_and_stays_plain_data(monkeypatch):
+    import copy
+    import dataclasses
+    import pickle
+
+    from llmkit.apps import tools as tools_module
+
+    built = []
+    real = tools_module._validator
+    monkeypatch.setattr(tools_module, "_validator", lambda schema, name: built.append(name) or real(schema, name))
+    tools_module._cached_validator.cache_clear()
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 7}}, "required": ["n"]}
+    tool = Tool("count_up", "count", copy.deepcopy(schema), fn=lambda n: n)
+    for n in (7, 8, 9):
+        tool.validate({"n": n})
+    assert len(built) == 1  # one schema, checked once for every call
+    tool.parameters["properties"]["n"]["minimum"] = 100  # edited in place: the next call sees it
+    with pytest.raises(ToolArgumentError, match="100"):
+        tool.validate({"n": 9})
+    tool.parameters = {"type": "object", "properties": {"n": {"type": "bogus"}}}
+    with pytest.raises(ToolError, match="count_up.*not a valid JSON Schema"):
+        tool.validate({"n": 1})
+    plain = Tool("count_up", "count", schema)  # no function: plain data that pickles and copies
+    assert pickle.loads(pickle.dumps(plain)) == plain
+    assert set(dataclasses.asdict(plain)) == {"name", "description", "parameters", "fn"}

@@ -32,3 +32,53 @@ def test_bad_key_and_unreachable_server_are_named():
             llmkit.load(server["url"], api_key="sk-test").loglikelihood([("a", "b")])
     with pytest.raises(ConnectionError, match="cannot reach"):
         llmkit.load("http://127.0.0.1:9/v1", api_key="k").loglikelihood([("a", "b")])
+
+
+def test_busy_or_refusing_servers_are_tried_again_then_named_with_the_attempts():
+    import http.server
+    import json
+    import threading
+    import time
+
+    from llmkit.infer.remote import RemoteLLM
+    from tests.apps.scripted import closed_port
+
+    seen: list[float] = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        fail = 2
+
+        def do_GET(self):
+            seen.append(time.monotonic())
+            if len(seen) <= Busy.fail:
+                self.send_response(503)
+                self.send_header("Retry-After", "0.3")
+                self.end_headers()
+                self.wfile.write(b"busy")
+                return
+            payload = json.dumps({"data": [{"id": "m"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        assert RemoteLLM(url, retries=2).model == "m"  # two 503s, then the answer
+        assert len(seen) == 3 and seen[1] - seen[0] >= 0.3  # the server's Retry-After was waited
+        seen.clear()
+        with pytest.raises(ConnectionError, match=r"answered 503 \(after 2 attempts\): busy"):
+            RemoteLLM(url, retries=1).model
+        assert len(seen) == 2
+    finally:
+        server.shutdown()
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"cannot reach .* \(after 3 attempts\)"):
+        RemoteLLM(f"http://127.0.0.1:{closed_port()}/v1", retries=2, backoff=0.1).model
+    assert time.monotonic() - start >= 0.3  # 0.1 + 0.2 s of backoff
