@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -34,8 +35,11 @@ def chat_model(tmp_path_factory, tiny_tokenizer):
 def spawn(model, home, *extra, env=None):
     env = {**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, "LLMKIT_HOME": str(home), "TERM": "xterm",
            **(env or {})}
+    # Ctrl-C must reach chat even where the test runner was started in the background (nohup, `&`),
+    # which leaves SIGINT ignored in every child unless it is restored
     child = pexpect.spawn(sys.executable, ["-m", "llmkit", "chat", "-m", str(model), "--device", "cpu", *extra],
-                          env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200))
+                          env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect("chatting with")
     child.expect(">>> ")
     return child
