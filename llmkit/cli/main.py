@@ -14,7 +14,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import (ablate_commands, agent_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
-               model_commands, prompt_commands, sandbox_commands, serve_commands, structured_commands,
+               model_commands, prompt_commands, rag_commands, sandbox_commands, serve_commands, structured_commands,
                tools_commands, trace_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
@@ -74,6 +74,9 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
               "answer a question with a ReAct agent and the built-in tools, or with a program (--pal); prints each step"),
     "agent-traces": (trace_commands.add_agent_traces_args, trace_commands.run_agent_traces,
                      "write ReAct and PAL training traces for the arithmetic tasks: a chat JSONL for `llmkit finetune`"),
+    "rag": (rag_commands.add_rag_args, rag_commands.run_rag,
+            "retrieval-augmented generation: `llmkit rag index|ask|eval --help` (documents into FAISS or pgvector, "
+            "cited answers, recall@k)"),
     "prompt-eval": (prompt_commands.add_prompt_eval_args, prompt_commands.run_prompt_eval,
                     "measure prompting strategies side by side (zero-shot, few-shot, cot, self-consistency, "
                     "least-to-most) with paired intervals; writes results.json, report.md and charts"),
@@ -172,7 +175,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if only is None or name == only:
             add_args(p)
-        if name not in ("data", "scale", "align", "vectors"):
+        if name not in ("data", "scale", "align", "vectors", "rag"):
             p.add_argument("-v", "--verbose", action="store_true", help="show progress logs")
         p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
         p.set_defaults(run=run)

@@ -1,0 +1,187 @@
+"""Retrieval measured on labelled questions: recall@k and MRR per document, per retriever, and the
+"not in the documents" decision on the unanswerable ones.
+
+A question's documents are ranked by their best chunk (the first time a document appears in the
+retrieved chunks); a hit at k is a gold document among the first k. Recall@k and MRR are over the
+answerable questions, each with a 95% bootstrap interval; the unanswerable ones score the threshold
+decision (similarity under the threshold = "not in the documents"). The threshold is chosen on a
+tuning split (`choose_threshold`), never on the questions it is reported on. Each question's word
+overlap with its gold document is kept, so lexical give-aways are visible.
+
+The run is an `EvalRun` (records ``<questions>/<retriever>``), so `llmkit compare` reads two of them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from ...eval.metrics import bootstrap_ci
+from ...eval.runner import EvalRun, EvalSettings, TaskRecord
+
+KS = (1, 5, 10)
+_WORD = re.compile(r"[a-z0-9_]+")
+_STOP = frozenset("a an and are as at be by can do does for from how i if in is it its me my of on or that the "
+                  "then this to what when which why with without you your i'm get use".split())
+
+
+def content_words(text: str) -> set[str]:
+    """Lowercased words of `text` less common English function words."""
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def word_overlap(question: str, document: str) -> float:
+    """The share of the question's content words that occur in `document` (1.0: every one)."""
+    words = content_words(question)
+    return len(words & content_words(document)) / len(words) if words else 0.0
+
+
+def document_ranking(chunks: Sequence[Any]) -> list[str]:
+    """Distinct document ids in the order their first chunk appears (chunks or ScoredChunks)."""
+    seen: dict[str, None] = {}
+    for item in chunks:
+        chunk = getattr(item, "chunk", item)
+        seen.setdefault(chunk.doc_id, None)
+    return list(seen)
+
+
+def first_hit(ranking: Sequence[str], gold: Sequence[str]) -> int | None:
+    """1-based rank of the first gold document in `ranking`, or None."""
+    return next((i for i, doc in enumerate(ranking, 1) if doc in gold), None)
+
+
+def choose_threshold(similarities: Sequence[float], answerable: Sequence[bool]) -> float:
+    """The similarity threshold with the best balanced accuracy (the mean of answerable questions
+    kept and unanswerable ones refused) on these questions; ties go to the lower threshold."""
+    pairs = list(zip(similarities, answerable))
+    if not any(a for _, a in pairs) or all(a for _, a in pairs):
+        raise ValueError("choosing a threshold needs both answerable and unanswerable questions")
+    candidates = sorted({s for s, _ in pairs}) + [max(s for s, _ in pairs) + 1e-6]
+    n_yes = sum(a for _, a in pairs)
+    n_no = len(pairs) - n_yes
+
+    def balanced(t: float) -> float:
+        kept = sum(1 for s, a in pairs if a and s >= t) / n_yes
+        refused = sum(1 for s, a in pairs if not a and s < t) / n_no
+        return (kept + refused) / 2
+
+    return max(candidates, key=lambda t: (balanced(t), -t))
+
+
+@dataclass
+class Searcher:
+    """A named retriever: `search(question) -> (chunks, similarity)`; similarity may be None."""
+
+    name: str
+    search: Callable[[str], tuple[Sequence[Any], float | None]]
+
+
+def retriever_searcher(retriever: Any, mode: str, k: int = 30) -> Searcher:
+    """A `Retriever` in one mode (dense, bm25, hybrid) as a searcher of `k` chunks."""
+    def search(question: str) -> tuple[Sequence[Any], float | None]:
+        found = retriever.search(question, k=k, mode=mode)
+        return found.chunks, found.similarity
+
+    return Searcher(mode, search)
+
+
+def retrieval_record(name: str, questions: Sequence[Any], results: Sequence[tuple[Sequence[Any], float | None]],
+                     seconds: float, threshold: float | None, documents: Mapping[str, str] | None = None,
+                     seed: int = 0) -> TaskRecord:
+    """One retriever's record: recall@1/5/10 and MRR over the answerable questions (bootstrap 95% CI
+    on recall@5, the primary), the not-found accuracy on the unanswerable ones at `threshold`, and a
+    sample per question (rank, hit@k, similarity, word overlap with its gold document)."""
+    samples, ranks = [], []
+    for q, (chunks, similarity) in zip(questions, results):
+        ranking = document_ranking(chunks)
+        rank = first_hit(ranking, q.docs) if q.answerable else None
+        sample: dict[str, Any] = {"id": q.id, "question": q.question, "answerable": q.answerable,
+                                  "gold": list(q.docs), "retrieved": ranking[:10], "rank": rank,
+                                  "similarity": similarity}
+        if q.answerable:
+            ranks.append(rank)
+            sample["score"] = float(rank is not None and rank <= 5)
+            if documents is not None and q.docs and q.docs[0] in documents:
+                sample["overlap"] = round(word_overlap(q.question, documents[q.docs[0]]), 3)
+        if threshold is not None and similarity is not None:
+            refused = similarity < threshold
+            sample["not_found"] = refused
+            sample["refusal_correct"] = refused != q.answerable
+            if not q.answerable:
+                sample["score"] = float(sample["refusal_correct"])
+        samples.append(sample)
+    n = len(ranks)
+    metrics: dict[str, float] = {"n": float(n), "unanswerable": float(len(questions) - n)}
+    for k in KS:
+        metrics[f"recall@{k}"] = sum(r is not None and r <= k for r in ranks) / n if n else 0.0
+    metrics["mrr"] = sum(1.0 / r for r in ranks if r is not None) / n if n else 0.0
+    judged = [s for s in samples if "refusal_correct" in s]
+    if judged:
+        no = [s for s in judged if not s["answerable"]]
+        yes = [s for s in judged if s["answerable"]]
+        metrics["not_found_correct"] = sum(s["refusal_correct"] for s in no) / len(no) if no else float("nan")
+        metrics["answerable_kept"] = sum(s["refusal_correct"] for s in yes) / len(yes) if yes else float("nan")
+        metrics["threshold"] = float(threshold)
+    metrics["seconds_per_question"] = seconds / max(len(questions), 1)
+    return TaskRecord(name, "retrieval", metrics, "recall@5", True, _ci(samples, True, seed), seconds,
+                      [s for s in samples if s["answerable"]])
+
+
+def refusal_record(answerable_record: TaskRecord, samples: Sequence[dict[str, Any]], seed: int = 0) -> TaskRecord:
+    """The unanswerable questions' record beside a retriever's: "not in the documents" said or not
+    (primary `not_found_correct`), so each record's samples score one thing (`llmkit compare` pairs them)."""
+    m = answerable_record.metrics
+    metrics = {"not_found_correct": m["not_found_correct"], "n": float(len(samples)), "threshold": m["threshold"]}
+    return TaskRecord(answerable_record.task, "retrieval", metrics, "not_found_correct", True,
+                      _ci(samples, False, seed), answerable_record.seconds, list(samples))
+
+
+def _ci(samples: Sequence[dict[str, Any]], answerable: bool, seed: int) -> tuple[float, float]:
+    scores = [s["score"] for s in samples if s["answerable"] == answerable and "score" in s]
+    lo, hi = bootstrap_ci(scores, seed=seed) if scores else (0.0, 0.0)
+    return float(lo), float(hi)
+
+
+def rag_eval(searchers: Sequence[Searcher], questions: Sequence[Any], label: str = "questions",
+             threshold: float | None = None, documents: Mapping[str, str] | None = None,
+             model: str = "", progress: Callable[[int], None] | None = None) -> EvalRun:
+    """Every searcher on every question (see the module docstring); `documents` (doc id → text)
+    adds each question's word overlap with its gold document."""
+    if not searchers or not questions:
+        raise ValueError("give at least one retriever and one question")
+    records: dict[str, TaskRecord] = {}
+    for s in searchers:
+        start = time.perf_counter()
+        results = []
+        for q in questions:
+            results.append(s.search(q.question))
+            if progress:
+                progress(1)
+        record = retrieval_record(s.name, questions, results, time.perf_counter() - start, threshold, documents)
+        records[f"{label}/{s.name}"] = record
+        refusals = [{"id": q.id, "question": q.question, "answerable": False, "similarity": sim,
+                     "score": float(sim is not None and sim < threshold)}
+                    for q, (_, sim) in zip(questions, results) if not q.answerable and sim is not None]
+        refusals = refusals if threshold is not None else []
+        if refusals:
+            records[f"{label}-unanswerable/{s.name}"] = refusal_record(record, refusals)
+    settings = EvalSettings(tasks=[label], split=label, strategies=[s.name for s in searchers])
+    return EvalRun(model, settings, records, time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def retrieval_table(run: EvalRun) -> str:
+    """Recall@1/5/10 and MRR per retriever as markdown, with the interval on recall@5 and the
+    not-found accuracy where a threshold was given."""
+    lines = ["| retriever | n | recall@1 | recall@5 [95% CI] | recall@10 | MRR | not found, correct | s / question |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, rec in run.tasks.items():
+        if "recall@5" not in rec.metrics:  # the unanswerable questions' record: shown in its retriever's row
+            continue
+        m = rec.metrics
+        refused = f"{m['not_found_correct']:.3f}" if "not_found_correct" in m else "—"
+        lines.append(f"| {key.partition('/')[2]} | {int(m['n'])} | {m['recall@1']:.3f} | {m['recall@5']:.3f} "
+                     f"[{rec.ci[0]:.3f}, {rec.ci[1]:.3f}] | {m['recall@10']:.3f} | {m['mrr']:.3f} | {refused} | "
+                     f"{m['seconds_per_question']:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Retrieval over a store: dense (the store's vector search), BM25 (the project's one keyword index,
+`llmkit.apps.docs_search.KeywordIndex`, built over the store's chunks), hybrid by reciprocal-rank
+fusion, optional MMR, metadata filters, and an optional reranking pass that scores candidates with an
+LLM.
+
+    retriever = Retriever(store, embedder)                  # mode "hybrid"
+    found = retriever.search("How do I read a CSV file?", k=5, where={"format": "markdown"})
+    found.chunks            # [ScoredChunk(...)], best first
+    found.similarity        # the best dense cosine: below a threshold, "not in the documents"
+
+Reciprocal-rank fusion (Cormack et al., 2009) adds 1 / (rrf_k + rank) over the rankings a chunk
+appears in, so it needs no calibration between cosine and BM25 scores; `weights` scale each ranking.
+MMR (Carbonell & Goldstein, 1998) then picks, among the candidates, the one most similar to the
+question less its similarity to those already picked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .embedding import EmbeddingCache, embed_texts
+from .records import Chunk, ScoredChunk
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "bm25", "hybrid")
+RERANK_PROMPT = ("Passage:\n{passage}\n\nQuestion: {question}\n"
+                 "Does the passage answer the question? Answer yes or no.\nAnswer:")
+
+
+@dataclass
+class Retrieval:
+    """What a search found: `chunks` best first (their scores are the mode's: cosine, BM25, or
+    fused), and `similarity`, the best dense cosine between the question and any chunk (None without
+    an embedder), which decides "not in the documents"."""
+
+    question: str
+    chunks: list[ScoredChunk]
+    similarity: float | None
+    mode: str
+    rankings: dict[str, list[str]] = field(default_factory=dict)  # chunk ids per ranking that was fused
+
+
+def rrf(rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion of rankings of ids (best first): (id, fused score), best first; ties
+    keep the order in which the ids were first met."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings: give one per ranking")
+    scores: dict[str, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for rank, key in enumerate(ranking, 1):
+            scores[key] = scores.get(key, 0.0) + w / (k + rank)
+    order = {key: i for i, key in enumerate(dict.fromkeys(key for r in rankings for key in r))}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lam: float = 0.7) -> list[int]:
+    """Indices of `k` rows of `vectors` (unit length) picked by maximal marginal relevance to `query`."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"mmr lambda={lam} must be between 0 and 1 (1: relevance only)")
+    relevance = vectors @ query
+    picked: list[int] = []
+    left = list(range(len(vectors)))
+    while left and len(picked) < k:
+        if picked:
+            redundancy = (vectors[left] @ vectors[picked].T).max(axis=1)
+        else:
+            redundancy = np.zeros(len(left))
+        best = int(np.argmax(lam * relevance[left] - (1 - lam) * redundancy))
+        picked.append(left.pop(best))
+    return picked
+
+
+def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any] | None) -> bool:
+    """Equality of value and JSON type, as the stores match (1 matches neither "1" nor True)."""
+    return not where or all(key in metadata and type(metadata[key]) is type(value) and metadata[key] == value
+                            for key, value in where.items())
+
+
+class Retriever:
+    """Search `store` (see the module docstring). `embedder` embeds questions (the store's own
+    embedder: the store refuses another); `candidates` is how many each ranking contributes before
+    fusion, MMR or reranking; `reranker` an LLM whose yes/no log-odds reorder the candidates."""
+
+    def __init__(self, store: Any, embedder: Any = None, mode: str = "hybrid", rrf_k: int = 60,
+                 weights: Sequence[float] = (1.0, 1.0), candidates: int = 30, mmr_lambda: float | None = None,
+                 reranker: Any = None, cache: EmbeddingCache | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"retrieval mode={mode!r} is not known: use one of {', '.join(MODES)}")
+        if mode != "bm25" and embedder is None:
+            raise ValueError(f"retrieval mode={mode!r} needs an embedder (or mode='bm25')")
+        if candidates < 1:
+            raise ValueError(f"candidates={candidates} must be at least 1")
+        if embedder is not None:  # vectors of another embedder are not comparable: the store refuses them
+            from .embedding import embedder_name, embedding_dim
+            from .stores import check_manifest
+
+            check_manifest(store.manifest, embedder_name(embedder), embedding_dim(embedder),
+                           str(getattr(store, "location", "the store")))
+        self.store, self.embedder, self.mode, self.rrf_k = store, embedder, mode, rrf_k
+        self.weights, self.candidates, self.mmr_lambda, self.reranker = tuple(weights), candidates, mmr_lambda, reranker
+        self.cache = cache
+        self._keyword: Any = None
+        self._chunks: dict[str, Chunk] = {}
+
+    # ------------------------------------------------------------------ the rankings
+    def keyword_index(self) -> Any:
+        """The BM25 index over the store's chunks (built on first use; `refresh()` after indexing)."""
+        if self._keyword is None:
+            from ..docs_search import KeywordIndex
+
+            chunks = list(self.store.chunks())
+            if not chunks:
+                raise ValueError("the store holds no chunks: index some documents first (llmkit rag index)")
+            self._chunks = {c.chunk_id: c for c in chunks}
+            self._keyword = KeywordIndex.build([(c.chunk_id, c.text, {"title": str(c.metadata.get("title") or "")})
+                                                for c in chunks])
+        return self._keyword
+
+    def refresh(self) -> None:
+        """Forget the BM25 index, so the next search sees what was indexed since."""
+        self._keyword, self._chunks = None, {}
+
+    def embed_question(self, question: str) -> np.ndarray:
+        return embed_texts(self.embedder, [question], cache=self.cache)[0]
+
+    def dense(self, question: str, k: int, where: Mapping[str, Any] | None = None,
+              vector: np.ndarray | None = None) -> list[ScoredChunk]:
+        vector = self.embed_question(question) if vector is None else vector
+        return list(self.store.search(vector, k, where=where))
+
+    def bm25(self, question: str, k: int, where: Mapping[str, Any] | None = None) -> list[ScoredChunk]:
+        index = self.keyword_index()
+        want = k if not where else min(len(index), max(k * 20, 200))
+        hits = index.search(question, k=want) if question.strip() else []
+        found = [ScoredChunk(self._chunks[h.doc_id], h.score) for h in hits]
+        return [s for s in found if _matches(s.chunk.metadata, where)][:k]
+
+    # ------------------------------------------------------------------ the search
+    def search(self, question: str, k: int = 5, where: Mapping[str, Any] | None = None,
+               mode: str | None = None) -> Retrieval:
+        """The `k` best chunks for `question` (see the module docstring)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty: give some words to search for")
+        if k < 1:
+            raise ValueError(f"k={k} must be at least 1")
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ValueError(f"retrieval mode={mode!r} is not known: use one of {', '.join(MODES)}")
+        pool = max(k, self.candidates)
+        vector = self.embed_question(question) if self.embedder is not None else None
+        dense = self.dense(question, pool, where, vector) if vector is not None else []
+        similarity = dense[0].score if dense else None
+        rankings: dict[str, list[str]] = {}
+        if mode == "dense":
+            found = dense
+        elif mode == "bm25":
+            found = self.bm25(question, pool, where)
+        else:
+            keyword = self.bm25(question, pool, where)
+            by_id = {s.chunk.chunk_id: s.chunk for s in dense + keyword}
+            rankings = {"dense": [s.chunk.chunk_id for s in dense], "bm25": [s.chunk.chunk_id for s in keyword]}
+            fused = rrf(list(rankings.values()), self.rrf_k, self.weights)
+            found = [ScoredChunk(by_id[key], score) for key, score in fused]
+        if self.mmr_lambda is not None and vector is not None and len(found) > 1:
+            from .stores import normalize
+
+            dim = len(vector)
+            vectors = normalize(embed_texts(self.embedder, [s.chunk.text for s in found], cache=self.cache), dim)
+            query = normalize(vector, dim)[0]
+            found = [found[i] for i in mmr(query, vectors, min(pool, len(found)), self.mmr_lambda)]
+        if self.reranker is not None:
+            found = rerank(self.reranker, question, found[:pool])
+        return Retrieval(question, found[:k], similarity, mode, rankings)
+
+
+def rerank(llm: Any, question: str, found: Sequence[ScoredChunk], max_chars: int = 1500) -> list[ScoredChunk]:
+    """`found` reordered by the LLM's log-odds of "yes" over "no" to "does the passage answer the
+    question?" (the score becomes that log-odds; ties keep the earlier order)."""
+    if not found:
+        return []
+    prompts = [RERANK_PROMPT.format(passage=s.chunk.text[:max_chars], question=question) for s in found]
+    scored = llm.loglikelihood([(p, c) for p in prompts for c in (" yes", " no")])
+    odds = [scored[2 * i].logprob - scored[2 * i + 1].logprob for i in range(len(found))]
+    order = sorted(range(len(found)), key=lambda i: (-odds[i], i))
+    return [ScoredChunk(found[i].chunk, float(odds[i]) if math.isfinite(odds[i]) else -1e9) for i in order]

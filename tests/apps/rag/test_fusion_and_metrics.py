@@ -1,0 +1,71 @@
+"""Reciprocal-rank fusion, MMR, the not-found threshold and the retrieval metrics, on cases worked by
+hand (no model, no store)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmkit.apps.rag.evaluate import choose_threshold, document_ranking, first_hit, retrieval_record, word_overlap
+from llmkit.apps.rag.records import Chunk, ScoredChunk
+from llmkit.apps.rag.retrieval import mmr, rrf
+from llmkit.data.rag_questions import RAGQuestion
+
+
+def test_rrf_adds_reciprocal_ranks_and_weights_them():
+    fused = dict(rrf([["a", "b", "c"], ["c", "a"]], k=60))
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["b"] == pytest.approx(1 / 62)
+    assert [key for key, _ in rrf([["a", "b", "c"], ["c", "a"]], k=60)] == ["a", "c", "b"]
+    # a ranking weighted 0 does not count; ties keep first-met order
+    assert [key for key, _ in rrf([["x", "y"], ["y", "x"]], weights=[1.0, 0.0])] == ["x", "y"]
+    assert [key for key, _ in rrf([["x"], ["y"]])] == ["x", "y"]
+    with pytest.raises(ValueError, match="2 weights for 1 rankings"):
+        rrf([["a"]], weights=[1, 1])
+
+
+def test_mmr_skips_a_near_duplicate_that_relevance_alone_would_take():
+    q = np.array([1.0, 0.0, 0.0])
+    rows = np.array([[0.9, 0.436, 0.0], [0.9, 0.436, 0.001], [0.8, -0.6, 0.0]])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert mmr(q, rows, 2, lam=1.0) == [0, 1]  # relevance only: the two copies
+    assert mmr(q, rows, 2, lam=0.5) == [0, 2]  # the copy is redundant with the first pick
+    with pytest.raises(ValueError, match="lambda"):
+        mmr(q, rows, 2, lam=1.5)
+
+
+def test_the_threshold_maximises_balanced_accuracy():
+    sims = [0.9, 0.8, 0.7, 0.45, 0.6, 0.5, 0.3]
+    answerable = [True, True, True, True, False, False, False]
+    t = choose_threshold(sims, answerable)
+    # at 0.7: answerable kept 3/4, unanswerable refused 3/3 -> 0.875; at 0.45: 4/4 and 1/3 -> 0.667
+    assert t == 0.7
+    with pytest.raises(ValueError, match="both"):
+        choose_threshold([0.1, 0.2], [True, True])
+
+
+def _chunk(doc: str, i: int) -> ScoredChunk:
+    return ScoredChunk(Chunk(f"{doc}#{i}", doc, i, f"text of {doc}", {}), 1.0 - i / 10)
+
+
+def test_recall_and_mrr_count_documents_not_chunks():
+    qs = [RAGQuestion("q1", "read csv rows", ("d2",), "x", True),
+          RAGQuestion("q2", "sort a list", ("d9",), "y", True),
+          RAGQuestion("q3", "pandas dataframe", (), None, False)]
+    results = [([_chunk("d1", 0), _chunk("d1", 1), _chunk("d2", 0)], 0.8),  # d2 is the 2nd document
+               ([_chunk("d3", 0)], 0.7), ([_chunk("d4", 0)], 0.2)]
+    assert document_ranking(results[0][0]) == ["d1", "d2"] and first_hit(["d1", "d2"], ("d2",)) == 2
+    rec = retrieval_record("dense", qs, results, seconds=3.0, threshold=0.5,
+                           documents={"d2": "Read rows from a file.", "d9": "Sorts."})
+    m = rec.metrics
+    assert m["recall@1"] == 0.0 and m["recall@5"] == 0.5 and m["mrr"] == pytest.approx(0.25)
+    assert m["n"] == 2 and m["unanswerable"] == 1
+    assert m["not_found_correct"] == 1.0 and m["answerable_kept"] == 1.0
+    assert rec.samples[0]["overlap"] == pytest.approx(2 / 3, abs=1e-3)  # "read" and "rows", not "csv"
+    assert [s["score"] for s in rec.samples if "score" in s] == [1.0, 0.0]
+
+
+def test_word_overlap_ignores_function_words_and_case():
+    assert word_overlap("How do I read a CSV file?", "csv.reader reads a CSV file") == pytest.approx(2 / 3)
+    assert word_overlap("the of and", "anything") == 0.0

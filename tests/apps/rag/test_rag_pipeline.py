@@ -1,0 +1,215 @@
+"""Documents to cited answers with the real all-MiniLM-L6-v2: `llmkit rag index` (incremental, resumable,
+into FAISS and into a real PostgreSQL), retrieval (dense equal to sentence-transformers + FAISS on the
+same chunks; BM25; hybrid; filters; a mismatched embedder refused), answers with citations that map
+back to their source, and `llmkit rag eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmkit.apps.context import ContextOverflow
+from llmkit.apps.rag.answer import NOT_FOUND, answer_stream, ask, cited_numbers
+from llmkit.apps.rag.embedding import EmbeddingCache, embed_texts
+from llmkit.apps.rag.indexing import ChunkSettings, index_documents
+from llmkit.apps.rag.loaders import load_directory
+from llmkit.apps.rag.retrieval import Retriever
+from llmkit.apps.rag.stores import StoreMismatch, open_store
+from llmkit.cli.main import main
+from tests.apps.scripted import ScriptedLLM
+
+DOCS = {
+    "csv.md": "# CSV files\n\nUse csv.reader to read rows from a comma-separated file; each row comes back as a list "
+              "of strings.\n\n## Writing\n\ncsv.writer writes rows; call writerow for each one.\n",
+    "dates.html": "<html><head><title>Dates</title></head><body><nav>Home | Blog | Contact</nav><article><h1>Days "
+                  "between dates</h1><p>Subtract two date objects: the result is a timedelta whose days attribute "
+                  "counts the days between them.</p></article><footer>Copyright 2026</footer></body></html>",
+    "shell.txt": "subprocess.run starts a command, waits for it to finish and returns a CompletedProcess with its "
+                 "return code and output.",
+    "zip.txt": "zipfile.ZipFile opens a ZIP archive; extractall unpacks every member into a folder.",
+}
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm):
+    import llmkit
+
+    return llmkit.load(minilm.path)
+
+
+def write_docs(root, docs=DOCS):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def stored(store):
+    return sorted((c.chunk_id, c.text) for c in store.chunks())
+
+
+@pytest.fixture(params=["faiss", "pgvector"])
+def store_spec(request, tmp_path):
+    if request.param == "faiss":
+        return str(tmp_path / "idx")
+    return request.getfixturevalue("postgres")  # each test its own table
+
+
+def test_index_is_incremental_and_an_interrupted_run_resumes(tmp_path, embedder, store_spec, request):
+    table = {"table": f"t_{abs(hash(request.node.name)) % 10**8}"} if store_spec.startswith("postgres") else {}
+    docs = write_docs(tmp_path / "docs")
+    settings = ChunkSettings(size=32)
+    cache = EmbeddingCache(tmp_path / "emb.db")
+    store = open_store(store_spec, "all-minilm-l6-v2", 384, create=True, **table)
+    calls = []
+    real_embed = embedder.embed
+
+    class Crashing:
+        name, tokenizer = embedder.name, embedder.tokenizer
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of the run
+            return real_embed(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        index_documents(store, load_directory(docs).documents, Crashing(), settings, cache=cache, batch_chunks=1)
+    partial = store.document_hashes()
+    assert 0 < len(partial) < len(DOCS)  # some documents whole, the rest not started
+    for doc_id in partial:  # each stored document has all of its chunks
+        assert [c for c in stored(store) if c[0].startswith(doc_id + "#")]
+    report = index_documents(store, load_directory(docs).documents, embedder, settings, cache=cache)
+    assert report.unchanged == len(partial) and report.added == len(DOCS) - len(partial)
+    complete = stored(store)
+    store.close()
+
+    clean = open_store(str(tmp_path / "clean"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(clean, load_directory(docs).documents, embedder, settings)
+    assert stored(clean) == complete  # the resumed store is the store a clean run builds
+
+    # edit one document and delete another: only those change
+    (docs / "shell.txt").write_text("subprocess.Popen starts a process without waiting for it.", encoding="utf-8")
+    (docs / "zip.txt").unlink()
+    store = open_store(store_spec, **table)
+    report = index_documents(store, load_directory(docs).documents, embedder, settings, cache=cache)
+    assert (report.added, report.updated, report.unchanged, report.deleted) == (0, 1, 2, 1)
+    after = stored(store)
+    untouched = [c for c in complete if not c[0].startswith(("shell.txt#", "zip.txt#"))]
+    assert [c for c in after if not c[0].startswith("shell.txt#")] == untouched
+    assert [t for i, t in after if i.startswith("shell.txt#")] == ["subprocess.Popen starts a process without "
+                                                                     "waiting for it."]
+    assert report.cached == 0 and len(cache) > 0
+    store.close()
+
+
+def test_dense_retrieval_equals_sentence_transformers_and_faiss_on_the_same_chunks(tmp_path, embedder, minilm):
+    from tests.peers import peer
+
+    sentence_transformers = peer("sentence_transformers")
+    faiss = peer("faiss")
+    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=24))
+    chunks = list(store.chunks())
+    st = sentence_transformers.SentenceTransformer(str(minilm.path), device="cpu")
+    vectors = st.encode([c.text for c in chunks], normalize_embeddings=True)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.asarray(vectors, dtype=np.float32))
+    retriever = Retriever(store, embedder, mode="dense")
+    for question in ("How do I read rows from a CSV file?", "number of days between two dates",
+                     "run a shell command and wait", "unpack an archive"):
+        q = st.encode([question], normalize_embeddings=True)
+        scores, ids = index.search(np.asarray(q, dtype=np.float32), 3)
+        ours = retriever.search(question, k=3)
+        assert [s.chunk.chunk_id for s in ours.chunks] == [chunks[i].chunk_id for i in ids[0]]
+        np.testing.assert_allclose([s.score for s in ours.chunks], scores[0], atol=1e-4)
+    # the HTML page's navigation and footer were dropped as boilerplate
+    assert not any("Contact" in c.text or "Copyright" in c.text for c in chunks)
+
+
+def test_bm25_hybrid_filters_and_a_mismatched_embedder(tmp_path, embedder, tiny_bert_dir):
+    import llmkit
+
+    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=32))
+    retriever = Retriever(store, embedder)
+    found = retriever.search("ZipFile extractall", k=2, mode="bm25")
+    assert found.chunks[0].chunk.doc_id == "zip.txt"
+    hybrid = retriever.search("days between two dates", k=4)
+    assert hybrid.chunks[0].chunk.doc_id == "dates.html" and set(hybrid.rankings) == {"dense", "bm25"}
+    only_md = retriever.search("read rows", k=3, where={"format": "markdown"})
+    assert only_md.chunks and {s.chunk.doc_id for s in only_md.chunks} == {"csv.md"}
+    assert retriever.search("read rows", k=3, where={"format": "markdown"}, mode="bm25").chunks
+    other = llmkit.load(tiny_bert_dir)
+    with pytest.raises(StoreMismatch, match="all-minilm-l6-v2.*384"):
+        Retriever(store, other)
+
+
+def test_answers_cite_numbered_passages_that_map_to_their_source(tmp_path, embedder):
+    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=32))
+    retriever = Retriever(store, embedder, mode="dense")
+    llm = ScriptedLLM([["Subtract the dates", "; use .days [1]", " (see also [9])."]])
+    stream = answer_stream(llm, retriever, "How many days are there between two dates?", k=2, budget=4000)
+    pieces = list(stream)
+    result = stream.result
+    assert "".join(pieces).strip() == result.text and result.status == "answered"
+    assert result.cited == [1]  # [9] was never shown
+    c = result.citations[0]
+    assert c.doc_id == "dates.html" and c.source.endswith("dates.html")
+    text = next(d.text for d in load_directory(tmp_path / "docs").documents if d.doc_id == "dates.html")
+    assert "timedelta" in text[c.start:c.end]  # the position maps back into the document
+    system = llm.calls[0][0][0]["content"]
+    assert "[1] (Dates) # Days between dates" in system and "cite" in system.lower()  # the page title, then the text
+    # under the threshold the model is not asked
+    quiet = ScriptedLLM([])
+    refused = ask(quiet, retriever, "How do I train a neural network in TensorFlow?", threshold=0.9, budget=4000)
+    assert refused.status == "not_found" and refused.text == NOT_FOUND and quiet.calls == []
+    assert cited_numbers("see [2, 3] and [3][1]", 3) == [2, 3, 1]
+    # a question longer than the budget is refused with the counts, not cut silently
+    with pytest.raises(ContextOverflow, match="latest turn takes .* over the budget of 50 tokens"):
+        ask(ScriptedLLM([]), retriever, "dates " * 200, budget=50)
+
+
+def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
+    docs = write_docs(tmp_path / "docs")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    store = tmp_path / "idx"
+    assert main(["rag", "index", "--docs", str(docs), "--store", str(store), "--embedder", str(minilm.path),
+                 "--chunk-size", "48"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 added" in out and "broken.pdf" in err  # the bad file is listed, the run went on
+    assert main(["rag", "index", "--docs", str(docs), "--store", str(store), "--embedder", str(minilm.path),
+                 "--chunk-size", "48"]) == 0
+    assert "0 added, 0 updated, 4 unchanged" in capsys.readouterr().out
+    assert main(["rag", "ask", "--store", str(store), "--embedder", str(minilm.path), "--model", str(tiny_dir),
+                 "--max-new-tokens", "8", "-k", "2", "How do I read a CSV file?"]) == 0
+    out = capsys.readouterr().out
+    assert ("Cited:" in out or "Passages:" in out) and "csv.md" in out
+    questions = tmp_path / "qa.jsonl"
+    rows = [{"id": "a", "question": "How can I read a CSV file row by row?", "docs": ["csv.md"], "answer": "csv.reader",
+             "answerable": True},
+            {"id": "b", "question": "How do I unpack a zip archive?", "docs": ["zip.txt"], "answer": "extractall",
+             "answerable": True},
+            {"id": "c", "question": "How do I fine-tune BERT with Keras?", "docs": [], "answer": None,
+             "answerable": False}]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out_dir = tmp_path / "eval"
+    assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions",
+                 str(questions), "--out", str(out_dir), "--threshold", "0.3", "--retrievers", "bm25,dense,hybrid,tfidf",
+                 "--model", str(tiny_dir), "-k", "2"]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert set(results["tasks"]) == {"qa/bm25", "qa/dense", "qa/hybrid", "qa/tfidf", "qa-unanswerable/bm25",
+                                     "qa-unanswerable/dense", "qa-unanswerable/hybrid"}  # tf-idf does not refuse
+    dense = results["tasks"]["qa/dense"]
+    assert dense["metrics"]["recall@5"] == 1.0 and dense["metrics"]["n"] == 2
+    assert dense["metrics"]["not_found_correct"] == 1.0  # the Keras question is under the threshold
+    assert results["tasks"]["qa-unanswerable/dense"]["samples"][0]["score"] == 1.0
+    assert "recall@5" in (out_dir / "report.md").read_text()
+    assert main(["compare", str(out_dir), str(out_dir)]) == 0
+    answers = json.loads((out_dir / "answers" / "results.json").read_text())
+    assert set(answers["tasks"]) == {"qa/closed-book", "qa/rag", "qa-unanswerable/rag"}
+    assert answers["tasks"]["qa/rag"]["metrics"]["n"] == 2  # the answerable ones, scored both ways
+    assert answers["tasks"]["qa-unanswerable/rag"]["samples"][0]["reply"] == NOT_FOUND
