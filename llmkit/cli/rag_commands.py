@@ -49,7 +49,8 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
                    help="answer 'Not in the documents.' when the best similarity is under this (e.g. the value "
                         "`llmkit rag eval --tune` chose)")
     a.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                   help="only passages whose metadata has KEY=VALUE (repeatable), e.g. format=pdf")
+                   help="only passages whose metadata has KEY=VALUE (repeatable), e.g. format=pdf; a VALUE of digits "
+                        "is a number, true/false a boolean (quote it as VALUE='\"2024\"' for the string)")
     a.add_argument("--max-new-tokens", type=positive_int, default=256)
     a.add_argument("--mmr", type=float, default=None, metavar="LAMBDA", help="diversify with MMR (e.g. 0.7)")
     a.add_argument("--rerank", action="store_true", help="rescore the candidates with the model (slower)")
@@ -89,7 +90,12 @@ def _where(items: list[str]) -> dict[str, object] | None:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--where {item!r}: give KEY=VALUE, e.g. --where format=pdf")
-        where[key] = int(value) if value.lstrip("-").isdigit() else value
+        if value in ("true", "false"):
+            where[key] = value == "true"
+        elif value.lstrip("-").isdigit():
+            where[key] = int(value)
+        else:
+            where[key] = value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
     return where or None
 
 
@@ -118,7 +124,9 @@ def _index(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"{args.store}: {report.summary()}")
+    from ..apps.rag.stores import redact_url
+
+    print(f"{redact_url(args.store)}: {report.summary()}")
     for path, reason in report.failures[:20]:
         print(f"  failed: {path}: {reason}", file=sys.stderr)
     if len(report.failures) > 20:
@@ -160,6 +168,8 @@ def _eval(args: argparse.Namespace) -> int:
     with tqdm(desc="questions", unit="q", file=sys.stderr) as bar:
         run, chosen = evaluate_store(args.store, args.questions, retrievers, embedder=args.embedder, tune=args.tune,
                                      threshold=args.threshold, progress=bar.update)
+    if not args.model:
+        chosen["retriever"].store.close()
     table = retrieval_table(run)
     notes = f"## Retrieval\n\n{table}\n\nThreshold: {chosen.get('threshold')} (tuned on {chosen.get('tuned_on', '—')})\n"
     run.write(args.out, notes=notes)
@@ -172,8 +182,11 @@ def _eval(args: argparse.Namespace) -> int:
         from ..apps.rag.workflow import evaluate_answers
         from ..infer.llm import load
 
-        answers = evaluate_answers(load(args.model), chosen["retriever"], args.questions, chosen.get("threshold"),
-                                   k=args.k, batch_size=args.batch_size, progress=True)
+        try:
+            answers = evaluate_answers(load(args.model), chosen["retriever"], args.questions, chosen.get("threshold"),
+                                       k=args.k, batch_size=args.batch_size, progress=True)
+        finally:
+            chosen["retriever"].store.close()
         table = strategy_table(answers)
         answers.write(Path(args.out) / "answers", notes=table)
         rag = next(r for key, r in answers.tasks.items() if key.endswith("/rag") and "-unanswerable" not in key)

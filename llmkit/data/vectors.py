@@ -105,13 +105,18 @@ def bow_matrix(docs: Sequence[Sequence[str]], vocab: Sequence[str]) -> np.ndarra
     return m
 
 
+def idf(counts: np.ndarray) -> np.ndarray:
+    """scikit-learn's smoothed inverse document frequency of each column of a document-term count
+    matrix: ln((1 + n) / (1 + df)) + 1."""
+    df = (counts > 0).sum(axis=0)
+    return np.log((1 + counts.shape[0]) / (1 + df)) + 1
+
+
 def tfidf_matrix(docs: Sequence[Sequence[str]], vocab: Sequence[str]) -> np.ndarray:
     """TF-IDF as scikit-learn's TfidfVectorizer(norm="l2", use_idf=True, smooth_idf=True,
-    sublinear_tf=False): raw count x (ln((1 + n) / (1 + df)) + 1), rows l2-normalised."""
+    sublinear_tf=False): raw count x `idf`, rows l2-normalised."""
     counts = bow_matrix(docs, vocab).astype(np.float64)
-    df = (counts > 0).sum(axis=0)
-    idf = np.log((1 + len(docs)) / (1 + df)) + 1
-    m = counts * idf
+    m = counts * idf(counts)
     norms = np.linalg.norm(m, axis=1, keepdims=True)
     return (m / np.where(norms == 0, 1, norms)).astype(np.float32)
 

@@ -14,11 +14,10 @@ metric: containment on the answerable questions, the same ids in both, so the pa
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Sequence
 
-from ...eval.metrics import bootstrap_ci
+from ...eval.metrics import bootstrap_ci, normalize_answer
 from ...eval.runner import EvalRun, EvalSettings, TaskRecord
 from ..batching import complete_chats
 from .answer import finish, prepare
@@ -27,9 +26,19 @@ CLOSED_BOOK = "Answer the question about Python briefly."
 
 
 def contains(reply: str, answer: str) -> bool:
-    """Whether `reply` holds `answer`, case-insensitively and with runs of whitespace made one space."""
-    squash = lambda text: re.sub(r"\s+", " ", text).strip().lower()  # noqa: E731
-    return squash(answer) in squash(reply)
+    """Whether `reply` holds `answer`, both normalised as SQuAD does (case, punctuation, articles,
+    whitespace: `llmkit.eval.metrics.normalize_answer`)."""
+    gold = normalize_answer(answer)
+    return bool(gold) and f" {gold} " in f" {normalize_answer(reply)} "
+
+
+def _reply(prepared: Any, reply: Any) -> Any:
+    """A prepared question's `RAGAnswer` from its batched reply (a failed request: an empty answer whose
+    status says why)."""
+    result = finish(prepared, reply.text if reply.error is None else "", reply.seconds)
+    if reply.error is not None:
+        result.status = f"model_error: {reply.error}"
+    return result
 
 
 def answer_eval(llm: Any, retriever: Any, questions: Sequence[Any], label: str = "questions", k: int = 5,
@@ -43,9 +52,8 @@ def answer_eval(llm: Any, retriever: Any, questions: Sequence[Any], label: str =
     asked = [p for p in prepared if p.messages is not None]
     replies = complete_chats(llm, [p.messages for p in asked], batch_size=batch_size, progress=progress,
                              desc="rag answers", errors="return", max_new_tokens=max_new_tokens, temperature=0.0)
-    by_question = {p.question: finish(p, r.text if r.error is None else "", r.seconds) for p, r in zip(asked, replies)}
-    for p in prepared:
-        by_question.setdefault(p.question, finish(p, ""))
+    answers = iter(replies)
+    results = [finish(p, "") if p.messages is None else _reply(p, next(answers)) for p in prepared]
     rag_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -55,8 +63,7 @@ def answer_eval(llm: Any, retriever: Any, questions: Sequence[Any], label: str =
     closed_seconds = time.perf_counter() - start
 
     rag_samples, refusals, closed_samples = [], [], []
-    for q in questions:
-        result = by_question[q.question]
+    for q, result in zip(questions, results):
         sample = {"id": q.id, "question": q.question, "reply": result.text, "status": result.status,
                   "cited_docs": [c.doc_id for c in result.cited_citations]}
         if q.answerable and q.answer:

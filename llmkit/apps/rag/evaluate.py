@@ -87,21 +87,19 @@ def retriever_searcher(retriever: Any, mode: str, k: int = 30) -> Searcher:
     return Searcher(mode, search)
 
 
-def retrieval_record(name: str, questions: Sequence[Any], results: Sequence[tuple[Sequence[Any], float | None]],
-                     seconds: float, threshold: float | None, documents: Mapping[str, str] | None = None,
-                     seed: int = 0) -> TaskRecord:
-    """One retriever's record: recall@1/5/10 and MRR over the answerable questions (bootstrap 95% CI
-    on recall@5, the primary), the not-found accuracy on the unanswerable ones at `threshold`, and a
-    sample per question (rank, hit@k, similarity, word overlap with its gold document)."""
-    samples, ranks = [], []
+def record_samples(questions: Sequence[Any], results: Sequence[tuple[Sequence[Any], float | None]],
+                   threshold: float | None, documents: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """A sample per question: its documents' ranking, the gold rank, hit@5 as its score (answerable),
+    and, with a `threshold`, whether "not in the documents" was said and whether that was right (an
+    unanswerable question's score)."""
+    samples = []
     for q, (chunks, similarity) in zip(questions, results):
         ranking = document_ranking(chunks)
         rank = first_hit(ranking, q.docs) if q.answerable else None
         sample: dict[str, Any] = {"id": q.id, "question": q.question, "answerable": q.answerable,
-                                  "gold": list(q.docs), "retrieved": ranking[:10], "rank": rank,
-                                  "similarity": similarity}
+                                  "gold": list(q.docs), "retrieved": ranking[:10], "documents_seen": len(ranking),
+                                  "rank": rank, "similarity": similarity}
         if q.answerable:
-            ranks.append(rank)
             sample["score"] = float(rank is not None and rank <= 5)
             if documents is not None and q.docs and q.docs[0] in documents:
                 sample["overlap"] = round(word_overlap(q.question, documents[q.docs[0]]), 3)
@@ -112,6 +110,17 @@ def retrieval_record(name: str, questions: Sequence[Any], results: Sequence[tupl
             if not q.answerable:
                 sample["score"] = float(sample["refusal_correct"])
         samples.append(sample)
+    return samples
+
+
+def retrieval_record(name: str, questions: Sequence[Any], results: Sequence[tuple[Sequence[Any], float | None]],
+                     seconds: float, threshold: float | None, documents: Mapping[str, str] | None = None,
+                     seed: int = 0, samples: list[dict[str, Any]] | None = None) -> TaskRecord:
+    """One retriever's record: recall@1/5/10 and MRR over the answerable questions (bootstrap 95% CI
+    on recall@5, the primary), the not-found accuracy on the unanswerable ones at `threshold`, and a
+    sample per question (rank, hit@k, similarity, word overlap with its gold document)."""
+    samples = samples if samples is not None else record_samples(questions, results, threshold, documents)
+    ranks = [s["rank"] for s in samples if s["answerable"]]
     n = len(ranks)
     metrics: dict[str, float] = {"n": float(n), "unanswerable": float(len(questions) - n)}
     for k in KS:
@@ -159,12 +168,11 @@ def rag_eval(searchers: Sequence[Searcher], questions: Sequence[Any], label: str
             results.append(s.search(q.question))
             if progress:
                 progress(1)
-        record = retrieval_record(s.name, questions, results, time.perf_counter() - start, threshold, documents)
+        samples = record_samples(questions, results, threshold, documents)
+        record = retrieval_record(s.name, questions, results, time.perf_counter() - start, threshold, documents,
+                                  samples=samples)
         records[f"{label}/{s.name}"] = record
-        refusals = [{"id": q.id, "question": q.question, "answerable": False, "similarity": sim,
-                     "score": float(sim is not None and sim < threshold)}
-                    for q, (_, sim) in zip(questions, results) if not q.answerable and sim is not None]
-        refusals = refusals if threshold is not None else []
+        refusals = [x for x in samples if not x["answerable"] and "score" in x]  # judged by the threshold
         if refusals:
             records[f"{label}-unanswerable/{s.name}"] = refusal_record(record, refusals)
     settings = EvalSettings(tasks=[label], split=label, strategies=[s.name for s in searchers])

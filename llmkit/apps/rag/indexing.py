@@ -77,11 +77,18 @@ def content_hash(document: Document, settings: ChunkSettings, embedder: str) -> 
 
 def index_documents(store: Any, documents: Iterable[Document], embedder: Any,
                     settings: ChunkSettings | None = None, cache: EmbeddingCache | None = None,
-                    delete_missing: bool = True, batch_chunks: int = 256,
+                    delete_missing: bool = True, keep: Iterable[str] = (), batch_chunks: int = 256,
                     progress: Callable[[int, int], None] | None = None) -> IndexReport:
     """Bring `store` up to date with `documents` (see the module docstring). `progress(done, total)`
-    is called with documents done. Documents are chunked by the embedder's own tokenizer."""
+    is called with documents done. Documents are chunked by the embedder's own tokenizer, which must
+    be the store's (its manifest names it). `keep`: ids of documents that failed to load this time,
+    whose stored chunks stay (a file that cannot be read today is not a deleted one)."""
     from .chunking import chunk_documents, token_counter
+    from .embedding import embedding_dim
+    from .stores import check_manifest
+
+    check_manifest(store.manifest, embedder_name(embedder), embedding_dim(embedder),
+                   str(getattr(store, "location", "the store")))
 
     settings = settings or ChunkSettings()
     start, report = time.perf_counter(), IndexReport()
@@ -123,6 +130,9 @@ def index_documents(store: Any, documents: Iterable[Document], embedder: Any,
                                      method=settings.method)
             if not chunks:
                 report.failures.append((doc.doc_id, "no text to index"))
+                if doc.doc_id in stored:  # its old text is gone: serving it would be wrong
+                    store.delete_document(doc.doc_id)
+                    report.deleted += 1
             else:
                 pending.append((doc, digest, chunks))
                 pending_chunks += len(chunks)
@@ -133,7 +143,7 @@ def index_documents(store: Any, documents: Iterable[Document], embedder: Any,
     if pending:
         flush()
     if delete_missing:
-        for doc_id in sorted(set(stored) - set(ids)):
+        for doc_id in sorted(set(stored) - set(ids) - set(keep)):
             store.delete_document(doc_id)
             report.deleted += 1
     flush_store = getattr(store, "flush", None)

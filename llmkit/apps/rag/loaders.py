@@ -175,7 +175,8 @@ def _read_text(path: Path, shown: str) -> str:
 
 
 def _normalise(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    """Unix line ends, and no NUL characters (PDF text extraction emits them; PostgreSQL refuses them)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
 
 
 def _read_pdf(path: Path, shown: str) -> tuple[str, dict[str, Any]]:

@@ -31,24 +31,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .records import Chunk, ScoredChunk
-from .stores import StoreError, check_k, check_manifest, check_upsert, check_where, new_manifest, normalize
+from .stores import (StoreError, check_k, check_manifest, check_upsert, check_where, new_manifest, normalize,
+                     redact_url)
 
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HNSW_MAX_DIM = 2000  # pgvector indexes vectors of at most 2000 dimensions; larger ones are scanned
 _EF_MAX = 1000  # hnsw.ef_search's upper bound: a larger k is answered by an exact scan
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by *** (in user:password@ and in password=... parameters)."""
-    url = re.sub(r"(password=)[^&\s]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo and userinfo.partition(":")[2]:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    return f"{scheme}://{netloc}{slash}{tail}"
 
 
 class PgVectorStore:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...data.vectors import VectorConfig, bow_matrix, build_vocab, fit_vectors, tokenize
+from ...data.vectors import VectorConfig, bow_matrix, build_vocab, fit_vectors, idf, tokenize
 from .evaluate import Searcher, retriever_searcher
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,10 @@ def word_searcher(method: str, chunks: Sequence[Any], k: int = 30, max_vocab: in
     else:
         vocab, _ = build_vocab(docs, min_count=1, max_vocab=max_vocab)
         if method == "tfidf":
-            # scikit-learn's smoothed idf, as llmkit.data.vectors.tfidf_matrix
-            df = (bow_matrix(docs, vocab) > 0).sum(axis=0)
-            idf = (np.log((1 + len(docs)) / (1 + df)) + 1).astype(np.float32)
+            weights = idf(bow_matrix(docs, vocab)).astype(np.float32)  # as llmkit.data.vectors.tfidf_matrix
 
             def embed(tokens_list: Sequence[Sequence[str]]) -> np.ndarray:
-                return _unit(bow_matrix(tokens_list, vocab) * idf)
+                return _unit(bow_matrix(tokens_list, vocab) * weights)
         else:
             def embed(tokens_list: Sequence[Sequence[str]]) -> np.ndarray:
                 return _unit(bow_matrix(tokens_list, vocab))

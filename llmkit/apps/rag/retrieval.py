@@ -10,6 +10,8 @@ LLM.
 
 Reciprocal-rank fusion (Cormack et al., 2009) adds 1 / (rrf_k + rank) over the rankings a chunk
 appears in, so it needs no calibration between cosine and BM25 scores; `weights` scale each ranking.
+The default rrf_k is 10, not the paper's 60: chosen on the dev half of the shipped questions (recall@5
+0.812 against 0.792 at 60), so the top of each ranking counts for more.
 MMR (Carbonell & Goldstein, 1998) then picks, among the candidates, the one most similar to the
 question less its similarity to those already picked.
 """
@@ -88,7 +90,7 @@ class Retriever:
     embedder: the store refuses another); `candidates` is how many each ranking contributes before
     fusion, MMR or reranking; `reranker` an LLM whose yes/no log-odds reorder the candidates."""
 
-    def __init__(self, store: Any, embedder: Any = None, mode: str = "hybrid", rrf_k: int = 60,
+    def __init__(self, store: Any, embedder: Any = None, mode: str = "hybrid", rrf_k: int = 10,
                  weights: Sequence[float] = (1.0, 1.0), candidates: int = 30, mmr_lambda: float | None = None,
                  reranker: Any = None, cache: EmbeddingCache | None = None) -> None:
         if mode not in MODES:
@@ -137,7 +139,7 @@ class Retriever:
 
     def bm25(self, question: str, k: int, where: Mapping[str, Any] | None = None) -> list[ScoredChunk]:
         index = self.keyword_index()
-        want = k if not where else min(len(index), max(k * 20, 200))
+        want = k if not where else len(index)  # a filter may keep few: rank them all, then filter
         hits = index.search(question, k=want) if question.strip() else []
         found = [ScoredChunk(self._chunks[h.doc_id], h.score) for h in hits]
         return [s for s in found if _matches(s.chunk.metadata, where)][:k]

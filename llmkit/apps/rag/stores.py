@@ -29,7 +29,7 @@ METRIC = "cosine"
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-class StoreError(Exception):
+class StoreError(ValueError):
     """A vector store cannot be opened, read or written; the message says what to check."""
 
 
@@ -82,7 +82,7 @@ def open_store(spec: str, embedder_name: str | None = None, dim: int | None = No
 
         return PgVectorStore(spec, embedder_name=embedder_name, dim=dim, create=create, **options)
     if "://" in spec:
-        raise StoreError(f"store {spec!r}: unknown URL scheme; give a directory path (FAISS) or a "
+        raise StoreError(f"store {redact_url(spec)!r}: unknown URL scheme; give a directory path (FAISS) or a "
                          "postgresql:// URL (pgvector)")
     from .faiss_store import FaissStore
 
@@ -90,6 +90,19 @@ def open_store(spec: str, embedder_name: str | None = None, dim: int | None = No
 
 
 # ---------------------------------------------------------------- helpers shared by the stores
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by *** (in user:password@ and in password=... parameters)."""
+    url = re.sub(r"(password=)[^&\s]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo and userinfo.partition(":")[2]:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    return f"{scheme}://{netloc}{slash}{tail}"
 
 
 def new_manifest(embedder_name: str | None, dim: int | None, kind: str, where: str, **extra: Any) -> dict:

@@ -74,8 +74,16 @@ def build_index(docs: str | os.PathLike | Sequence[Document], store: str, embedd
     from .stores import open_store
 
     embedder = resolve_embedder(embedder)
+    keep: list[str] = []
     if isinstance(docs, (str, os.PathLike)):
         documents, failures = load_documents(docs)
+        if failures and str(docs) != STDLIB:  # their ids, as a loaded document's would be
+            root = Path(docs).resolve()
+            for path, _ in failures:
+                try:
+                    keep.append(Path(path).resolve().relative_to(root).as_posix())
+                except ValueError:
+                    pass
     else:
         documents, failures = list(docs), []
     vectors = open_store(store, embedder_name=embedder_name(embedder), dim=embedding_dim(embedder), kind=kind,
@@ -83,7 +91,7 @@ def build_index(docs: str | os.PathLike | Sequence[Document], store: str, embedd
     cache = EmbeddingCache(default_cache(store))
     try:
         report = index_documents(vectors, documents, embedder, settings, cache=cache, delete_missing=delete_missing,
-                                 progress=progress)
+                                 keep=keep, progress=progress)
     finally:
         vectors.close()
         cache.close()
@@ -98,16 +106,15 @@ def open_retriever(store: str, embedder: Any = None, mode: str = "hybrid", **opt
     from .stores import open_store
 
     vectors = open_store(store)
-    if embedder is None and mode != "bm25":
-        embedder = default_embedder(vectors.manifest.get("embedder") or DEFAULT_EMBEDDER)
-    elif embedder is not None:
-        embedder = resolve_embedder(embedder)
+    # the embedder even for BM25: "not in the documents" is decided on the dense similarity
+    embedder = resolve_embedder(embedder if embedder is not None
+                                else vectors.manifest.get("embedder") or DEFAULT_EMBEDDER)
     cache = EmbeddingCache(default_cache(store)) if embedder is not None else None
     return Retriever(vectors, embedder, mode=mode, cache=cache, **options)
 
 
 def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRIEVERS, embedder: Any = None,
-                   tune: str | None = None, threshold: float | None = None, k: int = 30,
+                   tune: str | None = None, threshold: float | None = None, k: int = 100,
                    progress: Callable[[int], None] | None = None, retriever: Any = None) -> tuple[Any, dict[str, Any]]:
     """Measure each retriever on `questions` (a split of the shipped set, ``builtin:rag-stdlib:test``,
     or a JSONL path); `retrievers` among bm25, dense, hybrid and, for comparison, bow, tfidf,
@@ -124,9 +131,12 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
     retriever = retriever or open_retriever(store, embedder, mode="hybrid")
     chosen: dict[str, Any] = {"questions": questions, "k": k}
     if threshold is None and tune is not None:
-        if _split(tune) == _split(questions):
-            raise ValueError(f"tune={tune!r} is the measured split: choose the threshold on another (e.g. the dev split)")
         tuning = load_rag_questions(_split(tune))
+        shared = {q.id for q in tuning} & {q.id for q in measured} or \
+            {q.question for q in tuning} & {q.question for q in measured}
+        if shared:
+            raise ValueError(f"tune={tune!r} shares {len(shared)} question(s) with questions={questions!r} (e.g. "
+                             f"{sorted(shared)[0]!r}): choose the threshold on other questions (e.g. the dev split)")
         sims = [retriever.search(q.question, k=1, mode="dense").similarity for q in tuning]
         threshold = choose_threshold(sims, [q.answerable for q in tuning])
         chosen["tuned_on"] = tune
@@ -142,7 +152,7 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
     run = rag_eval(searchers, measured, label=_label(questions),
                    threshold=threshold, documents=documents, model=embedder_name(retriever.embedder),
                    progress=progress)
-    chosen["retriever"] = retriever
+    chosen["retriever"] = retriever  # open: the answers of --model use it; close its store when done
     return run, chosen
 
 

@@ -32,11 +32,25 @@ DOCS = {
 }
 
 
+class FP32:
+    """all-MiniLM-L6-v2 through llmkit at fp32 (its default computes in bf16 on CPUs where that is
+    fast), for comparisons with sentence-transformers' fp32 vectors."""
+
+    def __init__(self, llm):
+        self.llm, self.name, self.tokenizer, self.embedding_dim = llm, llm.name, llm.tokenizer, llm.embedding_dim
+
+    def embed(self, texts):
+        return self.llm.embed(texts, precision="fp32")
+
+    def tokenize(self, text, add_special_tokens=True):
+        return self.llm.tokenize(text, add_special_tokens)
+
+
 @pytest.fixture(scope="module")
 def embedder(minilm):
     import llmkit
 
-    return llmkit.load(minilm.path)
+    return FP32(llmkit.load(minilm.path))
 
 
 def write_docs(root, docs=DOCS):
@@ -67,7 +81,7 @@ def test_index_is_incremental_and_an_interrupted_run_resumes(tmp_path, embedder,
     real_embed = embedder.embed
 
     class Crashing:
-        name, tokenizer = embedder.name, embedder.tokenizer
+        name, tokenizer, embedding_dim = embedder.name, embedder.tokenizer, 384
 
         def embed(self, texts):
             calls.append(len(texts))
@@ -213,3 +227,55 @@ def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
     assert set(answers["tasks"]) == {"qa/closed-book", "qa/rag", "qa-unanswerable/rag"}
     assert answers["tasks"]["qa/rag"]["metrics"]["n"] == 2  # the answerable ones, scored both ways
     assert answers["tasks"]["qa-unanswerable/rag"]["samples"][0]["reply"] == NOT_FOUND
+    # without a threshold there is no refusal to score, and the run still completes
+    assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions",
+                 str(questions), "--out", str(tmp_path / "eval2"), "--retrievers", "dense"]) == 0
+    assert set(json.loads((tmp_path / "eval2" / "results.json").read_text())["tasks"]) == {"qa/dense"}
+    # the threshold is never chosen on the measured questions
+    assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions",
+                 str(questions), "--tune", str(questions), "--out", str(tmp_path / "eval3")]) != 0
+    assert "shares 3 question(s)" in capsys.readouterr().err
+
+
+def test_cache_keep_and_refusals(tmp_path, embedder):
+    """The cache serves a second store; another embedder cannot write into a store; a file that fails
+    to load keeps its chunks; an answerable question above the threshold is answered."""
+    from llmkit.apps.rag.workflow import build_index
+
+    docs = write_docs(tmp_path / "docs")
+    cache = EmbeddingCache(tmp_path / "emb.db")
+    first = open_store(str(tmp_path / "a"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(first, load_directory(docs).documents, embedder, ChunkSettings(size=32), cache=cache)
+
+    class Counting(type(embedder)):
+        calls = 0
+
+        def embed(self, texts):
+            Counting.calls += 1
+            return super().embed(texts)
+
+    second = open_store(str(tmp_path / "b"), "all-minilm-l6-v2", 384, create=True)
+    report = index_documents(second, load_directory(docs).documents, Counting(embedder.llm), ChunkSettings(size=32),
+                             cache=cache)
+    assert Counting.calls == 0 and report.cached == report.chunks > 0  # every vector read back, none made
+    assert stored(second) == stored(first)
+
+    class Other:
+        name, tokenizer, embedding_dim = "another-embedder", embedder.tokenizer, 384
+
+        def embed(self, texts):
+            return np.ones((len(texts), 384), np.float32)
+
+    with pytest.raises(StoreMismatch, match="another-embedder"):
+        index_documents(first, load_directory(docs).documents, Other(), ChunkSettings(size=32))
+
+    store = str(tmp_path / "c")
+    build_index(docs, store, embedder, settings=ChunkSettings(size=32))
+    (docs / "zip.txt").write_bytes(b"\x00\x01binary now")  # unreadable today: not a deleted document
+    report = build_index(docs, store, embedder, settings=ChunkSettings(size=32))
+    assert report.deleted == 0 and any(path.endswith("zip.txt") for path, _ in report.failures)
+    assert any(c.doc_id == "zip.txt" for c in open_store(store).chunks())
+
+    retriever = Retriever(open_store(store), embedder, mode="dense")
+    llm = ScriptedLLM([["Use csv.reader [1]."]])
+    assert ask(llm, retriever, "How do I read rows from a CSV file?", threshold=0.3, budget=4000).status == "answered"
