@@ -279,3 +279,42 @@ def test_cache_keep_and_refusals(tmp_path, embedder):
     retriever = Retriever(open_store(store), embedder, mode="dense")
     llm = ScriptedLLM([["Use csv.reader [1]."]])
     assert ask(llm, retriever, "How do I read rows from a CSV file?", threshold=0.3, budget=4000).status == "answered"
+
+
+def test_a_server_embeds_for_the_store_and_rerank_and_mmr_reorder(tmp_path, embedder):
+    """A store built with the local model is searched through llmkit serve's /v1/embeddings with the
+    same results; an LLM reranker and MMR change the order as they should."""
+    from llmkit.apps.rag.records import ScoredChunk
+    from llmkit.apps.rag.retrieval import rerank
+    from llmkit.infer.remote import RemoteLLM
+    from llmkit.infer.scoring import LogLikelihood
+    from llmkit.serve import ServerSettings, build_server
+    from tests.serve.conftest import Running
+
+    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=24))
+    local = Retriever(store, embedder, mode="dense")
+    built = build_server(embedder.llm, ServerSettings(log_requests=False, embed_precision="fp32"))
+    with Running(built.app) as running:
+        remote = Retriever(store, RemoteLLM(running.url + "/v1"), mode="dense")
+        for q in ("number of days between two dates", "unpack an archive"):
+            a, b = local.search(q, k=3), remote.search(q, k=3)
+            assert [s.chunk.chunk_id for s in a.chunks] == [s.chunk.chunk_id for s in b.chunks]
+            np.testing.assert_allclose([s.score for s in a.chunks], [s.score for s in b.chunks], atol=1e-5)
+
+    class Judge:  # says "yes" to the passage about ZIP archives only
+        def loglikelihood(self, requests):
+            return [LogLikelihood(-0.1 if ("ZipFile" in ctx) == (cont == " yes") else -5.0, True, 1)
+                    for ctx, cont in requests]
+
+    found = local.search("how do I read files", k=4).chunks
+    reranked = rerank(Judge(), "how do I read files", found)
+    assert reranked[0].chunk.doc_id == "zip.txt" and reranked[0].score == pytest.approx(4.9)
+    assert {s.chunk.chunk_id for s in reranked} == {s.chunk.chunk_id for s in found}
+    assert isinstance(reranked[0], ScoredChunk)
+
+    relevance = Retriever(store, embedder, mode="dense", mmr_lambda=1.0).search("csv rows", k=3).chunks
+    assert [s.chunk.chunk_id for s in relevance] == [s.chunk.chunk_id for s in local.search("csv rows", k=3).chunks]
+    diverse = Retriever(store, embedder, mode="dense", mmr_lambda=0.0).search("csv rows", k=3).chunks
+    assert diverse[0].chunk.chunk_id == relevance[0].chunk.chunk_id  # the first pick is the most relevant
+    assert [s.chunk.chunk_id for s in diverse] != [s.chunk.chunk_id for s in relevance]
