@@ -46,12 +46,14 @@ def bench_store(store, n: int, per_doc: int = 500, queries: int = 200, seed: int
     from llmkit.apps.rag.records import Chunk
 
     rng = np.random.default_rng(seed)
-    start = time.perf_counter()
+    batches = []  # made before the clock starts: only the store's work is timed
     for d in range(0, n, per_doc):
         m = min(per_doc, n - d)
-        vectors = rng.standard_normal((m, DIM)).astype(np.float32)
         chunks = [Chunk(f"d{d}#{i}", f"d{d}", i, f"chunk {d + i}", {"group": (d // per_doc) % 10}) for i in range(m)]
-        store.upsert_document(f"d{d}", str(d), chunks, vectors)
+        batches.append((f"d{d}", chunks, rng.standard_normal((m, DIM)).astype(np.float32)))
+    start = time.perf_counter()
+    for doc_id, chunks, vectors in batches:
+        store.upsert_document(doc_id, doc_id, chunks, vectors)
     flush = getattr(store, "flush", None)
     if callable(flush):
         flush()
@@ -145,8 +147,10 @@ def real_text(docs: int, model: str | None) -> dict:
         from llmkit.apps.rag.answer import ask
 
         llm = llmkit.load(model)
-        result = ask(llm, retriever, "How do I read a CSV file?", max_new_tokens=64)
-        out["ask_retrieve_s"], out["ask_generate_s"] = result.retrieve_seconds, result.generate_seconds
+        split = [ask(llm, retriever, q, max_new_tokens=64) for q in ("How do I read a CSV file?",
+                 "How many days are there between two dates?", "How do I run a shell command?")]
+        out["ask_retrieve_s"] = float(np.median([r.retrieve_seconds for r in split]))
+        out["ask_generate_s"] = float(np.median([r.generate_seconds for r in split]))
     store.close()
     shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -178,7 +182,7 @@ def main() -> None:
           f"{rt['plain_st_faiss_chunks_per_s']:.1f} chunks/s: {rt['ratio']:.2f}x (target 1.0x); hybrid search p50 "
           f"{rt['hybrid_search_p50_ms']:.1f} ms, p99 {rt['hybrid_search_p99_ms']:.1f} ms")
     if "ask_retrieve_s" in rt:
-        print(f"rag ask: retrieve {rt['ask_retrieve_s']:.2f} s, generate {rt['ask_generate_s']:.2f} s")
+        print(f"rag ask (median of 3): retrieve {rt['ask_retrieve_s']:.2f} s, generate {rt['ask_generate_s']:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

@@ -78,7 +78,7 @@ class Searcher:
     search: Callable[[str], tuple[Sequence[Any], float | None]]
 
 
-def retriever_searcher(retriever: Any, mode: str, k: int = 30) -> Searcher:
+def retriever_searcher(retriever: Any, mode: str, k: int = 100) -> Searcher:
     """A `Retriever` in one mode (dense, bm25, hybrid) as a searcher of `k` chunks."""
     def search(question: str) -> tuple[Sequence[Any], float | None]:
         found = retriever.search(question, k=k, mode=mode)

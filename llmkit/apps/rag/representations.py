@@ -27,7 +27,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
     return (m / np.where(norms == 0, 1, norms)).astype(np.float32)
 
 
-def word_searcher(method: str, chunks: Sequence[Any], k: int = 30, max_vocab: int = 20_000,
+def word_searcher(method: str, chunks: Sequence[Any], k: int = 100, max_vocab: int = 20_000,
                   seed: int = 0) -> Searcher:
     """A searcher ranking `chunks` by the cosine of `method` vectors ("bow", "tfidf", "word2vec")."""
     if method not in WORD_METHODS:
@@ -68,7 +68,7 @@ def word_searcher(method: str, chunks: Sequence[Any], k: int = 30, max_vocab: in
     return Searcher(method, search)
 
 
-def representation_searchers(retriever: Any, k: int = 30, methods: Sequence[str] = ("bow", "tfidf", "word2vec"),
+def representation_searchers(retriever: Any, k: int = 100, methods: Sequence[str] = ("bow", "tfidf", "word2vec"),
                              progress: Callable[[str], None] | None = None) -> list[Searcher]:
     """Bag-of-words, TF-IDF and word2vec over the retriever's store, then BM25, dense and hybrid."""
     chunks = list(retriever.store.chunks())
