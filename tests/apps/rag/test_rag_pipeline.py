@@ -318,3 +318,24 @@ def test_a_server_embeds_for_the_store_and_rerank_and_mmr_reorder(tmp_path, embe
     diverse = Retriever(store, embedder, mode="dense", mmr_lambda=0.0).search("csv rows", k=3).chunks
     assert diverse[0].chunk.chunk_id == relevance[0].chunk.chunk_id  # the first pick is the most relevant
     assert [s.chunk.chunk_id for s in diverse] != [s.chunk.chunk_id for s in relevance]
+
+
+def test_llmkit_rag_on_a_postgresql_url_and_an_unreachable_one(tmp_path, minilm, postgres, capsys):
+    from tests.apps.scripted import closed_port
+
+    docs = write_docs(tmp_path / "docs")
+    url = postgres  # the CLI's default table, llmkit_chunks: no other test uses it
+    assert main(["rag", "index", "--docs", str(docs), "--store", url, "--embedder", str(minilm.path),
+                 "--chunk-size", "48"]) == 0
+    assert "4 added" in capsys.readouterr().out
+    questions = tmp_path / "qa.jsonl"
+    questions.write_text(json.dumps({"id": "a", "question": "How do I unpack a zip archive?", "docs": ["zip.txt"],
+                                     "answer": "extractall", "answerable": True}) + "\n", encoding="utf-8")
+    assert main(["rag", "eval", "--store", url, "--embedder", str(minilm.path), "--questions", str(questions),
+                 "--out", str(tmp_path / "eval"), "--retrievers", "dense,hybrid"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["tasks"]["qa/dense"]["metrics"]["recall@1"] == 1.0
+    down = f"postgresql://alice:s3cret@127.0.0.1:{closed_port()}/db"
+    assert main(["rag", "index", "--docs", str(docs), "--store", down, "--embedder", str(minilm.path)]) != 0
+    err = capsys.readouterr().err
+    assert "cannot connect to PostgreSQL" in err and "s3cret" not in err and "Traceback" not in err
