@@ -3,8 +3,8 @@
     result = ask(llm, retriever, "How do I read a CSV file?")
     result.text              # "Use csv.reader ... [1]"
     result.citations[0]      # Citation(number=1, doc_id="function:csv.reader", source=..., start=..., end=...)
-    for piece in (stream := answer_stream(llm, retriever, question)):
-        print(piece, end="")
+    stream = answer_stream(llm, retriever, question)
+    pieces = list(stream)    # the text as the model writes it (the CLI prints each piece)
     stream.result            # the same RAGAnswer, once the stream is done
 
 The retrieved chunks are packed by the one context assembler (`llmkit.apps.context.assemble`): it

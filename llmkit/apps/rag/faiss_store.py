@@ -44,7 +44,8 @@ import numpy as np
 
 from ...utils import atomic_path, write_json_atomic
 from .records import Chunk, ScoredChunk
-from .stores import StoreError, check_k, check_manifest, check_upsert, check_where, new_manifest, normalize
+from .stores import (StoreError, check_k, check_manifest, check_upsert, check_where, metadata_json, new_manifest,
+                     normalize)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class FaissStore:
     def upsert_document(self, doc_id: str, content_hash: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
         """Replace every chunk of doc_id with `chunks` (vectors row i is chunks[i]) in one transaction."""
         x = check_upsert(doc_id, content_hash, chunks, vectors, self.dim)
-        rows = [(c.chunk_id, doc_id, c.ordinal, c.text, _metadata_json(c), x[i].tobytes())
+        rows = [(c.chunk_id, doc_id, c.ordinal, c.text, metadata_json(c), x[i].tobytes())
                 for i, c in enumerate(chunks)]
         with self._lock:
             try:
@@ -391,14 +392,6 @@ class FaissStore:
                 chunk_id, doc_id, ordinal, text, metadata = rows[i]
                 hits.append(ScoredChunk(Chunk(chunk_id, doc_id, ordinal, text, json.loads(metadata)), float(score)))
         return hits
-
-
-def _metadata_json(chunk: Chunk) -> str:
-    try:
-        return json.dumps(chunk.metadata, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise StoreError(f"chunk {chunk.chunk_id!r}: metadata is not JSON ({error}); keep to str, numbers, "
-                         "bools, lists and dicts") from error
 
 
 def _where_sql(where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:

@@ -20,7 +20,6 @@ a selective filter still finds k rows.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import threading
 from typing import Any, Iterator, Mapping, Sequence
@@ -31,8 +30,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .records import Chunk, ScoredChunk
-from .stores import (StoreError, check_k, check_manifest, check_upsert, check_where, new_manifest, normalize,
-                     redact_url)
+from .stores import (StoreError, check_k, check_manifest, check_upsert, check_where, metadata_json, new_manifest,
+                     normalize, redact_url)
 
 _TABLE = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _HNSW_MAX_DIM = 2000  # pgvector indexes vectors of at most 2000 dimensions; larger ones are scanned
@@ -255,11 +254,7 @@ def _password(url: str) -> str:
 
 def _metadata(chunk: Chunk) -> Jsonb:
     """The chunk's metadata for a JSONB column; PostgreSQL text and JSONB cannot hold NUL characters."""
-    try:
-        text = json.dumps(chunk.metadata, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise StoreError(f"chunk {chunk.chunk_id!r}: metadata is not JSON ({error}); keep to str, numbers, "
-                         "bools, lists and dicts") from error
+    text = metadata_json(chunk)
     if "\x00" in chunk.text or "\\u0000" in text:
         raise StoreError(f"chunk {chunk.chunk_id!r} holds a NUL character, which PostgreSQL cannot store: "
                          "remove '\\x00' from the text (the loader should)")

@@ -17,6 +17,7 @@ L2-normalised on the way in and for the query (so a score is a cosine similarity
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -168,6 +169,15 @@ def check_upsert(doc_id: str, content_hash: str, chunks: Sequence[Chunk], vector
     if len(x) != len(chunks):
         raise StoreError(f"document {doc_id!r}: {len(chunks)} chunks but {len(x)} vectors (row i is chunks[i])")
     return x
+
+
+def metadata_json(chunk: Chunk) -> str:
+    """The chunk's metadata as JSON text, or a `StoreError` naming the chunk when it is not JSON."""
+    try:
+        return json.dumps(chunk.metadata, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise StoreError(f"chunk {chunk.chunk_id!r}: metadata is not JSON ({error}); keep to str, numbers, "
+                         "bools, lists and dicts") from error
 
 
 def check_where(where: Mapping[str, Any] | None) -> dict[str, Any]:
