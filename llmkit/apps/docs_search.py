@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # of a saved index: manifest.json + documents.json + bm25s's own files
 Document = tuple[str, str, dict[str, Any]]  # (id, text, metadata); metadata["title"] is indexed too
 Entry = tuple[str, str, str]  # (title, kind, text) of one standard-library document
+# Words that ask rather than name a topic: a small corpus may lack them, which says nothing about it
+QUESTION_WORDS = frozenset("how what which who whom whose why when where do does did can could should would "
+                           "may might must i me my we our you your many much".split())
 
 # Removed in 3.12 (PEP 632: distutils; asynchat, asyncore, smtpd, imp) or 3.13 (PEP 594's dead
 # batteries, lib2to3); tests, demos and IDLE, whose docs answer no user's question
@@ -150,6 +153,15 @@ class KeywordIndex:
             doc_id, text, metadata = self.documents[i]
             hits.append(Hit(doc_id, float(scores[i]), str(metadata.get("title", doc_id)), text, dict(metadata)))
         return hits
+
+    def unknown_terms(self, query: str) -> tuple[list[str], int]:
+        """The words of `query` (as the index reads them: lowercased, stopwords out, stemmed; question
+        words such as "how" or "many" left out too) that no document contains, and how many words it
+        has: a question about something the documents never name ("pandas", "Django") is likely not
+        answered by them."""
+        words = " ".join(w for w in re.findall(r"\w+", query) if w.lower() not in QUESTION_WORDS)
+        tokens = [t for t in self._tokenize([words])[0] if t] if words.strip() else []
+        return [t for t in tokens if t not in self._retriever.vocab_dict], len(tokens)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index to `directory`, replacing it whole: it is written beside it, then renamed."""

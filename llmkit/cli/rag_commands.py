@@ -35,8 +35,10 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("ask", help="answer a question from the store, streamed, with numbered citations",
                        description="Retrieve the passages that best match the question and have the model answer "
                                    "from them, citing [1], [2], ...; the citations are listed with their source and "
-                                   "position. Below --threshold (the best passage's similarity) the answer is 'Not in "
-                                   "the documents.' without asking the model. Example: llmkit rag ask --store runs/idx "
+                                   "position. When the evidence (the best passage's similarity, less --unknown-weight "
+                                   "x the share of the question's words that no passage contains) is under "
+                                   "--threshold, the answer is 'Not in the documents.' without asking the model. "
+                                   "Example: llmkit rag ask --store runs/idx "
                                    "--model smollm2-135m-instruct \"How do I read a CSV file?\"")
     a.add_argument("question")
     a.add_argument("--store", required=True, help="the store `llmkit rag index` wrote (directory or URL)")
@@ -46,8 +48,11 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("-k", type=positive_int, default=5, help="passages to retrieve (default 5)")
     a.add_argument("--mode", choices=["dense", "bm25", "hybrid"], default="hybrid", help="default hybrid")
     a.add_argument("--threshold", type=float, default=None,
-                   help="answer 'Not in the documents.' when the best similarity is under this (e.g. the value "
+                   help="answer 'Not in the documents.' when the evidence is under this (e.g. the value "
                         "`llmkit rag eval --tune` chose)")
+    a.add_argument("--unknown-weight", type=float, default=0.0,
+                   help="how much the share of question words that no passage contains lowers the evidence "
+                        "(default 0: the similarity alone; `llmkit rag eval --tune` chooses it with the threshold)")
     a.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only passages whose metadata has KEY=VALUE (repeatable), e.g. format=pdf; a VALUE of digits "
                         "is a number, true/false a boolean (quote it as VALUE='\"2024\"' for the string)")
@@ -69,8 +74,11 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--retrievers", default="bm25,dense,hybrid",
                    help="comma-separated among bm25, dense, hybrid, and for comparison bow, tfidf, word2vec "
                         "(default bm25,dense,hybrid)")
-    e.add_argument("--tune", default=None, help="questions to choose the not-found threshold on (never --questions)")
+    e.add_argument("--tune", default=None,
+                   help="questions to choose the not-found threshold and unknown-word weight on (never --questions)")
     e.add_argument("--threshold", type=float, default=None, help="a fixed not-found threshold instead of --tune")
+    e.add_argument("--unknown-weight", type=float, default=None,
+                   help="with --threshold: the fixed weight of unknown question words (default 0)")
     e.add_argument("--embedder", default=None, help="default: the one the store was built with")
     e.add_argument("--model", "-m", default=None,
                    help="also measure answers: the model answers each question with the retrieved passages and "
@@ -139,7 +147,8 @@ def _ask(args: argparse.Namespace) -> int:
     from ..apps.rag.workflow import open_retriever
     from ..infer.llm import load
 
-    retriever = open_retriever(args.store, args.embedder, mode=args.mode, mmr_lambda=args.mmr)
+    retriever = open_retriever(args.store, args.embedder, mode=args.mode, mmr_lambda=args.mmr,
+                               unknown_weight=args.unknown_weight)
     llm = load(args.model, api_key=args.api_key)
     if args.rerank:
         retriever.reranker = llm
@@ -167,13 +176,20 @@ def _eval(args: argparse.Namespace) -> int:
     retrievers = comma_list(args.retrievers)
     with tqdm(desc="questions", unit="q", file=sys.stderr) as bar:
         run, chosen = evaluate_store(args.store, args.questions, retrievers, embedder=args.embedder, tune=args.tune,
-                                     threshold=args.threshold, progress=bar.update)
+                                     threshold=args.threshold, unknown_weight=args.unknown_weight,
+                                     progress=bar.update)
     if not args.model:
         chosen["retriever"].store.close()
     table = retrieval_table(run)
-    notes = f"## Retrieval\n\n{table}\n\nThreshold: {chosen.get('threshold')} (tuned on {chosen.get('tuned_on', '—')})\n"
+    rule = "no not-found rule (give --tune or --threshold)"
+    if chosen.get("threshold") is not None:
+        rule = (f"not found under evidence {chosen['threshold']:.3f}, unknown-word weight {chosen['unknown_weight']:.2f}"
+                f" ({'tuned on ' + chosen['tuned_on'] if 'tuned_on' in chosen else 'given'}): llmkit rag ask "
+                f"--threshold {chosen['threshold']:.3f} --unknown-weight {chosen['unknown_weight']:.2f} ...")
+    notes = f"## Retrieval\n\n{table}\n\n{rule}\n"
     run.write(args.out, notes=notes)
     print(table)
+    print(rule)
     print(f"wrote {args.out}/results.json and report.md")
     if args.model:
         from pathlib import Path

@@ -148,6 +148,15 @@ def test_search_ranks_by_bm25_and_returns_the_documents(small):
     assert small.search("fox", 1)[0].metadata["kind"] == "story"
 
 
+def test_unknown_terms_are_the_query_words_no_document_contains(small):
+    # stopwords ("with", "and") are not words of the index, so they count for neither
+    assert small.unknown_terms("Parse rows with pandas and numpy?") == (["pandas", "numpy"], 4)
+    assert small.unknown_terms("days between dates") == ([], 3)
+    assert small.unknown_terms("Zebra crossing") == ([], 2)  # a title's words are known
+    assert small.unknown_terms("the and of") == ([], 0)
+    assert small.unknown_terms("   ") == ([], 0)
+
+
 def test_bad_queries_and_documents_are_refused_by_name(small, tmp_path):
     for query in ("", "   "):
         with pytest.raises(DocsSearchError, match="the query is empty"):

@@ -12,7 +12,7 @@ flat or HNSW, or PostgreSQL with pgvector, behind one interface; `indexing` keep
 document by document, so an interrupted run resumes) → retrieve (`retrieval`: dense, BM25 through the
 project's one keyword index, hybrid by reciprocal-rank fusion, MMR, metadata filters, an LLM
 reranker) → answer (`answer`: passages packed by the one context assembler, numbered citations that
-map back to their source; "not in the documents" under a similarity threshold). `evaluate`,
+map back to their source; "not in the documents" when the evidence is under a threshold). `evaluate`,
 `answer_eval` and `representations` measure it on labelled questions (`llmkit.data.rag_questions`).
 
 Every store's vectors are L2-normalised, so scores are cosine similarities; a store records its

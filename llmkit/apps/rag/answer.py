@@ -9,8 +9,8 @@
 
 The retrieved chunks are packed by the one context assembler (`llmkit.apps.context.assemble`): it
 numbers the passages it keeps [1], [2], ... in the system message and drops the lowest-scoring ones
-when the budget is short. When the best dense similarity between the question and any chunk is under
-`threshold`, the answer is "not in the documents" without asking the model (and the model is told to
+when the budget is short. When the retrieval's evidence (the best dense similarity, less the
+retriever's weight of question words that no chunk contains) is under `threshold`, the answer is "not in the documents" without asking the model (and the model is told to
 say the same when the passages do not hold the answer).
 """
 
@@ -67,7 +67,7 @@ class Citation:
 
 @dataclass
 class RAGAnswer:
-    """An answer: its `text`; `status` "answered" or "not_found" (the retrieval's similarity under the
+    """An answer: its `text`; `status` "answered" or "not_found" (the retrieval's evidence under the
     threshold, or the model said so); `citations`, the passages shown, numbered as the model saw them;
     `cited`, the numbers its text cites (only those shown); the `retrieval`; seconds spent retrieving and
     generating."""
@@ -132,7 +132,7 @@ def prepare(llm: Any, retriever: Any, question: str, k: int = 5, threshold: floa
     docstring). Raises `ContextOverflow` when the question alone does not fit the budget."""
     start = time.perf_counter()
     found = retriever.search(question, k=k, where=where)
-    if threshold is not None and (found.similarity is None or found.similarity < threshold):
+    if threshold is not None and (found.evidence is None or found.evidence < threshold):
         return Prepared(question, found, None, [], time.perf_counter() - start)
     packed = assemble(llm, system=system, retrieved=[(passage_text(s), s.score) for s in found.chunks],
                       question=question, max_new_tokens=max_new_tokens, budget=budget)

@@ -4,8 +4,9 @@
 A question's documents are ranked by their best chunk (the first time a document appears in the
 retrieved chunks); a hit at k is a gold document among the first k. Recall@k and MRR are over the
 answerable questions, each with a 95% bootstrap interval; the unanswerable ones score the threshold
-decision (similarity under the threshold = "not in the documents"). The threshold is chosen on a
-tuning split (`choose_threshold`), never on the questions it is reported on. Each question's word
+decision (the retrieval's evidence under the threshold = "not in the documents"; see
+`llmkit.apps.rag.retrieval`). The threshold and the weight of unknown words are chosen on a tuning
+split (`choose_rule`), never on the questions they are reported on. Each question's word
 overlap with its gold document is kept, so lexical give-aways are visible.
 
 The run is an `EvalRun` (records ``<questions>/<retriever>``), so `llmkit compare` reads two of them.
@@ -22,6 +23,7 @@ from ...eval.metrics import bootstrap_ci
 from ...eval.runner import EvalRun, EvalSettings, TaskRecord
 
 KS = (1, 5, 10)
+UNKNOWN_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))  # 0.0 .. 1.0, the grid `choose_rule` tries
 _WORD = re.compile(r"[a-z0-9_]+")
 _STOP = frozenset("a an and are as at be by can do does for from how i if in is it its me my of on or that the "
                   "then this to what when which why with without you your i'm get use".split())
@@ -59,20 +61,35 @@ def choose_threshold(similarities: Sequence[float], answerable: Sequence[bool]) 
     if not any(a for _, a in pairs) or all(a for _, a in pairs):
         raise ValueError("choosing a threshold needs both answerable and unanswerable questions")
     candidates = sorted({s for s, _ in pairs}) + [max(s for s, _ in pairs) + 1e-6]
-    n_yes = sum(a for _, a in pairs)
-    n_no = len(pairs) - n_yes
+    return max(candidates, key=lambda t: (balanced_accuracy(similarities, answerable, t), -t))
 
-    def balanced(t: float) -> float:
-        kept = sum(1 for s, a in pairs if a and s >= t) / n_yes
-        refused = sum(1 for s, a in pairs if not a and s < t) / n_no
-        return (kept + refused) / 2
 
-    return max(candidates, key=lambda t: (balanced(t), -t))
+def balanced_accuracy(scores: Sequence[float], answerable: Sequence[bool], threshold: float) -> float:
+    """The mean of the answerable questions kept (score >= threshold) and the unanswerable refused."""
+    kept = [s >= threshold for s, a in zip(scores, answerable) if a]
+    refused = [s < threshold for s, a in zip(scores, answerable) if not a]
+    return (sum(kept) / len(kept) + sum(refused) / len(refused)) / 2
+
+
+def choose_rule(similarities: Sequence[float], unknown: Sequence[float], answerable: Sequence[bool],
+                weights: Sequence[float] = UNKNOWN_WEIGHTS) -> tuple[float, float]:
+    """The (threshold, unknown_weight) whose evidence, similarity - weight x unknown, has the best
+    balanced accuracy on these questions (`choose_threshold` for each weight); ties go to the smaller
+    weight, the simpler rule."""
+    best: tuple[float, float, float] | None = None
+    for w in sorted(weights):
+        evidence = [s - w * u for s, u in zip(similarities, unknown)]
+        t = choose_threshold(evidence, answerable)
+        score = balanced_accuracy(evidence, answerable, t)
+        if best is None or score > best[0] + 1e-12:
+            best = (score, t, float(w))
+    assert best is not None, "give at least one weight"
+    return best[1], best[2]
 
 
 @dataclass
 class Searcher:
-    """A named retriever: `search(question) -> (chunks, similarity)`; similarity may be None."""
+    """A named retriever: `search(question) -> (chunks, evidence)`; evidence may be None."""
 
     name: str
     search: Callable[[str], tuple[Sequence[Any], float | None]]
@@ -82,7 +99,7 @@ def retriever_searcher(retriever: Any, mode: str, k: int = 100) -> Searcher:
     """A `Retriever` in one mode (dense, bm25, hybrid) as a searcher of `k` chunks."""
     def search(question: str) -> tuple[Sequence[Any], float | None]:
         found = retriever.search(question, k=k, mode=mode)
-        return found.chunks, found.similarity
+        return found.chunks, found.evidence
 
     return Searcher(mode, search)
 
@@ -93,18 +110,18 @@ def record_samples(questions: Sequence[Any], results: Sequence[tuple[Sequence[An
     and, with a `threshold`, whether "not in the documents" was said and whether that was right (an
     unanswerable question's score)."""
     samples = []
-    for q, (chunks, similarity) in zip(questions, results):
+    for q, (chunks, evidence) in zip(questions, results):
         ranking = document_ranking(chunks)
         rank = first_hit(ranking, q.docs) if q.answerable else None
         sample: dict[str, Any] = {"id": q.id, "question": q.question, "answerable": q.answerable,
                                   "gold": list(q.docs), "retrieved": ranking[:10], "documents_seen": len(ranking),
-                                  "rank": rank, "similarity": similarity}
+                                  "rank": rank, "evidence": evidence}
         if q.answerable:
             sample["score"] = float(rank is not None and rank <= 5)
             if documents is not None and q.docs and q.docs[0] in documents:
                 sample["overlap"] = round(word_overlap(q.question, documents[q.docs[0]]), 3)
-        if threshold is not None and similarity is not None:
-            refused = similarity < threshold
+        if threshold is not None and evidence is not None:
+            refused = evidence < threshold
             sample["not_found"] = refused
             sample["refusal_correct"] = refused != q.answerable
             if not q.answerable:
@@ -118,7 +135,7 @@ def retrieval_record(name: str, questions: Sequence[Any], results: Sequence[tupl
                      seed: int = 0, samples: list[dict[str, Any]] | None = None) -> TaskRecord:
     """One retriever's record: recall@1/5/10 and MRR over the answerable questions (bootstrap 95% CI
     on recall@5, the primary), the not-found accuracy on the unanswerable ones at `threshold`, and a
-    sample per question (rank, hit@k, similarity, word overlap with its gold document)."""
+    sample per question (rank, hit@k, evidence, word overlap with its gold document)."""
     samples = samples if samples is not None else record_samples(questions, results, threshold, documents)
     ranks = [s["rank"] for s in samples if s["answerable"]]
     n = len(ranks)
@@ -180,16 +197,17 @@ def rag_eval(searchers: Sequence[Searcher], questions: Sequence[Any], label: str
 
 
 def retrieval_table(run: EvalRun) -> str:
-    """Recall@1/5/10 and MRR per retriever as markdown, with the interval on recall@5 and the
-    not-found accuracy where a threshold was given."""
-    lines = ["| retriever | n | recall@1 | recall@5 [95% CI] | recall@10 | MRR | not found, correct | s / question |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Recall@1/5/10 and MRR per retriever as markdown, with the interval on recall@5 and, where a
+    threshold was given, the not-found accuracy and the share of answerable questions kept."""
+    lines = ["| retriever | n | recall@1 | recall@5 [95% CI] | recall@10 | MRR | not found, correct | answerable kept "
+             "| s / question |", "|---|---|---|---|---|---|---|---|---|"]
     for key, rec in run.tasks.items():
         if "recall@5" not in rec.metrics:  # the unanswerable questions' record: shown in its retriever's row
             continue
         m = rec.metrics
         refused = f"{m['not_found_correct']:.3f}" if "not_found_correct" in m else "—"
+        kept = f"{m['answerable_kept']:.3f}" if "answerable_kept" in m else "—"
         lines.append(f"| {key.partition('/')[2]} | {int(m['n'])} | {m['recall@1']:.3f} | {m['recall@5']:.3f} "
-                     f"[{rec.ci[0]:.3f}, {rec.ci[1]:.3f}] | {m['recall@10']:.3f} | {m['mrr']:.3f} | {refused} | "
+                     f"[{rec.ci[0]:.3f}, {rec.ci[1]:.3f}] | {m['recall@10']:.3f} | {m['mrr']:.3f} | {refused} | {kept} | "
                      f"{m['seconds_per_question']:.3f} |")
     return "\n".join(lines)

@@ -6,7 +6,9 @@ LLM.
     retriever = Retriever(store, embedder)                  # mode "hybrid"
     found = retriever.search("How do I read a CSV file?", k=5, where={"format": "markdown"})
     found.chunks            # [ScoredChunk(...)], best first
-    found.similarity        # the best dense cosine: below a threshold, "not in the documents"
+    found.similarity        # the best dense cosine between the question and any chunk
+    found.evidence          # that, less unknown_weight x the share of question words no chunk
+                            # contains: below a threshold, "not in the documents"
 
 Reciprocal-rank fusion (Cormack et al., 2009) adds 1 / (rrf_k + rank) over the rankings a chunk
 appears in, so it needs no calibration between cosine and BM25 scores; `weights` scale each ranking.
@@ -14,6 +16,11 @@ The default rrf_k is 10, not the paper's 60: chosen on the dev half of the shipp
 0.812 against 0.792 at 60), so the top of each ranking counts for more.
 MMR (Carbonell & Goldstein, 1998) then picks, among the candidates, the one most similar to the
 question less its similarity to those already picked.
+
+"Not in the documents" is decided on the evidence: the best cosine alone confuses a question about a
+library the documents never name with a vaguely worded one, while the words no chunk contains
+("pandas", "Django") tell them apart. The weight and the threshold are chosen together on tuning
+questions (`llmkit.apps.rag.evaluate.choose_rule`).
 """
 
 from __future__ import annotations
@@ -38,14 +45,22 @@ RERANK_PROMPT = ("Passage:\n{passage}\n\nQuestion: {question}\n"
 @dataclass
 class Retrieval:
     """What a search found: `chunks` best first (their scores are the mode's: cosine, BM25, or
-    fused), and `similarity`, the best dense cosine between the question and any chunk (None without
-    an embedder), which decides "not in the documents"."""
+    fused); `similarity`, the best dense cosine between the question and any chunk (None without
+    an embedder); `unknown`, the share of the question's words that no chunk contains; `evidence`,
+    which decides "not in the documents"."""
 
     question: str
     chunks: list[ScoredChunk]
     similarity: float | None
     mode: str
     rankings: dict[str, list[str]] = field(default_factory=dict)  # chunk ids per ranking that was fused
+    unknown: float = 0.0
+    unknown_weight: float = 0.0
+
+    @property
+    def evidence(self) -> float | None:
+        """`similarity` less `unknown_weight` x `unknown` (None without a similarity)."""
+        return None if self.similarity is None else self.similarity - self.unknown_weight * self.unknown
 
 
 def rrf(rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[str, float]]:
@@ -88,17 +103,20 @@ def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any] | None) -> bo
 class Retriever:
     """Search `store` (see the module docstring). `embedder` embeds questions (the store's own
     embedder: the store refuses another); `candidates` is how many each ranking contributes before
-    fusion, MMR or reranking; `reranker` an LLM whose yes/no log-odds reorder the candidates."""
+    fusion, MMR or reranking; `reranker` an LLM whose yes/no log-odds reorder the candidates;
+    `unknown_weight` how much the share of question words no chunk contains lowers the evidence."""
 
     def __init__(self, store: Any, embedder: Any = None, mode: str = "hybrid", rrf_k: int = 10,
                  weights: Sequence[float] = (1.0, 1.0), candidates: int = 30, mmr_lambda: float | None = None,
-                 reranker: Any = None, cache: EmbeddingCache | None = None) -> None:
+                 reranker: Any = None, cache: EmbeddingCache | None = None, unknown_weight: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"retrieval mode={mode!r} is not known: use one of {', '.join(MODES)}")
         if mode != "bm25" and embedder is None:
             raise ValueError(f"retrieval mode={mode!r} needs an embedder (or mode='bm25')")
         if candidates < 1:
             raise ValueError(f"candidates={candidates} must be at least 1")
+        if not unknown_weight >= 0:
+            raise ValueError(f"unknown_weight={unknown_weight} must be zero or more")
         if embedder is not None:  # vectors of another embedder are not comparable: the store refuses them
             from .embedding import embedder_name, embedding_dim
             from .stores import check_manifest
@@ -107,7 +125,7 @@ class Retriever:
                            str(getattr(store, "location", "the store")))
         self.store, self.embedder, self.mode, self.rrf_k = store, embedder, mode, rrf_k
         self.weights, self.candidates, self.mmr_lambda, self.reranker = tuple(weights), candidates, mmr_lambda, reranker
-        self.cache = cache
+        self.cache, self.unknown_weight = cache, float(unknown_weight)
         self._keyword: Any = None
         self._chunks: dict[str, Chunk] = {}
 
@@ -128,6 +146,11 @@ class Retriever:
     def refresh(self) -> None:
         """Forget the BM25 index, so the next search sees what was indexed since."""
         self._keyword, self._chunks = None, {}
+
+    def unknown_share(self, question: str) -> float:
+        """The share of `question`'s words (as BM25 reads them) that no chunk contains; 0.0 for none."""
+        unknown, total = self.keyword_index().unknown_terms(question)
+        return len(unknown) / total if total else 0.0
 
     def embed_question(self, question: str) -> np.ndarray:
         return embed_texts(self.embedder, [question], cache=self.cache)[0]
@@ -179,7 +202,8 @@ class Retriever:
             found = [found[i] for i in mmr(query, vectors, min(pool, len(found)), self.mmr_lambda)]
         if self.reranker is not None:
             found = rerank(self.reranker, question, found[:pool])
-        return Retrieval(question, found[:k], similarity, mode, rankings)
+        unknown = self.unknown_share(question) if self.unknown_weight > 0 else 0.0
+        return Retrieval(question, found[:k], similarity, mode, rankings, unknown, self.unknown_weight)
 
 
 def rerank(llm: Any, question: str, found: Sequence[ScoredChunk], max_chars: int = 1500) -> list[ScoredChunk]:

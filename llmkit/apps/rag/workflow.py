@@ -106,7 +106,7 @@ def open_retriever(store: str, embedder: Any = None, mode: str = "hybrid", **opt
     from .stores import open_store
 
     vectors = open_store(store)
-    # the embedder even for BM25: "not in the documents" is decided on the dense similarity
+    # the embedder even for BM25: "not in the documents" is decided on the dense similarity (the evidence)
     embedder = resolve_embedder(embedder if embedder is not None
                                 else vectors.manifest.get("embedder") or DEFAULT_EMBEDDER)
     cache = EmbeddingCache(default_cache(store)) if embedder is not None else None
@@ -114,14 +114,16 @@ def open_retriever(store: str, embedder: Any = None, mode: str = "hybrid", **opt
 
 
 def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRIEVERS, embedder: Any = None,
-                   tune: str | None = None, threshold: float | None = None, k: int = 100,
+                   tune: str | None = None, threshold: float | None = None, unknown_weight: float | None = None,
+                   k: int = 100,
                    progress: Callable[[int], None] | None = None, retriever: Any = None) -> tuple[Any, dict[str, Any]]:
     """Measure each retriever on `questions` (a split of the shipped set, ``builtin:rag-stdlib:test``,
     or a JSONL path); `retrievers` among bm25, dense, hybrid and, for comparison, bow, tfidf,
-    word2vec. The not-found threshold is `threshold`, else chosen on `tune` (another split: never the
-    measured one), else none. Returns the `EvalRun` and what was chosen (with the `retriever`)."""
+    word2vec. The not-found rule is `threshold` and `unknown_weight` (default 0), else both are chosen
+    on `tune` (another split: never the measured one), else there is none. Returns the `EvalRun` and
+    what was chosen (with the `retriever`, set to the chosen weight)."""
     from ...data.rag_questions import load_rag_questions
-    from .evaluate import choose_threshold, rag_eval, retriever_searcher
+    from .evaluate import choose_rule, rag_eval, retriever_searcher
     from .representations import word_searcher
 
     for name in retrievers:
@@ -138,9 +140,11 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
             raise ValueError(f"tune={tune!r} shares {len(shared)} question(s) with questions={questions!r} (e.g. "
                              f"{sorted(shared)[0]!r}): choose the threshold on other questions (e.g. the dev split)")
         sims = [retriever.search(q.question, k=1, mode="dense").similarity for q in tuning]
-        threshold = choose_threshold(sims, [q.answerable for q in tuning])
+        unknown = [retriever.unknown_share(q.question) for q in tuning]
+        threshold, unknown_weight = choose_rule(sims, unknown, [q.answerable for q in tuning])
         chosen["tuned_on"] = tune
-    chosen["threshold"] = threshold
+    retriever.unknown_weight = float(unknown_weight or 0.0)
+    chosen["threshold"], chosen["unknown_weight"] = threshold, retriever.unknown_weight
     texts: dict[str, list[str]] = {}
     for c in retriever.store.chunks():
         texts.setdefault(c.doc_id, []).append(c.text)

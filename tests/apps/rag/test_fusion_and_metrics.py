@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmkit.apps.rag.evaluate import choose_threshold, document_ranking, first_hit, retrieval_record, word_overlap
+from llmkit.apps.rag.evaluate import (balanced_accuracy, choose_rule, choose_threshold, document_ranking, first_hit,
+                                     retrieval_record, word_overlap)
 from llmkit.apps.rag.records import Chunk, ScoredChunk
 from llmkit.apps.rag.retrieval import mmr, rrf
 from llmkit.data.rag_questions import RAGQuestion
@@ -43,6 +44,23 @@ def test_the_threshold_maximises_balanced_accuracy():
     assert t == 0.7
     with pytest.raises(ValueError, match="both"):
         choose_threshold([0.1, 0.2], [True, True])
+
+
+def test_the_rule_weighs_unknown_words_only_when_they_separate_better():
+    # answerable: similarity 0.70, 0.60, 0.55; unanswerable: 0.65, 0.58, 0.40. By similarity alone the
+    # best balanced accuracy is 4/6 (any threshold keeps a false answer or loses a true one). The
+    # unanswerable 0.65 and 0.58 have half their words unknown to the documents, the answerable 0.60 a
+    # fifth: with weight w, 0.65 - 0.5w and 0.58 - 0.6w fall under min(0.55, 0.60 - 0.2w) once w > 0.2,
+    # so the first weight of the grid that separates all six is 0.25, at threshold 0.55 (the lowest kept).
+    sims = [0.70, 0.60, 0.55, 0.65, 0.58, 0.40]
+    unknown = [0.0, 0.2, 0.0, 0.5, 0.6, 0.0]
+    answerable = [True, True, True, False, False, False]
+    threshold, weight = choose_rule(sims, unknown, answerable)
+    assert weight == 0.25 and threshold == pytest.approx(0.55)
+    assert balanced_accuracy([s - weight * u for s, u in zip(sims, unknown)], answerable, threshold) == 1.0
+    assert balanced_accuracy(sims, answerable, choose_threshold(sims, answerable)) == pytest.approx(4 / 6)
+    # when the similarity alone separates them, the simpler rule (weight 0) is kept
+    assert choose_rule([0.9, 0.8, 0.3], [0.0, 0.5, 0.9], [True, True, False]) == (0.8, 0.0)
 
 
 def _chunk(doc: str, i: int) -> ScoredChunk:

@@ -181,6 +181,18 @@ def test_answers_cite_numbered_passages_that_map_to_their_source(tmp_path, embed
     quiet = ScriptedLLM([])
     refused = ask(quiet, retriever, "How do I train a neural network in TensorFlow?", threshold=0.9, budget=4000)
     assert refused.status == "not_found" and refused.text == NOT_FOUND and quiet.calls == []
+    # words that no chunk contains lower the evidence: above the similarity threshold, still refused
+    keras = "How do I fine-tune BERT with Keras?"
+    plain = retriever.search(keras, k=2)
+    assert plain.unknown == 0.0 and plain.evidence == plain.similarity  # weight 0: the similarity alone
+    just_under = plain.similarity - 0.01
+    assert ask(ScriptedLLM([["No idea."]]), retriever, keras, threshold=just_under, budget=4000).status == "answered"
+    weighted = Retriever(store, embedder, mode="dense", unknown_weight=0.5)
+    found = weighted.search(keras, k=2)
+    assert found.unknown >= 0.5 and found.evidence == pytest.approx(found.similarity - 0.5 * found.unknown)
+    assert ask(ScriptedLLM([]), weighted, keras, threshold=just_under, budget=4000).status == "not_found"
+    known = weighted.search("How many days are there between two dates?", k=2)
+    assert known.unknown == 0.0 and known.evidence == known.similarity
     assert cited_numbers("see [2, 3] and [3][1]", 3) == [2, 3, 1]
     # a question longer than the budget is refused with the counts, not cut silently
     with pytest.raises(ContextOverflow, match="latest turn takes .* over the budget of 50 tokens"):
@@ -202,6 +214,11 @@ def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
                  "--max-new-tokens", "8", "-k", "2", "How do I read a CSV file?"]) == 0
     out = capsys.readouterr().out
     assert ("Cited:" in out or "Passages:" in out) and "csv.md" in out
+    # --unknown-weight: a question about what the documents never name is refused above the threshold
+    keras = ["--threshold", "-0.5", "--max-new-tokens", "4", "How do I fine-tune BERT with Keras?"]
+    common = ["rag", "ask", "--store", str(store), "--embedder", str(minilm.path), "--model", str(tiny_dir)]
+    assert main(common + keras) == 0 and NOT_FOUND not in capsys.readouterr().out
+    assert main(common + ["--unknown-weight", "2"] + keras) == 0 and NOT_FOUND in capsys.readouterr().out
     questions = tmp_path / "qa.jsonl"
     rows = [{"id": "a", "question": "How can I read a CSV file row by row?", "docs": ["csv.md"], "answer": "csv.reader",
              "answerable": True},
@@ -231,6 +248,18 @@ def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
     assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions",
                  str(questions), "--out", str(tmp_path / "eval2"), "--retrievers", "dense"]) == 0
     assert set(json.loads((tmp_path / "eval2" / "results.json").read_text())["tasks"]) == {"qa/dense"}
+    # chosen on other questions: the threshold and the unknown-word weight, printed for rag ask
+    tune = tmp_path / "tune.jsonl"
+    tune.write_text(json.dumps({"id": "t1", "question": "What does ZipFile.extractall do?", "docs": ["zip.txt"],
+                                "answer": "extract", "answerable": True}) + "\n" +
+                    json.dumps({"id": "t2", "question": "How do I train a Keras model on a GPU?", "docs": [],
+                                "answer": None, "answerable": False}) + "\n", encoding="utf-8")
+    assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions", str(questions),
+                 "--tune", str(tune), "--out", str(tmp_path / "eval4"), "--retrievers", "dense"]) == 0
+    out = capsys.readouterr().out
+    assert "tuned on" in out and "llmkit rag ask --threshold" in out and "--unknown-weight" in out
+    tuned = json.loads((tmp_path / "eval4" / "results.json").read_text())["tasks"]["qa/dense"]["metrics"]
+    assert tuned["not_found_correct"] == 1.0 and "answerable_kept" in tuned  # the Keras question is refused
     # the threshold is never chosen on the measured questions
     assert main(["rag", "eval", "--store", str(store), "--embedder", str(minilm.path), "--questions",
                  str(questions), "--tune", str(questions), "--out", str(tmp_path / "eval3")]) != 0

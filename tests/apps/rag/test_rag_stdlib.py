@@ -51,27 +51,28 @@ def test_hybrid_retrieval_finds_gold_documents_among_distractors_better_than_bag
 
 @pytest.mark.slow
 def test_the_held_out_questions_over_the_whole_corpus(tmp_path, embedder, minilm):
-    """Index every document, choose the threshold on dev, measure test (the README's table), and
+    """Index every document, choose the not-found rule on dev, measure test (the README's table), and
     check dense recall against a plain sentence-transformers + FAISS script on the same chunks."""
     from tests.peers import peer
 
-    from llmkit.apps.rag.evaluate import choose_threshold, retrieval_table
+    from llmkit.apps.rag.evaluate import choose_rule, retrieval_table
 
     store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
     index_documents(store, documents_from_records(stdlib_documents()), embedder, ChunkSettings(size=254))
     assert len(store) >= 2000
     retriever = Retriever(store, embedder)
     dev = load_rag_questions("dev")
-    threshold = choose_threshold([retriever.search(q.question, k=1, mode="dense").similarity for q in dev],
-                                 [q.answerable for q in dev])
+    threshold, retriever.unknown_weight = choose_rule(
+        [retriever.search(q.question, k=1, mode="dense").similarity for q in dev],
+        [retriever.unknown_share(q.question) for q in dev], [q.answerable for q in dev])
     test = load_rag_questions("test")
     run = rag_eval([retriever_searcher(retriever, m) for m in ("bm25", "dense", "hybrid")], test, label="test",
                    threshold=threshold)
-    print(f"threshold {threshold:.3f}\n{retrieval_table(run)}")
+    print(f"threshold {threshold:.3f}, unknown weight {retriever.unknown_weight:.2f}\n{retrieval_table(run)}")
     hybrid = run.tasks["test/hybrid"].metrics
-    # the README's figures: hybrid recall@5 0.812 (the issue's target 0.8 met); "not in the documents"
-    # on 0.750 of the unanswerable ones (the target of 0.8 missed, and said so)
-    claims = (hybrid["recall@5"], run.tasks["test-unanswerable/dense"].value)
+    # the README's figures: hybrid recall@5 0.812 and "not in the documents" on 0.958 of the
+    # unanswerable ones (the issue's targets: 0.8 both), keeping 0.833 of the answerable ones
+    claims = (hybrid["recall@5"], run.tasks["test-unanswerable/dense"].value, hybrid["answerable_kept"])
 
     sentence_transformers, faiss = peer("sentence_transformers"), peer("faiss")
     chunks = list(store.chunks())
@@ -88,4 +89,4 @@ def test_the_held_out_questions_over_the_whole_corpus(tmp_path, embedder, minilm
     theirs = rag_eval([Searcher("plain", plain)], test, label="test").tasks["test/plain"].metrics
     ours = run.tasks["test/dense"].metrics
     assert all(abs(ours[f"recall@{k}"] - theirs[f"recall@{k}"]) < 1e-9 for k in (1, 5, 10)), (ours, theirs)
-    assert claims[0] >= 0.8 and claims[1] >= 0.7, claims
+    assert claims[0] >= 0.8 and claims[1] >= 0.8 and claims[2] >= 0.8, claims
