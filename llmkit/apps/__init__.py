@@ -1,6 +1,6 @@
 """The application room: what is built on top of any `LLM` (local or remote) — tools a model can
 call, prompting strategies, agents (ReAct, PAL), chains, conversation memory and the context
-assembler, and next retrieval and production guards. It may import every room below it (`infer`'s
+assembler, retrieval-augmented generation (`llmkit.apps.rag`), and next production guards. It may import every room below it (`infer`'s
 `LLM` protocol, `eval`'s harness and sandbox)."""
 
 from .agent_strategies import PALStrategy, ReActStrategy
@@ -25,6 +25,7 @@ from .json_suite import JSONCase, JSONSuiteReport, load_json_suite, run_json_sui
 from .structured import (JSONAttempt, JSONResult, JSONSchemaError, StructuredOutputError, generate_json,
                          generate_json_with_info)
 from .tools import Tool, ToolArgumentError, ToolError
+from . import rag  # noqa: E402  (its names live in the sub-package: llmkit.apps.rag.Retriever, ...)
 
 __all__ = ["AgentResult", "Answer", "Assembled", "BufferMemory", "Callbacks", "Chain", "ChainResult", "ChainStep",
            "Chunk", "ContextOverflow", "Event", "JsonlTrace", "Memory", "PALResult", "ParseError", "Prompt",
@@ -37,4 +38,4 @@ __all__ = ["AgentResult", "Answer", "Assembled", "BufferMemory", "Callbacks", "C
            "BUILTIN_TOOLS", "CalculatorError", "DocsSearchError", "Hit", "JSONAttempt", "JSONCase", "JSONResult",
            "JSONSchemaError", "JSONSuiteReport", "KeywordIndex", "StructuredOutputError", "Tool", "ToolArgumentError",
            "ToolError", "builtin_tools", "calculate", "generate_json", "generate_json_with_info", "load_json_suite",
-           "run_json_suite", "stdlib_docs_index", "write_json_suite"]
+           "run_json_suite", "stdlib_docs_index", "write_json_suite", "rag"]

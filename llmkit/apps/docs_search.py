@@ -9,7 +9,7 @@ documentation that the `stdlib-docs` tool searches.
 
 The standard-library documents are the `pydoc` topics (``with``, ``typesseq-mutable``, ...) and the
 docstrings of the modules of `sys.stdlib_module_names`, their public submodules, functions, classes
-and methods. Sources are found with `importlib.util.find_spec` / `pkgutil` and read with `ast`, never
+(by their signature where they have no docstring) and methods. Sources are found with `importlib.util.find_spec` / `pkgutil` and read with `ast`, never
 imported (importing `antigravity` opens a browser, `this` prints). Only C modules, which have no
 source, are imported, and only those of two allowlists of modules whose import runs no Python code
 and touches nothing outside the process: `_C_MODULES`, documented under their own names, and
@@ -42,6 +42,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1  # of a saved index: manifest.json + documents.json + bm25s's own files
+CORPUS_VERSION = 2  # of `stdlib_documents`: a cached index of an older corpus is not reused
 Document = tuple[str, str, dict[str, Any]]  # (id, text, metadata); metadata["title"] is indexed too
 Entry = tuple[str, str, str]  # (title, kind, text) of one standard-library document
 # Words that ask rather than name a topic: a small corpus may lack them, which says nothing about it
@@ -307,9 +308,9 @@ def _ast_documents(prefix: str, node: Any, kind: str = "function") -> Iterator[E
     title, doc = f"{prefix}.{node.name}", ast.get_docstring(node)
     if isinstance(node, ast.ClassDef):
         init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-        if doc:
-            signature = _signature(title, f"({ast.unparse(init.args)})" if init else "", method=True)
-            yield title, "class", f"class {signature}\n\n{doc}"
+        # a class without a docstring (csv.DictReader in 3.11) is still found by its name and signature
+        signature = _signature(title, f"({ast.unparse(init.args)})" if init else "", method=True)
+        yield title, "class", f"class {signature}" + (f"\n\n{doc}" if doc else "")
         for child in node.body:
             if isinstance(child, _DEFINITIONS[:2]) and not child.name.startswith("_"):
                 yield from _ast_documents(title, child, "method")
@@ -369,7 +370,8 @@ def _c_documents(prefix: str, name: str, obj: Any, kind: str = "function") -> It
     if kind == "class":
         for method, member in sorted(vars(obj).items()):
             if not method.startswith("_") and inspect.isroutine(member):
-                yield from _c_documents(title, method, member, "method")
+                # through getattr: a staticmethod wrapper's own __doc__ is staticmethod's (str.maketrans)
+                yield from _c_documents(title, method, getattr(obj, method, member), "method")
 
 
 def python_stopwords() -> list[str]:
@@ -395,7 +397,7 @@ def stdlib_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         cache_dir = llmkit_home() / "indexes"
     v = sys.version_info
     return Path(cache_dir) / (f"stdlib-docs-{sys.implementation.name}{v.major}.{v.minor}.{v.micro}-"
-                              f"bm25s{bm25s.__version__}-{default_stemmer() or 'nostem'}-v{FORMAT_VERSION}")
+                              f"bm25s{bm25s.__version__}-{default_stemmer() or 'nostem'}-v{FORMAT_VERSION}.{CORPUS_VERSION}")
 
 
 _LOADED: dict[Path, KeywordIndex] = {}

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 Count = Callable[[str], int]
 SEPARATORS = ("headings", "paragraphs", "lines", "sentences", "words")
 METHODS = ("recursive", "tokens")
+DEFAULT_OVERLAP = {"recursive": 0, "tokens": 32}  # recursive chunks end at boundaries; windows need a margin
 _PATTERNS = {  # a cut goes where the match ends, so separators stay with the piece before
     "paragraphs": re.compile(r"\n[ \t]*\n\s*"),
     "lines": re.compile(r"\n\s*"),
@@ -253,10 +254,11 @@ def chunk_documents(docs: Iterable[Document], count: Any, size: int = 256, overl
     counter = _resolve(count)
     out: list[Chunk] = []
     for doc in docs:
+        shared = DEFAULT_OVERLAP[method] if overlap is None else overlap
         if method == "tokens":
-            out += chunk_by_tokens(doc, counter, size, 32 if overlap is None else overlap)
+            out += chunk_by_tokens(doc, counter, size, shared)
         else:
-            out += chunk_recursive(doc, counter, size, overlap or 0)
+            out += chunk_recursive(doc, counter, size, shared)
         if progress is not None:
             progress(1)
     return out

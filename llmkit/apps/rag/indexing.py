@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .chunking import DEFAULT_OVERLAP, METHODS
 from .embedding import EmbeddingCache, embed_texts, embedder_name
 from .records import Chunk, Document
 
@@ -38,12 +39,12 @@ class ChunkSettings:
     overlap: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("recursive", "tokens"):
-            raise ValueError(f"chunking method={self.method!r} is not known: use recursive or tokens")
+        if self.method not in METHODS:
+            raise ValueError(f"chunking method={self.method!r} is not known: use {' or '.join(METHODS)}")
         if self.size < 1:
             raise ValueError(f"chunk size={self.size} must be at least 1 token")
         if self.overlap is None:
-            self.overlap = 0 if self.method == "recursive" else 32
+            self.overlap = DEFAULT_OVERLAP[self.method]
         if not 0 <= self.overlap < self.size:
             raise ValueError(f"chunk overlap={self.overlap} must be at least 0 and less than size={self.size}")
 

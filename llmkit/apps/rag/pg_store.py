@@ -20,6 +20,7 @@ a selective filter still finds k rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 from typing import Any, Iterator, Mapping, Sequence
@@ -226,11 +227,13 @@ class PgVectorStore:
         q = normalize(vector, self.dim, "the query vector")
         if len(q) != 1:
             raise StoreError(f"search takes one query vector, got {len(q)}")
-        filters = [sql.SQL("metadata -> {} = {}").format(sql.Literal(key), sql.Placeholder()) for key in where]
+        # jsonb equates 2 and 2.0; its text form does not, so a filter matches as SQLite's and Python's do
+        filters = [sql.SQL("metadata -> {0} = {1} AND metadata ->> {0} = {1}").format(sql.Literal(key), sql.Placeholder())
+                   for key in where]
         query = sql.SQL("SELECT chunk_id, doc_id, ordinal, text, metadata, 1 - (embedding <=> %s) FROM {chunks} "
                         "{where} ORDER BY embedding <=> %s LIMIT %s").format(
             where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL(""), **self._names)
-        params = [q[0], *(Jsonb(value) for value in where.values()), q[0], k]
+        params = [q[0], *(p for value in where.values() for p in (Jsonb(value), _text(value))), q[0], k]
         with self._lock, self._errors("searching"), self._live.transaction():
             if exact or k > _EF_MAX or self.dim > _HNSW_MAX_DIM:
                 # no index scan, and a session's enable_seqscan = off cannot bring the index back
@@ -259,3 +262,8 @@ def _metadata(chunk: Chunk) -> Jsonb:
         raise StoreError(f"chunk {chunk.chunk_id!r} holds a NUL character, which PostgreSQL cannot store: "
                          "remove '\\x00' from the text (the loader should)")
     return Jsonb(chunk.metadata)
+
+
+def _text(value: Any) -> str:
+    """`value` as jsonb's ->> operator prints it (a string bare, others as JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .embedding import EmbeddingCache, embed_texts
 from .records import Chunk, ScoredChunk
+from .stores import matches_where
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,6 @@ def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lam: float = 0.7) -> lis
         best = int(np.argmax(lam * relevance[left] - (1 - lam) * redundancy))
         picked.append(left.pop(best))
     return picked
-
-
-def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any] | None) -> bool:
-    """Equality of value and JSON type, as the stores match (1 matches neither "1" nor True)."""
-    return not where or all(key in metadata and type(metadata[key]) is type(value) and metadata[key] == value
-                            for key, value in where.items())
 
 
 class Retriever:
@@ -165,7 +160,7 @@ class Retriever:
         want = k if not where else len(index)  # a filter may keep few: rank them all, then filter
         hits = index.search(question, k=want) if question.strip() else []
         found = [ScoredChunk(self._chunks[h.doc_id], h.score) for h in hits]
-        return [s for s in found if _matches(s.chunk.metadata, where)][:k]
+        return [s for s in found if matches_where(s.chunk.metadata, where)][:k]
 
     # ------------------------------------------------------------------ the search
     def search(self, question: str, k: int = 5, where: Mapping[str, Any] | None = None,

@@ -195,6 +195,13 @@ def check_where(where: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(where)
 
 
+def matches_where(metadata: Mapping[str, Any], where: Mapping[str, Any] | None) -> bool:
+    """Equality of value and JSON type, as the stores' SQL filters match (1 matches neither "1",
+    True nor 1.0): the filter for what is searched outside a store (BM25 over its chunks)."""
+    return not where or all(key in metadata and type(metadata[key]) is type(value) and metadata[key] == value
+                            for key, value in where.items())
+
+
 def check_k(k: int) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise StoreError(f"k must be a positive int, got {k!r}")

@@ -87,3 +87,34 @@ def test_recall_and_mrr_count_documents_not_chunks():
 def test_word_overlap_ignores_function_words_and_case():
     assert word_overlap("How do I read a CSV file?", "csv.reader reads a CSV file") == pytest.approx(2 / 3)
     assert word_overlap("the of and", "anything") == 0.0
+
+
+def test_word_retrievers_rank_by_their_cosines_and_tfidf_matches_scikit_learn():
+    from tests.peers import peer
+
+    from llmkit.apps.rag.representations import word_searcher
+    from llmkit.data.vectors import tokenize
+
+    texts = ["parse csv rows from a file", "compute days between dates", "csv csv writer"]
+    chunks = [Chunk(f"c{i}", f"d{i}", 0, t, {}) for i, t in enumerate(texts)]
+
+    def ranked(method: str, query: str) -> list[str]:
+        return [c.chunk_id for c in word_searcher(method, chunks).search(query)[0]]
+
+    # "csv file": counts favour the chunk that repeats "csv" (cos 2/sqrt(5*2) = 0.632 against
+    # 2/sqrt(6*2) = 0.577); TF-IDF weighs "file" (in one chunk) over "csv" (in two) and turns it round
+    # (0.532 against 0.506, smoothed idf); chunks sharing no word are left out
+    assert ranked("bow", "csv file") == ["c2", "c0"]
+    assert ranked("tfidf", "csv file") == ["c0", "c2"]
+    assert ranked("bow", "days between dates") == ["c1"] and ranked("tfidf", "xylophone") == []
+    sklearn_text = peer("sklearn").feature_extraction.text
+    vectorizer = sklearn_text.TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None)
+    matrix = vectorizer.fit_transform(texts)
+    scores = (matrix @ vectorizer.transform(["csv file"]).T).toarray().ravel()
+    assert scores == pytest.approx([0.532, 0.0, 0.506], abs=1e-3)
+    assert ranked("tfidf", "csv file") == [f"c{i}" for i in np.argsort(-scores) if scores[i] > 0]
+    # word2vec: the mean of word vectors trained on the chunks; a chunk's own words find it first
+    copies = [Chunk(f"c{i}-{j}", f"d{i}", j, t, {}) for j in range(4) for i, t in enumerate(texts)]
+    w2v = word_searcher("word2vec", copies)
+    assert w2v.search("compute days between dates")[0][0].doc_id == "d1"
+    assert w2v.search("xylophone")[0] == []

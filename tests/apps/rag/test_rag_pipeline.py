@@ -266,6 +266,44 @@ def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
     assert "shares 3 question(s)" in capsys.readouterr().err
 
 
+def test_passages_dropped_for_the_budget_leave_no_gap_in_the_citation_numbers(tmp_path, embedder):
+    from llmkit.apps.rag.answer import finish, passage_text, prepare
+
+    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
+    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=32))
+    retriever = Retriever(store, embedder, mode="dense")
+    question = "How many days are there between two dates?"
+    full = prepare(ScriptedLLM([]), retriever, question, k=4, budget=4000)
+    assert [c.number for c in full.citations] == [1, 2, 3, 4]
+    # the smallest budget that still shows a passage: fewer passages, numbered 1.. as shown
+    def fitted(budget):
+        try:
+            return prepare(ScriptedLLM([]), retriever, question, k=4, max_new_tokens=16, budget=budget)
+        except ContextOverflow:  # not even the question fits
+            return None
+
+    short = next(p for p in map(fitted, range(100, 4000, 10)) if p is not None and p.citations)
+    assert 1 <= len(short.citations) < 4
+    system = short.messages[0]["content"]
+    by_id = {s.chunk.chunk_id: s for s in short.retrieval.chunks}
+    for c in short.citations:
+        assert f"[{c.number}] {passage_text(by_id[c.chunk_id])}" in system  # the number the model saw
+    assert f"[{len(short.citations) + 1}]" not in system
+    shown = {c.chunk_id for c in short.citations}
+    assert shown == {s.chunk.chunk_id for s in short.retrieval.chunks[:len(shown)]}  # the best kept, the rest dropped
+    reply = finish(short, f"See [1] and [{len(short.citations) + 1}].")
+    assert reply.cited == [1]  # a number beyond those shown is not a citation
+
+
+def test_the_default_embedder_must_be_pulled_first(tmp_path, monkeypatch):
+    from llmkit.apps.rag.embedding import EmbedderError, default_embedder
+
+    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(EmbedderError, match="llmkit pull all-minilm-l6-v2"):
+        default_embedder()
+    assert main(["rag", "index", "--docs", str(write_docs(tmp_path / "docs")), "--store", str(tmp_path / "idx")]) != 0
+
+
 def test_cache_keep_and_refusals(tmp_path, embedder):
     """The cache serves a second store; another embedder cannot write into a store; a file that fails
     to load keeps its chunks; an answerable question above the threshold is answered."""

@@ -25,7 +25,7 @@ for _module in ("faiss", "psycopg", "pgvector"):
 from llmkit.apps.rag.faiss_store import FaissStore  # noqa: E402
 from llmkit.apps.rag.pg_store import PgVectorStore, redact_url  # noqa: E402
 from llmkit.apps.rag.records import Chunk  # noqa: E402
-from llmkit.apps.rag.stores import StoreError, StoreMismatch, VectorStore, open_store  # noqa: E402
+from llmkit.apps.rag.stores import StoreError, StoreMismatch, VectorStore, matches_where, open_store  # noqa: E402
 
 DIM = 24
 ROOT = Path(__file__).resolve().parents[3]
@@ -181,7 +181,14 @@ def test_metadata_filters_return_the_top_k_among_matching_chunks(spec):
             fast = store.search(q, 6, where=where)
             assert len(fast) == len(want)
             assert all(h.chunk.metadata[key] == value for h in fast for key, value in where.items())
-    # values match with their JSON type, in both stores alike
+    # values match with their JSON type, in both stores alike (and as BM25's filter does)
+    floats = Chunk("float#0", "float", 0, "a page number written 2.0", {"page": 2.0, "format": "pdf"})
+    store.upsert_document("float", "hash-float", [floats], rng.standard_normal((1, DIM)).astype(np.float32))
+    for exact in (True, False):
+        pages = [h.chunk for h in store.search(rng.standard_normal(DIM), 500, where={"page": 2}, exact=exact)]
+        assert pages and "float#0" not in {c.chunk_id for c in pages}
+        assert all(matches_where(c.metadata, {"page": 2}) for c in pages)
+    assert not matches_where(floats.metadata, {"page": 2}) and matches_where(floats.metadata, {"format": "pdf"})
     assert store.search(rng.standard_normal(DIM), 5, where={"page": "2"}) == []
     assert store.search(rng.standard_normal(DIM), 5, where={"draft": 1}) == []
     assert store.search(rng.standard_normal(DIM), 5, where={"no_such_key": "x"}) == []
@@ -375,8 +382,8 @@ _INDEXER = """
 import sys
 from llmkit.apps.rag.stores import open_store
 from tests.apps.rag.test_stores import DIM, document
-location, table = sys.argv[1], sys.argv[2]
-options = {"table": table} if location.startswith("postgresql") else {}
+location, table, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+options = {"table": table} if location.startswith("postgresql") else {"kind": kind}
 store = open_store(location, embedder_name="e", dim=DIM, create=True, **options)
 for i in range(100_000):
     doc_id, content_hash, chunks, vectors = document(i, n=20 + i % 7)
@@ -387,12 +394,13 @@ for i in range(100_000):
 """
 
 
-@pytest.mark.parametrize("kind", ["faiss-flat", "pgvector"])
+@pytest.mark.parametrize("kind", ["faiss-flat", "faiss-hnsw", "pgvector"])
 def test_a_killed_indexer_leaves_a_consistent_store(kind, tmp_path, request):
     location = request.getfixturevalue("postgres") if kind == "pgvector" else str(tmp_path / "store")
     table = f"t_{uuid.uuid4().hex[:12]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _INDEXER, location, table], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", _INDEXER, location, table, kind.removeprefix("faiss-")], cwd=ROOT,
+                            env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
@@ -411,7 +419,7 @@ def test_a_killed_indexer_leaves_a_consistent_store(kind, tmp_path, request):
     docs = {d: (h, c, v) for d, h, c, v in (document(i, n=20 + i % 7) for i in range(len(store.document_hashes())))}
     assert set(store.document_hashes()) == set(docs) and len(docs) > 25  # whole documents, in order
     if kind != "pgvector":
-        assert store.rebuilt_on_open  # the index file was behind the database
+        assert store.rebuilt_on_open and store.kind == kind.removeprefix("faiss-")  # the index file was behind
     assert_consistent(store, docs)
     store.close()
 
