@@ -156,12 +156,12 @@ class KeywordIndex:
         return hits
 
     def unknown_terms(self, query: str) -> tuple[list[str], int]:
-        """The words of `query` (as the index reads them: lowercased, stopwords out, stemmed; question
-        words such as "how" or "many" left out too) that no document contains, and how many words it
-        has: a question about something the documents never name ("pandas", "Django") is likely not
+        """The distinct words of `query` (as the index reads them: lowercased, stopwords out, stemmed;
+        question words such as "how" or "many" left out too) that no document contains, and how many
+        distinct words it has: a question about something the documents never name ("pandas", "Django") is likely not
         answered by them."""
         words = " ".join(w for w in re.findall(r"\w+", query) if w.lower() not in QUESTION_WORDS)
-        tokens = [t for t in self._tokenize([words])[0] if t] if words.strip() else []
+        tokens = list(dict.fromkeys(t for t in self._tokenize([words])[0] if t)) if words.strip() else []
         return [t for t in tokens if t not in self._retriever.vocab_dict], len(tokens)
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .commands import comma_list, positive_int
+
+
+def unknown_weight(text: str) -> float:
+    """--unknown-weight: a finite number, zero or more."""
+    from ..apps.rag.retrieval import check_unknown_weight
+
+    try:
+        return check_unknown_weight(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("unknown_weight=", "")) from None
 
 
 def add_rag_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +61,7 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--threshold", type=float, default=None,
                    help="answer 'Not in the documents.' when the evidence is under this (e.g. the value "
                         "`llmkit rag eval --tune` chose)")
-    a.add_argument("--unknown-weight", type=float, default=0.0,
+    a.add_argument("--unknown-weight", type=unknown_weight, default=0.0,
                    help="how much the share of question words that no passage contains lowers the evidence "
                         "(default 0: the similarity alone; `llmkit rag eval --tune` chooses it with the threshold)")
     a.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
@@ -77,7 +88,7 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--tune", default=None,
                    help="questions to choose the not-found threshold and unknown-word weight on (never --questions)")
     e.add_argument("--threshold", type=float, default=None, help="a fixed not-found threshold instead of --tune")
-    e.add_argument("--unknown-weight", type=float, default=None,
+    e.add_argument("--unknown-weight", type=unknown_weight, default=None,
                    help="with --threshold: the fixed weight of unknown question words (default 0)")
     e.add_argument("--embedder", default=None, help="default: the one the store was built with")
     e.add_argument("--model", "-m", default=None,
@@ -183,9 +194,11 @@ def _eval(args: argparse.Namespace) -> int:
     table = retrieval_table(run)
     rule = "no not-found rule (give --tune or --threshold)"
     if chosen.get("threshold") is not None:
-        rule = (f"not found under evidence {chosen['threshold']:.3f}, unknown-word weight {chosen['unknown_weight']:.2f}"
+        # rounded down: the tuned threshold is a kept question's own evidence, which rounding up would refuse
+        shown = f"{math.floor(chosen['threshold'] * 1e4) / 1e4:.4f}"
+        rule = (f"not found under evidence {shown}, unknown-word weight {chosen['unknown_weight']:.2f}"
                 f" ({'tuned on ' + chosen['tuned_on'] if 'tuned_on' in chosen else 'given'}): llmkit rag ask "
-                f"--threshold {chosen['threshold']:.3f} --unknown-weight {chosen['unknown_weight']:.2f} ...")
+                f"--threshold {shown} --unknown-weight {chosen['unknown_weight']:.2f} ...")
     notes = f"## Retrieval\n\n{table}\n\n{rule}\n"
     run.write(args.out, notes=notes)
     print(table)

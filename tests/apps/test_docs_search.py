@@ -94,8 +94,8 @@ def test_stdlib_documents_cover_python_and_c_and_leave_out_the_deprecated(stdlib
     # a static method of a C class has its own docstring, not staticmethod's
     assert "translation table" in by_title["str.maketrans"][1] and "static method" not in by_title["str.maketrans"][1]
     # a class without a docstring (csv.DictReader in 3.11) is there by its signature
-    assert by_title["csv.DictReader"] == ("class", "class csv.DictReader(f, fieldnames=None, restkey=None, "
-                                                   "restval=None, dialect='excel', *args, **kwds)")
+    assert by_title["csv.DictReader"][0] == "class"
+    assert by_title["csv.DictReader"][1].startswith("class csv.DictReader(f, fieldnames=None")
     titles = list(by_title)
     for gone in ("distutils", "lib2to3", "asyncore", "telnetlib", "test", "idlelib", "antigravity", "posixpath"):
         assert not [t for t in titles if t == gone or t.startswith(gone + ".")], gone
@@ -157,6 +157,9 @@ def test_unknown_terms_are_the_query_words_no_document_contains(small):
     # stopwords ("with", "and") are not words of the index, so they count for neither
     assert small.unknown_terms("Parse rows with pandas and numpy?") == (["pandas", "numpy"], 4)
     assert small.unknown_terms("days between dates") == ([], 3)
+    # question words ask rather than name a topic: not counted though no document has them; a word
+    # said twice counts once
+    assert small.unknown_terms("How many rows does pandas parse, pandas?") == (["pandas"], 3)
     assert small.unknown_terms("Zebra crossing") == ([], 2)  # a title's words are known
     assert small.unknown_terms("the and of") == ([], 0)
     assert small.unknown_terms("   ") == ([], 0)

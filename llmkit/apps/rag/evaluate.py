@@ -23,7 +23,7 @@ from ...eval.metrics import bootstrap_ci
 from ...eval.runner import EvalRun, EvalSettings, TaskRecord
 
 KS = (1, 5, 10)
-UNKNOWN_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(21))  # 0.0 .. 1.0, the grid `choose_rule` tries
+UNKNOWN_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(41))  # 0.0 .. 2.0, the grid `choose_rule` tries
 _WORD = re.compile(r"[a-z0-9_]+")
 _STOP = frozenset("a an and are as at be by can do does for from how i if in is it its me my of on or that the "
                   "then this to what when which why with without you your i'm get use".split())
@@ -89,7 +89,8 @@ def choose_rule(similarities: Sequence[float], unknown: Sequence[float], answera
 
 @dataclass
 class Searcher:
-    """A named retriever: `search(question) -> (chunks, evidence)`; evidence may be None."""
+    """A named retriever: `search(question) -> (chunks, evidence)` or `(chunks, evidence, details)`;
+    evidence may be None, and `details` (a dict) is kept in the question's sample."""
 
     name: str
     search: Callable[[str], tuple[Sequence[Any], float | None]]
@@ -99,7 +100,7 @@ def retriever_searcher(retriever: Any, mode: str, k: int = 100) -> Searcher:
     """A `Retriever` in one mode (dense, bm25, hybrid) as a searcher of `k` chunks."""
     def search(question: str) -> tuple[Sequence[Any], float | None]:
         found = retriever.search(question, k=k, mode=mode)
-        return found.chunks, found.evidence
+        return found.chunks, found.evidence, {"similarity": found.similarity, "unknown": found.unknown}
 
     return Searcher(mode, search)
 
@@ -110,12 +111,12 @@ def record_samples(questions: Sequence[Any], results: Sequence[tuple[Sequence[An
     and, with a `threshold`, whether "not in the documents" was said and whether that was right (an
     unanswerable question's score)."""
     samples = []
-    for q, (chunks, evidence) in zip(questions, results):
+    for q, (chunks, evidence, *details) in zip(questions, results):
         ranking = document_ranking(chunks)
         rank = first_hit(ranking, q.docs) if q.answerable else None
         sample: dict[str, Any] = {"id": q.id, "question": q.question, "answerable": q.answerable,
                                   "gold": list(q.docs), "retrieved": ranking[:10], "documents_seen": len(ranking),
-                                  "rank": rank, "evidence": evidence}
+                                  "rank": rank, "evidence": evidence, **(details[0] if details else {})}
         if q.answerable:
             sample["score"] = float(rank is not None and rank <= 5)
             if documents is not None and q.docs and q.docs[0] in documents:
@@ -159,7 +160,8 @@ def refusal_record(answerable_record: TaskRecord, samples: Sequence[dict[str, An
     """The unanswerable questions' record beside a retriever's: "not in the documents" said or not
     (primary `not_found_correct`), so each record's samples score one thing (`llmkit compare` pairs them)."""
     m = answerable_record.metrics
-    metrics = {"not_found_correct": m["not_found_correct"], "n": float(len(samples)), "threshold": m["threshold"]}
+    metrics = {"not_found_correct": m["not_found_correct"], "n": float(len(samples)), "threshold": m["threshold"],
+               "unknown_weight": m.get("unknown_weight", 0.0)}
     return TaskRecord(answerable_record.task, "retrieval", metrics, "not_found_correct", True,
                       _ci(samples, False, seed), answerable_record.seconds, list(samples))
 
@@ -172,7 +174,8 @@ def _ci(samples: Sequence[dict[str, Any]], answerable: bool, seed: int) -> tuple
 
 def rag_eval(searchers: Sequence[Searcher], questions: Sequence[Any], label: str = "questions",
              threshold: float | None = None, documents: Mapping[str, str] | None = None,
-             model: str = "", progress: Callable[[int], None] | None = None) -> EvalRun:
+             model: str = "", progress: Callable[[int], None] | None = None,
+             unknown_weight: float = 0.0) -> EvalRun:
     """Every searcher on every question (see the module docstring); `documents` (doc id → text)
     adds each question's word overlap with its gold document."""
     if not searchers or not questions:
@@ -188,6 +191,8 @@ def rag_eval(searchers: Sequence[Searcher], questions: Sequence[Any], label: str
         samples = record_samples(questions, results, threshold, documents)
         record = retrieval_record(s.name, questions, results, time.perf_counter() - start, threshold, documents,
                                   samples=samples)
+        if threshold is not None:
+            record.metrics["unknown_weight"] = float(unknown_weight)
         records[f"{label}/{s.name}"] = record
         refusals = [x for x in samples if not x["answerable"] and "score" in x]  # judged by the threshold
         if refusals:

@@ -318,6 +318,12 @@ class FaissStore:
             return int(self._conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
     @property
+    def generation(self) -> int:
+        """A number that every write to the store (from any process) increases."""
+        with self._lock:
+            return self._db_generation()
+
+    @property
     def index_size(self) -> int:
         """Vectors in the FAISS index, tombstones included."""
         return int(self._index.ntotal)

@@ -55,13 +55,15 @@ class Retrieval:
     similarity: float | None
     mode: str
     rankings: dict[str, list[str]] = field(default_factory=dict)  # chunk ids per ranking that was fused
-    unknown: float = 0.0
+    unknown: float | None = None  # None: not measured (the retriever's unknown_weight is 0)
     unknown_weight: float = 0.0
 
     @property
     def evidence(self) -> float | None:
         """`similarity` less `unknown_weight` x `unknown` (None without a similarity)."""
-        return None if self.similarity is None else self.similarity - self.unknown_weight * self.unknown
+        if self.similarity is None:
+            return None
+        return self.similarity - self.unknown_weight * (self.unknown or 0.0)
 
 
 def rrf(rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float] | None = None) -> list[tuple[str, float]]:
@@ -76,6 +78,17 @@ def rrf(rankings: Sequence[Sequence[str]], k: int = 60, weights: Sequence[float]
             scores[key] = scores.get(key, 0.0) + w / (k + rank)
     order = {key: i for i, key in enumerate(dict.fromkeys(key for r in rankings for key in r))}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def check_unknown_weight(weight: Any) -> float:
+    """`weight` as a float, or a ValueError naming it: a finite number, zero or more."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"unknown_weight={weight!r} must be a number (zero or more)") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"unknown_weight={weight!r} must be a finite number, zero or more (0: the similarity alone)")
+    return value
 
 
 def mmr(query: np.ndarray, vectors: np.ndarray, k: int, lam: float = 0.7) -> list[int]:
@@ -110,8 +123,7 @@ class Retriever:
             raise ValueError(f"retrieval mode={mode!r} needs an embedder (or mode='bm25')")
         if candidates < 1:
             raise ValueError(f"candidates={candidates} must be at least 1")
-        if not unknown_weight >= 0:
-            raise ValueError(f"unknown_weight={unknown_weight} must be zero or more")
+        check_unknown_weight(unknown_weight)
         if embedder is not None:  # vectors of another embedder are not comparable: the store refuses them
             from .embedding import embedder_name, embedding_dim
             from .stores import check_manifest
@@ -123,10 +135,16 @@ class Retriever:
         self.cache, self.unknown_weight = cache, float(unknown_weight)
         self._keyword: Any = None
         self._chunks: dict[str, Chunk] = {}
+        self._stamp: Any = None
 
     # ------------------------------------------------------------------ the rankings
     def keyword_index(self) -> Any:
-        """The BM25 index over the store's chunks (built on first use; `refresh()` after indexing)."""
+        """The BM25 index over the store's chunks, built on first use and again when the store has
+        changed since (a FAISS store's write generation; a pgvector store's chunk count, so call
+        `refresh()` after re-indexing one whose documents changed but not their number of chunks)."""
+        stamp = self._store_stamp()
+        if self._keyword is not None and stamp != self._stamp:
+            self.refresh()
         if self._keyword is None:
             from ..docs_search import KeywordIndex
 
@@ -136,14 +154,20 @@ class Retriever:
             self._chunks = {c.chunk_id: c for c in chunks}
             self._keyword = KeywordIndex.build([(c.chunk_id, c.text, {"title": str(c.metadata.get("title") or "")})
                                                 for c in chunks])
+            self._stamp = stamp
         return self._keyword
+
+    def _store_stamp(self) -> Any:
+        generation = getattr(self.store, "generation", None)
+        return generation if generation is not None else len(self.store)
 
     def refresh(self) -> None:
         """Forget the BM25 index, so the next search sees what was indexed since."""
         self._keyword, self._chunks = None, {}
 
     def unknown_share(self, question: str) -> float:
-        """The share of `question`'s words (as BM25 reads them) that no chunk contains; 0.0 for none."""
+        """The share of `question`'s distinct words (as BM25 reads them, question words left out)
+        that no chunk of the store contains, whatever a search's `where` filter; 0.0 for none."""
         unknown, total = self.keyword_index().unknown_terms(question)
         return len(unknown) / total if total else 0.0
 
@@ -197,7 +221,8 @@ class Retriever:
             found = [found[i] for i in mmr(query, vectors, min(pool, len(found)), self.mmr_lambda)]
         if self.reranker is not None:
             found = rerank(self.reranker, question, found[:pool])
-        unknown = self.unknown_share(question) if self.unknown_weight > 0 else 0.0
+        # measured only where it counts: with a weight, and a similarity to lower (an empty store has none)
+        unknown = self.unknown_share(question) if self.unknown_weight > 0 and similarity is not None else None
         return Retrieval(question, found[:k], similarity, mode, rankings, unknown, self.unknown_weight)
 
 

@@ -129,6 +129,14 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
     for name in retrievers:
         if name not in RETRIEVERS + WORD_RETRIEVERS:
             raise ValueError(f"retriever {name!r} is not known: use {', '.join(RETRIEVERS + WORD_RETRIEVERS)}")
+    from .retrieval import check_unknown_weight
+
+    if unknown_weight is not None:
+        if threshold is None:
+            raise ValueError("unknown_weight is part of a fixed rule: give threshold= with it (or tune= to choose both)")
+        unknown_weight = check_unknown_weight(unknown_weight)
+    if threshold is not None and tune is not None:
+        raise ValueError("give either threshold= (a fixed rule) or tune= (questions to choose it on), not both")
     measured = load_rag_questions(_split(questions))
     retriever = retriever or open_retriever(store, embedder, mode="hybrid")
     chosen: dict[str, Any] = {"questions": questions, "k": k}
@@ -143,7 +151,8 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
         unknown = [retriever.unknown_share(q.question) for q in tuning]
         threshold, unknown_weight = choose_rule(sims, unknown, [q.answerable for q in tuning])
         chosen["tuned_on"] = tune
-    retriever.unknown_weight = float(unknown_weight or 0.0)
+    if threshold is not None:  # the rule measured, and the one `chosen["retriever"]` answers with
+        retriever.unknown_weight = float(unknown_weight or 0.0)
     chosen["threshold"], chosen["unknown_weight"] = threshold, retriever.unknown_weight
     texts: dict[str, list[str]] = {}
     for c in retriever.store.chunks():
@@ -155,7 +164,7 @@ def evaluate_store(store: str, questions: str, retrievers: Sequence[str] = RETRI
                  for m in retrievers]
     run = rag_eval(searchers, measured, label=_label(questions),
                    threshold=threshold, documents=documents, model=embedder_name(retriever.embedder),
-                   progress=progress)
+                   progress=progress, unknown_weight=retriever.unknown_weight)
     chosen["retriever"] = retriever  # open: the answers of --model use it; close its store when done
     return run, chosen
 

@@ -184,7 +184,7 @@ def test_answers_cite_numbered_passages_that_map_to_their_source(tmp_path, embed
     # words that no chunk contains lower the evidence: above the similarity threshold, still refused
     keras = "How do I fine-tune BERT with Keras?"
     plain = retriever.search(keras, k=2)
-    assert plain.unknown == 0.0 and plain.evidence == plain.similarity  # weight 0: the similarity alone
+    assert plain.unknown is None and plain.evidence == plain.similarity  # weight 0: the similarity alone
     just_under = plain.similarity - 0.01
     assert ask(ScriptedLLM([["No idea."]]), retriever, keras, threshold=just_under, budget=4000).status == "answered"
     weighted = Retriever(store, embedder, mode="dense", unknown_weight=0.5)
@@ -193,6 +193,16 @@ def test_answers_cite_numbered_passages_that_map_to_their_source(tmp_path, embed
     assert ask(ScriptedLLM([]), weighted, keras, threshold=just_under, budget=4000).status == "not_found"
     known = weighted.search("How many days are there between two dates?", k=2)
     assert known.unknown == 0.0 and known.evidence == known.similarity
+    # the words are the store's as it is now: a document indexed since is seen without refresh()
+    from llmkit.apps.rag.records import Document
+
+    index_documents(store, [Document("keras.txt", "Keras fine-tune BERT: a tutorial.", {"source": "keras.txt"})],
+                    embedder, ChunkSettings(size=32), delete_missing=False)
+    assert weighted.search(keras, k=2).unknown < found.unknown
+    # an empty store has no similarity to lower: "not in the documents", not an error
+    empty = Retriever(open_store(str(tmp_path / "empty"), "all-minilm-l6-v2", 384, create=True), embedder,
+                      mode="dense", unknown_weight=0.5)
+    assert ask(ScriptedLLM([]), empty, keras, threshold=0.3, budget=4000).status == "not_found"
     assert cited_numbers("see [2, 3] and [3][1]", 3) == [2, 3, 1]
     # a question longer than the budget is refused with the counts, not cut silently
     with pytest.raises(ContextOverflow, match="latest turn takes .* over the budget of 50 tokens"):
@@ -266,33 +276,37 @@ def test_llmkit_rag_index_ask_and_eval(tmp_path, minilm, tiny_dir, capsys):
     assert "shares 3 question(s)" in capsys.readouterr().err
 
 
-def test_passages_dropped_for_the_budget_leave_no_gap_in_the_citation_numbers(tmp_path, embedder):
+def test_passages_dropped_for_the_budget_leave_no_gap_in_the_citation_numbers():
     from llmkit.apps.rag.answer import finish, passage_text, prepare
+    from llmkit.apps.rag.records import Chunk, ScoredChunk
+    from llmkit.apps.rag.retrieval import Retrieval
 
-    store = open_store(str(tmp_path / "idx"), "all-minilm-l6-v2", 384, create=True)
-    index_documents(store, load_directory(write_docs(tmp_path / "docs")).documents, embedder, ChunkSettings(size=32))
-    retriever = Retriever(store, embedder, mode="dense")
-    question = "How many days are there between two dates?"
-    full = prepare(ScriptedLLM([]), retriever, question, k=4, budget=4000)
-    assert [c.number for c in full.citations] == [1, 2, 3, 4]
-    # the smallest budget that still shows a passage: fewer passages, numbered 1.. as shown
+    # retrieved in this order, but not by score (as after MMR or a reranker): the budget drops the
+    # lowest-scoring passages wherever they stand, and the kept ones are numbered 1.. as shown
+    scores = [0.5, 0.9, 0.4, 0.8]
+    found = [ScoredChunk(Chunk(f"c{i}", f"doc{i}", 0, f"passage {i}: " + "words about dates " * 8, {}), score)
+             for i, score in enumerate(scores)]
+
+    class Fixed:
+        def search(self, question, k=5, where=None):
+            return Retrieval(question, found[:k], 0.9, "dense")
+
     def fitted(budget):
         try:
-            return prepare(ScriptedLLM([]), retriever, question, k=4, max_new_tokens=16, budget=budget)
+            return prepare(ScriptedLLM([]), Fixed(), "How many days?", k=4, max_new_tokens=16, budget=budget)
         except ContextOverflow:  # not even the question fits
             return None
 
-    short = next(p for p in map(fitted, range(100, 4000, 10)) if p is not None and p.citations)
-    assert 1 <= len(short.citations) < 4
-    system = short.messages[0]["content"]
-    by_id = {s.chunk.chunk_id: s for s in short.retrieval.chunks}
-    for c in short.citations:
-        assert f"[{c.number}] {passage_text(by_id[c.chunk_id])}" in system  # the number the model saw
-    assert f"[{len(short.citations) + 1}]" not in system
-    shown = {c.chunk_id for c in short.citations}
-    assert shown == {s.chunk.chunk_id for s in short.retrieval.chunks[:len(shown)]}  # the best kept, the rest dropped
-    reply = finish(short, f"See [1] and [{len(short.citations) + 1}].")
-    assert reply.cited == [1]  # a number beyond those shown is not a citation
+    full = fitted(4000)
+    assert [(c.number, c.chunk_id) for c in full.citations] == [(1, "c0"), (2, "c1"), (3, "c2"), (4, "c3")]
+    two = next(p for p in map(fitted, range(60, 4000, 5)) if p is not None and len(p.citations) >= 2)
+    assert [(c.number, c.chunk_id) for c in two.citations] == [(1, "c1"), (2, "c3")]  # the best two, in order
+    system = two.messages[0]["content"]
+    for c, kept in zip(two.citations, (found[1], found[3])):
+        assert f"[{c.number}] {passage_text(kept)}" in system and c.score == kept.score  # the number the model saw
+    assert "[3]" not in system and "passage 0" not in system and "passage 2" not in system
+    reply = finish(two, "See [2] and [3].")
+    assert reply.cited == [2]  # a number beyond those shown is not a citation
 
 
 def test_the_default_embedder_must_be_pulled_first(tmp_path, monkeypatch):
@@ -406,3 +420,62 @@ def test_llmkit_rag_on_a_postgresql_url_and_an_unreachable_one(tmp_path, minilm,
     assert main(["rag", "index", "--docs", str(docs), "--store", down, "--embedder", str(minilm.path)]) != 0
     err = capsys.readouterr().err
     assert "cannot connect to PostgreSQL" in err and "s3cret" not in err and "Traceback" not in err
+
+
+def test_evaluate_store_chooses_the_weight_on_the_tuning_questions_and_measures_with_it(tmp_path):
+    """The rule is chosen on `tune` and applied to the measured questions; a fixed rule is checked."""
+    from llmkit.apps.rag.records import Chunk, ScoredChunk
+    from llmkit.apps.rag.retrieval import Retrieval
+    from llmkit.apps.rag.workflow import evaluate_store
+
+    # (similarity, unknown share) per question: by similarity alone the unanswerable "pandas" and
+    # "django" questions rank above an answerable one; their unknown words set them apart
+    table = {"csv rows": (0.70, 0.0), "zip extract": (0.60, 0.2), "dates": (0.55, 0.0),
+             "pandas frame": (0.65, 0.5), "django model": (0.58, 0.6), "linux kernel": (0.40, 0.0),
+             "json dump": (0.66, 0.0), "numpy array": (0.62, 0.5)}
+    chunk = ScoredChunk(Chunk("a#0", "a", 0, "text", {}), 1.0)
+
+    class Store:
+        def chunks(self):
+            return iter([chunk.chunk])
+
+    class Fake:
+        store, embedder, unknown_weight = Store(), type("E", (), {"name": "fake-embedder"})(), 0.0
+
+        def search(self, question, k=5, mode=None, where=None):
+            similarity, unknown = table[question]
+            return Retrieval(question, [chunk], similarity, "dense", {}, unknown, self.unknown_weight)
+
+        def unknown_share(self, question):
+            return table[question][1]
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": q, "question": q, "docs": ["a"] if a else [], "answer": None,
+                                            "answerable": a}) + "\n" for q, a in rows), encoding="utf-8")
+        return str(path)
+
+    tune = write("tune.jsonl", [("csv rows", True), ("zip extract", True), ("dates", True), ("pandas frame", False),
+                                ("django model", False), ("linux kernel", False)])
+    measured = write("test.jsonl", [("json dump", True), ("numpy array", False)])
+    fake = Fake()
+    run, chosen = evaluate_store("unused", measured, ["dense"], tune=tune, retriever=fake)
+    # worked in test_the_rule_weighs_unknown_words_only_when_they_separate_better: weight 0.25, threshold 0.55
+    assert chosen["unknown_weight"] == 0.25 and chosen["threshold"] == pytest.approx(0.55)
+    assert fake.unknown_weight == 0.25  # the retriever answers with the rule it was measured with
+    dense = run.tasks["test/dense"].metrics
+    # numpy: 0.62 - 0.25 x 0.5 = 0.495 < 0.55, refused; json: 0.66 kept (by similarity alone both kept)
+    assert dense["unknown_weight"] == 0.25 and dense["not_found_correct"] == 1.0 and dense["answerable_kept"] == 1.0
+    sample = run.tasks["test-unanswerable/dense"].samples[0]
+    assert sample["similarity"] == 0.62 and sample["unknown"] == 0.5 and sample["evidence"] == pytest.approx(0.495)
+    # a fixed rule: the weight only with a threshold, never both a threshold and tuning questions
+    with pytest.raises(ValueError, match="give threshold= with it"):
+        evaluate_store("unused", measured, ["dense"], unknown_weight=0.5, retriever=Fake())
+    with pytest.raises(ValueError, match="not both"):
+        evaluate_store("unused", measured, ["dense"], tune=tune, threshold=0.5, retriever=Fake())
+    with pytest.raises(ValueError, match="finite number"):
+        evaluate_store("unused", measured, ["dense"], threshold=0.5, unknown_weight=float("nan"), retriever=Fake())
+    untouched = Fake()
+    untouched.unknown_weight = 0.7
+    evaluate_store("unused", measured, ["dense"], retriever=untouched)  # no rule: the retriever is left as it was
+    assert untouched.unknown_weight == 0.7
