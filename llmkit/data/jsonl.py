@@ -70,3 +70,32 @@ def read_jsonl(path: str | Path, parse: Callable[[Any], list[Any]], skip_bad_row
     if not items:
         raise DataError(f"{path}: no usable {what}")
     return items, bad
+
+
+def load_shipped_or_file(name: str | Path, directory: Path, splits: tuple[str, ...], parse: Callable[[Any], list[Any]],
+                         noun: str, fix: str) -> list[Any]:
+    """The rows of a shipped split (`name` in `splits`: ``directory/<name>.jsonl``) or of the JSONL
+    file at `name`, parsed by `parse`, ids unique: the loader of every labelled set shipped in
+    `llmkit/data/builtin/` (`noun` names a row: "question", "case")."""
+    if isinstance(name, str) and name in splits:
+        path = directory / f"{name}.jsonl"
+    else:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; pass {' or '.join(repr(s) for s in splits)} for the shipped "
+                            f"{directory.name} {noun}s, or the path of a JSONL file of {noun}s")
+    rows, _ = read_jsonl(path, parse, what=f"{noun}s", fix=fix)
+    check_unique_ids(path, rows, noun)
+    return rows
+
+
+def check_unique_ids(path: str | Path, rows: list[Any], noun: str) -> None:
+    """A DataError naming the first id (a row's `.id`) that more than one row of `path` uses."""
+    from collections import Counter
+
+    seen: Counter[str] = Counter(r.id for r in rows)
+    repeated = sorted(i for i, n in seen.items() if n > 1)
+    if repeated:
+        raise DataError(f"{path}: id {repeated[0]!r} is used by {seen[repeated[0]]} rows"
+                        + (f" (and {len(repeated) - 1} more ids repeat)" if len(repeated) > 1 else "")
+                        + f"; give every {noun} its own id")

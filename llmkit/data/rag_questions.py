@@ -16,13 +16,12 @@ and ``answer: null``: a system should say that the documents do not answer it.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import DataError
-from .jsonl import read_jsonl
+from .jsonl import load_shipped_or_file
 
 RAG_STDLIB = Path(__file__).parent / "builtin" / "rag-stdlib"
 SPLITS = ("dev", "test")
@@ -48,21 +47,7 @@ def load_rag_questions(split: str | os.PathLike = "test") -> list[RAGQuestion]:
     """The questions of a split of the shipped set ("dev" or "test") or of a JSONL file, in file
     order. Raises `DataError` (a ValueError) naming the file, the line, the field and the fix for
     any bad row, and for a missing file or a repeated id."""
-    if isinstance(split, str) and split in SPLITS:
-        path = RAG_STDLIB / f"{split}.jsonl"
-    else:
-        path = Path(split).expanduser()
-        if not path.is_file():
-            raise DataError(f"{path}: no such file; pass split='dev' or split='test' for the shipped "
-                            f"rag-stdlib questions, or the path of a JSONL file of questions")
-    questions, _ = read_jsonl(path, _parse, what="questions", fix=_FIX)
-    seen: Counter[str] = Counter(q.id for q in questions)
-    repeated = sorted(i for i, n in seen.items() if n > 1)
-    if repeated:
-        raise DataError(f"{path}: id {repeated[0]!r} is used by {seen[repeated[0]]} rows"
-                        + (f" (and {len(repeated) - 1} more ids repeat)" if len(repeated) > 1 else "")
-                        + "; give every question its own id")
-    return questions
+    return load_shipped_or_file(split, RAG_STDLIB, SPLITS, _parse, "question", _FIX)
 
 
 def _parse(obj: Any) -> list[RAGQuestion]:

@@ -143,7 +143,7 @@ def test_bad_rows_name_the_file_line_field_and_fix(tmp_path, row, words):
 def test_repeated_ids_and_missing_files_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"id 'q1' is used by 2 rows.*its own id"):
         load_rag_questions(write(tmp_path, GOOD, GOOD))
-    with pytest.raises(DataError, match=r"no such file.*split='dev' or split='test'"):
+    with pytest.raises(DataError, match=r"no such file.*'dev' or 'test'"):
         load_rag_questions("train")
     with pytest.raises(DataError, match="no usable questions"):
         load_rag_questions(write(tmp_path, ""))
