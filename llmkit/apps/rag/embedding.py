@@ -98,7 +98,7 @@ class EmbeddingCache:
 def embed_texts(embedder: Any, texts: Sequence[str], cache: EmbeddingCache | None = None, batch_size: int = 64,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
     """float32 vectors (len(texts), dim), as the embedder made them, in input order: cached ones read back, the
-    rest embedded `batch_size` at a time (each batch stored as it is made). `progress(n)` is called
+    rest embedded `batch_size` at a time, longest first (each batch stored as it is made). `progress(n)` is called
     with the number of texts done after each batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -109,6 +109,8 @@ def embed_texts(embedder: Any, texts: Sequence[str], cache: EmbeddingCache | Non
     keys = [EmbeddingCache.key(name, t) for t in texts]
     known = cache.get(keys) if cache is not None else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())  # one per distinct text
+    # batches of similar lengths pad least (sentence-transformers sorts the same way); order is restored by key
+    todo.sort(key=lambda i: -len(texts[i]))
     if cache is not None:
         cache.hits += len(texts) - len(todo)
         cache.misses += len(todo)

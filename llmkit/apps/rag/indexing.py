@@ -78,7 +78,7 @@ def content_hash(document: Document, settings: ChunkSettings, embedder: str) -> 
 
 def index_documents(store: Any, documents: Iterable[Document], embedder: Any,
                     settings: ChunkSettings | None = None, cache: EmbeddingCache | None = None,
-                    delete_missing: bool = True, keep: Iterable[str] = (), batch_chunks: int = 256,
+                    delete_missing: bool = True, keep: Iterable[str] = (), batch_chunks: int = 1024,
                     progress: Callable[[int, int], None] | None = None) -> IndexReport:
     """Bring `store` up to date with `documents` (see the module docstring). `progress(done, total)`
     is called with documents done. Documents are chunked by the embedder's own tokenizer, which must
