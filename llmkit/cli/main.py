@@ -14,8 +14,8 @@ import sys
 from typing import Callable, Sequence
 
 from . import (ablate_commands, agent_commands, align_commands, commands, embed_commands, eval_commands, generate_commands,
-               model_commands, prompt_commands, rag_commands, sandbox_commands, serve_commands, structured_commands,
-               tools_commands, trace_commands, vector_commands)
+               model_commands, prompt_commands, rag_commands, safety_commands, sandbox_commands, serve_commands,
+               structured_commands, tools_commands, trace_commands, vector_commands)
 
 VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {
     "init": (model_commands.add_init_args, model_commands.run_init,
@@ -77,6 +77,9 @@ VERBS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argp
     "rag": (rag_commands.add_rag_args, rag_commands.run_rag,
             "retrieval-augmented generation: `llmkit rag index|ask|eval --help` (documents into FAISS or pgvector, "
             "cited answers, recall@k)"),
+    "redteam": (safety_commands.add_redteam_args, safety_commands.run_redteam,
+                "attack a model with the red-team suite, with and without guards: attack success and false "
+                "refusals per category with intervals; writes results.json, report.md and a chart"),
     "prompt-eval": (prompt_commands.add_prompt_eval_args, prompt_commands.run_prompt_eval,
                     "measure prompting strategies side by side (zero-shot, few-shot, cot, self-consistency, "
                     "least-to-most) with paired intervals; writes results.json, report.md and charts"),

@@ -8,6 +8,7 @@ the OpenAI API itself), spoken to with the standard library only.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from ..models.sentence import check_texts
 from ..tokenizer.chat import estimate_chat_tokens
 from .generate import Timings
 from .llm import fit_history
+from .retry import EndpointError, RequestRefused, parse_retry_after, retry_delay  # noqa: F401  (their home was here)
 from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
 from .tool_calls import ChatReply, ToolCall, tool_mode, tool_specs
@@ -30,11 +32,6 @@ from .tool_parse import ArgumentsDelta, CallStart, ContentDelta, Finish
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
-
-
-class RequestRefused(ConnectionError, ValueError):
-    """The server understood the request and refused its content (HTTP 400, 413, 422): bad input,
-    not a broken connection (it is both, so callers that catch either keep working)."""
 
 
 class RemoteLLM(TokenScoring):
@@ -48,7 +45,11 @@ class RemoteLLM(TokenScoring):
     A request the server could not take is sent again up to `retries` times, after `backoff`,
     2 × `backoff`, ... seconds (or the server's ``Retry-After``, at most `max_wait`): a refused or
     reset connection, 429, 502, 503 and 504. Only the opening of a request is retried, so a stream
-    never repeats what it yielded; a timeout is not retried (the server may still be working)."""
+    never repeats what it yielded; a timeout is not retried (the server may still be working).
+    Failures raise `EndpointError` (a ConnectionError) carrying the status, ``Retry-After`` and
+    kind, so a wrapper can decide for itself: `llmkit.apps.production.guarded` owns retries and
+    gives its RemoteLLMs ``retries=0``. A stream that breaks off, or ends without ``[DONE]``,
+    raises instead of ending quietly, so a truncated answer is never taken for a whole one."""
 
     RETRY_STATUS = (429, 502, 503, 504)
 
@@ -88,44 +89,53 @@ class RemoteLLM(TokenScoring):
         for attempt in range(1, attempts + 1):
             req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
             tried = f" (after {attempt} attempts)" if attempt > 1 else ""
+            url = self.base_url + path
             try:
                 return urllib.request.urlopen(req, timeout=self.timeout)
             except urllib.error.HTTPError as e:
-                detail = e.read().decode("utf-8", "replace")[:500]
+                try:
+                    detail = e.read().decode("utf-8", "replace")[:500]
+                except (OSError, http.client.HTTPException):
+                    detail = "(the error body broke off)"
+                retry_after = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
                 if e.code in self.RETRY_STATUS and attempt < attempts:
-                    self._wait(attempt, e.headers.get("Retry-After"), f"{e.code}")
+                    self._wait(attempt, retry_after, f"{e.code}")
                     continue
                 hint = " (check --api-key)" if e.code in (401, 403) else ""
-                error = RequestRefused if e.code in (400, 413, 422) else ConnectionError
-                raise error(f"{method} {self.base_url}{path} answered {e.code}{hint}{tried}: {detail}") from e
-            except (urllib.error.URLError, OSError) as e:
+                error = RequestRefused if e.code in (400, 413, 422) else EndpointError
+                raise error(f"{method} {url} answered {e.code}{hint}{tried}: {detail}", url, e.code, retry_after,
+                            attempt, "status") from e
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 if attempt < attempts and isinstance(reason, (ConnectionRefusedError, ConnectionResetError)):
                     self._wait(attempt, None, str(reason))
                     continue
-                raise ConnectionError(f"cannot reach {self.base_url}{path}{tried}: {reason}") from e
+                kind = "timeout" if isinstance(reason, TimeoutError) else "connection"
+                raise EndpointError(f"cannot reach {url}{tried}: {reason or type(reason).__name__}", url, None, None,
+                                    attempt, kind) from e
         raise AssertionError("unreachable")
 
-    def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+    def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
         """Sleep before attempt `attempt` + 1: the server's Retry-After (seconds) or the backoff."""
-        delay = self.backoff * 2 ** (attempt - 1)
-        if retry_after:
-            try:
-                delay = float(retry_after)
-            except ValueError:
-                pass  # an HTTP date: keep the backoff
-        delay = min(max(delay, 0.0), self.max_wait)
+        delay = retry_delay(attempt, self.backoff, self.max_wait, retry_after)
         log.info("%s: %s; trying again in %.2f s (attempt %d of %d)", self.base_url, why, delay, attempt + 1,
                  self.retries + 1)
         time.sleep(delay)
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        url = self.base_url + path
         with self._open(method, path, body) as resp:
-            text = resp.read().decode("utf-8", "replace")
+            try:
+                text = resp.read().decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException) as e:
+                kind = "timeout" if isinstance(e, TimeoutError) else "interrupted"
+                raise EndpointError(f"{url}: the answer broke off ({kind}): {e or type(e).__name__}", url,
+                                    resp.status, kind=kind) from e
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConnectionError(f"{self.base_url}{path} did not answer JSON: {text[:200]!r}") from e
+            raise EndpointError(f"{url} did not answer JSON: {text[:200]!r}", url, resp.status,
+                                kind="malformed") from e
 
     def _body(self, gen: GenerationConfig) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": gen.max_new_tokens, "temperature": gen.temperature,
@@ -160,25 +170,48 @@ class RemoteLLM(TokenScoring):
                              f"(best_of), which {what} does not use; call generate")
 
     def _events(self, path: str, body: dict) -> Iterator[dict]:
-        """Server-sent events of a streaming request, as parsed JSON chunks."""
+        """Server-sent events of a streaming request, as parsed JSON chunks. A stream that breaks
+        off, sends a chunk that is not JSON, or ends without ``[DONE]`` raises `EndpointError`."""
+        url, chunks = self.base_url + path, 0
         with self._open("POST", path, {**body, "stream": True}) as resp:
-            for raw in resp:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                yield json.loads(data)
+            try:
+                for raw in resp:
+                    line = raw.decode("utf-8", "replace").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except json.JSONDecodeError as e:
+                        raise EndpointError(f"{url} sent a stream chunk that is not JSON after {chunks} chunks: "
+                                            f"{data[:200]!r}", url, resp.status, kind="malformed") from e
+                    chunks += 1
+                    yield chunk
+            except (OSError, http.client.HTTPException) as e:
+                if isinstance(e, EndpointError):
+                    raise
+                kind = "timeout" if isinstance(e, TimeoutError) else "interrupted"
+                raise EndpointError(f"{url}: the stream broke off after {chunks} chunks ({kind}): "
+                                    f"{e or type(e).__name__}", url, resp.status, kind=kind) from e
+        raise EndpointError(f"{url}: the stream ended after {chunks} chunks without [DONE]: the connection was "
+                            "dropped, so the answer is incomplete", url, resp.status, kind="interrupted")
 
     # ------------------------------------------------------------------ LLM
-    def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, **kwargs: Any) -> str | list[str]:
+    def generate(self, prompt: str | list[str], gen: GenerationConfig | None = None, timings: Timings | None = None,
+                 **kwargs: Any) -> str | list[str]:
+        """The completion of one prompt (str), or of each prompt of a list; `timings` gets the
+        server's token counts (``usage``)."""
         gen = self.generation(gen, **kwargs)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         out = self._request("POST", "/completions", {**self._body(gen), "prompt": prompts})
+        _usage(out, timings)
         texts = [c.get("text", "") for c in sorted(out.get("choices", []), key=lambda c: c.get("index", 0))]
         if len(texts) != len(prompts):
-            raise ConnectionError(f"{self.base_url}/completions answered {len(texts)} choices for {len(prompts)} prompts")
+            url = f"{self.base_url}/completions"
+            raise EndpointError(f"{url} answered {len(texts)} choices for {len(prompts)} prompts", url, 200,
+                                kind="malformed")
         return texts[0] if isinstance(prompt, str) else texts
 
     def stream(self, prompt: str, gen: GenerationConfig | None = None, timings: Timings | None = None,
@@ -202,10 +235,11 @@ class RemoteLLM(TokenScoring):
             return self._deltas("/chat/completions", body,
                                 lambda choice: choice.get("delta", {}).get("content") or "", timings)
         out = self._request("POST", "/chat/completions", body)
+        _usage(out, timings)
         try:
             return out["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as e:
-            raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
+            raise self._no_message(out) from e
 
     def _tool_chat(self, body: dict, stream: bool, timings: Timings | None, tools: Sequence[Any] | None,
                    tool_choice: Any, parallel: bool) -> Any:
@@ -220,14 +254,19 @@ class RemoteLLM(TokenScoring):
         if stream:
             return self._tool_events(body, timings or Timings())
         out = self._request("POST", "/chat/completions", body)
+        _usage(out, timings)
         try:
             choice = out["choices"][0]
             message = choice["message"]
         except (KeyError, IndexError, TypeError) as e:
-            raise ConnectionError(f"{self.base_url}/chat/completions answered without a message: {str(out)[:200]}") from e
+            raise self._no_message(out) from e
         calls = [ToolCall.from_openai(c) for c in message.get("tool_calls") or []]
         content = message.get("content")
         return ChatReply(content if content or not calls else None, calls, choice.get("finish_reason") or "stop")
+
+    def _no_message(self, out: Any) -> EndpointError:
+        url = f"{self.base_url}/chat/completions"
+        return EndpointError(f"{url} answered without a message: {str(out)[:200]}", url, 200, kind="malformed")
 
     def _tool_events(self, body: dict, timings: Timings) -> Iterator[Any]:
         """A streamed reply with tools as the events `LocalLLM.chat` yields."""
@@ -442,6 +481,14 @@ class RemoteLLM(TokenScoring):
                                                           for v, t in zip(values, tops))
                 out.append(LogLikelihood(float(sum(values)), greedy, len(cont)))
         return out
+
+
+def _usage(out: Any, timings: Timings | None) -> None:
+    """The token counts of an answer's ``usage`` into `timings` (when given, and the server counted)."""
+    usage = out.get("usage") if isinstance(out, dict) else None
+    if timings is not None and isinstance(usage, dict):
+        timings.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        timings.generated_tokens = int(usage.get("completion_tokens") or 0)
 
 
 def _message(m: Mapping[str, Any]) -> dict[str, Any]:

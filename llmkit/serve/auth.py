@@ -1,4 +1,4 @@
-"""API keys, per-key rate limits and token budgets, and the SQLite request log.
+"""API keys, per-key rate limits and token budgets (the SQLite request log is `llmkit.infer.request_log`).
 
 A keys file holds one key per line, ``name:key``, optionally followed by that key's own limits::
 
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hmac
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.clean import redact_pii
+from ..infer.request_log import RequestLog  # noqa: F401  (the request log: llmkit.infer.request_log)
 
 MINUTE, DAY = 60.0, 86400.0
 
@@ -135,53 +134,3 @@ class Gate:
         with self._lock:
             key.tokens.append((self.clock(), tokens))
 
-
-# ------------------------------------------------------------------------- request log
-class RequestLog:
-    """Every request, one row, in SQLite: time, key, model, endpoint, status, tokens, latency,
-    cost (at per-million-token prices), and — only when asked — the prompt and completion text
-    with PII masked (`llmkit.data.clean.redact_pii`: ``<EMAIL>``, ``<PHONE>``, ...)."""
-
-    SCHEMA = """CREATE TABLE IF NOT EXISTS requests (
-        id INTEGER PRIMARY KEY, time REAL NOT NULL, key TEXT, model TEXT, endpoint TEXT, status INTEGER,
-        prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, cost REAL,
-        prompt TEXT, completion TEXT)"""
-
-    def __init__(self, path: str | os.PathLike, price_prompt: float = 0.0, price_completion: float = 0.0,
-                 log_text: bool = False, scrub: bool = True):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.price_prompt, self.price_completion = price_prompt, price_completion
-        self.log_text, self.scrub = log_text, scrub
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(self.SCHEMA)
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_prompt + completion_tokens * self.price_completion) / 1e6
-
-    def write(self, key: str | None, model: str | None, endpoint: str, status: int, prompt_tokens: int = 0,
-              completion_tokens: int = 0, latency_s: float = 0.0, prompt: str | None = None,
-              completion: str | None = None) -> None:
-        if self.log_text:
-            prompt = redact_pii(prompt, loose=True)[0] if (prompt is not None and self.scrub) else prompt
-            completion = redact_pii(completion, loose=True)[0] if (completion is not None and self.scrub) else completion
-        else:
-            prompt = completion = None
-        row = (time.time(), key, model, endpoint, status, prompt_tokens, completion_tokens, latency_s,
-               self.cost(prompt_tokens, completion_tokens), prompt, completion)
-        with self._lock:
-            self._db.execute("INSERT INTO requests (time, key, model, endpoint, status, prompt_tokens, "
-                             "completion_tokens, latency_s, cost, prompt, completion) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                             row)
-
-    def rows(self) -> list[dict]:
-        with self._lock:
-            cur = self._db.execute("SELECT * FROM requests ORDER BY id")
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

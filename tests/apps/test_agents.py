@@ -213,7 +213,7 @@ def test_a_server_that_is_down_is_a_model_error_not_an_exception(mode):
     recorder = Recorder()
     result = ReActAgent(down, TOOLS, mode=mode, callbacks=[recorder]).run("1 + 1?")
     assert (result.status, result.answer, result.steps) == ("model_error", None, [])
-    assert result.error.startswith("the model failed at step 1: ConnectionError: cannot reach http://127.0.0.1:")
+    assert result.error.startswith("the model failed at step 1: EndpointError: cannot reach http://127.0.0.1:")
 
 
 def test_a_model_that_raises_midway_keeps_the_steps_before():

@@ -98,7 +98,7 @@ def test_a_server_that_is_down_is_a_model_error_for_every_question():
     down = RemoteLLM(f"http://127.0.0.1:{closed_port()}/v1", timeout=5)
     results = pal_batch(down, ["q1", "q2"])
     assert [r.status for r in results] == ["model_error"] * 2
-    assert results[0].error.startswith("the model failed: ConnectionError: cannot reach")
+    assert results[0].error.startswith("the model failed: EndpointError: cannot reach")
 
 
 @pytest.fixture

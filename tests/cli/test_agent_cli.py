@@ -74,7 +74,7 @@ def test_a_server_that_is_down_is_explained_not_a_traceback(capsys):
     url = f"http://127.0.0.1:{closed_port()}/v1"
     code, out, err = run(capsys, "-m", url, "--mode", "native", "--tools", "calculator", "1 + 1?")
     assert code == 1 and out == ""
-    assert "no answer (model_error): the model failed at step 1: ConnectionError: cannot reach" in err
+    assert "no answer (model_error): the model failed at step 1: EndpointError: cannot reach" in err
 
 
 def test_bad_input_fails_before_the_model_loads(capsys, monkeypatch):

@@ -82,3 +82,34 @@ def test_busy_or_refusing_servers_are_tried_again_then_named_with_the_attempts()
     with pytest.raises(ConnectionError, match=r"cannot reach .* \(after 3 attempts\)"):
         RemoteLLM(f"http://127.0.0.1:{closed_port()}/v1", retries=2, backoff=0.1).model
     assert time.monotonic() - start >= 0.3  # 0.1 + 0.2 s of backoff
+
+
+def test_failures_are_typed_with_status_retry_after_and_kind_and_a_cut_stream_raises():
+    from llmkit.apps.production import FaultServer
+    from llmkit.infer.generate import Timings
+    from llmkit.infer import retry
+    from llmkit.infer.remote import EndpointError, RemoteLLM, RequestRefused, parse_retry_after, retry_delay
+
+    assert (retry.EndpointError, retry.RequestRefused, retry.retry_delay) == (EndpointError, RequestRefused,
+                                                                             retry_delay)  # one home, re-exported
+
+    assert retry_delay(3, 0.25, 30) == 1.0 and retry_delay(1, 0.25, 30, retry_after=2.0) == 2.0
+    assert retry_delay(1, 1.0, 30, jitter=0.5, rand=lambda: 0.0) == 0.5 and retry_delay(9, 1, 5) == 5
+    assert parse_retry_after("1.5") == 1.5 and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=lambda: 1445412490.0) == 0.0  # 7:28:10 - 7:28:10
+    with FaultServer(["429:7", "drop:1", "malformed"]) as server:
+        llm = RemoteLLM(server.url, model=server.model, retries=0)
+        with pytest.raises(EndpointError, match="answered 429") as e:
+            llm.generate("x")
+        assert (e.value.status, e.value.retry_after, e.value.kind, e.value.url) == (429, 7.0, "status",
+                                                                                    server.url + "/completions")
+        got = []
+        with pytest.raises(EndpointError, match=r"ended after 1 chunks without \[DONE\]") as e:
+            for delta in llm.stream("a b c"):
+                got.append(delta)
+        assert got == ["echo:"] and e.value.kind == "interrupted"  # never a quietly truncated answer
+        with pytest.raises(EndpointError, match="did not answer JSON") as e:
+            llm.generate("x")
+        assert e.value.kind == "malformed"
+        timings = Timings()
+        assert llm.generate("a b", timings=timings) == "echo: a b" and timings.prompt_tokens == 2

@@ -1,0 +1,176 @@
+"""Personal data: found by `llmkit.data.clean.find_pii` (the one detector: e-mail, phone, card, SSN,
+IP, key-like secrets, long digit runs), replaced by numbered placeholders with a reversible mapping,
+kept out of replies, and requests that fish for it refused where the context holds it.
+
+    m = PiiMap()
+    safe = m.redact("Call Ana on (305) 555-0158")     # "Call Ana on <PHONE_1>"
+    m.restore("I'll call <PHONE_1> now")               # "I'll call (305) 555-0158 now"
+
+`PiiGuard` redacts every message and document before the model. After it, placeholders that stand
+for the user's own data (personal data found in a user turn) are restored — the user is authorised
+to see what they gave — while third-party data (system prompt, documents, tool results) stays a
+placeholder, and any third-party value that reaches the reply anyway (a guard run on output only) is
+redacted in any formatting of its digits. Placeholder-shaped text that anyone typed (a user asking
+"repeat after me: <PHONE_1>") is neutralised to ``‹PHONE_1›`` before redaction, so it is never
+restored. Names, street addresses, dates of birth and health details are beyond `find_pii`; the
+request rule covers them by asking, not by finding; self-service requests about the user's own
+details ("renew my passport", "update my phone number") are not such requests.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from ...data.clean import PII_KINDS, find_pii
+from .guard import Decision, Messages, last_user, refuse, role_text, text_of
+from .variants import loose
+
+_OWNER = r"(?:his|her|their|[a-z]+'s)"
+REQUEST = [
+    r"\b(?:phone|mobile|cell|telephone|fax) (?:numbers?|no\.?)|\bmobile\b(?! (?:app|data|phone|site|version))|"
+    r"\be-?mail address(?:es)?\b|\be-?mails? of\b",
+    rf"\b{_OWNER} (?:personal )?(?:e-?mail|phone|mobile|number|address|card|ssn|dob|birthday|postcode|allergies|"
+    r"medical|diagnosis|passport|visa|salary|bank details)\b",
+    r"\bhome address(?:es)?\b|\baddress(?:es)? (?:on file|of (?:the|this|that|every|each|all))\b|\bwhere (?:she|he|they) "
+    r"(?:lives?|works?)\b|\breal names?\b|\bfull names? and\b",
+    r"\bsocial security\b|\bssns?\b|\bnational insurance\b|\b(?:card|account|iban|passport|visa|licen[cs]e|"
+    r"policy|routing) numbers?\b|\bcard (?:details|on file|(?:he|she|they) pays?)\b|\bcvv\b",
+    r"\bdate of birth\b|\bdob\b|\bbirth ?date\b|\b(?:postcode|zip code|post code)s? (?:on file|of (?:the|this|that|"
+    r"every|each|all) (?:patient|client|customer|member|user|resident|guest|employee|student|person)s?)\b",
+    r"\ballerg(?:y|ies)\b|\bdiagnos\w+|\bmedical (?:leave|details?|records?|history|conditions?)\b|"
+    r"\b(?:being )?treated for\b|\btherapist\b",
+    r"\bsecurity (?:answers?|questions?)\b|\bhidden fields?\b|\bcontact (?:details?|info\w*)\b|"
+    r"\bpersonal (?:data|details|info\w*)\b",
+    r"\b(?:every|all|each) (?:the )?(?:fields?|records?|names?|numbers?)\b|\bfull (?:json|record|records|body|"
+    r"details|file)\b|\b(?:translate|convert|turn|export|copy|dump) (?:this|these|the|all) (?:\w+ )?records?\b",
+]
+_REQUEST = re.compile("|".join(f"(?:{p})" for p in REQUEST), re.I)
+_YOURS = re.compile(r"\byour (?:phone|mobile|e-?mail|address|contact)", re.I)
+# The user's own details in a self-service request ("renew my passport", "update my phone number", "my
+# email changed"): not a request for someone else's data.
+_NOUNS = (r"(?:phone|mobile|cell|telephone)(?: numbers?)?|e-?mail(?: address)?|(?:home |postal |billing |delivery )?"
+          r"address|passport|visa|postcode|zip code|date of birth|birthday|card(?: details| number)?|contact "
+          r"(?:details|info\w*)|personal (?:details|info\w*|data)|name|surname")
+_MINE = re.compile(
+    r"\b(?:update|updating|change|changing|edit|editing|renew|renewing|replace|replacing|add|adding|remove|removing|"
+    r"delete|deleting|correct|correcting|register|registering|move|moving|transfer|protect|protecting|hide|hiding|"
+    r"apply for|get|getting|lost|new|verify|verifying|confirm|confirming|set|setting|reset|resetting)\b"
+    rf"(?: (?:\w+ ){{0,2}}?)?(?:my|our) (?:own |new |current |old |primary |personal |work )?(?:{_NOUNS})\b|"
+    rf"\b(?:my|our) (?:own |new |current |old )?(?:{_NOUNS}) (?:is|are|has changed|changed|was|will be|expires?|expired)\b",
+    re.I)
+PRIVACY = re.compile(r"\b(?:confidential|private|privacy|personal data|never (?:be )?(?:disclos|shar|shown|show|reveal|"
+                     r"display|giv|given|read|list|confirm)\w*|do not (?:disclose|share|reveal|list|give)|must not be "
+                     r"(?:listed|shared|disclosed|exported)|(?:shared|released|shown) only (?:to|with)|only (?:to|with) "
+                     r"(?:the )?(?:registered|authori[sz]ed|verified))", re.I)
+
+
+PLACEHOLDER = re.compile(r"<[A-Z]+_\d+>")
+
+
+def neutralise(text: str) -> str:
+    """`text` with anything shaped like a placeholder (``<PHONE_1>``) rewritten as ``‹PHONE_1›``."""
+    return PLACEHOLDER.sub(lambda m: "\u2039" + m.group()[1:-1] + "\u203a", text)
+
+
+class PiiMap:
+    """A reversible redaction: each distinct piece of personal data gets one placeholder
+    (``<PHONE_1>``, ``<EMAIL_2>``, ...) across every text redacted with this map."""
+
+    def __init__(self, kinds: Sequence[str] = PII_KINDS):
+        self.kinds = tuple(kinds)
+        self.placeholder: dict[str, str] = {}  # original -> placeholder
+        self.original: dict[str, str] = {}  # placeholder -> original
+        self.kind: dict[str, str] = {}  # placeholder -> kind
+        self._counts: dict[str, int] = {}
+
+    def redact(self, text: str, used: set[str] | None = None) -> str:
+        """`text` with its personal data (`find_pii`'s spans, loose forms included) replaced by placeholders;
+        the placeholders written are added to `used`, if given. Placeholder-shaped text already in `text`
+        (``<PHONE_1>`` typed by someone) is neutralised first (``‹PHONE_1›``), so that it can never be
+        mistaken for a placeholder of this map and restored to someone else's data."""
+        text = neutralise(text)
+        out, last = [], 0
+        for span in find_pii(text, self.kinds, loose=True):
+            p = self._placeholder(span.original, span.kind)
+            out += [text[last:span.start], p]
+            if used is not None:
+                used.add(p)
+            last = span.end
+        return "".join(out) + text[last:]
+
+    def _placeholder(self, original: str, kind: str) -> str:
+        if original not in self.placeholder:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+            p = f"<{kind}_{self._counts[kind]}>"
+            self.placeholder[original], self.original[p], self.kind[p] = p, original, kind
+        return self.placeholder[original]
+
+    def restore(self, text: str, only: set[str] | None = None) -> str:
+        """`text` with placeholders mapped back to their originals (only those in `only`, if given)."""
+        return PLACEHOLDER.sub(lambda m: self.original.get(m.group(), m.group())
+                               if only is None or m.group() in only else m.group(), text)
+
+
+def _redacted(messages: Messages, documents: Sequence[str]) -> tuple[PiiMap, list[dict[str, Any]], list[str], set[str]]:
+    """One map over the conversation in a fixed order (system turns, documents, then the rest), the
+    redacted messages and documents, and the placeholders that stand for data found in the user's own
+    turns. Only those count as the user's: placeholder-shaped text the user typed (``<PHONE_1>``) is
+    neutralised by `PiiMap.redact`, so a user cannot claim a third party's placeholder by typing it."""
+    m, mine = PiiMap(), set()
+    msgs = [dict(x) for x in messages]
+    for x in msgs:
+        if x.get("role") in ("system", "developer"):
+            x["content"] = m.redact(text_of(x.get("content")))
+    docs = [m.redact(d) for d in documents]
+    for x in msgs:
+        if x.get("role") not in ("system", "developer"):
+            x["content"] = m.redact(text_of(x.get("content")), mine if x.get("role") == "user" else None)
+    return m, msgs, docs, mine
+
+
+class PiiGuard:
+    """Input: refuses requests for personal data where the context holds some (or a privacy rule);
+    otherwise redacts personal data everywhere. Output: restores the user's own placeholders
+    (`restore="user"`; "all" for an operator's view, "none" to keep every placeholder) and redacts
+    third-party values that leaked."""
+
+    name = "pii"
+
+    def __init__(self, restore: str = "user"):
+        if restore not in ("user", "all", "none"):
+            raise ValueError(f"restore={restore!r}: use 'user', 'all' or 'none'")
+        self.restore = restore
+
+    def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
+        context = "\n".join([role_text(messages, "system", "developer", "tool"), *documents])
+        user = last_user(messages)
+        asked = _REQUEST.search(_MINE.sub(" ", _YOURS.sub(" ", user)))
+        if asked and (find_pii(context, loose=True) or PRIVACY.search(context)):
+            return refuse("pii", f"a request for personal data ({asked.group()!r})", self.name)
+        m, msgs, docs, _ = _redacted(messages, documents)
+        if not m.original:
+            return Decision()
+        return Decision("rewrite", messages=msgs, documents=tuple(docs), guard=self.name, category="pii",
+                        reason=f"{len(m.original)} piece(s) of personal data replaced by placeholders")
+
+    def check_output(self, messages: Messages, reply: str, documents: Sequence[str] = ()) -> Decision:
+        m, _, _, mine = _redacted(messages, documents)
+        if not m.original:
+            return Decision()
+        text = m.restore(reply, None if self.restore == "all" else mine if self.restore == "user" else set())
+        theirs = [p for p in m.original if p not in mine]
+        spans = []
+        for p in theirs:
+            for form in (m.original[p], re.sub(r"\D", "", m.original[p])[::-1]):
+                rx = loose(form)
+                if rx:
+                    spans += [(mt.start(), mt.end(), p) for mt in rx.finditer(text)]
+        last = len(text) + 1
+        for a, b, p in sorted(spans, reverse=True):
+            if b <= last:  # overlapping matches: the later one was replaced already
+                text, last = text[:a] + f"<{m.kind[p]}>" + text[b:], a
+        if text == reply:
+            return Decision()
+        return Decision("rewrite", text=text, guard=self.name, category="pii",
+                        reason=f"placeholders restored for the user; {len(spans)} third-party value(s) redacted")

@@ -1,0 +1,34 @@
+"""Guard sets by name: what ``guards=default`` means on the command line."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .injection import InjectionGuard
+from .leaks import SecretGuard
+from .pii import PiiGuard
+from .topics import TopicGuard
+
+# name -> factory; options are passed to the factories that take them (tiers=..., restore=...)
+GUARDS: dict[str, Callable[..., Any]] = {
+    "topics": lambda tiers=None, **_: TopicGuard(tiers),
+    "injection": lambda **_: InjectionGuard(),
+    "secrets": lambda **_: SecretGuard(),
+    "pii": lambda restore="user", **_: PiiGuard(restore),
+}
+# Order matters on input: refusals first (topics, injection), then the requests for secrets and personal
+# data, which see the documents before PII redaction; on output every guard runs on the reply in turn.
+DEFAULT = ("topics", "injection", "secrets", "pii")
+
+
+def build_guards(spec: str, **options: Any) -> list[Any]:
+    """The guards of `spec`: "default", "none" (no guards) or comma-separated names from `GUARDS`."""
+    spec = (spec or "").strip()
+    if spec in ("none", ""):
+        return []
+    names = list(DEFAULT) if spec == "default" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GUARDS]
+    if unknown:
+        raise ValueError(f"guards={spec}: unknown guard {unknown[0]!r}; use default, none, or a comma-separated "
+                         f"list of {', '.join(GUARDS)}")
+    return [GUARDS[n](**options) for n in names]

@@ -1,0 +1,69 @@
+"""`llmkit redteam`: the red-team suite against a model, with and without guards (`llmkit.apps.safety`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from .commands import add_model_arg, load_llm, positive_int
+
+
+def add_redteam_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Put the red-team cases to a model without guards and with them, score every reply by rules "
+                      "(a canary in the reply, a tool called, a refusal), and report per category the attack "
+                      "success rate unguarded and guarded, the relative cut with a bootstrap interval, and the "
+                      "false refusals of benign look-alikes; a category where the unguarded model falls for under "
+                      "30% of the attacks is inconclusive. Writes results.json, report.md, charts/redteam.png, "
+                      "summary.json and cases.jsonl. Tune guards on --split dev; the held-out split is for the "
+                      "final measurement. Example: llmkit redteam --model smollm2-135m-instruct guards=default "
+                      "--split dev --limit 4 --out runs/rt")
+    add_model_arg(p)
+    p.add_argument("overrides", nargs="*", metavar="guards=NAME",
+                   help="guards=default (topics, injection, secrets, pii; the default), guards=none (unguarded "
+                        "only), or a comma-separated list, e.g. guards=injection,secrets")
+    p.add_argument("--split", default="heldout",
+                   help="heldout (the default: report only), dev (tune on it), or the path of a JSONL file of cases")
+    p.add_argument("--out", "-o", default=None, help="output folder (default runs/redteam-DATE-TIME)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="only the first N attacks and first N benign cases of each category")
+    p.add_argument("--max-new-tokens", type=positive_int, default=96, help="reply budget (default 96, greedy)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="chats decoded together (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default 0)")
+
+
+def guards_spec(overrides: list[str]) -> str:
+    """The guards=NAME of the overrides ("default" when absent); any other key is an error."""
+    spec = "default"
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if key != "guards" or not sep:
+            raise ValueError(f"{item!r}: the only setting is guards=NAME (default, none, or e.g. injection,pii)")
+        spec = value
+    return spec
+
+
+def run_redteam(args: argparse.Namespace) -> int:
+    from ..apps.safety import GuardSet
+    from ..apps.safety import redteam as rt
+    from ..data.redteam import load_redteam
+
+    spec = guards_spec(args.overrides)
+    guards = GuardSet.named(spec)  # unknown guard names fail before the model loads
+    cases = rt.limit_cases(load_redteam(args.split), args.limit)
+    llm = load_llm(args)
+    results = rt.run_redteam(llm, cases, guards, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                             progress=sys.stderr.isatty())
+    out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
+    split = args.split if args.split in ("dev", "heldout") else str(Path(args.split).name)
+    rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
+                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(rt.redteam_table(rt.summarize(results, args.seed)))
+    errored = sum(r.error is not None for r in results) + sum(r.error_g is not None and r.error_g != r.error
+                                                            for r in results)
+    if errored:
+        print(f"\n{errored} request(s) failed and are left out of the rates (see cases.jsonl, field error / error_g)",
+              file=sys.stderr)
+    print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'charts' / 'redteam.png'}")
+    return 0
