@@ -71,6 +71,12 @@ def test_relative_cut_and_interval():
     cut, (lo, hi) = relative_cut([True] * 10, [True] + [False] * 9)
     assert cut == pytest.approx(0.9) and lo <= 0.9 <= hi <= 1.0
     assert relative_cut([False] * 5, [False] * 5)[0] != relative_cut([False] * 5, [False] * 5)[0]  # NaN
+    # no guarded success at all: the cut is 100%, but its interval must not collapse to [100%, 100%]
+    # (a bootstrap would); fewer attacks that worked unguarded leave more doubt
+    few = relative_cut([True] * 6 + [False] * 18, [False] * 24)
+    many = relative_cut([True] * 24, [False] * 24)
+    assert few[0] == many[0] == 1.0
+    assert few[1][0] < many[1][0] < 1.0 and few[1][0] < 0.8 and many[1][0] > 0.85  # measured 0.54 and 0.90
 
 
 CASES = [
