@@ -28,6 +28,7 @@ from .scoring import LogLikelihood, TokenScoring
 from .sampling import GenerationConfig, valid_settings
 from .tool_calls import ChatReply, ToolCall, tool_mode, tool_specs
 from .tool_parse import ArgumentsDelta, CallStart, ContentDelta, Finish
+from .wire import api_message, usage_into
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class RemoteLLM(TokenScoring):
         gen = self.generation(gen, **kwargs)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         out = self._request("POST", "/completions", {**self._body(gen), "prompt": prompts})
-        _usage(out, timings)
+        usage_into(out, timings)
         texts = [c.get("text", "") for c in sorted(out.get("choices", []), key=lambda c: c.get("index", 0))]
         if len(texts) != len(prompts):
             url = f"{self.base_url}/completions"
@@ -228,14 +229,14 @@ class RemoteLLM(TokenScoring):
         server generating and parsing the calls."""
         gen = self.generation(gen, **kwargs)
         self._no_beams(gen, "chat")
-        body = {**self._body(gen), "messages": [_message(m) for m in messages]}
+        body = {**self._body(gen), "messages": [api_message(m) for m in messages]}
         if tools is not None or tool_choice is not None:
             return self._tool_chat(body, stream, timings, tools, tool_choice, parallel_tool_calls)
         if stream:
             return self._deltas("/chat/completions", body,
                                 lambda choice: choice.get("delta", {}).get("content") or "", timings)
         out = self._request("POST", "/chat/completions", body)
-        _usage(out, timings)
+        usage_into(out, timings)
         try:
             return out["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as e:
@@ -254,7 +255,7 @@ class RemoteLLM(TokenScoring):
         if stream:
             return self._tool_events(body, timings or Timings())
         out = self._request("POST", "/chat/completions", body)
-        _usage(out, timings)
+        usage_into(out, timings)
         try:
             choice = out["choices"][0]
             message = choice["message"]
@@ -331,7 +332,7 @@ class RemoteLLM(TokenScoring):
         says which the last count was)."""
         if getattr(self, "_tokenize_messages", True):
             try:
-                out = self._tokenizer_call("/tokenize", {"messages": [_message(m) for m in messages],
+                out = self._tokenizer_call("/tokenize", {"messages": [api_message(m) for m in messages],
                                                          "add_generation_prompt": True})
                 self.chat_tokens_exact = True
                 return int(out["count"]) if "count" in out else len(out["tokens"])
@@ -481,23 +482,6 @@ class RemoteLLM(TokenScoring):
                                                           for v, t in zip(values, tops))
                 out.append(LogLikelihood(float(sum(values)), greedy, len(cont)))
         return out
-
-
-def _usage(out: Any, timings: Timings | None) -> None:
-    """The token counts of an answer's ``usage`` into `timings` (when given, and the server counted)."""
-    usage = out.get("usage") if isinstance(out, dict) else None
-    if timings is not None and isinstance(usage, dict):
-        timings.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        timings.generated_tokens = int(usage.get("completion_tokens") or 0)
-
-
-def _message(m: Mapping[str, Any]) -> dict[str, Any]:
-    """A message as the API takes it: role and content, and a tool call's or a tool result's fields."""
-    out = {"role": m["role"], "content": m.get("content")}
-    for key in ("tool_calls", "tool_call_id", "name"):
-        if m.get(key) is not None:
-            out[key] = m[key]
-    return out
 
 
 def connect(base_url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0) -> RemoteLLM:
