@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from .commands import add_model_arg, load_llm, positive_int
 
@@ -22,7 +23,9 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     add_model_arg(p)
     p.add_argument("overrides", nargs="*", metavar="guards=NAME",
                    help="guards=default (topics, injection, secrets, pii; the default), guards=none (unguarded "
-                        "only), or a comma-separated list, e.g. guards=injection,secrets")
+                        "only), or a comma-separated list, e.g. guards=injection,secrets or guards=default,constitution "
+                        "(adds the critique-and-revise loop, by --critic)")
+    add_critic_arg(p, "the model under test")
     p.add_argument("--split", default="heldout",
                    help="heldout (the default: report only), dev (tune on it), or the path of a JSONL file of cases")
     p.add_argument("--out", "-o", default=None, help="output folder (default runs/redteam-DATE-TIME)")
@@ -33,9 +36,36 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the interval draws (default 0)")
 
 
-def guards_spec(overrides: list[str]) -> str:
-    """The guards=NAME of the overrides ("default" when absent); any other key is an error."""
-    spec = "default"
+def add_critic_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--critic", default=None, metavar="MODEL",
+                   help="the critic of guards=...,constitution: any name --model takes, or an http(s)://…/v1 URL of a "
+                        f"stronger judge (with --critic-api-key; it reads the system prompt) (default: {default})")
+    p.add_argument("--critic-api-key", default=None, help="API key when --critic is a URL (default: $OPENAI_API_KEY)")
+
+
+def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
+    """The `GuardSet` of `spec`; a constitution guard gets its critic: --critic loaded, else `model`
+    (a callable loading it, called only when the constitution guard is asked for)."""
+    from ..apps.safety import GuardSet
+    from ..apps.safety.presets import guard_names
+
+    options: dict[str, Any] = {}
+    if "constitution" in guard_names(spec):
+        if args.critic:
+            from ..infer.llm import load
+            from ..utils import default_device
+
+            url = args.critic.startswith(("http://", "https://"))
+            options["critic"] = load(args.critic, api_key=args.critic_api_key,
+                                     **({} if url else {"device": args.device or default_device()}))
+        else:
+            options["critic"] = model() if callable(model) else model
+    return GuardSet.named(spec, **options)
+
+
+def guards_spec(overrides: list[str], default: str = "default") -> str:
+    """The guards=NAME of the overrides (`default` when absent); any other key is an error."""
+    spec = default
     for item in overrides:
         key, sep, value = item.partition("=")
         if key != "guards" or not sep:
@@ -45,14 +75,15 @@ def guards_spec(overrides: list[str]) -> str:
 
 
 def run_redteam(args: argparse.Namespace) -> int:
-    from ..apps.safety import GuardSet
     from ..apps.safety import redteam as rt
+    from ..apps.safety.presets import guard_names
     from ..data.redteam import load_redteam
 
     spec = guards_spec(args.overrides)
-    guards = GuardSet.named(spec)  # unknown guard names fail before the model loads
+    guard_names(spec)  # unknown guard names fail before the model loads
     cases = rt.limit_cases(load_redteam(args.split), args.limit)
     llm = load_llm(args)
+    guards = build_guard_set(spec, args, llm)
     results = rt.run_redteam(llm, cases, guards, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              progress=sys.stderr.isatty())
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .commands import add_quantize_arg, load_llm, positive_int
+from .safety_commands import add_critic_arg, build_guard_set, guards_spec
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="a LoRA (or bottleneck) adapter served as model 'NAME_OF_MODEL:NAME' beside the base; "
                         "repeatable, all on one engine")
     add_quantize_arg(p)
+    p.add_argument("overrides", nargs="*", metavar="guards=NAME",
+                   help="guards on every chat and completions request and reply (default none): guards=default "
+                        "(topics, injection, secrets, pii), or a comma-separated list, e.g. guards=injection,pii; "
+                        "a refused request is answered with the guard's text (finish_reason stop, `refusal` set, "
+                        "llmkit_guard saying why); with guards a stream is checked whole before it is sent; "
+                        "guards=default,constitution adds the critique-and-revise loop, by --critic")
+    add_critic_arg(p, "a second copy of --model, so that critiques never wait on the batch")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,
                    help="most requests decoded together in one step (default 16)")
@@ -63,8 +71,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
+    from ..apps.safety.presets import guard_names
     from ..serve import ServerSettings, build_server
     from ..serve.launch import bind
+
+    spec = guards_spec(args.overrides, default="none")
+    guard_names(spec)  # unknown names fail before the model loads
 
     for spec in args.adapter:
         if "=" not in spec:
@@ -82,7 +94,9 @@ def run_serve(args: argparse.Namespace) -> None:
     # loading, and never after the server was announced
     sock = bind(settings.host, settings.port)
     try:
-        server = build_server(load_llm(args), settings, sock)
+        llm = load_llm(args)
+        settings.guards = build_guard_set(spec, args, lambda: load_llm(args)) if guard_names(spec) else None
+        server = build_server(llm, settings, sock)
     except BaseException:
         sock.close()
         raise

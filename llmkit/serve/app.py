@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -36,13 +36,15 @@ _GUARDED_ROOT = ("/tokenize", "/detokenize")
 
 def create_app(models: list[ServedModel] | ServedModel, max_body_bytes: int = MAX_BODY_BYTES,
                start_engines: bool = True, gate: Gate | None = None, request_log: RequestLog | None = None,
-               embedder: str | None = None, embed_precision: str = "auto") -> FastAPI:
+               embedder: str | None = None, embed_precision: str = "auto", guards: Any = None) -> FastAPI:
     """The FastAPI app; its engines start with the app (and stop with it). `gate` holds the API
     keys and their limits (none: anyone may call, unlimited); `request_log` records every request;
     `embedder` names the served model that answers /v1/embeddings whatever model a request names,
-    computing at `embed_precision` (`LocalLLM.embed`'s precision)."""
+    computing at `embed_precision` (`LocalLLM.embed`'s precision); `guards` (a guard set such as
+    `llmkit.apps.safety.GuardSet.named("default")`) checks every chat and completions request and
+    reply (see `llmkit.serve.guarding`)."""
     server = Server([models] if isinstance(models, ServedModel) else list(models), max_body_bytes, gate, request_log,
-                    embedder)
+                    embedder, guards)
     server.embed_precision = embed_precision
 
     @asynccontextmanager

@@ -13,7 +13,9 @@ from fastapi.responses import Response
 
 from ..infer.tool_calls import ToolCallError, tool_prompt
 from ..infer.tool_parse import ContentDelta, ToolCallParser, openai_delta, parse_tool_calls
+from ..infer.engine import Event
 from .errors import APIError
+from .guarding import Checked, mark_guarded, no_guarded_logprobs, replay
 from .inputs import parse_body
 from .responses import (DONE, Envelope, TokenText, chat_completion, chat_delta_chunk, chat_event_chunk, chat_logprob,
                         chat_role_chunks, chat_usage_chunk, finish_reason)
@@ -52,7 +54,13 @@ async def chat_completions(request: Request):
     server: Server = request.app.state.server
     req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, server.max_body_bytes)
     served = server.generator(req.model)
-    messages = [m.as_dict() for m in req.messages]
+    messages = asked = [m.as_dict() for m in req.messages]
+    guards = server.guards
+    if guards is not None:
+        no_guarded_logprobs(guards, req.logprobs)
+        messages, decision = await guards.check_input(asked)
+        if decision.action == "refuse":
+            return _refused(server, request, served, req, asked, guards.refused(decision, req.n))
     prompt, grammar = _prompt(served, req, messages)
     top = req.top_logprobs or 0
     if top and not req.logprobs:
@@ -66,33 +74,64 @@ async def chat_completions(request: Request):
     reqs = server.submit(served, prompt, gen, req.n, queue, constraint=make)
     env = Envelope.new("chatcmpl", served.name)
     text = (lambda t: server.token_text(served, t)) if req.logprobs else None
+    sent: list = reqs  # what the client gets: the engine's requests, or their replies as the guards left them
 
     def account() -> None:
         server.account(request, served.name, len(prompt), sum(len(r.generated) for r in reqs),
-                       "\n".join(f"{m['role']}: {m['content']}" for m in messages), "\n".join(r.text for r in reqs))
+                       _conversation(messages), "\n".join(r.text for r in sent))
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return server.stream(request, _chunks(server, request, served, reqs, queue, env, text, include_usage,
-                                              len(prompt), tools), account)
+        events = server.events(request, served, reqs, queue)
+        if guards is not None:
+            async def checked_events():
+                nonlocal sent
+                async for _ in server.events(request, served, reqs, queue):
+                    pass
+                if all(r.finish_reason is not None for r in reqs):  # else the client left
+                    sent = await guards.check_outputs(asked, reqs)
+                    async for item in replay(sent):
+                        yield item
+            events = checked_events()
+        return server.stream(request, _chunks(events, env, len(reqs), text, include_usage, len(prompt), reqs, tools),
+                             account)
     logprobs: list[list[dict]] = [[] for _ in reqs]
     async for i, event in server.events(request, served, reqs, queue):
         if text is not None and event.token_id is not None:
             logprobs[i].append(chat_logprob(text, event))
     if any(r.finish_reason is None for r in reqs):
         return Response(status_code=499)  # the client left; nobody reads this
+    if guards is not None:
+        sent = await guards.check_outputs(asked, reqs)
     account()
-    replies = [parse_tool_calls(r.text, finish_reason(r.finish_reason)) for r in reqs] if tools else None
-    return chat_completion(env, reqs, logprobs if req.logprobs else None, len(prompt), replies)
+    replies = [parse_tool_calls(r.text, finish_reason(r.finish_reason)) for r in sent] if tools else None
+    return mark_guarded(chat_completion(env, sent, logprobs if req.logprobs else None, len(prompt), replies), sent)
 
 
-async def _chunks(server: Server, request: Request, served: ServedModel, reqs: list, queue: asyncio.Queue,
-                  env: Envelope, text: TokenText | None, include_usage: bool, prompt_len: int,
-                  tools: bool) -> AsyncIterator[str]:
-    for chunk in chat_role_chunks(env, len(reqs), content=None if tools else ""):
+def _conversation(messages: list[dict]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _refused(server: Server, request: Request, served: ServedModel, req: ChatCompletionRequest, asked: list[dict],
+             checked: list[Checked]):
+    """The answer to a request an input guard refused: the guard's text as each choice, no tokens."""
+    env = Envelope.new("chatcmpl", served.name)
+    account = lambda: server.account(request, served.name, 0, 0, _conversation(asked), checked[0].text)  # noqa: E731
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return server.stream(request, _chunks(replay(checked), env, len(checked), None, include_usage, 0, checked,
+                                              False), account)
+    account()
+    return mark_guarded(chat_completion(env, checked, None, 0), checked)
+
+
+async def _chunks(events: AsyncIterator[tuple[int, Event]], env: Envelope, n: int, text: TokenText | None,
+                  include_usage: bool, prompt_len: int, reqs: list, tools: bool) -> AsyncIterator[str]:
+    """The chunks of a chat stream from its (choice, event) pairs; `reqs` count the usage at the end."""
+    for chunk in chat_role_chunks(env, n, content=None if tools else ""):
         yield chunk
-    parsers = [ToolCallParser() for _ in reqs] if tools else None
-    async for i, event in server.events(request, served, reqs, queue):
+    parsers = [ToolCallParser() for _ in range(n)] if tools else None
+    async for i, event in events:
         if parsers is None:
             chunk = chat_event_chunk(env, i, event, text)
             if chunk is not None:

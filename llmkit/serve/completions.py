@@ -10,8 +10,9 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..infer.engine import prompt_logprobs
+from ..infer.engine import Event, prompt_logprobs
 from .errors import APIError
+from .guarding import Checked, last_user, mark_guarded, no_guarded_logprobs, replay
 from .inputs import parse_body, token_inputs
 from .responses import (DONE, Envelope, TokenText, completion_event_chunk, completion_logprobs, finish_reason,
                         text_completion)
@@ -35,27 +36,67 @@ async def completions(request: Request):
         raise APIError(400, "echo continues the prompt's text, but an encoder-decoder's prompt is its source: "
                             "leave echo off", param="echo")
     prompts = token_inputs(served.llm, req.prompt, "prompt")
+    guards = server.guards
+    asked: list[str] = []
+    refused: dict[int, list[Checked]] = {}
+    if guards is not None:
+        no_guarded_logprobs(guards, req.logprobs is not None or req.echo, "echo" if req.echo else "logprobs")
+        if (req.best_of or 1) > 1:
+            raise APIError(400, "best_of (beam search) is not available from a server with guards: leave best_of "
+                                "at 1", param="best_of")
+        asked = [served.llm.detokenize(p) for p in prompts]
+        for i, prompt_text in enumerate(asked):  # each prompt is checked as a user's message
+            messages, decision = await guards.check_input([{"role": "user", "content": prompt_text}])
+            if decision.action == "refuse":
+                refused[i] = guards.refused(decision, req.n)
+            elif decision.action == "rewrite":
+                prompts[i] = token_inputs(served.llm, last_user(messages), "prompt")[0]
     if req.use_beam_search and (req.best_of or 1) < 2:
         raise APIError(400, "use_beam_search needs best_of > 1, the beam width", param="best_of")
     if (req.best_of or 1) > 1:
         return await _beam_search(server, request, served, req, prompts)
     queue: asyncio.Queue = asyncio.Queue()
-    groups = _submit(server, served, req, prompts, queue)
+    groups = _submit(server, served, req, prompts, queue, skip=set(refused))
     flat = [r for g in groups for r in g]
     env = Envelope.new("cmpl", served.name)
     text = (lambda t: server.token_text(served, t)) if req.logprobs is not None else None
     prompt_text = "\n".join(served.llm.detokenize(p) for p in prompts)
     prompt_tokens = sum(len(p) for p in prompts)
 
+    sent: list = flat  # the choices as the client gets them (through the guards, when the server has them)
+
+    async def checked() -> bool:
+        """Run the requests to their end and, with guards, check each reply; False if the client left."""
+        nonlocal sent
+        async for _ in server.events(request, served, flat, queue):
+            pass
+        if any(r.finish_reason is None for r in flat):
+            return False
+        if guards is not None:
+            sent = []
+            for i, group in enumerate(groups):
+                sent += refused.get(i) or await guards.check_outputs([{"role": "user", "content": asked[i]}], group)
+        return True
+
     if req.stream:
-        return server.stream(request, _chunks(server, request, served, flat, queue, env, text, bool(req.logprobs)),
+        async def guarded_events():
+            if await checked():
+                async for item in replay(sent):
+                    yield item
+        events = guarded_events() if guards is not None else server.events(request, served, flat, queue)
+        return server.stream(request, _chunks(events, env, text, bool(req.logprobs)),
                              lambda: server.account(request, served.name, prompt_tokens,
                                                     sum(len(r.generated) for r in flat), prompt_text,
-                                                    "\n".join(r.text for r in flat)))
-    async for _ in server.events(request, served, flat, queue):
-        pass
-    if any(r.finish_reason is None for r in flat):
+                                                    "\n".join(r.text for r in sent)))
+    if not await checked():
         return Response(status_code=499)  # the client left; nobody reads this
+    if guards is not None:
+        completion_tokens = sum(len(r.generated) for r in flat)
+        server.account(request, served.name, prompt_tokens, completion_tokens, prompt_text,
+                       "\n".join(c.text for c in sent))
+        choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": finish_reason(c.finish_reason)}
+                   for i, c in enumerate(sent)]
+        return mark_guarded(text_completion(env, choices, prompt_tokens, completion_tokens), sent, message=False)
     scores = await _prompt_scores(served, prompts, req.logprobs) if req.echo and text is not None \
         else [None] * len(prompts)
     choices: list[dict[str, Any]] = []
@@ -98,9 +139,10 @@ async def _beam_search(server: Server, request: Request, served: ServedModel, re
 
 
 def _submit(server: Server, served: ServedModel, req: CompletionRequest, prompts: list[list[int]],
-            queue: asyncio.Queue) -> list[list]:
-    """`n` engine requests per prompt, none for a prompt that is only scored (echo, no new tokens);
-    if one prompt is refused, the requests of those before it are cancelled."""
+            queue: asyncio.Queue, skip: set[int] = frozenset()) -> list[list]:
+    """`n` engine requests per prompt, none for a prompt that is only scored (echo, no new tokens)
+    or in `skip` (a guard refused it); if one prompt is refused by the engine, the requests of those
+    before it are cancelled."""
     if req.stream and req.echo:
         raise APIError(400, "echo with stream is not supported", param="echo")
     # scoring only (echo, no new tokens) feeds all but the last prompt token
@@ -109,8 +151,8 @@ def _submit(server: Server, served: ServedModel, req: CompletionRequest, prompts
                               DEFAULT_MAX_TOKENS, req.logprobs is not None, req.logprobs or 0) for p in prompts]
     groups: list[list] = []
     try:
-        for p, gen in zip(prompts, gens):
-            if req.echo and not gen.max_new_tokens:
+        for i, (p, gen) in enumerate(zip(prompts, gens)):
+            if (req.echo and not gen.max_new_tokens) or i in skip:
                 groups.append([])
                 continue
             groups.append(server.submit(served, p, gen, req.n, queue, sum(len(g) for g in groups),
@@ -121,9 +163,9 @@ def _submit(server: Server, served: ServedModel, req: CompletionRequest, prompts
     return groups
 
 
-async def _chunks(server: Server, request: Request, served: ServedModel, reqs: list, queue: asyncio.Queue,
-                  env: Envelope, text: TokenText | None, with_tops: bool) -> AsyncIterator[str]:
-    async for i, event in server.events(request, served, reqs, queue):
+async def _chunks(events: AsyncIterator[tuple[int, Event]], env: Envelope, text: TokenText | None,
+                  with_tops: bool) -> AsyncIterator[str]:
+    async for i, event in events:
         chunk = completion_event_chunk(env, i, event, text, with_tops)
         if chunk is not None:
             yield chunk

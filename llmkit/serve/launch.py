@@ -10,6 +10,7 @@ loaded model.
     serve([ServedModel("quickstart", llm)], port=8000)    # models you built yourself
 
     build_server(llm, ServerSettings(embedder="all-minilm-l6-v2"))  # a second model answers /v1/embeddings
+    build_server(llm, ServerSettings(guards=llmkit.apps.safety.GuardSet.named("default")))  # guards on every call
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class ServerSettings:
     # under its own name beside the model (see llmkit.serve.embeddings)
     embedder: str | os.PathLike | None = None
     embed_precision: str = "auto"  # /v1/embeddings' compute precision: auto (bf16 where fast) | fp32 | bf16
+    # a guard set (e.g. llmkit.apps.safety.GuardSet.named("default")) run on every chat and completions
+    # request and reply; `llmkit serve guards=NAME` builds it (see llmkit.serve.guarding)
+    guards: Any = None
 
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
@@ -168,6 +172,8 @@ class BuiltServer:
             lines.append(f"{first.name} is a classifier: it answers /v1/embeddings and refuses chat and completions")
         lines.append(f"API keys: {self.keys or 'none required'}; request log: "
                      f"{self.request_log.path if self.request_log else 'off'}")
+        if s.guards is not None:
+            lines.append(f"guards on every chat and completions request and reply: {getattr(s.guards, 'name', s.guards)}")
         if first.llm.generates:
             lines.append(f"chat in your browser: {self.url}/")
         return "\n".join(lines)
@@ -218,7 +224,7 @@ def build_server(llm: Any, settings: ServerSettings | None = None, sock: socket.
                                  settings.price_completion, log_text=settings.log_prompts)
     app = create_app(models, settings.max_body_bytes, gate=gate, request_log=request_log,
                      embedder=models[-1].name if embedder is not None else None,
-                     embed_precision=settings.embed_precision)
+                     embed_precision=settings.embed_precision, guards=settings.guards)
     return BuiltServer(settings, app, models, len(keys), request_log, sock)
 
 

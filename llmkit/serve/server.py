@@ -21,6 +21,7 @@ from ..models.transformer import ContextLengthError
 from ..quant.weight_only import quantization_config
 from .auth import Gate, RequestLog
 from .errors import APIError
+from .guarding import ServeGuards
 from .inputs import MAX_BODY_BYTES
 from .metrics import Metrics
 
@@ -90,10 +91,11 @@ def _metrics(engines: list[Engine]) -> Metrics:
 class Server:
     """The served models, who may call (`gate`: anyone, unlimited, when None), the request log
     (None: no log) and the metrics; one per app, at ``app.state.server``. `embedder` names the
-    model that answers /v1/embeddings for every model (see `embedding_model`)."""
+    model that answers /v1/embeddings for every model (see `embedding_model`); `guards` checks chat
+    and completions requests and replies (see `llmkit.serve.guarding`)."""
 
     def __init__(self, models: list[ServedModel], max_body_bytes: int = MAX_BODY_BYTES, gate: Gate | None = None,
-                 request_log: RequestLog | None = None, embedder: str | None = None):
+                 request_log: RequestLog | None = None, embedder: str | None = None, guards: Any = None):
         if not models:
             raise ValueError("give at least one model to serve")
         self.models = {m.name: m for m in models}
@@ -106,6 +108,7 @@ class Server:
         self.log = request_log
         self.engines = list({id(s.engine): s.engine for s in models}.values())  # adapters share one
         self.metrics = _metrics(self.engines)
+        self.guards = ServeGuards(guards, self.metrics) if guards is not None else None
         self._token_texts: dict[tuple[str, int], str] = {}
 
     def start(self) -> None:

@@ -7,15 +7,17 @@
 - `injection`: instructions planted in documents and tool results stripped; overrides in the user turn refused.
 - `leaks`: system-prompt secrets kept out of replies (also reversed, spaced, ROT13, base64).
 - `pii`: personal data via `llmkit.data.clean.find_pii`, with a reversible placeholder map.
+- `constitution`: a critique-and-revise loop against a list of principles, by a critic model (opt-in:
+  ``guards=default,constitution``).
 - `scoring`: the rules that score a reply (contains, calls a tool, refuses).
 - `redteam`: the runner and its report (`llmkit redteam`).
 
     guards = GuardSet.named("default")        # topics, injection, secrets, pii
 
-A learned injection classifier and a constitutional critique-and-revise loop are planned as further
-guards with the same two methods; `llmkit serve` will run a `GuardSet` when configured.
+`llmkit serve ... guards=default` runs a `GuardSet` in front of the API (`llmkit.serve.guarding`).
 """
 
+from .constitution import PRINCIPLES, ConstitutionGuard
 from .guard import ACTIONS, REFUSALS, TIERS, Decision, FailClosed, Guard, GuardSet
 from .injection import InjectionGuard, strip_injection
 from .leaks import SecretGuard, system_secrets
@@ -25,7 +27,7 @@ from .redteam import CaseResult, run_redteam, summarize, write_redteam
 from .scoring import calls_tool, is_refusal
 from .topics import DEFAULT_TIERS, TopicGuard, harm_areas
 
-__all__ = ["ACTIONS", "CaseResult", "DEFAULT", "DEFAULT_TIERS", "Decision", "FailClosed", "GUARDS", "Guard",
+__all__ = ["ACTIONS", "CaseResult", "ConstitutionGuard", "PRINCIPLES", "DEFAULT", "DEFAULT_TIERS", "Decision", "FailClosed", "GUARDS", "Guard",
            "GuardSet", "InjectionGuard", "PiiGuard", "PiiMap", "REFUSALS", "SecretGuard", "TIERS", "TopicGuard",
            "build_guards", "calls_tool", "harm_areas", "is_refusal", "run_redteam", "strip_injection", "summarize",
            "system_secrets", "write_redteam"]
