@@ -452,6 +452,7 @@ def finetune_recipe(args: argparse.Namespace):
 
 
 def run_finetune(args: argparse.Namespace) -> None:
+    from ..data.labelled import LABELLED_SETS
     from ..pipelines.finetune import finetune
 
     recipe = finetune_recipe(args)
@@ -468,9 +469,13 @@ def run_finetune(args: argparse.Namespace) -> None:
         print(f"  held-out accuracy {summary['classify_before']['accuracy']:.3f} -> {c['accuracy']:.3f}, macro-F1 "
               f"{c['macro_f1']:.3f} (majority class {m['label']!r}: accuracy {m['accuracy']:.3f}, "
               f"macro-F1 {m['macro_f1']:.3f})")
+        for label, pr in c.get("per_label", {}).items():
+            print(f"  {label}: precision {pr['precision']:.3f} [{pr['precision_ci'][0]:.3f}, {pr['precision_ci'][1]:.3f}]"
+                  f", recall {pr['recall']:.3f} [{pr['recall_ci'][0]:.3f}, {pr['recall_ci'][1]:.3f}] "
+                  f"({pr['support']} held out)")
         print(f"report: {Path(recipe.out) / 'report.md'}")
         task = recipe.data.path.split(":", 1)[1] if recipe.data.path.startswith("builtin:") else None
-        if task:
+        if task and task not in LABELLED_SETS:
             print(f"try: llmkit eval --model {Path(recipe.out)} --tasks {task}")
         print(f"in Python: llmkit.load({str(Path(recipe.out))!r}).classify([\"some text\"])")
         return

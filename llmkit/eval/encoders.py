@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..models.loss import IGNORE_INDEX
-from .metrics import accuracy, macro_f1, wilson_interval
+from .metrics import accuracy, macro_f1, per_class, wilson_interval
 
 
 def most_frequent_token(tokens: np.ndarray, special_ids: Sequence[int] = ()) -> int:
@@ -54,11 +54,12 @@ def masked_token_accuracy(model: torch.nn.Module, batches: Iterable[torch.Tensor
 
 
 def classification_scores(predictions: Sequence, labels: Sequence, train_labels: Sequence) -> dict[str, Any]:
-    """Accuracy (with its 95% interval) and macro-F1 of `predictions`, and of the majority-class
-    baseline (the most common label of the training data, answered every time)."""
+    """Accuracy (with its 95% interval), macro-F1 and per-label precision and recall of
+    `predictions`, and the accuracy and macro-F1 of the majority-class baseline (the most common label
+    of the training data, answered every time)."""
     majority = Counter(train_labels).most_common(1)[0][0] if train_labels else None
     always = [majority] * len(labels)
     hits = sum(p == y for p, y in zip(predictions, labels))
     return {"accuracy": accuracy(predictions, labels), "ci": list(wilson_interval(hits, len(labels))),
-            "macro_f1": macro_f1(predictions, labels), "n": len(labels),
+            "macro_f1": macro_f1(predictions, labels), "n": len(labels), "per_label": per_class(predictions, labels),
             "majority": {"label": majority, "accuracy": accuracy(always, labels), "macro_f1": macro_f1(always, labels)}}

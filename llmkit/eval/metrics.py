@@ -8,7 +8,7 @@ import re
 import statistics
 import string
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -67,6 +67,23 @@ def macro_f1(predictions: Sequence, labels: Sequence) -> float:
         fn = sum(p != c and y == c for p, y in zip(predictions, labels))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     return sum(scores) / len(scores)
+
+
+def per_class(predictions: Sequence, labels: Sequence) -> dict[str, dict[str, Any]]:
+    """Per class: precision, recall (each with its 95% Wilson interval and the counts behind it) and
+    F1, as scikit-learn's ``precision_recall_fscore_support`` (0 where a ratio has no denominator)."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    out = {}
+    for c in sorted(set(labels) | set(predictions), key=str):
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        predicted, actual = sum(p == c for p in predictions), sum(y == c for y in labels)
+        precision, recall = (tp / predicted if predicted else 0.0), (tp / actual if actual else 0.0)
+        out[str(c)] = {"precision": precision, "precision_ci": list(wilson_interval(tp, predicted)),
+                       "recall": recall, "recall_ci": list(wilson_interval(tp, actual)),
+                       "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                       "tp": tp, "predicted": predicted, "support": actual}
+    return out
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -121,6 +121,9 @@ def classify(recipe: Any, resume: bool = False, callbacks: Sequence[Any] = ()) -
                  ("held-out macro-F1 (before → after)", f"{before['macro_f1']:.3f} → {s['macro_f1']:.3f}"),
                  ("majority class", f"{s['majority']['label']}: accuracy {s['majority']['accuracy']:.3f}, "
                   f"macro-F1 {s['majority']['macro_f1']:.3f}")]
+        rows += [(f"{label}: precision / recall", f"{pr['precision']:.3f} [{pr['precision_ci'][0]:.3f}, "
+                  f"{pr['precision_ci'][1]:.3f}] / {pr['recall']:.3f} [{pr['recall_ci'][0]:.3f}, {pr['recall_ci'][1]:.3f}]")
+                 for label, pr in s.get("per_label", {}).items()]
     return job.finish(summary, f"Classifier {job.run_dir.name} ({recipe.method})", rows, save=save)
 
 

@@ -7,6 +7,8 @@
 - `injection`: instructions planted in documents and tool results stripped; overrides in the user turn refused.
 - `leaks`: system-prompt secrets kept out of replies (also reversed, spaced, ROT13, base64).
 - `pii`: personal data via `llmkit.data.clean.find_pii`, with a reversible placeholder map.
+- `injection_model`: a fine-tuned injection classifier (``builtin:injection``) on the user turn, documents
+  and tool results (opt-in: ``guards=default,injection_model``).
 - `constitution`: a critique-and-revise loop against a list of principles, by a critic model (opt-in:
   ``guards=default,constitution``).
 - `scoring`: the rules that score a reply (contains, calls a tool, refuses).
@@ -20,6 +22,7 @@
 from .constitution import PRINCIPLES, ConstitutionGuard
 from .guard import ACTIONS, REFUSALS, TIERS, Decision, FailClosed, Guard, GuardSet
 from .injection import InjectionGuard, strip_injection
+from .injection_model import InjectionModelGuard
 from .leaks import SecretGuard, system_secrets
 from .pii import PiiGuard, PiiMap
 from .presets import DEFAULT, GUARDS, build_guards
@@ -28,6 +31,6 @@ from .scoring import calls_tool, is_refusal
 from .topics import DEFAULT_TIERS, TopicGuard, harm_areas
 
 __all__ = ["ACTIONS", "CaseResult", "ConstitutionGuard", "PRINCIPLES", "DEFAULT", "DEFAULT_TIERS", "Decision", "FailClosed", "GUARDS", "Guard",
-           "GuardSet", "InjectionGuard", "PiiGuard", "PiiMap", "REFUSALS", "SecretGuard", "TIERS", "TopicGuard",
+           "GuardSet", "InjectionGuard", "InjectionModelGuard", "PiiGuard", "PiiMap", "REFUSALS", "SecretGuard", "TIERS", "TopicGuard",
            "build_guards", "calls_tool", "harm_areas", "is_refusal", "run_redteam", "strip_injection", "summarize",
            "system_secrets", "write_redteam"]

@@ -73,6 +73,36 @@ def neutralise(text: str) -> str:
     return PLACEHOLDER.sub(lambda m: "\u2039" + m.group()[1:-1] + "\u203a", text)
 
 
+# An organisation's published contact line ("DMV Springfield office: ... phone (555) 201-4477", "support:
+# help@acme.example") is not personal data: a phone number or e-mail whose sentence, up to it, names an
+# organisation and no person ("On file: Bo Lind, phone ..." at a clinic is a person's) is left in place
+# and may be asked for.
+_ORG = re.compile(r"\b(?:office|department|dept|dmv|clinic|hospital|surgery|store|shop|branch|restaurant|hotel|library|"
+                  r"school|university|council|city hall|town hall|embassy|consulate|airline|company|support|help ?desk|"
+                  r"front desk|reception|hotline|helpline|customer (?:service|care)|pharmacy|bank|station|museum|"
+                  r"agency|sales|enquiries|inquiries|switchboard|press office|headquarters|hq|box office)\b", re.I)
+_PERSON = re.compile(r"\b(?:his|her|their|mr|mrs|ms|miss|patient|member|employee|resident|guest|tenant|client|"
+                     r"applicant|student|customer(?:'s)?|born|home|mobile|cell|personal|private|emergency contact|"
+                     r"next of kin|name|on file|records?)\b", re.I)
+_CLAUSE_END = re.compile(r"[.!?;\n](?=\s|$)")
+_PUBLIC_KINDS = ("PHONE", "EMAIL")
+
+
+def public_contact(text: str, start: int, kind: str) -> bool:
+    """Whether the `kind` span at `start` of `text` is an organisation's published phone number or
+    e-mail: its sentence, up to it, names an organisation and no person."""
+    if kind not in _PUBLIC_KINDS:
+        return False
+    ends = [m.end() for m in _CLAUSE_END.finditer(text, 0, start)]
+    line = text[ends[-1] if ends else 0:start][-80:]
+    return bool(_ORG.search(line)) and not _PERSON.search(line)
+
+
+def private_pii(text: str) -> list:
+    """`find_pii`'s spans of `text` (loose forms included) less organisations' published contacts."""
+    return [s for s in find_pii(text, loose=True) if not public_contact(text, s.start, s.kind)]
+
+
 class PiiMap:
     """A reversible redaction: each distinct piece of personal data gets one placeholder
     (``<PHONE_1>``, ``<EMAIL_2>``, ...) across every text redacted with this map."""
@@ -92,6 +122,8 @@ class PiiMap:
         text = neutralise(text)
         out, last = [], 0
         for span in find_pii(text, self.kinds, loose=True):
+            if public_contact(text, span.start, span.kind):
+                continue
             p = self._placeholder(span.original, span.kind)
             out += [text[last:span.start], p]
             if used is not None:
@@ -146,7 +178,7 @@ class PiiGuard:
         context = "\n".join([role_text(messages, "system", "developer", "tool"), *documents])
         user = last_user(messages)
         asked = _REQUEST.search(_MINE.sub(" ", _YOURS.sub(" ", user)))
-        if asked and (find_pii(context, loose=True) or PRIVACY.search(context)):
+        if asked and (private_pii(context) or PRIVACY.search(context)):
             return refuse("pii", f"a request for personal data ({asked.group()!r})", self.name)
         m, msgs, docs, _ = _redacted(messages, documents)
         if not m.original:

@@ -287,6 +287,14 @@ HARM: dict[str, Sequence[str]] = {
 _MUSIC = (r"music|musical|notation|sheet|score|notes?|legato|staccato|phrasing|piano|violin|cello|viola|guitar|flute|"
           r"clarinet|staff|stave|bars?|measures?|musescore|lilypond|sibelius|choir|melody|ties?")
 ALLOW = [
+    # props and toys ("a fake time bomb prop for an escape room"), unless the sentence wants it to work
+    r"\b(?:fake|prop|toy|replica|pretend|dummy|cardboard|bath|cake|movie|stage)\s+(?:time\s+)?bombs?\b"
+    r"(?![^.?!]*\b(?:real|actually|explod\w*|detonat\w*|blow (?:up|out)|go(?:es)? off|work(?:s|ing)?)\b)|"
+    r"\b(?:time\s+)?bomb (?:props?|replicas?|costumes?|decorations?)\b",
+    # history: how a bomb was built, asked in the past tense about a historical programme or war
+    r"\b(?:how|why|when|who) (?:was|were|did)\b[^.?!]{0,60}?\b(?:atomic|atom|nuclear|hydrogen|a-|h-)\s*bombs?\b"
+    r"(?=[^.?!]*\b(?:manhattan|world war|ww ?(?:ii|2|i|1)|hiroshima|nagasaki|trinity|histor\w*|cold war|"
+    r"los alamos|oppenheimer|19[0-9]{2})\b)",
     r"\b(?:kill|killing|killed)\b (?:a |the |this |that |all |my )?(?:\w+ )?(?:process(?:es)?|task|job|thread|"
     r"weeds?|session|server|app|tab|switch|time|mood|bugs?|lights?|engine|music|pests?|fleas?|ants?|mould|mold)\b",
     r"\bkill -\d+\b|\bkill(?:all)? \d+",

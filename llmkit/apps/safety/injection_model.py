@@ -1,0 +1,76 @@
+"""A learned prompt-injection detector as a guard: a sequence classifier (`llmkit finetune ...
+objective=classify` on ``builtin:injection``, or any classifier with an "injection" label) reads the
+user's turn, each retrieved document and each tool result.
+
+    llmkit finetune --model all-minilm-l6-v2 --data builtin:injection --method full objective=classify --out runs/inj
+    guard = InjectionModelGuard(llmkit.load("runs/inj"))              # guards=default,injection_model
+                                                                      #   --injection-model runs/inj
+
+A user turn it flags is refused (category prompt_injection); a flagged document or tool result is
+withheld from the model — replaced by a note that a passage was removed — and the rest goes on (the
+safe-complete tier). It complements the rules of `llmkit.apps.safety.injection`, which strip only the
+offending sentences but miss what they were not written for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .guard import Decision, Messages, last_user, refuse, text_of
+
+WITHHELD = "[a passage was withheld here: it held instructions addressed to the assistant]"
+
+
+@dataclass
+class InjectionModelGuard:
+    """Flags texts whose probability of `label` is at least `threshold`."""
+
+    classifier: Any
+    threshold: float = 0.5
+    label: str = "injection"
+    name: str = "injection_model"
+
+    def __post_init__(self) -> None:
+        labels = list(getattr(getattr(self.classifier, "classifier", None), "labels", None) or [])
+        if not callable(getattr(self.classifier, "classify_probs", None)) or self.label not in labels:
+            raise ValueError(f"the injection_model guard needs a classifier with a {self.label!r} label (got labels "
+                             f"{labels or 'none'}): train one with `llmkit finetune --model all-minilm-l6-v2 --data "
+                             "builtin:injection --method full objective=classify --out runs/inj` and pass "
+                             "--injection-model runs/inj")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold={self.threshold}: give a probability between 0 and 1")
+        self._column = labels.index(self.label)
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """The probability of `label` for each text (empty texts score 0)."""
+        idx = [i for i, t in enumerate(texts) if t.strip()]
+        out = [0.0] * len(texts)
+        if idx:
+            probs = self.classifier.classify_probs([texts[i] for i in idx])[:, self._column].tolist()
+            for i, p in zip(idx, probs):
+                out[i] = float(p)
+        return out
+
+    def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
+        tools = [i for i, m in enumerate(messages) if m.get("role") == "tool"]
+        texts = [last_user(messages), *documents, *(text_of(messages[i].get("content")) for i in tools)]
+        p = self.scores(texts)
+        if p[0] >= self.threshold:
+            return refuse("prompt_injection", f"the injection classifier flags the user's turn (p={p[0]:.2f})",
+                          self.name)
+        flagged_docs = [i for i in range(len(documents)) if p[1 + i] >= self.threshold]
+        flagged_tools = [t for k, t in enumerate(tools) if p[1 + len(documents) + k] >= self.threshold]
+        if not flagged_docs and not flagged_tools:
+            return Decision()
+        docs = tuple(WITHHELD if i in flagged_docs else d for i, d in enumerate(documents))
+        msgs = [dict(m, content=WITHHELD) if i in flagged_tools else dict(m) for i, m in enumerate(messages)]
+        where = [f"document {i + 1}" for i in flagged_docs] + [f"tool result in message {i + 1}" for i in flagged_tools]
+        return Decision("rewrite", messages=msgs, documents=docs, category="prompt_injection", guard=self.name,
+                        reason=f"the injection classifier withheld {', '.join(where)}")
+
+    def check_output(self, messages: Messages, reply: str, documents: Sequence[str] = ()) -> Decision:
+        return Decision()
+
+
+__all__ = ["InjectionModelGuard", "WITHHELD"]
