@@ -14,7 +14,8 @@ room sits below the apps room, so it names no guard; it only runs what it is giv
 - Each reply (each of `n` choices) is checked whole before any of it is sent: a stream is produced
   whole first, then sent as one content chunk — output guards cost streaming its latency. With tools
   the model's raw text is checked (calls and arguments included) before it is read into calls.
-- Guards run off the event loop; a guard that raises refuses (the guard set fails closed).
+- Guards run off the event loop. In a `GuardSet` a guard that raises refuses the request with its
+  guard_error text; a guard set that itself raises fails the request with a 500 (code guard_error).
 - ``/metrics`` counts ``llmkit_guard_decisions_total{stage, action, category}``.
 """
 
@@ -69,9 +70,22 @@ class ServeGuards:
             self.metrics.inc("llmkit_guard_decisions_total", stage=stage, action=decision.action,
                              category=getattr(decision, "category", "") or "none")
 
+    async def _run(self, method: str, *args: Any) -> Any:
+        """A guard set's check, off the event loop. A guard set that raises (one without its own
+        fail-closed wrapper) fails the request with a 500: nothing unchecked goes through."""
+        try:
+            return await asyncio.to_thread(getattr(self.guards, method), *args)
+        except Exception as e:  # noqa: BLE001 - any failure must fail closed
+            log.error("the guards failed in %s; the request is refused: %s: %s", method, type(e).__name__, e,
+                      exc_info=True)
+            self.metrics.inc("llmkit_guard_decisions_total", stage=method.split("_")[1], action="error",
+                             category="guard_error")
+            raise APIError(500, "a safety check failed, so the request was refused; please try again later",
+                           type="server_error", code="guard_error") from None
+
     async def check_input(self, messages: list[dict]) -> tuple[list[dict], Any]:
         """(the messages the model should see, the decision); a refusal's messages are the caller's."""
-        d = await asyncio.to_thread(self.guards.check_input, messages)
+        d = await self._run("check_input", messages)
         self._count("input", d)
         if d.action == "refuse":
             log.info("guard %s refused a request (%s): %s", d.guard, d.category, d.reason)
@@ -83,7 +97,7 @@ class ServeGuards:
         conversation as the caller sent it."""
         out = []
         for r in reqs:
-            d = await asyncio.to_thread(self.guards.check_output, messages, r.text)
+            d = await self._run("check_output", messages, r.text)
             self._count("output", d)
             if d.action == "allow" or d.text is None:
                 out.append(Checked(r.text, r.finish_reason, list(r.generated), r.id))

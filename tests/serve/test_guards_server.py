@@ -129,6 +129,24 @@ def test_a_guard_that_crashes_refuses_and_the_server_goes_on(guarded_server, cli
     assert r.usage.completion_tokens >= 1
 
 
+def test_a_guard_set_that_raises_fails_the_request_closed(served_llm):
+    from llmkit.serve import ServedModel, create_app
+
+    class Raising:
+        def check_input(self, messages):
+            raise RuntimeError("no guard model")
+
+        def check_output(self, messages, reply):
+            return Decision()
+
+    app = create_app([ServedModel("tiny", served_llm, engine_options={"max_batch": 1, "block_size": 8})],
+                     guards=Raising())
+    with Running(app) as running:
+        status, answer = post(running, "/v1/chat/completions",
+                              {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert status == 500 and answer["error"]["code"] == "guard_error"
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
     ("/v1/completions", {"prompt": "hi", "logprobs": 2}, "logprobs"),
