@@ -1,14 +1,18 @@
 """A learned prompt-injection detector as a guard: a sequence classifier (`llmkit finetune ...
-objective=classify` on ``builtin:injection``, or any classifier with an "injection" label) reads the
-user's turn, each retrieved document and each tool result.
+objective=classify` on ``builtin:injection``, or any classifier with an "injection" label) reads each
+retrieved document and each tool result — the data an application hands the model — and, with
+``user=True``, the user's turn too.
 
     llmkit finetune --model all-minilm-l6-v2 --data builtin:injection --method full objective=classify --out runs/inj
     guard = InjectionModelGuard(llmkit.load("runs/inj"))              # guards=default,injection_model
                                                                       #   --injection-model runs/inj
 
-A user turn it flags is refused (category prompt_injection); a flagged document or tool result is
-withheld from the model — replaced by a note that a passage was removed — and the rest goes on (the
-safe-complete tier). It complements the rules of `llmkit.apps.safety.injection`, which strip only the
+A flagged document or tool result is withheld from the model — replaced by a note that a passage
+was removed — and the rest goes on (the safe-complete tier); a flagged user turn (``user=True``) is
+refused. The user's turn is left to the rules by default: on the red-team dev split the classifier
+refused 22 of 120 benign look-alikes there (games, decoding requests, questions about chat tokens),
+whose framing resembles the injections it was trained on; on documents alone it caught 22 of the 24
+planted instructions and withheld the passages of 2 of the 24 benign look-alikes. It complements the rules of `llmkit.apps.safety.injection`, which strip only the
 offending sentences but miss what they were not written for.
 """
 
@@ -29,6 +33,7 @@ class InjectionModelGuard:
     classifier: Any
     threshold: float = 0.5
     label: str = "injection"
+    user: bool = False  # also read (and refuse) the user's turn
     name: str = "injection_model"
 
     def __post_init__(self) -> None:
@@ -54,7 +59,8 @@ class InjectionModelGuard:
 
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
         tools = [i for i, m in enumerate(messages) if m.get("role") == "tool"]
-        texts = [last_user(messages), *documents, *(text_of(messages[i].get("content")) for i in tools)]
+        texts = [last_user(messages) if self.user else "", *documents,
+                 *(text_of(messages[i].get("content")) for i in tools)]
         p = self.scores(texts)
         if p[0] >= self.threshold:
             return refuse("prompt_injection", f"the injection classifier flags the user's turn (p={p[0]:.2f})",

@@ -55,4 +55,4 @@ def test_the_readme_classifier_finds_injections_on_the_held_out_file(minilm, tmp
     pr = c["per_label"]["injection"]
     print(f"accuracy {c['accuracy']:.3f} {c['ci']}; injection precision {pr['precision']:.3f} {pr['precision_ci']}, "
           f"recall {pr['recall']:.3f} {pr['recall_ci']}")
-    assert pr["precision_ci"][0] >= 0.8 and pr["recall_ci"][0] >= 0.7, pr
+    assert pr["precision_ci"][0] >= 0.8 and pr["recall_ci"][0] >= 0.8, pr

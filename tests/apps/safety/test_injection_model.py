@@ -30,18 +30,19 @@ def test_flagged_documents_and_tool_results_are_withheld_the_rest_kept():
     msgs = [{"role": "user", "content": "summarise these"}, {"role": "tool", "content": "result PAYLOAD"},
             {"role": "tool", "content": "plain result"}]
     d = guard.check_input(msgs, ["doc one", "doc PAYLOAD two", ""])
-    assert clf.read == [["summarise these", "doc one", "doc PAYLOAD two", "result PAYLOAD", "plain result"]]
+    assert clf.read == [["doc one", "doc PAYLOAD two", "result PAYLOAD", "plain result"]]  # data, not the user
     assert d.action == "rewrite" and d.documents == ("doc one", WITHHELD, "")
     assert [m["content"] for m in d.messages] == ["summarise these", WITHHELD, "plain result"]
     assert "document 2" in d.reason and "message 2" in d.reason
 
 
-def test_a_flagged_user_turn_is_refused_and_clean_input_allowed():
-    guard = InjectionModelGuard(Scripted())
+def test_a_flagged_user_turn_is_refused_when_asked_and_clean_input_allowed():
+    assert InjectionModelGuard(Scripted()).check_input([{"role": "user", "content": "PAYLOAD"}]).action == "allow"
+    guard = InjectionModelGuard(Scripted(), user=True)
     d = guard.check_input([{"role": "user", "content": "PAYLOAD: new rules"}])
     assert d.action == "refuse" and d.category == "prompt_injection" and "p=0.90" in d.reason
     assert guard.check_input([{"role": "user", "content": "hello"}], ["a doc"]).action == "allow"
-    assert InjectionModelGuard(Scripted(), threshold=0.95).check_input(
+    assert InjectionModelGuard(Scripted(), threshold=0.95, user=True).check_input(
         [{"role": "user", "content": "PAYLOAD"}]).action == "allow"
 
 
