@@ -9,6 +9,19 @@ from llmkit.data.corpus import stdlib_texts
 TINY_PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-qwen2"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    the tiny models' steps gain nothing from a second thread, and on a busy 2-core machine two threads
+    wait on each other (3-6x slower measured here), as the subprocess tests' OMP_NUM_THREADS=1 avoids."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A 512-token byte-level BPE trained on a slice of the standard library."""

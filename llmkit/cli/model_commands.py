@@ -179,7 +179,7 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    from ..models.gguf import load_gguf
+    from ..models.gguf import GGUFFile, load_gguf
     from ..models.hf import save_pretrained
     from ..models.resolve import local_path
     from ..models.sampling_defaults import sampling_defaults
@@ -191,8 +191,9 @@ def run_convert(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not empty: pick another directory")
-    model, tokenizer = load_gguf(where, dtype=args.dtype or "fp32")
-    save_pretrained(model, out, sampling=sampling_defaults(where))
+    gguf = GGUFFile(where)  # parsed once, for the weights and the sampling defaults
+    model, tokenizer = load_gguf(gguf, dtype=args.dtype or "fp32")
+    save_pretrained(model, out, sampling=sampling_defaults(where, gguf_meta=gguf.meta))
     tokenizer.save(out)
     print(out)
 

@@ -75,15 +75,14 @@ def run_serve(args: argparse.Namespace) -> None:
     from ..serve import ServerSettings, build_server
     from ..serve.launch import bind
 
-    spec = guards_spec(args.overrides, default="none")
-    guard_names(spec)  # unknown names fail before the model loads
-
-    for spec in args.adapter:
-        if "=" not in spec:
-            raise ValueError(f"--adapter {spec}: give NAME=DIR (the name is how requests choose it)")
+    guards = guards_spec(args.overrides, default="none")
+    guard_names(guards)  # unknown names fail before the model loads
+    for adapter in args.adapter:
+        if "=" not in adapter:
+            raise ValueError(f"--adapter {adapter}: give NAME=DIR (the name is how requests choose it)")
     settings = ServerSettings(
         name=args.name,
-        adapters=[spec.split("=", 1)[0] for spec in args.adapter], host=args.host, port=args.port,
+        adapters=[adapter.split("=", 1)[0] for adapter in args.adapter], host=args.host, port=args.port,
         max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
@@ -95,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> None:
     sock = bind(settings.host, settings.port)
     try:
         llm = load_llm(args)
-        settings.guards = build_guard_set(spec, args, lambda: load_llm(args)) if guard_names(spec) else None
+        settings.guards = build_guard_set(guards, args, lambda: load_llm(args)) if guard_names(guards) else None
         server = build_server(llm, settings, sock)
     except BaseException:
         sock.close()

@@ -67,11 +67,11 @@ def read_labelled(path: str | os.PathLike, val_path: str | None = None, val_frac
     training rows; a file's validation rows (`val_path`, or a seeded `val_fraction` of its rows) are
     also its test rows unless `test_path` is given."""
     spec = str(path)
-    if spec.startswith("builtin") and spec.split(":", 1)[-1] in LABELLED_SETS and not val_path:
-        # the shipped test split is held out; validation is a seeded share of the training rows
-        return read_labelled(labelled_set_file(spec.split(":", 1)[1], "train"),
-                             val_fraction=val_fraction, seed=seed, test_path=labelled_set_file(spec.split(":", 1)[1],
-                                                                                               "test"))
+    if spec.startswith("builtin") and spec.split(":", 1)[-1] in LABELLED_SETS:
+        # the shipped test file is held out; validation is `val_path`, or a seeded share of the training rows
+        name = spec.split(":", 1)[1]
+        return read_labelled(labelled_set_file(name, "train"), val_path, val_fraction, seed, skip_bad_rows,
+                             test_path=labelled_set_file(name, "test"))
     if spec.startswith("builtin"):
         name = spec.split(":", 1)[1] if ":" in spec else ""
         known = classification_tasks() + list(LABELLED_SETS)

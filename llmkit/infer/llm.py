@@ -468,8 +468,15 @@ def load(name: str | os.PathLike, device: str | torch.device | None = None,
         body, classifier = load_classifier_parts(folder, device, dtype)
         return LocalLLM(body, Tokenizer.from_dir(folder), name=_display_name(name, folder), embedding=embedding,
                         classifier=classifier)
-    path, model, tokenizer = load_local(where, device=device, dtype=dtype)
-    defaults = sampling_defaults(path)
+    if folder.suffix == ".gguf":  # its metadata parsed once, for the weights and the sampling defaults
+        from ..models.gguf import GGUFFile, load_gguf
+
+        gguf = GGUFFile(folder)
+        path, (model, tokenizer) = folder, load_gguf(gguf, device=device, dtype=dtype)
+        defaults = sampling_defaults(path, gguf_meta=gguf.meta)
+    else:
+        path, model, tokenizer = load_local(where, device=device, dtype=dtype)
+        defaults = sampling_defaults(path)
     if path.suffix == ".gguf":
         return LocalLLM(model, tokenizer, name=path.parent.name if _is_pulled(path) else path.stem,
                         generation_defaults=defaults)

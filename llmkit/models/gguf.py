@@ -298,14 +298,15 @@ def read_gguf_config(path: str | os.PathLike) -> ModelConfig:
     return GGUFFile(path).config()
 
 
-def load_gguf(path: str | os.PathLike, device: torch.device | str | None = None,
+def load_gguf(path: str | os.PathLike | GGUFFile, device: torch.device | str | None = None,
               dtype: str | torch.dtype | None = None, quantize: str | None = None) -> tuple[Transformer, Any]:
-    """(model, tokenizer) from a GGUF file, dequantised into `dtype` (fp32 on CPU by default);
-    `quantize` ("int8" / "int4") then stores the block Linears in llmkit's weight-only format."""
+    """(model, tokenizer) from a GGUF file (a path, or a `GGUFFile` already open: its metadata
+    is then not parsed again), dequantised into `dtype` (fp32 on CPU by default); `quantize`
+    ("int8" / "int4") then stores the block Linears in llmkit's weight-only format."""
     from ..tokenizer.gguf import GGUFTokenizerError, tokenizer_from_gguf
     from ..utils import parse_dtype
 
-    f = GGUFFile(path)
+    f = path if isinstance(path, GGUFFile) else GGUFFile(path)
     cfg = f.config()
     try:
         tokenizer = tokenizer_from_gguf(f.meta, context_length=cfg.max_seq_len)

@@ -80,21 +80,10 @@ async def chat_completions(request: Request):
         server.account(request, served.name, len(prompt), sum(len(r.generated) for r in reqs),
                        _conversation(messages), "\n".join(r.text for r in sent))
 
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = server.events(request, served, reqs, queue)
-        if guards is not None:
-            async def checked_events():
-                nonlocal sent
-                async for _ in server.events(request, served, reqs, queue):
-                    pass
-                if all(r.finish_reason is not None for r in reqs):  # else the client left
-                    sent = await guards.check_outputs(asked, reqs)
-                    async for item in replay(sent):
-                        yield item
-            events = checked_events()
-        return server.stream(request, _chunks(events, env, len(reqs), text, include_usage, len(prompt), reqs, tools),
-                             account)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if req.stream and guards is None:
+        return server.stream(request, _chunks(server.events(request, served, reqs, queue), env, len(reqs), text,
+                                              include_usage, len(prompt), reqs, tools), account)
     logprobs: list[list[dict]] = [[] for _ in reqs]
     async for i, event in server.events(request, served, reqs, queue):
         if text is not None and event.token_id is not None:
@@ -102,7 +91,13 @@ async def chat_completions(request: Request):
     if any(r.finish_reason is None for r in reqs):
         return Response(status_code=499)  # the client left; nobody reads this
     if guards is not None:
-        sent = await guards.check_outputs(asked, reqs)
+        # each reply is checked whole before any of it is sent; a guarded stream is then sent as it stands
+        sent = await guards.check_outputs(asked, reqs, on_error=lambda: server.account(
+            request, served.name, len(prompt), sum(len(r.generated) for r in reqs), _conversation(messages), None,
+            status=500))
+        if req.stream:
+            return server.stream(request, _chunks(replay(sent), env, len(reqs), None, include_usage, len(prompt),
+                                                  reqs, tools), account)
     account()
     replies = [parse_tool_calls(r.text, finish_reason(r.finish_reason)) for r in sent] if tools else None
     return mark_guarded(chat_completion(env, sent, logprobs if req.logprobs else None, len(prompt), replies), sent)

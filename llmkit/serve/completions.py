@@ -60,40 +60,31 @@ async def completions(request: Request):
     flat = [r for g in groups for r in g]
     env = Envelope.new("cmpl", served.name)
     text = (lambda t: server.token_text(served, t)) if req.logprobs is not None else None
-    prompt_text = "\n".join(served.llm.detokenize(p) for p in prompts)
-    prompt_tokens = sum(len(p) for p in prompts)
+    # a prompt a guard refused never reached the model: it costs nothing
+    charged = [p for i, p in enumerate(prompts) if i not in refused]
+    prompt_text = "\n".join(served.llm.detokenize(p) for p in charged)
+    prompt_tokens = sum(len(p) for p in charged)
 
-    sent: list = flat  # the choices as the client gets them (through the guards, when the server has them)
+    def account(sent: list, status: int = 200) -> None:
+        server.account(request, served.name, prompt_tokens, sum(len(r.generated) for r in flat), prompt_text,
+                       "\n".join(r.text for r in sent) if status == 200 else None, status=status)
 
-    async def checked() -> bool:
-        """Run the requests to their end and, with guards, check each reply; False if the client left."""
-        nonlocal sent
-        async for _ in server.events(request, served, flat, queue):
-            pass
-        if any(r.finish_reason is None for r in flat):
-            return False
-        if guards is not None:
-            sent = []
-            for i, group in enumerate(groups):
-                sent += refused.get(i) or await guards.check_outputs([{"role": "user", "content": asked[i]}], group)
-        return True
-
-    if req.stream:
-        async def guarded_events():
-            if await checked():
-                async for item in replay(sent):
-                    yield item
-        events = guarded_events() if guards is not None else server.events(request, served, flat, queue)
-        return server.stream(request, _chunks(events, env, text, bool(req.logprobs)),
-                             lambda: server.account(request, served.name, prompt_tokens,
-                                                    sum(len(r.generated) for r in flat), prompt_text,
-                                                    "\n".join(r.text for r in sent)))
-    if not await checked():
+    if req.stream and guards is None:
+        return server.stream(request, _chunks(server.events(request, served, flat, queue), env, text,
+                                              bool(req.logprobs)), lambda: account(flat))
+    async for _ in server.events(request, served, flat, queue):
+        pass
+    if any(r.finish_reason is None for r in flat):
         return Response(status_code=499)  # the client left; nobody reads this
-    if guards is not None:
+    if guards is not None:  # each reply checked whole, then sent (a guarded stream as it stands)
+        sent: list = []
+        for i, group in enumerate(groups):
+            sent += refused.get(i) or await guards.check_outputs([{"role": "user", "content": asked[i]}], group,
+                                                                 on_error=lambda: account(flat, 500))
+        if req.stream:
+            return server.stream(request, _chunks(replay(sent), env, None, False), lambda: account(sent))
+        account(sent)
         completion_tokens = sum(len(r.generated) for r in flat)
-        server.account(request, served.name, prompt_tokens, completion_tokens, prompt_text,
-                       "\n".join(c.text for c in sent))
         choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": finish_reason(c.finish_reason)}
                    for i, c in enumerate(sent)]
         return mark_guarded(text_completion(env, choices, prompt_tokens, completion_tokens), sent, message=False)

@@ -12,7 +12,8 @@ room sits below the apps room, so it names no guard; it only runs what it is giv
   ``llmkit_guard`` saying which guard refused and why. A rewritten request (PII replaced by
   placeholders, a planted instruction stripped) goes to the model as rewritten.
 - Each reply (each of `n` choices) is checked whole before any of it is sent: a stream is produced
-  whole first, then sent as one content chunk — output guards cost streaming its latency. With tools
+  whole first, then sent as one content chunk — output guards cost streaming its latency (and a
+  stream begins only once its checks passed, so a failing check is a plain error response). With tools
   the model's raw text is checked (calls and arguments included) before it is read into calls.
 - Guards run off the event loop. In a `GuardSet` a guard that raises refuses the request with its
   guard_error text; a guard set that itself raises fails the request with a 500 (code guard_error).
@@ -24,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from ..infer.engine import Event
 from .errors import APIError
 
 log = logging.getLogger(__name__)
+
+# the reply to a refusal whose guard gave no text of its own
+REFUSED_TEXT = "I can't help with that request."
 
 
 @dataclass
@@ -70,12 +74,18 @@ class ServeGuards:
             self.metrics.inc("llmkit_guard_decisions_total", stage=stage, action=decision.action,
                              category=getattr(decision, "category", "") or "none")
 
-    async def _run(self, method: str, *args: Any) -> Any:
+    async def _run(self, method: str, *args: Any, on_error: Callable[[], None] | None = None) -> Any:
         """A guard set's check, off the event loop. A guard set that raises (one without its own
-        fail-closed wrapper) fails the request with a 500: nothing unchecked goes through."""
+        fail-closed wrapper) or answers no decision fails the request with a 500 (after `on_error`,
+        which accounts for what was generated): nothing unchecked goes through."""
         try:
-            return await asyncio.to_thread(getattr(self.guards, method), *args)
+            d = await asyncio.to_thread(getattr(self.guards, method), *args)
+            if getattr(d, "action", None) not in ("allow", "rewrite", "refuse"):
+                raise TypeError(f"{method} returned {type(d).__name__}, not a decision")
+            return d
         except Exception as e:  # noqa: BLE001 - any failure must fail closed
+            if on_error is not None:
+                on_error()
             log.error("the guards failed in %s; the request is refused: %s: %s", method, type(e).__name__, e,
                       exc_info=True)
             self.metrics.inc("llmkit_guard_decisions_total", stage=method.split("_")[1], action="error",
@@ -92,31 +102,35 @@ class ServeGuards:
             return messages, d
         return (list(d.messages) if d.action == "rewrite" and d.messages is not None else messages), d
 
-    async def check_outputs(self, messages: list[dict], reqs: Sequence[Any]) -> list[Checked]:
+    async def check_outputs(self, messages: list[dict], reqs: Sequence[Any],
+                            on_error: Callable[[], None] | None = None) -> list[Checked]:
         """Each finished request's reply as the output guards leave it, checked against the
-        conversation as the caller sent it."""
+        conversation as the caller sent it; a refusal without a text of its own answers `REFUSED_TEXT`."""
         out = []
         for r in reqs:
-            d = await self._run("check_output", messages, r.text)
+            d = await self._run("check_output", messages, r.text, on_error=on_error)
             self._count("output", d)
-            if d.action == "allow" or d.text is None:
+            if d.action == "refuse":
+                out.append(Checked(d.text or REFUSED_TEXT, "stop", list(r.generated), r.id, guard_info("output", d)))
+            elif d.action == "rewrite" and d.text is not None:
+                out.append(Checked(d.text, r.finish_reason, list(r.generated), r.id, guard_info("output", d)))
+            else:
                 out.append(Checked(r.text, r.finish_reason, list(r.generated), r.id))
-            else:  # a refusal or rewrite replaces the reply; a refusal also ends it
-                out.append(Checked(d.text, "stop" if d.action == "refuse" else r.finish_reason, list(r.generated),
-                                   r.id, guard_info("output", d)))
         return out
 
     @staticmethod
     def refused(decision: Any, n: int) -> list[Checked]:
         """The `n` choices of a request refused on input: the guard's text, nothing generated."""
-        return [Checked(decision.text or "", "stop", [], f"refused-{i}", guard_info("input", decision))
+        return [Checked(decision.text or REFUSED_TEXT, "stop", [], f"refused-{i}", guard_info("input", decision))
                 for i in range(n)]
 
 
 def mark_guarded(body: dict[str, Any], checked: Sequence[Checked], message: bool = True) -> dict[str, Any]:
     """`body` with each refused choice's text also in `message.refusal` (chat) and the guards'
-    decisions in ``llmkit_guard`` (a list, one entry per choice that a guard refused or rewrote)."""
-    infos = [c.guard for c in checked if getattr(c, "guard", None) is not None]  # engine requests carry none
+    decisions in ``llmkit_guard`` (a list, one entry per choice that a guard refused or rewrote, with
+    the choice's `index`)."""
+    infos = [dict(c.guard, index=i) for i, c in enumerate(checked)
+             if getattr(c, "guard", None) is not None]  # engine requests carry none
     if not infos:
         return body
     for choice, c in zip(body["choices"], checked):

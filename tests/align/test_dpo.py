@@ -13,6 +13,8 @@ from llmkit.cli.main import main
 from llmkit.data.dataset import DataError
 from llmkit.data.tasks import load_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def test_every_row_format():
     assert row_to_pairs({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) == [

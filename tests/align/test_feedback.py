@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from llmkit.align.prefs import read_preferences
 from llmkit.cli.main import main
 from tests.fake_openai import fake_openai
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
 
 
 def prefers_more_spaces(prompt: str) -> str:

@@ -19,6 +19,8 @@ from tests.peers import peer
 
 transformers = peer("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
 def test_transformers_computes_the_same_rewards(tiny_dirs, tmp_path, preset):

@@ -5,6 +5,7 @@ a learnable reward, adaptive KL, and every kind of bad input."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -23,6 +24,8 @@ from llmkit.tokenizer import Tokenizer
 
 # reward functions the runs import by name (module:function)
 sys.modules.setdefault("rl_test_rewards", sys.modules[__name__])
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
 
 
 def spaces(prompts, completions, references):
@@ -304,11 +307,13 @@ def test_ppo_under_torchrun_with_two_processes(tiny_dirs, tmp_path):
               "rollout.max_new_tokens=8", "train.micro_batch=4", "eval.limit=4", "eval.prompts=4",
               "train.precision=fp32", "train.device=cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
+    # one intra-op thread per process, as torchrun gives each of its two (and as the other process tests run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "llmkit", "align", "ppo", *common, "--out", str(one)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run(with_callback("weights=1", "align ppo", *common, "--out", str(two), nproc=2),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = metrics(one), metrics(two)
     assert [m["step"] for m in b] == [1, 2, 3, 4] and (two / "model" / "model.safetensors").is_file()

@@ -22,6 +22,8 @@ from llmkit.pipelines.adapters import load_with_adapters
 
 QUESTIONS = 32
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def react_calls(llm, questions) -> int:
     """How many first replies parse as a calculator call: a thought, ``Action: calculator`` and an

@@ -14,6 +14,8 @@ from llmkit.data.tasks import load_task
 from llmkit.eval.runner import compare, load_run
 from tests.apps.test_prompting import Echo
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _solve(question: str) -> int:
     a, op, b = re.search(r"(\d+) ([+x-]) (\d+)", question).groups()

@@ -263,10 +263,10 @@ def test_a_bad_suite_file_names_the_line(tmp_path):
 # ------------------------------------------------------------------ SmolLM2-135M-Instruct
 @pytest.fixture(scope="module")
 def smol(smollm2):
-    import llmkit
+    from tests.apps.scripted import smol_llm
 
     peer("xgrammar")
-    return llmkit.load(smollm2.path)
+    return smol_llm(str(smollm2.path))  # loaded once for every module that asks
 
 
 def test_local_answers_under_the_grammar_validate_at_the_first_attempt(smol, tmp_path):

@@ -15,6 +15,8 @@ from llmkit.cli.main import main
 
 LINES = [f"tell me about item number {i} and its long history" for i in range(4)]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def chat(monkeypatch, capsys, tiny_dir, *options, lines=LINES):
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))

@@ -18,6 +18,8 @@ from llmkit.eval.runner import EvalRun, EvalSettings, TaskRecord, evaluate, load
 PNG = b"\x89PNG\r\n\x1a\n"
 LIMIT = 4
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dirs):

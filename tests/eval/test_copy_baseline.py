@@ -14,6 +14,8 @@ from llmkit.eval.baselines import copy_input, task_baselines
 from llmkit.eval.runner import evaluate, format_summary
 from tests.peers import peer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @dataclass
 class Ex:

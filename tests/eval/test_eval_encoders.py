@@ -25,6 +25,8 @@ from tests.peers import peer
 
 LABELS = ["positive", "negative", "neutral"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _classifier(tok: Tokenizer, labels: list[str], seed: int) -> Classifier:
     """An untrained tiny-BERT classifier whose head reads what tells the texts apart: a random

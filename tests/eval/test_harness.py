@@ -14,6 +14,8 @@ from llmkit.eval.harness import (extract_answer, fewshot_prefix, run_generation,
 from llmkit.infer import LocalLLM
 from llmkit.models import Transformer, preset
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @dataclass
 class Ex:

@@ -31,6 +31,8 @@ TEXTS = [
 PROMPTS = [("def main():\n   ", "x"), ("import sys\n", "y"), ("The history of the bicycle", "z"),
            ("for key, value in", "w"), ("class Config:\n    def __init__(self", "v")]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def write_tasks(root):
     rows = {

@@ -12,6 +12,8 @@ from llmkit.cli.main import main
 from llmkit.data.config import DataError
 from llmkit.eval.runner import EvalRun, EvalSettings, TaskRecord, compare, evaluate, format_comparison, load_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dirs):

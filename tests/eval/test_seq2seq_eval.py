@@ -9,6 +9,8 @@ import torch
 import llmkit
 from llmkit.eval.runner import evaluate
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def test_t5_multiple_choice_scores_each_choice_as_a_target_given_the_question(tiny_t5_dir):
     llm = llmkit.load(tiny_t5_dir)

@@ -26,6 +26,8 @@ AS_OBJECT = {"type": "json_object"}
 PROMPTS = ["JSON:", "def main():", "Describe a person as JSON."]
 MESSAGES = [{"role": "user", "content": "Describe a person as JSON."}]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dirs):

@@ -19,6 +19,8 @@ from llmkit.models.sentence import EmbeddingSpec, EmbeddingSpecError, write_embe
 
 TEXTS = ["hello world", "def f(x):\n    return x * 2", "a", "import os, sys  # π ≈ 3.14159", "class A:\n    pass"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dir):

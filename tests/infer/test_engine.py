@@ -14,6 +14,8 @@ from llmkit.infer.engine import Engine, QueueFullError, RequestTooLargeError
 
 PROMPTS = ["def main():", "import os\nimport sys\n", "class Foo(object):\n    def", "x = 1\ny ="]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dirs):

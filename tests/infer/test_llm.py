@@ -12,6 +12,8 @@ from llmkit.models.resolve import ModelNotFoundError
 from tests.conftest import TINY_PRESETS
 from tests.peers import peer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def llm(tiny_dir):

@@ -18,6 +18,8 @@ transformers = peer("transformers")
 
 EOS = 37  # a token these random weights often choose, so that beams end both ways
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _spread(model):
     """Random weights wide enough that greedy and beam outputs vary from token to token."""

@@ -19,6 +19,8 @@ from llmkit.infer.scoring import Seq2SeqScoringError
 
 PROMPTS = ["def fib(n):", "import os\nprint(os.getcwd())", "x = 1"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def t5(tiny_t5_dir):

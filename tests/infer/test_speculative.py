@@ -16,6 +16,8 @@ from llmkit.infer.speculative import SpeculativeError, prompt_lookup, speculativ
 PROMPTS = ["def main():\n    x = 1\n    y = 2\n    def main():", "import os\nimport sys\nimport os\nimport",
            "class Foo:"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def target(tiny_dirs):

@@ -29,6 +29,8 @@ ADD = {"type": "function", "function": {
                    "required": ["a", "b"], "additionalProperties": False}}}
 TOOLS = [WEATHER, ADD]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 # ----------------------------------------------------------------------------- parsing
 def test_parse_content_and_parallel_calls():

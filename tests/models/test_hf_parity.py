@@ -18,6 +18,8 @@ transformers = peer("transformers")
 
 VARIANTS = sorted(hf_configs())
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant(request, tmp_path_factory):

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from llmkit.models import Transformer, preset
 from llmkit.models.loss import linear_cross_entropy
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _reference(h, w, b, t):
     return F.cross_entropy(F.linear(h, w, b).flatten(0, -2), t.flatten(), ignore_index=-100)

@@ -22,6 +22,8 @@ from tests.peers import peer
 
 transformers = peer("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _random_moe(name: str, seed: int = 0, std: float = 0.3) -> Transformer:
     """A tiny llmkit MoE with weights large enough that greedy decoding does not repeat one token."""

@@ -18,6 +18,8 @@ transformers = peer("transformers")
 
 TOL = 1e-4
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _hf(feed_forward_proj: str, **kw):
     config = transformers.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3,

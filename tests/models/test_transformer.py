@@ -12,6 +12,8 @@ from llmkit.models.layers import sinusoidal_positions
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-qwen2"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _model(name: str, **changes) -> Transformer:
     torch.manual_seed(0)

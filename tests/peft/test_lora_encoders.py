@@ -21,6 +21,8 @@ peft = peer("peft")
 TOL = 1e-4
 VOCAB = 120
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _hf_config(**kw):
     return transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

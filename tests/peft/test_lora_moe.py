@@ -27,6 +27,8 @@ TOL = 1e-4
 E, D = 4, 64  # experts and width of tests/hf_models.py's mixtral and qwen2-moe
 WIDTH = {"mixtral": 96, "qwen2-moe": 48}  # their experts' intermediate sizes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):

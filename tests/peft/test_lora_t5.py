@@ -21,6 +21,8 @@ peft = peer("peft")
 TOL = 1e-4
 VOCAB = 120
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):

@@ -15,6 +15,8 @@ from llmkit.peft import (AdapterError, LoRALinear, adapter, adapter_names, apply
 from llmkit.quant import NF4Linear, quantize_absmax_int4, quantize_nf4
 from tests.peers import peer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture
 def model(tiny_dir):

@@ -18,6 +18,8 @@ peft = peer("peft")
 
 TOL = 1e-4
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module", params=["llama-gqa", "gpt2"])
 def base(request, tmp_path_factory):

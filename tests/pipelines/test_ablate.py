@@ -36,6 +36,8 @@ BASE = {"model": {"preset": "tiny-llama"},
 VARIANTS = {"dense": {}, "moe": {"model": {"preset": "tiny-mixtral", "overrides": {"router_aux_loss_coef": 0.01}}}}
 SEEDS = [0, 1, 2]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def cli(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()

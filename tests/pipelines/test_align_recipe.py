@@ -18,6 +18,8 @@ QUICK = ["sft.train.steps=4", "sft.data.builtin_train_size=200", "sft.eval.limit
          "grpo.rollout.prompts_per_batch=2", "grpo.rollout.samples_per_prompt=2", "grpo.eval.limit=4",
          "grpo.eval.prompts=4", "ppo.prompts.builtin_train_size=50", "grpo.prompts.builtin_train_size=50"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def test_the_recipe_runs_every_stage_and_compares_with_sft(tiny_dirs, tmp_path, capsys, caplog):
     out = tmp_path / "align"

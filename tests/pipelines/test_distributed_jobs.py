@@ -26,8 +26,8 @@ COMMON = ["train.steps=3", "train.eval_every=0", "train.precision=fp32", "train.
 JOBS = {  # verb args, the global micro-batch split over two ranks, and how it is split
     "finetune-full": (["finetune", "--method", "full"], 8, "ddp"),
     "finetune-lora-fsdp": (["finetune", "--method", "lora"], 8, "fsdp"),
-    "dpo": (["align", "dpo", "--data", "builtin:arith", "--method", "full"], 4, "ddp"),
-    "reward": (["align", "reward", "--data", "builtin:arith", "--method", "full"], 4, "ddp"),
+    "dpo": (["align", "dpo", "--method", "full"], 4, "ddp"),
+    "reward": (["align", "reward", "--method", "full"], 4, "ddp"),
 }
 
 
@@ -37,6 +37,21 @@ def chats(tmp_path_factory):
     rows = [{"messages": m} for m in builtin_instructions("train", ["arith"])[:64]]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """The data args of the preference jobs: the first 64 training and 32 dev pairs of the embedded
+    arith set (builtin:arith's 4000 + 400 pairs would each be encoded and scored by the reference in
+    every process, for 3 steps that read 12)."""
+    from llmkit.align.prefs import builtin_preferences
+
+    root = tmp_path_factory.mktemp("pairs")
+    for split, n in (("train", 64), ("dev", 32)):
+        rows = [{"prompt": p.messages, "chosen": p.chosen, "rejected": p.rejected}
+                for p in builtin_preferences(split, ["arith"])[:n]]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--data", str(root / "train.jsonl"), f"data.val_path={root / 'dev.jsonl'}"]
 
 
 def run(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -54,9 +69,9 @@ def checkpoint_weights(run_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("job", list(JOBS))
-def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, tmp_path, job):
+def test_two_processes_match_one_and_save_what_they_trained(tiny_dir, chats, pairs, tmp_path, job):
     verb, batch, strategy = JOBS[job]
-    data = [] if "--data" in verb else ["--data", str(chats)]
+    data = pairs if verb[0] == "align" else ["--data", str(chats)]
     base = [*verb, "--model", str(tiny_dir), *data, *COMMON]
     one, two = tmp_path / "one", tmp_path / "two"
     r = run([*base, "--out", str(one), f"train.micro_batch={batch}"])

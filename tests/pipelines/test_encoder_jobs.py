@@ -21,6 +21,8 @@ transformers = peer("transformers")
 
 WORDS = "amber birch cedar dune ember fjord grove heath inlet jade kelp larch marsh nook oak pine quay reef sage tarn"
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _mlm_recipe(tmp_path, steps: int, **changes) -> PretrainRecipe:
     """Texts that each repeat one of 20 words: a masked word is its neighbours' word, which a model

@@ -15,6 +15,8 @@ from tests.peers import peer
 
 transformers = peer("transformers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def test_span_corruption_pretraining_learns_and_saves_a_t5(tmp_path):
     recipe = from_dict(PretrainRecipe, {

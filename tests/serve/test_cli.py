@@ -177,3 +177,31 @@ def test_serve_and_chat_call_a_cached_model_by_one_name(tiny_dirs, tmp_path):
 def test_serve_help():
     r = subprocess.run([sys.executable, "-m", "llmkit", "serve", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--max-batch" in r.stdout and "--kv-cache-tokens" in r.stdout
+
+
+def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
+    """The verb's wiring without a model: adapters by name, the guard set built from guards=NAME."""
+    import llmkit.cli.serve_commands as sc
+    import llmkit.serve as serve_pkg
+    import llmkit.serve.launch as launch
+    from llmkit.cli.main import main
+
+    built = {}
+
+    class Fake:
+        def summary(self):
+            return "fake server"
+
+        def run(self):
+            built["ran"] = True
+
+    monkeypatch.setattr(sc, "load_llm", lambda args: "the model")
+    monkeypatch.setattr(launch, "bind", lambda host, port: socket.socket())
+    monkeypatch.setattr(serve_pkg, "build_server", lambda llm, settings, sock: built.update(settings=settings) or Fake())
+    assert main(["serve", "--model", "m", "--adapter", "sql=runs/sql/adapter", "guards=default,pii"]) in (0, None)
+    settings = built["settings"]
+    assert list(settings.adapters) == ["sql"] and built["ran"]
+    assert settings.guards.name == "topics+injection+secrets+pii"
+    built.clear()
+    assert main(["serve", "--model", "m"]) in (0, None)
+    assert built["settings"].guards is None

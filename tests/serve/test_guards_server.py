@@ -106,7 +106,11 @@ def test_a_rewritten_request_reaches_the_model_rewritten_and_each_reply_is_check
     # (the PII guard puts the user's own address back, then Upper rewrites)
     want = guarded_server.guards.check_output(messages, served_llm.chat(seen[-1], max_new_tokens=6, temperature=0))
     assert [c.message.content for c in r.choices] == [want.text] * 2
-    assert want.text == want.text.upper() and all("upper" in e["guard"].split("+") for e in r.model_extra["llmkit_guard"])
+    assert want.text == want.text.upper()
+    info = r.model_extra["llmkit_guard"]
+    assert [e["index"] for e in info] == [0, 1] and all("upper" in e["guard"].split("+") for e in info)
+    # the categories of every guard that rewrote, as the guard set says in-process
+    assert "style" in want.category.split("+") and all(e["category"] == want.category for e in info)
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="tiny", messages=messages, max_tokens=6, temperature=0, stream=True) if c.choices)
     assert streamed == want.text
@@ -115,9 +119,41 @@ def test_a_rewritten_request_reaches_the_model_rewritten_and_each_reply_is_check
 def test_completions_are_guarded_prompt_by_prompt(guarded_server, client, served_llm):
     r = client.completions.create(model="tiny", prompt=[HARMFUL, "The sky is"], max_tokens=5, temperature=0)
     refusal = guarded_server.guards.check_input([{"role": "user", "content": HARMFUL}]).text
-    assert r.choices[0].text == refusal
-    assert r.choices[1].text == served_llm.generate("The sky is", max_new_tokens=5, temperature=0).upper()
-    assert r.usage.completion_tokens >= 1  # only the allowed prompt generated
+    want = served_llm.generate("The sky is", max_new_tokens=5, temperature=0)
+    assert r.choices[0].text == refusal and r.choices[1].text == want.upper()
+    # only the allowed prompt is charged, and only it generated
+    assert r.usage.prompt_tokens == len(served_llm.tokenize("The sky is"))
+    assert r.usage.completion_tokens == len(served_llm.tokenize(want, add_special_tokens=False))
+    streamed = [c.choices[0] for c in client.completions.create(
+        model="tiny", prompt=[HARMFUL, "The sky is"], max_tokens=5, temperature=0, stream=True)]
+    assert {c.index: c.text for c in streamed if c.text} == {0: refusal, 1: want.upper()}
+
+
+class Silent:
+    """An output guard that refuses replies holding "7" without giving a text of its own."""
+
+    name = "silent"
+
+    def check_input(self, messages, documents=()):
+        return Decision()
+
+    def check_output(self, messages, reply, documents=()):
+        return Decision("refuse", reason="a seven", category="leak") if "7" in reply else Decision()
+
+
+def test_an_output_refusal_without_text_never_sends_the_reply(served_llm):
+    from llmkit.serve import ServedModel, create_app
+    from llmkit.serve.guarding import REFUSED_TEXT
+
+    app = create_app([ServedModel("tiny", served_llm, engine_options={"max_batch": 1, "block_size": 8})],
+                     guards=GuardSet([Silent()]))
+    prompt = next(p for p in (f"count {i}" for i in range(50))
+                  if "7" in served_llm.chat([{"role": "user", "content": p}], max_new_tokens=12, temperature=0))
+    with Running(app) as running:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 12, "temperature": 0}
+        status, answer = post(running, "/v1/chat/completions", body)
+    assert status == 200 and answer["choices"][0]["message"]["content"] == REFUSED_TEXT
+    assert answer["llmkit_guard"][0]["category"] == "leak"
 
 
 def test_a_guard_that_crashes_refuses_and_the_server_goes_on(guarded_server, client, caplog):

@@ -43,9 +43,9 @@ QUESTIONS = ["What's the weather like in Paris right now?", "How much is 12 time
 
 @pytest.fixture(scope="module")
 def smol(smollm2):
-    import llmkit
+    from tests.apps.scripted import smol_llm
 
-    return llmkit.load(smollm2.path)
+    return smol_llm(str(smollm2.path))  # loaded once for every module that asks
 
 
 @pytest.fixture(scope="module")

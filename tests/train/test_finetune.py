@@ -21,11 +21,25 @@ from tests.processes import kill_at_checkpoint, losses, paused_at_checkpoints
 FAST = ["train.steps=6", "train.eval_every=3", "train.micro_batch=4", "eval.limit=4", "eval.perplexity=false",
         "train.device=cpu"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def llmkit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "llmkit", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def llmkit_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`llmkit ARGS` run in this process, for short commands (a refusal, a few generated tokens, a
+    merge) where starting an interpreter and importing PyTorch would be most of the work:
+    (exit code, stdout, stderr)."""
+    from llmkit.cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +73,7 @@ def check_change(summary: dict, report: str, task: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "adapter", "prefix", "prompt"])
-def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
+def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, capsys, method):
     out = tmp_path / method
     r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", method, "--out", str(out),
                *FAST, "eval.tasks=[arith]")
@@ -79,9 +93,9 @@ def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, method):
     assert (out / "adapter" / "adapter_config.json").exists() == (method != "full")
     assert (out / "model" / "config.json").exists() == (method in ("full", "lora", "qlora"))
     # the run dir is a model name for every other verb
-    r = llmkit("generate", "--model", str(out), "--prompt", "Question: What is 2 + 2?", "--max-new-tokens", "4",
-               "--temperature", "0")
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, _, err = llmkit_here(capsys, "generate", "--model", str(out), "--prompt", "Question: What is 2 + 2?",
+                               "--max-new-tokens", "4", "--temperature", "0")
+    assert code == 0, err[-2000:]
 
 
 def test_held_out_change_is_paired():
@@ -112,7 +126,7 @@ def test_held_out_change_is_paired():
     assert held_out_change(before, flipped)["arith"]["verdict"] == "regression"
 
 
-def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
+def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path, capsys):
     import llmkit as lk
     from llmkit.pipelines.adapters import load_with_adapters
 
@@ -120,8 +134,9 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
     r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "lora", "--out", str(out),
                *FAST, "train.lr=1e-2", "eval.tasks=[]", "lora.targets=q_proj,v_proj,down_proj")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = llmkit("merge", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), "--out", str(tmp_path / "merged"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, _, err = llmkit_here(capsys, "merge", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), "--out",
+                               str(tmp_path / "merged"))
+    assert code == 0, err[-2000:]
     x = torch.randint(3, 400, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         adapted = load_with_adapters(str(tiny_dir), [str(out / "adapter")]).model(x)
@@ -136,17 +151,17 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path):
     assert (hf - adapted).abs().max() < 1e-4
     # and the CLI puts the adapter on the base for generation, greedy = the merged model's
     args = ["--prompt", "Question: What is 2 + 2?", "--max-new-tokens", "6", "--temperature", "0", "--no-stream"]
-    with_adapter = llmkit("generate", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), *args)
-    from_merged = llmkit("generate", "--model", str(tmp_path / "merged"), *args)
-    assert with_adapter.returncode == 0 and from_merged.returncode == 0, with_adapter.stderr[-2000:]
-    assert with_adapter.stdout == from_merged.stdout
+    with_adapter = llmkit_here(capsys, "generate", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), *args)
+    from_merged = llmkit_here(capsys, "generate", "--model", str(tmp_path / "merged"), *args)
+    assert with_adapter[0] == 0 and from_merged[0] == 0, with_adapter[2][-2000:]
+    assert with_adapter[1] == from_merged[1] and with_adapter[1].strip()
     # merging a non-LoRA adapter is refused with a reason
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "prefix", "--out",
-               str(tmp_path / "prefix"), *FAST, "eval.tasks=[]")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = llmkit("merge", "--model", str(tiny_dir), "--adapter", str(tmp_path / "prefix" / "adapter"), "--out",
-               str(tmp_path / "m2"))
-    assert r.returncode == 2 and "only LoRA" in r.stderr
+    code, _, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "prefix",
+                               "--out", str(tmp_path / "prefix"), *FAST, "eval.tasks=[]")
+    assert code == 0, err[-2000:]
+    code, _, err = llmkit_here(capsys, "merge", "--model", str(tiny_dir), "--adapter",
+                               str(tmp_path / "prefix" / "adapter"), "--out", str(tmp_path / "m2"))
+    assert code == 2 and "only LoRA" in err
 
 
 def test_kill_9_and_resume_gives_the_same_adapter(tiny_dir, chats, tmp_path):
@@ -172,22 +187,23 @@ def test_kill_9_and_resume_gives_the_same_adapter(tiny_dir, chats, tmp_path):
     assert sb["before"] == sa["before"] and sb["after"] == sa["after"]  # the untuned score survives the crash
 
 
-def test_bad_rows_stop_the_run_or_are_skipped(tiny_dir, chats, tmp_path):
+def test_bad_rows_stop_the_run_or_are_skipped(tiny_dir, chats, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(chats.read_text() + "{oops\n" + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     n = len(chats.read_text().splitlines())
     out = tmp_path / "run"
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(bad), "--out", str(out), *FAST, "eval.tasks=[]")
-    assert r.returncode == 2
-    assert f"line {n + 1}: not JSON" in r.stderr and f"line {n + 2}" in r.stderr and "--skip-bad-rows" in r.stderr
+    code, _, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(bad), "--out", str(out),
+                               *FAST, "eval.tasks=[]")
+    assert code == 2
+    assert f"line {n + 1}: not JSON" in err and f"line {n + 2}" in err and "--skip-bad-rows" in err
     assert not out.exists()
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(bad), "--out", str(out), "--skip-bad-rows",
-               *FAST, "eval.tasks=[]")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "skipped 2 bad row(s)" in r.stdout
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--out", str(tmp_path / "x"), *FAST,
-               "lora.targets=qq_proj")
-    assert r.returncode == 2 and "qq_proj" in r.stderr and "q_proj" in r.stderr
+    code, printed, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(bad), "--out",
+                                     str(out), "--skip-bad-rows", *FAST, "eval.tasks=[]")
+    assert code == 0, err[-2000:]
+    assert "skipped 2 bad row(s)" in printed
+    code, _, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(chats), "--out",
+                               str(tmp_path / "x"), *FAST, "lora.targets=qq_proj")
+    assert code == 2 and "qq_proj" in err and "q_proj" in err
 
 
 def test_lora_learns_its_training_chats(tiny_dir, tmp_path):

@@ -16,6 +16,8 @@ from llmkit.models.moe import moe_layers
 from llmkit.train import CausalLM, TrainConfig, Trainer
 from tests.train.test_trainer import ToyLoader
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _trainer(tmp_path, name, steps=1, checkpointing=False, loader=None, micro_batch=4, grad_accum=1, **model_kw):
     torch.manual_seed(0)

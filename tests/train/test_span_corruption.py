@@ -13,6 +13,8 @@ from llmkit.train.objectives import SpanCorruption
 SENTINELS = list(range(199, 99, -1))  # <extra_id_0> is the last id, as in T5's vocabulary
 EOS, PAD = 1, 0
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def _fill(source: list[int], target: list[int]) -> list[int]:
     """The original row back: each sentinel of the source replaced by what follows it in the target."""

@@ -9,6 +9,8 @@ import torch
 from llmkit.models import Transformer, preset
 from llmkit.train import CausalLM, TrainConfig, Trainer, lr_at
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 class ToyLoader:
     """Deterministic batches with the loader interface (next, state_dict, load_state_dict)."""

@@ -167,7 +167,7 @@ class GuardSet:
         return len(self.guards)
 
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
-        msgs, docs, notes = [dict(m) for m in messages], tuple(documents), []
+        msgs, docs, notes, cats = [dict(m) for m in messages], tuple(documents), [], []
         for g in self.guards:
             d = g.check_input(msgs, docs)
             if d.action == "refuse":
@@ -176,11 +176,12 @@ class GuardSet:
                 msgs = list(d.messages) if d.messages is not None else msgs
                 docs = tuple(d.documents) if d.documents is not None else docs
                 notes.append(f"{d.guard or g.name}: {d.reason}")
+                cats += [d.category] if d.category and d.category not in cats else []
         return Decision("rewrite" if notes else "allow", messages=msgs, documents=docs, notes=tuple(notes),
-                        reason="; ".join(notes))
+                        reason="; ".join(notes), category="+".join(cats))
 
     def check_output(self, messages: Messages, reply: str, documents: Sequence[str] = ()) -> Decision:
-        text, notes = reply, []
+        text, notes, cats = reply, [], []
         for g in self.guards:
             d = g.check_output(messages, text, tuple(documents))
             if d.action == "refuse":
@@ -188,4 +189,6 @@ class GuardSet:
             if d.action == "rewrite" and d.text is not None:
                 text = d.text
                 notes.append(f"{d.guard or g.name}: {d.reason}")
-        return Decision("rewrite" if notes else "allow", text=text, notes=tuple(notes), reason="; ".join(notes))
+                cats += [d.category] if d.category and d.category not in cats else []
+        return Decision("rewrite" if notes else "allow", text=text, notes=tuple(notes), reason="; ".join(notes),
+                        category="+".join(cats))

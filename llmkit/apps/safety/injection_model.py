@@ -26,6 +26,18 @@ from .guard import Decision, Messages, last_user, refuse, text_of
 WITHHELD = "[a passage was withheld here: it held instructions addressed to the assistant]"
 
 
+def windows(text: str, size: int) -> list[str]:
+    """`text` in windows of `size` words overlapping by a quarter (one window when it is short; none
+    when it is blank)."""
+    words = text.split()
+    if not words:
+        return []
+    if len(words) <= size:
+        return [text]
+    step = max(1, size - size // 4)
+    return [" ".join(words[i:i + size]) for i in range(0, len(words) - size + step, step)]
+
+
 @dataclass
 class InjectionModelGuard:
     """Flags texts whose probability of `label` is at least `threshold`."""
@@ -34,6 +46,7 @@ class InjectionModelGuard:
     threshold: float = 0.5
     label: str = "injection"
     user: bool = False  # also read (and refuse) the user's turn
+    window: int = 120  # words per window of a long text (windows overlap by a quarter)
     name: str = "injection_model"
 
     def __post_init__(self) -> None:
@@ -43,18 +56,25 @@ class InjectionModelGuard:
                              f"{labels or 'none'}): train one with `llmkit finetune --model all-minilm-l6-v2 --data "
                              "builtin:injection --method full objective=classify --out runs/inj` and pass "
                              "--injection-model runs/inj")
+        if self.window < 8:
+            raise ValueError(f"window={self.window}: give at least 8 words")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold}: give a probability between 0 and 1")
         self._column = labels.index(self.label)
 
     def scores(self, texts: Sequence[str]) -> list[float]:
-        """The probability of `label` for each text (empty texts score 0)."""
-        idx = [i for i, t in enumerate(texts) if t.strip()]
+        """The probability of `label` for each text (empty texts score 0). A long text is read in
+        overlapping windows of `window` words and scores its most suspicious one, so an instruction
+        past the classifier's context window is still read."""
+        owner, pieces = [], []
+        for i, t in enumerate(texts):
+            for piece in windows(t, self.window):
+                owner.append(i)
+                pieces.append(piece)
         out = [0.0] * len(texts)
-        if idx:
-            probs = self.classifier.classify_probs([texts[i] for i in idx])[:, self._column].tolist()
-            for i, p in zip(idx, probs):
-                out[i] = float(p)
+        if pieces:
+            for i, p in zip(owner, self.classifier.classify_probs(pieces)[:, self._column].tolist()):
+                out[i] = max(out[i], float(p))
         return out
 
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
@@ -79,4 +99,4 @@ class InjectionModelGuard:
         return Decision()
 
 
-__all__ = ["InjectionModelGuard", "WITHHELD"]
+__all__ = ["InjectionModelGuard", "WITHHELD", "windows"]

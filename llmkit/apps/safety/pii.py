@@ -74,28 +74,33 @@ def neutralise(text: str) -> str:
 
 
 # An organisation's published contact line ("DMV Springfield office: ... phone (555) 201-4477", "support:
-# help@acme.example") is not personal data: a phone number or e-mail whose sentence, up to it, names an
-# organisation and no person ("On file: Bo Lind, phone ..." at a clinic is a person's) is left in place
-# and may be asked for.
+# help@acme.example") is not personal data and may be asked for. Narrowly: a phone number whose clause
+# (a line, or a sentence) names an organisation within a few words before it and no person (no name of
+# two capitalised words, no personal word), or an e-mail of a role mailbox (info@, support@, ...).
 _ORG = re.compile(r"\b(?:office|department|dept|dmv|clinic|hospital|surgery|store|shop|branch|restaurant|hotel|library|"
                   r"school|university|council|city hall|town hall|embassy|consulate|airline|company|support|help ?desk|"
-                  r"front desk|reception|hotline|helpline|customer (?:service|care)|pharmacy|bank|station|museum|"
-                  r"agency|sales|enquiries|inquiries|switchboard|press office|headquarters|hq|box office)\b", re.I)
-_PERSON = re.compile(r"\b(?:his|her|their|mr|mrs|ms|miss|patient|member|employee|resident|guest|tenant|client|"
+                  r"front desk|reception|hotline|helpline|customer (?:service|care)|pharmacy|museum|agency|sales|"
+                  r"enquiries|inquiries|switchboard|press office|headquarters|box office)\b[^\w\n]{0,4}(?:(?:main |"
+                  r"general |public )?(?:phone|tel\.?|telephone|line|number|no\.?|contact)s?\b[^\w\n]{0,4})?$", re.I)
+_PERSON = re.compile(r"\b(?:his|her|their|mr|mrs|ms|miss|dr|patient|member|employee|resident|guest|tenant|client|"
                      r"applicant|student|customer(?:'s)?|born|home|mobile|cell|personal|private|emergency contact|"
-                     r"next of kin|name|on file|records?)\b", re.I)
-_CLAUSE_END = re.compile(r"[.!?;\n](?=\s|$)")
+                     r"next of kin|name|on file|records?|staff|lives?|reach(?:ed)?)\b|\b[A-Z][a-z]+ [A-Z][a-z]+\b")
+_ROLE_MAILBOX = re.compile(r"(?:info|support|help|contact|sales|enquiries|inquiries|office|admin|hello|service|"
+                           r"reception|bookings?|press|team|customerservice|frontdesk|noreply|no-reply)@", re.I)
+_CLAUSE_END = re.compile(r"\n|[.!?;](?=\s|$)")
 _PUBLIC_KINDS = ("PHONE", "EMAIL")
 
 
 def public_contact(text: str, start: int, kind: str) -> bool:
-    """Whether the `kind` span at `start` of `text` is an organisation's published phone number or
-    e-mail: its sentence, up to it, names an organisation and no person."""
+    """Whether the `kind` span at `start` of `text` is an organisation's published phone number (an
+    organisation word right before it, no person in its clause) or a role mailbox's e-mail."""
+    if kind == "EMAIL":
+        return bool(_ROLE_MAILBOX.match(text, start))
     if kind not in _PUBLIC_KINDS:
         return False
     ends = [m.end() for m in _CLAUSE_END.finditer(text, 0, start)]
-    line = text[ends[-1] if ends else 0:start][-80:]
-    return bool(_ORG.search(line)) and not _PERSON.search(line)
+    clause = text[ends[-1] if ends else 0:start]
+    return bool(_ORG.search(clause[-40:])) and not _PERSON.search(clause)
 
 
 def private_pii(text: str) -> list:

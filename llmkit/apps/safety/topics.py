@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-from .guard import TIERS, Decision, Messages, last_user, tier_decision
+from .guard import TIERS, Decision, Messages, text_of, tier_decision
 from .variants import views
 
 _S = r"[^.?!\n]"  # one character within a sentence
@@ -287,14 +287,6 @@ HARM: dict[str, Sequence[str]] = {
 _MUSIC = (r"music|musical|notation|sheet|score|notes?|legato|staccato|phrasing|piano|violin|cello|viola|guitar|flute|"
           r"clarinet|staff|stave|bars?|measures?|musescore|lilypond|sibelius|choir|melody|ties?")
 ALLOW = [
-    # props and toys ("a fake time bomb prop for an escape room"), unless the sentence wants it to work
-    r"\b(?:fake|prop|toy|replica|pretend|dummy|cardboard|bath|cake|movie|stage)\s+(?:time\s+)?bombs?\b"
-    r"(?![^.?!]*\b(?:real|actually|explod\w*|detonat\w*|blow (?:up|out)|go(?:es)? off|work(?:s|ing)?)\b)|"
-    r"\b(?:time\s+)?bomb (?:props?|replicas?|costumes?|decorations?)\b",
-    # history: how a bomb was built, asked in the past tense about a historical programme or war
-    r"\b(?:how|why|when|who) (?:was|were|did)\b[^.?!]{0,60}?\b(?:atomic|atom|nuclear|hydrogen|a-|h-)\s*bombs?\b"
-    r"(?=[^.?!]*\b(?:manhattan|world war|ww ?(?:ii|2|i|1)|hiroshima|nagasaki|trinity|histor\w*|cold war|"
-    r"los alamos|oppenheimer|19[0-9]{2})\b)",
     r"\b(?:kill|killing|killed)\b (?:a |the |this |that |all |my )?(?:\w+ )?(?:process(?:es)?|task|job|thread|"
     r"weeds?|session|server|app|tab|switch|time|mood|bugs?|lights?|engine|music|pests?|fleas?|ants?|mould|mold)\b",
     r"\bkill -\d+\b|\bkill(?:all)? \d+",
@@ -311,6 +303,22 @@ ALLOW = [
     r"app|software|that|which|to infect))|\btrojans (?:football|fans|team)\b",
     rf"\bslurs?\b(?={_S}*\b(?:{_MUSIC})\b)|\b(?:{_MUSIC})\b{_S}*\bslurs?\b",
 ]
+
+# Props and history: "a fake time bomb prop for an escape room", "how was the atomic bomb built during the
+# Manhattan Project?" — blanked only where nothing in the turn asks for something that works, for materials
+# or steps, or for the asker to do it now (`_OPERATIONAL`): a prop that explodes is a bomb.
+EXEMPT = [
+    r"\b(?:fake|prop|toy|replica|pretend|dummy|cardboard|bath|cake|movie|stage)\s+(?:time\s+)?bombs?\b|"
+    r"\b(?:time\s+)?bomb (?:props?|replicas?|costumes?|decorations?)\b",
+    r"\b(?:how|why|when|who) (?:was|were|did)\b[^.?!]{0,60}?\b(?:atomic|atom|nuclear|hydrogen|a-|h-)\s*bombs?\b"
+    r"(?=[^.?!]*\b(?:manhattan|world war|ww ?(?:ii|2|i|1)|hiroshima|nagasaki|trinity|histor\w*|cold war|"
+    r"los alamos|oppenheimer)\b)",
+]
+_OPERATIONAL = re.compile(
+    r"\b(?:step[- ]?by[- ]?step|steps|instructions?|materials?|ingredients?|quantit\w*|amounts?|dimensions?|recipe|"
+    r"pressure[- ]cookers?|nails|powder|fuses?|detonat\w*|explo\w*|blow\w*|go(?:es)? off|real|actually|working|"
+    r"functional|live|powerful|lethal|deadly|exact|precise|(?:would|could) (?:i|we) (?:make|build|assemble|"
+    r"construct)|(?:make|build|assemble|construct) (?:one|them)|myself|today|now)\b", re.I)
 
 # Jailbreak templates: an instruction to set the model's rules aside. They refuse on their own;
 # softer framings (role-play, fiction, "begin with", hypotheticals) only count with a harm hit.
@@ -337,6 +345,7 @@ DEFAULT_TIERS: dict[str, str] = {area: "refuse" for area in HARM} | {"self_harm"
 
 _HARM = {area: re.compile("|".join(f"(?:{p})" for p in pats), re.I) for area, pats in HARM.items()}
 _ALLOW = re.compile("|".join(f"(?:{p})" for p in ALLOW), re.I)
+_EXEMPT = re.compile("|".join(f"(?:{p})" for p in EXEMPT), re.I)
 _JAILBREAK = re.compile("|".join(f"(?:{p})" for p in JAILBREAK), re.I)
 
 
@@ -345,6 +354,8 @@ def harm_areas(text: str) -> list[str]:
     found = []
     for view in views(text):
         clean = _ALLOW.sub(" ", view)
+        if not _OPERATIONAL.search(view):
+            clean = _EXEMPT.sub(" ", clean)
         found += [area for area, rx in _HARM.items() if area not in found and rx.search(clean)]
     return found
 
@@ -359,7 +370,8 @@ def jailbreak_marker(text: str) -> str | None:
 
 
 class TopicGuard:
-    """Refusal tiers per harm area and for jailbreak templates, on the last user turn (input only)."""
+    """Refusal tiers per harm area and for jailbreak templates, on every user turn, the latest first
+    (input only): a request split over turns, or left in an earlier one, is read too."""
 
     name = "topics"
 
@@ -373,15 +385,16 @@ class TopicGuard:
         self.tiers = {**DEFAULT_TIERS, **(tiers or {})}
 
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
-        user = last_user(messages)
-        for area in harm_areas(user):
-            if self.tiers[area] != "allow":
-                return tier_decision(area, self.tiers[area], f"a request in the harm area {area.replace('_', ' ')}",
-                                     self.name)
-        marker = jailbreak_marker(user)
-        if marker and self.tiers["jailbreak"] != "allow":
-            return tier_decision("jailbreak", self.tiers["jailbreak"], f"a jailbreak template ({marker.strip()!r})",
-                                 self.name)
+        turns = [text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+        for user in reversed(turns):
+            for area in harm_areas(user):
+                if self.tiers[area] != "allow":
+                    return tier_decision(area, self.tiers[area],
+                                         f"a request in the harm area {area.replace('_', ' ')}", self.name)
+            marker = jailbreak_marker(user)
+            if marker and self.tiers["jailbreak"] != "allow":
+                return tier_decision("jailbreak", self.tiers["jailbreak"],
+                                     f"a jailbreak template ({marker.strip()!r})", self.name)
         return Decision()
 
     def check_output(self, messages: Messages, reply: str, documents: Sequence[str] = ()) -> Decision:

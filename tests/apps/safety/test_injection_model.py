@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmkit.apps.safety import GuardSet, InjectionModelGuard
-from llmkit.apps.safety.injection_model import WITHHELD
+from llmkit.apps.safety.injection_model import WITHHELD, windows
 
 
 class Scripted:
@@ -53,3 +53,14 @@ def test_wiring_and_bad_classifiers():
         InjectionModelGuard(Scripted(), threshold=1.5)
     guards = GuardSet.named("default,injection_model", injection_model=Scripted())
     assert guards.name.endswith("+injection_model")
+
+
+def test_a_long_document_is_read_in_windows_so_a_late_instruction_is_seen():
+    words = [f"w{i}" for i in range(1000)]
+    parts = windows(" ".join(words), 120)
+    assert all(len(p.split()) <= 120 for p in parts) and parts[-1].split()[-1] == "w999"
+    assert set(" ".join(parts).split()) == set(words)  # every word is read
+    assert windows("short text", 120) == ["short text"] and windows("  ", 120) == []
+    doc = " ".join(["filler"] * 900 + ["PAYLOAD"])
+    d = InjectionModelGuard(Scripted()).check_input([{"role": "user", "content": "summarise"}], [doc])
+    assert d.documents == (WITHHELD,)
