@@ -32,7 +32,7 @@ def test_the_shipped_set_is_balanced_and_its_test_file_held_out():
 
 
 def test_a_short_fine_tune_beats_the_majority_class_and_drives_the_guard(minilm, tmp_path):
-    c = _train(minilm, tmp_path / "inj", steps=24, max_len=96)
+    c = _train(minilm, tmp_path / "inj", steps=10, max_len=64)
     print(f"accuracy {c['accuracy']:.3f} {c['ci']}, injection P/R {c['per_label']['injection']}")
     assert c["n"] == 160 and c["majority"]["accuracy"] == pytest.approx(0.5)
     assert c["ci"][0] > c["majority"]["accuracy"], c  # the whole interval above always guessing one label
