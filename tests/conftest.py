@@ -13,7 +13,8 @@ TINY_PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-qwen2"]
 def one_thread():
     """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
     the tiny models' steps gain nothing from a second thread, and on a busy 2-core machine two threads
-    wait on each other (3-6x slower measured here), as the subprocess tests' OMP_NUM_THREADS=1 avoids."""
+    wait on each other (whole modules about 3x slower measured here, 6x for many short generations),
+    which the subprocess tests' OMP_NUM_THREADS=1 avoids too."""
     import torch
 
     threads = torch.get_num_threads()

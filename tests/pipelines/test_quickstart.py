@@ -174,10 +174,12 @@ def test_info_reports_the_context_the_model_was_trained_with(quickstart_run, cap
     assert f"at context {seq_len} " in rows["KV"]  # the KV cache row is sized for that context too
 
 
-def test_quickstart_refuses_an_existing_run(tmp_path):
+def test_quickstart_refuses_an_existing_run(tmp_path, capsys):
+    from llmkit.cli.main import main
+
     (tmp_path / "qs").mkdir()
     (tmp_path / "qs" / "x").write_text("keep me")
-    r = subprocess.run([sys.executable, "-m", "llmkit", "quickstart", "--minutes", "1", "--out", str(tmp_path / "qs")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--overwrite" in r.stderr
+    # in this process: the refusal comes before any work, so a new interpreter would be most of the cost
+    assert main(["quickstart", "--minutes", "1", "--out", str(tmp_path / "qs")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "qs" / "x").read_text() == "keep me"

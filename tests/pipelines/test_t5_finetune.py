@@ -30,6 +30,8 @@ from tests.peers import peer
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "t5-sft-tiny.yaml"
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 def llmkit_cli(*args: str, threads: str = "1", timeout: int = 600) -> None:
     """Run `llmkit ARGS` on one thread by default (a tiny model's steps gain nothing from more, and
@@ -206,14 +208,17 @@ def test_an_encoder_decoder_is_not_scored_on_perplexity_nor_chat_wrapped_without
 
 @pytest.fixture(scope="module")
 def lora_run(t5_dir, tmp_path_factory):
-    """`llmkit finetune --method lora` on prompt/completion rows of a JSONL file."""
+    """`llmkit finetune --method lora` on prompt/completion rows of a JSONL file (six steps: run in
+    this process, where starting an interpreter and importing PyTorch would be most of the work)."""
+    from llmkit.cli.main import main
+
     root = tmp_path_factory.mktemp("lora")
     data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": ex.prompt, "completion": ex.answer}) + "\n"
                             for ex in load_task("sorting", "train")[:64]))
-    llmkit_cli("finetune", "--model", str(t5_dir), "--data", str(data), "--method", "lora", "--out", str(root / "run"),
-               "lora.targets=[q_proj,v_proj,down_proj]", "train.steps=6", "train.lr=3e-2", "train.micro_batch=8",
-               "train.eval_every=0", "eval.perplexity=false", "train.device=cpu")
+    assert main(["finetune", "--model", str(t5_dir), "--data", str(data), "--method", "lora", "--out",
+                 str(root / "run"), "lora.targets=[q_proj,v_proj,down_proj]", "train.steps=6", "train.lr=3e-2",
+                 "train.micro_batch=8", "train.eval_every=0", "eval.perplexity=false", "train.device=cpu"]) == 0
     return root / "run"
 
 
