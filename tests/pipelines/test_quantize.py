@@ -17,8 +17,6 @@ from tests.peers import peer
 
 transformers = peer("transformers")
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
-
 
 def hf_perplexity(path, llm, texts) -> float:
     """Each text scored by transformers in one forward pass, the first token predicted from the

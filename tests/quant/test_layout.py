@@ -13,8 +13,6 @@ from llmkit.quant.layout import linear_bytes
 from llmkit.quant.weight_only import Int4Linear, Int8Linear
 from llmkit.scaling import estimate_memory
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
-
 
 def tensor_bytes(directory) -> int:
     """The bytes of every tensor in a checkpoint's safetensors files, as stored."""

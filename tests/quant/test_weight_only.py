@@ -17,8 +17,6 @@ from llmkit.quant import weight_only
 from llmkit.quant.weight_only import (Int4Linear, Int8Linear, dequantize_int4, quantize_int4, quantize_int8,
                                       quantize_model)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
-
 
 def test_int8_and_int4_error_bounds():
     g = torch.Generator().manual_seed(0)
