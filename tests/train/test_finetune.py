@@ -31,9 +31,9 @@ def llmkit(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def llmkit_here(capsys, *args: str) -> tuple[int, str, str]:
-    """`llmkit ARGS` run in this process, for short commands (a refusal, a few generated tokens, a
-    merge) where starting an interpreter and importing PyTorch would be most of the work:
-    (exit code, stdout, stderr)."""
+    """`llmkit ARGS` run in this process, for the jobs of a tiny model (a few steps, a refusal, a
+    few generated tokens, a merge) where starting an interpreter and importing PyTorch would be most
+    of the work: (exit code, stdout, stderr). The kill -9 test keeps real processes."""
     from llmkit.cli.main import main
 
     capsys.readouterr()
@@ -75,10 +75,10 @@ def check_change(summary: dict, report: str, task: str) -> None:
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "adapter", "prefix", "prompt"])
 def test_every_method_writes_its_run_dir(tiny_dir, chats, tmp_path, capsys, method):
     out = tmp_path / method
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", method, "--out", str(out),
-               *FAST, "eval.tasks=[arith]")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "trainable" in r.stdout and "arith" in r.stdout
+    code, printed, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(chats), "--method",
+                                     method, "--out", str(out), *FAST, "eval.tasks=[arith]")
+    assert code == 0, err[-3000:]
+    assert "trainable" in printed and "arith" in printed
     summary = json.loads((out / "summary.json").read_text())
     t = summary["trainable"]
     assert (t["trainable"] == t["total"]) == (method == "full")
@@ -131,9 +131,10 @@ def test_merge_equals_base_plus_adapter(tiny_dir, chats, tmp_path, capsys):
     from llmkit.pipelines.adapters import load_with_adapters
 
     out = tmp_path / "run"
-    r = llmkit("finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "lora", "--out", str(out),
-               *FAST, "train.lr=1e-2", "eval.tasks=[]", "lora.targets=q_proj,v_proj,down_proj")
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = llmkit_here(capsys, "finetune", "--model", str(tiny_dir), "--data", str(chats), "--method", "lora",
+                               "--out", str(out), *FAST, "train.lr=1e-2", "eval.tasks=[]",
+                               "lora.targets=q_proj,v_proj,down_proj")
+    assert code == 0, err[-3000:]
     code, _, err = llmkit_here(capsys, "merge", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), "--out",
                                str(tmp_path / "merged"))
     assert code == 0, err[-2000:]
@@ -206,18 +207,19 @@ def test_bad_rows_stop_the_run_or_are_skipped(tiny_dir, chats, tmp_path, capsys)
     assert code == 2 and "qq_proj" in err and "q_proj" in err
 
 
-def test_lora_learns_its_training_chats(tiny_dir, tmp_path):
+def test_lora_learns_its_training_chats(tiny_dir, tmp_path, capsys):
     """The fast, deterministic check that the LoRA recipe learns at all: on a fixed random tiny
     model, 200 steps teach it the answers of 16 arithmetic chats it could not give before."""
     rows = builtin_instructions("train", ["arith"])[:16]
     data = tmp_path / "mem.jsonl"
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
     out = tmp_path / "run"
-    r = llmkit("finetune", "--config", str(Path(__file__).parents[2] / "recipes" / "finetune-lora.yaml"),
-               "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "train.steps=200", "train.lr=1e-2",
-               "train.micro_batch=16", "train.eval_every=0", "eval.tasks=[]", "eval.perplexity=false",
-               "train.device=cpu")
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = llmkit_here(capsys, "finetune", "--config",
+                               str(Path(__file__).parents[2] / "recipes" / "finetune-lora.yaml"), "--model",
+                               str(tiny_dir), "--data", str(data), "--out", str(out), "train.steps=200",
+                               "train.lr=1e-2", "train.micro_batch=16", "train.eval_every=0", "eval.tasks=[]",
+                               "eval.perplexity=false", "train.device=cpu")
+    assert code == 0, err[-3000:]
     import llmkit as lk
     from llmkit.pipelines.adapters import load_with_adapters
 

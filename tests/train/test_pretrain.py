@@ -21,6 +21,8 @@ COMMON = ["model.preset=tiny-llama", "model.overrides={dim: 64, n_layers: 2, n_h
           "train.micro_batch=8", "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=5", "train.eval_batches=2",
           "train.sample_prompts=[]", "train.device=cpu"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
@@ -36,6 +38,13 @@ def pretrain(*args: str, env: dict | None = None, launcher: list[str] | None = N
     if not wait:
         return subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def here(*args: str) -> int:
+    """`llmkit ARGS` run in this process (one intra-op thread here, see one_thread): its exit code."""
+    from llmkit.cli.main import main
+
+    return main(list(args))
 
 
 def refused(capsys, *args: str) -> str:
@@ -95,8 +104,8 @@ def test_kill_9_and_resume_is_bit_identical(data_dir, tmp_path):
 
 def test_resume_refuses_a_different_model_or_damaged_checkpoint(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert pretrain("--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=4",
-                    "train.save_every=2").returncode == 0
+    assert here("pretrain", "--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=4",
+                "train.save_every=2") == 0
     err = refused(capsys, "--data", str(data_dir), "--out", str(out), *COMMON, "train.steps=8",
                   "model.overrides.dim=128", "--resume")
     assert "does not match this run" in err and "model" in err
@@ -134,9 +143,8 @@ def test_two_processes_match_one(data_dir, tmp_path, strategy):
     pinned: on a CPU with native bf16 (AMX) precision=auto picks bf16, whose rounding drifts 3.5e-3."""
     base = ["--data", str(data_dir), *COMMON, "train.steps=6", "train.save_every=0", "train.eval_every=0",
             "train.precision=fp32"]
-    one = tmp_path / "one"
-    r = pretrain(*base, "--out", str(one))
-    assert r.returncode == 0, r.stderr
+    one = tmp_path / "one"  # the one-process run in this process, on one thread as each torchrun rank
+    assert here("pretrain", *base, "--out", str(one)) == 0
     two = tmp_path / "two"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000 + (7 if strategy == "fsdp" else 0))]
@@ -160,9 +168,8 @@ def test_two_processes_train_a_mixture_of_experts(data_dir, tmp_path):
            "hidden_dim: 32, n_experts: 16, experts_per_token: 1, router_aux_loss_coef: 0.01}",
            "train.lr=1e-2", "train.warmup_steps=1", "train.sample_prompts=[]", "train.device=cpu",
            "train.steps=3", "train.save_every=0", "train.eval_every=0", "train.precision=fp32"]
-    one = tmp_path / "one"
-    r = pretrain("--data", str(data_dir), *moe, "train.micro_batch=2", "--out", str(one))
-    assert r.returncode == 0, r.stderr[-3000:]
+    one = tmp_path / "one"  # in this process, as in test_two_processes_match_one
+    assert here("pretrain", "--data", str(data_dir), *moe, "train.micro_batch=2", "--out", str(one)) == 0
     two = tmp_path / "two"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000 + 13)]
