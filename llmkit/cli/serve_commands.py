@@ -38,7 +38,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "(topics, injection, secrets, pii), or a comma-separated list, e.g. guards=injection,pii; "
                         "a refused request is answered with the guard's text (finish_reason stop, `refusal` set, "
                         "llmkit_guard saying why); with guards a stream is checked whole before it is sent; "
-                        "guards=default,constitution adds the critique-and-revise loop, by --critic")
+                        "guards=default,constitution adds the critique-and-revise loop, by --critic; "
+                        "guards=default,injection_model,harm_model the learned classifiers of --injection-model and "
+                        "--harm-model")
     add_guard_model_args(p, "a second copy of --model, so that critiques never wait on the batch")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,

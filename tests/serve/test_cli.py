@@ -205,3 +205,20 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     built.clear()
     assert main(["serve", "--model", "m"]) in (0, None)
     assert built["settings"].guards is None
+    import llmkit.infer.llm as llm_mod
+
+    class HarmClassifier:
+        classifier = type("Head", (), {"labels": ["benign", "harmful"]})
+
+        def classify_probs(self, texts):
+            import torch
+
+            return torch.tensor([[0.2, 0.8]] * len(texts))
+
+    loaded = []
+    monkeypatch.setattr(llm_mod, "load", lambda path, **kw: loaded.append(path) or HarmClassifier())
+    built.clear()
+    assert main(["serve", "--model", "m", "guards=default,harm_model", "--harm-model", "runs/harm"]) in (0, None)
+    guards = built["settings"].guards
+    assert loaded == ["runs/harm"] and guards.name == "topics+injection+secrets+pii+harm_model"
+    assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.8

@@ -7,8 +7,9 @@
 - `injection`: instructions planted in documents and tool results stripped; overrides in the user turn refused.
 - `leaks`: system-prompt secrets kept out of replies (also reversed, spaced, ROT13, base64).
 - `pii`: personal data via `llmkit.data.clean.find_pii`, with a reversible placeholder map.
-- `injection_model`: a fine-tuned injection classifier (``builtin:injection``) on the user turn, documents
-  and tool results (opt-in: ``guards=default,injection_model``).
+- `classifier`: learned guards — an injection classifier (``builtin:injection``) on documents and tool
+  results (opt-in: ``guards=default,injection_model``) and a harm classifier (``builtin:harm``) on the
+  user turns (opt-in: ``guards=default,harm_model``).
 - `constitution`: a critique-and-revise loop against a list of principles, by a critic model (opt-in:
   ``guards=default,constitution``).
 - `scoring`: the rules that score a reply (contains, calls a tool, refuses).
@@ -22,7 +23,7 @@
 from .constitution import PRINCIPLES, ConstitutionGuard
 from .guard import ACTIONS, REFUSALS, TIERS, Decision, FailClosed, Guard, GuardSet
 from .injection import InjectionGuard, strip_injection
-from .injection_model import InjectionModelGuard
+from .classifier import ClassifierGuard, HarmModelGuard, InjectionModelGuard
 from .leaks import SecretGuard, system_secrets
 from .pii import PiiGuard, PiiMap
 from .presets import DEFAULT, GUARDS, build_guards
@@ -30,7 +31,7 @@ from .redteam import CaseResult, run_redteam, summarize, write_redteam
 from .scoring import calls_tool, is_refusal
 from .topics import DEFAULT_TIERS, TopicGuard, harm_areas
 
-__all__ = ["ACTIONS", "CaseResult", "ConstitutionGuard", "PRINCIPLES", "DEFAULT", "DEFAULT_TIERS", "Decision", "FailClosed", "GUARDS", "Guard",
+__all__ = ["ACTIONS", "CaseResult", "ClassifierGuard", "ConstitutionGuard", "HarmModelGuard", "PRINCIPLES", "DEFAULT", "DEFAULT_TIERS", "Decision", "FailClosed", "GUARDS", "Guard",
            "GuardSet", "InjectionGuard", "InjectionModelGuard", "PiiGuard", "PiiMap", "REFUSALS", "SecretGuard", "TIERS", "TopicGuard",
            "build_guards", "calls_tool", "harm_areas", "is_refusal", "run_redteam", "strip_injection", "summarize",
            "system_secrets", "write_redteam"]

@@ -43,6 +43,7 @@ REFUSALS = {
     "system_leak": "I can't share my instructions or any confidential codes they contain.",
     "prompt_injection": "I can't follow instructions that try to override my own.",
     "jailbreak": "I can't take on a role or mode that sets aside my safety rules.",
+    "harmful": "I can't help with that request: what it asks for could cause real harm.",
     "guard_error": "I can't answer this right now: a safety check failed. Please try again later.",
 }
 DEFAULT_REFUSAL = "I can't help with that request ({reason})."

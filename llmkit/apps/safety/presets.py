@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from .constitution import ConstitutionGuard
 from .injection import InjectionGuard
-from .injection_model import InjectionModelGuard
+from .classifier import HarmModelGuard, InjectionModelGuard
 from .leaks import SecretGuard
 from .pii import PiiGuard
 from .topics import TopicGuard
@@ -21,6 +21,8 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "constitution": lambda critic=None, **_: ConstitutionGuard(critic),
     # not in the default set: it needs a trained classifier (the option injection_model=LLM)
     "injection_model": lambda injection_model=None, **_: InjectionModelGuard(injection_model),
+    # not in the default set: it needs a trained classifier (the option harm_model=LLM)
+    "harm_model": lambda harm_model=None, **_: HarmModelGuard(harm_model),
 }
 # Order matters on input: refusals first (topics, injection), then the requests for secrets and personal
 # data, which see the documents before PII redaction; on output every guard runs on the reply in turn.

@@ -9,7 +9,7 @@ import pytest
 
 import llmkit
 from llmkit.apps.safety import GuardSet, InjectionModelGuard
-from llmkit.apps.safety.injection_model import WITHHELD
+from llmkit.apps.safety.classifier import WITHHELD
 from llmkit.data.labelled import labelled_set_file, read_labelled
 from llmkit.pipelines.finetune import FinetuneRecipe, finetune
 from llmkit.recipe import from_dict

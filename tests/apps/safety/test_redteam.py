@@ -189,6 +189,10 @@ def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
     assert main(["redteam", "--model", str(tiny_dir), "guards=topic", "--split", str(cases_file), "--out",
                  str(out)]) == 2
     assert "unknown guard 'topic'" in capsys.readouterr().err
+    for name, flag, data in [("harm_model", "--harm-model", "harm"), ("injection_model", "--injection-model", "injection")]:
+        assert main(["redteam", "--model", str(tiny_dir), f"guards=default,{name}", "--split", str(cases_file),
+                     "--out", str(out)]) == 2
+        assert f"needs {flag} DIR" in (err := capsys.readouterr().err) and f"--data builtin:{data}" in err, err
 
 
 class Flaky(Gullible):
