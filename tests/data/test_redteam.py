@@ -22,7 +22,7 @@ import pytest
 from llmkit.data import DataError
 from llmkit.data.redteam import CATEGORIES, REDTEAM, SPLITS, Check, RedTeamCase, RedTeamTool, load_redteam
 
-PER_CATEGORY = 24  # attacks, and as many benign look-alikes, per category and split
+PER_CATEGORY = {"dev": 24, "heldout": 24, "heldout2": 40}  # attacks, and as many benign look-alikes, per category
 
 
 def raw_rows(split: str) -> list[dict]:
@@ -32,7 +32,13 @@ def raw_rows(split: str) -> list[dict]:
 
 
 ROWS = {s: raw_rows(s) for s in SPLITS}
-EVERY = ROWS["dev"] + ROWS["heldout"]
+EVERY = [r for s in SPLITS for r in ROWS[s]]
+PAIRS = list(itertools.combinations(SPLITS, 2))
+
+
+def scaled(split: str, n: int) -> int:
+    """A floor set for a 24-per-category split, scaled to the split's size."""
+    return n * PER_CATEGORY[split] // 24
 
 
 def norm(text: str) -> str:
@@ -71,10 +77,10 @@ def row_text(row: dict) -> str:
 
 # ------------------------------------------------------------------------------ the shipped set
 @pytest.mark.parametrize("split", SPLITS)
-def test_each_split_has_24_attacks_and_24_look_alikes_per_category(split):
+def test_each_split_has_as_many_attacks_as_look_alikes_per_category(split):
     counts = Counter((r["category"], r["attack"]) for r in ROWS[split])
-    assert counts == {(c, a): PER_CATEGORY for c in CATEGORIES for a in (True, False)}
-    assert sum(r["attack"] for r in ROWS[split]) >= 110 and sum(not r["attack"] for r in ROWS[split]) >= 110
+    assert counts == {(c, a): PER_CATEGORY[split] for c in CATEGORIES for a in (True, False)}
+    assert sum(r["attack"] for r in ROWS[split]) == sum(not r["attack"] for r in ROWS[split]) == 5 * PER_CATEGORY[split]
     assert [r["id"] for r in ROWS[split]] == [f"rt-{split}-{n:04d}" for n in range(1, len(ROWS[split]) + 1)]
 
 
@@ -94,26 +100,30 @@ def test_the_loader_reads_the_rows_as_written(split):
 
 
 def test_no_row_is_shared_between_the_splits():
-    """No user message or canary is in both splits. Inside a split a user message repeats only in a
+    """No user message or canary is in two splits. Inside a split a user message repeats only in a
     minimal pair: an injection and its benign twin, the same question over documents that differ."""
     users = {s: Counter(" ".join(r["user"].lower().split()) for r in ROWS[s]) for s in SPLITS}
-    assert set(users["dev"]) & set(users["heldout"]) == set()
+    for a, b in PAIRS:
+        assert set(users[a]) & set(users[b]) == set(), (a, b)
     for s in SPLITS:
         for text in [u for u, n in users[s].items() if n > 1]:
             pair = [r for r in ROWS[s] if " ".join(r["user"].lower().split()) == text]
             assert len(pair) == 2 and {r["category"] for r in pair} == {"rag_injection"}, [r["id"] for r in pair]
             assert {r["attack"] for r in pair} == {True, False} and pair[0]["documents"] != pair[1]["documents"]
     canaries = {s: {norm(c) for r in ROWS[s] if r["attack"] for c in r["success"].get("any", ())} for s in SPLITS}
-    assert canaries["dev"] & canaries["heldout"] == set()
+    for a, b in PAIRS:
+        assert canaries[a] & canaries[b] == set(), (a, b)
 
 
-def test_no_row_of_one_split_is_a_templated_copy_of_a_row_of_the_other():
-    """Rows share vocabulary (\"You are the assistant of ...\"), not templates: no dev row's words overlap a
-    held-out row's by more than half (Jaccard over the system prompt, documents and user message)."""
-    words = {s: [set(re.findall(r"\w+", row_text(r).lower())) for r in ROWS[s]] for s in SPLITS}
+@pytest.mark.parametrize("pair", PAIRS, ids="-".join)
+def test_no_row_of_one_split_is_a_templated_copy_of_a_row_of_another(pair):
+    """Rows share vocabulary (\"You are the assistant of ...\"), not templates: no row of one split overlaps a
+    row of another by more than half of its words (Jaccard over the system prompt, documents and user message)."""
+    words = {s: [set(re.findall(r"\w+", row_text(r).lower())) for r in ROWS[s]] for s in pair}
+    first, second = pair
     worst = max((len(a & b) / len(a | b), i, j) for (i, a), (j, b)
-                in itertools.product(enumerate(words["dev"]), enumerate(words["heldout"])))
-    assert worst[0] <= 0.5, (ROWS["dev"][worst[1]]["id"], ROWS["heldout"][worst[2]]["id"], worst[0])
+                in itertools.product(enumerate(words[first]), enumerate(words[second])))
+    assert worst[0] <= 0.5, (ROWS[first][worst[1]]["id"], ROWS[second][worst[2]]["id"], worst[0])
 
 
 def test_every_canary_belongs_to_one_row_only():
@@ -163,7 +173,8 @@ def test_every_tool_named_is_offered_and_injected_tool_calls_come_from_a_documen
 @pytest.mark.parametrize("split", SPLITS)
 def test_harmful_requests_mostly_carry_a_marker(split):
     kinds = Counter(r["success"]["kind"] for r in ROWS[split] if r["attack"] and r["category"] == "harmful")
-    assert kinds["complies"] < PER_CATEGORY / 2 and kinds["contains"] + kinds["complies"] == PER_CATEGORY, kinds
+    per = PER_CATEGORY[split]
+    assert kinds["complies"] < per / 2 and kinds["contains"] + kinds["complies"] == per, kinds
     assert {r["success"]["kind"] for r in ROWS[split] if r["attack"] and r["category"] != "harmful"} <= {
         "contains", "tool_call"}
 
@@ -175,13 +186,13 @@ def test_each_split_covers_the_techniques_of_its_categories(split):
     assert {"roleplay", "ignore_instructions", "dan", "hypothetical", "base64", "leetspeak", "payload_splitting",
             "many_shot", "translation"} <= set(techniques["jailbreak"])
     assert {"direct", "repeat_above", "translation", "backwards", "encoding"} <= set(techniques["system_leak"])
-    assert len(techniques["harmful"]) >= 12  # weapons, malware, fraud, self-harm, hate, ...
+    assert len(techniques["harmful"]) >= scaled(split, 12)  # weapons, malware, fraud, self-harm, hate, ...
     assert {"weapons", "malware", "fraud", "self_harm", "hate"} <= set(techniques["harmful"])
     injections = Counter(r["success"]["kind"] for r in ROWS[split] if r["attack"] and r["category"] == "rag_injection")
-    assert injections["tool_call"] >= 8 and injections["contains"] >= 8, injections
-    assert techniques["rag_injection"]["reveal_system_prompt"] >= 3
+    assert injections["tool_call"] >= scaled(split, 8) and injections["contains"] >= scaled(split, 8), injections
+    assert techniques["rag_injection"]["reveal_system_prompt"] >= scaled(split, 3)
     for c in CATEGORIES:
-        assert max(techniques[c].values()) <= PER_CATEGORY // 3, (c, techniques[c].most_common(1))
+        assert max(techniques[c].values()) <= PER_CATEGORY[split] // 3, (c, techniques[c].most_common(1))
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -192,15 +203,16 @@ def test_benign_look_alikes_have_no_success_and_checkable_expectations(split):
     assert len(expects) >= len(benign) // 2
     assert all(e["kind"] == "tool_call" or all(s.strip() for s in e["any"]) for e in expects)
     # look-alikes that need a tool call, or sit beside a secret they must not need
-    assert sum(e["kind"] == "tool_call" for e in expects) >= 5
-    assert sum(1 for r in benign if r["category"] == "system_leak" and r["system"]) >= 15
+    assert sum(e["kind"] == "tool_call" for e in expects) >= scaled(split, 5)
+    assert sum(1 for r in benign if r["category"] == "system_leak" and r["system"]) >= scaled(split, 15)
 
 
 def test_shipped_set_does_not_drift():
-    """The held-out cases were written and committed before any guard code: a change to either file
-    must be deliberate (update its fingerprint in the same commit, and say why)."""
+    """The held-out cases were written and committed before any guard code (heldout2 later, by a writer who
+    never saw the guards or the other splits): a change to any file must be deliberate (update its
+    fingerprint in the same commit, and say why)."""
     digests = {s: hashlib.sha256((REDTEAM / f"{s}.jsonl").read_bytes()).hexdigest()[:16] for s in SPLITS}
-    assert digests == {"heldout": "cc8d71be31904338", "dev": "74cc54b13004ab86"}
+    assert digests == {"heldout": "cc8d71be31904338", "dev": "74cc54b13004ab86", "heldout2": "03182b448132babf"}
 
 
 # ------------------------------------------------------------------------------ the loader
@@ -288,7 +300,7 @@ def test_bad_rows_name_the_file_line_field_and_fix(tmp_path, row, words):
 def test_repeated_ids_and_missing_files_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"id 'c1' is used by 2 rows.*its own id"):
         load_redteam(write(tmp_path, GOOD, GOOD))
-    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout'"):
+    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout' or 'heldout2'"):
         load_redteam("test")
     with pytest.raises(DataError, match="no usable cases"):
         load_redteam(write(tmp_path, ""))
