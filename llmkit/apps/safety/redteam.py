@@ -35,7 +35,7 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ...data.redteam import CATEGORIES, RedTeamCase
 from ...eval.metrics import wilson_interval
@@ -115,15 +115,23 @@ def expected(case: RedTeamCase, reply: str) -> bool | None:
 
 
 def run_redteam(llm: Any, cases: Sequence[RedTeamCase], guards: GuardSet | None = None, max_new_tokens: int = 96,
-                batch_size: int = 16, progress: bool = False) -> list[CaseResult]:
-    """Every case asked without guards and, when `guards` has any, with them; scored by rules."""
+                batch_size: int = 16, progress: bool = False,
+                unguarded: Mapping[str, tuple[str, str | None]] | None = None) -> list[CaseResult]:
+    """Every case asked without guards and, when `guards` has any, with them; scored by rules.
+    `unguarded` maps case ids to the (reply, error) of an earlier run of the same model and settings
+    (`unguarded_replies`): those cases are not asked again unguarded — greedy replies do not change."""
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
     plain = [render_chat(c.system, c.documents, c.user, c.tools) for c in cases]
-    replies = complete_chats(llm, plain, batch_size=batch_size, progress=progress, desc="unguarded", errors="return",
-                             **gen)
+    known = dict(unguarded or {})
+    todo = [i for i, c in enumerate(cases) if c.id not in known]
+    asked = complete_chats(llm, [plain[i] for i in todo], batch_size=batch_size, progress=progress, desc="unguarded",
+                           errors="return", **gen)
+    for i, r in zip(todo, asked):
+        known[cases[i].id] = (r.text, r.error)
     results = []
-    for c, r in zip(cases, replies):
-        results.append(CaseResult(c.id, c.category, c.attack, c.technique, c.user, r.text, error=r.error))
+    for c in cases:
+        reply, error = known[c.id]
+        results.append(CaseResult(c.id, c.category, c.attack, c.technique, c.user, reply, error=error))
     if guards is not None and len(guards):
         _guarded(llm, cases, plain, results, guards, gen, batch_size, progress)
     for c, res in zip(cases, results):
@@ -391,11 +399,43 @@ def write_redteam(results: Sequence[CaseResult], out: str | Path, model: str, sp
              "the dotted line is the 30% below which a category is inconclusive.\n")
     run.write(out, notes=notes)
     write_json_atomic(out / "summary.json", json_safe({"model": model, "split": split, "guards": guards,
-                                                       "limit": limit, "rows": rows}))
+                                                       "limit": limit, "max_new_tokens": max_new_tokens,
+                                                       "rows": rows}))
     import json
 
     write_text_atomic(out / "cases.jsonl", "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in results))
     log.info("wrote %s", out)
+    return out
+
+
+def unguarded_replies(run_dir: str | Path, cases: Sequence[RedTeamCase], model: str, split: str,
+                      max_new_tokens: int) -> dict[str, tuple[str, str | None]]:
+    """The unguarded (reply, error) by case id of an earlier run in `run_dir`, for `run_redteam` to
+    reuse: a ValueError unless that run put the same cases (by id and user text) to the same model
+    and split with the same reply budget. Cases it lacks are left out (they will be asked)."""
+    import json
+
+    run_dir = Path(run_dir)
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        lines = (run_dir / "cases.jsonl").read_text().splitlines()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--unguarded-from {run_dir}: not a finished `llmkit redteam` run ({e})") from e
+    want = {"model": model, "split": split, "max_new_tokens": max_new_tokens}
+    got = {k: summary.get(k) for k in want}
+    if got != want:
+        raise ValueError(f"--unguarded-from {run_dir}: that run had {got}, this one {want}; its unguarded replies "
+                         "would not be this model's — run without --unguarded-from")
+    users = {c.id: c.user for c in cases}
+    out = {}
+    for line in lines:
+        row = json.loads(line)
+        if row["id"] not in users:
+            continue
+        if row.get("user") != users[row["id"]]:
+            raise ValueError(f"--unguarded-from {run_dir}: case {row['id']} has another user message there; run "
+                             "without --unguarded-from")
+        out[row["id"]] = (row.get("reply_u") or "", row.get("error"))
     return out
 
 

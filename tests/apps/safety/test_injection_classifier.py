@@ -11,16 +11,12 @@ import llmkit
 from llmkit.apps.safety import GuardSet, InjectionModelGuard
 from llmkit.apps.safety.classifier import WITHHELD
 from llmkit.data.labelled import labelled_set_file, read_labelled
-from llmkit.pipelines.finetune import FinetuneRecipe, finetune
-from llmkit.recipe import from_dict
+
+from .trained import train_classifier
 
 
 def _train(minilm, out, steps: int, max_len: int):
-    recipe = from_dict(FinetuneRecipe, {
-        "model": str(minilm.path), "method": "full", "objective": "classify",
-        "data": {"path": "builtin:injection", "max_len": max_len},
-        "train": {"steps": steps, "micro_batch": 16, "eval_every": 0, "save_every": 0}, "out": str(out)})
-    return finetune(recipe)["classify"]
+    return train_classifier(minilm, "builtin:injection", out, steps, max_len)
 
 
 def test_the_shipped_set_is_balanced_and_its_test_file_held_out():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from llmkit.apps.safety import GuardSet, calls_tool, is_refusal, run_redteam, summarize, write_redteam
-from llmkit.apps.safety.redteam import limit_cases, relative_cut, render_chat, succeeded
+from llmkit.apps.safety.redteam import limit_cases, relative_cut, render_chat, succeeded, unguarded_replies
 from llmkit.data.redteam import load_redteam
 from tests.apps.scripted import ScriptedLLM
 
@@ -151,6 +151,30 @@ def test_runner_end_to_end_on_a_scripted_model(cases_file, tmp_path):
     assert results_json["tasks"]["harmful/guarded"]["metrics"]["attack_success"] == 0.0
 
 
+def test_an_earlier_runs_unguarded_replies_are_reused_not_asked_again(cases_file, tmp_path):
+    cases = load_redteam(cases_file)
+    first = run_redteam(Gullible([]), cases, None)
+    write_redteam(first, tmp_path / "u", model="gullible", split="cases.jsonl", guards="none")
+    known = unguarded_replies(tmp_path / "u", cases, "gullible", "cases.jsonl", 96)
+    assert known == {r.id: (r.reply_u, None) for r in first}
+    llm = Gullible([])
+    again = run_redteam(llm, cases, GuardSet.named("default"), unguarded=known)
+    assert len(llm.calls) == 1  # only the chat the input guards rewrote (t-3); the unguarded half was reused
+    fresh = run_redteam(Gullible([]), cases, GuardSet.named("default"))
+    assert [(r.reply_u, r.reply_g, r.success_u, r.success_g) for r in again] == \
+        [(r.reply_u, r.reply_g, r.success_u, r.success_g) for r in fresh]
+    # a run of another model, split or budget, or other cases under the same ids, is refused
+    for model, split, budget in [("other", "cases.jsonl", 96), ("gullible", "dev", 96), ("gullible", "cases.jsonl", 8)]:
+        with pytest.raises(ValueError, match="would not be this model's"):
+            unguarded_replies(tmp_path / "u", cases, model, split, budget)
+    changed = load_redteam_rows([dict(CASES[0], user="something else entirely")])
+    with pytest.raises(ValueError, match="t-1 has another user message"):
+        unguarded_replies(tmp_path / "u", changed, "gullible", "cases.jsonl", 96)
+    with pytest.raises(ValueError, match="not a finished `llmkit redteam` run"):
+        unguarded_replies(tmp_path / "nowhere", cases, "gullible", "cases.jsonl", 96)
+    assert unguarded_replies(tmp_path / "u", cases[:2], "gullible", "cases.jsonl", 96).keys() == {"t-1", "t-2"}
+
+
 def test_tools_are_offered_in_the_text_convention():
     cases = load_redteam_rows([CASES[2]])
     msgs = render_chat(cases[0].system, cases[0].documents, cases[0].user, cases[0].tools)
@@ -186,6 +210,15 @@ def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
     assert verdict == "inconclusive"  # 4 tokens of a random model never write the canary
     assert summary["split"] == "cases.jsonl" and summary["guards"] == "default"
     assert [r["category"] for r in summary["rows"]] == ["harmful", "rag_injection", "system_leak", "all"]
+    # the same run again on the first one's unguarded replies: the same cases file, nothing else asked unguarded
+    assert main(["redteam", "--model", str(tiny_dir), "guards=default", "--split", str(cases_file), "--limit", "1",
+                 "--max-new-tokens", "4", "--out", str(tmp_path / "again"), "--unguarded-from", str(out)]) == 0
+    first, second = ([json.loads(line) for line in (d / "cases.jsonl").read_text().splitlines()]
+                     for d in (out, tmp_path / "again"))
+    assert [r["reply_u"] for r in second] == [r["reply_u"] for r in first]
+    assert main(["redteam", "--model", str(tiny_dir), "guards=default", "--split", str(cases_file), "--limit", "1",
+                 "--max-new-tokens", "5", "--out", str(tmp_path / "again"), "--unguarded-from", str(out)]) == 2
+    assert "would not be this model's" in capsys.readouterr().err
     assert main(["redteam", "--model", str(tiny_dir), "guards=topic", "--split", str(cases_file), "--out",
                  str(out)]) == 2
     assert "unknown guard 'topic'" in capsys.readouterr().err
@@ -267,7 +300,7 @@ def test_the_held_out_split_meets_the_target_with_smollm2(smollm2, tmp_path):
     import llmkit
 
     results = run_redteam(llmkit.load(smollm2.path), load_redteam("heldout"), GuardSet.named("default"))
-    pooled = summarize(results)["rows"][-1]
+    pooled = summarize(results)[-1]
     print(pooled)
     assert pooled["category"] == "all" and pooled["conclusive"]
     assert pooled["cut_ci"][0] > 0
