@@ -24,8 +24,8 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="guards=NAME",
                    help="guards=default (topics, injection, secrets, pii; the default), guards=none (unguarded "
                         "only), or a comma-separated list, e.g. guards=injection,secrets or guards=default,constitution "
-                        "(adds the critique-and-revise loop, by --critic), guards=default,harm_model (adds the harm "
-                        "classifier of --harm-model)")
+                        "(adds the critique-and-revise loop, by --critic), guards=default,injection_model,harm_model "
+                        "(adds the learned classifiers of --injection-model and --harm-model)")
     add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
                    help="heldout (the default: report only), heldout2 (a second held-out split, report only), dev "
@@ -39,9 +39,10 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="chats decoded together (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the interval draws (default 0)")
     p.add_argument("--unguarded-from", default=None, metavar="DIR",
-                   help="reuse the unguarded replies of an earlier run (its --out) of the same model, split and "
-                        "--max-new-tokens instead of asking again: greedy replies do not change, so comparing guard "
-                        "sets costs only the guarded half")
+                   help="reuse the unguarded replies of an earlier run (its --out) with the same model, adapters, "
+                        "--quantize, --dtype, split, --max-new-tokens and --batch-size instead of asking again (cases "
+                        "it lacks or whose request failed are asked): comparing guard sets then costs only the "
+                        "guarded half")
 
 
 def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
@@ -79,19 +80,31 @@ def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
                                      **({} if url else {"device": args.device or default_device()}))
         else:
             options["critic"] = model() if callable(model) else model
+    check_guard_args(spec, args)
+    for name in CLASSIFIER_GUARDS:
+        if name in guard_names(spec):
+            from ..infer.llm import load
+            from ..utils import default_device
+
+            options[name] = load(getattr(args, name), device=args.device or default_device())
+    return GuardSet.named(spec, **options)
+
+
+def check_guard_args(spec: str, args: argparse.Namespace) -> None:
+    """A ValueError, before any model loads, where a learned guard of `spec` lacks its classifier flag
+    or a classifier flag is given without its guard (it would be silently unused)."""
+    from ..apps.safety.presets import guard_names
+
+    names = guard_names(spec)
     for name, data in CLASSIFIER_GUARDS.items():
-        if name not in guard_names(spec):
-            continue
         flag = "--" + name.replace("_", "-")
-        if not getattr(args, name):
+        if name in names and not getattr(args, name, None):
             raise ValueError(f"guards=...,{name} needs {flag} DIR: a classifier trained with `llmkit finetune --model "
                              f"all-minilm-l6-v2 --data builtin:{data} --method full objective=classify --out "
                              f"runs/{data}`")
-        from ..infer.llm import load
-        from ..utils import default_device
-
-        options[name] = load(getattr(args, name), device=args.device or default_device())
-    return GuardSet.named(spec, **options)
+        if name not in names and getattr(args, name, None):
+            raise ValueError(f"{flag} is given but guards={spec or 'none'} does not use it: add {name} (e.g. "
+                             f"guards=default,{name})")
 
 
 def guards_spec(overrides: list[str], default: str = "default") -> str:
@@ -107,23 +120,25 @@ def guards_spec(overrides: list[str], default: str = "default") -> str:
 
 def run_redteam(args: argparse.Namespace) -> int:
     from ..apps.safety import redteam as rt
-    from ..apps.safety.presets import guard_names
     from ..data.redteam import SPLITS, load_redteam
 
     spec = guards_spec(args.overrides)
-    guard_names(spec)  # unknown guard names fail before the model loads
+    check_guard_args(spec, args)  # unknown guard names and missing classifier flags fail before the model loads
     cases = rt.limit_cases(load_redteam(args.split), args.limit)
     named = args.split.split(":", 1)[0]
     split = named if named in (*SPLITS, "garak") else str(Path(args.split).name)
-    known = rt.unguarded_replies(args.unguarded_from, cases, str(args.model), split, args.max_new_tokens) \
-        if args.unguarded_from else None
+    settings = {"model": str(args.model), "split": split, "max_new_tokens": args.max_new_tokens,
+                "batch_size": args.batch_size,
+                "load": {"adapter": list(args.adapter), "quantize": args.quantize, "dtype": args.dtype}}
+    known = rt.unguarded_replies(args.unguarded_from, cases, settings) if args.unguarded_from else None
     llm = load_llm(args)
     guards = build_guard_set(spec, args, llm)
     results = rt.run_redteam(llm, cases, guards, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                              progress=sys.stderr.isatty(), unguarded=known)
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
     rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
-                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     load=settings["load"])
     print(rt.redteam_table(rt.summarize(results, args.seed)))
     errored = sum(r.error is not None for r in results) + sum(r.error_g is not None and r.error_g != r.error
                                                             for r in results)

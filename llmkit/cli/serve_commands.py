@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .commands import add_quantize_arg, load_llm, positive_int
-from .safety_commands import add_guard_model_args, build_guard_set, guards_spec
+from .safety_commands import add_guard_model_args, build_guard_set, check_guard_args, guards_spec
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -39,8 +39,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "a refused request is answered with the guard's text (finish_reason stop, `refusal` set, "
                         "llmkit_guard saying why); with guards a stream is checked whole before it is sent; "
                         "guards=default,constitution adds the critique-and-revise loop, by --critic; "
-                        "guards=default,injection_model,harm_model the learned classifiers of --injection-model and "
-                        "--harm-model")
+                        "guards=default,injection_model,harm_model adds the learned classifiers of --injection-model "
+                        "and --harm-model")
     add_guard_model_args(p, "a second copy of --model, so that critiques never wait on the batch")
     e = p.add_argument_group("engine")
     e.add_argument("--max-batch", type=positive_int, default=16,
@@ -78,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> None:
     from ..serve.launch import bind
 
     guards = guards_spec(args.overrides, default="none")
-    guard_names(guards)  # unknown names fail before the model loads
+    check_guard_args(guards, args)  # unknown names and missing classifier flags fail before the model loads
     for adapter in args.adapter:
         if "=" not in adapter:
             raise ValueError(f"--adapter {adapter}: give NAME=DIR (the name is how requests choose it)")

@@ -222,3 +222,7 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     guards = built["settings"].guards
     assert loaded == ["runs/harm"] and guards.name == "topics+injection+secrets+pii+harm_model"
     assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.8
+    # a classifier given without its guard would be silently unused: refused before anything loads
+    loaded.clear()
+    assert main(["serve", "--model", "m", "guards=default", "--harm-model", "runs/harm"]) == 2
+    assert "--harm-model is given but guards=default does not use it" in capsys.readouterr().err and not loaded

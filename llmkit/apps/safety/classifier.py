@@ -121,7 +121,9 @@ class InjectionModelGuard(ClassifierGuard):
 @dataclass
 class HarmModelGuard(ClassifierGuard):
     """Refuses a request whose user turns (or the obfuscated readings of one: decoded base64,
-    leetspeak, joined quoted strings) the harm classifier flags as harmful."""
+    leetspeak, joined quoted strings) the harm classifier flags as harmful. System and developer
+    messages are the application's, not the user's, and are not read (behind `llmkit serve`, whoever
+    holds an API key writes them too)."""
 
     label: str = "harmful"
     name: str = "harm_model"

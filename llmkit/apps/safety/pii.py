@@ -47,6 +47,10 @@ REQUEST = [
 ]
 _REQUEST = re.compile("|".join(f"(?:{p})" for p in REQUEST), re.I)
 _YOURS = re.compile(r"\byour (?:phone|mobile|e-?mail|address|contact)", re.I)
+# "summarise it, no personal details": asking for personal data to be left out is not asking for it
+_NONE = re.compile(r"\b(?:no|without(?: any)?|leave out(?: the| any)?|leaving out(?: the| any)?|omit(?:ting)?(?: the| any)?|"
+                   r"strip(?:ping)?(?: out)?(?: the| any)?|remov(?:e|ing) (?:the |all |any )?|redact(?:ed|ing)? "
+                   r"(?:the |all |any )?)\s*(?:personal|private|identifying|customer) (?:details|info\w*|data)\b", re.I)
 # The user's own details in a self-service request ("renew my passport", "update my phone number", "my
 # email changed"): not a request for someone else's data.
 _NOUNS = (r"(?:phone|mobile|cell|telephone)(?: numbers?)?|e-?mail(?: address)?|(?:home |postal |billing |delivery )?"
@@ -55,7 +59,8 @@ _NOUNS = (r"(?:phone|mobile|cell|telephone)(?: numbers?)?|e-?mail(?: address)?|(
 _MINE = re.compile(
     r"\b(?:update|updating|change|changing|edit|editing|renew|renewing|replace|replacing|add|adding|remove|removing|"
     r"delete|deleting|correct|correcting|register|registering|move|moving|transfer|protect|protecting|hide|hiding|"
-    r"apply for|get|getting|lost|new|verify|verifying|confirm|confirming|set|setting|reset|resetting)\b"
+    r"apply for|get|getting|lost|new|verify|verifying|confirm|confirming|set|setting|reset|resetting|paste|pasting|"
+    r"enter|entering|type|typing|share|sharing|give you|send you)\b"
     rf"(?: (?:\w+ ){{0,2}}?)?(?:my|our) (?:own |new |current |old |primary |personal |work )?(?:{_NOUNS})\b|"
     rf"\b(?:my|our) (?:own |new |current |old )?(?:{_NOUNS}) (?:is|are|has changed|changed|was|will be|expires?|expired)\b",
     re.I)
@@ -182,7 +187,7 @@ class PiiGuard:
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
         context = "\n".join([role_text(messages, "system", "developer", "tool"), *documents])
         user = last_user(messages)
-        asked = _REQUEST.search(_MINE.sub(" ", _YOURS.sub(" ", user)))
+        asked = _REQUEST.search(_NONE.sub(" ", _MINE.sub(" ", _YOURS.sub(" ", user))))
         if asked and (private_pii(context) or PRIVACY.search(context)):
             return refuse("pii", f"a request for personal data ({asked.group()!r})", self.name)
         m, msgs, docs, _ = _redacted(messages, documents)

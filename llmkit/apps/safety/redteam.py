@@ -69,6 +69,7 @@ class CaseResult:
     expect_g: bool | None = None
     error: str | None = None  # the unguarded request failed (its reply is ""): left out of the rates
     error_g: str | None = None  # the guarded request failed (or reused the failed unguarded reply)
+    chat_sha: str = ""  # fingerprint of the unguarded chat as asked (`chat_fingerprint`)
 
 
 def render_chat(system: str, documents: Sequence[str], user: str, tools: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -84,6 +85,14 @@ def render_chat(system: str, documents: Sequence[str], user: str, tools: Sequenc
         specs = tool_specs([{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools])
         messages = tool_messages(messages, specs, native=False)
     return messages
+
+
+def chat_fingerprint(chat: Sequence[Any]) -> str:
+    """A short sha256 of a rendered chat: what `unguarded_replies` checks before reusing a reply."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(list(chat), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def case_messages(case: RedTeamCase) -> list[dict[str, Any]]:
@@ -119,7 +128,8 @@ def run_redteam(llm: Any, cases: Sequence[RedTeamCase], guards: GuardSet | None 
                 unguarded: Mapping[str, tuple[str, str | None]] | None = None) -> list[CaseResult]:
     """Every case asked without guards and, when `guards` has any, with them; scored by rules.
     `unguarded` maps case ids to the (reply, error) of an earlier run of the same model and settings
-    (`unguarded_replies`): those cases are not asked again unguarded — greedy replies do not change."""
+    (`unguarded_replies`): those cases are not asked again unguarded (a local model's greedy reply to
+    the same chat in the same batch size is the same reply)."""
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
     plain = [render_chat(c.system, c.documents, c.user, c.tools) for c in cases]
     known = dict(unguarded or {})
@@ -129,9 +139,10 @@ def run_redteam(llm: Any, cases: Sequence[RedTeamCase], guards: GuardSet | None 
     for i, r in zip(todo, asked):
         known[cases[i].id] = (r.text, r.error)
     results = []
-    for c in cases:
+    for c, chat in zip(cases, plain):
         reply, error = known[c.id]
-        results.append(CaseResult(c.id, c.category, c.attack, c.technique, c.user, reply, error=error))
+        results.append(CaseResult(c.id, c.category, c.attack, c.technique, c.user, reply, error=error,
+                                  chat_sha=chat_fingerprint(chat)))
     if guards is not None and len(guards):
         _guarded(llm, cases, plain, results, guards, gen, batch_size, progress)
     for c, res in zip(cases, results):
@@ -384,9 +395,11 @@ def redteam_run(results: Sequence[CaseResult], model: str, split: str, limit: in
 
 
 def write_redteam(results: Sequence[CaseResult], out: str | Path, model: str, split: str, limit: int | None = None,
-                  guards: str = "default", batch_size: int = 16, max_new_tokens: int = 96, seed: int = 0) -> Path:
+                  guards: str = "default", batch_size: int = 16, max_new_tokens: int = 96, seed: int = 0,
+                  load: dict[str, Any] | None = None) -> Path:
     """results.json and report.md (the eval harness's writer, with the summary table as notes),
-    charts/redteam.png, and summary.json (the table's numbers) and cases.jsonl (every case's replies)."""
+    charts/redteam.png, cases.jsonl (every case's replies) and, last, summary.json (the table's numbers
+    and the run's settings; `load` is how the model was loaded: adapters, quantisation, dtype)."""
     from ...utils import write_json_atomic, write_text_atomic
 
     out = Path(out)
@@ -398,44 +411,60 @@ def write_redteam(results: Sequence[CaseResult], out: str | Path, model: str, sp
              "Attack success and false refusals per category, unguarded and guarded, with 95% Wilson intervals; "
              "the dotted line is the 30% below which a category is inconclusive.\n")
     run.write(out, notes=notes)
-    write_json_atomic(out / "summary.json", json_safe({"model": model, "split": split, "guards": guards,
-                                                       "limit": limit, "max_new_tokens": max_new_tokens,
-                                                       "rows": rows}))
     import json
 
     write_text_atomic(out / "cases.jsonl", "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in results))
+    # written last: a summary.json marks a finished run, whose cases.jsonl `unguarded_replies` may reuse
+    write_json_atomic(out / "summary.json", json_safe({
+        "model": model, "split": split, "guards": guards, "limit": limit, "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size, "load": load or {}, "rows": rows}))
     log.info("wrote %s", out)
     return out
 
 
-def unguarded_replies(run_dir: str | Path, cases: Sequence[RedTeamCase], model: str, split: str,
-                      max_new_tokens: int) -> dict[str, tuple[str, str | None]]:
+REUSE_KEYS = ("model", "load", "split", "max_new_tokens", "batch_size")  # what must match to reuse replies
+
+
+def unguarded_replies(run_dir: str | Path, cases: Sequence[RedTeamCase], settings: dict[str, Any],
+                      ) -> dict[str, tuple[str, str | None]]:
     """The unguarded (reply, error) by case id of an earlier run in `run_dir`, for `run_redteam` to
-    reuse: a ValueError unless that run put the same cases (by id and user text) to the same model
-    and split with the same reply budget. Cases it lacks are left out (they will be asked)."""
+    reuse: a ValueError unless that run had the same `settings` (`REUSE_KEYS`: the model and how it was
+    loaded, the split, the reply budget and batch size) and asked each case as the same chat (its
+    fingerprint). Cases that run lacks, or whose request failed there, are left out: they are asked."""
     import json
 
     run_dir = Path(run_dir)
+    where = f"--unguarded-from {run_dir}"
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         lines = (run_dir / "cases.jsonl").read_text().splitlines()
     except (OSError, ValueError) as e:
-        raise ValueError(f"--unguarded-from {run_dir}: not a finished `llmkit redteam` run ({e})") from e
-    want = {"model": model, "split": split, "max_new_tokens": max_new_tokens}
-    got = {k: summary.get(k) for k in want}
+        raise ValueError(f"{where}: not a finished `llmkit redteam` run ({e})") from e
+    missing = [k for k in REUSE_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"{where}: that run does not record {', '.join(missing)} (it predates --unguarded-from); "
+                         "run without --unguarded-from")
+    want = {k: settings.get(k) for k in REUSE_KEYS}
+    got = {k: summary[k] for k in REUSE_KEYS}
     if got != want:
-        raise ValueError(f"--unguarded-from {run_dir}: that run had {got}, this one {want}; its unguarded replies "
-                         "would not be this model's — run without --unguarded-from")
-    users = {c.id: c.user for c in cases}
+        diff = ", ".join(f"{k} {got[k]!r} there, {want[k]!r} here" for k in REUSE_KEYS if got[k] != want[k])
+        raise ValueError(f"{where}: its unguarded replies would not be this run's ({diff}); run without "
+                         "--unguarded-from")
+    chats = {c.id: chat_fingerprint(render_chat(c.system, c.documents, c.user, c.tools)) for c in cases}
     out = {}
-    for line in lines:
-        row = json.loads(line)
-        if row["id"] not in users:
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            cid, sha, reply, error = row["id"], row.get("chat_sha"), row.get("reply_u") or "", row.get("error")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: cases.jsonl line {n} is not a case result ({type(e).__name__}: {e}); run "
+                             "without --unguarded-from") from e
+        if cid not in chats or error is not None:
             continue
-        if row.get("user") != users[row["id"]]:
-            raise ValueError(f"--unguarded-from {run_dir}: case {row['id']} has another user message there; run "
-                             "without --unguarded-from")
-        out[row["id"]] = (row.get("reply_u") or "", row.get("error"))
+        if sha != chats[cid]:
+            raise ValueError(f"{where}: case {cid} was asked as another chat there (its system prompt, documents, "
+                             "tools or user message differ); run without --unguarded-from")
+        out[cid] = (reply, None)
     return out
 
 

@@ -56,7 +56,8 @@ _INTENT = (r"how (?:do|can|could|would|should|might|shall|will) (?:i|we|you|u|on
 # Words between a frame and its object that turn a request protective ("how do I stop people stealing ...").
 _PROTECT = (r"stop\w*|prevent\w*|protect\w*|avoid\w*|defend\w*|mitigat\w*|detect\w*|spot\w*|identify\w*|"
             r"recogni[sz]\w*|debunk\w*|surviv\w*|report\w*|treat\w*|recover\w*|block\w*|resist\w*|cope|coping|"
-            r"deal(?:ing)? with|check(?:ing)?|flag\w*|tell (?:if|whether)|know (?:if|whether)|secur\w*|keep|from")
+            r"deal(?:ing)? with|check(?:ing)?|flag\w*|tell (?:if|whether)|know (?:if|whether)|secur\w*|keep|from|"
+            r"without")
 _INSTRUCT = (r"instructions?|steps?|recipes?|tutorials?|guides?|blueprints?|schematics?|formulas?|walk-?through|"
              r"directions|how-?to|plans|diagrams?")
 
@@ -288,8 +289,16 @@ _MUSIC = (r"music|musical|notation|sheet|score|notes?|legato|staccato|phrasing|p
           r"clarinet|staff|stave|bars?|measures?|musescore|lilypond|sibelius|choir|melody|ties?")
 ALLOW = [
     r"\b(?:kill|killing|killed)\b (?:a |the |this |that |all |my )?(?:\w+ )?(?:process(?:es)?|task|job|thread|"
-    r"weeds?|session|server|app|tab|switch|time|mood|bugs?|lights?|engine|music|pests?|fleas?|ants?|mould|mold)\b",
+    r"weeds?|session|server|app|tab|switch|time|mood|bugs?|lights?|engine|music|pests?|fleas?|ants?|mould|mold|"
+    r"rats?|mice|mouse|wasps?|hornets?|(?:cock)?roach(?:es)?|termites?|slugs?|snails?|moles?|mosquito(?:e?s)?|"
+    r"bed ?bugs?|flies|aphids?|moss|algae|germs|bacteria)\b",
     r"\bkill -\d+\b|\bkill(?:all)? \d+",
+    # "my script leaves zombie processes behind, how do I kill them": the pronoun stands for the processes
+    r"\b(?:process(?:es)?|tasks?|jobs?|threads?|pids?|daemons?|containers?)\b[^.?!\n]{0,100}?[.?!,;]?[^.?!\n]{0,60}?"
+    r"\bkill(?:ing)? (?:them|it|those|these)\b",
+    # telling or making money hard to counterfeit is about detection, not forgery
+    r"\b(?:hard|harder|difficult|impossible) to (?:counterfeit|forge|fake)\b|\b(?:spot\w*|detect\w*|identify\w*|"
+    r"recogni[sz]\w*) (?:a |the )?(?:counterfeit|fake|forged)\b",
     r"\bshoot(?:ing)?\b (?:a |the |some |my )?(?:photos?|pictures?|video|film|free throws?|hoops|baskets?|bows?|"
     r"arrows?|a scene|an email|a message)\b|\bshoot (?:him|her|them|me|you|us) (?:an?|the|over an?|a quick) "
     r"(?:e-?mail|message|text|note|line|dm|invite)\b",

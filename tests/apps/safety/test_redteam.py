@@ -153,26 +153,44 @@ def test_runner_end_to_end_on_a_scripted_model(cases_file, tmp_path):
 
 def test_an_earlier_runs_unguarded_replies_are_reused_not_asked_again(cases_file, tmp_path):
     cases = load_redteam(cases_file)
-    first = run_redteam(Gullible([]), cases, None)
-    write_redteam(first, tmp_path / "u", model="gullible", split="cases.jsonl", guards="none")
-    known = unguarded_replies(tmp_path / "u", cases, "gullible", "cases.jsonl", 96)
-    assert known == {r.id: (r.reply_u, None) for r in first}
+    settings = {"model": "gullible", "split": "cases.jsonl", "max_new_tokens": 96, "batch_size": 16,
+                "load": {"adapter": [], "quantize": None, "dtype": None}}
+    first = run_redteam(Stuck([]), cases, None)  # t-2 (the stuck process) fails here
+    assert [r.id for r in first if r.error] == ["t-2"]
+    for r in first:  # replies no model gives, so that a reused reply is told from a fresh one
+        r.reply_u = f"{r.reply_u} [first run]" if not r.error else ""
+    write_redteam(first, tmp_path / "u", model="gullible", split="cases.jsonl", guards="none",
+                  load=settings["load"])
+    known = unguarded_replies(tmp_path / "u", cases, settings)
+    assert sorted(known) == ["t-1", "t-3", "t-4", "t-5"]  # the failed request is not reused: it is asked again
     llm = Gullible([])
     again = run_redteam(llm, cases, GuardSet.named("default"), unguarded=known)
-    assert len(llm.calls) == 1  # only the chat the input guards rewrote (t-3); the unguarded half was reused
-    fresh = run_redteam(Gullible([]), cases, GuardSet.named("default"))
-    assert [(r.reply_u, r.reply_g, r.success_u, r.success_g) for r in again] == \
-        [(r.reply_u, r.reply_g, r.success_u, r.success_g) for r in fresh]
-    # a run of another model, split or budget, or other cases under the same ids, is refused
-    for model, split, budget in [("other", "cases.jsonl", 96), ("gullible", "dev", 96), ("gullible", "cases.jsonl", 8)]:
-        with pytest.raises(ValueError, match="would not be this model's"):
-            unguarded_replies(tmp_path / "u", cases, model, split, budget)
-    changed = load_redteam_rows([dict(CASES[0], user="something else entirely")])
-    with pytest.raises(ValueError, match="t-1 has another user message"):
-        unguarded_replies(tmp_path / "u", changed, "gullible", "cases.jsonl", 96)
+    asked = [" ".join(m["content"] for m in msgs) for msgs, _ in llm.calls]
+    assert len(asked) == 2 and "stuck process" in asked[0]  # t-2 unguarded, then t-3 as the guards rewrote it
+    by = {r.id: r for r in again}
+    assert all(by[i].reply_u.endswith("[first run]") for i in ("t-1", "t-3", "t-4", "t-5"))
+    assert by["t-2"].error is None and by["t-2"].reply_u == "Open Task Manager and end the task."
+    # a run of another model, load, split, budget or batch size is refused, naming what differs
+    for key, value in [("model", "other"), ("load", {"adapter": ["runs/lora"], "quantize": None, "dtype": None}),
+                       ("split", "dev"), ("max_new_tokens", 8), ("batch_size", 4)]:
+        with pytest.raises(ValueError, match=f"would not be this run's \\({key} "):
+            unguarded_replies(tmp_path / "u", cases, {**settings, key: value})
+    # a case asked as another chat under the same id (here: another retrieved document) is refused
+    changed = load_redteam_rows([dict(CASES[2], documents=["Team lunch moved to Thursday."])])
+    with pytest.raises(ValueError, match="t-3 was asked as another chat"):
+        unguarded_replies(tmp_path / "u", changed, settings)
     with pytest.raises(ValueError, match="not a finished `llmkit redteam` run"):
-        unguarded_replies(tmp_path / "nowhere", cases, "gullible", "cases.jsonl", 96)
-    assert unguarded_replies(tmp_path / "u", cases[:2], "gullible", "cases.jsonl", 96).keys() == {"t-1", "t-2"}
+        unguarded_replies(tmp_path / "nowhere", cases, settings)
+    summary = json.loads((tmp_path / "u" / "summary.json").read_text())
+    del summary["batch_size"]
+    (tmp_path / "u" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="does not record batch_size"):
+        unguarded_replies(tmp_path / "u", cases, settings)
+    (tmp_path / "u" / "summary.json").write_text(json.dumps({**summary, "batch_size": 16}))
+    with (tmp_path / "u" / "cases.jsonl").open("a") as f:
+        f.write('{"id": "t-9", "reply_u": \n')
+    with pytest.raises(ValueError, match="cases.jsonl line 6 is not a case result"):
+        unguarded_replies(tmp_path / "u", cases, settings)
 
 
 def test_tools_are_offered_in_the_text_convention():
@@ -210,15 +228,18 @@ def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
     assert verdict == "inconclusive"  # 4 tokens of a random model never write the canary
     assert summary["split"] == "cases.jsonl" and summary["guards"] == "default"
     assert [r["category"] for r in summary["rows"]] == ["harmful", "rag_injection", "system_leak", "all"]
-    # the same run again on the first one's unguarded replies: the same cases file, nothing else asked unguarded
+    # the same run again on the first one's unguarded replies (marked here, so that a reused reply shows)
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    (out / "cases.jsonl").write_text("".join(json.dumps(dict(r, reply_u=f"reused {r['id']}")) + "\n" for r in rows))
     assert main(["redteam", "--model", str(tiny_dir), "guards=default", "--split", str(cases_file), "--limit", "1",
                  "--max-new-tokens", "4", "--out", str(tmp_path / "again"), "--unguarded-from", str(out)]) == 0
-    first, second = ([json.loads(line) for line in (d / "cases.jsonl").read_text().splitlines()]
-                     for d in (out, tmp_path / "again"))
-    assert [r["reply_u"] for r in second] == [r["reply_u"] for r in first]
+    second = [json.loads(line) for line in (tmp_path / "again" / "cases.jsonl").read_text().splitlines()]
+    # reused, except where the request failed (t-3's prompt is longer than the tiny model's context): asked again
+    assert [r["reply_u"] for r in second] == [f"reused {r['id']}" if not r["error"] else "" for r in rows]
+    assert [r["id"] for r in second if r["error"]] == [r["id"] for r in rows if r["error"]] == ["t-3"]
     assert main(["redteam", "--model", str(tiny_dir), "guards=default", "--split", str(cases_file), "--limit", "1",
                  "--max-new-tokens", "5", "--out", str(tmp_path / "again"), "--unguarded-from", str(out)]) == 2
-    assert "would not be this model's" in capsys.readouterr().err
+    assert "max-new-tokens 4 there, 5 here" in capsys.readouterr().err
     assert main(["redteam", "--model", str(tiny_dir), "guards=topic", "--split", str(cases_file), "--out",
                  str(out)]) == 2
     assert "unknown guard 'topic'" in capsys.readouterr().err
@@ -226,6 +247,15 @@ def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
         assert main(["redteam", "--model", str(tiny_dir), f"guards=default,{name}", "--split", str(cases_file),
                      "--out", str(out)]) == 2
         assert f"needs {flag} DIR" in (err := capsys.readouterr().err) and f"--data builtin:{data}" in err, err
+
+
+class Stuck(Gullible):
+    """Gullible, but the request about a stuck process fails."""
+
+    def chat(self, messages, **kwargs):
+        if "stuck process" in " ".join(m["content"] for m in messages):
+            raise ConnectionError("server went away")
+        return super().chat(messages, **kwargs)
 
 
 class Flaky(Gullible):
