@@ -1,7 +1,7 @@
 """Labelled texts for classifiers: ``{"text": ..., "label": ...}`` JSONL rows, a built-in
 multiple-choice task whose answers come from one fixed set of labels (``builtin:sentiment``),
-with its shipped train / dev / test splits, or a shipped labelled set (``builtin:injection``: its
-train.jsonl and test.jsonl, see `LABELLED_SETS`)."""
+with its shipped train / dev / test splits, or a shipped labelled set (``builtin:injection``,
+``builtin:harm``: its train.jsonl and test.jsonl, see `LABELLED_SETS`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Labelled:
 
 # shipped labelled sets: builtin/<name>/{train,test}.jsonl of {"text", "label"} rows (each folder's README
 # says how it was written)
-LABELLED_SETS = ("injection",)
+LABELLED_SETS = ("injection", "harm")
 
 
 def labelled_set_file(name: str, split: str) -> Path:
