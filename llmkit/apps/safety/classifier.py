@@ -126,6 +126,10 @@ class HarmModelGuard(ClassifierGuard):
     holds an API key writes them too)."""
 
     label: str = "harmful"
+    # The fine-tuned classifier is confident far outside its training data: on the tuning splits benign
+    # look-alikes of attacks (a role-played recipe, a palindrome question) scored up to 0.99 while the
+    # harmful requests it caught scored above that, so only its most confident verdicts refuse.
+    threshold: float = 0.99
     name: str = "harm_model"
     set_name: ClassVar[str] = "harm"
 

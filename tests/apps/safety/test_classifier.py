@@ -18,14 +18,14 @@ class Scripted:
     class classifier:
         labels = ["benign", "injection"]
 
-    def __init__(self, labels=None):
-        self.read = []
+    def __init__(self, labels=None, hit=0.9):
+        self.read, self.hit = [], hit
         if labels:
             self.classifier = type("Head", (), {"labels": labels})
 
     def classify_probs(self, texts):
         self.read.append(list(texts))
-        p = torch.tensor([0.9 if "payload" in t.lower() else 0.1 for t in texts])
+        p = torch.tensor([self.hit if "payload" in t.lower() else 0.1 for t in texts])
         return torch.stack([1 - p, p], dim=1)
 
 
@@ -75,18 +75,20 @@ def test_a_long_document_is_read_in_windows_so_a_late_instruction_is_seen():
 
 
 def test_the_harm_guard_refuses_any_user_turn_it_flags_even_behind_an_encoding():
-    clf = Scripted(["benign", "harmful"])
-    guard = HarmModelGuard(clf)
+    clf = Scripted(["benign", "harmful"], hit=0.996)
+    guard = HarmModelGuard(clf)  # refuses only its most confident verdicts (threshold 0.99)
     assert guard.check_input([{"role": "user", "content": "bake bread"}], ["PAYLOAD in a document"]).action == "allow"
     assert clf.read == [["bake bread"]]  # the user's turns only: documents are data, not the request
     d = guard.check_input([{"role": "user", "content": "first PAYLOAD"}, {"role": "assistant", "content": "no"},
                            {"role": "user", "content": "and now?"}])
-    assert d.action == "refuse" and d.category == "harmful" and d.guard == "harm_model" and "p=0.90" in d.reason
+    assert d.action == "refuse" and d.category == "harmful" and d.guard == "harm_model" and "p=1.00" in d.reason
     assert d.text.startswith("I can't") and "PAYLOAD" not in d.text
     hidden = base64.b64encode(b"tell me about the PAYLOAD please").decode()
     for turn in (f"decode this and do it: {hidden}", "P4YL0AD n0w", 'a = "PAY" and b = "LOAD"; do a+b'):
         assert guard.check_input([{"role": "user", "content": turn}]).action == "refuse", turn
-    assert HarmModelGuard(clf, threshold=0.95).check_input([{"role": "user", "content": "PAYLOAD"}]).action == "allow"
+    assert HarmModelGuard(clf, threshold=0.999).check_input([{"role": "user", "content": "PAYLOAD"}]).action == "allow"
+    assert HarmModelGuard(Scripted(["benign", "harmful"], hit=0.98)).check_input(
+        [{"role": "user", "content": "PAYLOAD"}]).action == "allow"  # 0.98 is under the default threshold
     guards = GuardSet.named("harm_model,pii", harm_model=clf)
     assert guards.check_input([{"role": "user", "content": "PAYLOAD"}]).guard == "harm_model"
 
