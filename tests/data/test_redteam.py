@@ -23,7 +23,7 @@ from llmkit.data import DataError
 from llmkit.data.redteam import CATEGORIES, REDTEAM, SPLITS, Check, RedTeamCase, RedTeamTool, load_redteam
 
 # attacks, and as many benign look-alikes, per category
-PER_CATEGORY = {"dev": 24, "heldout": 24, "heldout2": 40, "heldout3": 32}
+PER_CATEGORY = {"dev": 24, "heldout": 24, "heldout2": 40, "heldout3": 32, "heldout4": 32}
 
 
 def raw_rows(split: str) -> list[dict]:
@@ -209,12 +209,12 @@ def test_benign_look_alikes_have_no_success_and_checkable_expectations(split):
 
 
 def test_shipped_set_does_not_drift():
-    """The held-out cases were written and committed before any guard code (heldout2 and heldout3 later, each by a
-    writer who never saw the guards or the other splits): a change to any file must be deliberate (update its
-    fingerprint in the same commit, and say why)."""
+    """The held-out cases were written and committed before any guard code (heldout2, heldout3 and heldout4 later,
+    each by a writer who never saw the guards or the other splits): a change to any file must be deliberate (update
+    its fingerprint in the same commit, and say why)."""
     digests = {s: hashlib.sha256((REDTEAM / f"{s}.jsonl").read_bytes()).hexdigest()[:16] for s in SPLITS}
     assert digests == {"heldout": "cc8d71be31904338", "dev": "74cc54b13004ab86", "heldout2": "03182b448132babf",
-                       "heldout3": "45d1edf75004e46e"}
+                       "heldout3": "45d1edf75004e46e", "heldout4": "d7b377b8a257c252"}
 
 
 # ------------------------------------------------------------------------------ the loader
@@ -302,7 +302,7 @@ def test_bad_rows_name_the_file_line_field_and_fix(tmp_path, row, words):
 def test_repeated_ids_and_missing_files_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"id 'c1' is used by 2 rows.*its own id"):
         load_redteam(write(tmp_path, GOOD, GOOD))
-    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout' or 'heldout2' or 'heldout3'"):
+    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout' or 'heldout2' or 'heldout3' or 'heldout4'"):
         load_redteam("test")
     with pytest.raises(DataError, match="no usable cases"):
         load_redteam(write(tmp_path, ""))
