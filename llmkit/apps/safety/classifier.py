@@ -127,9 +127,9 @@ class HarmModelGuard(ClassifierGuard):
 
     label: str = "harmful"
     # The fine-tuned classifier is confident far outside its training data: on the tuning splits benign
-    # look-alikes of attacks (a role-played recipe, a palindrome question) scored up to 0.99 while the
-    # harmful requests it caught scored above that, so only its most confident verdicts refuse.
-    threshold: float = 0.99
+    # look-alikes of attacks (a role-played recipe, a palindrome question) scored up to 0.99, so only its
+    # most confident verdicts refuse (0.97 refused no more benign cases there than 0.99, and caught more).
+    threshold: float = 0.97
     name: str = "harm_model"
     set_name: ClassVar[str] = "harm"
 

@@ -61,7 +61,9 @@ _REQUEST = (r"\b(?:what(?:'s| is| are| was)?|tell|give|show|print|reveal|write|s
 EXTRACTION = [
     r"\byour\s+(?:[\w-]+\s+){0,2}?(?:prompt|instructions|directions|configuration|context(?: window)?|"
     r"system message|initial message)\b",
-    r"\bsystem[\s-]+(?:prompt|message|instructions)\b|\b(?:initial|original|hidden|secret) (?:prompt|instructions)\b",
+    # "a system prompt" is the idea in general ("what's a system prompt?"), not this one
+    r"(?<!\ba )(?<!\ban )\bsystem[\s-]+(?:prompt|message|instructions)\b|"
+    r"\b(?:initial|original|hidden|secret) (?:prompt|instructions)\b",
     r"\b(?:everything|all) (?:that )?you(?:'ve| have) been told\b|\bwhat (?:were you|you were) told\b",
     r"\b(?:forbidden|not allowed|prohibited) (?:from|to) (?:say|saying|reveal|revealing|share|sharing|mention)",
     rf"\w*{_NOUN}\w*\s*(?:=|:|\bis\b:?)\s*$",  # "The admin password is:" / "secret_token=" left for the model

@@ -76,7 +76,7 @@ def test_a_long_document_is_read_in_windows_so_a_late_instruction_is_seen():
 
 def test_the_harm_guard_refuses_any_user_turn_it_flags_even_behind_an_encoding():
     clf = Scripted(["benign", "harmful"], hit=0.996)
-    guard = HarmModelGuard(clf)  # refuses only its most confident verdicts (threshold 0.99)
+    guard = HarmModelGuard(clf)  # refuses only its most confident verdicts (threshold 0.97)
     assert guard.check_input([{"role": "user", "content": "bake bread"}], ["PAYLOAD in a document"]).action == "allow"
     assert clf.read == [["bake bread"]]  # the user's turns only: documents are data, not the request
     d = guard.check_input([{"role": "user", "content": "first PAYLOAD"}, {"role": "assistant", "content": "no"},
@@ -87,8 +87,8 @@ def test_the_harm_guard_refuses_any_user_turn_it_flags_even_behind_an_encoding()
     for turn in (f"decode this and do it: {hidden}", "P4YL0AD n0w", 'a = "PAY" and b = "LOAD"; do a+b'):
         assert guard.check_input([{"role": "user", "content": turn}]).action == "refuse", turn
     assert HarmModelGuard(clf, threshold=0.999).check_input([{"role": "user", "content": "PAYLOAD"}]).action == "allow"
-    assert HarmModelGuard(Scripted(["benign", "harmful"], hit=0.98)).check_input(
-        [{"role": "user", "content": "PAYLOAD"}]).action == "allow"  # 0.98 is under the default threshold
+    assert HarmModelGuard(Scripted(["benign", "harmful"], hit=0.96)).check_input(
+        [{"role": "user", "content": "PAYLOAD"}]).action == "allow"  # 0.96 is under the default threshold
     guards = GuardSet.named("harm_model,pii", harm_model=clf)
     assert guards.check_input([{"role": "user", "content": "PAYLOAD"}]).guard == "harm_model"
 

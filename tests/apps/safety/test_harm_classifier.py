@@ -54,5 +54,4 @@ def test_the_readme_classifier_finds_harmful_requests_on_the_held_out_file(minil
     pr = c["per_label"]["harmful"]
     print(f"accuracy {c['accuracy']:.3f} {c['ci']}; harmful precision {pr['precision']:.3f} {pr['precision_ci']}, "
           f"recall {pr['recall']:.3f} {pr['recall_ci']}")
-    # measured 2026-12-07: precision 0.799 [0.732, 0.852], recall 0.912 [0.856, 0.948] (148 harmful of 481)
-    assert pr["recall_ci"][0] >= 0.8 and pr["precision_ci"][0] >= 0.7, pr
+    assert pr["precision_ci"][0] >= 0.8 and pr["recall_ci"][0] >= 0.8, pr
