@@ -213,7 +213,7 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
         def classify_probs(self, texts):
             import torch
 
-            return torch.tensor([[0.2, 0.8]] * len(texts))
+            return torch.tensor([[0.01, 0.99]] * len(texts))
 
     loaded = []
     monkeypatch.setattr(llm_mod, "load", lambda path, **kw: loaded.append(path) or HarmClassifier())
@@ -221,7 +221,7 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     assert main(["serve", "--model", "m", "guards=default,harm_model", "--harm-model", "runs/harm"]) in (0, None)
     guards = built["settings"].guards
     assert loaded == ["runs/harm"] and guards.name == "topics+injection+secrets+pii+harm_model"
-    assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.8
+    assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.99
     # a classifier given without its guard would be silently unused: refused before anything loads
     loaded.clear()
     assert main(["serve", "--model", "m", "guards=default", "--harm-model", "runs/harm"]) == 2
