@@ -11,7 +11,7 @@ set, or any classifier with the guard's label) reads the texts a guard is about,
   withheld the passages of 2 of the 24 benign look-alikes.
 - `HarmModelGuard` (``builtin:harm``) reads every user turn and the readings an obfuscation would
   hide behind (decoded base64, leetspeak, joined quoted strings) and refuses a request it flags as
-  harmful: it complements the hand-written harm rules of `llmkit.apps.safety.topics`, which miss
+  harmful with at least 0.97 probability: it complements the hand-written harm rules of `llmkit.apps.safety.topics`, which miss
   wordings they were not written for.
 
     llmkit finetune --model all-minilm-l6-v2 --data builtin:injection --method full objective=classify --out runs/inj
@@ -115,7 +115,6 @@ class InjectionModelGuard(ClassifierGuard):
         where = [f"document {i + 1}" for i in flagged_docs] + [f"tool result in message {i + 1}" for i in flagged_tools]
         return Decision("rewrite", messages=msgs, documents=docs, category="prompt_injection", guard=self.name,
                         reason=f"the injection classifier withheld {', '.join(where)}")
-
 
 
 @dataclass
