@@ -9,8 +9,10 @@ password", "The model must be serviced yearly" and "Call make_migrations after e
 rules look for an address to an AI ("AI:", "Note to the assistant", "@bot"), an override of its
 instructions or a request for its prompt, not for imperatives or function names. In the user's own
 turn, an attempt to override the system prompt ("ignore your previous instructions", fake
-``<|im_start|>system`` turns, a turn opening "System: you are ...") is refused; "override the rules
-of my ESLint config" and "System: Ubuntu 22.04" are not such attempts.
+"the previous instructions are void", a line opening "System: ignore ...") is refused; "override the rules
+of my ESLint config" and "System: Ubuntu 22.04" are not such attempts. Chat-template markup the user
+typed (``<|im_start|>system``, ``<<SYS>>``) is neutralised into plain text, not refused: a fake system turn
+then reads as what it is, the user's own words, and the other rules judge those words.
 
 On the way out, a reply that still calls a tool named in a stripped instruction, or repeats a code
 or link planted there, has the call or the token removed: the defence holds even for a model that
@@ -92,11 +94,16 @@ USER_OVERRIDE = [
     r"initial|system) (?:\w+ )?)(?:instructions|directions|rules|guidelines|system prompt|prompt|programming)\b|"
     r"\b(?:ignore|disregard|forget) (?:all|any) (?:of )?(?:the )?(?:instructions|rules|guidelines)\b",
     r"\bend of (?:the )?system prompt\b|\bnew (?:task|instructions?|system prompt)\s*:|"
-    r"\b(?:previous|original) system prompt is (?:void|cancelled|over|replaced)\b",
-    r"<\|im_start\|>\s*system|<<SYS>>[^<]{3,}<</SYS>>|\[system\]|<system>|"
-    r"^\s*system\s*:\s*(?:you\b|your\b|the assistant|assistant\b|ignore|disregard|forget|new |override|"
-    r"from now on|all (?:previous|prior)|act as|respond|reply|answer only|always|never)",
+    r"\b(?:previous|prior|original|earlier|above|all) (?:system )?(?:prompt|instructions|rules|directions|guidelines)"
+    r"(?: \w+){0,2} (?:is|are|have been|has been) (?:now )?(?:void|cancell?ed|revoked|over|replaced|lifted|suspended|"
+    r"disabled|no longer (?:valid|apply|in effect))\b",
+    r"^\s*system\s*:\s*(?:ignore|disregard|forget|new |override|from now on|all (?:previous|prior)|act as)",
 ]
+# Chat-template markup typed into the user's turn (``<|im_start|>system``, ``<<SYS>>``, ``[INST]``) would be read
+# as real turn boundaries by the tokenizer. It is neutralised into plain text (``‹|im_start|›``) rather than
+# refused: the words inside are then judged like any other user text (an override is still refused, a harmful
+# request by the harm guards), while a question about ChatML or a pasted chat log is answered.
+FAKE_TURN = re.compile(r"<\|[A-Za-z_]+\|>|<</?SYS>>|\[/?INST\]")
 HIDDEN = re.compile(r"<(\w+)[^>]*\b(?:hidden|display:\s*none|visibility:\s*hidden)[^>]*>.*?</\1\s*>|<!--.*?-->|"
                     r"[\u200b-\u200f\u2060\ufeff]", re.I | re.S)
 # A sentence ends at . ! ? followed by a space or the end (so "pandas.read_csv" and "v1.2" stay whole; single
@@ -165,6 +172,15 @@ def strip_injection(text: str) -> tuple[str, str]:
         " ".join(removed)
 
 
+def neutralise_markup(text: str) -> str:
+    """`text` with chat-template markup written as plain look-alikes: ``<|im_start|>`` becomes ``‹|im_start|›``,
+    ``<<SYS>>`` ``‹‹SYS››`` and ``[INST]`` ``⟦INST⟧``, which no tokenizer reads as a turn boundary."""
+    def plain(m: re.Match) -> str:
+        t = m.group()
+        return "\u27e6" + t[1:-1] + "\u27e7" if t.startswith("[") else t.replace("<", "\u2039").replace(">", "\u203a")
+    return FAKE_TURN.sub(plain, text)
+
+
 def planted(messages: Messages, documents: Sequence[str]) -> tuple[set[str], list[str]]:
     """The tool names and the codes / links in what `strip_injection` would remove from the documents
     and tool results of a conversation."""
@@ -190,6 +206,8 @@ class InjectionGuard:
             return refuse("prompt_injection", f"an attempt to override the system prompt ({m.group().strip()!r})",
                           self.name)
         docs, where = [], []
+        markup = [i for i, msg in enumerate(messages)
+                  if msg.get("role") == "user" and FAKE_TURN.search(text_of(msg.get("content")))]
         for i, d in enumerate(documents):
             kept, removed = strip_injection(d)
             docs.append(kept)
@@ -198,7 +216,10 @@ class InjectionGuard:
         msgs: list[dict[str, Any]] = []
         for i, msg in enumerate(messages):
             msg = dict(msg)
-            if msg.get("role") == "tool":
+            if i in markup:
+                msg["content"] = neutralise_markup(text_of(msg.get("content")))
+                where.append(f"chat-template markup neutralised in message {i + 1}")
+            elif msg.get("role") == "tool":
                 kept, removed = strip_injection(text_of(msg.get("content")))
                 if removed:
                     msg["content"] = kept

@@ -47,10 +47,20 @@ REQUEST = [
 ]
 _REQUEST = re.compile("|".join(f"(?:{p})" for p in REQUEST), re.I)
 _YOURS = re.compile(r"\byour (?:phone|mobile|e-?mail|address|contact)", re.I)
-# "summarise it, no personal details": asking for personal data to be left out is not asking for it
-_NONE = re.compile(r"\b(?:no|without(?: any)?|leave out(?: the| any)?|leaving out(?: the| any)?|omit(?:ting)?(?: the| any)?|"
-                   r"strip(?:ping)?(?: out)?(?: the| any)?|remov(?:e|ing) (?:the |all |any )?|redact(?:ed|ing)? "
-                   r"(?:the |all |any )?)\s*(?:personal|private|identifying|customer) (?:details|info\w*|data)\b", re.I)
+# An organisation's published line ("the phone number for support", "customer service's email address") is not
+# a person's data.
+_ORG_LINE = re.compile(r"\b(?:phone|telephone|contact|e-?mail)(?: numbers?| details| info\w*| address(?:es)?)? (?:for|of|to "
+                  r"reach) (?:the |your |their )?(?:(?:tech(?:nical)? |customer )?(?:support|service|care)|help ?desk|"
+                  r"helpline|sales|billing|reception|front desk|(?:the )?(?:company|manufacturer|store|shop|office|"
+                  r"clinic|hotel|airline|bank|library))\b", re.I)
+# "summarise it, no personal details", "leaving out the complainant's name and contact details": asking for
+# personal data to be left out is not asking for it
+_LEFT_OUT = (r"(?:personal|private|identifying|customer|contact) (?:details|info\w*|data)|phone numbers?|e-?mail "
+             r"(?:address(?:es)?)|names?")
+_NONE = re.compile(r"\b(?:no|without(?: any)?)\s*(?:personal|private|identifying|customer|contact) (?:details|info\w*|data)\b|"
+                   r"\b(?:without|leav(?:e|ing) out|omit(?:ting)?|strip(?:ping)?(?: out)?|remov(?:e|ing)|redact(?:ed|ing)?|"
+                   r"exclud(?:e|ing)|drop(?:ping)?|hid(?:e|ing)|mask(?:ing)?)(?: (?:the|all|any|their|his|her|[a-z]+'s)){0,2}"
+                   rf"(?: (?:{_LEFT_OUT})(?:,| and| or| &))*(?: (?:{_LEFT_OUT}))\b", re.I)
 # The user's own details in a self-service request ("renew my passport", "update my phone number", "my
 # email changed"): not a request for someone else's data.
 _NOUNS = (r"(?:phone|mobile|cell|telephone)(?: numbers?)?|e-?mail(?: address)?|(?:home |postal |billing |delivery )?"
@@ -187,7 +197,7 @@ class PiiGuard:
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
         context = "\n".join([role_text(messages, "system", "developer", "tool"), *documents])
         user = last_user(messages)
-        asked = _REQUEST.search(_NONE.sub(" ", _MINE.sub(" ", _YOURS.sub(" ", user))))
+        asked = _REQUEST.search(_NONE.sub(" ", _MINE.sub(" ", _ORG_LINE.sub(" ", _YOURS.sub(" ", user)))))
         if asked and (private_pii(context) or PRIVACY.search(context)):
             return refuse("pii", f"a request for personal data ({asked.group()!r})", self.name)
         m, msgs, docs, _ = _redacted(messages, documents)
