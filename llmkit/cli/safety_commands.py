@@ -51,12 +51,14 @@ def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
                    help="the critic of guards=...,constitution: any name --model takes, or an http(s)://…/v1 URL of a "
                         f"stronger judge (with --critic-api-key; it reads the system prompt) (default: {default})")
     p.add_argument("--critic-api-key", default=None, help="API key when --critic is a URL (default: $OPENAI_API_KEY)")
-    p.add_argument("--injection-model", default=None, metavar="DIR",
+    p.add_argument("--injection-model", default=None, metavar="DIR", nargs="+",
                    help="the classifier of guards=...,injection_model: a run of `llmkit finetune --data builtin:injection "
-                        "objective=classify` (or any classifier with an 'injection' label)")
-    p.add_argument("--harm-model", default=None, metavar="DIR",
+                        "objective=classify` (or any classifier with an 'injection' label); several DIRs make an "
+                        "ensemble")
+    p.add_argument("--harm-model", default=None, metavar="DIR", nargs="+",
                    help="the classifier of guards=...,harm_model: a run of `llmkit finetune --data builtin:harm "
-                        "objective=classify` (or any classifier with a 'harmful' label)")
+                        "objective=classify` (or any classifier with a 'harmful' label); several DIRs make an "
+                        "ensemble whose probabilities are averaged")
 
 
 # a learned guard's name (also its option, and --NAME in flag form) -> the shipped set that trains it
@@ -87,7 +89,9 @@ def build_guard_set(spec: str, args: argparse.Namespace, model: Any = None):
             from ..infer.llm import load
             from ..utils import default_device
 
-            options[name] = load(getattr(args, name), device=args.device or default_device())
+            dirs = getattr(args, name)
+            models = [load(d, device=args.device or default_device()) for d in ([dirs] if isinstance(dirs, str) else dirs)]
+            options[name] = models[0] if len(models) == 1 else models
     return GuardSet.named(spec, **options)
 
 

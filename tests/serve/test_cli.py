@@ -222,6 +222,9 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     guards = built["settings"].guards
     assert loaded == ["runs/harm"] and guards.name == "topics+injection+secrets+pii+harm_model"
     assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.99
+    loaded.clear()  # several directories: an ensemble of all of them
+    assert main(["serve", "--model", "m", "guards=default,harm_model", "--harm-model", "runs/h1", "runs/h2"]) in (0, None)
+    assert loaded == ["runs/h1", "runs/h2"] and len(built["settings"].guards.guards[-1].guard._members) == 2
     # a classifier given without its guard would be silently unused: refused before anything loads
     loaded.clear()
     assert main(["serve", "--model", "m", "guards=default", "--harm-model", "runs/harm"]) == 2

@@ -46,7 +46,9 @@ def windows(text: str, size: int) -> list[str]:
 @dataclass
 class ClassifierGuard:
     """Flags texts whose probability of `label` is at least `threshold`; subclasses say which texts
-    they read and what a flag does."""
+    they read and what a flag does. `classifier` may be a list: their probabilities are averaged (a
+    small ensemble of classifiers trained differently is less sure of itself on texts unlike its
+    training data than either member)."""
 
     classifier: Any
     threshold: float = 0.5
@@ -56,23 +58,26 @@ class ClassifierGuard:
     set_name: ClassVar[str] = ""  # the shipped labelled set that trains it, for the error message
 
     def __post_init__(self) -> None:
-        labels = list(getattr(getattr(self.classifier, "classifier", None), "labels", None) or [])
-        if not callable(getattr(self.classifier, "classify_probs", None)) or self.label not in labels:
-            flag = self.name.replace("_model", "")
-            raise ValueError(f"the {self.name} guard needs a classifier with a {self.label!r} label (got labels "
-                             f"{labels or 'none'}): train one with `llmkit finetune --model all-minilm-l6-v2 --data "
-                             f"builtin:{self.set_name} --method full objective=classify --out runs/{flag}` and pass "
-                             f"--{flag}-model runs/{flag}")
+        members = list(self.classifier) if isinstance(self.classifier, (list, tuple)) else [self.classifier]
+        self._members: list[tuple[Any, int]] = []
+        for c in members or [None]:
+            labels = list(getattr(getattr(c, "classifier", None), "labels", None) or [])
+            if not callable(getattr(c, "classify_probs", None)) or self.label not in labels:
+                flag = self.name.replace("_model", "")
+                raise ValueError(f"the {self.name} guard needs a classifier with a {self.label!r} label (got labels "
+                                 f"{labels or 'none'}): train one with `llmkit finetune --model all-minilm-l6-v2 --data "
+                                 f"builtin:{self.set_name} --method full objective=classify --out runs/{flag}` and "
+                                 f"pass --{flag}-model runs/{flag}")
+            self._members.append((c, labels.index(self.label)))
         if self.window < 8:
             raise ValueError(f"window={self.window}: give at least 8 words")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold={self.threshold}: give a probability between 0 and 1")
-        self._column = labels.index(self.label)
 
     def scores(self, texts: Sequence[str]) -> list[float]:
-        """The probability of `label` for each text (empty texts score 0). A long text is read in
-        overlapping windows of `window` words and scores its most suspicious one, so an instruction
-        past the classifier's context window is still read."""
+        """The probability of `label` for each text (empty texts score 0), averaged over the classifiers.
+        A long text is read in overlapping windows of `window` words and scores its most suspicious one,
+        so an instruction past the classifier's context window is still read."""
         owner, pieces = [], []
         for i, t in enumerate(texts):
             for piece in windows(t, self.window):
@@ -80,7 +85,8 @@ class ClassifierGuard:
                 pieces.append(piece)
         out = [0.0] * len(texts)
         if pieces:
-            for i, p in zip(owner, self.classifier.classify_probs(pieces)[:, self._column].tolist()):
+            probs = sum(c.classify_probs(pieces)[:, column] for c, column in self._members) / len(self._members)
+            for i, p in zip(owner, probs.tolist()):
                 out[i] = max(out[i], float(p))
         return out
 

@@ -1,7 +1,7 @@
 """The harm classifier the harm_model guard uses: all-MiniLM-L6-v2 fine-tuned with `objective=classify`
 on the shipped `builtin:harm` set (written by a writer who never saw the red-team files or the guards),
 scored on its held-out test file. Default suite: a short run beats the majority class on the held-out
-texts and drives the guard end to end. Slow: the README's run, its precision and recall."""
+texts and drives the guard end to end. Slow: the README's two runs, their precision and recall alone and averaged."""
 
 from __future__ import annotations
 
@@ -42,16 +42,31 @@ def test_a_short_fine_tune_beats_the_majority_class_and_drives_the_guard(minilm,
     assert "refuse" in decided and "allow" in decided
 
 
-def _train(minilm, out, steps: int, max_len: int):
-    return train_classifier(minilm, "builtin:harm", out, steps, max_len)
+def _train(minilm, out, steps: int, max_len: int, **train):
+    return train_classifier(minilm, "builtin:harm", out, steps, max_len, **train)
 
 
 @pytest.mark.slow
-def test_the_readme_classifier_finds_harmful_requests_on_the_held_out_file(minilm, tmp_path):
-    """`llmkit finetune --model all-minilm-l6-v2 --data builtin:harm --method full objective=classify
-    train.steps=300`: precision and recall of the harmful label on the held-out texts."""
-    c = _train(minilm, tmp_path / "harm", steps=300, max_len=256)
-    pr = c["per_label"]["harmful"]
-    print(f"accuracy {c['accuracy']:.3f} {c['ci']}; harmful precision {pr['precision']:.3f} {pr['precision_ci']}, "
-          f"recall {pr['recall']:.3f} {pr['recall_ci']}")
-    assert pr["precision_ci"][0] >= 0.8 and pr["recall_ci"][0] >= 0.8, pr
+def test_the_readme_classifiers_find_harmful_requests_on_the_held_out_file(minilm, tmp_path):
+    """The README's ensemble: `llmkit finetune --model all-minilm-l6-v2 --data builtin:harm --method full
+    objective=classify train.steps=300`, once at the default learning rate and once at train.lr=5e-5;
+    precision and recall of the harmful label on the held-out texts, each member's and their average's."""
+    import torch
+
+    from llmkit.eval.metrics import wilson_interval
+
+    members = [(_train(minilm, tmp_path / name, steps=300, max_len=256, **lr), name)
+               for name, lr in (("harm", {}), ("harm-lr5", {"lr": 5e-5}))]
+    for c, name in members:
+        pr = c["per_label"]["harmful"]
+        print(f"{name}: accuracy {c['accuracy']:.3f} {c['ci']}; harmful precision {pr['precision']:.3f} "
+              f"{pr['precision_ci']}, recall {pr['recall']:.3f} {pr['recall_ci']}")
+        assert pr["precision_ci"][0] >= 0.85 and pr["recall_ci"][0] >= 0.75, (name, pr)
+    _, _, test, _ = read_labelled("builtin:harm")
+    guard = HarmModelGuard([llmkit.load(tmp_path / name) for _, name in members], threshold=0.5)
+    p = torch.tensor(guard.scores([r.text for r in test]))
+    truth = torch.tensor([r.label == "harmful" for r in test])
+    tp, flagged = int(((p >= 0.5) & truth).sum()), int((p >= 0.5).sum())
+    precision, recall = wilson_interval(tp, flagged), wilson_interval(tp, int(truth.sum()))
+    print(f"ensemble: harmful precision {tp / flagged:.3f} {precision}, recall {tp / int(truth.sum()):.3f} {recall}")
+    assert precision[0] >= 0.85 and recall[0] >= 0.75
