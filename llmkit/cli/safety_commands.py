@@ -51,14 +51,14 @@ def add_guard_model_args(p: argparse.ArgumentParser, default: str) -> None:
                    help="the critic of guards=...,constitution: any name --model takes, or an http(s)://…/v1 URL of a "
                         f"stronger judge (with --critic-api-key; it reads the system prompt) (default: {default})")
     p.add_argument("--critic-api-key", default=None, help="API key when --critic is a URL (default: $OPENAI_API_KEY)")
-    p.add_argument("--injection-model", default=None, metavar="DIR", nargs="+",
+    p.add_argument("--injection-model", default=None, metavar="DIR", action="append",
                    help="the classifier of guards=...,injection_model: a run of `llmkit finetune --data builtin:injection "
-                        "objective=classify` (or any classifier with an 'injection' label); several DIRs make an "
-                        "ensemble")
-    p.add_argument("--harm-model", default=None, metavar="DIR", nargs="+",
+                        "objective=classify` (or any classifier with an 'injection' label); give the flag again for "
+                        "an ensemble whose probabilities are averaged")
+    p.add_argument("--harm-model", default=None, metavar="DIR", action="append",
                    help="the classifier of guards=...,harm_model: a run of `llmkit finetune --data builtin:harm "
-                        "objective=classify` (or any classifier with a 'harmful' label); several DIRs make an "
-                        "ensemble whose probabilities are averaged")
+                        "objective=classify` (or any classifier with a 'harmful' label); give the flag again "
+                        "(--harm-model A --harm-model B) for an ensemble whose probabilities are averaged")
 
 
 # a learned guard's name (also its option, and --NAME in flag form) -> the shipped set that trains it
@@ -143,7 +143,8 @@ def run_redteam(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/redteam-{datetime.now():%Y%m%d-%H%M%S}")
     rt.write_redteam(results, out, model=str(args.model), split=split, limit=args.limit, guards=spec,
                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                     load=settings["load"])
+                     load=settings["load"], guard_models={k: v for k in (*CLASSIFIER_GUARDS, "critic")
+                                                          if (v := getattr(args, k, None))})
     print(rt.redteam_table(rt.summarize(results, args.seed)))
     errored = sum(r.error is not None for r in results) + sum(r.error_g is not None and r.error_g != r.error
                                                             for r in results)

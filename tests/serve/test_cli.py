@@ -223,7 +223,8 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     assert loaded == ["runs/harm"] and guards.name == "topics+injection+secrets+pii+harm_model"
     assert guards.check_input([{"role": "user", "content": "hello"}]).guard == "harm_model"  # its p=0.99
     loaded.clear()  # several directories: an ensemble of all of them
-    assert main(["serve", "--model", "m", "guards=default,harm_model", "--harm-model", "runs/h1", "runs/h2"]) in (0, None)
+    assert main(["serve", "--model", "m", "--harm-model", "runs/h1", "--harm-model", "runs/h2",
+                 "guards=default,harm_model"]) in (0, None)  # the positional after the flags is still read
     assert loaded == ["runs/h1", "runs/h2"] and len(built["settings"].guards.guards[-1].guard._members) == 2
     # a classifier given without its guard would be silently unused: refused before anything loads
     loaded.clear()

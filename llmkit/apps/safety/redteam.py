@@ -396,10 +396,11 @@ def redteam_run(results: Sequence[CaseResult], model: str, split: str, limit: in
 
 def write_redteam(results: Sequence[CaseResult], out: str | Path, model: str, split: str, limit: int | None = None,
                   guards: str = "default", batch_size: int = 16, max_new_tokens: int = 96, seed: int = 0,
-                  load: dict[str, Any] | None = None) -> Path:
+                  load: dict[str, Any] | None = None, guard_models: dict[str, Any] | None = None) -> Path:
     """results.json and report.md (the eval harness's writer, with the summary table as notes),
     charts/redteam.png, cases.jsonl (every case's replies) and, last, summary.json (the table's numbers
-    and the run's settings; `load` is how the model was loaded: adapters, quantisation, dtype)."""
+    and the run's settings; `load` is how the model was loaded: adapters, quantisation, dtype;
+    `guard_models` which classifiers or critic the guards used, so a run says what it measured)."""
     from ...utils import write_json_atomic, write_text_atomic
 
     out = Path(out)
@@ -417,7 +418,7 @@ def write_redteam(results: Sequence[CaseResult], out: str | Path, model: str, sp
     # written last: a summary.json marks a finished run, whose cases.jsonl `unguarded_replies` may reuse
     write_json_atomic(out / "summary.json", json_safe({
         "model": model, "split": split, "guards": guards, "limit": limit, "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size, "load": load or {}, "rows": rows}))
+        "batch_size": batch_size, "load": load or {}, "guard_models": guard_models or {}, "rows": rows}))
     log.info("wrote %s", out)
     return out
 

@@ -213,7 +213,7 @@ def test_limit_keeps_the_first_n_of_each_group(cases_file):
     assert "t-6" not in [c.id for c in kept]
 
 
-def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
+def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys, monkeypatch):
     from llmkit.cli.main import main
 
     out = tmp_path / "cli"
@@ -237,6 +237,17 @@ def test_cli_on_a_tiny_model(tiny_dir, cases_file, tmp_path, capsys):
     # reused, except where the request failed (t-3's prompt is longer than the tiny model's context): asked again
     assert [r["reply_u"] for r in second] == [f"reused {r['id']}" if not r["error"] else "" for r in rows]
     assert [r["id"] for r in second if r["error"]] == [r["id"] for r in rows if r["error"]] == ["t-3"]
+    assert summary["guard_models"] == {}
+    # the classifiers a run used are recorded with it (scripted here: the wiring, not the classifier, is tested)
+    import llmkit.cli.safety_commands as commands
+    from llmkit.apps.safety import GuardSet
+
+    monkeypatch.setattr(commands, "build_guard_set", lambda spec, args, llm: GuardSet.named("default"))
+    assert main(["redteam", "--model", str(tiny_dir), "--harm-model", "runs/h1", "--harm-model", "runs/h2",
+                 "guards=default,harm_model", "--split", str(cases_file), "--limit", "1", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "ens"), "--unguarded-from", str(out)]) == 0
+    ens = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    assert ens["guards"] == "default,harm_model" and ens["guard_models"] == {"harm_model": ["runs/h1", "runs/h2"]}
     assert main(["redteam", "--model", str(tiny_dir), "guards=default", "--split", str(cases_file), "--limit", "1",
                  "--max-new-tokens", "5", "--out", str(tmp_path / "again"), "--unguarded-from", str(out)]) == 2
     assert "max-new-tokens 4 there, 5 here" in capsys.readouterr().err
