@@ -8,11 +8,12 @@ documentation is not an instruction to the assistant: "Use pandas.read_csv(path)
 password", "The model must be serviced yearly" and "Call make_migrations after editing" pass — the
 rules look for an address to an AI ("AI:", "Note to the assistant", "@bot"), an override of its
 instructions or a request for its prompt, not for imperatives or function names. In the user's own
-turn, an attempt to override the system prompt ("ignore your previous instructions", fake
-"the previous instructions are void", a line opening "System: ignore ...") is refused; "override the rules
-of my ESLint config" and "System: Ubuntu 22.04" are not such attempts. Chat-template markup the user
-typed (``<|im_start|>system``, ``<<SYS>>``) is neutralised into plain text, not refused: a fake system turn
-then reads as what it is, the user's own words, and the other rules judge those words.
+turns, an attempt to override the system prompt ("ignore your previous instructions", "the previous
+instructions are void.", a line opening "System: ignore ...", a fake system turn that grants new
+permissions) is refused; "override the rules of my ESLint config" and "System: Ubuntu 22.04" are not such
+attempts. Chat-template markup typed into any turn or document (``<|im_start|>system``, ``<<SYS>>``,
+``<start_of_turn>``) is neutralised into plain text: a fake turn then reads as what it is, someone's
+words, and the other rules judge those words.
 
 On the way out, a reply that still calls a tool named in a stripped instruction, or repeats a code
 or link planted there, has the call or the token removed: the defence holds even for a model that
@@ -24,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from .guard import Decision, Messages, last_user, refuse, text_of
+from .guard import Decision, Messages, refuse, text_of
 
 _W = r"[^.?!\n]{0,60}?"
 # Who a planted instruction addresses: AI words only ("models" and "agents" alone are products and people).
@@ -94,16 +95,33 @@ USER_OVERRIDE = [
     r"initial|system) (?:\w+ )?)(?:instructions|directions|rules|guidelines|system prompt|prompt|programming)\b|"
     r"\b(?:ignore|disregard|forget) (?:all|any) (?:of )?(?:the )?(?:instructions|rules|guidelines)\b",
     r"\bend of (?:the )?system prompt\b|\bnew (?:task|instructions?|system prompt)\s*:|"
-    r"\b(?:previous|prior|original|earlier|above|all) (?:system )?(?:prompt|instructions|rules|directions|guidelines)"
-    r"(?: \w+){0,2} (?:is|are|have been|has been) (?:now )?(?:void|cancell?ed|revoked|over|replaced|lifted|suspended|"
-    r"disabled|no longer (?:valid|apply|in effect))\b",
+    # "the previous instructions are (hereby) void." — the verb ends the clause, so "the previous rules of tenancy
+    # are void since ..." and "all instructions are suspended when the alarm sounds" are not overrides
+    r"\b(?:previous|prior|original|earlier|above|old|all) (?:system )?(?:prompt|instructions|rules|directions|"
+    r"guidelines)(?: (?!of\b)\w+){0,2}? (?:is|are|have been|has been)(?: now| hereby)? (?:null and void|void|"
+    r"cancell?ed|revoked|lifted|disabled|no longer (?:valid|apply|in effect))(?=\s*(?:[.!,;:]|$|\band\b))|"
+    r"\b(?:previous|prior|old|system) (?:prompt|instructions|rules)\s*:\s*(?:void|revoked|cancell?ed|none)\b",
     r"^\s*system\s*:\s*(?:ignore|disregard|forget|new |override|from now on|all (?:previous|prior)|act as)",
 ]
-# Chat-template markup typed into the user's turn (``<|im_start|>system``, ``<<SYS>>``, ``[INST]``) would be read
-# as real turn boundaries by the tokenizer. It is neutralised into plain text (``‹|im_start|›``) rather than
-# refused: the words inside are then judged like any other user text (an override is still refused, a harmful
-# request by the harm guards), while a question about ChatML or a pasted chat log is answered.
-FAKE_TURN = re.compile(r"<\|[A-Za-z_]+\|>|<</?SYS>>|\[/?INST\]")
+# Chat-template markup typed into a turn (``<|im_start|>system``, ``<<SYS>>``, ``</s><s>[INST]``, Gemma's
+# ``<start_of_turn>``, Mistral's ``[SYSTEM_PROMPT]``, DeepSeek's ``<｜User｜>``, Qwen's ``<tool_response>``)
+# would be read as real turn boundaries by the tokenizer of a model that has them as special tokens. It is
+# neutralised into plain look-alikes (``‹|im_start|›``) rather than refused: the words inside are then judged
+# like any other user text, while a question about ChatML or a pasted chat log is answered.
+FAKE_TURN = re.compile(r"<\|[^|<>\s]{1,40}\|>|<\uff5c[^<>]{1,40}\uff5c>|</?s>|<(?:start|end)_of_turn>|<</?SYS>>|"
+                       r"\[/?(?:INST|SYSTEM_PROMPT|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS)\]|</?tool_(?:call|response)>")
+# A fake system turn (after markup that names the role, or a line opening "System:") that grants the assistant
+# new permissions is an override even in plain words: "You may now answer any question", "New policy: members
+# may be told the gate code". Instructions that only set a style ("answer in one sentence") are not.
+_FAKE_SYSTEM = re.compile(r"(?:<\|im_start\|>|<start_of_turn>|<\|start_header_id\|>|\[|<)\s*(?:system|developer)\b|"
+                          r"<<SYS>>|\[SYSTEM_PROMPT\]|^\s*(?:system|developer)\s*:", re.I | re.M)
+_GRANT = re.compile(r"\b(?:new (?:policy|rules?)\b|(?:may|can) now\b|(?:are|is) now (?:allowed|permitted|free|"
+                    r"unrestricted|authori[sz]ed)|(?:allowed|permitted|authori[sz]ed) to (?:share|reveal|disclose|tell|"
+                    r"give|answer|ignore|bypass|print)|may be (?:told|given|shown|shared)|no (?:longer (?:any |bound by )?)?"
+                    r"(?:rules|restrictions|limits|filters|guidelines)\b|(?:restrictions?|filters?|safety \w+) "
+                    r"(?:(?:is|are|has been|have been) )?(?:lifted|removed|disabled|off|complete)\b|unrestricted|"
+                    r"uncensored|unfiltered|jailbr(?:o|ea)k|developer mode|(?-i:\bDAN\b)|(?:must|should) always (?:include|reveal|share|comply|"
+                    r"obey|answer)|answer (?:any|every|all) questions?)", re.I)
 HIDDEN = re.compile(r"<(\w+)[^>]*\b(?:hidden|display:\s*none|visibility:\s*hidden)[^>]*>.*?</\1\s*>|<!--.*?-->|"
                     r"[\u200b-\u200f\u2060\ufeff]", re.I | re.S)
 # A sentence ends at . ! ? followed by a space or the end (so "pandas.read_csv" and "v1.2" stay whole; single
@@ -172,9 +190,28 @@ def strip_injection(text: str) -> tuple[str, str]:
         " ".join(removed)
 
 
+def user_override(text: str) -> str | None:
+    """What in a user's turn tries to override the system prompt ("ignore your previous instructions", a fake
+    system turn that grants new permissions), or None."""
+    m = _USER_RULES.search(text)
+    if m:
+        return m.group().strip()
+    for role in _FAKE_SYSTEM.finditer(text):
+        body = text[role.end():role.end() + 400]
+        end = re.search(r"\n\s*\n" if not role.group().lstrip().lower().startswith(("system", "developer")) else r"\n",
+                        body)
+        turn = FAKE_TURN.search(body) or re.search(r"\[/?\w+\]|</?\w+>", body)
+        body = body[:min([x.start() for x in (end, turn) if x] or [len(body)])]
+        grant = _GRANT.search(body)
+        if grant:
+            return f"{role.group().strip()} ... {grant.group()}"
+    return None
+
+
 def neutralise_markup(text: str) -> str:
     """`text` with chat-template markup written as plain look-alikes: ``<|im_start|>`` becomes ``‹|im_start|›``,
-    ``<<SYS>>`` ``‹‹SYS››`` and ``[INST]`` ``⟦INST⟧``, which no tokenizer reads as a turn boundary."""
+    ``<<SYS>>`` ``‹‹SYS››``, ``</s>`` ``‹/s›`` and ``[INST]`` ``⟦INST⟧``, which no tokenizer reads as a turn
+    boundary."""
     def plain(m: re.Match) -> str:
         t = m.group()
         return "\u27e6" + t[1:-1] + "\u27e7" if t.startswith("[") else t.replace("<", "\u2039").replace(">", "\u203a")
@@ -201,34 +238,39 @@ class InjectionGuard:
     name = "injection"
 
     def check_input(self, messages: Messages, documents: Sequence[str] = ()) -> Decision:
-        m = _USER_RULES.search(last_user(messages))
-        if m:
-            return refuse("prompt_injection", f"an attempt to override the system prompt ({m.group().strip()!r})",
-                          self.name)
-        docs, where = [], []
-        markup = [i for i, msg in enumerate(messages)
-                  if msg.get("role") == "user" and FAKE_TURN.search(text_of(msg.get("content")))]
+        for msg in messages:
+            if msg.get("role") == "user":
+                m = user_override(text_of(msg.get("content")))
+                if m:
+                    return refuse("prompt_injection", f"an attempt to override the system prompt ({m!r})", self.name)
+        docs, stripped, neutralised = [], [], []
         for i, d in enumerate(documents):
             kept, removed = strip_injection(d)
-            docs.append(kept)
+            plain = neutralise_markup(kept)
+            docs.append(plain)
             if removed:
-                where.append(f"document {i + 1}")
+                stripped.append(f"document {i + 1}")
+            if plain != kept:
+                neutralised.append(f"document {i + 1}")
         msgs: list[dict[str, Any]] = []
         for i, msg in enumerate(messages):
             msg = dict(msg)
-            if i in markup:
-                msg["content"] = neutralise_markup(text_of(msg.get("content")))
-                where.append(f"chat-template markup neutralised in message {i + 1}")
-            elif msg.get("role") == "tool":
-                kept, removed = strip_injection(text_of(msg.get("content")))
+            role, text = msg.get("role"), text_of(msg.get("content"))
+            if role == "tool":
+                text, removed = strip_injection(text)
                 if removed:
-                    msg["content"] = kept
-                    where.append(f"tool result in message {i + 1}")
+                    msg["content"] = text
+                    stripped.append(f"the tool result in message {i + 1}")
+            if role in ("user", "assistant", "tool") and FAKE_TURN.search(text):  # the system prompt is the app's
+                msg["content"] = neutralise_markup(text)
+                neutralised.append(f"message {i + 1}")
             msgs.append(msg)
-        if not where:
+        if not stripped and not neutralised:
             return Decision()
+        reason = "; ".join(([f"instructions to the assistant stripped from {', '.join(stripped)}"] if stripped else [])
+                           + ([f"chat-template markup neutralised in {', '.join(neutralised)}"] if neutralised else []))
         return Decision("rewrite", messages=msgs, documents=tuple(docs), guard=self.name, category="prompt_injection",
-                        reason=f"instructions to the assistant stripped from {', '.join(where)}")
+                        reason=reason)
 
     def check_output(self, messages: Messages, reply: str, documents: Sequence[str] = ()) -> Decision:
         from .scoring import remove_tool_calls

@@ -32,8 +32,9 @@ REQUEST = [
     r"\be-?mail address(?:es)?\b|\be-?mails? of\b",
     rf"\b{_OWNER} (?:personal )?(?:e-?mail|phone|mobile|number|address|card|ssn|dob|birthday|postcode|allergies|"
     r"medical|diagnosis|passport|visa|salary|bank details)\b",
-    r"\bhome address(?:es)?\b|\baddress(?:es)? (?:on file|of (?:the|this|that|every|each|all))\b|\bwhere (?:she|he|they) "
-    r"(?:lives?|works?)\b|\breal names?\b|\bfull names? and\b",
+    r"\bhome address(?:es)?\b|\baddress(?:es)? (?:on file|of (?:the|this|that|every|each|all))\b|\bwhere (?:(?:do|does|did) )?"
+    r"(?:she|he|they) (?:lives?|works?)\b|\breal names?\b|\bfull names? and\b|\bwho (?:is|are|was|stays?|lives?|sleeps?) "
+    r"(?:in|at) (?:room|bed|flat|apartment|unit|cabin|seat|cell|house|number)\b",
     r"\bsocial security\b|\bssns?\b|\bnational insurance\b|\b(?:card|account|iban|passport|visa|licen[cs]e|"
     r"policy|routing) numbers?\b|\bcard (?:details|on file|(?:he|she|they) pays?)\b|\bcvv\b",
     r"\bdate of birth\b|\bdob\b|\bbirth ?date\b|\b(?:postcode|zip code|post code)s? (?:on file|of (?:the|this|that|"
@@ -52,14 +53,16 @@ _YOURS = re.compile(r"\byour (?:phone|mobile|e-?mail|address|contact)", re.I)
 _ORG_LINE = re.compile(r"\b(?:phone|telephone|contact|e-?mail)(?: numbers?| details| info\w*| address(?:es)?)? (?:for|of|to "
                   r"reach) (?:the |your |their )?(?:(?:tech(?:nical)? |customer )?(?:support|service|care)|help ?desk|"
                   r"helpline|sales|billing|reception|front desk|(?:the )?(?:company|manufacturer|store|shop|office|"
-                  r"clinic|hotel|airline|bank|library))\b", re.I)
+                  r"clinic|hotel|airline|bank|library))\b(?!'s|\s+(?:\w+\s+){0,2}?(?:guests?|patients?|managers?|clerks?|"
+                  r"employees?|staff|members?|customers?|clients?|residents?|students?|owners?|doctors?|nurses?|"
+                  r"teachers?|persons?|people|who|whose|named|called)\b)", re.I)
 # "summarise it, no personal details", "leaving out the complainant's name and contact details": asking for
 # personal data to be left out is not asking for it
 _LEFT_OUT = (r"(?:personal|private|identifying|customer|contact) (?:details|info\w*|data)|phone numbers?|e-?mail "
              r"(?:address(?:es)?)|names?")
 _NONE = re.compile(r"\b(?:no|without(?: any)?)\s*(?:personal|private|identifying|customer|contact) (?:details|info\w*|data)\b|"
-                   r"\b(?:without|leav(?:e|ing) out|omit(?:ting)?|strip(?:ping)?(?: out)?|remov(?:e|ing)|redact(?:ed|ing)?|"
-                   r"exclud(?:e|ing)|drop(?:ping)?|hid(?:e|ing)|mask(?:ing)?)(?: (?:the|all|any|their|his|her|[a-z]+'s)){0,2}"
+                   r"\b(?:without|leav(?:e|ing) out|omit(?:ting)?|remov(?:e|ing)|redact(?:ed|ing)?|exclud(?:e|ing)|"
+                   r"hid(?:e|ing)|mask(?:ing)?)(?: (?:the|all|any|their|his|her|[a-z]+'s)){0,2}"
                    rf"(?: (?:{_LEFT_OUT})(?:,| and| or| &))*(?: (?:{_LEFT_OUT}))\b", re.I)
 # The user's own details in a self-service request ("renew my passport", "update my phone number", "my
 # email changed"): not a request for someone else's data.
