@@ -8,6 +8,13 @@ back to back) and prints request throughput, output tokens/s, time to first toke
 per output token (TPOT) at p50/p99, and errors. Then it sends `--requests` short requests from 16
 clients and counts errors. Targets (issue 7): 16 clients reach >= 4x the output tokens/s of one
 client; 500 requests with 0 errors.
+
+    python bench/serve.py --model smollm2-135m-instruct --shared-prefix 1024   # prefix caching, on vs off
+
+With --shared-prefix N every request carries the same system prompt of about N tokens and its own short
+question; the server runs twice in one process tree, with the prefix cache and with --no-prefix-cache,
+16 clients each, and the TTFT p50 ratio and the hit rate (from /metrics) are printed. Target (issue 33):
+TTFT p50 >= 5x lower with the cache.
 """
 
 from __future__ import annotations
@@ -54,13 +61,14 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def one_request(port: int, model: str, prompt: str, max_tokens: int) -> dict:
-    """One streaming chat request: TTFT, TPOT, output tokens, or the error."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+def one_request(port: int, model: str, prompt: str, max_tokens: int, system: str | None = None) -> dict:
+    """One streaming chat request: TTFT, TPOT, output and prompt tokens, or the error."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens,
             "temperature": 0.8, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     start = time.perf_counter()
     first = None
-    tokens = 0
+    tokens = prompt_tokens = 0
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -73,7 +81,7 @@ def one_request(port: int, model: str, prompt: str, max_tokens: int) -> dict:
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                tokens, prompt_tokens = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
             elif chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
                 first = time.perf_counter()
         conn.close()
@@ -81,10 +89,12 @@ def one_request(port: int, model: str, prompt: str, max_tokens: int) -> dict:
         return {"error": repr(e)}
     end = time.perf_counter()
     first = first or end
-    return {"ttft": first - start, "tpot": (end - first) / max(tokens - 1, 1), "tokens": tokens, "latency": end - start}
+    return {"ttft": first - start, "tpot": (end - first) / max(tokens - 1, 1), "tokens": tokens, "latency": end - start,
+            "prompt_tokens": prompt_tokens}
 
 
-def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, total: int | None = None) -> dict:
+def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, total: int | None = None,
+         system: str | None = None) -> dict:
     """`clients` threads sending requests back to back for `seconds` (or until `total` are done)."""
     results: list[dict] = []
     lock = threading.Lock()
@@ -96,7 +106,8 @@ def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, t
             n = next(counter)
             if total is not None and n >= total:
                 return
-            r = one_request(port, model, PROMPTS[n % len(PROMPTS)], max_tokens)
+            question = PROMPTS[n % len(PROMPTS)] + (f" (request {n})" if system else "")
+            r = one_request(port, model, question, max_tokens, system)
             with lock:
                 results.append(r)
 
@@ -115,6 +126,64 @@ def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, t
             "tpot_p50": percentile([r["tpot"] for r in ok], 50), "tpot_p99": percentile([r["tpot"] for r in ok], 99)}
 
 
+def shared_system_prompt(tokens: int) -> str:
+    """A system prompt of roughly `tokens` tokens (numbered house rules, about 16 tokens each)."""
+    rules = [f"Rule {i}: visitors to berth {i % 40 + 1} sign the harbour log before boarding and keep to the "
+             f"marked walkway." for i in range(1, tokens // 16 + 2)]
+    return "You are the harbour office assistant. " + " ".join(rules)
+
+
+def start_server(model: Path, port: int, env: dict, max_batch: int, extra: list[str]) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(model), "--name", "bench",
+                               "--port", str(port), "--max-batch", str(max_batch), "--no-request-log", *extra],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+            return server
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def hit_rate(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("llmkit_prefix_cache_hit_rate"))
+
+
+def shared_prefix_run(model: Path, env: dict, args: argparse.Namespace) -> dict:
+    """16 clients, one long shared system prompt: the server with the prefix cache, then without."""
+    system = shared_system_prompt(args.shared_prefix)
+    out: dict = {}
+    for name, extra in (("cache", []), ("no_cache", ["--no-prefix-cache"])):
+        port = free_port()
+        server = start_server(model, port, env, args.max_batch, extra)
+        try:
+            warm = one_request(port, "bench", "Hello", 4, system)  # also fills the cache, as a first user would
+            r = load(port, "bench", 16, args.seconds, args.max_tokens, system=system)
+            r["system_prompt_tokens"], r["hit_rate"] = warm.get("prompt_tokens"), hit_rate(port)
+            out[name] = r
+            print(f"  {name:8s}: prompt {r['system_prompt_tokens']} tokens, {r['requests']} requests "
+                  f"({r['errors']} errors), {r['output_tokens_per_s']:.1f} output tok/s, TTFT p50 "
+                  f"{r['ttft_p50'] * 1000:.0f} ms p99 {r['ttft_p99'] * 1000:.0f} ms, hit rate {r['hit_rate']:.3f}",
+                  flush=True)
+        finally:
+            stop_server(server)
+    out["ttft_p50_ratio"] = out["no_cache"]["ttft_p50"] / out["cache"]["ttft_p50"]
+    print(f"  TTFT p50 without / with the prefix cache: {out['ttft_p50_ratio']:.1f}x  (target >= 5)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model to serve (default: a random GPT-2 124M-shaped model)")
@@ -123,26 +192,26 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
     ap.add_argument("--requests", type=int, default=500, help="requests of the error run (0: skip it)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--shared-prefix", type=int, default=0, metavar="N",
+                    help="instead: 16 clients sharing an N-token system prompt, prefix cache on vs off")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
     model = Path(args.model) if args.model else build_model(Path(tmp.name))
+    # a named model is found in the user's model cache; the built one needs none
+    env = {**os.environ, "LLMKIT_HOME": os.environ.get("LLMKIT_HOME", tmp.name) if args.model else tmp.name}
+    if args.shared_prefix:
+        try:
+            out = shared_prefix_run(model, env, args)
+            if args.json:
+                Path(args.json).write_text(json.dumps(out, indent=2))
+        finally:
+            tmp.cleanup()
+        return
     port = free_port()
-    env = {**os.environ, "LLMKIT_HOME": tmp.name}
-    server = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(model), "--name", "bench",
-                               "--port", str(port), "--max-batch", str(args.max_batch), "--no-request-log"],
-                              env=env, stderr=subprocess.PIPE, text=True)
+    server = start_server(model, port, env, args.max_batch, [])
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
-                time.sleep(0.5)
         one_request(port, "bench", PROMPTS[0], 4)  # warm-up
         out: dict = {"runs": []}
         for n in [int(c) for c in args.clients.split(",")]:
@@ -165,11 +234,7 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         tmp.cleanup()
 
 

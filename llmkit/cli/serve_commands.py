@@ -49,6 +49,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="tokens the paged KV cache holds across all requests (default: max-batch × half the "
                         "context window, at least one full window)")
     e.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV cache block (default 16)")
+    e.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="do not share the KV blocks of a prompt prefix seen before (a shared system prompt, earlier "
+                        "chat turns); by default they are kept by content and reused, and /metrics reports the "
+                        "hit rate")
     e.add_argument("--max-queue", type=positive_int, default=256,
                    help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
@@ -86,6 +90,7 @@ def run_serve(args: argparse.Namespace) -> None:
         name=args.name,
         adapters=[adapter.split("=", 1)[0] for adapter in args.adapter], host=args.host, port=args.port,
         max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
+        prefix_cache=args.prefix_cache,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,

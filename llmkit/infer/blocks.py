@@ -5,6 +5,14 @@ of the context window; blocks return to the free pool the moment it finishes or 
 The pool stores keys and values token-major, ``(layers, blocks · block_size, kv_heads, head_dim)``,
 so a token's slot is ``block · block_size + offset``.
 
+Prefix caching: a full block of a prompt is findable by its content — a SHA-256 chain over the
+tokens from the start of the prompt through the block's end, salted with the adapter — so a later
+request with the same prefix (a shared system prompt, the earlier turns of a chat, few-shot examples)
+shares those blocks and computes only the rest. Shared blocks are counted (`refs`); a block no
+request holds keeps its content and waits on a least-recently-used list, taken for new tokens only
+when no never-used block is left. Only whole blocks are shared and new tokens always go to blocks of
+their own, so a shared block is never written.
+
 `PagedStep` is what one forward pass of the model sees: it presents the rows of the running batch
 as the model's own `KVCache` would present a left-padded batch (``length``, ``record``,
 ``update``, ``advance``), so the Transformer needs no second attention path. Each layer writes the
@@ -14,7 +22,10 @@ are padded from block 0, which is never handed out, and masked.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Sequence as Tokens
 
 import torch
 
@@ -31,11 +42,13 @@ class Sequence:
 
     blocks: list[int] = field(default_factory=list)
     length: int = 0
+    hashes: list[bytes] = field(default_factory=list)  # content keys of its leading full blocks
 
 
 class BlockPool:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int = 16,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                 prefix_cache: bool = True):
         if num_blocks < 2:
             raise ValueError(f"num_blocks={num_blocks}: the pool needs at least 2 blocks (block 0 is padding)")
         if block_size < 1:
@@ -44,11 +57,28 @@ class BlockPool:
         shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self._free = list(range(num_blocks - 1, 0, -1))  # a stack; block 0 stays zero, for padding
+        self._free = list(range(num_blocks - 1, 0, -1))  # a stack of never-used blocks; block 0 stays zero
+        self.prefix_cache = prefix_cache
+        self.refs = [0] * num_blocks  # requests holding each block
+        self._key_of: dict[int, bytes] = {}  # cached block -> its content key
+        self._block_of: dict[bytes, int] = {}  # content key -> cached block
+        self._idle: OrderedDict[int, None] = OrderedDict()  # cached blocks no request holds, least recent first
+        self.prompt_tokens = 0  # prompt tokens looked up in the prefix cache
+        self.hit_tokens = 0  # of them, found there
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        """Blocks a request can take: never used, or cached but held by no request."""
+        return len(self._free) + len(self._idle)
+
+    @property
+    def cached_blocks(self) -> int:
+        return len(self._key_of)
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of the prompt tokens looked up that the prefix cache held (0 before any lookup)."""
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def capacity_tokens(self) -> int:
@@ -63,16 +93,76 @@ class BlockPool:
         return -(-tokens // self.block_size)
 
     def reserve(self, seq: Sequence, tokens: int) -> None:
-        """Give `seq` blocks enough for `tokens` tokens in all; all or nothing."""
+        """Give `seq` blocks enough for `tokens` tokens in all; all or nothing. Never-used blocks go
+        first, then cached ones no request holds, least recently used first (their content is lost)."""
         need = self.blocks_for(tokens) - len(seq.blocks)
-        if need > len(self._free):
-            raise CacheExhaustedError(f"{need} more block(s) needed, {len(self._free)} free")
+        if need > self.num_free:
+            raise CacheExhaustedError(f"{need} more block(s) needed, {self.num_free} free")
         for _ in range(max(need, 0)):
-            seq.blocks.append(self._free.pop())
+            if self._free:
+                block = self._free.pop()
+            else:
+                block, _ = self._idle.popitem(last=False)
+                del self._block_of[self._key_of.pop(block)]
+            self.refs[block] = 1
+            seq.blocks.append(block)
 
     def release(self, seq: Sequence) -> None:
-        self._free.extend(reversed(seq.blocks))
-        seq.blocks, seq.length = [], 0
+        for block in reversed(seq.blocks):
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                if block in self._key_of:
+                    self._idle[block] = None  # the most recently used end
+                else:
+                    self._free.append(block)
+        seq.blocks, seq.length, seq.hashes = [], 0, []
+
+    def is_free(self, block: int) -> bool:
+        return self.refs[block] == 0 and block != 0
+
+    def _keys(self, tokens: Tokens[int], salt: str, start: int, stop: int, last: bytes | None) -> list[bytes]:
+        """Content keys of the full blocks `start` to `stop` of `tokens`, chained from `last`."""
+        keys, key = [], last if last is not None else hashlib.sha256(salt.encode()).digest()
+        bs = self.block_size
+        for i in range(start, stop):
+            key = hashlib.sha256(key + b"".join(int(t).to_bytes(4, "little") for t in tokens[i * bs:(i + 1) * bs])
+                                 ).digest()
+            keys.append(key)
+        return keys
+
+    def share_prefix(self, seq: Sequence, tokens: Tokens[int], salt: str = "") -> int:
+        """Give an empty `seq` the cached blocks that hold the longest prefix of `tokens` in whole blocks,
+        leaving at least its last token to compute (its logits are needed); returns the tokens shared.
+        `salt` keeps blocks apart that the same tokens fill differently (another adapter)."""
+        if seq.blocks:
+            raise ValueError("share_prefix takes a sequence that holds no blocks yet")
+        self.prompt_tokens += len(tokens)
+        if not self.prefix_cache:
+            return 0
+        for key in self._keys(tokens, salt, 0, (len(tokens) - 1) // self.block_size, None):
+            block = self._block_of.get(key)
+            if block is None:
+                break
+            self._idle.pop(block, None)
+            self.refs[block] += 1
+            seq.blocks.append(block)
+            seq.hashes.append(key)
+        seq.length = len(seq.blocks) * self.block_size
+        self.hit_tokens += seq.length
+        return seq.length
+
+    def register(self, seq: Sequence, tokens: Tokens[int], salt: str = "") -> None:
+        """Make the full blocks of `seq` (which holds `tokens`) findable by later requests."""
+        if not self.prefix_cache:
+            return
+        done = len(seq.hashes)
+        keys = self._keys(tokens, salt, done, min(seq.length, len(tokens)) // self.block_size,
+                          seq.hashes[-1] if seq.hashes else None)
+        for i, key in enumerate(keys, start=done):
+            seq.hashes.append(key)
+            block = seq.blocks[i]
+            if key not in self._block_of and block not in self._key_of:
+                self._block_of[key], self._key_of[block] = block, key
 
     def slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
         """Pool slots of the tokens `start` to `stop` of `seq`."""

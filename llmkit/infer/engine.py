@@ -97,10 +97,13 @@ class Engine:
     """Continuous batching for one `LocalLLM` (its model and tokenizer)."""
 
     def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
-                 max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None):
+                 max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None,
+                 prefix_cache: bool = True):
         """`use_adapter(name)` returns a context manager under which the model runs with adapter
         `name` (None: the bare base); given one, requests may name an adapter, and each step runs
-        one forward pass per adapter among the running requests."""
+        one forward pass per adapter among the running requests. `prefix_cache` shares the KV blocks
+        of a prompt prefix seen before (see `llmkit.infer.blocks`); an encoder-decoder never does,
+        since its decoder's keys depend on each request's source."""
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         self.llm, self.model, self.tokenizer = llm, llm.model, llm.tokenizer
@@ -113,7 +116,7 @@ class Engine:
         tokens = kv_cache_tokens or max_batch * min(cfg.context_window, 2048) // 2
         tokens = max(tokens, cfg.context_window)  # one request of the full window always fits
         self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=self.model.device,
-                              dtype=self.model.dtype)
+                              dtype=self.model.dtype, prefix_cache=prefix_cache and not cfg.is_seq2seq)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._cancelled: set[str] = set()
@@ -236,15 +239,20 @@ class Engine:
                 # the prompt (and, after a preemption, the tokens so far) plus one more token
                 first = req.decoder_prompt or req.prompt
                 resumed = first + req.generated[:-1] if req.generated else first
+                salt = req.adapter or ""
+                self.pool.share_prefix(req.cache, resumed, salt)
                 try:
                     self.pool.reserve(req.cache, len(resumed) + 1)
                 except CacheExhaustedError:
+                    self.pool.release(req.cache)
                     return  # wait for blocks to come back
                 self.waiting.popleft()
             if req.decoder_prompt is not None and req.memory is None:  # kept across preemptions
                 with self._adapter(req.adapter):
                     req.memory = encode_sources(self.model, [req.prompt], self.tokenizer.padding_id)
-            logits = self._forward([req], torch.tensor([resumed], device=self.model.device))[0]
+            todo = resumed[req.cache.length:]  # after the prefix found in the cache
+            logits = self._forward([req], torch.tensor([todo], device=self.model.device))[0]
+            self.pool.register(req.cache, resumed, salt)
             self.running.append(req)
             if req.generated:  # recomputed after a preemption: its next token is already chosen
                 req.pending = req.generated[-1]
@@ -408,7 +416,8 @@ class Engine:
         return {"running": len(self.running), "waiting": len(self.waiting), "free_blocks": self.pool.num_free,
                 "total_blocks": self.pool.num_blocks - 1, "block_size": self.pool.block_size,
                 "steps": self.steps, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "preemptions": self.preemptions}
+                "preemptions": self.preemptions, "prefix_cache": self.pool.prefix_cache,
+                "prefix_cache_hit_rate": self.pool.hit_rate, "prefix_cached_blocks": self.pool.cached_blocks}
 
 
 def completion(req: Request) -> Completion:

@@ -43,6 +43,7 @@ class ServerSettings:
     max_batch: int = 16  # requests decoded together in one step
     kv_cache_tokens: int | None = None  # default: max_batch x half the context, at least one context
     block_size: int = 16  # tokens per KV cache block
+    prefix_cache: bool = True  # share the KV blocks of a prompt prefix seen before (see llmkit.infer.blocks)
     max_queue: int = 256  # requests that may wait for a slot before the server answers 503
     max_body_bytes: int = MAX_BODY_BYTES
     api_keys: str | os.PathLike | None = None  # a keys file (see `llmkit.serve.auth`); None: no key needed
@@ -65,7 +66,7 @@ class ServerSettings:
 
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
-                "max_queue": self.max_queue}
+                "max_queue": self.max_queue, "prefix_cache": self.prefix_cache}
 
 
 class ListenError(ValueError):

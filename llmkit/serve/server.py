@@ -85,6 +85,9 @@ def _metrics(engines: list[Engine]) -> Metrics:
     m.gauge("llmkit_queue_depth", lambda: sum(e.queue_depth for e in engines))
     m.gauge("llmkit_running_batch_size", lambda: sum(e.batch_size for e in engines))
     m.gauge("llmkit_kv_cache_free_blocks", lambda: sum(e.pool.num_free for e in engines))
+    m.describe("llmkit_prefix_cache_hit_rate", "gauge", "share of prompt tokens found in the prefix cache")
+    m.gauge("llmkit_prefix_cache_hit_rate", lambda: sum(e.pool.hit_tokens for e in engines)
+            / max(1, sum(e.pool.prompt_tokens for e in engines)))
     return m
 
 

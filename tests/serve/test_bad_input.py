@@ -152,6 +152,24 @@ def test_a_client_leaving_mid_stream_frees_its_request_and_the_server_goes_on(se
     assert code == 200 and reply["choices"][0]["message"]["role"] == "assistant"
 
 
+def test_a_shared_system_prompt_is_found_in_the_prefix_cache(server):
+    """Two chats with one long system prompt: the second finds the prompt's blocks, and /metrics reports the
+    engine's hit rate."""
+    pool = server.app.state.server.models["tiny"].engine.pool
+    system = {"role": "system", "content": "You answer questions about the harbour's opening hours. " * 6}
+    found = []
+    for question in ("When does it open?", "Is it open on Sunday?"):
+        before = pool.hit_tokens
+        code, _ = post(server.url, {**CHAT, "messages": [system, {"role": "user", "content": question}],
+                                    "max_tokens": 2})
+        assert code == 200
+        found.append(pool.hit_tokens - before)
+    assert found[1] >= found[0] + 5 * pool.block_size  # the system prompt's blocks, not just the template's
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
+    rate = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("llmkit_prefix_cache_hit_rate"))
+    assert rate == pytest.approx(pool.hit_rate, abs=1e-6) and rate > 0
+
+
 def test_after_all_that_there_was_no_500(server):
     metrics = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
     assert 'status="400"' in metrics and 'status="5' not in metrics

@@ -202,6 +202,10 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     settings = built["settings"]
     assert list(settings.adapters) == ["sql"] and built["ran"]
     assert settings.guards.name == "topics+injection+secrets+pii"
+    assert settings.engine_options()["prefix_cache"] is True
+    built.clear()
+    assert main(["serve", "--model", "m", "--no-prefix-cache"]) in (0, None)
+    assert built["settings"].engine_options()["prefix_cache"] is False
     built.clear()
     assert main(["serve", "--model", "m"]) in (0, None)
     assert built["settings"].guards is None
