@@ -127,9 +127,9 @@ def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, t
 
 
 def shared_system_prompt(tokens: int) -> str:
-    """A system prompt of roughly `tokens` tokens (numbered house rules, about 16 tokens each)."""
+    """A system prompt of roughly `tokens` tokens (numbered house rules, about 26 tokens each in SmolLM2's tokenizer)."""
     rules = [f"Rule {i}: visitors to berth {i % 40 + 1} sign the harbour log before boarding and keep to the "
-             f"marked walkway." for i in range(1, tokens // 16 + 2)]
+             f"marked walkway." for i in range(1, tokens // 26 + 1)]
     return "You are the harbour office assistant. " + " ".join(rules)
 
 
