@@ -10,11 +10,14 @@ clients and counts errors. Targets (issue 7): 16 clients reach >= 4x the output 
 client; 500 requests with 0 errors.
 
     python bench/serve.py --model smollm2-135m-instruct --shared-prefix 1024   # prefix caching, on vs off
+    python bench/serve.py --model smollm2-135m-instruct --mixed                # chunked vs serial prefill
 
 With --shared-prefix N every request carries the same system prompt of about N tokens and its own short
 question; the server runs twice in one process tree, with the prefix cache and with --no-prefix-cache,
 16 clients each, and the TTFT p50 ratio and the hit rate (from /metrics) are printed. Target (issue 33):
-TTFT p50 >= 5x lower with the cache.
+TTFT p50 >= 5x lower with the cache. With --mixed the prompts run from 20 to 1,500 tokens (no shared
+prefix, the prefix cache off) and the server runs with chunked and with serial prefill; target (issue 33):
+chunked TTFT p50 <= 1/3 of serial, output tokens/s not lower.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def one_request(port: int, model: str, prompt: str, max_tokens: int, system: str
 
 
 def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, total: int | None = None,
-         system: str | None = None) -> dict:
+         system: str | None = None, prompt_of=None) -> dict:
     """`clients` threads sending requests back to back for `seconds` (or until `total` are done)."""
     results: list[dict] = []
     lock = threading.Lock()
@@ -106,7 +109,7 @@ def load(port: int, model: str, clients: int, seconds: float, max_tokens: int, t
             n = next(counter)
             if total is not None and n >= total:
                 return
-            question = PROMPTS[n % len(PROMPTS)] + (f" (request {n})" if system else "")
+            question = prompt_of(n) if prompt_of else PROMPTS[n % len(PROMPTS)] + (f" (request {n})" if system else "")
             r = one_request(port, model, question, max_tokens, system)
             with lock:
                 results.append(r)
@@ -184,6 +187,40 @@ def shared_prefix_run(model: Path, env: dict, args: argparse.Namespace) -> dict:
     return out
 
 
+MIXED_LENGTHS = (20, 60, 150, 300, 600, 1000, 1500)  # prompt tokens, cycled over the requests
+
+
+def mixed_prompt(n: int) -> str:
+    """Request `n`'s prompt: unique from its first words (so no prefix is shared) and about
+    MIXED_LENGTHS[n % 7] tokens long in SmolLM2's tokenizer."""
+    target = MIXED_LENGTHS[n % len(MIXED_LENGTHS)]
+    words = [f"Request {n}: summarise this log."] + [f"line {i}: job {n}-{i} finished in {i % 9 + 1} s."
+                                                      for i in range(max(0, target // 16))]
+    return " ".join(words)
+
+
+def mixed_run(model: Path, env: dict, args: argparse.Namespace) -> dict:
+    """16 clients, prompts from 20 to 1,500 tokens: chunked prefill, then the serial one, same prompts."""
+    out: dict = {}
+    for name in ("chunked", "serial"):
+        port = free_port()
+        server = start_server(model, port, env, args.max_batch, ["--prefill", name, "--no-prefix-cache"])
+        try:
+            one_request(port, "bench", "Hello", 4)
+            r = load(port, "bench", 16, args.seconds, args.max_tokens, prompt_of=mixed_prompt)
+            out[name] = r
+            print(f"  {name:8s}: {r['requests']} requests ({r['errors']} errors), {r['output_tokens_per_s']:.1f} output "
+                  f"tok/s, TTFT p50 {r['ttft_p50'] * 1000:.0f} ms p99 {r['ttft_p99'] * 1000:.0f} ms, TPOT p50 "
+                  f"{r['tpot_p50'] * 1000:.0f} ms p99 {r['tpot_p99'] * 1000:.0f} ms", flush=True)
+        finally:
+            stop_server(server)
+    out["ttft_p50_ratio"] = out["chunked"]["ttft_p50"] / out["serial"]["ttft_p50"]
+    out["tokens_per_s_ratio"] = out["chunked"]["output_tokens_per_s"] / out["serial"]["output_tokens_per_s"]
+    print(f"  chunked / serial: TTFT p50 {out['ttft_p50_ratio']:.2f} (target <= 0.33), output tok/s "
+          f"{out['tokens_per_s_ratio']:.2f} (target >= 1)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model to serve (default: a random GPT-2 124M-shaped model)")
@@ -194,6 +231,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--shared-prefix", type=int, default=0, metavar="N",
                     help="instead: 16 clients sharing an N-token system prompt, prefix cache on vs off")
+    ap.add_argument("--mixed", action="store_true",
+                    help="instead: 16 clients with prompts of 20 to 1,500 tokens, chunked vs serial prefill")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -201,9 +240,9 @@ def main() -> None:
     model = Path(args.model) if args.model else build_model(Path(tmp.name))
     # a named model is found in the user's model cache; the built one needs none
     env = {**os.environ, "LLMKIT_HOME": os.environ.get("LLMKIT_HOME", tmp.name) if args.model else tmp.name}
-    if args.shared_prefix:
+    if args.shared_prefix or args.mixed:
         try:
-            out = shared_prefix_run(model, env, args)
+            out = shared_prefix_run(model, env, args) if args.shared_prefix else mixed_run(model, env, args)
             if args.json:
                 Path(args.json).write_text(json.dumps(out, indent=2))
         finally:

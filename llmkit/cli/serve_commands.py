@@ -53,6 +53,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="do not share the KV blocks of a prompt prefix seen before (a shared system prompt, earlier "
                         "chat turns); by default they are kept by content and reused, and /metrics reports the "
                         "hit rate")
+    e.add_argument("--prefill", choices=("chunked", "serial"), default="chunked",
+                   help="chunked (default): at most --prefill-chunk prompt tokens per step, shortest remaining prompt "
+                        "first, a long prompt in chunks beside the running decodes; serial: each new prompt whole, in "
+                        "arrival order, before the next decoding step (the engine's first behaviour, for comparison)")
+    e.add_argument("--prefill-chunk", type=positive_int, default=512,
+                   help="prompt tokens prefilled per engine step with --prefill chunked (default 512)")
     e.add_argument("--max-queue", type=positive_int, default=256,
                    help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
@@ -90,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> None:
         name=args.name,
         adapters=[adapter.split("=", 1)[0] for adapter in args.adapter], host=args.host, port=args.port,
         max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
-        prefix_cache=args.prefix_cache,
+        prefix_cache=args.prefix_cache, prefill=args.prefill, prefill_chunk=args.prefill_chunk,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,

@@ -1,10 +1,12 @@
 """The serving engine: continuous batching over a paged KV cache.
 
 Requests wait in a bounded queue. At every step the engine (1) frees the blocks of cancelled
-requests, (2) admits waiting requests while the batch has room and the pool has blocks —
-prefilling each one's prompt and sampling its first token — and (3) runs one decoding forward
-pass for the whole running batch, each row with its own sampling settings, stop conditions and
-token budget. A row leaves the batch the step it finishes, and its blocks go back to the pool.
+requests, (2) admits waiting requests while the batch has room and the pool has blocks, and
+prefills prompts within a budget of `prefill_chunk` tokens — shortest remaining prompt first, a long
+one in chunks over several steps, so that neither the running requests nor short prompts wait behind
+it (``prefill="serial"``: each admitted prompt whole, in arrival order, the engine's first behaviour)
+— sampling a request's first token when its prompt is in, and (3) runs one decoding forward pass for
+the whole running batch, each row with its own sampling settings, stop conditions and token budget. A row leaves the batch the step it finishes, and its blocks go back to the pool.
 When the pool runs dry mid-flight the newest request is preempted: its blocks are freed and it
 waits at the head of the queue to be recomputed from its prompt and the tokens it already has.
 
@@ -83,6 +85,8 @@ class Request:
     decoder_prompt: list[int] | None = None
     memory: Any = field(default=None, repr=False)
     pending: int | None = None  # the sampled token not yet in the cache
+    todo: list[int] = field(default_factory=list)  # the tokens being prefilled (prompt, or prompt + tokens so far)
+    admitted_at_step: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     # text and sampling machinery, set up by `Engine.submit`
     stream: TextStream | None = field(default=None, repr=False)
@@ -98,14 +102,21 @@ class Engine:
 
     def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, prefill: str = "chunked", prefill_chunk: int = 512):
         """`use_adapter(name)` returns a context manager under which the model runs with adapter
         `name` (None: the bare base); given one, requests may name an adapter, and each step runs
         one forward pass per adapter among the running requests. `prefix_cache` shares the KV blocks
         of a prompt prefix seen before (see `llmkit.infer.blocks`); an encoder-decoder never does,
-        since its decoder's keys depend on each request's source."""
+        since its decoder's keys depend on each request's source. `prefill` is "chunked" (at most
+        `prefill_chunk` prompt tokens per step, shortest remaining first) or "serial" (every admitted
+        prompt whole, in arrival order)."""
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
+        if prefill not in ("chunked", "serial"):
+            raise ValueError(f"prefill={prefill!r}: use 'chunked' or 'serial'")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk={prefill_chunk} must be at least 1")
+        self.prefill, self.prefill_chunk = prefill, prefill_chunk
         self.llm, self.model, self.tokenizer = llm, llm.model, llm.tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.use_adapter = use_adapter
@@ -119,6 +130,7 @@ class Engine:
                               dtype=self.model.dtype, prefix_cache=prefix_cache and not cfg.is_seq2seq)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.prefilling: list[Request] = []  # admitted, their prompts partly in the cache
         self._cancelled: set[str] = set()
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._ids = itertools.count(1)
@@ -185,7 +197,7 @@ class Engine:
         return len(self.running)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._cancelled or self._calls)
+        return bool(self.waiting or self.running or self.prefilling or self._cancelled or self._calls)
 
     def run_exclusive(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` between two engine steps (in the engine's thread when it runs one), so that
@@ -210,7 +222,7 @@ class Engine:
             for req in [r for r in self.waiting if r.id in cancelled]:
                 self.waiting.remove(req)
                 self._finish(req, "cancelled")
-        for req in [r for r in self.running if r.id in cancelled]:
+        for req in [r for r in self.running + self.prefilling if r.id in cancelled]:
             self._finish(req, "cancelled")
         while self._calls:
             fn, future = self._calls.popleft()
@@ -227,10 +239,12 @@ class Engine:
         self.steps += 1
 
     def _admit(self) -> None:
-        while len(self.running) < self.max_batch:
+        """Move waiting requests into the batch while it has room and the pool has blocks for their
+        whole prompt (all or nothing, so a prefill never runs dry halfway), then prefill."""
+        while len(self.running) + len(self.prefilling) < self.max_batch:
             with self._lock:
                 if not self.waiting:
-                    return
+                    break
                 req = self.waiting[0]
                 if req.gen.max_new_tokens == 0:
                     self.waiting.popleft()
@@ -238,27 +252,58 @@ class Engine:
                     continue
                 # the prompt (and, after a preemption, the tokens so far) plus one more token
                 first = req.decoder_prompt or req.prompt
-                resumed = first + req.generated[:-1] if req.generated else first
-                salt = req.adapter or ""
-                self.pool.share_prefix(req.cache, resumed, salt)
+                req.todo = first + req.generated[:-1] if req.generated else first
+                self.pool.share_prefix(req.cache, req.todo, req.adapter or "")
                 try:
-                    self.pool.reserve(req.cache, len(resumed) + 1)
+                    self.pool.reserve(req.cache, len(req.todo) + 1)
                 except CacheExhaustedError:
                     self.pool.release(req.cache)
-                    return  # wait for blocks to come back
+                    break  # wait for blocks to come back
                 self.waiting.popleft()
             if req.decoder_prompt is not None and req.memory is None:  # kept across preemptions
                 with self._adapter(req.adapter):
                     req.memory = encode_sources(self.model, [req.prompt], self.tokenizer.padding_id)
-            todo = resumed[req.cache.length:]  # after the prefix found in the cache
-            logits = self._forward([req], torch.tensor([todo], device=self.model.device))[0]
-            self.pool.register(req.cache, resumed, salt)
-            self.running.append(req)
-            if req.generated:  # recomputed after a preemption: its next token is already chosen
-                req.pending = req.generated[-1]
-            else:
-                self.tokens_in += len(req.prompt)
-                self._take(req, logits)
+            req.admitted_at_step = self.steps
+            self.prefilling.append(req)
+        if self.prefill == "serial":
+            for req in list(self.prefilling):
+                self._prefill(req, len(req.todo))
+        else:
+            self._prefill_chunks()
+
+    def _prefill_chunks(self) -> None:
+        """Spend at most `prefill_chunk` prompt tokens: shortest remaining prompt first (so short prompts are
+        not stuck behind a long one), except that requests admitted four or more steps ago go first, oldest
+        first (so a long one is never starved); each request's chunk continues where its cache ends."""
+        budget = self.prefill_chunk
+
+        def key(r: Request) -> tuple:
+            aged = self.steps - r.admitted_at_step >= 4
+            return (0, r.arrival, 0) if aged else (1, len(r.todo) - r.cache.length, r.arrival)
+
+        order = sorted(self.prefilling, key=key)
+        for req in order:
+            if budget <= 0:
+                break
+            take = min(len(req.todo) - req.cache.length, budget)
+            budget -= take
+            self._prefill(req, take)
+
+    def _prefill(self, req: Request, take: int) -> None:
+        """Put the next `take` tokens of `req`'s prompt into the cache; once all are in, the request joins the
+        running batch with its first token."""
+        start = req.cache.length
+        logits = self._forward([req], torch.tensor([req.todo[start:start + take]], device=self.model.device))[0]
+        self.pool.register(req.cache, req.todo, req.adapter or "")
+        if req.cache.length < len(req.todo):
+            return
+        self.prefilling.remove(req)
+        self.running.append(req)
+        if req.generated:  # recomputed after a preemption: its next token is already chosen
+            req.pending = req.generated[-1]
+        else:
+            self.tokens_in += len(req.prompt)
+            self._take(req, logits)
 
     def _decode(self) -> None:
         for req in list(self.running):
@@ -355,6 +400,8 @@ class Engine:
     def _finish(self, req: Request, reason: str) -> None:
         if req in self.running:
             self.running.remove(req)
+        if req in self.prefilling:
+            self.prefilling.remove(req)
         self.pool.release(req.cache)
         held = self._batched_memory
         if held is not None and any(m is req.memory for m in held[0]):  # let the batch's memory go with it
@@ -409,11 +456,12 @@ class Engine:
                 self.step()
             except Exception:  # keep serving: fail the running requests, not the server
                 log.exception("engine step failed; failing the running requests")
-                for req in list(self.running):
+                for req in list(self.running) + list(self.prefilling):
                     self._finish(req, "error")
 
     def stats(self) -> dict[str, Any]:
-        return {"running": len(self.running), "waiting": len(self.waiting), "free_blocks": self.pool.num_free,
+        return {"running": len(self.running), "prefilling": len(self.prefilling), "waiting": len(self.waiting),
+                "free_blocks": self.pool.num_free, "prefill": self.prefill,
                 "total_blocks": self.pool.num_blocks - 1, "block_size": self.pool.block_size,
                 "steps": self.steps, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "preemptions": self.preemptions, "prefix_cache": self.pool.prefix_cache,
