@@ -204,7 +204,8 @@ def mixed_run(model: Path, env: dict, args: argparse.Namespace) -> dict:
     out: dict = {}
     for name in ("chunked", "serial"):
         port = free_port()
-        server = start_server(model, port, env, args.max_batch, ["--prefill", name, "--no-prefix-cache"])
+        server = start_server(model, port, env, args.max_batch, ["--prefill", name, "--no-prefix-cache",
+                                                                  "--prefill-chunk", str(args.prefill_chunk)])
         try:
             one_request(port, "bench", "Hello", 4)
             r = load(port, "bench", 16, args.seconds, args.max_tokens, prompt_of=mixed_prompt)
@@ -233,6 +234,7 @@ def main() -> None:
                     help="instead: 16 clients sharing an N-token system prompt, prefix cache on vs off")
     ap.add_argument("--mixed", action="store_true",
                     help="instead: 16 clients with prompts of 20 to 1,500 tokens, chunked vs serial prefill")
+    ap.add_argument("--prefill-chunk", type=int, default=2048, help="with --mixed: the server's --prefill-chunk")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 

@@ -57,8 +57,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="chunked (default): at most --prefill-chunk prompt tokens per step, shortest remaining prompt "
                         "first, a long prompt in chunks beside the running decodes; serial: each new prompt whole, in "
                         "arrival order, before the next decoding step (the engine's first behaviour, for comparison)")
-    e.add_argument("--prefill-chunk", type=positive_int, default=512,
-                   help="prompt tokens prefilled per engine step with --prefill chunked (default 512)")
+    e.add_argument("--prefill-chunk", type=positive_int, default=2048,
+                   help="prompt tokens prefilled per engine step with --prefill chunked (default 2048; smaller chunks "
+                        "interleave decodes more finely but cost output tokens/s, see bench/serve.py --mixed)")
     e.add_argument("--max-queue", type=positive_int, default=256,
                    help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,

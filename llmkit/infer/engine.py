@@ -102,7 +102,7 @@ class Engine:
 
     def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None,
-                 prefix_cache: bool = True, prefill: str = "chunked", prefill_chunk: int = 512):
+                 prefix_cache: bool = True, prefill: str = "chunked", prefill_chunk: int = 2048):
         """`use_adapter(name)` returns a context manager under which the model runs with adapter
         `name` (None: the bare base); given one, requests may name an adapter, and each step runs
         one forward pass per adapter among the running requests. `prefix_cache` shares the KV blocks

@@ -45,7 +45,7 @@ class ServerSettings:
     block_size: int = 16  # tokens per KV cache block
     prefix_cache: bool = True  # share the KV blocks of a prompt prefix seen before (see llmkit.infer.blocks)
     prefill: str = "chunked"  # "chunked": prompts in chunks, shortest first, beside the decodes; "serial": each whole
-    prefill_chunk: int = 512  # prompt tokens per engine step when chunked
+    prefill_chunk: int = 2048  # prompt tokens per engine step when chunked
     max_queue: int = 256  # requests that may wait for a slot before the server answers 503
     max_body_bytes: int = MAX_BODY_BYTES
     api_keys: str | os.PathLike | None = None  # a keys file (see `llmkit.serve.auth`); None: no key needed

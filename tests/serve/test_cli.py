@@ -207,7 +207,7 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     assert main(["serve", "--model", "m", "--no-prefix-cache", "--prefill", "serial", "--prefill-chunk", "64"]) in (0, None)
     options = built["settings"].engine_options()
     assert (options["prefix_cache"], options["prefill"], options["prefill_chunk"]) == (False, "serial", 64)
-    assert (settings.engine_options()["prefill"], settings.engine_options()["prefill_chunk"]) == ("chunked", 512)
+    assert (settings.engine_options()["prefill"], settings.engine_options()["prefill_chunk"]) == ("chunked", 2048)
     built.clear()
     assert main(["serve", "--model", "m"]) in (0, None)
     assert built["settings"].guards is None
