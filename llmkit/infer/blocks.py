@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence as Tokens
+from typing import Iterator, Sequence as Tokens
 
 import torch
 
@@ -120,23 +120,22 @@ class BlockPool:
     def is_free(self, block: int) -> bool:
         return self.refs[block] == 0 and block != 0
 
-    def _keys(self, tokens: Tokens[int], salt: str, start: int, stop: int, last: bytes | None) -> list[bytes]:
-        """Content keys of the full blocks `start` to `stop` of `tokens`, chained from `last`."""
-        keys, key = [], last if last is not None else hashlib.sha256(salt.encode()).digest()
-        bs = self.block_size
+    def _keys(self, tokens: Tokens[int], salt: str, start: int, stop: int, last: bytes | None) -> Iterator[bytes]:
+        """Content keys of the full blocks `start` to `stop` of `tokens`, chained from `last`, one at a time
+        (a lookup stops hashing at its first miss)."""
+        key, bs = last if last is not None else hashlib.sha256(salt.encode()).digest(), self.block_size
         for i in range(start, stop):
             key = hashlib.sha256(key + b"".join(int(t).to_bytes(4, "little") for t in tokens[i * bs:(i + 1) * bs])
                                  ).digest()
-            keys.append(key)
-        return keys
+            yield key
 
     def share_prefix(self, seq: Sequence, tokens: Tokens[int], salt: str = "") -> int:
         """Give an empty `seq` the cached blocks that hold the longest prefix of `tokens` in whole blocks,
         leaving at least its last token to compute (its logits are needed); returns the tokens shared.
-        `salt` keeps blocks apart that the same tokens fill differently (another adapter)."""
+        `salt` keeps blocks apart that the same tokens fill differently (another adapter). The hit rate
+        is the caller's to count (`count_lookup`), once per prompt it actually serves."""
         if seq.blocks:
             raise ValueError("share_prefix takes a sequence that holds no blocks yet")
-        self.prompt_tokens += len(tokens)
         if not self.prefix_cache:
             return 0
         for key in self._keys(tokens, salt, 0, (len(tokens) - 1) // self.block_size, None):
@@ -148,8 +147,12 @@ class BlockPool:
             seq.blocks.append(block)
             seq.hashes.append(key)
         seq.length = len(seq.blocks) * self.block_size
-        self.hit_tokens += seq.length
         return seq.length
+
+    def count_lookup(self, prompt_tokens: int, found: int) -> None:
+        """Add one served prompt to the hit rate: `found` of its `prompt_tokens` came from the cache."""
+        self.prompt_tokens += prompt_tokens
+        self.hit_tokens += found
 
     def register(self, seq: Sequence, tokens: Tokens[int], salt: str = "") -> None:
         """Make the full blocks of `seq` (which holds `tokens`) findable by later requests."""

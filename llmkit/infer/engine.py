@@ -7,8 +7,9 @@ one in chunks over several steps, so that neither the running requests nor short
 it (``prefill="serial"``: each admitted prompt whole, in arrival order, the engine's first behaviour)
 — sampling a request's first token when its prompt is in, and (3) runs one decoding forward pass for
 the whole running batch, each row with its own sampling settings, stop conditions and token budget. A row leaves the batch the step it finishes, and its blocks go back to the pool.
-When the pool runs dry mid-flight the newest request is preempted: its blocks are freed and it
-waits at the head of the queue to be recomputed from its prompt and the tokens it already has.
+When the pool runs dry mid-flight the newest request (decoding or still prefilling) is preempted: its
+blocks are freed (the full ones stay findable in the prefix cache) and it waits at the head of the queue
+to be recomputed from its prompt and the tokens it already has.
 
     engine = Engine(llm, max_batch=16)
     [c.text for c in engine.generate(["def main():", "import os"], max_new_tokens=20)]
@@ -35,11 +36,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..models.logprobs import token_logprobs
 from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence
 from ..models.cache import EncoderMemory
 from .generate import Completion, TextStream, decoder_start, encode_sources, fit_prompts
-from .sampling import GenerationConfig, Sampler, top_logprobs
+from .sampling import GenerationConfig, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Request:
     pending: int | None = None  # the sampled token not yet in the cache
     todo: list[int] = field(default_factory=list)  # the tokens being prefilled (prompt, or prompt + tokens so far)
     admitted_at_step: int = 0
+    started: bool = False  # its first prefill chunk has run
     done: threading.Event = field(default_factory=threading.Event)
     # text and sampling machinery, set up by `Engine.submit`
     stream: TextStream | None = field(default=None, repr=False)
@@ -126,8 +127,14 @@ class Engine:
                              "adapters are not supported: generate with the LLM instead")
         tokens = kv_cache_tokens or max_batch * min(cfg.context_window, 2048) // 2
         tokens = max(tokens, cfg.context_window)  # one request of the full window always fits
+        # dynamic NTK rope rescales every position by the longest one in the pass, so a key depends on the
+        # pass that computed it: such a model shares no cached blocks and takes each prompt whole
+        dynamic = (cfg.rope_scaling or {}).get("rope_type", (cfg.rope_scaling or {}).get("type")) == "dynamic"
+        if dynamic and prefill == "chunked":
+            log.info("dynamic rope scaling: prompts are prefilled whole and the prefix cache is off")
+            self.prefill = "serial"
         self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=self.model.device,
-                              dtype=self.model.dtype, prefix_cache=prefix_cache and not cfg.is_seq2seq)
+                              dtype=self.model.dtype, prefix_cache=prefix_cache and not cfg.is_seq2seq and not dynamic)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.prefilling: list[Request] = []  # admitted, their prompts partly in the cache
@@ -253,18 +260,20 @@ class Engine:
                 # the prompt (and, after a preemption, the tokens so far) plus one more token
                 first = req.decoder_prompt or req.prompt
                 req.todo = first + req.generated[:-1] if req.generated else first
-                self.pool.share_prefix(req.cache, req.todo, req.adapter or "")
+                found = self.pool.share_prefix(req.cache, req.todo, req.adapter or "")
                 try:
                     self.pool.reserve(req.cache, len(req.todo) + 1)
                 except CacheExhaustedError:
                     self.pool.release(req.cache)
                     break  # wait for blocks to come back
                 self.waiting.popleft()
+                if not req.generated:  # a prompt served for the first time (not a preempted one's recomputation)
+                    self.pool.count_lookup(len(req.todo), found)
+            req.admitted_at_step, req.started = self.steps, False
+            self.prefilling.append(req)  # before anything can raise, so a failure finishes it (see _loop)
             if req.decoder_prompt is not None and req.memory is None:  # kept across preemptions
                 with self._adapter(req.adapter):
                     req.memory = encode_sources(self.model, [req.prompt], self.tokenizer.padding_id)
-            req.admitted_at_step = self.steps
-            self.prefilling.append(req)
         if self.prefill == "serial":
             for req in list(self.prefilling):
                 self._prefill(req, len(req.todo))
@@ -292,6 +301,10 @@ class Engine:
     def _prefill(self, req: Request, take: int) -> None:
         """Put the next `take` tokens of `req`'s prompt into the cache; once all are in, the request joins the
         running batch with its first token."""
+        if not req.started:  # an identical prompt admitted in the same step may have filled the cache since
+            req.started = True
+            self._share_again(req)
+            take = min(take, len(req.todo) - req.cache.length)
         start = req.cache.length
         logits = self._forward([req], torch.tensor([req.todo[start:start + take]], device=self.model.device))[0]
         self.pool.register(req.cache, req.todo, req.adapter or "")
@@ -305,14 +318,25 @@ class Engine:
             self.tokens_in += len(req.prompt)
             self._take(req, logits)
 
+    def _share_again(self, req: Request) -> None:
+        """Before a request's first chunk: take the cached prefix again if it has grown since admission."""
+        salt = req.adapter or ""
+        probe = CacheSequence()
+        if self.pool.share_prefix(probe, req.todo, salt) <= req.cache.length:
+            return self.pool.release(probe)
+        self.pool.count_lookup(0, 0 if req.generated else probe.length - req.cache.length)
+        self.pool.release(req.cache)
+        req.cache = probe
+        self.pool.reserve(req.cache, len(req.todo) + 1)  # fits: it needs fewer blocks than it gave back
+
     def _decode(self) -> None:
         for req in list(self.running):
             while req in self.running:  # preemption may have taken it out
                 try:
                     self.pool.reserve(req.cache, req.cache.length + 1)
                     break
-                except CacheExhaustedError:
-                    self._preempt(self.running[-1])
+                except CacheExhaustedError:  # the newest request, decoding or still prefilling, gives way
+                    self._preempt(max(self.running + self.prefilling, key=lambda r: r.arrival))
         rows = list(self.running)
         if not rows:
             return
@@ -356,7 +380,9 @@ class Engine:
         return held[1]
 
     def _preempt(self, req: Request) -> None:
-        self.running.remove(req)
+        (self.running if req in self.running else self.prefilling).remove(req)
+        first = req.decoder_prompt or req.prompt  # what its cache holds is findable again when it comes back
+        self.pool.register(req.cache, (first + req.generated)[:req.cache.length], req.adapter or "")
         self.pool.release(req.cache)
         req.pending = None
         self.preemptions += 1
@@ -472,18 +498,3 @@ def completion(req: Request) -> Completion:
     return Completion(text=req.text, token_ids=list(req.generated), finish_reason=req.finish_reason or "length",
                       prompt_tokens=len(req.prompt), logprobs=list(req.logprobs) if req.gen.logprobs else None,
                       top_logprobs=list(req.top_logprobs) if req.gen.top_logprobs else None)
-
-
-@torch.inference_mode()
-def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float | None], list[dict[int, float] | None]]:
-    """log p(token i | tokens before it) for every token of `ids` (None for the first), and the
-    `top` most likely alternatives at each position (None for the first). `ids` may be one token
-    longer than the context window: its last token is only scored."""
-    if len(ids) < 2:
-        return [None] * len(ids), [None] * len(ids)
-    x = torch.tensor([list(ids)], device=model.device)
-    logits = model(x[:, :-1])[0]  # the last token is scored, never fed
-    values: list[float | None] = [None, *token_logprobs(logits, x[0, 1:]).tolist()]
-    tops: list[dict[int, float] | None] = [None]
-    tops += top_logprobs(logits, top) if top else [None] * (len(ids) - 1)
-    return values, tops

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-from .sampling import SAMPLING_OPTIONS, GenerationConfig
+import torch
+
+from ..models.logprobs import token_logprobs
+
+from .sampling import SAMPLING_OPTIONS, GenerationConfig, top_logprobs
 from .seq2seq import PERPLEXITY_REFUSAL, Seq2SeqScoringError
 
 
@@ -99,3 +103,18 @@ class TokenScoring:
             totals[owner][0] += res.logprob
             totals[owner][1] += res.n_tokens
         return [(lp, n) for lp, n in totals]
+
+
+@torch.inference_mode()
+def prompt_logprobs(model, ids: Sequence[int], top: int = 0) -> tuple[list[float | None], list[dict[int, float] | None]]:
+    """log p(token i | tokens before it) for every token of `ids` (None for the first), and the
+    `top` most likely alternatives at each position (None for the first). `ids` may be one token
+    longer than the context window: its last token is only scored."""
+    if len(ids) < 2:
+        return [None] * len(ids), [None] * len(ids)
+    x = torch.tensor([list(ids)], device=model.device)
+    logits = model(x[:, :-1])[0]  # the last token is scored, never fed
+    values: list[float | None] = [None, *token_logprobs(logits, x[0, 1:]).tolist()]
+    tops: list[dict[int, float] | None] = [None]
+    tops += top_logprobs(logits, top) if top else [None] * (len(ids) - 1)
+    return values, tops

@@ -10,7 +10,8 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..infer.engine import Event, prompt_logprobs
+from ..infer.engine import Event
+from ..infer.scoring import prompt_logprobs
 from .errors import APIError
 from .guarding import Checked, last_user, mark_guarded, no_guarded_logprobs, replay
 from .inputs import parse_body, token_inputs

@@ -81,7 +81,10 @@ def _metrics(engines: list[Engine]) -> Metrics:
     m.describe("llmkit_request_latency_seconds", "histogram", "time from arrival to the last token")
     m.describe("llmkit_queue_depth", "gauge", "requests waiting for the engine")
     m.describe("llmkit_running_batch_size", "gauge", "requests in the running batch")
-    m.describe("llmkit_kv_cache_free_blocks", "gauge", "free KV cache blocks")
+    m.describe("llmkit_kv_cache_free_blocks", "gauge", "KV cache blocks a request can take (never used, or cached "
+               "and held by no request)")
+    m.describe("llmkit_prefilling_requests", "gauge", "admitted requests whose prompts are still being prefilled")
+    m.gauge("llmkit_prefilling_requests", lambda: sum(len(e.prefilling) for e in engines))
     m.gauge("llmkit_queue_depth", lambda: sum(e.queue_depth for e in engines))
     m.gauge("llmkit_running_batch_size", lambda: sum(e.batch_size for e in engines))
     m.gauge("llmkit_kv_cache_free_blocks", lambda: sum(e.pool.num_free for e in engines))

@@ -95,3 +95,35 @@ def test_bad_prefill_settings_are_refused(llm):
         Engine(llm, prefill="batched")
     with pytest.raises(ValueError, match="prefill_chunk=0"):
         Engine(llm, prefill_chunk=0)
+
+
+@pytest.mark.parametrize("prefill", ["chunked", "serial"])
+def test_the_newest_request_gives_way_when_the_cache_runs_dry(llm, prefill):
+    """An old request far into its reply and a new long prompt: the new one is preempted, not the old."""
+    engine = Engine(llm, max_batch=4, block_size=4, kv_cache_tokens=512, prefill=prefill, prefill_chunk=16)
+    old = engine.submit(list(range(10, 20)), greedy(400))
+    for _ in range(190):
+        engine.step()
+    new = engine.submit([5 + (i * 7) % 400 for i in range(300)], greedy(50))
+    victims = []
+    preempt = engine._preempt
+    engine._preempt = lambda r: (victims.append("old" if r is old else "new"), preempt(r))
+    run(engine, [old, new])
+    assert victims and set(victims) == {"new"}, victims
+    assert len(old.generated) == 400 and len(new.generated) == 50
+
+
+def test_dynamic_rope_scaling_takes_prompts_whole_and_shares_nothing(tiny_dirs, tmp_path):
+    """Dynamic NTK rope rescales by the longest position in a pass: chunks and shared blocks would change
+    the keys, so such a model is served with whole prompts and no prefix cache."""
+    import json
+    import shutil
+
+    path = tmp_path / "dyn"
+    shutil.copytree(tiny_dirs["tiny-llama"], path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "dynamic", "factor": 4.0}
+    (path / "config.json").write_text(json.dumps(cfg))
+    dyn = llmkit.load(path)
+    engine = Engine(dyn, block_size=4, prefill_chunk=8)
+    assert engine.prefill == "serial" and not engine.pool.prefix_cache

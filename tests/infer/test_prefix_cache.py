@@ -36,7 +36,6 @@ def test_whole_blocks_of_the_same_prefix_are_shared_and_counted():
     assert b.blocks == a.blocks[:2] and [pool.refs[x] for x in b.blocks] == [2, 2]
     c = Sequence()  # the same prompt exactly: its last token is left to compute, so only one block is shared
     assert pool.share_prefix(c, list(range(8))) == 4 and c.blocks == a.blocks[:1]
-    assert pool.hit_tokens == 12 and pool.prompt_tokens == 10 + 12 + 8
 
 
 def test_a_block_is_never_shared_across_prefixes_or_adapters():
@@ -68,6 +67,8 @@ def test_eviction_takes_the_least_recently_used_idle_block_and_never_one_in_use(
     assert torch.equal(pool.k[:, held.blocks[0] * 2:held.blocks[0] * 2 + 2], before)
     found = Sequence()
     assert pool.share_prefix(found, [1, 2, 3, 4, 5]) == 4  # the held prefix is still found
+    # the released prompt's tail went first; its head, which any reuse needs first, stayed
+    assert pool.share_prefix(Sequence(), [9, 9, 8, 8, 7]) == 2
 
 
 def test_off_means_no_sharing():
@@ -113,3 +114,31 @@ def test_adapters_keep_their_own_blocks_in_the_engine(llm):
         while not req.done.is_set():
             engine.step()
         assert engine.pool.hit_tokens - before == found, adapter
+
+
+def test_chunked_prefill_with_the_cache_and_identical_prompts_admitted_together(llm):
+    """Long prompts sharing a prefix, prefilled in chunks of 8, and four identical prompts admitted in one
+    step: the tokens of running alone, and the identical ones share what the first one computed."""
+    head = "Rules: answer briefly, in English, citing the manual's section numbers where you can. " * 2
+    prompts = [head + tail for tail in ("def main():", "import os", "x = 1")] + [head + "class A:"] * 4
+    want = [llm.complete([p], max_new_tokens=8, temperature=0, ignore_eos=True)[0].token_ids for p in prompts]
+    engine = Engine(llm, max_batch=8, block_size=4, prefill_chunk=8)
+    got = engine.generate(prompts, GenerationConfig(max_new_tokens=8, temperature=0, ignore_eos=True))
+    assert [c.token_ids for c in got] == want
+    n = len(llm.tokenize(head + "class A:"))
+    assert engine.pool.hit_tokens >= 3 * ((n - 1) // 4 * 4)  # the three later copies found the first one's blocks
+    assert engine.pool.prompt_tokens == sum(len(llm.tokenize(p)) for p in prompts)  # each prompt counted once
+
+
+def test_the_hit_rate_counts_each_served_prompt_once(llm):
+    """A request that waits for blocks over many steps, and one that is preempted and recomputed, each add
+    their prompt to the hit rate once."""
+    engine = Engine(llm, max_batch=4, block_size=4, kv_cache_tokens=256, prefill_chunk=16)
+    first = engine.submit(list(range(10, 30)), GenerationConfig(max_new_tokens=150, temperature=0, ignore_eos=True))
+    engine.step()
+    second = engine.submit(list(range(10, 26)) + list(range(100, 140)),
+                           GenerationConfig(max_new_tokens=60, temperature=0, ignore_eos=True))
+    while not (first.done.is_set() and second.done.is_set()):
+        engine.step()
+    assert engine.pool.prompt_tokens == 20 + 56
+    assert engine.pool.hit_tokens <= 16  # at most the shared first 16 tokens, once

@@ -168,6 +168,7 @@ def test_a_shared_system_prompt_is_found_in_the_prefix_cache(server):
     text = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
     rate = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("llmkit_prefix_cache_hit_rate"))
     assert rate == pytest.approx(pool.hit_rate, abs=1e-6) and rate > 0
+    assert "llmkit_prefilling_requests 0" in text
 
 
 def test_after_all_that_there_was_no_500(server):
