@@ -137,9 +137,10 @@ def shared_system_prompt(tokens: int) -> str:
 
 
 def start_server(model: Path, port: int, env: dict, max_batch: int, extra: list[str]) -> subprocess.Popen:
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody reads, which could fill and stall it
     server = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(model), "--name", "bench",
                                "--port", str(port), "--max-batch", str(max_batch), "--no-request-log", *extra],
-                              env=env, stderr=subprocess.PIPE, text=True)
+                              env=env, stderr=log, text=True)
     deadline = time.time() + 300
     while True:
         try:
@@ -147,7 +148,8 @@ def start_server(model: Path, port: int, env: dict, max_batch: int, extra: list[
             return server
         except OSError:
             if server.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise SystemExit(f"the server did not start: {log.read()[-2000:]}")
             time.sleep(0.5)
 
 
