@@ -6,7 +6,8 @@ prefills prompts within a budget of `prefill_chunk` tokens — shortest remainin
 one in chunks over several steps, so that neither the running requests nor short prompts wait behind
 it (``prefill="serial"``: each admitted prompt whole, in arrival order, the engine's first behaviour)
 — sampling a request's first token when its prompt is in, and (3) runs one decoding forward pass for
-the whole running batch, each row with its own sampling settings, stop conditions and token budget. A row leaves the batch the step it finishes, and its blocks go back to the pool.
+the whole running batch, each row with its own sampling settings, stop conditions and token budget.
+A row leaves the batch the step it finishes, and its blocks go back to the pool.
 When the pool runs dry mid-flight the newest request (decoding or still prefilling) is preempted: its
 blocks are freed (the full ones stay findable in the prefix cache) and it waits at the head of the queue
 to be recomputed from its prompt and the tokens it already has.
@@ -320,9 +321,8 @@ class Engine:
 
     def _share_again(self, req: Request) -> None:
         """Before a request's first chunk: take the cached prefix again if it has grown since admission."""
-        salt = req.adapter or ""
         probe = CacheSequence()
-        if self.pool.share_prefix(probe, req.todo, salt) <= req.cache.length:
+        if self.pool.share_prefix(probe, req.todo, req.adapter or "") <= req.cache.length:
             return self.pool.release(probe)
         self.pool.count_lookup(0, 0 if req.generated else probe.length - req.cache.length)
         self.pool.release(req.cache)
