@@ -10,7 +10,6 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from ..models.logprobs import token_logprobs
-
 from .sampling import SAMPLING_OPTIONS, GenerationConfig, top_logprobs
 from .seq2seq import PERPLEXITY_REFUSAL, Seq2SeqScoringError
 

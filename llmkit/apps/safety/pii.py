@@ -48,14 +48,17 @@ REQUEST = [
 ]
 _REQUEST = re.compile("|".join(f"(?:{p})" for p in REQUEST), re.I)
 _YOURS = re.compile(r"\byour (?:phone|mobile|e-?mail|address|contact)", re.I)
-# An organisation's published line ("the phone number for support", "customer service's email address") is not
-# a person's data.
+# Organisations, whose published phone line or mailbox is not a person's data (a request for "the phone number
+# for support" is not a request for personal data; see also `public_contact`).
+_ORG_WORDS = (r"office|department|dept|dmv|clinic|hospital|surgery|store|shop|branch|restaurant|hotel|library|school|"
+              r"university|council|city hall|town hall|embassy|consulate|airline|company|support|help ?desk|front desk|"
+              r"reception|hotline|helpline|customer (?:service|care)|pharmacy|museum|agency|sales|enquiries|inquiries|"
+              r"switchboard|press office|headquarters|box office")
 _ORG_LINE = re.compile(r"\b(?:phone|telephone|contact|e-?mail)(?: numbers?| details| info\w*| address(?:es)?)? (?:for|of|to "
-                  r"reach) (?:the |your |their )?(?:(?:tech(?:nical)? |customer )?(?:support|service|care)|help ?desk|"
-                  r"helpline|sales|billing|reception|front desk|(?:the )?(?:company|manufacturer|store|shop|office|"
-                  r"clinic|hotel|airline|bank|library))\b(?!'s|\s+(?:\w+\s+){0,2}?(?:guests?|patients?|managers?|clerks?|"
-                  r"employees?|staff|members?|customers?|clients?|residents?|students?|owners?|doctors?|nurses?|"
-                  r"teachers?|persons?|people|who|whose|named|called)\b)", re.I)
+                       rf"reach) (?:the |your |their )?(?:tech(?:nical)? )?(?:{_ORG_WORDS}|service|care|billing|"
+                       r"manufacturer|bank)\b(?!'s|\s+(?:\w+\s+){0,2}?(?:guests?|patients?|managers?|clerks?|"
+                       r"employees?|staff|members?|customers?|clients?|residents?|students?|owners?|doctors?|nurses?|"
+                       r"teachers?|persons?|people|who|whose|named|called)\b)", re.I)
 # "summarise it, no personal details", "leaving out the complainant's name and contact details": asking for
 # personal data to be left out is not asking for it
 _LEFT_OUT = (r"(?:personal|private|identifying|customer|contact) (?:details|info\w*|data)|phone numbers?|e-?mail "
@@ -95,10 +98,7 @@ def neutralise(text: str) -> str:
 # help@acme.example") is not personal data and may be asked for. Narrowly: a phone number whose clause
 # (a line, or a sentence) names an organisation within a few words before it and no person (no name of
 # two capitalised words, no personal word), or an e-mail of a role mailbox (info@, support@, ...).
-_ORG = re.compile(r"\b(?:office|department|dept|dmv|clinic|hospital|surgery|store|shop|branch|restaurant|hotel|library|"
-                  r"school|university|council|city hall|town hall|embassy|consulate|airline|company|support|help ?desk|"
-                  r"front desk|reception|hotline|helpline|customer (?:service|care)|pharmacy|museum|agency|sales|"
-                  r"enquiries|inquiries|switchboard|press office|headquarters|box office)\b[^\w\n]{0,4}(?:(?:main |"
+_ORG = re.compile(rf"\b(?:{_ORG_WORDS})\b[^\w\n]{{0,4}}(?:(?:main |"
                   r"general |public )?(?:phone|tel\.?|telephone|line|number|no\.?|contact)s?\b[^\w\n]{0,4})?$", re.I)
 _PERSON = re.compile(r"\b(?:his|her|their|mr|mrs|ms|miss|dr|patient|member|employee|resident|guest|tenant|client|"
                      r"applicant|student|customer(?:'s)?|born|home|mobile|cell|personal|private|emergency contact|"
