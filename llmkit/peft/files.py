@@ -111,7 +111,10 @@ def lora_tensors(model: nn.Module, name: str = "default",
     r, alpha = max(set(pairs), key=pairs.count)
     universe = linear_modules(model)  # what PEFT's matching sees in the transformers model
     if as_params:
-        universe = {m for m in universe if not is_expert_or_router(m)} | set(moe_parameter_keys(model))
+        # PEFT >= 0.22 also reads a target as transformers 4's per-expert name and moves it onto the fused
+        # parameter, so a bare "up_proj" meant for a shared expert would catch the experts' gate_up_proj too
+        moe = {m for m in universe if is_expert_or_router(m)}
+        universe = (universe - moe) | set(moe_parameter_keys(model)) | {per_expert_name(m, model) for m in moe}
     elif per_expert:
         universe = {per_expert_name(m, model) for m in universe}
     groups = {**{k: (ranks[k], alphas[k]) for k in ranks}, **params}
@@ -223,7 +226,9 @@ def load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], conf: 
     if conf.get("use_dora"):
         raise AdapterError(f"{source}: DoRA adapters are not supported by llmkit yet (use_dora in {CONFIG_FILE})")
     tensors = dict(tensors)
-    kept = conf.get("modules_to_save") or []
+    # PEFT >= 0.22 lists its default task-head names (DistilBERT's pre_classifier) whether or not the model has
+    # them; a name with no tensors in the file saved nothing
+    kept = [m for m in conf.get("modules_to_save") or [] if any(f".{m}." in f".{k}" for k in tensors)]
     head_names, head_params = classifier_head(model)
     if head_names:  # a classifier's adapter brings its head in full
         unknown = [m for m in kept if m not in ("classifier", "score", "pooler")]

@@ -3,9 +3,11 @@ BERT-style WordPiece (for masked-LM encoders) and T5-style Unigram (for encoder-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -96,14 +98,22 @@ def train_wordpiece(texts_or_files: Iterable[str] | Iterable[str | os.PathLike] 
     if vocab_size <= len(specials):
         raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed the {len(specials)} special tokens")
     # Train with the same normalizer and pre-tokenizer that will encode, so the pieces fit the text.
-    tok = wordpiece.build_bert({}, unk_token=wordpiece.BERT_SPECIAL_TOKENS["unk_token"])
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                        continuing_subword_prefix="##", show_progress=False)
-    _fit(tok, trainer, texts_or_files, f"WordPiece (vocab {vocab_size})")
+    unk = wordpiece.BERT_SPECIAL_TOKENS["unk_token"]
+    with _replayable(texts_or_files) as data:
+        # The trainer numbers its "##c" pieces in hash order, which differs between processes and breaks ties
+        # among merges differently: one pass finds them, a second pass gets them in sorted order up front.
+        first = wordpiece.build_bert({}, unk_token=unk)
+        _fit(first, trainers.WordPieceTrainer(vocab_size=len(specials) + 1, special_tokens=specials,
+                                              continuing_subword_prefix="##", show_progress=False), data, "WordPiece alphabet")
+        suffixes = sorted(t for t in first.get_vocab() if t.startswith("##") and len(t) == 3)
+        tok = wordpiece.build_bert({}, unk_token=unk)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials + suffixes, continuing_subword_prefix="##",
+                                            show_progress=False)
+        _fit(tok, trainer, data, f"WordPiece (vocab {vocab_size})")
     # Rebuild from the learnt vocabulary alone, then add the special tokens and the [CLS]/[SEP]
     # template, in the order transformers does when it loads the saved files.
-    backend = wordpiece.build_bert(tok.get_vocab(with_added_tokens=False),
-                                   unk_token=wordpiece.BERT_SPECIAL_TOKENS["unk_token"])
+    backend = wordpiece.build_bert(tok.get_vocab(with_added_tokens=False), unk_token=unk)
     backend.add_tokens([AddedToken(t, special=True) for t in specials])
     backend.post_processor = wordpiece.bert_post_processor(backend, wordpiece.BERT_SPECIAL_TOKENS["cls_token"],
                                                            wordpiece.BERT_SPECIAL_TOKENS["sep_token"])
@@ -152,6 +162,21 @@ def train_t5_unigram(texts_or_files: Iterable[str] | Iterable[str | os.PathLike]
     backend.add_tokens([AddedToken(t, special=True) for t in specials + sentinels])
     backend.post_processor = unigram.t5_post_processor(backend.token_to_id(unigram.T5_SPECIAL_TOKENS["eos_token"]))
     return backend, sentinels + extra
+
+
+@contextlib.contextmanager
+def _replayable(texts_or_files):
+    """`texts_or_files` in a form that can be trained on twice: files as they are, texts spilled to a
+    temporary file (a generator could be read only once)."""
+    if _as_files(texts_or_files) is not None or isinstance(texts_or_files, (list, tuple)):
+        yield texts_or_files
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "texts.txt"
+        with open(path, "w", encoding="utf-8") as f:
+            for t in _checked_texts(texts_or_files):
+                f.write(t + "\n")  # WordPiece splits on whitespace first: a line break joins no words
+        yield [path]
 
 
 def _checked_texts(texts: Iterable[object]) -> Iterable[str]:

@@ -5,10 +5,11 @@ model computes what llmkit computes, and PEFT's own BERT adapters load here."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from llmkit.models.classifier import Classifier
 from llmkit.models.hf import load_pretrained
@@ -154,3 +155,16 @@ def test_classifier_lora_round_trips_with_peft_seq_cls(bert_dirs, tmp_path):
     # a head for three labels does not fit a two-label classifier
     with pytest.raises(AdapterError, match=r"classifier\.weight has shape \[3, 32\].*another set of labels"):
         load_adapter(Classifier(load_pretrained(path), num_labels=2), tmp_path / "peft")
+
+    # a saved module we do not have (DistilBERT's pre_classifier, with its tensors) is refused, by name; PEFT 0.22
+    # lists that name in every SEQ_CLS config, so the name alone (no tensors) is read past, as above
+    odd = tmp_path / "odd"
+    shutil.copytree(tmp_path / "peft", odd)
+    tensors = load_file(odd / "adapter_model.safetensors")
+    tensors["base_model.model.pre_classifier.weight"] = torch.zeros(32, 32)
+    save_file(tensors, odd / "adapter_model.safetensors")
+    conf = json.loads((odd / "adapter_config.json").read_text())
+    conf["modules_to_save"] = sorted(set(conf["modules_to_save"] or []) | {"pre_classifier"})
+    (odd / "adapter_config.json").write_text(json.dumps(conf))
+    with pytest.raises(AdapterError, match=r"modules_to_save \['pre_classifier'\] are not supported on a classifier"):
+        load_adapter(Classifier(load_pretrained(path), num_labels=3), odd)

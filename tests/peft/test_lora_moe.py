@@ -128,7 +128,9 @@ def test_llmkit_moe_lora_loads_in_peft(hf_dirs, name, tmp_path):
 def test_peft_moe_lora_loads_in_llmkit(hf_dirs, name, tmp_path):
     peft = peer("peft")
     path = hf_dirs[name]
-    modules = ["q_proj", "o_proj"] if name == "mixtral" else ["k_proj", "gate_proj", "shared_expert_gate"]
+    # PEFT 0.22 reads a bare "gate_proj" on Qwen2-MoE as the experts' too (fused with up_proj): name the shared one
+    shared = ["k_proj", "shared_expert.gate_proj", "shared_expert_gate"]
+    modules = ["q_proj", "o_proj"] if name == "mixtral" else shared
     cfg = peft.LoraConfig(r=3, lora_alpha=5, target_modules=modules, rank_pattern={"experts.down_proj": 2},
                           target_parameters=["experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight"])
     theirs = peft.get_peft_model(hf_model(path), cfg)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,6 +192,20 @@ def test_train_wordpiece_extra_special_tokens_and_errors():
         Tokenizer.train(corpus, vocab_size=5, kind="wordpiece")
     with pytest.raises(ValueError, match="duplicates"):
         Tokenizer.train(corpus, kind="wordpiece", special_tokens=["<x>", "<x>"])
+
+
+def test_wordpiece_training_is_the_same_in_every_process():
+    """The trainer numbers its "##c" pieces in hash order, which Rust seeds per process; llmkit puts
+    them in sorted order, so one corpus gives one vocabulary (and a seeded model one tokenizer)."""
+    code = ("import sys, json; from llmkit.tokenizer.train import train_wordpiece; "
+            "from tests.tokenizer import builders; "
+            "tok, _ = train_wordpiece(iter(builders.corpus()), vocab_size=400); "
+            "print(json.dumps(tok.get_vocab(), sort_keys=True))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[2]).stdout for _ in range(3)]
+    vocab = json.loads(runs[0])
+    assert len(vocab) == 400 and "##e" in vocab
+    assert runs[1] == runs[0] and runs[2] == runs[0]
 
 
 def test_byte_level_tokenizers_have_no_bert_tokens(trained):
