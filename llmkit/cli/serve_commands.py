@@ -60,6 +60,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--prefill-chunk", type=positive_int, default=2048,
                    help="prompt tokens prefilled per engine step with --prefill chunked (default 2048; smaller chunks "
                         "interleave decodes more finely but cost output tokens/s, see bench/serve.py --mixed)")
+    e.add_argument("--draft", default=None, metavar="MODEL|prompt-lookup",
+                   help="speculative decoding for every request that can take it (no penalties, grammar or "
+                        "logprobs): 'prompt-lookup' drafts tokens copied from the prompt and output so far (fast on "
+                        "extract / quote / reformat requests), MODEL a small draft model with the same tokenizer; "
+                        "the target checks the drafts in the batch's pass, so outputs are unchanged; /metrics "
+                        "reports the acceptance rate")
+    e.add_argument("--speculate", type=positive_int, default=4, metavar="K",
+                   help="draft tokens per request per step with --draft (default 4)")
     e.add_argument("--max-queue", type=positive_int, default=256,
                    help="requests that may wait for a slot; beyond it the server answers 503 (default 256)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024,
@@ -98,6 +106,7 @@ def run_serve(args: argparse.Namespace) -> None:
         adapters=[adapter.split("=", 1)[0] for adapter in args.adapter], host=args.host, port=args.port,
         max_batch=args.max_batch, kv_cache_tokens=args.kv_cache_tokens, block_size=args.block_size,
         prefix_cache=args.prefix_cache, prefill=args.prefill, prefill_chunk=args.prefill_chunk,
+        draft=args.draft, speculate=args.speculate,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, api_keys=args.api_keys,
         rate_limit=args.rate_limit, token_budget=args.token_budget, request_log=args.request_log,
         log_requests=not args.no_request_log, log_prompts=args.log_prompts, price_prompt=args.price_prompt,

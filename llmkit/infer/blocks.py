@@ -175,19 +175,28 @@ class BlockPool:
 
 
 class PagedStep:
-    """One forward pass over `seqs`, each adding `t` tokens (capacity already reserved)."""
+    """One forward pass over `seqs`, row i adding `t[i]` tokens (or `t` each; capacity already reserved).
 
-    def __init__(self, pool: BlockPool, seqs: list[Sequence], t: int):
-        self.pool, self.seqs, self.t = pool, seqs, t
+    Rows with fewer new tokens than the longest are left-padded in the query dimension: the padding
+    queries' keys and values go to a sink slot in block 0 and their outputs are meaningless; the real
+    queries of every row line up on the right, as the model expects of a left-padded batch."""
+
+    def __init__(self, pool: BlockPool, seqs: list[Sequence], t: int | list[int]):
+        ts = [t] * len(seqs) if isinstance(t, int) else list(t)
+        if len(ts) != len(seqs) or min(ts) < 1:
+            raise ValueError(f"new tokens per row {ts} for {len(seqs)} rows: give one positive count per row")
+        self.pool, self.seqs, self.ts = pool, seqs, ts
+        self.t = max(ts)
         device = pool.k.device
-        ends = [s.length + t for s in seqs]
-        self.total = max(ends)
-        self.length = self.total - t  # what the model calls the cached length (its `past`)
+        ends = [s.length + n for s, n in zip(seqs, ts)]
+        self.total = max(max(ends), self.t)
+        self.length = self.total - self.t  # what the model calls the cached length (its `past`)
         self.batch_size = len(seqs)
         self._ragged = any(e != self.total for e in ends)
+        sink = torch.full((1,), pool.block_size - 1, dtype=torch.long)  # in block 0; never read unmasked
         write, read = [], []
-        for s, end in zip(seqs, ends):
-            write.append(pool.slots(s, s.length, end))
+        for s, n, end in zip(seqs, ts, ends):
+            write += [sink.expand(self.t - n), pool.slots(s, s.length, end)]
             row = torch.zeros(self.total, dtype=torch.long)  # slot 0: block 0, zeros
             row[self.total - end:] = pool.slots(s, 0, end)
             read.append(row)
@@ -213,5 +222,23 @@ class PagedStep:
         return keys.to(k.dtype), values.to(v.dtype)
 
     def advance(self, t: int) -> None:
-        for s in self.seqs:
-            s.length += t
+        for s, n in zip(self.seqs, self.ts):
+            s.length += n
+
+
+def padded_passes(counts: list[int], waste: float = 1.25, slack: int = 64) -> list[list[int]]:
+    """Indices of rows adding `counts` new tokens, grouped into forward passes: a `PagedStep` pads every row
+    to the longest of its pass, so a pass takes rows of similar length (shortest first), computing at most
+    `waste` times the tokens they need or `slack` tokens more (a pass of its own costs a read of every
+    weight, which is worth about that many tokens of compute on a CPU)."""
+    passes: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(counts)), key=lambda i: counts[i]):
+        padded = counts[i] * (len(passes[-1]) + 1) if passes else 0
+        if passes and (padded <= waste * (total + counts[i]) or padded - total - counts[i] <= slack):
+            passes[-1].append(i)
+            total += counts[i]
+        else:
+            passes.append([i])
+            total = counts[i]
+    return passes

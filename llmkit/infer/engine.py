@@ -32,71 +32,18 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence
+from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence, padded_passes
 from ..models.cache import EncoderMemory
 from .generate import Completion, TextStream, decoder_start, encode_sources, fit_prompts
+from .requests import Event, QueueFullError, Request, RequestTooLargeError, completion  # noqa: F401 (re-exported)
 from .sampling import GenerationConfig, Sampler
+from .speculative import BatchDrafter, SpeculativeError, can_speculate, load_draft
 
 log = logging.getLogger(__name__)
-
-
-class QueueFullError(RuntimeError):
-    """The engine's waiting queue is at its bound: try again later (HTTP 429/503)."""
-
-
-class RequestTooLargeError(ValueError):
-    """A request needs more cache than the whole pool holds."""
-
-
-@dataclass
-class Event:
-    request_id: str
-    text: str = ""
-    token_id: int | None = None
-    logprob: float | None = None
-    top_logprobs: dict[int, float] | None = None
-    finish_reason: str | None = None  # set on the request's last event
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Request:
-    id: str
-    prompt: list[int]
-    gen: GenerationConfig
-    on_event: Callable[[Event], None] | None = None
-    adapter: str | None = None
-    arrival: float = field(default_factory=time.perf_counter)
-    # filled in by the engine
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = field(default_factory=list)
-    finish_reason: str | None = None
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    cache: CacheSequence = field(default_factory=CacheSequence)
-    # an encoder-decoder's request: `prompt` is its source, encoded once into `memory`; the decoder
-    # starts from `decoder_prompt` (the start token)
-    decoder_prompt: list[int] | None = None
-    memory: Any = field(default=None, repr=False)
-    pending: int | None = None  # the sampled token not yet in the cache
-    todo: list[int] = field(default_factory=list)  # the tokens being prefilled (prompt, or prompt + tokens so far)
-    admitted_at_step: int = 0
-    started: bool = False  # its first prefill chunk has run
-    done: threading.Event = field(default_factory=threading.Event)
-    # text and sampling machinery, set up by `Engine.submit`
-    stream: TextStream | None = field(default=None, repr=False)
-    sampler: Sampler | None = field(default=None, repr=False)
-
-    @property
-    def text(self) -> str:
-        return self.stream.text if self.stream is not None else ""
 
 
 class Engine:
@@ -104,14 +51,17 @@ class Engine:
 
     def __init__(self, llm, max_batch: int = 16, kv_cache_tokens: int | None = None, block_size: int = 16,
                  max_queue: int = 256, use_adapter: Callable[[str | None], Any] | None = None,
-                 prefix_cache: bool = True, prefill: str = "chunked", prefill_chunk: int = 2048):
+                 prefix_cache: bool = True, prefill: str = "chunked", prefill_chunk: int = 2048,
+                 speculative: Any = None, speculative_k: int = 4):
         """`use_adapter(name)` returns a context manager under which the model runs with adapter
         `name` (None: the bare base); given one, requests may name an adapter, and each step runs
         one forward pass per adapter among the running requests. `prefix_cache` shares the KV blocks
         of a prompt prefix seen before (see `llmkit.infer.blocks`); an encoder-decoder never does,
         since its decoder's keys depend on each request's source. `prefill` is "chunked" (at most
         `prefill_chunk` prompt tokens per step, shortest remaining first) or "serial" (every admitted
-        prompt whole, in arrival order)."""
+        prompt whole, in arrival order). `speculative` ("prompt-lookup", a draft `LocalLLM` sharing the
+        tokenizer, or a model to load as one) drafts `speculative_k` tokens per step for every request that
+        can take them (`can_speculate`), checked by the target in the batch's pass: the output is the same."""
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be at least 1")
         if prefill not in ("chunked", "serial"):
@@ -119,6 +69,12 @@ class Engine:
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk={prefill_chunk} must be at least 1")
         self.prefill, self.prefill_chunk = prefill, prefill_chunk
+        if speculative is not None and llm.model.config.is_seq2seq:
+            raise SpeculativeError("speculative decoding is for decoder-only models: serve an encoder-decoder "
+                                   "without a draft")
+        if speculative_k < 1:
+            raise SpeculativeError(f"speculative_k={speculative_k}: propose at least one token per step")
+        self.speculation = BatchDrafter(load_draft(speculative, llm), speculative_k) if speculative is not None else None
         self.llm, self.model, self.tokenizer = llm, llm.model, llm.tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.use_adapter = use_adapter
@@ -182,6 +138,7 @@ class Engine:
         req.sampler = Sampler(gen, self.model.config.vocab_size, self.model.device, 1, self.eos, self.tokenizer,
                               [constraint] if constraint is not None else None)
         req.sampler.add_prompt(torch.tensor([start or ids], device=self.model.device))
+        req.speculate = self.speculation is not None and constraint is None and can_speculate(gen)
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFullError(f"{len(self.waiting)} requests are waiting (the bound is {self.max_queue}): "
@@ -284,30 +241,49 @@ class Engine:
     def _prefill_chunks(self) -> None:
         """Spend at most `prefill_chunk` prompt tokens: shortest remaining prompt first (so short prompts are
         not stuck behind a long one), except that requests admitted four or more steps ago go first, oldest
-        first (so a long one is never starved); each request's chunk continues where its cache ends."""
+        first (so a long one is never starved); each request's chunk continues where its cache ends. The
+        chunks run together, in passes of rows of similar length (see `padded_passes`)."""
         budget = self.prefill_chunk
 
         def key(r: Request) -> tuple:
             aged = self.steps - r.admitted_at_step >= 4
             return (0, r.arrival, 0) if aged else (1, len(r.todo) - r.cache.length, r.arrival)
 
-        order = sorted(self.prefilling, key=key)
-        for req in order:
+        plan, firsts = [], set()
+        for req in sorted(self.prefilling, key=key):
             if budget <= 0:
                 break
+            if not req.started:  # an identical prompt admitted in an earlier step may have filled the cache since
+                self._share_again(req)
+                # one computing a first block that another row of this step computes waits a step, then shares it
+                first = (req.adapter, tuple(req.todo[:self.pool.block_size]))
+                if self.pool.prefix_cache and req.cache.length == 0 and len(req.todo) > self.pool.block_size:
+                    if first in firsts:
+                        continue
+                    firsts.add(first)
+                req.started = True
             take = min(len(req.todo) - req.cache.length, budget)
             budget -= take
-            self._prefill(req, take)
+            plan.append((req, take))
+        for group in padded_passes([take for _, take in plan]):
+            rows = [plan[i] for i in group]
+            feeds = [req.todo[req.cache.length:req.cache.length + take] for req, take in rows]
+            logits = self._forward([req for req, _ in rows], feeds)[:, -1]
+            for (req, _), row in zip(rows, logits):
+                self._prefilled(req, row)
 
     def _prefill(self, req: Request, take: int) -> None:
-        """Put the next `take` tokens of `req`'s prompt into the cache; once all are in, the request joins the
-        running batch with its first token."""
+        """Put the next `take` tokens of `req`'s prompt into the cache, alone (serial prefill)."""
         if not req.started:  # an identical prompt admitted in the same step may have filled the cache since
             req.started = True
             self._share_again(req)
             take = min(take, len(req.todo) - req.cache.length)
         start = req.cache.length
-        logits = self._forward([req], torch.tensor([req.todo[start:start + take]], device=self.model.device))[0]
+        self._prefilled(req, self._forward([req], [req.todo[start:start + take]])[0, -1])
+
+    def _prefilled(self, req: Request, logits: torch.Tensor) -> None:
+        """After a prefill pass: make its full blocks findable; once the whole prompt is in, the request joins
+        the running batch with its first token (sampled from `logits`)."""
         self.pool.register(req.cache, req.todo, req.adapter or "")
         if req.cache.length < len(req.todo):
             return
@@ -330,37 +306,55 @@ class Engine:
         self.pool.reserve(req.cache, len(req.todo) + 1)  # fits: it needs fewer blocks than it gave back
 
     def _decode(self) -> None:
+        """One decoding pass for the running batch: each row feeds its pending token, and a row that speculates
+        its drafts after it, all checked in the same pass (see `_check_drafts`)."""
+        drafts: dict[str, list[int]] = {}
         for req in list(self.running):
+            drafts[req.id] = self.speculation.draft(req) if self.speculation and req.speculate else []
             while req in self.running:  # preemption may have taken it out
                 try:
-                    self.pool.reserve(req.cache, req.cache.length + 1)
+                    self.pool.reserve(req.cache, req.cache.length + 1 + len(drafts[req.id]))
                     break
-                except CacheExhaustedError:  # the newest request, decoding or still prefilling, gives way
+                except CacheExhaustedError:
+                    if drafts[req.id]:  # speculating is optional: try without drafts first
+                        drafts[req.id] = []
+                        continue
+                    # the newest request, decoding or still prefilling, gives way
                     self._preempt(max(self.running + self.prefilling, key=lambda r: r.arrival))
         rows = list(self.running)
         if not rows:
             return
         self.batch_sizes.append(len(rows))
         del self.batch_sizes[:-10000]
-        tokens = torch.tensor([[r.pending] for r in rows], device=self.model.device)
-        logits = self._forward(rows, tokens)
-        for req, row in zip(rows, logits):
-            self._take(req, row)
+        feeds = [[r.pending] + drafts[r.id] for r in rows]  # drafts are checked in the same pass
+        logits = self._forward(rows, feeds, keep=max(len(f) for f in feeds))
+        for req, feed, row in zip(rows, feeds, logits):
+            if len(feed) == 1:
+                self._take(req, row[-1])
+                continue
+            for tok in self.speculation.check(req, feed[1:], row[-len(feed):]):
+                if self._accept(req, tok):
+                    break
 
-    def _forward(self, rows: list[Request], tokens: torch.Tensor) -> torch.Tensor:
-        """Last-position logits of each row; rows of different adapters run as separate passes."""
+    def _forward(self, rows: list[Request], feeds: list[list[int]], keep: int = 1) -> torch.Tensor:
+        """Logits (rows, keep, vocab) of the last `keep` positions of each row, which feeds its own tokens
+        (left-padded to the longest: see `PagedStep`); rows of different adapters run as separate passes."""
+        counts = [len(f) for f in feeds]
+        width = max(counts)
+        tokens = torch.tensor([[0] * (width - len(f)) + f for f in feeds], device=self.model.device)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(r.adapter, []).append(i)
         if len(groups) == 1 and (self.use_adapter is None):
-            step = PagedStep(self.pool, [r.cache for r in rows], tokens.shape[1])
-            return self.model(tokens, cache=step, logits_to_keep=1, memory=self._memory(rows))[:, -1].float()
-        out = torch.empty(len(rows), self.model.config.vocab_size, device=tokens.device)
+            step = PagedStep(self.pool, [r.cache for r in rows], counts)
+            return self.model(tokens, cache=step, logits_to_keep=keep, memory=self._memory(rows)).float()
+        out = torch.zeros(len(rows), keep, self.model.config.vocab_size, device=tokens.device)
         for name, idx in groups.items():
-            step = PagedStep(self.pool, [rows[i].cache for i in idx], tokens.shape[1])
+            t = max(counts[i] for i in idx)
+            step = PagedStep(self.pool, [rows[i].cache for i in idx], [counts[i] for i in idx])
             with self.use_adapter(name):
-                out[idx] = self.model(tokens[idx], cache=step, logits_to_keep=1,
-                                      memory=self._memory([rows[i] for i in idx]))[:, -1].float()
+                out[idx, -min(t, keep):] = self.model(tokens[idx, width - t:], cache=step, logits_to_keep=keep,
+                                                       memory=self._memory([rows[i] for i in idx])).float()
         return out
 
     def _adapter(self, name: str | None):
@@ -394,16 +388,20 @@ class Engine:
         """Sample the next token of `req` from its logits row; emit it or finish the request."""
         raw = logits[None]
         token = req.sampler.choose(raw)
-        tok = int(token[0])
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
-        if req.sampler.is_stop(tok):
-            return self._finish(req, "stop")
         logprobs, tops = req.sampler.logprobs(raw, token)
-        logprob, top = logprobs and logprobs[0], tops and tops[0]
-        if logprobs:
+        self._accept(req, int(token[0]), logprobs and logprobs[0], tops and tops[0])
+
+    def _accept(self, req: Request, tok: int, logprob: float | None = None,
+                top: dict[int, float] | None = None) -> bool:
+        """Add `tok` to `req`'s output and emit it, or finish the request; True once it has finished."""
+        if req.sampler.is_stop(tok):
+            self._finish(req, "stop")
+            return True
+        if logprob is not None:
             req.logprobs.append(logprob)
-        if tops:
+        if top:
             req.top_logprobs.append(top)
         req.generated.append(tok)
         req.pending = tok
@@ -411,9 +409,10 @@ class Engine:
         delta = req.stream.push(tok)
         self._emit(req, Event(req.id, delta, tok, logprob, top))
         if req.stream.stopped:
-            return self._finish(req, "stop")
-        if len(req.generated) >= req.gen.max_new_tokens:
-            return self._finish(req, "length")
+            self._finish(req, "stop")
+        elif len(req.generated) >= req.gen.max_new_tokens:
+            self._finish(req, "length")
+        return req.finish_reason is not None
 
     def _emit(self, req: Request, event: Event) -> None:
         if req.on_event is not None:
@@ -433,6 +432,7 @@ class Engine:
         if held is not None and any(m is req.memory for m in held[0]):  # let the batch's memory go with it
             self._batched_memory = None
         req.finish_reason, req.finished_at, req.pending, req.memory = reason, time.perf_counter(), None, None
+        req.draft_cache = None
         tail = req.stream.flush() if reason != "cancelled" else ""
         self._emit(req, Event(req.id, tail, finish_reason=reason, prompt_tokens=len(req.prompt),
                               completion_tokens=len(req.generated)))
@@ -491,10 +491,7 @@ class Engine:
                 "total_blocks": self.pool.num_blocks - 1, "block_size": self.pool.block_size,
                 "steps": self.steps, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "preemptions": self.preemptions, "prefix_cache": self.pool.prefix_cache,
-                "prefix_cache_hit_rate": self.pool.hit_rate, "prefix_cached_blocks": self.pool.cached_blocks}
-
-
-def completion(req: Request) -> Completion:
-    return Completion(text=req.text, token_ids=list(req.generated), finish_reason=req.finish_reason or "length",
-                      prompt_tokens=len(req.prompt), logprobs=list(req.logprobs) if req.gen.logprobs else None,
-                      top_logprobs=list(req.top_logprobs) if req.gen.top_logprobs else None)
+                "prefix_cache_hit_rate": self.pool.hit_rate, "prefix_cached_blocks": self.pool.cached_blocks,
+                "speculative": self.speculation is not None,
+                "draft_tokens": self.speculation.proposed if self.speculation else 0,
+                "draft_acceptance_rate": self.speculation.acceptance_rate if self.speculation else 0.0}

@@ -95,11 +95,37 @@ def load_draft(draft, llm):
     if not hasattr(draft, "model"):
         raise SpeculativeError(f"draft {draft!r} is not a local model: speculative decoding runs the draft in this "
                                "process")
-    vocab = llm.model.config.vocab_size
-    if draft.model.config.vocab_size != vocab:
-        raise SpeculativeError(f"the draft's vocabulary ({draft.model.config.vocab_size}) differs from the "
-                               f"target's ({vocab}): they must share a tokenizer")
+    same_tokenizer(draft, llm)
     return draft
+
+
+def same_tokenizer(draft, llm) -> None:
+    """Refuse a draft whose token ids mean other tokens than the target's (its proposals would be checked
+    as other words): the vocabularies must match in size and token for token."""
+    ours, theirs = llm.tokenizer, draft.tokenizer
+    sizes = (draft.model.config.vocab_size, llm.model.config.vocab_size)
+    if sizes[0] != sizes[1] or len(theirs) != len(ours):
+        raise SpeculativeError(f"the draft's vocabulary ({sizes[0]} tokens, its tokenizer {len(theirs)}) differs "
+                               f"from the target's ({sizes[1]} tokens, its tokenizer {len(ours)}): they must share a "
+                               "tokenizer")
+    if theirs is ours:
+        return
+    a, b = theirs.backend.get_vocab(with_added_tokens=True), ours.backend.get_vocab(with_added_tokens=True)
+    if a != b:
+        by_id_a, by_id_b = {i: t for t, i in a.items()}, {i: t for t, i in b.items()}
+        i = next(i for i in sorted(set(by_id_a) | set(by_id_b)) if by_id_a.get(i) != by_id_b.get(i))
+        raise SpeculativeError(f"token {i} is {by_id_a.get(i)!r} in the draft's vocabulary but {by_id_b.get(i)!r} "
+                               f"in the target's ({sizes[1]} tokens each): they must share a tokenizer")
+
+
+def can_speculate(gen: GenerationConfig) -> bool:
+    """Whether a request with these settings can decode speculatively (the engine decodes the others
+    plainly): no penalties, no grammar, no beams, and no log-probabilities asked for."""
+    try:
+        _check(gen, 1)
+    except SpeculativeError:
+        return False
+    return not (gen.logprobs or gen.top_logprobs)
 
 
 def _check(gen: GenerationConfig, k: int) -> None:
@@ -116,7 +142,7 @@ def _check(gen: GenerationConfig, k: int) -> None:
                                "runs without a draft")
 
 
-def _propose(sampler: Sampler, draft, dcache, context: list[int], kk: int) -> tuple[list[int], list[torch.Tensor]]:
+def propose(sampler: Sampler, draft, dcache, context: list[int], kk: int) -> tuple[list[int], list[torch.Tensor]]:
     """Up to `kk` draft tokens and the draft's distribution q at each (none for prompt lookup,
     whose q is one-hot at its token)."""
     if kk <= 0:
@@ -137,7 +163,7 @@ def _propose(sampler: Sampler, draft, dcache, context: list[int], kk: int) -> tu
     return drafts, qs
 
 
-def _verify(sampler: Sampler, drafts: list[int], qs: list[torch.Tensor], ps: torch.Tensor, lookup: bool) -> list[int]:
+def verify(sampler: Sampler, drafts: list[int], qs: list[torch.Tensor], ps: torch.Tensor, lookup: bool) -> list[int]:
     """The tokens a target pass keeps: the drafts it accepts (each with probability
     min(1, p/q)), then one token drawn from the residual at the first rejection, or from the
     target's next distribution when every draft passed."""
@@ -163,6 +189,45 @@ def _verify(sampler: Sampler, drafts: list[int], qs: list[torch.Tensor], ps: tor
             residual = p
         return kept + [int(sampler.draw(residual / residual.sum()))]
     return kept + [int(sampler.draw(ps[len(drafts)]))]
+
+
+class BatchDrafter:
+    """Speculative decoding for the serving engine's requests (`llmkit.infer.engine`): `draft` proposes
+    tokens after a request's pending one, which the engine feeds with it in the batch's pass; `check` keeps
+    what the target accepts and rolls the request's caches back over the rest."""
+
+    def __init__(self, drafter, k: int):
+        self.drafter, self.k = drafter, k
+        self.lookup = isinstance(drafter, str)
+        self.proposed = self.accepted = 0  # draft tokens proposed, and accepted by the target
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    def draft(self, req) -> list[int]:
+        """Up to k tokens to follow `req`'s pending token (none when one token is all its budget has left)."""
+        k = min(self.k, req.gen.max_new_tokens - len(req.generated) - 1)
+        if k <= 0:
+            return []
+        context = (req.decoder_prompt or req.prompt) + req.generated
+        if req.draft_cache is None and not self.lookup:  # the draft model's own cache, for this request
+            req.draft_cache = self.drafter.model.new_cache(1, len(context) + req.gen.max_new_tokens + k + 1)
+        drafts, req.draft_q = propose(req.sampler, self.drafter, req.draft_cache, context, k)
+        return drafts
+
+    def check(self, req, drafts: list[int], logits: torch.Tensor) -> list[int]:
+        """The tokens `req` gets from one pass that fed its pending token and `drafts` (`logits`: the target's
+        at each of them): the accepted drafts, then one of the target's own. Its cache lets go of the
+        rejected drafts' keys and values."""
+        context = len(req.decoder_prompt or req.prompt) + len(req.generated)
+        kept = verify(req.sampler, drafts, req.draft_q, req.sampler.distribution(logits), self.lookup)
+        accepted = len(kept) - 1
+        self.proposed, self.accepted = self.proposed + len(drafts), self.accepted + accepted
+        req.cache.length -= len(drafts) - accepted
+        if req.draft_cache is not None:
+            req.draft_cache.length = min(req.draft_cache.length, context + accepted)
+        return kept
 
 
 @torch.inference_mode()
@@ -199,13 +264,13 @@ def speculative_generate(llm, prompt: Sequence[int] | str, gen: GenerationConfig
     while True:
         room = gen.max_new_tokens - len(out)
         kk = min(k, room - 1)  # the last token of the budget comes from the target itself
-        drafts, qs = _propose(sampler, draft, dcache, context, kk)
+        drafts, qs = propose(sampler, draft, dcache, context, kk)
         feed = torch.tensor([context[cache.length:] + drafts], device=device)
         # the target's distribution at each draft, then one more
         ps = sampler.distribution(model(feed, cache=cache, logits_to_keep=len(drafts) + 1)[0])
         passes += 1
         proposed += len(drafts)
-        new_tokens = _verify(sampler, drafts, qs, ps, lookup)
+        new_tokens = verify(sampler, drafts, qs, ps, lookup)
         n_ok = len(new_tokens) - 1
         accepted += n_ok
         cache.length = len(context) + n_ok  # drop the rejected drafts' keys and values

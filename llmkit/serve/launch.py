@@ -46,6 +46,8 @@ class ServerSettings:
     prefix_cache: bool = True  # share the KV blocks of a prompt prefix seen before (see llmkit.infer.blocks)
     prefill: str = "chunked"  # "chunked": prompts in chunks, shortest first, beside the decodes; "serial": each whole
     prefill_chunk: int = 2048  # prompt tokens per engine step when chunked
+    draft: Any = None  # speculative decoding: "prompt-lookup", or a draft model sharing the tokenizer
+    speculate: int = 4  # draft tokens per request per step
     max_queue: int = 256  # requests that may wait for a slot before the server answers 503
     max_body_bytes: int = MAX_BODY_BYTES
     api_keys: str | os.PathLike | None = None  # a keys file (see `llmkit.serve.auth`); None: no key needed
@@ -69,7 +71,7 @@ class ServerSettings:
     def engine_options(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "kv_cache_tokens": self.kv_cache_tokens, "block_size": self.block_size,
                 "max_queue": self.max_queue, "prefix_cache": self.prefix_cache, "prefill": self.prefill,
-                "prefill_chunk": self.prefill_chunk}
+                "prefill_chunk": self.prefill_chunk, "speculative": self.draft, "speculative_k": self.speculate}
 
 
 class ListenError(ValueError):

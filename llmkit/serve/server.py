@@ -91,6 +91,11 @@ def _metrics(engines: list[Engine]) -> Metrics:
     m.describe("llmkit_prefix_cache_hit_rate", "gauge", "share of prompt tokens found in the prefix cache")
     m.gauge("llmkit_prefix_cache_hit_rate", lambda: sum(e.pool.hit_tokens for e in engines)
             / max(1, sum(e.pool.prompt_tokens for e in engines)))
+    m.describe("llmkit_draft_acceptance_rate", "gauge", "share of speculative draft tokens the model accepted "
+               "(0 without --draft)")
+    drafting = [e.speculation for e in engines if e.speculation is not None]
+    m.gauge("llmkit_draft_acceptance_rate", lambda: sum(d.accepted for d in drafting)
+            / max(1, sum(d.proposed for d in drafting)))
     return m
 
 

@@ -127,3 +127,22 @@ def test_dynamic_rope_scaling_takes_prompts_whole_and_shares_nothing(tiny_dirs, 
     dyn = llmkit.load(path)
     engine = Engine(dyn, block_size=4, prefill_chunk=8)
     assert engine.prefill == "serial" and not engine.pool.prefix_cache
+
+
+def test_new_prompts_are_prefilled_together_in_passes_of_similar_length(llm, monkeypatch):
+    from llmkit.infer.blocks import padded_passes
+
+    assert padded_passes([20, 1500, 30, 25, 1400, 200]) == [[0, 3, 2], [5], [4, 1]]  # never a 20 padded to 1500
+    assert padded_passes([8, 8, 8]) == [[0, 1, 2]] and padded_passes([5]) == [[0]]
+    prompts = [SHORT, "def f():", "class A:", "x = 2\nz ="]
+    alone = [llm.complete([p], max_new_tokens=6, temperature=0, ignore_eos=True)[0].token_ids for p in prompts]
+    engine = Engine(llm, max_batch=8, block_size=4, prefix_cache=False)
+    passes = []
+    forward = type(llm.model).forward
+    monkeypatch.setattr(type(llm.model), "forward", lambda self, ids, **kw: passes.append(ids.shape) or
+                        forward(self, ids, **kw))
+    reqs = [engine.submit(llm.tokenize(p), greedy(6)) for p in prompts]
+    engine.step()
+    assert passes == [(4, max(len(llm.tokenize(p)) for p in prompts)), (4, 1)]  # one prefill pass, one decode pass
+    run(engine, reqs)
+    assert [r.generated for r in reqs] == alone

@@ -19,20 +19,6 @@ PROMPTS = ["def main():\n    x = 1\n    y = 2\n    def main():", "import os\nimp
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see one_thread in tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def target(tiny_dirs):
-    return llmkit.load(tiny_dirs["tiny-llama"])
-
-
-@pytest.fixture(scope="module")
-def draft(target, tmp_path_factory):
-    from llmkit.pipelines.init import init_model
-
-    path = tmp_path_factory.mktemp("draft") / "d"
-    init_model("tiny-llama", path, tokenizer=target.tokenizer, seed=1, init_std=0.3, n_layers=1)
-    return llmkit.load(path)
-
-
 @pytest.mark.parametrize("k", [1, 4])
 def test_greedy_output_is_plain_greedy(target, draft, k):
     gen = GenerationConfig(max_new_tokens=30, temperature=0, ignore_eos=True)

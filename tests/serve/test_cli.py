@@ -208,6 +208,11 @@ def test_serve_hands_adapters_and_guards_to_the_server(monkeypatch, capsys):
     options = built["settings"].engine_options()
     assert (options["prefix_cache"], options["prefill"], options["prefill_chunk"]) == (False, "serial", 64)
     assert (settings.engine_options()["prefill"], settings.engine_options()["prefill_chunk"]) == ("chunked", 2048)
+    assert (settings.engine_options()["speculative"], settings.engine_options()["speculative_k"]) == (None, 4)
+    built.clear()
+    assert main(["serve", "--model", "m", "--draft", "prompt-lookup", "--speculate", "3"]) in (0, None)
+    options = built["settings"].engine_options()
+    assert (options["speculative"], options["speculative_k"]) == ("prompt-lookup", 3)
     built.clear()
     assert main(["serve", "--model", "m"]) in (0, None)
     assert built["settings"].guards is None
