@@ -7,6 +7,14 @@ draft model when given), batch 1, on the same model and prompt, in one run.
 Prints tokens/s of each, the speed-up, the acceptance rate and tokens per target pass, and checks
 that the greedy outputs are identical. Target (issue 7): >= 1.5x single-stream decode where the
 draft agrees often (prompt lookup on code continuation).
+
+    python bench/speculative.py --served --model smollm2-135m-instruct
+
+--served measures it behind the API instead: `llmkit serve` with and without `--draft prompt-lookup`,
+one client sending the shipped input-grounded chat requests (llmkit/data/builtin/grounded: quote,
+extract, reformat, edit) at temperature 0, one after another; it prints output tokens/s of each, the
+speed-up, the acceptance rate from /metrics and whether every answer is identical. Target (issue 33):
+>= 1.5x at one client.
 """
 
 from __future__ import annotations
@@ -33,6 +41,51 @@ def save_config(config, path):
 def load_'''
 
 
+GROUNDED = Path(__file__).resolve().parents[1] / "llmkit" / "data" / "builtin" / "grounded" / "prompts.jsonl"
+
+
+def served(args) -> None:
+    """One client, the grounded prompts in turn: the server without a draft, then with prompt lookup."""
+    import json
+    import os
+    import urllib.request
+
+    from bench.serve import free_port, start_server, stop_server
+
+    prompts = [json.loads(line)["prompt"] for line in GROUNDED.read_text().splitlines() if line.strip()]
+    env = {**os.environ}
+    runs = {}
+    for name, extra in (("plain", []), ("prompt-lookup", ["--draft", "prompt-lookup", "--speculate", str(args.k)])):
+        port = free_port()
+        server = start_server(Path(args.model), port, env, 1, extra)
+        try:
+            def ask(prompt: str, tokens: int) -> dict:
+                body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+                        "temperature": 0}
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+                return json.loads(urllib.request.urlopen(req, timeout=600).read())
+
+            ask("Hello", 4)  # warm-up
+            t0 = time.perf_counter()
+            replies = [ask(p, args.tokens) for p in prompts]
+            seconds = time.perf_counter() - t0
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            rate = next(float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("llmkit_draft_acceptance_rate"))
+        finally:
+            stop_server(server)
+        tokens = sum(r["usage"]["completion_tokens"] for r in replies)
+        runs[name] = {"seconds": seconds, "tokens": tokens, "texts": [r["choices"][0]["message"]["content"] for r in replies],
+                      "acceptance": rate}
+        print(f"  {name:14s} {len(prompts)} requests, {tokens} output tokens in {seconds:.1f} s: "
+              f"{tokens / seconds:.1f} tok/s" + (f", acceptance {rate:.0%}" if extra else ""), flush=True)
+    plain, spec = runs["plain"], runs["prompt-lookup"]
+    same = sum(a == b for a, b in zip(plain["texts"], spec["texts"]))
+    speedup = (spec["tokens"] / spec["seconds"]) / (plain["tokens"] / plain["seconds"])
+    print(f"  served speed-up at one client: {speedup:.2f}x (target >= 1.5); identical answers {same}/{len(prompts)}")
+
+
 def main() -> None:
     import torch
 
@@ -45,7 +98,13 @@ def main() -> None:
     ap.add_argument("--draft", default=None, help="a draft model too (same tokenizer)")
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--served", action="store_true",
+                    help="measure behind `llmkit serve` on the shipped grounded prompts (give --model)")
     args = ap.parse_args()
+    if args.served:
+        if not args.model:
+            ap.error("--served needs --model (e.g. smollm2-135m-instruct)")
+        return served(args)
     torch.set_num_threads(torch.get_num_threads())
     tmp = tempfile.TemporaryDirectory()
     if args.model:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quant import kernels
+from ..quant.kernels import rows_linear
 from .config import ModelConfig
 
 
@@ -138,12 +140,22 @@ class AttentionMask:
 
 
 def linear_outputs(x: torch.Tensor, mods: tuple[nn.Module, ...]) -> list[torch.Tensor]:
-    """`[m(x) for m in mods]` for Linears that read the same input (q/k/v, gate/up). Quantised
-    Linears (`llmkit.quant`) offer `grouped_outputs`, which runs the group in one fused call
-    while decoding (the per-call overhead dominates there); it returns None where it does not apply."""
-    grouped = getattr(mods[0], "grouped_outputs", None)
-    out = grouped(x, mods) if grouped is not None else None
-    return out if out is not None else [m(x) for m in mods]
+    """`[m(x) for m in mods]` for Linears that read the same input (q/k/v, gate/up; or one alone). A
+    decoding step's few rows go through `llmkit.quant.kernels`, which reads each weight once (torch's
+    matmul reads it twice for two to eight rows). Quantised Linears (`llmkit.quant`) offer
+    `grouped_outputs`, their own few-row path; either returns None where it does not apply."""
+    first = mods[0]
+    if type(first) is nn.Linear:
+        out = [rows_linear(x, m.weight, m.bias) for m in mods] if kernels.usable(x) else [None]
+    else:
+        grouped = getattr(first, "grouped_outputs", None)
+        out = grouped(x, mods) if grouped is not None else None
+    return out if out is not None and out[0] is not None else [m(x) for m in mods]
+
+
+def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`mod(x)`, by `linear_outputs`' paths."""
+    return linear_outputs(x, (mod,))[0]
 
 
 def relative_position_buckets(relative: torch.Tensor, bidirectional: bool, buckets: int,
@@ -221,7 +233,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads, scale=self.scale,
         )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return linear(self.o_proj, y.transpose(1, 2).reshape(b, t, -1))
 
     def _source_keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, _ = states.shape
@@ -246,8 +258,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
             gate, up = linear_outputs(x, (self.gate_proj, self.up_proj))
-            return self.down_proj(self.act(gate) * up)
-        return self.down_proj(self.act(self.up_proj(x)))
+            return linear(self.down_proj, self.act(gate) * up)
+        return linear(self.down_proj, self.act(linear(self.up_proj, x)))
 
 
 class Block(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from .cache import EncoderMemory, KVCache
 from .config import ModelConfig
 from .loss import cross_entropy, linear_cross_entropy
-from .layers import (AttentionMask, Block, HeadTransform, RelativePositionBias, RotaryEmbedding, make_norm,
+from .layers import (AttentionMask, Block, HeadTransform, RelativePositionBias, RotaryEmbedding, linear, make_norm,
                      sinusoidal_positions)
 
 
@@ -254,7 +254,7 @@ class Transformer(nn.Module):
             return cross_entropy(head(h), labels)
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
-        return self.lm_head(h)
+        return linear(self.lm_head, h)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """An encoder-decoder's encoder output (batch, source, dim), which the decoder cross-attends to."""

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .layout import INT4_GROUP_SIZE, int4_groups
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,10 @@ class _QuantLinear(nn.Module):
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         raise NotImplementedError
 
+    def _rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x @ W.t() by the C++ kernel, or None where it does not apply."""
+        raise NotImplementedError
+
     @classmethod
     def grouped_outputs(cls, x: torch.Tensor, mods: Sequence["_QuantLinear"]) -> list[torch.Tensor] | None:
         """`[m(x) for m in mods]` through one fused call when it applies (no autograd, few rows,
@@ -168,6 +173,10 @@ class _QuantLinear(nn.Module):
         if torch.is_grad_enabled() or not all(type(m) is cls and m.fused and m.in_features == first.in_features
                                               for m in mods):
             return None
+        if kernels.usable(x):  # the C++ kernels (see llmkit.quant.kernels), where they are built
+            ys = [m._rows(x) for m in mods]
+            if all(y is not None for y in ys):
+                return [y if m.bias is None else y + m.bias for y, m in zip(ys, mods)]
         rows = x.reshape(-1, first.in_features)
         if rows.shape[0] > cls.fused_max_rows:
             return None
@@ -232,6 +241,9 @@ class Int8Linear(_QuantLinear):
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         return self.qweight[i:j].to(dtype) * self.scale[i:j, None].to(dtype)
 
+    def _rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        return kernels.rows_int8(x, self.qweight, self.scale)
+
 
 class Int4Linear(_QuantLinear):
     """int4 codes in groups of `group_size` input columns (see the module docstring)."""
@@ -258,6 +270,9 @@ class Int4Linear(_QuantLinear):
 
     def _dequant(self, i: int, j: int, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_int4(self.qweight[i:j], self.scale[i:j], self.group_size, dtype)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        return kernels.rows_int4(x, self.qweight, self.scale, self.group_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"

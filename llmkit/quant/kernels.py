@@ -1,0 +1,124 @@
+"""Few-row linear kernels for decoding on a CPU (`csrc/rows.cpp`): fp32, int8 and int4 weights read once,
+in their stored format, for up to `MAX_ROWS` rows of input (a decoding step, a speculative check).
+
+Decoding is bound by reading the weights. For one row torch's BLAS reads them at the bandwidth, but for two
+to eight rows its sgemm packs the weight first (a second pass over it, 1.7x the time of one row on
+SmolLM2), and the quantised formats have no fast path in torch at all; these kernels read each weight
+row once for all rows. They are built on first use with the system's C++ compiler for this CPU
+(``-march=native``, about 2 s, cached under ``$LLMKIT_HOME/kernels``) and called through ctypes.
+Without a compiler, on another device, or with ``LLMKIT_KERNELS=0`` the callers keep their torch
+paths; the reason is logged once. Written by hand: no maintained library ships these formats' kernels.
+
+    y = rows_linear(x, weight)               # x (rows <= 16, in) fp32 on CPU; None when the kernel cannot run
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # a decoding batch; past it torch's blocked matmul wins
+SOURCE = Path(__file__).with_name("csrc") / "rows.cpp"
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    # the library is specific to this source, these flags and this CPU's instruction set
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+    home = Path(os.environ.get("LLMKIT_HOME", Path.home() / ".cache" / "llmkit"))
+    path = home / "kernels" / f"rows-{key}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            built = Path(tmp) / path.name
+            run = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-500:]}")
+            os.replace(built, path)  # atomic: a concurrent build or a crash never leaves half a library
+    lib = ctypes.CDLL(str(path))
+    i64, f32p, thr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.rows_f32.argtypes = [f32p, i64, i64, f32p, i64, f32p, thr]
+    lib.rows_i8.argtypes = [f32p, i64, i64, f32p, f32p, i64, f32p, thr]
+    lib.rows_i4.argtypes = [f32p, i64, i64, f32p, f32p, i64, i64, f32p, thr]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first call; None (said once in the log) where they cannot be."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("LLMKIT_KERNELS", "1") == "0":
+            log.info("LLMKIT_KERNELS=0: few-row linear kernels off, decoding uses torch's matmul")
+            return None
+        try:
+            _lib = _build()
+        except Exception as e:  # noqa: BLE001 - no compiler, a failed build: torch's paths still work
+            log.warning("the few-row linear kernels are unavailable (%s): decoding uses torch's matmul", e)
+    return _lib
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether a kernel can take input `x` (batch dims, then features): few fp32 rows on the CPU, no autograd."""
+    return (x.dtype == torch.float32 and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.numel() <= MAX_ROWS * x.shape[-1] and (_lib is not None or library() is not None))
+
+
+def _call(fn, x: torch.Tensor, out_features: int, *args) -> torch.Tensor:
+    """`fn` on `x`'s rows into a new (..., out_features) tensor; kept lean: a decoding step makes 200+ calls."""
+    shape = x.shape
+    rows = x if x.is_contiguous() else x.contiguous()
+    y = torch.empty(shape[:-1] + (out_features,), dtype=torch.float32)
+    fn(rows.data_ptr(), rows.numel() // shape[-1], shape[-1], *args, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` for an fp32 `weight`, or None where the kernel does not apply."""
+    if not (usable(x) and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous()):
+        return None
+    y = _call(_lib.rows_f32, x, weight.shape[0], weight.data_ptr(), weight.shape[0])
+    return y if bias is None else y + bias
+
+
+def rows_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """x @ (q * scale[:, None]).t() for int8 codes `q` (out, in), or None where the kernel does not apply."""
+    if not usable(x) or not (q.is_contiguous() and scale.is_contiguous() and scale.dtype == torch.float32):
+        return None
+    return _call(_lib.rows_i8, x, q.shape[0], q.data_ptr(), scale.data_ptr(), q.shape[0])
+
+
+def rows_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """x @ W.t() for int4 `packed` codes in llmkit's layout (see `weight_only`), or None where the kernel does
+    not apply (it takes groups of a multiple of 16 inputs)."""
+    if not usable(x) or group_size % 16 or not (packed.is_contiguous() and scale.is_contiguous()
+                                                and scale.dtype == torch.float32):
+        return None
+    out = packed.shape[0]
+    return _call(_lib.rows_i4, x, out, packed.data_ptr(), scale.data_ptr(), group_size, out)
