@@ -54,7 +54,9 @@ class BlockPool:
         if block_size < 1:
             raise ValueError(f"block_size={block_size} must be positive")
         self.config, self.block_size, self.num_blocks = config, block_size, num_blocks
-        shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        # one slot past the blocks: the sink that padding queries write to (`PagedStep`), never read
+        self.sink = num_blocks * block_size
+        shape = (config.n_layers, self.sink + 1, config.n_kv_heads, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self._free = list(range(num_blocks - 1, 0, -1))  # a stack of never-used blocks; block 0 stays zero
@@ -178,7 +180,7 @@ class PagedStep:
     """One forward pass over `seqs`, row i adding `t[i]` tokens (or `t` each; capacity already reserved).
 
     Rows with fewer new tokens than the longest are left-padded in the query dimension: the padding
-    queries' keys and values go to a sink slot in block 0 and their outputs are meaningless; the real
+    queries' keys and values go to the pool's sink slot and their outputs are meaningless; the real
     queries of every row line up on the right, as the model expects of a left-padded batch."""
 
     def __init__(self, pool: BlockPool, seqs: list[Sequence], t: int | list[int]):
@@ -193,7 +195,7 @@ class PagedStep:
         self.length = self.total - self.t  # what the model calls the cached length (its `past`)
         self.batch_size = len(seqs)
         self._ragged = any(e != self.total for e in ends)
-        sink = torch.full((1,), pool.block_size - 1, dtype=torch.long)  # in block 0; never read unmasked
+        sink = torch.full((1,), pool.sink, dtype=torch.long)
         write, read = [], []
         for s, n, end in zip(seqs, ts, ends):
             write += [sink.expand(self.t - n), pool.slots(s, s.length, end)]

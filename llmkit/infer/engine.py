@@ -255,9 +255,10 @@ class Engine:
                 break
             if not req.started:  # an identical prompt admitted in an earlier step may have filled the cache since
                 self._share_again(req)
-                # one computing a first block that another row of this step computes waits a step, then shares it
-                first = (req.adapter, tuple(req.todo[:self.pool.block_size]))
-                if self.pool.prefix_cache and req.cache.length == 0 and len(req.todo) > self.pool.block_size:
+                # one that would compute the same next block as another row of this step waits a step, then shares it
+                start, size = req.cache.length, self.pool.block_size
+                first = (req.adapter, tuple(req.todo[:start + size]))
+                if self.pool.prefix_cache and len(req.todo) - start > size:
                     if first in firsts:
                         continue
                     firsts.add(first)
@@ -307,7 +308,7 @@ class Engine:
 
     def _decode(self) -> None:
         """One decoding pass for the running batch: each row feeds its pending token, and a row that speculates
-        its drafts after it, all checked in the same pass (see `_check_drafts`)."""
+        its drafts after it, all checked in the same pass (see `BatchDrafter`)."""
         drafts: dict[str, list[int]] = {}
         for req in list(self.running):
             drafts[req.id] = self.speculation.draft(req) if self.speculation and req.speculate else []

@@ -57,7 +57,7 @@ class Request:
     todo: list[int] = field(default_factory=list)  # the tokens being prefilled (prompt, or prompt + tokens so far)
     admitted_at_step: int = 0
     started: bool = False  # its first prefill chunk has run
-    speculate: bool = False  # the engine drafts tokens for it (see `Engine._draft`)
+    speculate: bool = False  # the engine drafts tokens for it (see `speculative.BatchDrafter`)
     draft_cache: Any = field(default=None, repr=False)  # the draft model's own KV cache
     draft_q: list[Any] = field(default_factory=list, repr=False)  # the draft's distributions at its proposals
     done: threading.Event = field(default_factory=threading.Event)

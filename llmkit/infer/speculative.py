@@ -211,8 +211,14 @@ class BatchDrafter:
         if k <= 0:
             return []
         context = (req.decoder_prompt or req.prompt) + req.generated
-        if req.draft_cache is None and not self.lookup:  # the draft model's own cache, for this request
-            req.draft_cache = self.drafter.model.new_cache(1, len(context) + req.gen.max_new_tokens + k + 1)
+        if not self.lookup:
+            if len(context) + k > self.drafter.model.config.context_window:
+                return []  # past the draft's positions the target decodes alone
+            if req.draft_cache is None:  # the draft model's own cache, for this request
+                req.draft_cache = self.drafter.model.new_cache(1, len(context) + req.gen.max_new_tokens + k + 1)
+            # drafts dropped unchecked (the pool ran short, a preemption) may still sit in it: it holds the context
+            # up to its last token at most, which every proposal feeds again
+            req.draft_cache.length = min(req.draft_cache.length, len(context) - 1)
         drafts, req.draft_q = propose(req.sampler, self.drafter, req.draft_cache, context, k)
         return drafts
 

@@ -145,12 +145,12 @@ def linear_outputs(x: torch.Tensor, mods: tuple[nn.Module, ...]) -> list[torch.T
     matmul reads it twice for two to eight rows). Quantised Linears (`llmkit.quant`) offer
     `grouped_outputs`, their own few-row path; either returns None where it does not apply."""
     first = mods[0]
-    if type(first) is nn.Linear:
-        out = [rows_linear(x, m.weight, m.bias) for m in mods] if kernels.usable(x) else [None]
+    if all(type(m) is nn.Linear for m in mods):  # not a LoRA wrapper, whose .weight is its base layer's
+        out = [rows_linear(x, m.weight, m.bias) for m in mods] if kernels.usable(x) else None
     else:
         grouped = getattr(first, "grouped_outputs", None)
         out = grouped(x, mods) if grouped is not None else None
-    return out if out is not None and out[0] is not None else [m(x) for m in mods]
+    return out if out is not None and all(o is not None for o in out) else [m(x) for m in mods]
 
 
 def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:

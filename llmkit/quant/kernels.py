@@ -87,7 +87,8 @@ def library() -> ctypes.CDLL | None:
 def usable(x: torch.Tensor) -> bool:
     """Whether a kernel can take input `x` (batch dims, then features): few fp32 rows on the CPU, no autograd."""
     return (x.dtype == torch.float32 and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.numel() <= MAX_ROWS * x.shape[-1] and (_lib is not None or library() is not None))
+            and x.numel() <= MAX_ROWS * x.shape[-1] and not torch.is_autocast_enabled("cpu")
+            and (_lib is not None or library() is not None))
 
 
 def _call(fn, x: torch.Tensor, out_features: int, *args) -> torch.Tensor:
@@ -99,9 +100,16 @@ def _call(fn, x: torch.Tensor, out_features: int, *args) -> torch.Tensor:
     return y
 
 
+def _codes(codes: torch.Tensor, scale: torch.Tensor, width: int) -> bool:
+    """Whether quantised weights are what the kernels read: contiguous CPU codes `width` wide, fp32 scales."""
+    return (codes.device.type == "cpu" and codes.is_contiguous() and codes.dim() == 2 and codes.shape[1] == width
+            and scale.is_contiguous() and scale.dtype == torch.float32)
+
+
 def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` for an fp32 `weight`, or None where the kernel does not apply."""
-    if not (usable(x) and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous()):
+    if not (usable(x) and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous()
+            and weight.dim() == 2 and weight.shape[1] == x.shape[-1]):
         return None
     y = _call(_lib.rows_f32, x, weight.shape[0], weight.data_ptr(), weight.shape[0])
     return y if bias is None else y + bias
@@ -109,7 +117,7 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def rows_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
     """x @ (q * scale[:, None]).t() for int8 codes `q` (out, in), or None where the kernel does not apply."""
-    if not usable(x) or not (q.is_contiguous() and scale.is_contiguous() and scale.dtype == torch.float32):
+    if not (usable(x) and _codes(q, scale, x.shape[-1])):
         return None
     return _call(_lib.rows_i8, x, q.shape[0], q.data_ptr(), scale.data_ptr(), q.shape[0])
 
@@ -117,8 +125,7 @@ def rows_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Te
 def rows_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor | None:
     """x @ W.t() for int4 `packed` codes in llmkit's layout (see `weight_only`), or None where the kernel does
     not apply (it takes groups of a multiple of 16 inputs)."""
-    if not usable(x) or group_size % 16 or not (packed.is_contiguous() and scale.is_contiguous()
-                                                and scale.dtype == torch.float32):
+    if not usable(x) or group_size % 16 or not _codes(packed, scale, x.shape[-1] // 2):
         return None
     out = packed.shape[0]
     return _call(_lib.rows_i4, x, out, packed.data_ptr(), scale.data_ptr(), group_size, out)

@@ -35,7 +35,7 @@ def plain(llm, prompts, gens):
     return [llm.complete([p], g)[0].token_ids for p, g in zip(prompts, gens)]
 
 
-@pytest.mark.parametrize("block_size", [4, 16])
+@pytest.mark.parametrize("block_size", [1, 4, 16])
 def test_prompt_lookup_in_the_batch_gives_plain_greedy_tokens_in_fewer_passes(repetitive, block_size):
     gens = [greedy(24), greedy(30), greedy(5), greedy(17)]  # budgets that end mid-draft
     expected = plain(repetitive, PROMPTS, gens)
@@ -61,6 +61,20 @@ def test_a_draft_model_in_the_batch_gives_plain_greedy_tokens(target, draft, whi
         assert engine.speculation.accepted == engine.speculation.proposed
     else:
         assert engine.speculation.accepted < engine.speculation.proposed  # the rejection path ran
+
+
+def test_a_draft_model_under_cache_pressure_drops_its_drafts_and_keeps_going(target, draft):
+    """A pool too small for both requests' drafts: drafts are dropped (or a request preempted) before they are
+    checked, and the draft's own cache must forget them too."""
+    from llmkit.infer.blocks import BlockPool
+
+    prompts = ["def main():\n    x = 1", "import os\nimport sys"]
+    gen = greedy(30)
+    expected = plain(target, prompts, [gen, gen])
+    engine = Engine(target, max_batch=2, block_size=4, speculative=draft, speculative_k=3)
+    engine.pool = BlockPool(target.config, 12, 4)  # 11 usable blocks: 44 tokens for two requests of ~40 each
+    assert [c.token_ids for c in engine.generate(prompts, gen)] == expected
+    assert engine.speculation.proposed > 0
 
 
 def test_requests_that_cannot_speculate_decode_plainly_beside_those_that_do(repetitive):

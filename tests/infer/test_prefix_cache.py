@@ -142,3 +142,18 @@ def test_the_hit_rate_counts_each_served_prompt_once(llm):
         engine.step()
     assert engine.pool.prompt_tokens == 20 + 56
     assert engine.pool.hit_tokens <= 16  # at most the shared first 16 tokens, once
+
+
+def test_identical_prompts_behind_a_cached_prefix_compute_their_new_blocks_once(llm):
+    """Two samples of one prompt whose system part is cached: one computes the new blocks, the other waits a
+    step and shares them (batched prefill would otherwise compute them twice)."""
+    system = llm.tokenize("You are a helpful assistant. Answer briefly and politely, please. " * 2)
+    question = llm.tokenize(" What is the capital of France, and why is it famous? Explain in detail." * 2)
+    gen = GenerationConfig(max_new_tokens=2, temperature=0, ignore_eos=True)
+    engine = Engine(llm, max_batch=8, block_size=4)
+    engine.generate([system + [5]], gen)  # caches the system prompt's blocks
+    before = engine.pool.hit_tokens
+    out = engine.generate([system + question] * 2, gen)
+    assert out[0].token_ids == out[1].token_ids
+    shared = engine.pool.hit_tokens - before
+    assert shared >= 2 * (len(system) // 4 * 4) + (len(question) // 4 - 1) * 4  # the second found the question too

@@ -84,6 +84,29 @@ def test_decoding_runs_through_the_kernels_with_the_tokens_of_torch(tiny_dirs, m
     assert [c.token_ids for c in llm.complete(prompts, gen)] == fast
 
 
+def test_lora_wrapped_layers_and_autocast_keep_their_own_paths(tiny_dirs):
+    """A LoRA on v_proj / up_proj alone (not on the first Linear of its group) must still add its update at
+    inference, and under autocast the layers compute in its precision: neither goes through the fp32 kernel."""
+    from llmkit.peft import apply_lora
+
+    llm = llmkit.load(tiny_dirs["tiny-llama"])
+    ids = torch.tensor([llm.tokenize("def main():")])
+    base = llm.model(ids)
+    apply_lora(llm.model, r=4, targets=["v_proj", "up_proj"])
+    for n, p in llm.model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    adapted = llm.model(ids)
+    with torch.inference_mode(False), torch.no_grad():
+        reference = llm.model(ids)  # the torch path
+    assert (adapted - base).abs().max() > 1e-2
+    torch.testing.assert_close(adapted, reference, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k, v = llmkit.models.layers.linear_outputs(torch.randn(1, 1, llm.config.dim),
+                                                       (llm.model.model.layers[0].self_attn.q_proj,) * 3)
+    assert q.dtype == torch.bfloat16
+
+
 def test_without_a_compiler_the_torch_paths_run_and_the_log_says_so_once(monkeypatch, caplog, tmp_path):
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_tried", False)
