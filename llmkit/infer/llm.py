@@ -34,6 +34,7 @@ from ..models.sampling_defaults import sampling_defaults
 from ..models.classifier import Classifier, is_classifier_dir, load_classifier_parts, save_classifier
 from ..models.sentence import EmbeddingSpec, read_embedding_spec, write_embedding_spec
 from ..models.transformer import Transformer
+from ..quant import kernels
 from ..tokenizer.chat import fit_history, source_ids  # noqa: F401  (RemoteLLM and callers import fit_history from here)
 from .embedding import Embedding
 from .beam import beam_completions, beam_search
@@ -119,6 +120,8 @@ class LocalLLM(TokenScoring, Embedding):
                 f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                 f"{model.config.vocab_size}: they do not belong together"
             )
+        if model.device.type == "cpu" and model.config.causal:
+            kernels.library()  # built now (about 2 s, once per machine), not inside the first reply
 
     @property
     def config(self) -> ModelConfig:

@@ -73,14 +73,14 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on first call; None (said once in the log) where they cannot be."""
     global _lib, _tried
     if not _tried:
-        _tried = True
         if os.environ.get("LLMKIT_KERNELS", "1") == "0":
             log.info("LLMKIT_KERNELS=0: few-row linear kernels off, decoding uses torch's matmul")
-            return None
-        try:
-            _lib = _build()
-        except Exception as e:  # noqa: BLE001 - no compiler, a failed build: torch's paths still work
-            log.warning("the few-row linear kernels are unavailable (%s): decoding uses torch's matmul", e)
+        else:
+            try:
+                _lib = _build()
+            except Exception as e:  # noqa: BLE001 - no compiler, a failed build: torch's paths still work
+                log.warning("the few-row linear kernels are unavailable (%s): decoding uses torch's matmul", e)
+        _tried = True  # not when Ctrl-C stopped the build: the next call tries again
     return _lib
 
 

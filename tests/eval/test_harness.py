@@ -59,7 +59,9 @@ def test_multiple_choice_matches_direct_scoring_and_batch_size(llm):
         assert {k: other.metrics[k] for k in ("acc", "acc_norm", "n")} == {k: res.metrics[k] for k in ("acc", "acc_norm", "n")}
         assert other.metrics == pytest.approx(res.metrics, abs=1e-6)  # calibration error: fp32 rounding
         flat = [ll for s in other.samples for ll in s["loglikelihoods"]]
-        assert flat == pytest.approx([ll for s in res.samples for ll in s["loglikelihoods"]], abs=1e-5)
+        # fp32 rounding (relative 1e-6): few rows go through llmkit.quant.kernels, more through BLAS, summing in
+        # other orders
+        assert flat == pytest.approx([ll for s in res.samples for ll in s["loglikelihoods"]], rel=1e-6, abs=1e-5)
 
 
 def test_fewshot_prefix_is_seeded_and_leaves_the_question_out():
