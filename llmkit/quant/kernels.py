@@ -5,7 +5,8 @@ Decoding is bound by reading the weights. For one row torch's BLAS reads them at
 to eight rows its sgemm packs the weight first (a second pass over it, 1.7x the time of one row on
 SmolLM2), and the quantised formats have no fast path in torch at all; these kernels read each weight
 row once for all rows. They are built on first use with the system's C++ compiler for this CPU
-(``-march=native``, about 2 s, cached under ``$LLMKIT_HOME/kernels``) and called through ctypes.
+(``-march=native``, about 2 s, cached under ``$LLMKIT_HOME/kernels`` or ``$LLMKIT_KERNELS_DIR``) and called
+through ctypes.
 Without a compiler, on another device, or with ``LLMKIT_KERNELS=0`` the callers keep their torch
 paths; the reason is logged once. Written by hand: no maintained library ships these formats' kernels.
 
@@ -52,7 +53,7 @@ def _build() -> ctypes.CDLL:
     # the library is specific to this source, these flags and this CPU's instruction set
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
     home = Path(os.environ.get("LLMKIT_HOME", Path.home() / ".cache" / "llmkit"))
-    path = home / "kernels" / f"rows-{key}.so"
+    path = Path(os.environ.get("LLMKIT_KERNELS_DIR") or home / "kernels") / f"rows-{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:

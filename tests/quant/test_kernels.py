@@ -111,7 +111,7 @@ def test_without_a_compiler_the_torch_paths_run_and_the_log_says_so_once(monkeyp
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("LLMKIT_HOME", str(tmp_path))  # no library built before
+    monkeypatch.setenv("LLMKIT_KERNELS_DIR", str(tmp_path))  # no library built before
     with caplog.at_level(logging.WARNING, logger="llmkit.quant.kernels"):
         assert kernels.library() is None and kernels.library() is None
         x, w = torch.randn(1, 16), torch.randn(4, 16)
