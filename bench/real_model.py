@@ -74,20 +74,6 @@ def bench_llmkit(path: Path, quantize: str | None, tokens: int, prefill: int, ba
     return row
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second this machine copies (read + write counted once, best of several), as the bound's yardstick."""
-    import torch
-
-    a = torch.empty(64 * 2**20, dtype=torch.uint8)
-    b = torch.empty_like(a)
-    best = float("inf")
-    for _ in range(10):
-        t0 = time.perf_counter()
-        b.copy_(a)
-        best = min(best, time.perf_counter() - t0)
-    return a.numel() / best
-
-
 def bench_transformers(path: Path, tokens: int, prefill: int) -> dict:
     import torch
     import transformers
@@ -155,6 +141,8 @@ def main() -> None:
         r = bench_llmkit(path, None, args.tokens, args.prefill, batch8=True)
         print(json.dumps({k: r[k] for k in ("decode", "decode_b8")}))
         return
+    from bench.generate import copy_bandwidth
+
     bandwidth = copy_bandwidth()
     rows: dict[str, dict] = {}
     rows["llmkit fp32"] = bench_llmkit(path, None, args.tokens, args.prefill, batch8=True)

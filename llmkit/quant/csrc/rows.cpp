@@ -45,39 +45,26 @@ static inline float hsum(v8 v) {
   return s;
 }
 
-template <int R>
-static void f32_rows(const float* x, int64_t in, const float* w, int64_t out, float* y, int64_t lo, int64_t hi) {
-  for (int64_t o = lo; o < hi; ++o) {
-    const float* wr = w + o * in;
-    v8 acc[R] = {};
-    int64_t k = 0;
-    for (; k + 8 <= in; k += 8) {
-      v8 wv = load(wr + k);
-      for (int r = 0; r < R; ++r) acc[r] += load(x + r * in + k) * wv;
-    }
-    for (int r = 0; r < R; ++r) {
-      float s = hsum(acc[r]);
-      for (int64_t j = k; j < in; ++j) s += x[r * in + j] * wr[j];
-      y[r * out + o] = s;
-    }
-  }
-}
+// A weight row's next 8 values as floats: fp32 as stored, int8 codes converted (their row scale comes after).
+static inline v8 weights(const float* p) { return load(p); }
+static inline v8 weights(const int8_t* p) { return codes_i8(p); }
 
-template <int R>
-static void i8_rows(const float* x, int64_t in, const int8_t* q, const float* scale, int64_t out, float* y,
-                    int64_t lo, int64_t hi) {
+// fp32 (scale null) or int8 with one scale per output row
+template <int R, typename W>
+static void dense_rows(const float* x, int64_t in, const W* w, const float* scale, int64_t out, float* y,
+                       int64_t lo, int64_t hi) {
   for (int64_t o = lo; o < hi; ++o) {
-    const int8_t* qr = q + o * in;
+    const W* wr = w + o * in;
     v8 acc[R] = {};
     int64_t k = 0;
     for (; k + 8 <= in; k += 8) {
-      v8 wv = codes_i8(qr + k);
+      v8 wv = weights(wr + k);
       for (int r = 0; r < R; ++r) acc[r] += load(x + r * in + k) * wv;
     }
     for (int r = 0; r < R; ++r) {
       float s = hsum(acc[r]);
-      for (int64_t j = k; j < in; ++j) s += x[r * in + j] * qr[j];
-      y[r * out + o] = s * scale[o];
+      for (int64_t j = k; j < in; ++j) s += x[r * in + j] * static_cast<float>(wr[j]);
+      y[r * out + o] = scale ? s * scale[o] : s;
     }
   }
 }
@@ -129,7 +116,7 @@ void rows_f32(const float* x, int64_t rows, int64_t in, const float* w, int64_t 
     int64_t hi = lo + 16 < out ? lo + 16 : out;
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {  // 8 rows at a time; the block's weights stay in cache
       const int64_t chunk = rows - r0 < 8 ? rows - r0 : 8;
-#define CALL(R) f32_rows<R>(x + r0 * in, in, w, out, y + r0 * out, lo, hi)
+#define CALL(R) dense_rows<R>(x + r0 * in, in, w, nullptr, out, y + r0 * out, lo, hi)
       DISPATCH(CALL)
 #undef CALL
     }
@@ -143,7 +130,7 @@ void rows_i8(const float* x, int64_t rows, int64_t in, const int8_t* q, const fl
     int64_t hi = lo + 16 < out ? lo + 16 : out;
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {  // 8 rows at a time; the block's weights stay in cache
       const int64_t chunk = rows - r0 < 8 ? rows - r0 : 8;
-#define CALL(R) i8_rows<R>(x + r0 * in, in, q, scale, out, y + r0 * out, lo, hi)
+#define CALL(R) dense_rows<R>(x + r0 * in, in, q, scale, out, y + r0 * out, lo, hi)
       DISPATCH(CALL)
 #undef CALL
     }
