@@ -166,14 +166,14 @@ def main() -> None:
                 rows[f"llama.cpp {kind.upper()} (llmkit export)"] = bench_llama_cpp(out, args.tokens, args.prefill)
                 rows[f"llama.cpp {kind.upper()} (llmkit export)"]["token_bytes"] = _gguf_token_bytes(out)
     width = max(len(k) for k in rows)
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write: a decode that only reads may pass 100% of the bound)")
     print(f"{'':<{width}}  {'import s':>9}  {'decode tok/s':>12}  {'bound tok/s':>11}  {'share':>6}  {'prefill tok/s':>13}")
     for name, r in rows.items():
         bound = bandwidth / r["token_bytes"] if r.get("token_bytes") else float("nan")
         print(f"{name:<{width}}  {r['load_s']:9.2f}  {r['decode']:12.1f}  {bound:11.1f}  {r['decode'] / bound:6.0%}  "
               f"{r['prefill']:13.1f}")
     ours = rows["llmkit fp32"]
-    print(f"llmkit first decode call (warm-up, kernels built on a fresh machine): "
+    print(f"llmkit first decode call (warm-up; the kernels are built when a model loads, about 2 s once per machine): "
           + ", ".join(f"{k.split()[-1]} {rows[k]['first_call_s']:.1f} s" for k in rows if k.startswith("llmkit")))
     import json
     import os
