@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..models.decode_step import DecodeStep
 from ..models.texts import cut_keeping_end
 from ..models.transformer import ContextLengthError, Transformer
 from .sampling import GenerationConfig, Sampler
@@ -148,13 +149,17 @@ class TokenGeneration:
         with torch.inference_mode():
             logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1,
                            memory=memory)[:, -1]
+        # the whole step in one C++ call where it serves this model (CPU, no padding), else the modules
+        fast = DecodeStep.plan(model, cache) if memory is None and gen.max_new_tokens > 1 else None
         for _ in range(gen.max_new_tokens):
             step, tokens = self._choose(logits)
             yield step
             if all(self.finished):
                 return
             with torch.inference_mode():
-                logits = model(tokens[:, None], cache=cache, memory=memory)[:, -1]
+                logits = fast(tokens) if fast is not None else None
+                if logits is None:
+                    logits = model(tokens[:, None], cache=cache, memory=memory)[:, -1]
 
     def _choose(self, logits: torch.Tensor) -> tuple[Step, torch.Tensor]:
         with torch.inference_mode():

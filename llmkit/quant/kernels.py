@@ -30,7 +30,8 @@ import torch
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # a decoding batch; past it torch's blocked matmul wins
-SOURCE = Path(__file__).with_name("csrc") / "rows.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "rows.cpp", CSRC / "step.cpp")  # one library; both include rows.h
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -49,16 +50,17 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    flags = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
     # the library is specific to this source, these flags and this CPU's instruction set
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
+    code = b"".join(f.read_bytes() for f in sorted(CSRC.iterdir()) if f.suffix in (".cpp", ".h"))
+    key = hashlib.sha256(code + " ".join([compiler, *flags, _cpu_flags()]).encode()).hexdigest()[:16]
     home = Path(os.environ.get("LLMKIT_HOME", Path.home() / ".cache" / "llmkit"))
     path = Path(os.environ.get("LLMKIT_KERNELS_DIR") or home / "kernels") / f"rows-{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             built = Path(tmp) / path.name
-            run = subprocess.run([compiler, *flags, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+            run = subprocess.run([compiler, *flags, "-o", str(built), *map(str, SOURCES)], capture_output=True, text=True)
             if run.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-500:]}")
             os.replace(built, path)  # atomic: a concurrent build or a crash never leaves half a library
@@ -67,6 +69,7 @@ def _build() -> ctypes.CDLL:
     lib.rows_f32.argtypes = [f32p, i64, i64, f32p, i64, f32p, thr]
     lib.rows_i8.argtypes = [f32p, i64, i64, f32p, f32p, i64, f32p, thr]
     lib.rows_i4.argtypes = [f32p, i64, i64, f32p, f32p, i64, i64, f32p, thr]
+    lib.decode_step.argtypes = [ctypes.c_void_p, f32p, i64, f32p, thr]
     return lib
 
 

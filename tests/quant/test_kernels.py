@@ -2,7 +2,8 @@
 format give torch's products (to float rounding) for 1 to 8 rows, every decoding step of a model runs
 through them with the tokens of torch's path, and where they cannot run (no compiler, a gradient, too
 many rows) the callers keep their torch paths, said once in the log. The slow test holds SmolLM2's
-greedy tokens over 128 steps equal with and without them, for fp32, int8 and int4."""
+greedy tokens over 128 steps equal through the whole-step C++ decoder, the modules with these kernels and
+the modules without them, for fp32, int8 and int4."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 import llmkit
 from llmkit.infer import GenerationConfig
+from llmkit.models.decode_step import DecodeStep
 from llmkit.quant import kernels
 from llmkit.quant.weight_only import dequantize_int4, quantize_int4, quantize_int8
 
@@ -56,6 +58,21 @@ def test_int4_rows_equal_the_dequantised_product(group):
                                    F.linear(x, dequantize_int4(packed, scale, group)), rtol=1e-5, atol=1e-5)
 
 
+def test_a_rows_result_does_not_depend_on_the_rest_of_its_batch():
+    """Bit for bit: each output is summed in one order whatever the number of rows (a padded batch and a
+    request alone give the same numbers)."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(40, 136, generator=g)
+    q, scale = quantize_int8(w)
+    packed, scale4 = quantize_int4(torch.randn(40, 128, generator=g), 32)
+    x = torch.randn(kernels.MAX_ROWS, 136, generator=g)
+    for rows in (2, 3, 5, 8, 16):
+        assert torch.equal(kernels.rows_linear(x[:rows], w)[:1], kernels.rows_linear(x[:1], w))
+        assert torch.equal(kernels.rows_int8(x[:rows], q, scale)[rows - 1:], kernels.rows_int8(x[rows - 1:rows], q, scale))
+        x4 = x[:rows, :128].contiguous()
+        assert torch.equal(kernels.rows_int4(x4, packed, scale4, 32)[1:2], kernels.rows_int4(x4[1:2], packed, scale4, 32))
+
+
 def test_where_a_kernel_does_not_apply_it_says_none():
     w = torch.randn(8, 16)
     assert kernels.rows_linear(torch.randn(kernels.MAX_ROWS + 1, 16), w) is None  # more rows than MAX_ROWS
@@ -78,6 +95,8 @@ def test_decoding_runs_through_the_kernels_with_the_tokens_of_torch(tiny_dirs, m
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, real=real, **kw: calls.append(1) or real(*a, **kw))
     monkeypatch.setattr("llmkit.models.layers.rows_linear", kernels.rows_linear)
+    # the module path (the whole-step decoder, tests/models/test_decode_step.py, would bypass it)
+    monkeypatch.setattr(DecodeStep, "plan", classmethod(lambda cls, m, c: None))
     fast = [c.token_ids for c in llm.complete(prompts, gen)]
     assert len(calls) > 24 * llm.config.n_layers  # every step, every layer
     monkeypatch.setattr(kernels, "usable", lambda x: False)  # torch's paths
@@ -130,7 +149,13 @@ def test_smollm2_greedy_tokens_over_128_steps_are_those_of_torch(smollm2, monkey
     llm = LocalLLM(*load_gguf(smollm2.path, quantize=method), name="smollm2")
     gen = GenerationConfig(max_new_tokens=128, temperature=0, ignore_eos=True)
     prompt = "Write a short story about a robot who learns to paint."
-    fast = llm.complete([prompt], gen)[0].token_ids
+    steps = []
+    real = DecodeStep.__call__
+    monkeypatch.setattr(DecodeStep, "__call__", lambda self, t: steps.append(1) or real(self, t))
+    fast = llm.complete([prompt], gen)[0].token_ids  # the whole-step C++ decoder
+    assert len(steps) == 127
+    monkeypatch.setattr(DecodeStep, "plan", classmethod(lambda cls, m, c: None))
+    assert llm.complete([prompt], gen)[0].token_ids == fast  # the modules with the few-row kernels
     monkeypatch.setattr(kernels, "usable", lambda x: False)
     for q in llm.model.modules():  # the unfused path: dequantise, then torch's matmul
         if hasattr(q, "fused"):

@@ -1,0 +1,184 @@
+"""A whole decoding step in one call: `llmkit/quant/csrc/step.cpp` runs the embedding, every block and the
+head of a decoder-only model for a few rows that each add one token, reading the KV cache in place.
+
+    step = DecodeStep.plan(model, cache)       # None where it does not apply (then call the model)
+    logits = step(tokens)                      # (rows,) token ids -> (rows, vocab); the cache advances
+
+Why: on a CPU a thin, deep model (SmolLM2-135M: 30 blocks, 576 wide) spends more time dispatching the
+~400 torch operators of a step than reading its weights; one C++ call with one parallel region does not.
+The arithmetic is the module path's (fp32, weights in their stored format: fp32, int8, int4), so greedy
+tokens match it. It serves Llama-, Mistral-, Qwen2- and GPT-2-shaped models in eval mode with plain or
+llmkit-quantised Linears and a `KVCache` without padding; anything else (adapters, hooks, MoE,
+encoder-decoders, dynamic rope, autocast, another device) keeps the module path, and the reason is logged
+once. A plan holds pointers to the model's tensors: make a new one after changing the model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+from torch import nn
+
+from ..quant import kernels
+from ..quant.weight_only import Int4Linear, Int8Linear
+from .cache import KVCache
+from .layers import RMSNorm
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_said: set[str] = set()
+
+
+class _Weight(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("in_", ctypes.c_int64), ("out", ctypes.c_int64), ("group", ctypes.c_int64)]
+
+
+class _Norm(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("w", ctypes.c_void_p), ("b", ctypes.c_void_p), ("eps", ctypes.c_double)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", _Norm), ("q", _Weight), ("k", _Weight), ("v", _Weight), ("o", _Weight),
+                ("mlp_norm", _Norm), ("gate", _Weight), ("up", _Weight), ("down", _Weight), ("window", ctypes.c_int64)]
+
+
+_SCRATCH = ("x", "xn", "tmp", "q", "k", "v", "att", "h1", "h2", "scores")
+
+
+class _Model(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in ("dim", "n_heads", "n_kv_heads", "head_dim", "hidden", "n_layers",
+                                                "max_len", "rows", "activation")]
+                + [("attn_scale", ctypes.c_double)]
+                + [(n, ctypes.c_void_p) for n in ("embed", "positions", "cos", "sin")]
+                + [("final_norm", _Norm), ("head", _Weight), ("cache_k", ctypes.c_void_p), ("cache_v", ctypes.c_void_p),
+                   ("layers", ctypes.POINTER(_Layer))]
+                + [(n, ctypes.c_void_p) for n in _SCRATCH])
+
+
+class Unsupported(Exception):
+    """Why a model or cache is left to the module path."""
+
+
+def _ptr(t: torch.Tensor | None, keep: list) -> int | None:
+    if t is None:
+        return None
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.int8, torch.uint8) or not t.is_contiguous():
+        raise Unsupported(f"a {t.dtype} tensor on {t.device} (contiguous={t.is_contiguous()})")
+    keep.append(t)
+    return t.data_ptr()
+
+
+def _weight(mod: nn.Module | None, keep: list) -> _Weight:
+    if mod is None:
+        return _Weight()
+    bias = getattr(mod, "bias", None)
+    if type(mod) is nn.Linear:
+        if mod.weight.dtype != torch.float32:
+            raise Unsupported(f"a {mod.weight.dtype} Linear")
+        return _Weight(0, _ptr(mod.weight, keep), None, _ptr(bias, keep), mod.in_features, mod.out_features, 0)
+    if type(mod) in (Int8Linear, Int4Linear) and mod.fused:
+        int4 = type(mod) is Int4Linear
+        if int4 and mod.group_size % 16:
+            raise Unsupported(f"int4 groups of {mod.group_size} (the kernel takes multiples of 16)")
+        return _Weight(2 if int4 else 1, _ptr(mod.qweight, keep), _ptr(mod.scale, keep), _ptr(bias, keep),
+                       mod.in_features, mod.out_features, mod.group_size if int4 else 0)
+    raise Unsupported(f"a {type(mod).__name__} (adapters and other wrapped layers run as modules)")
+
+
+def _norm(mod: nn.Module, keep: list) -> _Norm:
+    if type(mod) is RMSNorm:
+        return _Norm(0, _ptr(mod.weight, keep), None, mod.eps)
+    if type(mod) is nn.LayerNorm and mod.weight is not None and len(mod.normalized_shape) == 1:
+        return _Norm(1, _ptr(mod.weight, keep), _ptr(mod.bias, keep), mod.eps)
+    raise Unsupported(f"a {type(mod).__name__} norm")
+
+
+def _check(model: nn.Module, cache: KVCache) -> None:
+    cfg = model.config
+    for what, bad in (("an encoder-decoder", cfg.is_seq2seq), ("bidirectional attention", not cfg.causal),
+                      ("post-norm blocks", cfg.post_norm), ("a mixture of experts", cfg.is_moe),
+                      ("token types", cfg.type_vocab_size), ("an MLM head", cfg.head_transform or cfg.head != "lm"),
+                      ("a scaled tied head", cfg.scale_tied_head),
+                      (f"{cfg.positions} positions", cfg.positions not in ("rope", "learned", "none")),
+                      ("dynamic rope scaling", cfg.positions == "rope" and model.model.rotary.dynamic),
+                      ("training mode", model.training), ("autocast", torch.is_autocast_enabled("cpu")),
+                      ("a cache with padding", cache.valid is not None),
+                      (f"{cache.batch_size} rows (at most {kernels.MAX_ROWS})", cache.batch_size > kernels.MAX_ROWS),
+                      ("forward hooks", any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))):
+        if bad:
+            raise Unsupported(what)
+    if type(cache) is not KVCache:
+        raise Unsupported(f"a {type(cache).__name__}")
+
+
+class DecodeStep:
+    """The C++ decoding step over one model and one `KVCache` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, cache: KVCache, lib: ctypes.CDLL):
+        cfg, keep = model.config, []
+        rows, dim, d = cache.batch_size, cfg.dim, cfg.head_dim
+        layers = (_Layer * cfg.n_layers)()
+        for i, block in enumerate(model.model.layers):
+            attn, mlp = block.self_attn, block.mlp
+            layers[i] = _Layer(_norm(block.input_layernorm, keep), *(_weight(getattr(attn, n), keep)
+                                                                      for n in ("q_proj", "k_proj", "v_proj", "o_proj")),
+                               _norm(block.post_attention_layernorm, keep),
+                               _weight(mlp.gate_proj if mlp.gated else None, keep), _weight(mlp.up_proj, keep),
+                               _weight(mlp.down_proj, keep), cfg.sliding_window_for(i) or 0)
+        cos = sin = positions = None
+        if cfg.positions == "rope":
+            cos, sin = model.model.rotary(torch.arange(cache.max_len)[None], torch.float32)
+            cos, sin = cos[0].contiguous(), sin[0].contiguous()
+        elif cfg.positions == "learned":
+            positions = model.model.embed_positions.weight
+        if model.model.embed_tokens.weight.dtype != torch.float32:
+            raise Unsupported(f"{model.model.embed_tokens.weight.dtype} embeddings")
+        q_dim, kv_dim = cfg.n_heads * d, cfg.n_kv_heads * d
+        sizes = {"x": dim, "xn": dim, "tmp": dim, "q": q_dim, "k": kv_dim, "v": kv_dim, "att": q_dim,
+                 "h1": cfg.hidden_dim, "h2": cfg.hidden_dim, "scores": cfg.n_heads * cache.max_len}
+        scratch = {n: torch.empty(rows * sizes[n]) for n in _SCRATCH}
+        self.model_struct = _Model(dim, cfg.n_heads, cfg.n_kv_heads, d, cfg.hidden_dim, cfg.n_layers, cache.max_len,
+                                   rows, ACTIVATIONS[cfg.activation],
+                                   cfg.attn_scale if cfg.attn_scale is not None else d ** -0.5,
+                                   _ptr(model.model.embed_tokens.weight, keep), _ptr(positions, keep),
+                                   _ptr(cos, keep), _ptr(sin, keep), _norm(model.model.norm, keep),
+                                   _weight(model.lm_head, keep), _ptr(cache.k, keep), _ptr(cache.v, keep), layers,
+                                   *(_ptr(scratch[n], keep) for n in _SCRATCH))
+        self._keep, self._layers = keep, layers
+        self.cache, self.vocab, self.lib = cache, cfg.vocab_size, lib
+        self.max_positions = cfg.max_seq_len if cfg.positions == "learned" else None
+
+    @classmethod
+    def plan(cls, model: nn.Module, cache: KVCache) -> DecodeStep | None:
+        """A step for `model` and `cache`, or None where the C++ step does not serve them (said once)."""
+        lib = kernels.library()
+        if lib is None:
+            return None
+        try:
+            _check(model, cache)
+            return cls(model, cache, lib)
+        except Unsupported as e:
+            if str(e) not in _said:
+                _said.add(str(e))
+                log.info("the C++ decoding step does not serve %s: decoding runs the model's modules", e)
+            return None
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Logits (rows, vocab) after adding one token per row; None (nothing written) where the step cannot
+        take it: the caller then runs the model, which also raises the errors of a full cache."""
+        cache = self.cache
+        pos = cache.length
+        if pos >= cache.max_len or (self.max_positions is not None and pos >= self.max_positions):
+            return None
+        ids = tokens.reshape(-1).to(torch.int64).contiguous()
+        if ids.numel() != cache.batch_size or cache.valid is not None or int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
+            return None
+        logits = torch.empty(cache.batch_size, self.vocab)
+        self.lib.decode_step(ctypes.addressof(self.model_struct), ids.data_ptr(), pos, logits.data_ptr(),
+                             torch.get_num_threads())
+        cache.advance(1)
+        return logits

@@ -1,0 +1,204 @@
+// One decoding step of a decoder-only transformer, whole, on a CPU: the embedding of each row's token, every
+// block (norm, q/k/v, rotary positions, the KV cache write, attention over the cache, o_proj, norm, MLP) and
+// the head, for a few rows that each add one token at the same position (llmkit/models/decode_step.py).
+//
+// Why: a 30-layer model 576 wide (SmolLM2-135M) runs ~400 small torch operators per token, and their
+// dispatch costs more than reading the weights. Here the whole step is one call and one parallel region;
+// the threads share each weight's output blocks and meet at a barrier between dependent parts. The
+// arithmetic is the module path's (models/layers.py), in fp32; weights are read in their stored format by
+// the kernels of rows.h.
+#include <cmath>
+
+#include "rows.h"
+
+struct Norm {
+  int64_t kind;  // 0 RMSNorm, 1 LayerNorm
+  const float* w;
+  const float* b;  // LayerNorm's bias, or null
+  double eps;
+};
+
+struct Layer {
+  Norm attn_norm;
+  Weight q, k, v, o;
+  Norm mlp_norm;
+  Weight gate, up, down;  // gate.w null: a plain MLP, down(act(up(x)))
+  int64_t window;         // attends to the last `window` positions; 0: to all of them
+};
+
+struct Model {
+  int64_t dim, n_heads, n_kv_heads, head_dim, hidden, n_layers, max_len, rows;
+  int64_t activation;  // 0 silu, 1 gelu (erf), 2 gelu (tanh), 3 relu
+  double attn_scale;
+  const float* embed;      // (vocab, dim)
+  const float* positions;  // learned position embeddings (positions, dim), or null
+  const float* cos;        // rotary tables (positions, head_dim), or null
+  const float* sin;
+  Norm final_norm;
+  Weight head;
+  float* cache_k;  // (layers, rows, kv_heads, max_len, head_dim), as models/cache.py's KVCache
+  float* cache_v;
+  const Layer* layers;
+  // scratch: x, xn, tmp (rows, dim); q, att (rows, n_heads * head_dim); k, v (rows, kv_heads * head_dim);
+  // h1, h2 (rows, hidden); scores (rows * n_heads, max_len)
+  float *x, *xn, *tmp, *q, *k, *v, *att, *h1, *h2, *scores;
+};
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+  v8 acc = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = fmadd(load(a + i), load(b + i), acc);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+static void norm_row(const Norm& n, const float* x, float* y, int64_t dim) {
+  if (n.kind == 0) {
+    const float r = 1.0f / std::sqrt(dot(x, x, dim) / dim + static_cast<float>(n.eps));
+    for (int64_t i = 0; i < dim; ++i) y[i] = x[i] * r * n.w[i];
+    return;
+  }
+  float mean = 0.f;
+  for (int64_t i = 0; i < dim; ++i) mean += x[i];
+  mean /= dim;
+  float var = 0.f;
+  for (int64_t i = 0; i < dim; ++i) var += (x[i] - mean) * (x[i] - mean);
+  const float r = 1.0f / std::sqrt(var / dim + static_cast<float>(n.eps));
+  for (int64_t i = 0; i < dim; ++i) y[i] = (x[i] - mean) * r * n.w[i] + (n.b ? n.b[i] : 0.f);
+}
+
+// y_i = x W_i^T (+ bias_i) for weights that read the same input (q/k/v, gate/up): all their output blocks
+// are shared among the threads at once. Called inside the parallel region; ends with a barrier.
+static void linears(const Weight* const* W, float* const* y, int n, const float* x, int64_t rows) {
+  int64_t blocks[4] = {}, total = 0;
+  for (int i = 0; i < n; ++i) total += blocks[i] = (W[i]->out + BLOCK - 1) / BLOCK;
+#pragma omp for schedule(static)
+  for (int64_t b = 0; b < total; ++b) {
+    int i = 0;
+    int64_t j = b;
+    while (j >= blocks[i]) j -= blocks[i++];
+    const int64_t lo = j * BLOCK, hi = lo + BLOCK < W[i]->out ? lo + BLOCK : W[i]->out;
+    weight_block(*W[i], x, rows, y[i], lo, hi);
+  }
+}
+
+static void linear(const Weight& W, float* y, const float* x, int64_t rows) {
+  const Weight* w[1] = {&W};
+  float* out[1] = {y};
+  linears(w, out, 1, x, rows);
+}
+
+// HF's "rotate half" layout: element i pairs with element i + head_dim / 2
+static inline void rope(float* x, const float* c, const float* s, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[i], b = x[i + half];
+    x[i] = a * c[i] - b * s[i];
+    x[i + half] = b * c[i + half] + a * s[i + half];
+  }
+}
+
+static inline float activate(float x, int64_t kind) {
+  switch (kind) {
+    case 0: return x / (1.0f + std::exp(-x));
+    case 1: return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
+    case 2: return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    default: return x > 0.f ? x : 0.f;
+  }
+}
+
+// One query head of one row over the cached positions [start, pos]: softmax(q K^T * scale) V.
+static void attend(const float* q, const float* K, const float* V, float* s, float* out, int64_t start, int64_t pos,
+                   int64_t d, float scale) {
+  float top = -INFINITY;
+  for (int64_t p = start; p <= pos; ++p) {
+    s[p] = dot(q, K + p * d, d) * scale;
+    top = s[p] > top ? s[p] : top;
+  }
+  float sum = 0.f;
+  for (int64_t p = start; p <= pos; ++p) sum += s[p] = std::exp(s[p] - top);
+  for (int64_t i = 0; i < d; ++i) out[i] = 0.f;
+  for (int64_t p = start; p <= pos; ++p) {
+    const float w = s[p];
+    const float* vp = V + p * d;
+    for (int64_t i = 0; i < d; ++i) out[i] += w * vp[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < d; ++i) out[i] *= inv;
+}
+
+static void add(float* x, const float* y, int64_t n) {
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+extern "C" {
+// Rows r = 0 .. m->rows - 1 add tokens[r] at position `pos` (the cache holds positions 0 .. pos - 1 of each
+// row); logits (rows, vocab) receive the head's output.
+void decode_step(const Model* m, const int64_t* tokens, int64_t pos, float* logits, int threads) {
+  const int64_t rows = m->rows, dim = m->dim, d = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads;
+  const int64_t per_kv = nh / nkv;
+  const float scale = static_cast<float>(m->attn_scale);
+  const float* c = m->cos ? m->cos + pos * d : nullptr;
+  const float* sn = m->sin ? m->sin + pos * d : nullptr;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* e = m->embed + tokens[r] * dim;
+      for (int64_t i = 0; i < dim; ++i) m->x[r * dim + i] = e[i] + (m->positions ? m->positions[pos * dim + i] : 0.f);
+    }
+    for (int64_t l = 0; l < m->n_layers; ++l) {
+      const Layer& L = m->layers[l];
+      const int64_t slab = l * rows * nkv;  // this layer's first (row, kv head) in the cache
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) norm_row(L.attn_norm, m->x + r * dim, m->xn + r * dim, dim);
+      {
+        const Weight* w[3] = {&L.q, &L.k, &L.v};
+        float* out[3] = {m->q, m->k, m->v};
+        linears(w, out, 3, m->xn, rows);
+      }
+#pragma omp for schedule(static)
+      for (int64_t rg = 0; rg < rows * nkv; ++rg) {  // rotate this step's keys; write keys and values
+        float* k = m->k + rg * d;
+        if (c) rope(k, c, sn, d);
+        const int64_t at = ((slab + rg) * m->max_len + pos) * d;
+        std::memcpy(m->cache_k + at, k, d * sizeof(float));
+        std::memcpy(m->cache_v + at, m->v + rg * d, d * sizeof(float));
+      }
+      const int64_t start = L.window && pos + 1 > L.window ? pos + 1 - L.window : 0;
+#pragma omp for schedule(static)
+      for (int64_t rh = 0; rh < rows * nh; ++rh) {
+        const int64_t r = rh / nh, h = rh % nh;
+        float* q = m->q + rh * d;
+        if (c) rope(q, c, sn, d);
+        const int64_t kv = ((slab + r * nkv + h / per_kv) * m->max_len) * d;
+        attend(q, m->cache_k + kv, m->cache_v + kv, m->scores + rh * m->max_len, m->att + rh * d, start, pos, d,
+               scale);
+      }
+      linear(L.o, m->tmp, m->att, rows);
+      add(m->x, m->tmp, rows * dim);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) norm_row(L.mlp_norm, m->x + r * dim, m->xn + r * dim, dim);
+      const int64_t hid = rows * m->hidden;
+      if (L.gate.w) {
+        const Weight* w[2] = {&L.gate, &L.up};
+        float* out[2] = {m->h1, m->h2};
+        linears(w, out, 2, m->xn, rows);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < hid; ++i) m->h1[i] = activate(m->h1[i], m->activation) * m->h2[i];
+      } else {
+        linear(L.up, m->h1, m->xn, rows);
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < hid; ++i) m->h1[i] = activate(m->h1[i], m->activation);
+      }
+      linear(L.down, m->tmp, m->h1, rows);
+      add(m->x, m->tmp, rows * dim);
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) norm_row(m->final_norm, m->x + r * dim, m->xn + r * dim, dim);
+    linear(m->head, logits, m->xn, rows);
+  }
+}
+}
