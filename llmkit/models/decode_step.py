@@ -107,6 +107,7 @@ def _check(model: nn.Module, cache: KVCache) -> None:
                       ("dynamic rope scaling", cfg.positions == "rope" and model.model.rotary.dynamic),
                       ("training mode", model.training), ("autocast", torch.is_autocast_enabled("cpu")),
                       ("a cache with padding", cache.valid is not None),
+                      (f"an MLP {cfg.hidden_dim} wide (not a multiple of 8)", cfg.hidden_dim % 8),
                       (f"{cache.batch_size} rows (at most {kernels.MAX_ROWS})", cache.batch_size > kernels.MAX_ROWS),
                       ("forward hooks", any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))):
         if bad:

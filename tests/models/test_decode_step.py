@@ -1,5 +1,6 @@
 """The whole-step C++ decoder (`llmkit.models.decode_step`): for every block shape it serves (Llama with GQA,
-Qwen2's q/k/v biases, sliding windows, GPT-2's LayerNorm, learned positions, biases, tanh GELU and tied head)
+Qwen2's q/k/v biases, sliding windows, GPT-2's LayerNorm, learned positions, biases, tanh GELU and tied head,
+exact GELU, ReLU, a head_dim of its own, linear rope scaling)
 and every weight format (fp32, int8, int4) its logits and cache writes are the module path's, step after
 step, for one row and several; generation runs through it with the same greedy tokens; and what it does not
 serve keeps the module path, said once in the log."""
@@ -26,7 +27,8 @@ SHAPES = {
     "qwen2-window": dict(n_kv_heads=1, qkv_bias=True, sliding_window=5, rope_theta=1e6, tie_embeddings=True),
     "gpt2": dict(norm="layernorm", positions="learned", mlp="gelu", activation="gelu_tanh", qkv_bias=True,
                  o_bias=True, mlp_bias=True, tie_embeddings=True),
-    "gelu-relu-head-dim": dict(head_dim=24, mlp="gelu", activation="gelu", n_kv_heads=2, norm_eps=1e-6),
+    "gelu-head-dim": dict(head_dim=24, mlp="gelu", activation="gelu", n_kv_heads=2, norm_eps=1e-6),
+    "relu-gated": dict(activation="relu", rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 
 

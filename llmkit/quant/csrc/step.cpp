@@ -99,12 +99,54 @@ static inline void rope(float* x, const float* c, const float* s, int64_t d) {
   }
 }
 
-static inline float activate(float x, int64_t kind) {
-  switch (kind) {
-    case 0: return x / (1.0f + std::exp(-x));
-    case 1: return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
-    case 2: return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    default: return x > 0.f ? x : 0.f;
+// e^x for 8 floats (Cephes' expf: a degree-6 polynomial on x - n ln 2, scaled by 2^n), within 2 ulp of
+// std::exp; the activations and the softmax take most of a step's exponentials.
+#if defined(__AVX2__)
+static inline v8 vexp(v8 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447505531f);
+  __m256 v = _mm256_max_ps(_mm256_min_ps((__m256)x, hi), lo);
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  v = _mm256_sub_ps(v, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+  v = _mm256_sub_ps(v, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  static const float coef[] = {1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f,
+                               5.0000001201E-1f};
+  for (float c : coef) p = _mm256_add_ps(_mm256_mul_ps(p, v), _mm256_set1_ps(c));
+  p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, v), v), v), _mm256_set1_ps(1.0f));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return (v8)_mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#else
+static inline v8 vexp(v8 x) {
+  v8 y;
+  for (int i = 0; i < 8; ++i) y[i] = std::exp(x[i]);
+  return y;
+}
+#endif
+
+// silu(x) = x sigmoid(x); GPT-2's tanh GELU 0.5 x (1 + tanh(y)) = x sigmoid(2y); exact GELU by erf; ReLU
+static inline v8 activate8(v8 x, int64_t kind) {
+  const v8 one = {1, 1, 1, 1, 1, 1, 1, 1};
+  if (kind == 0) return x / (one + vexp(-x));
+  if (kind == 2) {
+    const v8 y = x + 0.044715f * x * x * x;
+    return x / (one + vexp(-1.5957691216057308f * y));
+  }
+  v8 out;
+  for (int i = 0; i < 8; ++i)
+    out[i] = kind == 1 ? 0.5f * x[i] * (1.0f + std::erf(x[i] * static_cast<float>(M_SQRT1_2)))
+                       : (x[i] > 0.f ? x[i] : 0.f);
+  return out;
+}
+
+// h1 = act(h1) (* h2 for a gated MLP), `n` a multiple of 8 (the hidden width of every model served)
+static void mlp_act(float* h1, const float* h2, int64_t n, int64_t kind) {
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < n; i += 8) {
+    v8 a = activate8(load(h1 + i), kind);
+    if (h2) a *= load(h2 + i);
+    std::memcpy(h1 + i, &a, sizeof a);
   }
 }
 
@@ -116,8 +158,15 @@ static void attend(const float* q, const float* K, const float* V, float* s, flo
     s[p] = dot(q, K + p * d, d) * scale;
     top = s[p] > top ? s[p] : top;
   }
+  const v8 top8 = {top, top, top, top, top, top, top, top};
+  int64_t p = start;
+  for (; p + 8 <= pos + 1; p += 8) {
+    v8 e = vexp(load(s + p) - top8);
+    std::memcpy(s + p, &e, sizeof e);
+  }
+  for (; p <= pos; ++p) s[p] = std::exp(s[p] - top);
   float sum = 0.f;
-  for (int64_t p = start; p <= pos; ++p) sum += s[p] = std::exp(s[p] - top);
+  for (p = start; p <= pos; ++p) sum += s[p];
   for (int64_t i = 0; i < d; ++i) out[i] = 0.f;
   for (int64_t p = start; p <= pos; ++p) {
     const float w = s[p];
@@ -186,12 +235,10 @@ void decode_step(const Model* m, const int64_t* tokens, int64_t pos, float* logi
         const Weight* w[2] = {&L.gate, &L.up};
         float* out[2] = {m->h1, m->h2};
         linears(w, out, 2, m->xn, rows);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < hid; ++i) m->h1[i] = activate(m->h1[i], m->activation) * m->h2[i];
+        mlp_act(m->h1, m->h2, hid, m->activation);
       } else {
         linear(L.up, m->h1, m->xn, rows);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < hid; ++i) m->h1[i] = activate(m->h1[i], m->activation);
+        mlp_act(m->h1, nullptr, hid, m->activation);
       }
       linear(L.down, m->tmp, m->h1, rows);
       add(m->x, m->tmp, rows * dim);
