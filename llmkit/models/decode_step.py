@@ -10,7 +10,9 @@ The arithmetic is the module path's (fp32, weights in their stored format: fp32,
 tokens match it. It serves Llama-, Mistral-, Qwen2- and GPT-2-shaped models in eval mode with plain or
 llmkit-quantised Linears and a `KVCache` without padding; anything else (adapters, hooks, MoE,
 encoder-decoders, dynamic rope, autocast, another device) keeps the module path, and the reason is logged
-once. A plan holds pointers to the model's tensors: make a new one after changing the model.
+once. A plan notes the addresses of the model's and the cache's tensors (and keeps their memory alive); a
+step finds them changed (a model converted or moved, a cache's rows selected) and leaves that step to the
+modules. Modules swapped into the model after the plan (an adapter) are the next plan's business.
 """
 
 from __future__ import annotations
@@ -64,11 +66,14 @@ class Unsupported(Exception):
 
 
 def _ptr(t: torch.Tensor | None, keep: list) -> int | None:
+    """`t`'s address, noted in `keep` with `t` itself (watched before each step: a model moved or converted
+    since the plan is not read through stale pointers) and a detached view that keeps the memory alive
+    whatever happens to `t`."""
     if t is None:
         return None
     if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.int8, torch.uint8) or not t.is_contiguous():
         raise Unsupported(f"a {t.dtype} tensor on {t.device} (contiguous={t.is_contiguous()})")
-    keep.append(t)
+    keep.append((t, t.data_ptr(), t.detach()))
     return t.data_ptr()
 
 
@@ -99,17 +104,24 @@ def _norm(mod: nn.Module, keep: list) -> _Norm:
 
 def _check(model: nn.Module, cache: KVCache) -> None:
     cfg = model.config
-    for what, bad in (("an encoder-decoder", cfg.is_seq2seq), ("bidirectional attention", not cfg.causal),
+    hooks = (getattr(nn.modules.module, "_global_forward_hooks", None),
+             getattr(nn.modules.module, "_global_forward_pre_hooks", None))
+    for what, bad in ((f"a model on {model.device}", model.device.type != "cpu"),("an encoder-decoder", cfg.is_seq2seq), ("bidirectional attention", not cfg.causal),
                       ("post-norm blocks", cfg.post_norm), ("a mixture of experts", cfg.is_moe),
                       ("token types", cfg.type_vocab_size), ("an MLM head", cfg.head_transform or cfg.head != "lm"),
                       ("a scaled tied head", cfg.scale_tied_head),
                       (f"{cfg.positions} positions", cfg.positions not in ("rope", "learned", "none")),
                       ("dynamic rope scaling", cfg.positions == "rope" and model.model.rotary.dynamic),
-                      ("training mode", model.training), ("autocast", torch.is_autocast_enabled("cpu")),
+                      ("no output head", model.lm_head is None or model.head_transform is not None),
+                      ("training mode", model.training or any(m.training and getattr(m, "dropout", 0) or
+                                                             isinstance(m, nn.Dropout) and m.training and m.p
+                                                             for m in model.modules())),
+                      ("autocast", torch.is_autocast_enabled("cpu")),
                       ("a cache with padding", cache.valid is not None),
                       (f"an MLP {cfg.hidden_dim} wide (not a multiple of 8)", cfg.hidden_dim % 8),
                       (f"{cache.batch_size} rows (at most {kernels.MAX_ROWS})", cache.batch_size > kernels.MAX_ROWS),
-                      ("forward hooks", any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()))):
+                      ("forward hooks", any(hooks) or any(m._forward_hooks or m._forward_pre_hooks
+                                                          for m in model.modules()))):
         if bad:
             raise Unsupported(what)
     if type(cache) is not KVCache:
@@ -150,18 +162,20 @@ class DecodeStep:
                                    _weight(model.lm_head, keep), _ptr(cache.k, keep), _ptr(cache.v, keep), layers,
                                    *(_ptr(scratch[n], keep) for n in _SCRATCH))
         self._keep, self._layers = keep, layers
+        self.rows, self.cache_at = rows, (cache.k.data_ptr(), cache.v.data_ptr())
+        # a conversion or a move replaces every tensor, so every 8th is watched (each costs ~0.3 us a step);
+        # one tensor replaced by hand is still kept alive by `keep`, never read freed
+        self._watch = [(t, at) for t, at, _ in keep[::8]]
         self.cache, self.vocab, self.lib = cache, cfg.vocab_size, lib
         self.max_positions = cfg.max_seq_len if cfg.positions == "learned" else None
 
     @classmethod
     def plan(cls, model: nn.Module, cache: KVCache) -> DecodeStep | None:
         """A step for `model` and `cache`, or None where the C++ step does not serve them (said once)."""
-        lib = kernels.library()
-        if lib is None:
-            return None
         try:
             _check(model, cache)
-            return cls(model, cache, lib)
+            lib = kernels.library()
+            return None if lib is None else cls(model, cache, lib)
         except Unsupported as e:
             if str(e) not in _said:
                 _said.add(str(e))
@@ -175,6 +189,9 @@ class DecodeStep:
         pos = cache.length
         if pos >= cache.max_len or (self.max_positions is not None and pos >= self.max_positions):
             return None
+        if (cache.batch_size != self.rows or (cache.k.data_ptr(), cache.v.data_ptr()) != self.cache_at
+                or any(t.data_ptr() != at for t, at in self._watch)):
+            return None  # the model or the cache changed since the plan: the module path reads them as they are
         ids = tokens.reshape(-1).to(torch.int64).contiguous()
         if ids.numel() != cache.batch_size or cache.valid is not None or int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
             return None

@@ -329,6 +329,7 @@ def quantize_model(model: nn.Module, method: str = "int8", group_size: int = INT
                 continue
             new = Int8Linear.from_linear(lin) if method == "int8" else Int4Linear.from_linear(lin, group_size)
             new.fused = fused
+            new.train(lin.training)
             before += lin.weight.numel() * lin.weight.element_size()
             after += new.weight_bytes()
             _replace(model, name, new.to(lin.weight.device))
@@ -374,7 +375,7 @@ def prepare_quantized(model: nn.Module, qcfg: dict[str, Any]) -> None:
         bias = lin.bias is not None
         new = (Int8Linear(lin.in_features, lin.out_features, bias) if kind == "int8"
                else Int4Linear(lin.in_features, lin.out_features, bias, group_size))
-        _replace(model, name, new)
+        _replace(model, name, new.train(lin.training))
 
 
 def is_quantized(model: nn.Module) -> bool:

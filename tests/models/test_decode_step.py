@@ -97,6 +97,49 @@ def test_what_it_does_not_serve_keeps_the_module_path_and_says_so_once(monkeypat
     assert "padding" in said[0] and "training mode" in said[1] and "LoRALinear" in said[2], said
 
 
+def test_a_model_or_cache_changed_after_the_plan_is_never_read_through_stale_pointers():
+    model = tiny("llama-gqa")
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        cache = model.new_cache(2, 20)
+        model(torch.randint(0, 300, (2, 4), generator=g), cache=cache)
+        step = DecodeStep.plan(model, cache)
+        model.to(torch.float64).to(torch.float32)  # the same values in new memory; the old is freed
+        tokens = torch.tensor([7, 9])
+        assert step(tokens) is None and cache.length == 4  # nothing written: the module path takes this step
+        step = DecodeStep.plan(model, cache)
+        assert step is not None and torch.isfinite(step(tokens)).all()
+        cache.select([1, 0])  # new cache tensors, the same number of rows
+        assert step(tokens) is None
+        ref = model.new_cache(2, 20)
+        ref.k.copy_(cache.k), ref.v.copy_(cache.v)
+        ref.length = cache.length
+        step = DecodeStep.plan(model, cache)
+        torch.testing.assert_close(step(tokens), model(tokens[:, None], cache=ref)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_models_without_a_head_global_hooks_and_dropout_in_training_are_refused():
+    model = tiny("llama-gqa")
+    with torch.inference_mode():
+        cache = model.new_cache(1, 10)
+        model(torch.tensor([[1, 2]]), cache=cache)
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+        try:
+            assert DecodeStep.plan(model, cache) is None
+        finally:
+            handle.remove()
+        assert DecodeStep.plan(model, cache) is not None
+    torch.manual_seed(0)
+    dropping = Transformer(ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, hidden_dim=96, dropout=0.1)).eval()
+    with torch.inference_mode():
+        dropping(torch.tensor([[1, 2]]), cache=(cache2 := dropping.new_cache(1, 10)))
+        assert DecodeStep.plan(dropping, cache2) is not None
+        dropping.model.layers[1].train()  # one block in training mode: its dropout would apply
+        assert DecodeStep.plan(dropping, cache2) is None
+    model.lm_head = None  # a classifier checkpoint's body
+    assert DecodeStep.plan(model, cache) is None
+
+
 def test_a_full_cache_and_the_end_of_learned_positions_are_left_to_the_model_and_its_errors():
     model = tiny("gpt2")  # learned positions: 48
     with torch.inference_mode():
