@@ -5,8 +5,9 @@ requests, (2) admits waiting requests while the batch has room and the pool has 
 prefills prompts within a budget of `prefill_chunk` tokens — shortest remaining prompt first, a long
 one in chunks over several steps, so that neither the running requests nor short prompts wait behind
 it (``prefill="serial"``: each admitted prompt whole, in arrival order, the engine's first behaviour)
-— sampling a request's first token when its prompt is in, and (3) runs one decoding forward pass for
-the whole running batch, each row with its own sampling settings, stop conditions and token budget.
+— sampling a request's first token when its prompt is in, and (3) runs one decoding pass for the whole
+running batch (the C++ step of `models.decode_step` where it serves the model), each row with its own
+sampling settings, stop conditions and token budget.
 A row leaves the batch the step it finishes, and its blocks go back to the pool.
 When the pool runs dry mid-flight the newest request (decoding or still prefilling) is preempted: its
 blocks are freed (the full ones stay findable in the prefix cache) and it waits at the head of the queue
@@ -38,6 +39,7 @@ import torch
 
 from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence, padded_passes
 from ..models.cache import EncoderMemory
+from ..models.decode_step import DecodeStep
 from .generate import Completion, TextStream, decoder_start, encode_sources, fit_prompts
 from .requests import Event, QueueFullError, Request, RequestTooLargeError, completion  # noqa: F401 (re-exported)
 from .sampling import GenerationConfig, Sampler
@@ -92,6 +94,7 @@ class Engine:
             self.prefill = "serial"
         self.pool = BlockPool(cfg, -(-tokens // block_size) + 1, block_size, device=self.model.device,
                               dtype=self.model.dtype, prefix_cache=prefix_cache and not cfg.is_seq2seq and not dynamic)
+        self._fast: DecodeStep | None | bool = False  # the C++ decoding step over the pool; False: not planned yet
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.prefilling: list[Request] = []  # admitted, their prompts partly in the cache
@@ -347,6 +350,12 @@ class Engine:
         for i, r in enumerate(rows):
             groups.setdefault(r.adapter, []).append(i)
         if len(groups) == 1 and (self.use_adapter is None):
+            if width == 1 and keep == 1 and rows[0].memory is None:  # one token a row: the C++ step, if it serves
+                if self._fast is False:
+                    self._fast = DecodeStep.for_pool(self.model, self.pool)
+                logits = self._fast.paged(tokens[:, 0], [r.cache for r in rows], self.pool) if self._fast else None
+                if logits is not None:
+                    return logits[:, None]
             step = PagedStep(self.pool, [r.cache for r in rows], counts)
             return self.model(tokens, cache=step, logits_to_keep=keep, memory=self._memory(rows)).float()
         out = torch.zeros(len(rows), keep, self.model.config.vocab_size, device=tokens.device)

@@ -3,12 +3,14 @@ head of a decoder-only model for a few rows that each add one token, reading the
 
     step = DecodeStep.plan(model, cache)       # None where it does not apply (then call the model)
     logits = step(tokens)                      # (rows,) token ids -> (rows, vocab); the cache advances
+    step = DecodeStep.for_pool(model, pool)    # the serving engine's paged cache (llmkit.infer.blocks)
+    logits = step.paged(tokens, seqs, pool)    # each Sequence adds one token at its own length
 
 Why: on a CPU a thin, deep model (SmolLM2-135M: 30 blocks, 576 wide) spends more time dispatching the
 ~400 torch operators of a step than reading its weights; one C++ call with one parallel region does not.
 The arithmetic is the module path's (fp32, weights in their stored format: fp32, int8, int4), so greedy
 tokens match it. It serves Llama-, Mistral-, Qwen2- and GPT-2-shaped models in eval mode with plain or
-llmkit-quantised Linears and a `KVCache` without padding; anything else (adapters, hooks, MoE,
+llmkit-quantised Linears and a `KVCache` without padding or the engine's paged cache; anything else (adapters, hooks, MoE,
 encoder-decoders, dynamic rope, autocast, another device) keeps the module path, and the reason is logged
 once. A plan notes the addresses of the model's and the cache's tensors (and keeps their memory alive); a
 step finds them changed (a model converted or moved, a cache's rows selected) and leaves that step to the
@@ -57,7 +59,7 @@ class _Model(ctypes.Structure):
                 + [("attn_scale", ctypes.c_double)]
                 + [(n, ctypes.c_void_p) for n in ("embed", "positions", "cos", "sin")]
                 + [("final_norm", _Norm), ("head", _Weight), ("cache_k", ctypes.c_void_p), ("cache_v", ctypes.c_void_p),
-                   ("layers", ctypes.POINTER(_Layer))]
+                   ("block_size", ctypes.c_int64), ("slots", ctypes.c_int64), ("layers", ctypes.POINTER(_Layer))]
                 + [(n, ctypes.c_void_p) for n in _SCRATCH])
 
 
@@ -102,7 +104,7 @@ def _norm(mod: nn.Module, keep: list) -> _Norm:
     raise Unsupported(f"a {type(mod).__name__} norm")
 
 
-def _check(model: nn.Module, cache: KVCache) -> None:
+def _check(model: nn.Module) -> None:
     cfg = model.config
     hooks = (getattr(nn.modules.module, "_global_forward_hooks", None),
              getattr(nn.modules.module, "_global_forward_pre_hooks", None))
@@ -117,23 +119,22 @@ def _check(model: nn.Module, cache: KVCache) -> None:
                                                              isinstance(m, nn.Dropout) and m.training and m.p
                                                              for m in model.modules())),
                       ("autocast", torch.is_autocast_enabled("cpu")),
-                      ("a cache with padding", cache.valid is not None),
                       (f"an MLP {cfg.hidden_dim} wide (not a multiple of 8)", cfg.hidden_dim % 8),
-                      (f"{cache.batch_size} rows (at most {kernels.MAX_ROWS})", cache.batch_size > kernels.MAX_ROWS),
                       ("forward hooks", any(hooks) or any(m._forward_hooks or m._forward_pre_hooks
                                                           for m in model.modules()))):
         if bad:
             raise Unsupported(what)
-    if type(cache) is not KVCache:
-        raise Unsupported(f"a {type(cache).__name__}")
 
 
 class DecodeStep:
-    """The C++ decoding step over one model and one `KVCache` (see the module docstring)."""
+    """The C++ decoding step over one model and its cache (see the module docstring): a `KVCache`
+    (`plan`, then `step(tokens)`) or the serving engine's `BlockPool` (`for_pool`, then
+    `step.paged(tokens, seqs)`)."""
 
-    def __init__(self, model: nn.Module, cache: KVCache, lib: ctypes.CDLL):
+    def __init__(self, model: nn.Module, k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int, block_size: int,
+                 lib: ctypes.CDLL):
         cfg, keep = model.config, []
-        rows, dim, d = cache.batch_size, cfg.dim, cfg.head_dim
+        dim, d = cfg.dim, cfg.head_dim
         layers = (_Layer * cfg.n_layers)()
         for i, block in enumerate(model.model.layers):
             attn, mlp = block.self_attn, block.mlp
@@ -144,7 +145,7 @@ class DecodeStep:
                                _weight(mlp.down_proj, keep), cfg.sliding_window_for(i) or 0)
         cos = sin = positions = None
         if cfg.positions == "rope":
-            cos, sin = model.model.rotary(torch.arange(cache.max_len)[None], torch.float32)
+            cos, sin = model.model.rotary(torch.arange(max_len)[None], torch.float32)
             cos, sin = cos[0].contiguous(), sin[0].contiguous()
         elif cfg.positions == "learned":
             positions = model.model.embed_positions.weight
@@ -152,51 +153,101 @@ class DecodeStep:
             raise Unsupported(f"{model.model.embed_tokens.weight.dtype} embeddings")
         q_dim, kv_dim = cfg.n_heads * d, cfg.n_kv_heads * d
         sizes = {"x": dim, "xn": dim, "tmp": dim, "q": q_dim, "k": kv_dim, "v": kv_dim, "att": q_dim,
-                 "h1": cfg.hidden_dim, "h2": cfg.hidden_dim, "scores": cfg.n_heads * cache.max_len}
+                 "h1": cfg.hidden_dim, "h2": cfg.hidden_dim, "scores": cfg.n_heads * max_len}
         scratch = {n: torch.empty(rows * sizes[n]) for n in _SCRATCH}
-        self.model_struct = _Model(dim, cfg.n_heads, cfg.n_kv_heads, d, cfg.hidden_dim, cfg.n_layers, cache.max_len,
+        slots = k.shape[1] if block_size else 0
+        self.model_struct = _Model(dim, cfg.n_heads, cfg.n_kv_heads, d, cfg.hidden_dim, cfg.n_layers, max_len,
                                    rows, ACTIVATIONS[cfg.activation],
                                    cfg.attn_scale if cfg.attn_scale is not None else d ** -0.5,
                                    _ptr(model.model.embed_tokens.weight, keep), _ptr(positions, keep),
                                    _ptr(cos, keep), _ptr(sin, keep), _norm(model.model.norm, keep),
-                                   _weight(model.lm_head, keep), _ptr(cache.k, keep), _ptr(cache.v, keep), layers,
-                                   *(_ptr(scratch[n], keep) for n in _SCRATCH))
+                                   _weight(model.lm_head, keep), _ptr(k, keep), _ptr(v, keep), block_size, slots,
+                                   layers, *(_ptr(scratch[n], keep) for n in _SCRATCH))
         self._keep, self._layers = keep, layers
-        self.rows, self.cache_at = rows, (cache.k.data_ptr(), cache.v.data_ptr())
+        self.rows, self.max_len, self.block_size = rows, max_len, block_size
         # a conversion or a move replaces every tensor, so every 8th is watched (each costs ~0.3 us a step);
         # one tensor replaced by hand is still kept alive by `keep`, never read freed
         self._watch = [(t, at) for t, at, _ in keep[::8]]
-        self.cache, self.vocab, self.lib = cache, cfg.vocab_size, lib
-        self.max_positions = cfg.max_seq_len if cfg.positions == "learned" else None
+        self.cache_at = (k.data_ptr(), v.data_ptr())
+        self.vocab, self.lib = cfg.vocab_size, lib
+        self.max_positions = min(max_len, cfg.max_seq_len if cfg.positions == "learned" else max_len)
+        self.cache: KVCache | None = None
 
     @classmethod
-    def plan(cls, model: nn.Module, cache: KVCache) -> DecodeStep | None:
-        """A step for `model` and `cache`, or None where the C++ step does not serve them (said once)."""
+    def _make(cls, model: nn.Module, checks: tuple[tuple[str, bool], ...], *args) -> DecodeStep | None:
         try:
-            _check(model, cache)
+            _check(model)
+            for what, bad in checks:
+                if bad:
+                    raise Unsupported(what)
             lib = kernels.library()
-            return None if lib is None else cls(model, cache, lib)
+            return None if lib is None else cls(model, *args, lib)
         except Unsupported as e:
             if str(e) not in _said:
                 _said.add(str(e))
                 log.info("the C++ decoding step does not serve %s: decoding runs the model's modules", e)
             return None
 
+    @classmethod
+    def plan(cls, model: nn.Module, cache: KVCache) -> DecodeStep | None:
+        """A step for `model` and `cache`, or None where the C++ step does not serve them (said once)."""
+        checks = ((f"a {type(cache).__name__}", type(cache) is not KVCache),
+                  ("a cache with padding", getattr(cache, "valid", None) is not None),
+                  (f"{cache.batch_size} rows (at most {kernels.MAX_ROWS})", cache.batch_size > kernels.MAX_ROWS))
+        step = cls._make(model, checks, cache.k, cache.v, cache.batch_size, cache.max_len, 0)
+        if step is not None:
+            step.cache = cache
+        return step
+
+    @classmethod
+    def for_pool(cls, model: nn.Module, pool) -> DecodeStep | None:
+        """A step for up to `kernels.MAX_ROWS` requests of the serving engine at a time, over its `BlockPool`
+        (`llmkit.infer.blocks`), or None where the C++ step does not serve the model (said once)."""
+        checks = (("a pool of another layout", pool.k.dim() != 4 or not pool.k.is_contiguous()),)
+        return cls._make(model, checks, pool.k, pool.v, kernels.MAX_ROWS, model.config.context_window,
+                         pool.block_size)
+
+    def _changed(self, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """Whether the model or the cache moved since the plan (then the module path reads them as they are)."""
+        return (k.data_ptr(), v.data_ptr()) != self.cache_at or any(t.data_ptr() != at for t, at in self._watch)
+
+    def _run(self, tokens: torch.Tensor, positions: list[int], blocks: torch.Tensor | None = None) -> torch.Tensor | None:
+        ids = tokens.reshape(-1).to(torch.int64).contiguous()
+        rows = len(positions)
+        if ids.numel() != rows or not 0 < rows <= self.rows or int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
+            return None
+        where = torch.tensor(positions, dtype=torch.int64)
+        logits = torch.empty(rows, self.vocab)
+        self.lib.decode_step(ctypes.addressof(self.model_struct), rows, ids.data_ptr(), where.data_ptr(),
+                             None if blocks is None else blocks.data_ptr(), 0 if blocks is None else blocks.shape[1],
+                             logits.data_ptr(), torch.get_num_threads())
+        return logits
+
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Logits (rows, vocab) after adding one token per row; None (nothing written) where the step cannot
-        take it: the caller then runs the model, which also raises the errors of a full cache."""
+        """Logits (rows, vocab) after adding one token per row of the planned `KVCache`; None (nothing written)
+        where the step cannot take it: the caller then runs the model, which also raises the errors of a
+        full cache."""
         cache = self.cache
         pos = cache.length
-        if pos >= cache.max_len or (self.max_positions is not None and pos >= self.max_positions):
+        if (pos >= self.max_positions or cache.batch_size != self.rows or cache.valid is not None
+                or self._changed(cache.k, cache.v)):
             return None
-        if (cache.batch_size != self.rows or (cache.k.data_ptr(), cache.v.data_ptr()) != self.cache_at
-                or any(t.data_ptr() != at for t, at in self._watch)):
-            return None  # the model or the cache changed since the plan: the module path reads them as they are
-        ids = tokens.reshape(-1).to(torch.int64).contiguous()
-        if ids.numel() != cache.batch_size or cache.valid is not None or int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
+        logits = self._run(tokens, [pos] * cache.batch_size)
+        if logits is not None:
+            cache.advance(1)
+        return logits
+
+    def paged(self, tokens: torch.Tensor, seqs: list, pool) -> torch.Tensor | None:
+        """Logits (rows, vocab) after each `Sequence` of `pool` adds its token (one per row) at its own length;
+        their blocks must already hold that position. None (nothing written) where the step cannot take it."""
+        bs = self.block_size
+        if (pool.block_size != bs or self._changed(pool.k, pool.v)
+                or any(s.length >= self.max_positions or len(s.blocks) * bs <= s.length for s in seqs)):
             return None
-        logits = torch.empty(cache.batch_size, self.vocab)
-        self.lib.decode_step(ctypes.addressof(self.model_struct), ids.data_ptr(), pos, logits.data_ptr(),
-                             torch.get_num_threads())
-        cache.advance(1)
+        width = max(len(s.blocks) for s in seqs)
+        blocks = torch.tensor([s.blocks + [0] * (width - len(s.blocks)) for s in seqs], dtype=torch.int64)
+        logits = self._run(tokens, [s.length for s in seqs], blocks)
+        if logits is not None:
+            for s in seqs:
+                s.length += 1
         return logits

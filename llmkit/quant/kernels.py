@@ -69,7 +69,7 @@ def _build() -> ctypes.CDLL:
     lib.rows_f32.argtypes = [f32p, i64, i64, f32p, i64, f32p, thr]
     lib.rows_i8.argtypes = [f32p, i64, i64, f32p, f32p, i64, f32p, thr]
     lib.rows_i4.argtypes = [f32p, i64, i64, f32p, f32p, i64, i64, f32p, thr]
-    lib.decode_step.argtypes = [ctypes.c_void_p, f32p, i64, f32p, thr]
+    lib.decode_step.argtypes = [ctypes.c_void_p, i64, f32p, f32p, f32p, i64, f32p, thr]
     return lib
 
 

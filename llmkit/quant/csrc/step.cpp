@@ -1,6 +1,7 @@
 // One decoding step of a decoder-only transformer, whole, on a CPU: the embedding of each row's token, every
 // block (norm, q/k/v, rotary positions, the KV cache write, attention over the cache, o_proj, norm, MLP) and
-// the head, for a few rows that each add one token at the same position (llmkit/models/decode_step.py).
+// the head, for a few rows that each add one token at its own position (llmkit/models/decode_step.py), over a
+// contiguous KV cache (models/cache.py) or the serving engine's paged one (infer/blocks.py).
 //
 // Why: a 30-layer model 576 wide (SmolLM2-135M) runs ~400 small torch operators per token, and their
 // dispatch costs more than reading the weights. Here the whole step is one call and one parallel region;
@@ -36,11 +37,15 @@ struct Model {
   const float* sin;
   Norm final_norm;
   Weight head;
-  float* cache_k;  // (layers, rows, kv_heads, max_len, head_dim), as models/cache.py's KVCache
+  // The cache: contiguous (block_size 0) as KVCache's (layers, rows, kv_heads, max_len, head_dim), or paged
+  // (block_size > 0) as BlockPool's (layers, slots, kv_heads, head_dim), position p of a row in slot
+  // blocks[p / block_size] * block_size + p % block_size of that row's block table.
+  float* cache_k;
   float* cache_v;
+  int64_t block_size, slots;
   const Layer* layers;
   // scratch: x, xn, tmp (rows, dim); q, att (rows, n_heads * head_dim); k, v (rows, kv_heads * head_dim);
-  // h1, h2 (rows, hidden); scores (rows * n_heads, max_len)
+  // h1, h2 (rows, hidden); scores (rows * n_heads, max_len), max_len bounding every row's positions
   float *x, *xn, *tmp, *q, *k, *v, *att, *h1, *h2, *scores;
 };
 
@@ -150,12 +155,29 @@ static void mlp_act(float* h1, const float* h2, int64_t n, int64_t kind) {
   }
 }
 
-// One query head of one row over the cached positions [start, pos]: softmax(q K^T * scale) V.
-static void attend(const float* q, const float* K, const float* V, float* s, float* out, int64_t start, int64_t pos,
-                   int64_t d, float scale) {
+// Where (row r, kv head g, position p) of one layer's keys or values sits, from the layer's start.
+struct Where {
+  const Model* m;
+  const int64_t* blocks;  // the rows' block tables (paged), max_blocks each
+  int64_t max_blocks;
+  int64_t operator()(int64_t r, int64_t g, int64_t p) const {
+    const int64_t d = m->head_dim, nkv = m->n_kv_heads;
+    if (!m->block_size) return ((r * nkv + g) * m->max_len + p) * d;
+    const int64_t slot = blocks[r * max_blocks + p / m->block_size] * m->block_size + p % m->block_size;
+    return (slot * nkv + g) * d;
+  }
+  int64_t layer() const {
+    const int64_t per = m->block_size ? m->slots : m->rows * m->max_len;
+    return per * m->n_kv_heads * m->head_dim;
+  }
+};
+
+// One query head of row r over its cached positions [start, pos]: softmax(q K^T * scale) V.
+static void attend(const float* q, const float* K, const float* V, const Where& at, int64_t r, int64_t g, float* s,
+                   float* out, int64_t start, int64_t pos, int64_t d, float scale) {
   float top = -INFINITY;
   for (int64_t p = start; p <= pos; ++p) {
-    s[p] = dot(q, K + p * d, d) * scale;
+    s[p] = dot(q, K + at(r, g, p), d) * scale;
     top = s[p] > top ? s[p] : top;
   }
   const v8 top8 = {top, top, top, top, top, top, top, top};
@@ -170,7 +192,7 @@ static void attend(const float* q, const float* K, const float* V, float* s, flo
   for (int64_t i = 0; i < d; ++i) out[i] = 0.f;
   for (int64_t p = start; p <= pos; ++p) {
     const float w = s[p];
-    const float* vp = V + p * d;
+    const float* vp = V + at(r, g, p);
     for (int64_t i = 0; i < d; ++i) out[i] += w * vp[i];
   }
   const float inv = 1.0f / sum;
@@ -183,24 +205,27 @@ static void add(float* x, const float* y, int64_t n) {
 }
 
 extern "C" {
-// Rows r = 0 .. m->rows - 1 add tokens[r] at position `pos` (the cache holds positions 0 .. pos - 1 of each
-// row); logits (rows, vocab) receive the head's output.
-void decode_step(const Model* m, const int64_t* tokens, int64_t pos, float* logits, int threads) {
-  const int64_t rows = m->rows, dim = m->dim, d = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads;
+// Rows r = 0 .. rows - 1 (rows <= m->rows) add tokens[r] at position positions[r] (the cache holds the row's
+// positions before it; a paged cache also has the slot of this one); logits (rows, vocab) receive the head's
+// output. blocks: the rows' block tables, max_blocks each (a paged cache), else null.
+void decode_step(const Model* m, int64_t rows, const int64_t* tokens, const int64_t* positions,
+                 const int64_t* blocks, int64_t max_blocks, float* logits, int threads) {
+  const int64_t dim = m->dim, d = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads;
   const int64_t per_kv = nh / nkv;
   const float scale = static_cast<float>(m->attn_scale);
-  const float* c = m->cos ? m->cos + pos * d : nullptr;
-  const float* sn = m->sin ? m->sin + pos * d : nullptr;
+  const Where at{m, blocks, max_blocks};
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* e = m->embed + tokens[r] * dim;
-      for (int64_t i = 0; i < dim; ++i) m->x[r * dim + i] = e[i] + (m->positions ? m->positions[pos * dim + i] : 0.f);
+      const float* pe = m->positions ? m->positions + positions[r] * dim : nullptr;
+      for (int64_t i = 0; i < dim; ++i) m->x[r * dim + i] = e[i] + (pe ? pe[i] : 0.f);
     }
     for (int64_t l = 0; l < m->n_layers; ++l) {
       const Layer& L = m->layers[l];
-      const int64_t slab = l * rows * nkv;  // this layer's first (row, kv head) in the cache
+      float* const K = m->cache_k + l * at.layer();
+      float* const V = m->cache_v + l * at.layer();
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < rows; ++r) norm_row(L.attn_norm, m->x + r * dim, m->xn + r * dim, dim);
       {
@@ -210,21 +235,19 @@ void decode_step(const Model* m, const int64_t* tokens, int64_t pos, float* logi
       }
 #pragma omp for schedule(static)
       for (int64_t rg = 0; rg < rows * nkv; ++rg) {  // rotate this step's keys; write keys and values
+        const int64_t r = rg / nkv, g = rg % nkv, pos = positions[r];
         float* k = m->k + rg * d;
-        if (c) rope(k, c, sn, d);
-        const int64_t at = ((slab + rg) * m->max_len + pos) * d;
-        std::memcpy(m->cache_k + at, k, d * sizeof(float));
-        std::memcpy(m->cache_v + at, m->v + rg * d, d * sizeof(float));
+        if (m->cos) rope(k, m->cos + pos * d, m->sin + pos * d, d);
+        std::memcpy(K + at(r, g, pos), k, d * sizeof(float));
+        std::memcpy(V + at(r, g, pos), m->v + rg * d, d * sizeof(float));
       }
-      const int64_t start = L.window && pos + 1 > L.window ? pos + 1 - L.window : 0;
 #pragma omp for schedule(static)
       for (int64_t rh = 0; rh < rows * nh; ++rh) {
-        const int64_t r = rh / nh, h = rh % nh;
+        const int64_t r = rh / nh, h = rh % nh, pos = positions[r];
+        const int64_t start = L.window && pos + 1 > L.window ? pos + 1 - L.window : 0;
         float* q = m->q + rh * d;
-        if (c) rope(q, c, sn, d);
-        const int64_t kv = ((slab + r * nkv + h / per_kv) * m->max_len) * d;
-        attend(q, m->cache_k + kv, m->cache_v + kv, m->scores + rh * m->max_len, m->att + rh * d, start, pos, d,
-               scale);
+        if (m->cos) rope(q, m->cos + pos * d, m->sin + pos * d, d);
+        attend(q, K, V, at, r, h / per_kv, m->scores + rh * m->max_len, m->att + rh * d, start, pos, d, scale);
       }
       linear(L.o, m->tmp, m->att, rows);
       add(m->x, m->tmp, rows * dim);
