@@ -200,6 +200,8 @@ class Engine:
                         future.set_result(fn())
                 except Exception as e:
                     future.set_exception(e)
+        if not (self.running or self.prefilling):
+            self._fast = False  # idle: the model may have changed since (an adapter, quantisation), plan again
         with torch.inference_mode():
             self._admit()
             if self.running:

@@ -14,7 +14,8 @@ llmkit-quantised Linears and a `KVCache` without padding or the engine's paged c
 encoder-decoders, dynamic rope, autocast, another device) keeps the module path, and the reason is logged
 once. A plan notes the addresses of the model's and the cache's tensors (and keeps their memory alive); a
 step finds them changed (a model converted or moved, a cache's rows selected) and leaves that step to the
-modules. Modules swapped into the model after the plan (an adapter) are the next plan's business.
+modules. Modules swapped into the model after the plan (an adapter, quantisation) are the next plan's
+business: generation plans once per call, the serving engine whenever it has been idle.
 """
 
 from __future__ import annotations

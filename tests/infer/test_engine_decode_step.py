@@ -64,3 +64,19 @@ def test_the_engine_decodes_through_the_step_with_the_tokens_of_running_alone(ti
     engine = Engine(llm, max_batch=4, block_size=4, prefill_chunk=8)
     assert [c.token_ids for c in engine.generate(PROMPTS, gen)] == alone
     assert len(calls) >= 11 and engine.pool.hit_rate > 0  # every decoding step; the shared prefix was reused
+
+
+def test_a_model_changed_between_generations_is_planned_again(tiny_dirs):
+    from llmkit.peft import apply_lora
+
+    llm = llmkit.load(tiny_dirs["tiny-llama"])
+    gen = GenerationConfig(max_new_tokens=10, temperature=0, ignore_eos=True)
+    engine = Engine(llm, max_batch=4, block_size=4, prefix_cache=False)
+    before = [c.token_ids for c in engine.generate(PROMPTS[:2], gen)]
+    apply_lora(llm.model, r=4, targets=["q_proj", "v_proj", "down_proj"])
+    for name, p in llm.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    after = [c.token_ids for c in engine.generate(PROMPTS[:2], gen)]
+    assert after != before  # the adapter changes the outputs ...
+    assert after == [llm.complete([p], gen)[0].token_ids for p in PROMPTS[:2]]  # ... and the engine decodes with it
