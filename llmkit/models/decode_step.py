@@ -105,20 +105,25 @@ def _norm(mod: nn.Module, keep: list) -> _Norm:
     raise Unsupported(f"a {type(mod).__name__} norm")
 
 
+def _drops(model: nn.Module) -> bool:
+    """Whether the model would apply dropout (a module in training mode with a nonzero rate)."""
+    return any(m.training and (isinstance(m, nn.Dropout) and m.p or getattr(m, "dropout", 0))
+               for m in model.modules())
+
+
 def _check(model: nn.Module) -> None:
     cfg = model.config
     hooks = (getattr(nn.modules.module, "_global_forward_hooks", None),
              getattr(nn.modules.module, "_global_forward_pre_hooks", None))
-    for what, bad in ((f"a model on {model.device}", model.device.type != "cpu"),("an encoder-decoder", cfg.is_seq2seq), ("bidirectional attention", not cfg.causal),
+    for what, bad in ((f"a model on {model.device}", model.device.type != "cpu"),
+                      ("an encoder-decoder", cfg.is_seq2seq), ("bidirectional attention", not cfg.causal),
                       ("post-norm blocks", cfg.post_norm), ("a mixture of experts", cfg.is_moe),
                       ("token types", cfg.type_vocab_size), ("an MLM head", cfg.head_transform or cfg.head != "lm"),
                       ("a scaled tied head", cfg.scale_tied_head),
                       (f"{cfg.positions} positions", cfg.positions not in ("rope", "learned", "none")),
                       ("dynamic rope scaling", cfg.positions == "rope" and model.model.rotary.dynamic),
                       ("no output head", model.lm_head is None or model.head_transform is not None),
-                      ("training mode", model.training or any(m.training and getattr(m, "dropout", 0) or
-                                                             isinstance(m, nn.Dropout) and m.training and m.p
-                                                             for m in model.modules())),
+                      ("training mode", model.training or _drops(model)),
                       ("autocast", torch.is_autocast_enabled("cpu")),
                       (f"an MLP {cfg.hidden_dim} wide (not a multiple of 8)", cfg.hidden_dim % 8),
                       ("forward hooks", any(hooks) or any(m._forward_hooks or m._forward_pre_hooks
@@ -130,7 +135,7 @@ def _check(model: nn.Module) -> None:
 class DecodeStep:
     """The C++ decoding step over one model and its cache (see the module docstring): a `KVCache`
     (`plan`, then `step(tokens)`) or the serving engine's `BlockPool` (`for_pool`, then
-    `step.paged(tokens, seqs)`)."""
+    `step.paged(tokens, seqs, pool)`)."""
 
     def __init__(self, model: nn.Module, k: torch.Tensor, v: torch.Tensor, rows: int, max_len: int, block_size: int,
                  lib: ctypes.CDLL):
@@ -205,7 +210,8 @@ class DecodeStep:
         """A step for up to `kernels.MAX_ROWS` requests of the serving engine at a time, over its `BlockPool`
         (`llmkit.infer.blocks`), or None where the C++ step does not serve the model (said once)."""
         checks = (("a pool of another layout", pool.k.dim() != 4 or not pool.k.is_contiguous()),)
-        return cls._make(model, checks, pool.k, pool.v, kernels.MAX_ROWS, model.config.context_window,
+        # no request holds more positions than the pool has slots: that bounds the rope tables and scores
+        return cls._make(model, checks, pool.k, pool.v, kernels.MAX_ROWS, min(model.config.context_window, pool.sink),
                          pool.block_size)
 
     def _changed(self, k: torch.Tensor, v: torch.Tensor) -> bool:

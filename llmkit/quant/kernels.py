@@ -1,5 +1,7 @@
-"""Few-row linear kernels for decoding on a CPU (`csrc/rows.cpp`): fp32, int8 and int4 weights read once,
-in their stored format, for up to `MAX_ROWS` rows of input (a decoding step, a speculative check).
+"""The C++ decoding library for CPUs: few-row linear kernels (`csrc/rows.h`, entry points in `csrc/rows.cpp`):
+fp32, int8 and int4 weights read once, in their stored format, for up to `MAX_ROWS` rows of input (a decoding
+step, a speculative check); and a whole decoding step over them (`csrc/step.cpp`, driven by
+`llmkit.models.decode_step`).
 
 Decoding is bound by reading the weights. For one row torch's BLAS reads them at the bandwidth, but for two
 to eight rows its sgemm packs the weight first (a second pass over it, 1.7x the time of one row on
@@ -65,11 +67,11 @@ def _build() -> ctypes.CDLL:
                 raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-500:]}")
             os.replace(built, path)  # atomic: a concurrent build or a crash never leaves half a library
     lib = ctypes.CDLL(str(path))
-    i64, f32p, thr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.rows_f32.argtypes = [f32p, i64, i64, f32p, i64, f32p, thr]
-    lib.rows_i8.argtypes = [f32p, i64, i64, f32p, f32p, i64, f32p, thr]
-    lib.rows_i4.argtypes = [f32p, i64, i64, f32p, f32p, i64, i64, f32p, thr]
-    lib.decode_step.argtypes = [ctypes.c_void_p, i64, f32p, f32p, f32p, i64, f32p, thr]
+    i64, ptr, thr = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.rows_f32.argtypes = [ptr, i64, i64, ptr, i64, ptr, thr]
+    lib.rows_i8.argtypes = [ptr, i64, i64, ptr, ptr, i64, ptr, thr]
+    lib.rows_i4.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, thr]
+    lib.decode_step.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, thr]
     return lib
 
 

@@ -7,11 +7,12 @@ input dimension, both symmetric; activations stay in floating point.
 Decode is bound by reading the weights, so a quarter (an eighth) of the bytes can be up to 4x (8x)
 faster — but only with a kernel that reads the codes directly. Dequantising a whole weight per call
 is slower than fp32, and torch's `_weight_int8pack_mm` ran at 0.2-0.9 GB/s here. For a few rows of
-activations (decode, small batches) both Linears therefore use a `torch.compile`d fused
-multiply-and-reduce over the codes, laid out so that each weight row is read once for all rows of
-the batch and the fp32 weight never exists (GPT-2 124M head, 2 threads: fp32 14.6 ms, int8 fused
-1.8 ms, int4 fused 2.6 ms at batch 1). More rows than that (prefill, big batches) dequantise one
-cache-sized tile of output rows at a time and use the ordinary matmul on it.
+activations (decode, small batches) both Linears therefore read the codes directly, each weight row
+once for all rows of the batch, so the fp32 weight never exists: on a CPU through the C++ kernels of
+`llmkit.quant.kernels` (and whole decoding steps through `llmkit.models.decode_step`), elsewhere or
+without a compiler through a `torch.compile`d fused multiply-and-reduce. More rows than that
+(prefill, big batches) dequantise one cache-sized tile of output rows at a time and use the ordinary
+matmul on it.
 
 The int4 layout: within each group of `group_size` input columns, byte j holds element j in its
 low nibble and element j + group_size/2 in its high nibble (codes -7..7 stored as 1..15), so the
