@@ -38,10 +38,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .blocks import BlockPool, CacheExhaustedError, PagedStep, Sequence as CacheSequence, padded_passes
-from ..models.cache import EncoderMemory
 from ..models.decode_step import DecodeStep
 from .generate import Completion, TextStream, decoder_start, encode_sources, fit_prompts
-from .requests import Event, QueueFullError, Request, RequestTooLargeError, completion  # noqa: F401 (re-exported)
+from .requests import (Event, MemoryBatch, QueueFullError, Request, RequestTooLargeError,  # noqa: F401 (re-exported)
+                       completion)
 from .sampling import GenerationConfig, Sampler
 from .speculative import BatchDrafter, SpeculativeError, can_speculate, load_draft
 
@@ -105,7 +105,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self.eos = llm.eos_token_ids()
-        self._batched_memory: tuple[list[Any], EncoderMemory] | None = None
+        self._memories = MemoryBatch()  # an encoder-decoder's batched encoder outputs
         # counters for /metrics and tests
         self.steps = 0
         self.batch_sizes: list[int] = []  # running batch size of each decoding step (last 10000)
@@ -359,31 +359,18 @@ class Engine:
                 if logits is not None:
                     return logits[:, None]
             step = PagedStep(self.pool, [r.cache for r in rows], counts)
-            return self.model(tokens, cache=step, logits_to_keep=keep, memory=self._memory(rows)).float()
+            return self.model(tokens, cache=step, logits_to_keep=keep, memory=self._memories.of(rows)).float()
         out = torch.zeros(len(rows), keep, self.model.config.vocab_size, device=tokens.device)
         for name, idx in groups.items():
             t = max(counts[i] for i in idx)
             step = PagedStep(self.pool, [rows[i].cache for i in idx], [counts[i] for i in idx])
             with self.use_adapter(name):
                 out[idx, -min(t, keep):] = self.model(tokens[idx, width - t:], cache=step, logits_to_keep=keep,
-                                                       memory=self._memory([rows[i] for i in idx])).float()
+                                                       memory=self._memories.of([rows[i] for i in idx])).float()
         return out
 
     def _adapter(self, name: str | None):
         return self.use_adapter(name) if self.use_adapter is not None else contextlib.nullcontext()
-
-    def _memory(self, rows: list[Request]):
-        """The encoder outputs of `rows` as one batch (None for a decoder-only model); the batch of
-        the previous step is reused while the running rows stay the same."""
-        if rows[0].memory is None:
-            return None
-        parts = [r.memory for r in rows]
-        if len(parts) == 1:
-            return parts[0]
-        held = self._batched_memory
-        if held is None or len(held[0]) != len(parts) or any(a is not b for a, b in zip(held[0], parts)):
-            self._batched_memory = held = (parts, EncoderMemory.stack(parts))
-        return held[1]
 
     def _preempt(self, req: Request) -> None:
         (self.running if req in self.running else self.prefilling).remove(req)
@@ -440,9 +427,7 @@ class Engine:
         if req in self.prefilling:
             self.prefilling.remove(req)
         self.pool.release(req.cache)
-        held = self._batched_memory
-        if held is not None and any(m is req.memory for m in held[0]):  # let the batch's memory go with it
-            self._batched_memory = None
+        self._memories.forget(req.memory)
         req.finish_reason, req.finished_at, req.pending, req.memory = reason, time.perf_counter(), None, None
         req.draft_cache = None
         tail = req.stream.flush() if reason != "cancelled" else ""

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..models.cache import EncoderMemory
 from .blocks import Sequence as CacheSequence
 from .generate import Completion, TextStream
 from .sampling import GenerationConfig, Sampler
@@ -74,3 +75,25 @@ def completion(req: Request) -> Completion:
     return Completion(text=req.text, token_ids=list(req.generated), finish_reason=req.finish_reason or "length",
                       prompt_tokens=len(req.prompt), logprobs=list(req.logprobs) if req.gen.logprobs else None,
                       top_logprobs=list(req.top_logprobs) if req.gen.top_logprobs else None)
+
+
+class MemoryBatch:
+    """The encoder outputs of a pass's rows as one `EncoderMemory` (None for a decoder-only model), kept and
+    reused while the rows stay the same: an encoder-decoder's decoding steps stack them once, not per step."""
+
+    def __init__(self):
+        self.held: tuple[list[EncoderMemory], EncoderMemory] | None = None
+
+    def of(self, rows: list[Request]) -> EncoderMemory | None:
+        parts = [r.memory for r in rows]
+        if parts[0] is None or len(parts) == 1:
+            return parts[0]
+        held = self.held
+        if held is None or len(held[0]) != len(parts) or any(a is not b for a, b in zip(held[0], parts)):
+            self.held = held = (parts, EncoderMemory.stack(parts))
+        return held[1]
+
+    def forget(self, memory: EncoderMemory | None) -> None:
+        """Let the kept batch go with a finished request's memory."""
+        if self.held is not None and any(m is memory for m in self.held[0]):
+            self.held = None

@@ -122,4 +122,4 @@ def test_t5_trains_with_activation_checkpointing_as_without(t5):
 def test_the_engine_lets_go_of_finished_sources(t5):
     engine = Engine(t5, max_batch=4)
     engine.generate(PROMPTS, temperature=0, max_new_tokens=3)
-    assert engine._batched_memory is None and not engine.running
+    assert engine._memories.held is None and not engine.running
