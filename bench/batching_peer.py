@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ QUESTIONS = ["Write a Python function that reverses a list.", "Explain what a ha
 
 def llama_server(binary: str, gguf: Path, prompts: list[list[int]], clients: int, tokens: int) -> tuple[float, list]:
     """Output tokens/s of llama.cpp's server given `prompts` (token ids) with `clients` in flight, and its tokens."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from bench.serve import free_port
+
+    port = free_port()
     ctx = max(len(p) for p in prompts) + tokens + 16
     threads = str(os.cpu_count() or 1)
     cmd = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(clients),
